@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Builds the real components that blockproxy's tests run against, from the package registries only
+# (Go module proxy, PyPI), pinned to exact versions, and caches them under
+#   ${BLOCKPROXY_CACHE:-~/.cache/blockproxy}/<tool>-<version>/
+# Idempotent: a finished tool is never rebuilt. Safe when two runs race: each tool builds under an
+# exclusive flock into a temporary directory that is renamed into place only when complete.
+#
+# usage: hack/tools.sh [tool ...]        (default: all)
+#        hack/tools.sh --print-env       (prints BLOCKPROXY_* variables for the tests, builds nothing)
+set -euo pipefail
+
+K8S_VERSION=v1.35.4
+ETCD_VERSION=v3.6.16
+KWOK_VERSION=v0.8.0
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+TOXIPROXY_VERSION=v2.12.0
+HELM_VERSION=v3.21.4
+AWSCLI_VERSION=1.46.2
+BOTO3_VERSION=1.44.5
+
+CACHE="${BLOCKPROXY_CACHE:-$HOME/.cache/blockproxy}"
+ALL_TOOLS=(etcd kube toxiproxy helm minio kwok pytools)
+
+die() { echo "tools.sh: error: $*" >&2; exit 1; }
+log() { echo "tools.sh: $*" >&2; }
+
+tool_dir() {
+  case "$1" in
+    etcd) echo "$CACHE/etcd-$ETCD_VERSION" ;;
+    kube) echo "$CACHE/kube-$K8S_VERSION" ;;
+    kwok) echo "$CACHE/kwok-$KWOK_VERSION" ;;
+    minio) echo "$CACHE/minio-$MINIO_VERSION" ;;
+    toxiproxy) echo "$CACHE/toxiproxy-$TOXIPROXY_VERSION" ;;
+    helm) echo "$CACHE/helm-$HELM_VERSION" ;;
+    pytools) echo "$CACHE/pytools-awscli$AWSCLI_VERSION-boto3$BOTO3_VERSION" ;;
+    *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
+  esac
+}
+
+print_env() {
+  echo "export BLOCKPROXY_ETCD=$(tool_dir etcd)/bin/etcd"
+  echo "export BLOCKPROXY_KUBE_APISERVER=$(tool_dir kube)/bin/kube-apiserver"
+  echo "export BLOCKPROXY_KUBE_CONTROLLER_MANAGER=$(tool_dir kube)/bin/kube-controller-manager"
+  echo "export BLOCKPROXY_KUBE_SCHEDULER=$(tool_dir kube)/bin/kube-scheduler"
+  echo "export BLOCKPROXY_KWOK=$(tool_dir kwok)/bin/kwok"
+  echo "export BLOCKPROXY_KWOKCTL=$(tool_dir kwok)/bin/kwokctl"
+  echo "export BLOCKPROXY_MINIO=$(tool_dir minio)/bin/minio"
+  echo "export BLOCKPROXY_TOXIPROXY=$(tool_dir toxiproxy)/bin/toxiproxy-server"
+  echo "export BLOCKPROXY_HELM=$(tool_dir helm)/bin/helm"
+  echo "export BLOCKPROXY_AWS=$(tool_dir pytools)/venv/bin/aws"
+  echo "export BLOCKPROXY_PYTHON=$(tool_dir pytools)/venv/bin/python"
+}
+
+need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"; }
+
+go_env() {
+  need go "install Go 1.26 or later (https://go.dev/dl is not needed: Debian's or the machine's go works)"
+  export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" GOFLAGS="-mod=mod -buildvcs=false"
+  export CGO_ENABLED=0 GOTOOLCHAIN=local
+}
+
+# A wrapper module: `go mod init` + `go get -tool`, optional replace lines, then `go build`.
+# $1 = staging dir, $2 = module@version to require, rest = go build args.
+go_wrapper_build() {
+  local work=$1 req=$2; shift 2
+  mkdir -p "$work/src"
+  ( cd "$work/src"
+    [ -f go.mod ] || go mod init local/wrapper >/dev/null 2>&1
+    if [ -n "${GO_REPLACES:-}" ]; then
+      for r in $GO_REPLACES; do go mod edit -replace "$r"; done
+    fi
+    go get "$req" >&2
+    go build -trimpath "$@" >&2 )
+}
+
+build_etcd() {
+  local out=$1; go_env
+  go_wrapper_build "$out" "go.etcd.io/etcd/server/v3@$ETCD_VERSION" \
+    -ldflags "-s -w" -o "$out/bin/etcd" go.etcd.io/etcd/server/v3
+}
+
+build_kube() {
+  local out=$1; go_env
+  # As a dependency k8s.io/kubernetes' own replace lines do not apply: pin every staging module
+  # (the list comes from that version's go.mod) to its published v0.X.Y.
+  local info; info=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION")
+  local gomod; gomod=$(printf '%s' "$info" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  [ -f "$gomod" ] || die "could not download k8s.io/kubernetes@$K8S_VERSION"
+  local staging_version="v0.${K8S_VERSION#v1.}"
+  GO_REPLACES=$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$gomod" \
+    | sort -u | sed "s#.*#&=&@$staging_version#")
+  [ -n "$GO_REPLACES" ] || die "no staging replaces found in $gomod"
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local ld="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  GO_REPLACES=$GO_REPLACES go_wrapper_build "$out" "k8s.io/kubernetes@$K8S_VERSION" -ldflags "$ld" \
+    -o "$out/bin/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler
+}
+
+build_kwok() {
+  local out=$1; go_env
+  go_wrapper_build "$out" "sigs.k8s.io/kwok@$KWOK_VERSION" \
+    -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
+    -o "$out/bin/" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+}
+
+build_minio() {
+  local out=$1; go_env
+  go_wrapper_build "$out" "github.com/minio/minio@$MINIO_VERSION" -ldflags "-s -w" \
+    -o "$out/bin/minio" github.com/minio/minio
+}
+
+build_toxiproxy() {
+  local out=$1; go_env
+  go_wrapper_build "$out" "github.com/Shopify/toxiproxy/v2@$TOXIPROXY_VERSION" -ldflags "-s -w" \
+    -o "$out/bin/toxiproxy-server" github.com/Shopify/toxiproxy/v2/cmd/server
+}
+
+build_helm() {
+  local out=$1; go_env
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  go_wrapper_build "$out" "helm.sh/helm/v3@$HELM_VERSION" \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
+    -o "$out/bin/helm" helm.sh/helm/v3/cmd/helm
+}
+
+build_pytools() {
+  local out=$1
+  need python3 "install Python 3.9 or later"
+  python3 -m venv "$out/venv" >&2
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "$out/venv/bin/pip" install -q \
+    "awscli==$AWSCLI_VERSION" "boto3==$BOTO3_VERSION" >&2
+}
+
+# Builds one tool unless it is already cached. Concurrent callers serialise on a per-tool lock;
+# the final directory appears atomically (rename), so a half-built tool is never seen as done.
+ensure() {
+  local tool=$1 final; final=$(tool_dir "$tool")
+  [ -f "$final/.complete" ] && return 0
+  mkdir -p "$CACHE"
+  exec {lockfd}>"$final.lock"
+  flock "$lockfd"
+  if [ ! -f "$final/.complete" ]; then
+    # A Python venv embeds its absolute path, so pytools is built in place (still under the lock).
+    local stage="$final.tmp.$$"; [ "$tool" = pytools ] && stage=$final
+    rm -rf "$stage"; mkdir -p "$stage/bin"
+    log "building $tool into $final (cold builds take minutes; logs: $stage.log)"
+    local start=$SECONDS
+    if ! "build_$tool" "$stage" >"$stage.log" 2>&1; then
+      tail -n 40 "$stage.log" >&2
+      rm -rf "$stage"
+      die "building $tool failed; full log: $stage.log"
+    fi
+    rm -rf "$stage/src"   # the wrapper module is only needed to build
+    touch "$stage/.complete"
+    if [ "$stage" != "$final" ]; then rm -rf "$final"; mv "$stage" "$final"; fi
+    rm -f "$stage.log"
+    log "built $tool in $((SECONDS - start))s"
+  fi
+  flock -u "$lockfd"
+}
+
+main() {
+  if [ "${1:-}" = "--print-env" ]; then print_env; exit 0; fi
+  local tools=("$@"); [ ${#tools[@]} -gt 0 ] || tools=("${ALL_TOOLS[@]}")
+  need flock "install util-linux"
+  for t in "${tools[@]}"; do tool_dir "$t" >/dev/null; ensure "$t"; done
+  log "all tools ready under $CACHE"
+}
+main "$@"

@@ -1,0 +1,1 @@
+//! blockproxy's control plane.

@@ -1,0 +1,101 @@
+//! The discovery document: every group that serves one volume, as the operator publishes it in a
+//! ConfigMap (key [`DiscoveryDocument::CONFIGMAP_KEY`]) and the mount sidecar reads it from a file.
+
+use super::VolumeId;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryDocument {
+    pub volume_id: VolumeId,
+    /// Where the volume's blocks live in the object store (used for direct fallback).
+    pub store: StoreLocation,
+    #[serde(default)]
+    pub groups: Vec<DiscoveryGroup>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreLocation {
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryGroup {
+    /// The ProxyGroup's name.
+    pub name: String,
+    pub provider_code: String,
+    pub region_code: String,
+    /// `https` unless the group was configured for plain HTTP.
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+    /// PEM bundle that signs the proxies' serving certificates, when not publicly trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// Ready proxies only.
+    #[serde(default)]
+    pub endpoints: Vec<DiscoveryEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryEndpoint {
+    /// `host:port`
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Rendezvous weight (relative cache capacity); 1 when absent.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_scheme() -> String {
+    "https".into()
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl DiscoveryDocument {
+    /// The ConfigMap data key (and file name when mounted) holding the JSON document.
+    pub const CONFIGMAP_KEY: &'static str = "discovery.json";
+
+    pub fn from_json(data: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(data)
+    }
+
+    pub fn to_json_pretty(&self) -> String {
+        // Serialising plain data structures cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_minimal_document_with_defaults() {
+        let doc = DiscoveryDocument::from_json(
+            br#"{"volumeId":"v1","store":{"bucket":"b"},"groups":[{"name":"g","providerCode":"s3","regionCode":"eu","endpoints":[{"address":"10.0.0.1:8443"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(doc.groups[0].scheme, "https");
+        assert_eq!(doc.groups[0].endpoints[0].weight, 1);
+        let again = DiscoveryDocument::from_json(doc.to_json_pretty().as_bytes()).unwrap();
+        assert_eq!(again, doc);
+    }
+
+    #[test]
+    fn rejects_invalid_volume_id() {
+        assert!(DiscoveryDocument::from_json(br#"{"volumeId":"../x","store":{"bucket":"b"}}"#).is_err());
+    }
+}

@@ -1,0 +1,31 @@
+//! Admin API documents: drain progress and the dirty-key listing.
+
+use serde::{Deserialize, Serialize};
+
+/// Answer of `GET|POST /v1/admin/drain`. `done` is true once a drain was requested and no dirty
+/// block is left: the proxy can then be removed without losing an acknowledged write.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainStatus {
+    pub draining: bool,
+    pub dirty_blocks: u64,
+    pub dirty_bytes: u64,
+    pub done: bool,
+}
+
+/// Answer of `GET /v1/volumes/{volume}/dirty?prefix=`: keys acknowledged but not yet in the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirtyKeys {
+    pub keys: Vec<DirtyKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirtyKey {
+    pub key: String,
+    pub size: u64,
+    /// True for a pending delete (the key will disappear from the store).
+    pub deleted: bool,
+    pub version: u64,
+}

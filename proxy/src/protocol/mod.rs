@@ -1,0 +1,86 @@
+//! The data-plane protocol: paths, headers, name validation, and the documents exchanged between
+//! proxies, clients and the operator. This module depends on nothing else in the repository, so the
+//! wire format is defined exactly once.
+
+mod checksum;
+mod discovery;
+mod drain;
+mod names;
+mod volumes;
+
+pub use checksum::{Checksum, ChecksumError};
+pub use discovery::{DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation};
+pub use drain::{DirtyKey, DirtyKeys, DrainStatus};
+pub use names::{BlockKey, NameError, VolumeId, MAX_KEY_LEN, MAX_VOLUME_ID_LEN};
+pub use volumes::{VolumeConfig, VolumesFile, VolumesFileError};
+
+/// Prefix of every versioned API path.
+pub const API_V1: &str = "/v1";
+/// Cheap RTT probe: no auth, no body, answered without touching disk or store.
+pub const PING_PATH: &str = "/v1/ping";
+/// Liveness.
+pub const HEALTHZ_PATH: &str = "/healthz";
+/// Readiness: the cache index is loaded and the proxy accepts writes.
+pub const READYZ_PATH: &str = "/readyz";
+/// Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
+/// `POST` starts a drain (stop accepting writes, flush everything); `GET` reports [`DrainStatus`].
+/// Authenticated with the admin token.
+pub const DRAIN_PATH: &str = "/v1/admin/drain";
+
+/// `Content-Type`-independent checksum of a block body, sent on PUT: `crc32c=<8 hex>` or
+/// `sha256=<64 hex>`. Returned on GET and HEAD as `crc32c=...`.
+pub const CHECKSUM_HEADER: &str = "x-blockproxy-checksum";
+/// Write version of a block (decimal u64, larger is newer). A client may set it on PUT and DELETE;
+/// the proxy assigns one when absent and returns it. See docs/adr/0002-consistency-contract.md.
+pub const VERSION_HEADER: &str = "x-blockproxy-version";
+/// Where a GET was served from: `cache` or `store`.
+pub const SOURCE_HEADER: &str = "x-blockproxy-source";
+/// Object metadata key (S3 user metadata) carrying the write version in the store.
+pub const STORE_VERSION_METADATA: &str = "blockproxy-version";
+
+/// `/v1/volumes/{volume}/blocks/{key}`
+pub fn block_path(volume: &VolumeId, key: &BlockKey) -> String {
+    format!("{API_V1}/volumes/{}/blocks/{}", volume.as_str(), key.as_str())
+}
+
+/// `/v1/volumes/{volume}/dirty?prefix=...`: keys acknowledged but not yet flushed, as [`DirtyKeys`].
+pub fn dirty_keys_path(volume: &VolumeId) -> String {
+    format!("{API_V1}/volumes/{}/dirty", volume.as_str())
+}
+
+/// Splits a request path of the form `/v1/volumes/{volume}/blocks/{key}` into validated parts.
+/// Returns `None` when the path is not a block path at all, and an error when it is one with an
+/// invalid volume or key.
+pub fn parse_block_path(path: &str) -> Option<Result<(VolumeId, BlockKey), NameError>> {
+    let rest = path.strip_prefix("/v1/volumes/")?;
+    let (volume, key) = rest.split_once("/blocks/")?;
+    Some(VolumeId::parse(volume).and_then(|v| BlockKey::parse(key).map(|k| (v, k))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_paths_round_trip() {
+        let v = VolumeId::parse("vol-1").unwrap();
+        let k = BlockKey::parse("chunks/0/1_0_4194304").unwrap();
+        let p = block_path(&v, &k);
+        assert_eq!(p, "/v1/volumes/vol-1/blocks/chunks/0/1_0_4194304");
+        let (v2, k2) = parse_block_path(&p).unwrap().unwrap();
+        assert_eq!((v2, k2), (v, k));
+    }
+
+    #[test]
+    fn non_block_paths_are_not_parsed() {
+        assert!(parse_block_path("/v1/ping").is_none());
+        assert!(parse_block_path("/v1/volumes/x").is_none());
+    }
+
+    #[test]
+    fn traversal_in_block_path_is_an_error() {
+        assert!(parse_block_path("/v1/volumes/v/blocks/../etc/passwd").unwrap().is_err());
+        assert!(parse_block_path("/v1/volumes/../blocks/k").unwrap().is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! The volumes file: which volumes a proxy serves, where each lives in the store, and its token.
+//! The operator writes it into a Secret; the proxy reloads it when it changes.
+
+use super::VolumeId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VolumesFile {
+    #[serde(default)]
+    pub volumes: Vec<VolumeConfig>,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VolumeConfig {
+    pub id: VolumeId,
+    pub bucket: String,
+    /// Store keys are `{prefix}/{key}`; empty means the bucket root.
+    #[serde(default)]
+    pub prefix: String,
+    /// Bearer token clients of this volume present.
+    pub token: String,
+}
+
+// The token must never reach a log, so Debug redacts it.
+impl fmt::Debug for VolumeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VolumeConfig")
+            .field("id", &self.id)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumesFileError {
+    #[error("volumes file is not valid YAML/JSON: {0}")]
+    Parse(#[from] serde_yaml::Error),
+    #[error("volume {0} is listed twice")]
+    Duplicate(VolumeId),
+    #[error("volume {0} has an empty token")]
+    EmptyToken(VolumeId),
+    #[error("volume {0} has an empty bucket")]
+    EmptyBucket(VolumeId),
+}
+
+impl VolumesFile {
+    /// Parses YAML (JSON is valid YAML) and checks the invariants the proxy relies on.
+    pub fn parse(data: &str) -> Result<Self, VolumesFileError> {
+        let file: Self = serde_yaml::from_str(data)?;
+        file.by_id().map(|_| file)
+    }
+
+    /// The volumes keyed by id, or the first invariant broken.
+    pub fn by_id(&self) -> Result<BTreeMap<VolumeId, VolumeConfig>, VolumesFileError> {
+        let mut out = BTreeMap::new();
+        for v in &self.volumes {
+            if v.token.is_empty() {
+                return Err(VolumesFileError::EmptyToken(v.id.clone()));
+            }
+            if v.bucket.is_empty() {
+                return Err(VolumesFileError::EmptyBucket(v.id.clone()));
+            }
+            if out.insert(v.id.clone(), v.clone()).is_some() {
+                return Err(VolumesFileError::Duplicate(v.id.clone()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl VolumeConfig {
+    /// The object-store key of a block: `{prefix}/{key}`, or `{key}` without a prefix.
+    pub fn store_key(&self, key: &super::BlockKey) -> String {
+        let prefix = self.prefix.trim_matches('/');
+        if prefix.is_empty() { key.as_str().to_owned() } else { format!("{prefix}/{}", key.as_str()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_validates() {
+        let f = VolumesFile::parse("volumes:\n- id: v1\n  bucket: b\n  prefix: p/\n  token: t\n").unwrap();
+        let key = crate::protocol::BlockKey::parse("k/1").unwrap();
+        assert_eq!(f.volumes[0].store_key(&key), "p/k/1");
+        assert!(VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: ''}\n").is_err());
+        assert!(VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: a}\n- {id: v1, bucket: b, token: a}\n").is_err());
+        assert!(VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: a, extra: 1}\n").is_err());
+    }
+
+    #[test]
+    fn debug_redacts_token() {
+        let f = VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: supersecret}\n").unwrap();
+        assert!(!format!("{f:?}").contains("supersecret"));
+    }
+}
