@@ -1,5 +1,4 @@
-//! blockproxy's data plane.
-//!
-//! - [`protocol`]: paths, headers, names and documents shared by every component (and the operator).
+//! blockproxy's data plane. The wire format lives in the `blockproxy-protocol` crate and is
+//! re-exported here as [`protocol`].
 
-pub mod protocol;
+pub use blockproxy_protocol as protocol;

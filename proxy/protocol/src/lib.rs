@@ -1,6 +1,6 @@
 //! The data-plane protocol: paths, headers, name validation, and the documents exchanged between
-//! proxies, clients and the operator. This module depends on nothing else in the repository, so the
-//! wire format is defined exactly once.
+//! proxies, clients and the operator. It is its own crate (inside `proxy/`) so that the operator
+//! depends on the wire format and nothing else of the data plane, and the format is defined once.
 
 mod checksum;
 mod discovery;

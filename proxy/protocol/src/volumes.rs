@@ -89,7 +89,7 @@ mod tests {
     #[test]
     fn parses_and_validates() {
         let f = VolumesFile::parse("volumes:\n- id: v1\n  bucket: b\n  prefix: p/\n  token: t\n").unwrap();
-        let key = crate::protocol::BlockKey::parse("k/1").unwrap();
+        let key = crate::BlockKey::parse("k/1").unwrap();
         assert_eq!(f.volumes[0].store_key(&key), "p/k/1");
         assert!(VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: ''}\n").is_err());
         assert!(VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: a}\n- {id: v1, bucket: b, token: a}\n").is_err());
