@@ -1,0 +1,261 @@
+//! The in-memory index of cached blocks: state, accounting against the quota, and LRU order of
+//! clean blocks. Pure data structure; the caller does the file I/O it asks for.
+
+use blockproxy_protocol::{BlockKey, VolumeId};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockId {
+    pub volume: VolumeId,
+    pub key: BlockKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryState {
+    Clean,
+    /// Acknowledged, not yet in the store. `tombstone` marks a pending delete.
+    Dirty { since: Instant, tombstone: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// File name inside the area (see `disk::Layout`).
+    pub name: String,
+    /// Bytes the file takes on disk (header + data).
+    pub file_size: u64,
+    pub data_len: u64,
+    pub version: u64,
+    pub state: EntryState,
+    lru_tick: u64,
+}
+
+impl Entry {
+    pub fn new(name: String, file_size: u64, data_len: u64, version: u64, state: EntryState) -> Self {
+        Self { name, file_size, data_len, version, state, lru_tick: 0 }
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        matches!(self.state, EntryState::Dirty { .. })
+    }
+
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self.state, EntryState::Dirty { tombstone: true, .. })
+    }
+}
+
+/// Why space could not be reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmitError {
+    /// Dirty bytes would exceed the quota: back-pressure until writeback catches up.
+    DirtyQuota,
+    /// Not enough evictable clean bytes.
+    NoSpace,
+}
+
+#[derive(Debug, Default)]
+pub struct Index {
+    entries: HashMap<BlockId, Entry>,
+    lru: BTreeMap<u64, BlockId>,
+    tick: u64,
+    quota: u64,
+    used_bytes: u64,
+    reserved_bytes: u64,
+    dirty_bytes: u64,
+    dirty_blocks: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub quota: u64,
+    pub used_bytes: u64,
+    pub dirty_bytes: u64,
+    pub dirty_blocks: u64,
+    pub blocks: u64,
+}
+
+impl Index {
+    pub fn new(quota: u64) -> Self {
+        Self { quota, ..Default::default() }
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            quota: self.quota,
+            used_bytes: self.used_bytes,
+            dirty_bytes: self.dirty_bytes,
+            dirty_blocks: self.dirty_blocks,
+            blocks: self.entries.len() as u64,
+        }
+    }
+
+    /// Looks a block up and marks it recently used.
+    pub fn touch(&mut self, id: &BlockId) -> Option<&Entry> {
+        self.tick += 1;
+        let tick = self.tick;
+        let entry = self.entries.get_mut(id)?;
+        if entry.state == EntryState::Clean {
+            self.lru.remove(&entry.lru_tick);
+            self.lru.insert(tick, id.clone());
+        }
+        entry.lru_tick = tick;
+        Some(entry)
+    }
+
+    pub fn get(&self, id: &BlockId) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    /// Reserves `size` bytes for a new file, evicting least-recently-used clean blocks as needed.
+    /// Returns the evicted blocks, whose files the caller deletes. Dirty blocks are never evicted.
+    pub fn reserve(&mut self, size: u64, dirty: bool) -> Result<Vec<(BlockId, Entry)>, AdmitError> {
+        if dirty && self.dirty_bytes + size > self.quota {
+            return Err(AdmitError::DirtyQuota);
+        }
+        let needed = (self.used_bytes + self.reserved_bytes + size).saturating_sub(self.quota);
+        let clean_bytes = self.used_bytes - self.dirty_bytes;
+        if needed > clean_bytes {
+            return Err(if dirty { AdmitError::DirtyQuota } else { AdmitError::NoSpace });
+        }
+        let mut evicted = Vec::new();
+        let mut freed = 0;
+        while freed < needed {
+            let Some((_, id)) = self.lru.pop_first() else { break };
+            if let Some(entry) = self.remove(&id) {
+                freed += entry.file_size;
+                evicted.push((id, entry));
+            }
+        }
+        self.reserved_bytes += size;
+        Ok(evicted)
+    }
+
+    pub fn release(&mut self, reserved: u64) {
+        self.reserved_bytes = self.reserved_bytes.saturating_sub(reserved);
+    }
+
+    /// Inserts (or replaces) an entry, turning `reserved` bytes of reservation into usage.
+    /// Returns the replaced entry, whose file the caller deletes if it differs.
+    pub fn insert(&mut self, id: BlockId, mut entry: Entry, reserved: u64) -> Option<Entry> {
+        self.release(reserved);
+        let old = self.remove(&id);
+        self.tick += 1;
+        entry.lru_tick = self.tick;
+        self.used_bytes += entry.file_size;
+        if entry.is_dirty() {
+            self.dirty_bytes += entry.file_size;
+            self.dirty_blocks += 1;
+        } else {
+            self.lru.insert(entry.lru_tick, id.clone());
+        }
+        self.entries.insert(id, entry);
+        old
+    }
+
+    pub fn remove(&mut self, id: &BlockId) -> Option<Entry> {
+        let entry = self.entries.remove(id)?;
+        self.used_bytes -= entry.file_size;
+        if entry.is_dirty() {
+            self.dirty_bytes -= entry.file_size;
+            self.dirty_blocks -= 1;
+        } else {
+            self.lru.remove(&entry.lru_tick);
+        }
+        Some(entry)
+    }
+
+    /// Marks a dirty entry clean if it still holds `version`. Returns whether it did.
+    pub fn mark_clean(&mut self, id: &BlockId, version: u64) -> bool {
+        match self.entries.get(id) {
+            Some(e) if e.is_dirty() && !e.is_tombstone() && e.version == version => {}
+            _ => return false,
+        }
+        let mut entry = self.remove(id).expect("checked above");
+        entry.state = EntryState::Clean;
+        self.insert(id.clone(), entry, 0);
+        true
+    }
+
+    /// Dirty entries of a volume whose key starts with `prefix`, in key order.
+    pub fn dirty_under(&self, volume: &VolumeId, prefix: &str) -> Vec<(BlockId, Entry)> {
+        let mut out: Vec<_> = self
+            .entries
+            .iter()
+            .filter(|(id, e)| e.is_dirty() && &id.volume == volume && id.key.as_str().starts_with(prefix))
+            .map(|(id, e)| (id.clone(), e.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    pub fn oldest_dirty(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .filter_map(|e| match e.state {
+                EntryState::Dirty { since, .. } => Some(since),
+                EntryState::Clean => None,
+            })
+            .min()
+    }
+
+    pub fn dirty_ids(&self) -> Vec<BlockId> {
+        self.entries.iter().filter(|(_, e)| e.is_dirty()).map(|(id, _)| id.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(k: &str) -> BlockId {
+        BlockId { volume: VolumeId::parse("v").unwrap(), key: BlockKey::parse(k).unwrap() }
+    }
+
+    fn clean(size: u64) -> Entry {
+        Entry::new("n".into(), size, size, 1, EntryState::Clean)
+    }
+
+    fn dirty(size: u64) -> Entry {
+        Entry::new("n".into(), size, size, 1, EntryState::Dirty { since: Instant::now(), tombstone: false })
+    }
+
+    #[test]
+    fn evicts_least_recently_used_clean_blocks_only() {
+        let mut idx = Index::new(100);
+        for k in ["a", "b", "c"] {
+            idx.reserve(30, false).unwrap();
+            idx.insert(id(k), clean(30), 30);
+        }
+        idx.touch(&id("a")); // b is now the oldest
+        let evicted = idx.reserve(30, true).unwrap();
+        assert_eq!(evicted.iter().map(|(i, _)| i.key.as_str()).collect::<Vec<_>>(), ["b"]);
+        idx.insert(id("d"), dirty(30), 30);
+        assert_eq!(idx.usage().used_bytes, 90);
+        // Needs 70: only a and c (60) are clean, so the reservation fails and nothing is evicted.
+        assert_eq!(idx.reserve(80, false).unwrap_err(), AdmitError::NoSpace);
+        assert_eq!(idx.usage().blocks, 3);
+    }
+
+    #[test]
+    fn dirty_quota_gives_back_pressure() {
+        let mut idx = Index::new(100);
+        idx.reserve(60, true).unwrap();
+        idx.insert(id("a"), dirty(60), 60);
+        assert_eq!(idx.reserve(50, true).unwrap_err(), AdmitError::DirtyQuota);
+        assert!(idx.mark_clean(&id("a"), 1));
+        assert!(!idx.mark_clean(&id("a"), 1));
+        assert_eq!(idx.usage().dirty_bytes, 0);
+        // Now the 60 clean bytes can be evicted for a dirty write.
+        assert_eq!(idx.reserve(50, true).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn mark_clean_ignores_superseded_versions() {
+        let mut idx = Index::new(100);
+        let mut e = dirty(10);
+        e.version = 5;
+        idx.insert(id("a"), e, 0);
+        assert!(!idx.mark_clean(&id("a"), 4));
+        assert!(idx.get(&id("a")).unwrap().is_dirty());
+    }
+}

@@ -1,0 +1,450 @@
+//! The local disk cache: block files (see [`disk`]), the in-memory [`index`] with quota and LRU
+//! eviction, and [`flight`] for single-flight misses. It knows nothing of HTTP or of the store.
+//!
+//! Invariants:
+//! - A block is in at most one area: `dirty/` (acknowledged, unflushed, never evicted) or `clean/`.
+//! - A file is renamed into place only once complete, so a crash leaves either the old or the new
+//!   version of a block, never a torn one (with `sync`, also across power loss).
+//! - A write only replaces an entry holding an older version (last writer wins by version).
+
+pub mod disk;
+pub mod flight;
+pub mod index;
+
+pub use index::{BlockId, Usage};
+
+use bytes::Bytes;
+use disk::{Area, BlockHeader, FormatError, Layout};
+use index::{AdmitError, Entry, EntryState, Index};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("dirty data would exceed the cache quota; retry when writeback has caught up")]
+    DirtyQuota,
+    #[error("no evictable space left in the cache")]
+    NoSpace,
+    #[error("cache I/O failed during {op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unflushed block {volume}/{key} is corrupt on disk ({reason})")]
+    CorruptDirty { volume: String, key: String, reason: String },
+}
+
+impl CacheError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::DirtyQuota => "dirty_quota",
+            Self::NoSpace => "no_space",
+            Self::Io { .. } => "io",
+            Self::CorruptDirty { .. } => "corrupt_dirty",
+        }
+    }
+}
+
+fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> CacheError {
+    move |source| CacheError::Io { op, source }
+}
+
+impl From<AdmitError> for CacheError {
+    fn from(e: AdmitError) -> Self {
+        match e {
+            AdmitError::DirtyQuota => Self::DirtyQuota,
+            AdmitError::NoSpace => Self::NoSpace,
+        }
+    }
+}
+
+/// A write (or delete) to persist as dirty.
+#[derive(Debug, Clone)]
+pub struct DirtyWrite {
+    pub id: BlockId,
+    pub bucket: String,
+    pub store_key: String,
+    pub version: u64,
+    /// `None` is a delete (tombstone).
+    pub data: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Committed,
+    /// The cache already holds this or a newer version; the write is ordered before it.
+    Superseded { current: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Hit { data: Bytes, version: u64, dirty: bool },
+    /// A delete is pending writeback: the block is gone, whatever the store still says.
+    Deleted,
+    Miss,
+}
+
+/// What happened when a dirty block was sent to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushOutcome {
+    /// The store now holds this version (or the delete was applied).
+    Applied,
+    /// The store already held a newer version, so this one was skipped and dropped from the cache.
+    StoreNewer,
+}
+
+/// What the start-up scan found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub dirty: Vec<BlockId>,
+    pub clean_blocks: u64,
+    /// Unreadable files: clean ones are deleted, dirty ones moved to `corrupt/` for inspection.
+    pub corrupt_files: u64,
+}
+
+pub struct Cache {
+    layout: Layout,
+    sync: bool,
+    index: Mutex<Index>,
+}
+
+impl Cache {
+    /// Opens the cache folder and rebuilds the index from the block files (blocking I/O).
+    pub fn open(folder: &Path, quota: u64, sync: bool) -> io::Result<(Self, Recovery)> {
+        let layout = Layout::new(folder)?;
+        let mut index = Index::new(quota);
+        let mut recovery = Recovery::default();
+        let now = SystemTime::now();
+        let instant_now = Instant::now();
+        let age = |p: &Path| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default()
+        };
+
+        for path in disk::list_area(&layout.area_dir(Area::Dirty))? {
+            match disk::read_header(&path)? {
+                Ok((h, size)) => {
+                    let Some(id) = block_id(&h) else { continue };
+                    let since = instant_now.checked_sub(age(&path)).unwrap_or(instant_now);
+                    let entry = Entry::new(
+                        file_name(&path),
+                        size,
+                        h.data_len,
+                        h.version,
+                        EntryState::Dirty { since, tombstone: h.tombstone },
+                    );
+                    index.insert(id.clone(), entry, 0);
+                    recovery.dirty.push(id);
+                }
+                Err(e) => {
+                    recovery.corrupt_files += 1;
+                    let quarantine = layout.root().join("corrupt");
+                    std::fs::create_dir_all(&quarantine)?;
+                    tracing::error!(path = %path.display(), error = %e, "unreadable dirty block moved to corrupt/");
+                    std::fs::rename(&path, quarantine.join(file_name(&path)))?;
+                }
+            }
+        }
+
+        // Oldest first, so the LRU order approximates the one before the restart.
+        let mut clean: Vec<(Duration, PathBuf)> =
+            disk::list_area(&layout.area_dir(Area::Clean))?.into_iter().map(|p| (age(&p), p)).collect();
+        clean.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, path) in clean {
+            let header = disk::read_header(&path)?;
+            let id = header.as_ref().ok().and_then(|(h, _)| block_id(h));
+            match (header, id) {
+                (Ok((h, size)), Some(id)) if index.get(&id).is_none() && !h.tombstone => {
+                    let entry = Entry::new(file_name(&path), size, h.data_len, h.version, EntryState::Clean);
+                    index.insert(id, entry, 0);
+                    recovery.clean_blocks += 1;
+                }
+                (Ok(_), Some(_)) => std::fs::remove_file(&path)?, // superseded by a dirty version
+                _ => {
+                    recovery.corrupt_files += 1;
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        }
+        Ok((Self { layout, sync, index: Mutex::new(index) }, recovery))
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        // A panic while holding the lock cannot leave the index half-updated in a way that loses
+        // data (files are the source of truth), so keep serving.
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.index().usage()
+    }
+
+    pub fn oldest_dirty_age(&self) -> Option<Duration> {
+        self.index().oldest_dirty().map(|t| t.elapsed())
+    }
+
+    pub fn dirty_ids(&self) -> Vec<BlockId> {
+        self.index().dirty_ids()
+    }
+
+    /// Dirty entries under a key prefix: (key, data length, version, is a pending delete).
+    pub fn dirty_under(&self, volume: &blockproxy_protocol::VolumeId, prefix: &str) -> Vec<(BlockId, u64, u64, bool)> {
+        self.index()
+            .dirty_under(volume, prefix)
+            .into_iter()
+            .map(|(id, e)| (id, e.data_len, e.version, e.is_tombstone()))
+            .collect()
+    }
+
+    /// The version the cache holds for a block, if any.
+    pub fn version_of(&self, id: &BlockId) -> Option<u64> {
+        self.index().get(id).map(|e| e.version)
+    }
+
+    /// Persists a write as dirty. Returns once the block is on disk (and fsynced with `sync`).
+    pub async fn write_dirty(&self, w: DirtyWrite) -> Result<WriteOutcome, CacheError> {
+        let data = w.data.clone().unwrap_or_default();
+        let header = BlockHeader {
+            volume: w.id.volume.to_string(),
+            key: w.id.key.to_string(),
+            bucket: w.bucket,
+            store_key: w.store_key,
+            version: w.version,
+            data_crc32c: crc32c::crc32c(&data),
+            data_len: data.len() as u64,
+            tombstone: w.data.is_none(),
+        };
+        let file_size = header.encode().len() as u64 + data.len() as u64;
+        if let Some(current) = self.superseding_version(&w.id, w.version) {
+            return Ok(WriteOutcome::Superseded { current });
+        }
+        let evicted = self.index().reserve(file_size, true)?;
+        self.delete_files(evicted).await;
+
+        let layout = self.layout.clone();
+        let sync = self.sync;
+        let hdr = header.clone();
+        let tmp = tokio::task::spawn_blocking(move || layout.write_tmp(&hdr, &data, sync))
+            .await
+            .map_err(|e| io_err("write")(io::Error::other(e)))
+            .and_then(|r| r.map_err(io_err("write")));
+        let tmp = match tmp {
+            Ok(t) => t,
+            Err(e) => {
+                self.index().release(file_size);
+                return Err(e);
+            }
+        };
+
+        let name = Layout::file_name(&header.volume, &header.key);
+        let installed = {
+            let mut index = self.index();
+            match index.get(&w.id) {
+                Some(e) if e.version >= w.version => {
+                    let current = e.version;
+                    index.release(file_size);
+                    drop(index);
+                    let _ = std::fs::remove_file(&tmp);
+                    return Ok(WriteOutcome::Superseded { current });
+                }
+                _ => {}
+            }
+            // Renames are short metadata operations; holding the lock orders them with flushes.
+            match self.layout.install(&tmp, Area::Dirty, &name) {
+                Ok(path) => {
+                    let state = EntryState::Dirty { since: Instant::now(), tombstone: header.tombstone };
+                    let entry = Entry::new(name.clone(), file_size, header.data_len, header.version, state);
+                    if let Some(old) = index.insert(w.id.clone(), entry, file_size)
+                        && !old.is_dirty()
+                    {
+                        let _ = std::fs::remove_file(self.layout.path(Area::Clean, &old.name));
+                    }
+                    Ok(path)
+                }
+                Err(e) => {
+                    index.release(file_size);
+                    Err(e)
+                }
+            }
+        };
+        let path = installed.map_err(io_err("install"))?;
+        if self.sync
+            && let Some(dir) = path.parent().map(Path::to_path_buf)
+        {
+            tokio::task::spawn_blocking(move || disk::sync_dir(&dir))
+                .await
+                .map_err(|e| io_err("fsync dir")(io::Error::other(e)))?
+                .map_err(io_err("fsync dir"))?;
+        }
+        Ok(WriteOutcome::Committed)
+    }
+
+    fn superseding_version(&self, id: &BlockId, version: u64) -> Option<u64> {
+        self.index().get(id).map(|e| e.version).filter(|v| *v >= version)
+    }
+
+    /// Caches a block fetched from the store, unless the cache holds it already (a write that
+    /// raced the fetch wins) or there is no evictable room (the block is then served uncached).
+    pub async fn insert_clean(&self, id: BlockId, bucket: &str, store_key: &str, data: Bytes, version: u64) {
+        let header = BlockHeader {
+            volume: id.volume.to_string(),
+            key: id.key.to_string(),
+            bucket: bucket.to_owned(),
+            store_key: store_key.to_owned(),
+            version,
+            data_crc32c: crc32c::crc32c(&data),
+            data_len: data.len() as u64,
+            tombstone: false,
+        };
+        let file_size = header.encode().len() as u64 + data.len() as u64;
+        if self.index().get(&id).is_some() {
+            return;
+        }
+        let Ok(evicted) = self.index().reserve(file_size, false) else { return };
+        self.delete_files(evicted).await;
+        let layout = self.layout.clone();
+        let hdr = header.clone();
+        let tmp = match tokio::task::spawn_blocking(move || layout.write_tmp(&hdr, &data, false)).await {
+            Ok(Ok(t)) => t,
+            other => {
+                tracing::warn!(error = ?other.err(), "could not cache fetched block");
+                self.index().release(file_size);
+                return;
+            }
+        };
+        let name = Layout::file_name(&header.volume, &header.key);
+        let mut index = self.index();
+        if index.get(&id).is_some() {
+            index.release(file_size);
+            let _ = std::fs::remove_file(&tmp);
+            return;
+        }
+        match self.layout.install(&tmp, Area::Clean, &name) {
+            Ok(_) => {
+                index.insert(id, Entry::new(name, file_size, header.data_len, version, EntryState::Clean), file_size);
+            }
+            Err(e) => {
+                index.release(file_size);
+                tracing::warn!(error = %e, "could not cache fetched block");
+            }
+        }
+    }
+
+    /// Reads a block from disk, verifying it. A clean block that fails verification is dropped
+    /// (and reported as a miss, so it is refetched); a dirty one is an error, never served.
+    pub async fn read(&self, id: &BlockId) -> Result<Lookup, CacheError> {
+        // A concurrent flush may rename the file between lookup and open: retry a few times.
+        for _ in 0..4 {
+            let Some(entry) = self.index().touch(id).cloned() else { return Ok(Lookup::Miss) };
+            if entry.is_tombstone() {
+                return Ok(Lookup::Deleted);
+            }
+            let area = if entry.is_dirty() { Area::Dirty } else { Area::Clean };
+            let path = self.layout.path(area, &entry.name);
+            let read = tokio::task::spawn_blocking(move || disk::read_block(&path))
+                .await
+                .map_err(|e| io_err("read")(io::Error::other(e)))?;
+            match read {
+                Ok(Ok((h, data))) if h.version == entry.version => {
+                    return Ok(Lookup::Hit { data, version: h.version, dirty: entry.is_dirty() });
+                }
+                Ok(Ok(_)) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("read")(e)),
+                Ok(Err(format_err)) => return self.on_corrupt(id, &entry, format_err),
+            }
+        }
+        Ok(Lookup::Miss)
+    }
+
+    fn on_corrupt(&self, id: &BlockId, entry: &Entry, err: FormatError) -> Result<Lookup, CacheError> {
+        if entry.is_dirty() {
+            tracing::error!(volume = %id.volume, key = %id.key, error = %err, "unflushed block failed verification");
+            return Err(CacheError::CorruptDirty {
+                volume: id.volume.to_string(),
+                key: id.key.to_string(),
+                reason: err.to_string(),
+            });
+        }
+        tracing::warn!(volume = %id.volume, key = %id.key, error = %err, "cached block failed verification; dropping it");
+        let mut index = self.index();
+        if index.get(id).is_some_and(|e| e.version == entry.version && !e.is_dirty()) {
+            index.remove(id);
+            let _ = std::fs::remove_file(self.layout.path(Area::Clean, &entry.name));
+        }
+        Ok(Lookup::Miss)
+    }
+
+    /// The dirty block to flush (header with its store location, and data), if still dirty.
+    pub async fn read_dirty(&self, id: &BlockId) -> Result<Option<(BlockHeader, Bytes)>, CacheError> {
+        let Some(entry) = self.index().get(id).filter(|e| e.is_dirty()).cloned() else { return Ok(None) };
+        let path = self.layout.path(Area::Dirty, &entry.name);
+        let read = tokio::task::spawn_blocking(move || disk::read_block(&path))
+            .await
+            .map_err(|e| io_err("read")(io::Error::other(e)))?;
+        match read {
+            Ok(Ok((h, data))) => Ok(Some((h, data))),
+            // Replaced by a newer write between lookup and open: the caller re-queues.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read")(e)),
+            Ok(Err(e)) => Err(CacheError::CorruptDirty {
+                volume: id.volume.to_string(),
+                key: id.key.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Records a finished flush of `version`. Returns whether the block is still dirty (a newer
+    /// write arrived meanwhile) and so needs another flush.
+    pub fn complete_flush(&self, id: &BlockId, version: u64, outcome: FlushOutcome) -> bool {
+        let mut index = self.index();
+        let Some(entry) = index.get(id).cloned() else { return false };
+        if entry.version != version || !entry.is_dirty() {
+            return entry.is_dirty();
+        }
+        let dirty_path = self.layout.path(Area::Dirty, &entry.name);
+        if outcome == FlushOutcome::Applied && !entry.is_tombstone() {
+            index.mark_clean(id, version);
+            if let Err(e) = self.layout.install(&dirty_path, Area::Clean, &entry.name) {
+                tracing::warn!(error = %e, "could not move flushed block to clean/; dropping it from the cache");
+                index.remove(id);
+                let _ = std::fs::remove_file(&dirty_path);
+            }
+        } else {
+            index.remove(id);
+            let _ = std::fs::remove_file(&dirty_path);
+        }
+        false
+    }
+
+    async fn delete_files(&self, evicted: Vec<(BlockId, Entry)>) {
+        if evicted.is_empty() {
+            return;
+        }
+        let paths: Vec<PathBuf> = evicted.iter().map(|(_, e)| self.layout.path(Area::Clean, &e.name)).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for p in paths {
+                let _ = std::fs::remove_file(p);
+            }
+        })
+        .await;
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn block_id(h: &BlockHeader) -> Option<BlockId> {
+    Some(BlockId {
+        volume: blockproxy_protocol::VolumeId::parse(&h.volume).ok()?,
+        key: blockproxy_protocol::BlockKey::parse(&h.key).ok()?,
+    })
+}
