@@ -1,5 +1,55 @@
 //! blockproxy's control plane: the `ProxyGroup` and `VolumeProxyGroup` custom resources and their
-//! reconcilers. Reconcilers are pure planning functions (`proxygroup::build`, `volume::build`)
-//! plus one apply/prune mechanism (`apply`).
+//! reconcilers. Reconcilers are pure planning functions (`proxygroup::build`, `volume`) plus one
+//! apply/prune mechanism (`apply`).
 
+pub mod apply;
 pub mod crd;
+pub mod meta;
+pub mod proxygroup;
+pub mod volume;
+
+/// Every way a reconcile step can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("applying {kind} {name}: {source}")]
+    Apply { kind: String, name: String, #[source] source: kube::Error },
+    #[error("deleting {kind} {name}: {source}")]
+    Delete { kind: String, name: String, #[source] source: kube::Error },
+    #[error("listing {kind}: {source}")]
+    List { kind: String, #[source] source: kube::Error },
+    #[error("reading {what}: {source}")]
+    Get { what: String, #[source] source: kube::Error },
+    #[error("updating status of {name}: {source}")]
+    Status { name: String, #[source] source: kube::Error },
+    #[error("serialising an object: {0}")]
+    Serialize(#[source] serde_json::Error),
+    #[error("issuing TLS material: {0}")]
+    Tls(#[source] rcgen::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("waiting for {0} proxies to drain")]
+    DrainPending(usize),
+    #[error("cannot drain: {0}")]
+    DrainBlocked(String),
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+}
+
+impl Error {
+    /// A stable label for metrics and Events.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Apply { .. } => "apply",
+            Self::Delete { .. } => "delete",
+            Self::List { .. } => "list",
+            Self::Get { .. } => "get",
+            Self::Status { .. } => "status",
+            Self::Serialize(_) => "serialize",
+            Self::Tls(_) => "tls",
+            Self::Finalizer(_) => "finalizer",
+            Self::DrainPending(_) => "drain_pending",
+            Self::DrainBlocked(_) => "drain_blocked",
+            Self::InvalidSpec(_) => "invalid_spec",
+        }
+    }
+}
