@@ -1,10 +1,17 @@
-//! blockproxy's data plane. The wire format lives in the `blockproxy-protocol` crate and is
-//! re-exported here as [`protocol`].
+//! blockproxy's data plane.
 //!
+//! - [`protocol`]: the wire format (re-exported from the `blockproxy-protocol` crate).
 //! - [`store`]: object-store backends (S3, local directory) behind the [`store::Store`] trait.
+//! - [`cache`]: block files on local disk, the index with quota and LRU eviction, single-flight.
+//! - [`writeback`]: the durable flush queue and its bounded, retrying workers.
+//! - [`server`]: the HTTP API over TLS, and [`server::run`], which wires everything together.
+//! - [`config`], [`metrics`], [`telemetry`]: flags, Prometheus metrics, logging and signals.
 
 pub use blockproxy_protocol as protocol;
 pub mod cache;
+pub mod config;
 pub mod metrics;
+pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod writeback;

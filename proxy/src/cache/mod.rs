@@ -109,6 +109,10 @@ pub struct Cache {
     layout: Layout,
     sync: bool,
     index: Mutex<Index>,
+    /// Bumped whenever a block leaves the cache because it was deleted or superseded in the
+    /// store. A store fetch that started before a bump must not cache what it read, or a deleted
+    /// block could come back.
+    removal_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Cache {
@@ -172,7 +176,7 @@ impl Cache {
                 }
             }
         }
-        Ok((Self { layout, sync, index: Mutex::new(index) }, recovery))
+        Ok((Self { layout, sync, index: Mutex::new(index), removal_epoch: Default::default() }, recovery))
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -289,9 +293,29 @@ impl Cache {
         self.index().get(id).map(|e| e.version).filter(|v| *v >= version)
     }
 
+    /// The current removal epoch; pass it to [`Cache::insert_clean`] for a fetch started now.
+    pub fn removal_epoch(&self) -> u64 {
+        self.removal_epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn bump_removal_epoch(&self) {
+        self.removal_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Drops a clean block (write-through overwrite or delete). Dirty blocks are never dropped.
+    pub fn invalidate(&self, id: &BlockId) {
+        let mut index = self.index();
+        if let Some(e) = index.get(id).filter(|e| !e.is_dirty()).cloned() {
+            index.remove(id);
+            let _ = std::fs::remove_file(self.layout.path(Area::Clean, &e.name));
+        }
+        self.bump_removal_epoch();
+    }
+
     /// Caches a block fetched from the store, unless the cache holds it already (a write that
-    /// raced the fetch wins) or there is no evictable room (the block is then served uncached).
-    pub async fn insert_clean(&self, id: BlockId, bucket: &str, store_key: &str, data: Bytes, version: u64) {
+    /// raced the fetch wins), a removal happened since `epoch`, or there is no evictable room
+    /// (the block is then served uncached).
+    pub async fn insert_clean(&self, id: BlockId, bucket: &str, store_key: &str, data: Bytes, version: u64, epoch: u64) {
         let header = BlockHeader {
             volume: id.volume.to_string(),
             key: id.key.to_string(),
@@ -320,7 +344,7 @@ impl Cache {
         };
         let name = Layout::file_name(&header.volume, &header.key);
         let mut index = self.index();
-        if index.get(&id).is_some() {
+        if index.get(&id).is_some() || self.removal_epoch() != epoch {
             index.release(file_size);
             let _ = std::fs::remove_file(&tmp);
             return;
@@ -420,6 +444,7 @@ impl Cache {
         } else {
             index.remove(id);
             let _ = std::fs::remove_file(&dirty_path);
+            self.bump_removal_epoch();
         }
         false
     }

@@ -1,0 +1,183 @@
+//! Command-line configuration of the `blockproxy` server. Flags follow the reference product's
+//! proxy settings (bind address, disk folder, quota, sync, writeback...), in Rust style, each with
+//! an environment variable so a Pod spec can use either.
+
+use clap::{Args, ValueEnum};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// Address to serve the block API, health and metrics on.
+    #[arg(long, env = "BLOCKPROXY_BIND_ADDR", default_value = "0.0.0.0:8443")]
+    pub bind_addr: SocketAddr,
+
+    /// Folder for the block cache (a local NVMe disk). Dirty blocks live here until flushed.
+    #[arg(long, env = "BLOCKPROXY_DISK_FOLDER", default_value = "/cache")]
+    pub disk_folder: PathBuf,
+
+    /// Cache size limit: a percentage of the disk folder's filesystem ("90%") or a size
+    /// ("600Gi", "500G", "1048576"). Counts clean and dirty blocks.
+    #[arg(long, env = "BLOCKPROXY_DISK_QUOTA", default_value = "90%", value_parser = parse_quota)]
+    pub disk_quota: Quota,
+
+    /// Fsync every block file and its directory before acknowledging a write, so acknowledged
+    /// blocks also survive power loss (slower writes). See the durability contract in README.
+    #[arg(long, env = "BLOCKPROXY_SYNC")]
+    pub sync: bool,
+
+    /// Write every block through to the object store before acknowledging it (no writeback).
+    #[arg(long, env = "BLOCKPROXY_NO_WRITEBACK")]
+    pub no_writeback: bool,
+
+    /// Maximum parallel flushes to the object store; 0 picks 4 per CPU (at most 64).
+    #[arg(long, env = "BLOCKPROXY_WRITEBACK_ACTIVE", default_value_t = 0)]
+    pub writeback_active: usize,
+
+    /// Pause in milliseconds after each flush, per flush worker, to throttle a shared WAN link.
+    #[arg(long, env = "BLOCKPROXY_WRITEBACK_DELAY", default_value_t = 0)]
+    pub writeback_delay: u64,
+
+    /// Maximum block operations in flight (disk and store); 0 picks 64 per CPU.
+    #[arg(long, env = "BLOCKPROXY_MAX_BOPS", default_value_t = 0)]
+    pub max_bops: usize,
+
+    /// Largest accepted block body ("64Mi", bytes). Larger PUTs get 413.
+    #[arg(long, env = "BLOCKPROXY_MAX_BLOCK_SIZE", default_value = "64Mi", value_parser = parse_size)]
+    pub max_block_size: u64,
+
+    /// PEM certificate chain to serve. Without it (and without --no-tls) a self-signed
+    /// certificate is generated and written to <disk-folder>/tls/.
+    #[arg(long, env = "BLOCKPROXY_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert-file.
+    #[arg(long, env = "BLOCKPROXY_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Serve plain HTTP. Only behind a TLS-terminating proxy or on loopback.
+    #[arg(long, env = "BLOCKPROXY_NO_TLS", conflicts_with_all = ["tls_cert_file", "tls_key_file"])]
+    pub no_tls: bool,
+
+    /// YAML file listing the volumes served (id, bucket, prefix, token). Reloaded on change.
+    #[arg(long, env = "BLOCKPROXY_VOLUMES_FILE")]
+    pub volumes_file: PathBuf,
+
+    /// File holding the admin bearer token for the drain API. Without it drain is disabled.
+    #[arg(long, env = "BLOCKPROXY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// On SIGTERM: how long to keep flushing dirty blocks before exiting. Whatever is left is
+    /// flushed after the next start.
+    #[arg(long, env = "BLOCKPROXY_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often to check the volumes file for changes.
+    #[arg(long, env = "BLOCKPROXY_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Object store endpoint: an S3-compatible URL (http(s)://minio:9000), or file:///path for
+    /// the embedded local-directory store. Empty means AWS S3.
+    #[arg(long, env = "BLOCKPROXY_STORE_ENDPOINT")]
+    pub store_endpoint: Option<String>,
+
+    /// Object store region.
+    #[arg(long, env = "BLOCKPROXY_STORE_REGION", default_value = "us-east-1")]
+    pub store_region: String,
+
+    /// Use path-style bucket addressing (MinIO, Ceph RGW).
+    #[arg(long, env = "BLOCKPROXY_STORE_PATH_STYLE")]
+    pub store_path_style: bool,
+
+    /// File with `access_key_id` and `secret_access_key` (YAML). Without it the AWS default
+    /// chain is used (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profile, instance role).
+    #[arg(long, env = "BLOCKPROXY_STORE_CREDENTIALS_FILE")]
+    pub store_credentials_file: Option<PathBuf>,
+
+    /// Ask the store to encrypt objects at rest (SSE-S3).
+    #[arg(long, env = "BLOCKPROXY_STORE_SSE")]
+    pub store_sse: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Quota {
+    Percent(f64),
+    Bytes(u64),
+}
+
+impl Quota {
+    /// Resolves the quota to bytes against the filesystem holding `folder`.
+    pub fn resolve(self, folder: &Path) -> std::io::Result<u64> {
+        match self {
+            Self::Bytes(b) => Ok(b),
+            Self::Percent(p) => {
+                let total = fs4::total_space(folder)?;
+                Ok((total as f64 * p / 100.0) as u64)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, text otherwise.
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+pub fn parse_quota(s: &str) -> Result<Quota, String> {
+    if let Some(p) = s.trim().strip_suffix('%') {
+        let p: f64 = p.trim().parse().map_err(|_| format!("{s:?} is not a percentage like \"90%\""))?;
+        if !(p > 0.0 && p <= 100.0) {
+            return Err(format!("percentage {p} must be in (0, 100]"));
+        }
+        return Ok(Quota::Percent(p));
+    }
+    parse_size(s).map(Quota::Bytes)
+}
+
+/// Parses "1048576", "64Mi", "600Gi", "500G", "10k".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like \"64Mi\" or \"500G\""))?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} in {s:?} (use k, M, G, T, Ki, Mi, Gi, Ti)")),
+    };
+    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("size {s:?} must be positive and fit in 64 bits"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_quotas_and_sizes() {
+        assert_eq!(parse_quota("90%").unwrap(), Quota::Percent(90.0));
+        assert_eq!(parse_quota("600Gi").unwrap(), Quota::Bytes(600 << 30));
+        assert_eq!(parse_size("64Mi").unwrap(), 64 << 20);
+        assert_eq!(parse_size("10G").unwrap(), 10_000_000_000);
+        for bad in ["", "0", "abc", "10Zi", "101%", "0%", "-5%", "99999999999999999999"] {
+            assert!(parse_quota(bad).is_err(), "{bad:?}");
+        }
+    }
+}

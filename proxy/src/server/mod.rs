@@ -1,0 +1,188 @@
+//! The proxy server: wires cache, store, writeback and the HTTP API together, and runs them
+//! until shutdown. See [`run`].
+
+mod errors;
+mod listener;
+mod routes;
+mod state;
+mod tls;
+mod volumes;
+
+pub use volumes::bearer;
+
+use crate::cache::Cache;
+use crate::config::{ProxyArgs, StoreArgs};
+use crate::metrics::Metrics;
+use crate::store::{DynStore, LocalDirStore, S3Store, S3StoreConfig};
+use crate::writeback::{Writeback, WritebackConfig};
+use anyhow::Context;
+use state::AppState;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Builds the object store from the command line.
+pub async fn build_store(args: &StoreArgs) -> anyhow::Result<DynStore> {
+    if let Some(path) = args.store_endpoint.as_deref().and_then(|e| e.strip_prefix("file://")) {
+        anyhow::ensure!(path.starts_with('/'), "--store-endpoint file:// needs an absolute path, like file:///var/lib/blockproxy-store");
+        std::fs::create_dir_all(path).with_context(|| format!("creating local store folder {path}"))?;
+        return Ok(Arc::new(LocalDirStore::new(path)));
+    }
+    if let Some(ep) = &args.store_endpoint {
+        anyhow::ensure!(
+            ep.starts_with("http://") || ep.starts_with("https://"),
+            "--store-endpoint {ep:?} must be an http(s):// URL or file:///path"
+        );
+    }
+    let credentials = match &args.store_credentials_file {
+        None => None,
+        Some(path) => {
+            #[derive(serde::Deserialize)]
+            struct Creds {
+                access_key_id: String,
+                secret_access_key: String,
+            }
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let c: Creds = serde_yaml::from_str(&text)
+                .with_context(|| format!("{} must hold access_key_id and secret_access_key", path.display()))?;
+            Some((c.access_key_id, c.secret_access_key))
+        }
+    };
+    Ok(Arc::new(
+        S3Store::new(S3StoreConfig {
+            endpoint: args.store_endpoint.clone(),
+            region: args.store_region.clone(),
+            path_style: args.store_path_style,
+            credentials,
+            sse: args.store_sse,
+        })
+        .await,
+    ))
+}
+
+fn auto_parallelism(per_cpu: usize, max: usize) -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).saturating_mul(per_cpu).min(max)
+}
+
+/// Runs the proxy until `shutdown` resolves, then stops taking writes, flushes dirty blocks for
+/// up to `--shutdown-grace`, and returns. Dirty blocks left over stay on disk and are flushed
+/// after the next start.
+pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let volumes = Arc::new(volumes::Volumes::load(&args.volumes_file)?);
+    let admin_token = match &args.admin_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading admin token file {}", p.display()))?
+                .trim()
+                .to_owned(),
+        )
+        .filter(|t| !t.is_empty()),
+        None => None,
+    };
+    std::fs::create_dir_all(&args.disk_folder)
+        .with_context(|| format!("creating disk folder {}", args.disk_folder.display()))?;
+    let quota = args
+        .disk_quota
+        .resolve(&args.disk_folder)
+        .with_context(|| format!("measuring the filesystem of {}", args.disk_folder.display()))?;
+    let tls = if args.no_tls {
+        None
+    } else if let (Some(c), Some(k)) = (&args.tls_cert_file, &args.tls_key_file) {
+        Some(tls::load(c, k)?)
+    } else {
+        Some(tls::self_signed(&args.disk_folder.join("tls"))?)
+    };
+    let store = build_store(&args.store).await?;
+
+    let started = Instant::now();
+    let (folder, sync) = (args.disk_folder.clone(), args.sync);
+    let (cache, recovery) = tokio::task::spawn_blocking(move || Cache::open(&folder, quota, sync))
+        .await?
+        .with_context(|| format!("opening the cache in {}", args.disk_folder.display()))?;
+    let cache = Arc::new(cache);
+    let usage = cache.usage();
+    tracing::info!(
+        folder = %args.disk_folder.display(),
+        quota_bytes = quota,
+        clean_blocks = recovery.clean_blocks,
+        dirty_blocks = recovery.dirty.len(),
+        corrupt_files = recovery.corrupt_files,
+        used_bytes = usage.used_bytes,
+        took = ?started.elapsed(),
+        "cache opened"
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let active = if args.writeback_active == 0 { auto_parallelism(4, 64) } else { args.writeback_active };
+    let writeback = Writeback::new(
+        Arc::clone(&cache),
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        WritebackConfig { active, delay: Duration::from_millis(args.writeback_delay), ..Default::default() },
+    );
+    for id in recovery.dirty {
+        writeback.enqueue(id);
+    }
+    let (stop_workers_tx, stop_workers) = watch::channel(false);
+    let workers = writeback.spawn_workers(stop_workers);
+
+    let max_bops = if args.max_bops == 0 { auto_parallelism(64, 1024) } else { args.max_bops };
+    let state = Arc::new(AppState {
+        volumes: Arc::clone(&volumes),
+        cache: Arc::clone(&cache),
+        store: Arc::clone(&store),
+        writeback: Arc::clone(&writeback),
+        metrics,
+        fetches: Default::default(),
+        bops: tokio::sync::Semaphore::new(max_bops),
+        max_block_size: args.max_block_size,
+        write_through: args.no_writeback,
+        admin_token,
+        draining: Default::default(),
+        shutting_down: Default::default(),
+        clock: Default::default(),
+    });
+    let reload = tokio::spawn(Arc::clone(&volumes).watch(args.volumes_file.clone(), args.reload_interval));
+
+    let listener = TcpListener::bind(args.bind_addr).await.with_context(|| format!("binding {}", args.bind_addr))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        addr = %local,
+        tls = tls.is_some(),
+        store = %store.describe(),
+        writeback = !args.no_writeback,
+        writeback_active = active,
+        sync = args.sync,
+        volumes = volumes.snapshot().len(),
+        "blockproxy serving"
+    );
+    let (stop_http_tx, stop_http) = watch::channel(false);
+    let server = tokio::spawn(listener::serve(listener, routes::router(Arc::clone(&state)), tls, stop_http, Duration::from_secs(5)));
+
+    shutdown.await;
+    state.shutting_down.store(true, Ordering::SeqCst);
+    let dirty = cache.usage();
+    tracing::info!(dirty_blocks = dirty.dirty_blocks, grace = ?args.shutdown_grace, "shutting down: refusing writes, flushing dirty blocks");
+    let clean = writeback.wait_clean(Instant::now() + args.shutdown_grace).await;
+    let _ = stop_http_tx.send(true);
+    let _ = stop_workers_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    let _ = server.await;
+    reload.abort();
+    let left = cache.usage();
+    if clean {
+        tracing::info!("all dirty blocks flushed; exiting");
+    } else {
+        tracing::warn!(
+            dirty_blocks = left.dirty_blocks,
+            dirty_bytes = left.dirty_bytes,
+            "grace period over with dirty blocks left; they stay on disk and are flushed after the next start"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! The HTTP API: block PUT/GET/HEAD/DELETE, the dirty-key listing, ping, health, metrics and the
+//! drain admin call.
+
+use super::errors::ApiError;
+use super::state::{AppState, FetchResult};
+use super::volumes::{AuthError, token_matches};
+use crate::cache::{BlockId, CacheError, DirtyWrite, Lookup, WriteOutcome};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use blockproxy_protocol::{
+    self as protocol, CHECKSUM_HEADER, Checksum, DirtyKey, DirtyKeys, DrainStatus, SOURCE_HEADER,
+    VERSION_HEADER, VolumeConfig, VolumeId,
+};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tracing::Instrument;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(protocol::PING_PATH, get(|| async { "pong" }))
+        .route(protocol::HEALTHZ_PATH, get(|| async { "ok" }))
+        .route(protocol::READYZ_PATH, get(readyz))
+        .route(protocol::METRICS_PATH, get(metrics))
+        .route(protocol::DRAIN_PATH, get(drain_status).post(start_drain))
+        .route("/v1/volumes/{*rest}", any(volume_request))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    if s.accepting_writes() {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    s.metrics.set_usage(s.cache.usage(), s.cache.oldest_dirty_age());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+fn drain_report(s: &AppState) -> DrainStatus {
+    let u = s.cache.usage();
+    let draining = s.draining.load(Ordering::SeqCst);
+    DrainStatus { draining, dirty_blocks: u.dirty_blocks, dirty_bytes: u.dirty_bytes, done: draining && u.dirty_blocks == 0 }
+}
+
+fn check_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &s.admin_token else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "the admin API is disabled: start the proxy with --admin-token-file"));
+    };
+    if token_matches(expected, headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong admin bearer token"))
+    }
+}
+
+async fn drain_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_admin(&s, &headers)?;
+    Ok(axum::Json(drain_report(&s)).into_response())
+}
+
+async fn start_drain(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_admin(&s, &headers)?;
+    if !s.draining.swap(true, Ordering::SeqCst) {
+        let u = s.cache.usage();
+        tracing::info!(dirty_blocks = u.dirty_blocks, dirty_bytes = u.dirty_bytes, "drain requested: refusing writes, flushing");
+    }
+    Ok((StatusCode::ACCEPTED, axum::Json(drain_report(&s))).into_response())
+}
+
+fn op_label(method: &Method, is_list: bool) -> &'static str {
+    match (method, is_list) {
+        (_, true) => "list_dirty",
+        (&Method::GET, _) => "get",
+        (&Method::HEAD, _) => "head",
+        (&Method::PUT, _) => "put",
+        (&Method::DELETE, _) => "delete",
+        _ => "other",
+    }
+}
+
+/// Everything under `/v1/volumes/`: validates names from the raw (undecoded) path, authorizes,
+/// dispatches, and records metrics.
+async fn volume_request(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let path = req.uri().path().to_owned();
+    let is_list = path.ends_with("/dirty") && !path.contains("/blocks/");
+    let op = op_label(req.method(), is_list);
+    let span = tracing::debug_span!("request", op, path = %path);
+    let resp = match dispatch(&s, req, is_list).instrument(span.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status.is_server_error() {
+                span.in_scope(|| tracing::warn!(status = %e.status, error = %e.message, "request failed"));
+            }
+            e.into_response()
+        }
+    };
+    s.metrics.http_requests_total.with_label_values(&[op, resp.status().as_str()]).inc();
+    s.metrics.http_request_duration_seconds.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn dispatch(s: &Arc<AppState>, req: Request, is_list: bool) -> Result<Response, ApiError> {
+    let path = req.uri().path().to_owned();
+    let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if is_list {
+        let volume = path
+            .strip_prefix("/v1/volumes/")
+            .and_then(|r| r.strip_suffix("/dirty"))
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such path"))?;
+        let volume = VolumeId::parse(volume).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        authorize(s, &volume, auth.as_deref())?;
+        if req.method() != Method::GET {
+            return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use GET"));
+        }
+        let Query(q) = Query::<ListQuery>::try_from_uri(req.uri()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        return Ok(list_dirty(s, &volume, q.prefix.as_deref().unwrap_or("")));
+    }
+    let (volume, key) = match protocol::parse_block_path(&path) {
+        Some(Ok(parts)) => parts,
+        Some(Err(e)) => return Err(ApiError::bad_request(e.to_string())),
+        None => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such path; blocks live at /v1/volumes/{volume}/blocks/{key}")),
+    };
+    let cfg = authorize(s, &volume, auth.as_deref())?;
+    let id = BlockId { volume, key };
+    let _permit = s.bops.acquire().await.map_err(|_| ApiError::unavailable("shutting down", 5))?;
+    match *req.method() {
+        Method::PUT => put_block(s, &cfg, id, req).await,
+        Method::GET => get_block(s, &cfg, id, req.headers(), true).await,
+        Method::HEAD => get_block(s, &cfg, id, req.headers(), false).await,
+        Method::DELETE => delete_block(s, &cfg, id, req.headers()).await,
+        _ => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use GET, HEAD, PUT or DELETE")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    prefix: Option<String>,
+}
+
+fn authorize(s: &AppState, volume: &VolumeId, auth: Option<&str>) -> Result<VolumeConfig, ApiError> {
+    s.volumes.authorize(volume, auth).map_err(|e| match e {
+        AuthError::UnknownVolume => ApiError::new(StatusCode::NOT_FOUND, format!("volume {volume} is not served by this proxy")),
+        AuthError::MissingToken => ApiError::new(StatusCode::UNAUTHORIZED, "missing 'Authorization: Bearer <token>'"),
+        AuthError::BadToken => ApiError::new(StatusCode::UNAUTHORIZED, "wrong token for this volume"),
+    })
+}
+
+fn list_dirty(s: &AppState, volume: &VolumeId, prefix: &str) -> Response {
+    let keys = s
+        .cache
+        .dirty_under(volume, prefix)
+        .into_iter()
+        .map(|(id, size, version, deleted)| DirtyKey { key: id.key.to_string(), size, deleted, version })
+        .collect();
+    axum::Json(DirtyKeys { keys }).into_response()
+}
+
+fn requested_version(s: &AppState, headers: &HeaderMap) -> Result<u64, ApiError> {
+    match headers.get(VERSION_HEADER) {
+        None => Ok(s.clock.next()),
+        Some(v) => {
+            let v: u64 = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|v| *v > 0)
+                .ok_or_else(|| ApiError::bad_request(format!("{VERSION_HEADER} must be a positive decimal integer")))?;
+            s.clock.observe(v);
+            Ok(v)
+        }
+    }
+}
+
+async fn read_body(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("block is larger than --max-block-size ({} bytes)", s.max_block_size));
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > s.max_block_size
+    {
+        return Err(too_large());
+    }
+    let limited = http_body_util::Limited::new(req.into_body(), s.max_block_size as usize);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(format!("reading the body failed: {e}"))),
+    }
+}
+
+async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Request) -> Result<Response, ApiError> {
+    if !s.accepting_writes() {
+        return Err(ApiError::unavailable("this proxy is draining or shutting down; write elsewhere or retry", 5));
+    }
+    let checksum: Checksum = req
+        .headers()
+        .get(CHECKSUM_HEADER)
+        .ok_or_else(|| ApiError::bad_request(format!("missing {CHECKSUM_HEADER} header (crc32c=<hex> or sha256=<hex>)")))?
+        .to_str()
+        .map_err(|_| ApiError::bad_request(format!("{CHECKSUM_HEADER} is not ASCII")))?
+        .parse()
+        .map_err(|e: protocol::ChecksumError| ApiError::bad_request(e.to_string()))?;
+    let version = requested_version(s, req.headers())?;
+    let body = read_body(s, req).await?;
+    checksum.verify(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let store_key = cfg.store_key(&id.key);
+
+    if s.write_through {
+        s.store
+            .put(&cfg.bucket, &store_key, body.clone(), version)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("write-through to the store failed: {e}")))?;
+        s.cache.invalidate(&id);
+        let epoch = s.cache.removal_epoch();
+        s.cache.insert_clean(id, &cfg.bucket, &store_key, body.clone(), version, epoch).await;
+        return Ok(write_ack(version, &body));
+    }
+
+    let write = DirtyWrite { id: id.clone(), bucket: cfg.bucket.clone(), store_key, version, data: Some(body.clone()) };
+    match s.cache.write_dirty(write).await.map_err(|e| cache_error(s, e))? {
+        WriteOutcome::Committed => s.writeback.enqueue(id),
+        WriteOutcome::Superseded { current } => {
+            tracing::debug!(volume = %id.volume, key = %id.key, version, current, "write superseded by a newer version");
+        }
+    }
+    Ok(write_ack(version, &body))
+}
+
+fn write_ack(version: u64, body: &[u8]) -> Response {
+    let mut resp = StatusCode::OK.into_response();
+    let h = resp.headers_mut();
+    h.insert(VERSION_HEADER, HeaderValue::from(version));
+    if let Ok(v) = HeaderValue::from_str(&Checksum::crc32c(body).to_string()) {
+        h.insert(CHECKSUM_HEADER, v);
+    }
+    resp
+}
+
+fn cache_error(s: &AppState, e: CacheError) -> ApiError {
+    match e {
+        CacheError::DirtyQuota | CacheError::NoSpace => {
+            s.metrics.http_backpressure_total.inc();
+            ApiError::unavailable(e.to_string(), 1)
+        }
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+async fn delete_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, headers: &HeaderMap) -> Result<Response, ApiError> {
+    if !s.accepting_writes() {
+        return Err(ApiError::unavailable("this proxy is draining or shutting down; retry", 5));
+    }
+    let version = requested_version(s, headers)?;
+    let store_key = cfg.store_key(&id.key);
+    if s.write_through {
+        s.store
+            .delete(&cfg.bucket, &store_key)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("delete in the store failed: {e}")))?;
+        s.cache.invalidate(&id);
+    } else {
+        let write = DirtyWrite { id: id.clone(), bucket: cfg.bucket.clone(), store_key, version, data: None };
+        if s.cache.write_dirty(write).await.map_err(|e| cache_error(s, e))? == WriteOutcome::Committed {
+            s.writeback.enqueue(id);
+        }
+    }
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut().insert(VERSION_HEADER, HeaderValue::from(version));
+    Ok(resp)
+}
+
+async fn fetch(s: &Arc<AppState>, cfg: &VolumeConfig, id: &BlockId) -> FetchResult {
+    let store = Arc::clone(&s.store);
+    let cache = Arc::clone(&s.cache);
+    let metrics = Arc::clone(&s.metrics);
+    let (bucket, store_key, id2) = (cfg.bucket.clone(), cfg.store_key(&id.key), id.clone());
+    s.fetches
+        .run(
+            id.clone(),
+            move || async move {
+                let epoch = cache.removal_epoch();
+                metrics.store_requests_total.with_label_values(&["get"]).inc();
+                match store.get(&bucket, &store_key).await {
+                    Ok(Some(b)) => {
+                        cache.insert_clean(id2, &bucket, &store_key, b.data.clone(), b.version, epoch).await;
+                        Ok(Some(Arc::new(b)))
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(Arc::from(e.to_string())),
+                }
+            },
+            |panic| Err(Arc::from(format!("store fetch aborted: {panic}"))),
+        )
+        .await
+}
+
+async fn get_block(
+    s: &Arc<AppState>,
+    cfg: &VolumeConfig,
+    id: BlockId,
+    headers: &HeaderMap,
+    with_body: bool,
+) -> Result<Response, ApiError> {
+    let range = headers.get(header::RANGE).map(|v| v.to_str().map(str::to_owned));
+    let (data, version, source) = match s.cache.read(&id).await.map_err(|e| cache_error(s, e))? {
+        Lookup::Hit { data, version, .. } => {
+            s.metrics.cache_hits_total.inc();
+            (data, version, "cache")
+        }
+        Lookup::Deleted => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such block")),
+        Lookup::Miss => {
+            s.metrics.cache_misses_total.inc();
+            match fetch(s, cfg, &id).await {
+                Ok(Some(b)) => (b.data.clone(), b.version, "store"),
+                Ok(None) => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such block")),
+                Err(e) => return Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("fetching from the store failed: {e}"))),
+            }
+        }
+    };
+    let total = data.len() as u64;
+    let (status, body, content_range) = match range {
+        None => (StatusCode::OK, data.clone(), None),
+        Some(Err(_)) => return Err(ApiError::bad_request("Range header is not ASCII")),
+        Some(Ok(r)) => {
+            let parsed = http_range_header::parse_range_header(&r)
+                .map_err(|e| ApiError::bad_request(format!("malformed Range header {r:?}: {e}")))?;
+            let ranges = parsed.validate(total).map_err(|e| {
+                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, format!("Range {r:?} does not fit a {total}-byte block: {e}"))
+            })?;
+            let [range] = ranges.as_slice() else {
+                return Err(ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "only a single byte range is supported"));
+            };
+            let (start, end) = (*range.start(), *range.end());
+            (StatusCode::PARTIAL_CONTENT, data.slice(start as usize..=end as usize), Some(format!("bytes {start}-{end}/{total}")))
+        }
+    };
+    s.metrics.cache_served_bytes_total.with_label_values(&[source]).inc_by(body.len() as u64);
+    let mut resp = Response::new(if with_body { Body::from(body.clone()) } else { Body::empty() });
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(VERSION_HEADER, HeaderValue::from(version));
+    h.insert(SOURCE_HEADER, HeaderValue::from_static(source));
+    if let Ok(v) = HeaderValue::from_str(&Checksum::crc32c(&data).to_string()) {
+        h.insert(CHECKSUM_HEADER, v);
+    }
+    if let Some(cr) = content_range.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert(header::CONTENT_RANGE, cr);
+    }
+    Ok(resp)
+}
