@@ -12,15 +12,37 @@ pub mod volume;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("applying {kind} {name}: {source}")]
-    Apply { kind: String, name: String, #[source] source: kube::Error },
+    Apply {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("deleting {kind} {name}: {source}")]
-    Delete { kind: String, name: String, #[source] source: kube::Error },
+    Delete {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("listing {kind}: {source}")]
-    List { kind: String, #[source] source: kube::Error },
+    List {
+        kind: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("reading {what}: {source}")]
-    Get { what: String, #[source] source: kube::Error },
+    Get {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("updating status of {name}: {source}")]
-    Status { name: String, #[source] source: kube::Error },
+    Status {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("serialising an object: {0}")]
     Serialize(#[source] serde_json::Error),
     #[error("issuing TLS material: {0}")]
@@ -53,3 +75,10 @@ impl Error {
         }
     }
 }
+
+pub mod cli;
+pub mod controller;
+pub mod lease;
+pub mod metrics;
+pub mod run;
+pub mod tls;

@@ -1,4 +1,5 @@
 //! `ProxyGroup`: a group of caching proxies, one per node that has a local NVMe PersistentVolume.
+#![allow(clippy::duplicated_attributes)] // printcolumn(...) repeats `type_ = "string"` by design
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -21,8 +22,16 @@ use std::collections::BTreeMap;
     printcolumn(name = "Provider", type_ = "string", json_path = ".spec.providerCode"),
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.regionCode"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyProxies"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredProxies"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredProxies"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyGroupSpec {
@@ -126,7 +135,9 @@ fn default_disk_quota() -> String {
 
 impl Default for CacheSpec {
     fn default() -> Self {
-        Self { disk_quota: default_disk_quota() }
+        Self {
+            disk_quota: default_disk_quota(),
+        }
     }
 }
 
@@ -165,7 +176,12 @@ fn default_delay() -> String {
 
 impl Default for WritebackSpec {
     fn default() -> Self {
-        Self { enabled: true, active: 0, delay: default_delay(), sync: false }
+        Self {
+            enabled: true,
+            active: 0,
+            delay: default_delay(),
+            sync: false,
+        }
     }
 }
 
@@ -176,7 +192,9 @@ impl WritebackSpec {
         if let Some(ms) = d.strip_suffix("ms") {
             ms.parse().unwrap_or(0)
         } else if let Some(s) = d.strip_suffix('s') {
-            s.parse::<u64>().map(|s| s.saturating_mul(1000)).unwrap_or(0)
+            s.parse::<u64>()
+                .map(|s| s.saturating_mul(1000))
+                .unwrap_or(0)
         } else {
             0
         }
@@ -271,7 +289,10 @@ pub struct TlsSpec {
 
 impl Default for TlsSpec {
     fn default() -> Self {
-        Self { enabled: true, certificate_secret: None }
+        Self {
+            enabled: true,
+            certificate_secret: None,
+        }
     }
 }
 
@@ -313,7 +334,9 @@ pub struct ProxyGroupStatus {
 }
 
 /// A published proxy address.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyEndpoint {
     /// `ip:port`.

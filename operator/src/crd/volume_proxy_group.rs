@@ -1,4 +1,5 @@
 //! `VolumeProxyGroup`: attaches a volume of the workloads' namespace to a ProxyGroup.
+#![allow(clippy::duplicated_attributes)] // printcolumn(...) repeats `type_ = "string"` by design
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -20,9 +21,22 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Volume", type_ = "string", json_path = ".spec.volumeID"),
     printcolumn(name = "Group", type_ = "string", json_path = ".spec.proxyGroup"),
     printcolumn(name = "Bucket", type_ = "string", json_path = ".spec.bucket"),
-    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].reason", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeProxyGroupSpec {

@@ -37,7 +37,12 @@ pub fn proxy_args(spec: &ProxyGroupSpec) -> Vec<String> {
         args.push("--no-writeback".into());
     }
     if spec.tls.enabled {
-        args.extend(["--tls-cert-file".into(), TLS_CERT_FILE.into(), "--tls-key-file".into(), TLS_KEY_FILE.into()]);
+        args.extend([
+            "--tls-cert-file".into(),
+            TLS_CERT_FILE.into(),
+            "--tls-key-file".into(),
+            TLS_KEY_FILE.into(),
+        ]);
     } else {
         args.push("--no-tls".into());
     }
@@ -68,7 +73,9 @@ mod tests {
         assert!(args.starts_with("--bind-addr 0.0.0.0:8443 --disk-folder /cache --disk-quota 90%"));
         assert!(args.contains("--writeback-active 0 --writeback-delay 0"));
         assert!(args.contains("--tls-cert-file /etc/blockproxy/tls/tls.crt"));
-        assert!(args.contains("--store-endpoint http://minio:9000 --store-region us-east-1 --store-path-style"));
+        assert!(args.contains(
+            "--store-endpoint http://minio:9000 --store-region us-east-1 --store-path-style"
+        ));
         assert!(!args.contains("--sync"));
         assert!(!args.contains("--no-tls"));
     }
@@ -91,6 +98,10 @@ mod tests {
         s.writeback.enabled = true;
         s.writeback.delay = "2s".into();
         s.writeback.active = 8;
-        assert!(proxy_args(&s).join(" ").contains("--writeback-active 8 --writeback-delay 2000"));
+        assert!(
+            proxy_args(&s)
+                .join(" ")
+                .contains("--writeback-active 8 --writeback-delay 2000")
+        );
     }
 }

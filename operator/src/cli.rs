@@ -1,0 +1,142 @@
+//! Command line of `blockproxy-operator` (every flag also reads an environment variable).
+
+use crate::controller::Config;
+use crate::lease::LeaseConfig;
+use crate::metrics::Metrics;
+use crate::run::{Settings, run};
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "blockproxy-operator",
+    version,
+    about = "Runs blockproxy ProxyGroups and publishes VolumeProxyGroups"
+)]
+pub struct Args {
+    /// Namespace the operator and the proxies run in.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "blockproxy-system")]
+    pub namespace: String,
+    /// This replica's identity for leader election and Events.
+    #[arg(long, env = "POD_NAME", default_value = "blockproxy-operator")]
+    pub identity: String,
+    /// Proxy image used when a ProxyGroup does not set `spec.image`.
+    #[arg(
+        long,
+        env = "BLOCKPROXY_PROXY_IMAGE",
+        default_value = "ghcr.io/blockproxy/blockproxy:latest"
+    )]
+    pub proxy_image: String,
+    /// Address of the admin server (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "BLOCKPROXY_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+    /// Elect a leader with a Lease, so several replicas can run and only one reconciles.
+    #[arg(long, env = "BLOCKPROXY_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "BLOCKPROXY_LEASE_NAME",
+        default_value = "blockproxy-operator"
+    )]
+    pub lease_name: String,
+    /// Lease duration in seconds (a dead leader is replaced after this long).
+    #[arg(long, env = "BLOCKPROXY_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub lease_seconds: u64,
+    /// Seconds between reconciles of an unchanged object.
+    #[arg(long, env = "BLOCKPROXY_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..))]
+    pub resync_seconds: u64,
+    /// Log format; `text` is the default on a terminal, `json` otherwise.
+    #[arg(long, env = "BLOCKPROXY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Args {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            controllers: Config {
+                namespace: self.namespace.clone(),
+                proxy_image: self.proxy_image.clone(),
+                instance: self.identity.clone(),
+                resync: Duration::from_secs(self.resync_seconds),
+                drain_poll: Duration::from_secs(2),
+            },
+            lease: self.leader_elect.then(|| LeaseConfig {
+                namespace: self.namespace.clone(),
+                name: self.lease_name.clone(),
+                identity: self.identity.clone(),
+                duration: Duration::from_secs(self.lease_seconds),
+                renew: Duration::from_secs((self.lease_seconds / 3).max(1)),
+            }),
+            admin_addr: Some(self.admin_addr),
+        }
+    }
+}
+
+fn init_logs(format: Option<LogFormat>) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
+}
+
+/// Resolves on the first SIGTERM or Ctrl-C; the one signal watcher every task shares.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub async fn main(args: Args) -> ExitCode {
+    init_logs(args.log_format);
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build a Kubernetes client (in-cluster config or KUBECONFIG)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(
+        client,
+        args.settings(),
+        Metrics::default(),
+        shutdown_signal(),
+    )
+    .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "operator stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,724 @@
+//! The two controllers (ProxyGroup, VolumeProxyGroup), sharing one context and one shutdown.
+
+use crate::apply::{self, Desired};
+use crate::crd::conditions::{self as c, Cond};
+use crate::crd::{ProxyGroup, VolumeProxyGroup, VolumeProxyGroupStatus};
+use crate::meta::{self, FIELD_MANAGER, PG_FINALIZER, VPG_FINALIZER};
+use crate::metrics::Metrics;
+use crate::proxygroup::build::{self, DrainState, Inputs, TlsMaterial};
+use crate::{Error, tls, volume};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use rand::RngCore;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, instrument, warn};
+
+/// Settings of the controllers.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Namespace the proxies (and the operator) run in.
+    pub namespace: String,
+    /// Proxy image when a group does not set one.
+    pub proxy_image: String,
+    /// Identity for Events (the Pod name).
+    pub instance: String,
+    /// How often a healthy object is reconciled anyway.
+    pub resync: Duration,
+    /// How often a draining group re-checks its proxies.
+    pub drain_poll: Duration,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    /// Key the per-volume tokens are derived from.
+    pub token_key: Vec<u8>,
+}
+
+/// Name of the Secret (in the operator's namespace) holding the volume-token key.
+pub const TOKEN_KEY_SECRET: &str = "blockproxy-volume-token-key";
+
+/// Reads or creates a Secret with one random key, returning its value. Losing a create race is
+/// fine: the winner's value is read back.
+async fn generated_secret(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+    labels: BTreeMap<String, String>,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> Result<String, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for _ in 0..2 {
+        let existing = api.get_opt(name).await.map_err(|e| Error::Get {
+            what: format!("Secret {name}"),
+            source: e,
+        })?;
+        if let Some(v) = existing
+            .as_ref()
+            .and_then(|s| s.data.as_ref())
+            .and_then(|d| d.get(key))
+        {
+            return Ok(String::from_utf8_lossy(&v.0).into_owned());
+        }
+        let mut raw = [0u8; 32];
+        rand::rng().fill_bytes(&mut raw);
+        let value = hex::encode(raw);
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(ns.to_owned()),
+                labels: Some(labels.clone()),
+                owner_references: owner.clone().map(|o| vec![o]),
+                ..Default::default()
+            },
+            string_data: Some(BTreeMap::from([(key.to_owned(), value.clone())])),
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => return Ok(value),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => {
+                return Err(Error::Apply {
+                    kind: "Secret".into(),
+                    name: name.to_owned(),
+                    source: e,
+                });
+            }
+        }
+    }
+    Err(Error::InvalidSpec(format!(
+        "Secret {name} has no key {key}"
+    )))
+}
+
+/// The key every volume token is derived from.
+pub async fn load_token_key(client: &Client, ns: &str) -> Result<Vec<u8>, Error> {
+    let labels = BTreeMap::from([(meta::MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned())]);
+    generated_secret(client, ns, TOKEN_KEY_SECRET, "key", labels, None)
+        .await
+        .map(String::into_bytes)
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, reference).await {
+        warn!(error = %e, reason, "could not publish Event");
+    }
+}
+
+async fn list<K>(api: Api<K>, lp: &ListParams) -> Result<Vec<K>, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    api.list(lp)
+        .await
+        .map(|l| l.items)
+        .map_err(|e| Error::List {
+            kind: K::kind(&Default::default()).into_owned(),
+            source: e,
+        })
+}
+
+/// Server-side apply of a status.
+async fn patch_status<K>(api: &Api<K>, name: &str, status: serde_json::Value) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(drop)
+    .map_err(|e| Error::Status {
+        name: name.to_owned(),
+        source: e,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// ProxyGroup
+
+#[instrument(skip(pg, ctx), fields(group = %pg.name_any()))]
+pub async fn reconcile_pg(pg: Arc<ProxyGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    ctx.metrics
+        .reconciles
+        .with_label_values(&["proxygroup"])
+        .inc();
+    let api: Api<ProxyGroup> = Api::all(ctx.client.clone());
+    let res = finalizer(&api, PG_FINALIZER, pg, |event| async {
+        match event {
+            Finalizer::Apply(pg) => sync_pg(&pg, &ctx, false).await,
+            Finalizer::Cleanup(pg) => sync_pg(&pg, &ctx, true).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(Box::new(other)),
+    });
+    ctx.metrics
+        .duration
+        .with_label_values(&["proxygroup"])
+        .observe(start.elapsed().as_secs_f64());
+    res
+}
+
+async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Action, Error> {
+    let client = &ctx.client;
+    let ns = ctx.config.namespace.as_str();
+    let name = pg.name_any();
+    let selector = meta::group_selector(&name);
+    let lp = ListParams::default().labels(&selector);
+    let nodes: Vec<Node> = list(Api::all(client.clone()), &ListParams::default()).await?;
+    let pvs: Vec<PersistentVolume> = list(Api::all(client.clone()), &ListParams::default()).await?;
+    let pods: Vec<Pod> = list(Api::namespaced(client.clone(), ns), &lp).await?;
+    let pvcs: Vec<PersistentVolumeClaim> = list(Api::namespaced(client.clone(), ns), &lp).await?;
+    let vpgs: Vec<VolumeProxyGroup> =
+        list::<VolumeProxyGroup>(Api::all(client.clone()), &ListParams::default())
+            .await?
+            .into_iter()
+            .filter(|v| v.metadata.deletion_timestamp.is_none())
+            .collect();
+    let groups: Vec<ProxyGroup> = list(Api::all(client.clone()), &ListParams::default()).await?;
+    let decisions = volume::decide(&vpgs, &groups);
+    let volumes = volume::volumes_file(&name, &vpgs, &decisions, &ctx.token_key);
+
+    let owner = pg.controller_owner_ref(&());
+    let labels = meta::group_labels(&name, "proxy");
+    let admin_token = generated_secret(
+        client,
+        ns,
+        &meta::admin_secret_name(&name),
+        "token",
+        labels.clone(),
+        owner.clone(),
+    )
+    .await?;
+    let tls_material =
+        if pg.spec.tls.enabled && pg.spec.tls.certificate_secret.is_none() && !deleting {
+            Some(group_tls(ctx, &name).await?)
+        } else if let Some(user) = pg
+            .spec
+            .tls
+            .certificate_secret
+            .as_deref()
+            .filter(|_| pg.spec.tls.enabled)
+        {
+            read_tls(client, ns, user).await?
+        } else {
+            None
+        };
+
+    let inputs = Inputs {
+        group: pg,
+        namespace: ns,
+        default_image: &ctx.config.proxy_image,
+        nodes: &nodes,
+        pvs: &pvs,
+        pods: &pods,
+        pvcs: &pvcs,
+        volumes: &volumes,
+        admin_token: &admin_token,
+        tls: tls_material.as_ref(),
+        deleting,
+    };
+    let plan = build::plan(&inputs);
+    let reference = pg.object_ref(&());
+    for ev in &plan.events {
+        publish(ctx, &reference, ev.warning, ev.reason, ev.note.clone()).await;
+    }
+    apply::apply_all(client, &plan.apply).await?;
+    for (pod, _) in &plan.delete_pods {
+        apply::delete_one::<Pod>(client, ns, pod).await?;
+    }
+
+    // Drain every leaving proxy; delete it only once nothing dirty is left.
+    let skip_unreachable = pg
+        .annotations()
+        .get(meta::SKIP_DRAIN_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    let server_name = tls::server_name(&meta::service_name(&name), ns);
+    let mut drains = BTreeMap::new();
+    let mut keep = plan.keep.clone();
+    for t in &plan.drain {
+        let state = match &t.address {
+            None => DrainState::Blocked {
+                why: "its Pod is not running".into(),
+            },
+            Some(address) => {
+                let target = tls::AdminTarget {
+                    address,
+                    token: &admin_token,
+                    tls: tls_material
+                        .as_ref()
+                        .filter(|_| pg.spec.tls.enabled)
+                        .map(|m| (m.ca_pem.as_str(), server_name.as_str())),
+                };
+                match tls::drain(&target).await {
+                    Ok(s) if s.done && s.dirty_bytes == 0 => {
+                        ctx.metrics.drains.with_label_values(&["done"]).inc();
+                        DrainState::Done
+                    }
+                    Ok(s) => {
+                        ctx.metrics.drains.with_label_values(&["in_progress"]).inc();
+                        DrainState::InProgress {
+                            dirty_bytes: s.dirty_bytes,
+                        }
+                    }
+                    Err(why) => {
+                        ctx.metrics.drains.with_label_values(&["failed"]).inc();
+                        DrainState::Blocked { why }
+                    }
+                }
+            }
+        };
+        let remove = match &state {
+            DrainState::Done => {
+                publish(ctx, &reference, false, "Drained", format!("Proxy on node {} flushed every dirty block; removing its Pod and PVC (the PV is kept)", t.node)).await;
+                true
+            }
+            DrainState::Blocked { why } if skip_unreachable => {
+                publish(ctx, &reference, true, "DrainSkipped", format!("Proxy on node {} cannot be drained ({why}); removing it because of annotation {}", t.node, meta::SKIP_DRAIN_ANNOTATION)).await;
+                true
+            }
+            DrainState::Blocked { why } => {
+                publish(
+                    ctx,
+                    &reference,
+                    true,
+                    "DrainBlocked",
+                    format!("Proxy on node {} cannot be drained: {why}", t.node),
+                )
+                .await;
+                false
+            }
+            DrainState::InProgress { dirty_bytes } => {
+                publish(
+                    ctx,
+                    &reference,
+                    false,
+                    "Draining",
+                    format!(
+                        "Proxy on node {} is draining: {dirty_bytes} dirty bytes left",
+                        t.node
+                    ),
+                )
+                .await;
+                false
+            }
+        };
+        if remove {
+            if let Some(p) = &t.pod {
+                apply::delete_one::<Pod>(client, ns, p).await?;
+                keep.remove(&(build::KIND_POD, p.clone()));
+            }
+            if let Some(c) = &t.pvc {
+                apply::delete_one::<PersistentVolumeClaim>(client, ns, c).await?;
+                keep.remove(&(build::KIND_PVC, c.clone()));
+            }
+        } else {
+            drains.insert(t.node.clone(), state);
+        }
+    }
+    if !deleting {
+        apply::prune::<Secret>(client, ns, &selector, &keep).await?;
+        apply::prune::<Service>(client, ns, &selector, &keep).await?;
+        apply::prune::<Pod>(client, ns, &selector, &keep).await?;
+        apply::prune::<PersistentVolumeClaim>(client, ns, &selector, &keep).await?;
+    }
+
+    let (mut status, conds) = build::status(&inputs, &plan, &drains);
+    let old = pg
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    status.conditions = c::merge(&old, &conds, pg.metadata.generation, Timestamp::now());
+    let api: Api<ProxyGroup> = Api::all(client.clone());
+    patch_status(
+        &api,
+        &name,
+        serde_json::to_value(&status).map_err(Error::Serialize)?,
+    )
+    .await?;
+
+    let pending = drains
+        .values()
+        .filter(|s| matches!(s, DrainState::InProgress { .. }))
+        .count();
+    let blocked: Vec<String> = drains
+        .iter()
+        .filter_map(|(n, s)| {
+            if let DrainState::Blocked { why } = s {
+                Some(format!("{n}: {why}"))
+            } else {
+                None
+            }
+        })
+        .collect();
+    if deleting {
+        if pending > 0 {
+            return Err(Error::DrainPending(pending));
+        }
+        if !blocked.is_empty() {
+            return Err(Error::DrainBlocked(blocked.join("; ")));
+        }
+        info!("every proxy drained; releasing the group");
+        return Ok(Action::await_change());
+    }
+    if pending > 0 || !blocked.is_empty() {
+        return Ok(Action::requeue(ctx.config.drain_poll));
+    }
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+/// The group's operator-issued CA and serving certificate: read back, or issued once.
+async fn group_tls(ctx: &Context, group: &str) -> Result<TlsMaterial, Error> {
+    let ns = &ctx.config.namespace;
+    if let Some(m) = read_tls(&ctx.client, ns, &meta::tls_secret_name(group)).await? {
+        return Ok(m);
+    }
+    // Issued here and written by the plan's apply, in this same reconcile.
+    tls::issue(group, &tls::server_name(&meta::service_name(group), ns))
+}
+
+async fn read_tls(client: &Client, ns: &str, name: &str) -> Result<Option<TlsMaterial>, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let Some(s) = api.get_opt(name).await.map_err(|e| Error::Get {
+        what: format!("Secret {name}"),
+        source: e,
+    })?
+    else {
+        return Ok(None);
+    };
+    let data = s.data.unwrap_or_default();
+    let get = |k: &str| {
+        data.get(k)
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    };
+    Ok(match (get("ca.crt"), get("tls.crt"), get("tls.key")) {
+        (Some(ca_pem), Some(cert_pem), Some(key_pem)) => Some(TlsMaterial {
+            ca_pem,
+            cert_pem,
+            key_pem,
+        }),
+        _ => None,
+    })
+}
+
+pub fn error_policy_pg(pg: Arc<ProxyGroup>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .errors
+        .with_label_values(&["proxygroup", err.metric_label()])
+        .inc();
+    match err {
+        Error::DrainPending(_) | Error::DrainBlocked(_) => Action::requeue(ctx.config.drain_poll),
+        _ => {
+            warn!(group = %pg.name_any(), error = %err, "reconcile failed");
+            Action::requeue(Duration::from_secs(5))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// VolumeProxyGroup
+
+#[instrument(skip(vpg, ctx), fields(namespace = %vpg.namespace().unwrap_or_default(), vpg = %vpg.name_any()))]
+pub async fn reconcile_vpg(vpg: Arc<VolumeProxyGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    ctx.metrics
+        .reconciles
+        .with_label_values(&["volumeproxygroup"])
+        .inc();
+    let ns = vpg.namespace().unwrap_or_default();
+    let api: Api<VolumeProxyGroup> = Api::namespaced(ctx.client.clone(), &ns);
+    let res = finalizer(&api, VPG_FINALIZER, vpg, |event| async {
+        match event {
+            Finalizer::Apply(v) => sync_volume(&v, &ctx).await,
+            Finalizer::Cleanup(v) => sync_volume(&v, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(Box::new(other)),
+    });
+    ctx.metrics
+        .duration
+        .with_label_values(&["volumeproxygroup"])
+        .observe(start.elapsed().as_secs_f64());
+    res
+}
+
+/// Publishes (or unpublishes) the discovery ConfigMap and token Secret of this VPG's volume, and
+/// sets the status of every association of that volume in the namespace.
+async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Error> {
+    let client = &ctx.client;
+    let ns = vpg.namespace().unwrap_or_default();
+    let volume_id = vpg.spec.volume_id.clone();
+    let all: Vec<VolumeProxyGroup> = list(Api::all(client.clone()), &ListParams::default()).await?;
+    let live: Vec<VolumeProxyGroup> = all
+        .iter()
+        .filter(|v| v.metadata.deletion_timestamp.is_none())
+        .cloned()
+        .collect();
+    let groups: Vec<ProxyGroup> = list(Api::all(client.clone()), &ListParams::default()).await?;
+    let decisions = volume::decide(&live, &groups);
+    let doc = volume::discovery(&ns, &volume_id, &live, &groups, &decisions);
+    let cm_name = meta::discovery_config_map_name(&volume_id);
+    let secret_name = meta::token_secret_name(&volume_id);
+    let siblings: Vec<&VolumeProxyGroup> = live
+        .iter()
+        .filter(|v| v.namespace().as_deref() == Some(ns.as_str()) && v.spec.volume_id == volume_id)
+        .collect();
+
+    match &doc {
+        Some(doc) => {
+            // Owned (not controlled) by every association of the volume, so the garbage collector
+            // also removes them when the last one goes.
+            let owners = siblings
+                .iter()
+                .filter_map(|v| v.owner_ref(&()))
+                .collect::<Vec<_>>();
+            let metadata = |name: &str, component: &str| ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(ns.clone()),
+                labels: Some(meta::volume_labels(&volume_id, component)),
+                owner_references: Some(owners.clone()),
+                ..Default::default()
+            };
+            let cm = ConfigMap {
+                metadata: metadata(&cm_name, "discovery"),
+                data: Some(BTreeMap::from([(
+                    blockproxy_protocol::DiscoveryDocument::CONFIGMAP_KEY.to_owned(),
+                    doc.to_json_pretty(),
+                )])),
+                ..Default::default()
+            };
+            let token = volume::volume_token(&ctx.token_key, &ns, &volume_id);
+            let secret = Secret {
+                metadata: metadata(&secret_name, "token"),
+                type_: Some("Opaque".into()),
+                string_data: None,
+                data: Some(BTreeMap::from([(
+                    "token".to_owned(),
+                    k8s_openapi::ByteString(token.into_bytes()),
+                )])),
+                ..Default::default()
+            };
+            apply::apply_all(client, &[Desired::ConfigMap(cm), Desired::Secret(secret)]).await?;
+        }
+        None => {
+            apply::delete_one::<ConfigMap>(client, &ns, &cm_name).await?;
+            apply::delete_one::<Secret>(client, &ns, &secret_name).await?;
+        }
+    }
+
+    let published: Vec<String> = doc
+        .as_ref()
+        .map(|d| d.groups.iter().map(|g| g.name.clone()).collect())
+        .unwrap_or_default();
+    let api: Api<VolumeProxyGroup> = Api::namespaced(client.clone(), &ns);
+    for v in siblings {
+        let decision = decisions
+            .get(&(ns.clone(), v.name_any()))
+            .cloned()
+            .unwrap_or(Ok(()));
+        let conds = match &decision {
+            Ok(()) => vec![
+                Cond::new(
+                    c::ACCEPTED,
+                    true,
+                    c::REASON_ACCEPTED,
+                    format!("served by ProxyGroup {:?}", v.spec.proxy_group),
+                ),
+                Cond::new(
+                    c::PUBLISHED,
+                    true,
+                    c::REASON_PUBLISHED,
+                    format!("listed in ConfigMap {cm_name}"),
+                ),
+            ],
+            Err(r) => vec![
+                Cond::new(c::ACCEPTED, false, r.reason, r.message.clone()),
+                Cond::new(
+                    c::PUBLISHED,
+                    false,
+                    c::REASON_NOT_PUBLISHED,
+                    "the association is not accepted",
+                ),
+            ],
+        };
+        if let Err(r) = &decision {
+            let changed = !v.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|x| x.type_ == c::ACCEPTED && x.reason == r.reason)
+            });
+            if changed {
+                publish(ctx, &v.object_ref(&()), true, r.reason, r.message.clone()).await;
+            }
+        }
+        let old = v
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let status = VolumeProxyGroupStatus {
+            observed_generation: v.metadata.generation,
+            discovery_config_map: doc.as_ref().map(|_| cm_name.clone()),
+            token_secret: doc.as_ref().map(|_| secret_name.clone()),
+            published_groups: published.clone(),
+            conditions: c::merge(&old, &conds, v.metadata.generation, Timestamp::now()),
+        };
+        patch_status(
+            &api,
+            &v.name_any(),
+            serde_json::to_value(&status).map_err(Error::Serialize)?,
+        )
+        .await?;
+    }
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+pub fn error_policy_vpg(vpg: Arc<VolumeProxyGroup>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .errors
+        .with_label_values(&["volumeproxygroup", err.metric_label()])
+        .inc();
+    warn!(vpg = %vpg.name_any(), error = %err, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running both
+
+/// Runs both controllers until `shutdown` resolves.
+pub async fn run_controllers(
+    client: Client,
+    config: Config,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let token_key = load_token_key(&client, &config.namespace).await?;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(config.instance.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config: config.clone(),
+        metrics,
+        recorder,
+        token_key,
+    });
+    let shutdown = shutdown.shared();
+    let ns = config.namespace.as_str();
+    let owned =
+        watcher::Config::default().labels(&format!("{}={}", meta::MANAGED_BY_LABEL, FIELD_MANAGER));
+
+    let pgs: Api<ProxyGroup> = Api::all(client.clone());
+    let pg_controller = Controller::new(pgs.clone(), watcher::Config::default());
+    let pg_store = pg_controller.store();
+    let all_groups = move || {
+        pg_store
+            .state()
+            .iter()
+            .map(|g| ObjectRef::from_obj(&**g))
+            .collect::<Vec<_>>()
+    };
+    let (all_for_nodes, all_for_pvs) = (all_groups.clone(), all_groups);
+    let pg_run = pg_controller
+        .owns(Api::<Pod>::namespaced(client.clone(), ns), owned.clone())
+        .owns(
+            Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+            owned.clone(),
+        )
+        .watches(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| all_for_nodes(),
+        )
+        .watches(
+            Api::<PersistentVolume>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| all_for_pvs(),
+        )
+        .watches(
+            Api::<VolumeProxyGroup>::all(client.clone()),
+            watcher::Config::default(),
+            |v: VolumeProxyGroup| Some(ObjectRef::<ProxyGroup>::new(&v.spec.proxy_group)),
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile_pg, error_policy_pg, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let vpgs: Api<VolumeProxyGroup> = Api::all(client.clone());
+    let vpg_controller = Controller::new(vpgs, watcher::Config::default());
+    let vpg_store = vpg_controller.store();
+    let vpg_run = vpg_controller
+        .watches(pgs, watcher::Config::default(), move |g: ProxyGroup| {
+            let name = g.name_any();
+            vpg_store
+                .state()
+                .iter()
+                .filter(|v| v.spec.proxy_group == name)
+                .map(|v| ObjectRef::from_obj(&**v))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile_vpg, error_policy_vpg, ctx)
+        .for_each(|_| futures::future::ready(()));
+
+    info!(namespace = %config.namespace, "controllers running");
+    futures::join!(pg_run, vpg_run);
+    info!("controllers stopped");
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Operator-issued TLS material: one CA and one serving certificate per group, and the drain
+//! client that trusts exactly that CA.
+
+use crate::Error;
+use crate::proxygroup::build::TlsMaterial;
+use blockproxy_protocol::{DRAIN_PATH, DrainStatus};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The name clients verify the proxies' certificate against (they dial the IPs of the
+/// discovery document): the group's headless Service name.
+pub fn server_name(service: &str, namespace: &str) -> String {
+    format!("{service}.{namespace}.svc")
+}
+
+/// A new CA and a serving certificate for `server_name` (plus the cluster-local variants).
+pub fn issue(group: &str, server_name: &str) -> Result<TlsMaterial, Error> {
+    let ca_key = KeyPair::generate().map_err(Error::Tls)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(Error::Tls)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("blockproxy {group} CA"));
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(Error::Tls)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let key = KeyPair::generate().map_err(Error::Tls)?;
+    let names = vec![
+        server_name.to_owned(),
+        format!("{server_name}.cluster.local"),
+        format!("*.{server_name}"),
+    ];
+    let mut params = CertificateParams::new(names).map_err(Error::Tls)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, server_name.to_owned());
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let cert = params.signed_by(&key, &issuer).map_err(Error::Tls)?;
+    Ok(TlsMaterial {
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// How to reach one proxy's admin API.
+pub struct AdminTarget<'a> {
+    /// `ip:port`.
+    pub address: &'a str,
+    pub token: &'a str,
+    /// `Some((ca_pem, server_name))` for TLS, `None` for plain HTTP.
+    pub tls: Option<(&'a str, &'a str)>,
+}
+
+/// Starts (idempotently) a drain and returns the proxy's progress.
+pub async fn drain(target: &AdminTarget<'_>) -> Result<DrainStatus, String> {
+    let addr: SocketAddr = target
+        .address
+        .parse()
+        .map_err(|e| format!("bad address {}: {e}", target.address))?;
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(3));
+    let url = match target.tls {
+        Some((ca, name)) => {
+            let cert = reqwest::Certificate::from_pem(ca.as_bytes())
+                .map_err(|e| format!("bad CA bundle: {e}"))?;
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(cert)
+                .resolve(name, addr);
+            format!("https://{name}:{}{DRAIN_PATH}", addr.port())
+        }
+        None => format!("http://{addr}{DRAIN_PATH}"),
+    };
+    let client = builder
+        .build()
+        .map_err(|e| format!("building HTTP client: {e}"))?;
+    let status: DrainStatus = client
+        .post(&url)
+        .bearer_auth(target.token)
+        .send()
+        .await
+        .map_err(|e| format!("drain call to {}: {e}", target.address))?
+        .error_for_status()
+        .map_err(|e| format!("drain call to {}: {e}", target.address))?
+        .json()
+        .await
+        .map_err(|e| format!("drain answer from {}: {e}", target.address))?;
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issues_a_ca_and_a_serving_cert() {
+        let m = issue("eu", "eu.blockproxy-system.svc").unwrap();
+        assert!(m.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(m.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(m.key_pem.contains("PRIVATE KEY"));
+        assert_ne!(m.ca_pem, m.cert_pem);
+    }
+}
