@@ -24,8 +24,10 @@ pub struct Pki {
     pub admin_cert: PathBuf,
     /// The admin client certificate's key.
     pub admin_key: PathBuf,
-    /// The service-account token signing key (the public key is derived from it).
+    /// The service-account token signing key.
     pub service_account_key: PathBuf,
+    /// The service-account token signing key's public key (token verification).
+    pub service_account_public_key: PathBuf,
 }
 
 impl Pki {
@@ -94,6 +96,7 @@ impl Pki {
             admin_cert: write("admin.crt", admin_cert.pem())?,
             admin_key: write("admin.key", admin_key.serialize_pem())?,
             service_account_key: write("sa.key", sa_key.serialize_pem())?,
+            service_account_public_key: write("sa.pub", sa_key.public_key_pem())?,
         })
     }
 }

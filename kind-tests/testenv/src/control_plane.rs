@@ -141,7 +141,7 @@ impl ControlPlane {
                 "--service-account-issuer=https://kubernetes.default.svc".to_owned(),
                 format!(
                     "--service-account-key-file={}",
-                    path(&pki.service_account_key)
+                    path(&pki.service_account_public_key)
                 ),
                 format!(
                     "--service-account-signing-key-file={}",

@@ -6,10 +6,23 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use tokio::time::Instant;
 
+/// Marks an error as permanent: [`eventually`] returns it at once instead of retrying.
+#[derive(Debug)]
+pub struct Fatal(pub anyhow::Error);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
 /// Calls `check` every `interval` until it returns `Ok`, and returns that value.
 ///
-/// Fails after `timeout` with the last error `check` returned. `check` is always called at least
-/// once, and once more at the deadline.
+/// Fails after `timeout` with the last error `check` returned, or at once when `check` returns
+/// a [`Fatal`] error (e.g. the process being waited for has exited). `check` is always called at
+/// least once, and once more at the deadline.
 pub async fn eventually<T, F, Fut>(timeout: Duration, interval: Duration, mut check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -19,6 +32,7 @@ where
     loop {
         let last = match check().await {
             Ok(value) => return Ok(value),
+            Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
             Err(e) => e,
         };
         let now = Instant::now();
@@ -84,6 +98,23 @@ mod tests {
         .await
         .unwrap_err();
         assert!(format!("{err}").contains("boom"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn stops_at_once_on_a_fatal_error() {
+        let calls = AtomicU32::new(0);
+        let err = eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(1),
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(Fatal(anyhow!("gone")).into())
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(format!("{err}").contains("gone"), "{err}");
     }
 
     #[tokio::test]

@@ -13,9 +13,10 @@ const TAIL_LINES: usize = 40;
 
 /// A folder `target/testenv-logs/<test-name>-<pid>-<n>/` that holds one component's logs.
 ///
-/// The test name is the current thread's name, which libtest sets to the test's path. When the
-/// folder is dropped while the thread panics (a failing test), it prints its path and the tail of
-/// every log in it to stderr, which libtest shows with the failure.
+/// The test name is the current thread's name, which libtest sets to the test's path. The folder's
+/// path is printed when it is created; libtest captures that output and shows it only for a
+/// failing test (one that panics or returns `Err`). When the folder is dropped while the thread
+/// panics, it also prints the tail of every log in it.
 #[derive(Debug)]
 pub struct LogDir {
     path: PathBuf,
@@ -33,6 +34,7 @@ impl LogDir {
             .join(format!("{test}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&path)
             .with_context(|| format!("creating log folder {}", path.display()))?;
+        eprintln!("testenv: component logs in {}", path.display());
         Ok(Self { path })
     }
 

@@ -15,8 +15,9 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow};
 
+use crate::eventually::Fatal;
 use crate::logs::{LogDir, tail_of_file};
 
 /// `sh -c` script: runs `"$@"` in the background with stdin from /dev/null, and kills it when
@@ -97,7 +98,7 @@ impl Process {
         &self.log
     }
 
-    /// An error (with the log tail) when the process has already exited.
+    /// A [`Fatal`] error (with the log tail) when the process has already exited.
     pub fn ensure_running(&self) -> Result<()> {
         let status = self
             .child
@@ -106,12 +107,13 @@ impl Process {
             .try_wait();
         match status {
             Ok(None) => Ok(()),
-            Ok(Some(status)) => bail!(
+            Ok(Some(status)) => Err(Fatal(anyhow!(
                 "{} exited early ({status}); log {}:\n{}",
                 self.name,
                 self.log.display(),
                 tail_of_file(&self.log, 40)
-            ),
+            ))
+            .into()),
             Err(e) => Err(e).context(format!("checking whether {} runs", self.name)),
         }
     }
