@@ -12,9 +12,15 @@ pub const TLS_DIR: &str = "/etc/blockproxy/tls";
 pub const TLS_CERT_FILE: &str = "/etc/blockproxy/tls/tls.crt";
 pub const TLS_KEY_FILE: &str = "/etc/blockproxy/tls/tls.key";
 
+/// The proxy binary in the image.
+pub const PROXY_COMMAND: &str = "blockproxy";
+/// How long the proxy may flush on SIGTERM; the Pod's grace period is a little longer.
+pub const SHUTDOWN_GRACE_SECONDS: i64 = 110;
+
 /// Arguments of the `blockproxy` container for a group's spec.
 pub fn proxy_args(spec: &ProxyGroupSpec) -> Vec<String> {
     let mut args: Vec<String> = vec![
+        "serve".into(),
         "--bind-addr".into(),
         format!("0.0.0.0:{}", spec.port),
         "--disk-folder".into(),
@@ -25,6 +31,8 @@ pub fn proxy_args(spec: &ProxyGroupSpec) -> Vec<String> {
         VOLUMES_FILE.into(),
         "--admin-token-file".into(),
         ADMIN_TOKEN_FILE.into(),
+        "--shutdown-grace".into(),
+        format!("{SHUTDOWN_GRACE_SECONDS}s"),
     ];
     let wb = &spec.writeback;
     if wb.sync {
@@ -70,7 +78,7 @@ mod tests {
     #[test]
     fn defaults_give_tls_and_writeback() {
         let args = proxy_args(&spec()).join(" ");
-        assert!(args.starts_with("--bind-addr 0.0.0.0:8443 --disk-folder /cache --disk-quota 90%"));
+        assert!(args.starts_with("serve --bind-addr 0.0.0.0:8443 --disk-folder /cache --disk-quota 90%"));
         assert!(args.contains("--writeback-active 0 --writeback-delay 0"));
         assert!(args.contains("--tls-cert-file /etc/blockproxy/tls/tls.crt"));
         assert!(args.contains(

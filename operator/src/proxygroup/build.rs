@@ -337,6 +337,7 @@ pub fn pod_spec(spec: &ProxyGroupSpec, group: &str, default_image: &str) -> PodS
                     .unwrap_or_else(|| default_image.to_owned()),
             ),
             image_pull_policy: spec.image_pull_policy.clone(),
+            command: Some(vec![args::PROXY_COMMAND.into()]),
             args: Some(proxy_args(spec)),
             env: (!env.is_empty()).then_some(env),
             ports: Some(vec![ContainerPort {
@@ -376,7 +377,7 @@ pub fn pod_spec(spec: &ProxyGroupSpec, group: &str, default_image: &str) -> PodS
             ..Default::default()
         }),
         // The proxy flushes its writeback queue on SIGTERM; give it time.
-        termination_grace_period_seconds: Some(120),
+        termination_grace_period_seconds: Some(args::SHUTDOWN_GRACE_SECONDS + 10),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         ..Default::default()
