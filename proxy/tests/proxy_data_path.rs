@@ -1,0 +1,204 @@
+//! The proxy's read and write paths against a real MinIO (through toxiproxy).
+
+mod support;
+
+use anyhow::Result;
+use blockproxy::protocol::{CHECKSUM_HEADER, Checksum};
+use blockproxy_testenv::eventually;
+use std::time::Duration;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_put_appears_in_store_byte_identical() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let data = random_bytes(4 << 20);
+    proxy.put_ok("chunks/0/block-1", &data).await?;
+    let stored = eventually(Duration::from_secs(20), Duration::from_millis(100), || async {
+        backend.object("chunks/0/block-1").await?.ok_or_else(|| anyhow::anyhow!("not flushed yet"))
+    })
+    .await?;
+    assert_eq!(stored.as_ref(), data.as_slice(), "the store holds exactly the acknowledged bytes");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_read_is_served_from_cache_without_touching_the_store() -> Result<()> {
+    let backend = Backend::start().await?;
+    let data = random_bytes(1 << 20);
+    let s3 = backend.minio.s3_client();
+    s3.put_object().bucket(backend.minio.bucket()).key(format!("{PREFIX}/cold")).body(data.clone().into()).send().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+
+    let before = backend.store_get_count().await?;
+    let first = proxy.get("cold").await?;
+    assert_eq!(first.headers()["x-blockproxy-source"], "store");
+    assert_eq!(first.bytes().await?.as_ref(), data.as_slice());
+    let after_miss = backend.store_get_count().await?;
+    assert_eq!(after_miss - before, 1, "the miss made exactly one GetObject on MinIO");
+
+    let second = proxy.get("cold").await?;
+    assert_eq!(second.headers()["x-blockproxy-source"], "cache");
+    assert_eq!(second.bytes().await?.as_ref(), data.as_slice());
+    assert_eq!(backend.store_get_count().await?, after_miss, "the hit made no GetObject on MinIO");
+
+    // And with the store cut off entirely, the hit is still served.
+    backend.toxi.set_down(STORE_PROXY, true).await?;
+    assert_eq!(proxy.get_bytes("cold").await?.as_deref(), Some(data.as_slice()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_misses_make_one_store_get() -> Result<()> {
+    let backend = Backend::start().await?;
+    let data = random_bytes(256 << 10);
+    backend
+        .minio
+        .s3_client()
+        .put_object()
+        .bucket(backend.minio.bucket())
+        .key(format!("{PREFIX}/hot"))
+        .body(data.clone().into())
+        .send()
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    // Slow store responses so that all 50 misses overlap.
+    backend.toxi.add_latency(STORE_PROXY, 500, 0).await?;
+    let before = backend.store_get_count().await?;
+    let reads = (0..50).map(|_| proxy.get_bytes("hot"));
+    for r in futures::future::join_all(reads).await {
+        assert_eq!(r?.as_deref(), Some(data.as_slice()));
+    }
+    assert_eq!(backend.store_get_count().await? - before, 1, "MinIO saw exactly one GetObject");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_reads_return_the_requested_bytes() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let data = random_bytes(100_000);
+    proxy.put_ok("r", &data).await?;
+    for (range, expect) in [("bytes=0-9", &data[0..10]), ("bytes=99990-", &data[99_990..]), ("bytes=-5", &data[99_995..])] {
+        let r = proxy.http.get(proxy.block_url("r")).bearer_auth(TOKEN).header("Range", range).send().await?;
+        assert_eq!(r.status(), 206, "{range}");
+        assert_eq!(r.bytes().await?.as_ref(), expect, "{range}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_right_4xx_and_write_nothing() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions { extra: vec!["--max-block-size".into(), "1Mi".into()], ..Default::default() }).await?;
+    let body = b"payload".to_vec();
+    let good_sum = Checksum::crc32c(&body).to_string();
+    let base = proxy.url("/v1/volumes");
+    struct Case {
+        name: &'static str,
+        url: String,
+        token: Option<&'static str>,
+        checksum: Option<String>,
+        body: Vec<u8>,
+        expect: u16,
+    }
+    let case = |name, url: String, token, checksum: Option<String>, body: Vec<u8>, expect| Case { name, url, token, checksum, body, expect };
+    let cases = vec![
+        case("empty segment", format!("{base}/{VOLUME}/blocks/a//b"), Some(TOKEN), Some(good_sum.clone()), body.clone(), 400),
+        case("bad volume id", format!("{base}/-vol/blocks/a"), Some(TOKEN), Some(good_sum.clone()), body.clone(), 400),
+        case("unknown volume", format!("{base}/other/blocks/a"), Some(TOKEN), Some(good_sum.clone()), body.clone(), 404),
+        case("missing token", format!("{base}/{VOLUME}/blocks/a"), None, Some(good_sum.clone()), body.clone(), 401),
+        case("wrong token", format!("{base}/{VOLUME}/blocks/a"), Some("nope"), Some(good_sum.clone()), body.clone(), 401),
+        case("missing checksum", format!("{base}/{VOLUME}/blocks/a"), Some(TOKEN), None, body.clone(), 400),
+        case("wrong checksum", format!("{base}/{VOLUME}/blocks/a"), Some(TOKEN), Some(Checksum::crc32c(b"other").to_string()), body.clone(), 400),
+        case("malformed checksum", format!("{base}/{VOLUME}/blocks/a"), Some(TOKEN), Some("md5=zz".into()), body.clone(), 400),
+        case("oversized body", format!("{base}/{VOLUME}/blocks/a"), Some(TOKEN), Some(Checksum::crc32c(&vec![0; 2 << 20]).to_string()), vec![0; 2 << 20], 413),
+    ];
+    for c in cases {
+        let mut req = proxy.http.put(&c.url).body(c.body);
+        if let Some(t) = c.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(sum) = c.checksum {
+            req = req.header(CHECKSUM_HEADER, sum);
+        }
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        let msg = r.text().await?;
+        assert_eq!(status, c.expect, "{}: {msg}", c.name);
+        assert!(msg.contains("error"), "{}: the answer says why: {msg}", c.name);
+    }
+    // Traversal exactly as sent (an HTTP client library would normalise the dot segments away).
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [("Authorization", auth.as_str()), (CHECKSUM_HEADER, good_sum.as_str())];
+    for path in [
+        format!("/v1/volumes/{VOLUME}/blocks/a/../../etc/passwd"),
+        format!("/v1/volumes/{VOLUME}/blocks/../x"),
+        format!("/v1/volumes/{VOLUME}/blocks/%2e%2e/x"),
+        format!("/v1/volumes/{VOLUME}/blocks/a%2F..%2F..%2Fx"),
+        format!("/v1/volumes/{VOLUME}/blocks//etc/passwd"),
+        "/v1/volumes/../blocks/x".to_string(),
+    ] {
+        assert_eq!(raw_status(proxy.addr, "PUT", &path, &headers, &body).await?, 400, "PUT {path}");
+    }
+    // Malformed and unsatisfiable ranges on an existing block.
+    proxy.put_ok("ok", &body).await?;
+    for (range, expect) in [("bytes=abc", 400), ("lines=1-2", 400), ("bytes=100-200", 416), ("bytes=5-2", 400)] {
+        let r = proxy.http.get(proxy.block_url("ok")).bearer_auth(TOKEN).header("Range", range).send().await?;
+        assert_eq!(r.status().as_u16(), expect, "Range {range}");
+    }
+    proxy.wait_flushed(Duration::from_secs(20)).await?;
+    // Nothing but the one good block was written, and the proxy is still serving.
+    let listed = backend.minio.s3_client().list_objects_v2().bucket(backend.minio.bucket()).send().await?;
+    let keys: Vec<_> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, [format!("{PREFIX}/ok")]);
+    assert_eq!(proxy.get_bytes("ok").await?.as_deref(), Some(body.as_slice()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_writeback_puts_are_in_the_store_before_the_ack() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions { no_writeback: true, ..Default::default() }).await?;
+    for i in 0..5 {
+        let data = random_bytes(64 << 10);
+        proxy.put_ok(&format!("wt/{i}"), &data).await?;
+        assert_eq!(backend.object(&format!("wt/{i}")).await?.as_deref(), Some(data.as_slice()));
+    }
+    assert!(proxy.delete("wt/0").await?.status().is_success());
+    assert_eq!(backend.object("wt/0").await?, None, "a write-through delete is applied before the ack");
+    // With the store down, a write-through PUT fails instead of being acknowledged.
+    backend.toxi.set_down(STORE_PROXY, true).await?;
+    let r = proxy.put("wt/down", b"x").await?;
+    assert_eq!(r.status(), 502);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_file_changes_take_effect_without_restart() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let url = proxy.url("/v1/volumes/vol2/blocks/k");
+    let put = || {
+        proxy.http.put(&url).bearer_auth("tok2").header(CHECKSUM_HEADER, Checksum::crc32c(b"v2").to_string()).body("v2").send()
+    };
+    assert_eq!(put().await?.status(), 404);
+    std::fs::write(proxy.volumes_file(), volumes_yaml(&[(VOLUME, backend.minio.bucket(), TOKEN), ("vol2", backend.minio.bucket(), "tok2")]))?;
+    eventually(Duration::from_secs(10), Duration::from_millis(100), || async {
+        anyhow::ensure!(put().await?.status() == 200, "vol2 not served yet");
+        Ok(())
+    })
+    .await?;
+    // A broken file keeps the last good configuration.
+    std::fs::write(proxy.volumes_file(), "volumes: [ {id: ")?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(put().await?.status(), 200);
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! Faults: crashes, store outages, full quota, racing overwrites, shutdown and drain. Every
+//! acknowledged block is counted and found in MinIO with the right bytes.
+
+mod support;
+
+use anyhow::{Result, ensure};
+use blockproxy_testenv::eventually;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::*;
+
+/// Waits until MinIO holds exactly `expected` (key -> bytes, `None` = absent).
+async fn assert_store_converges(backend: &Backend, expected: &BTreeMap<String, Option<Vec<u8>>>, timeout: Duration) -> Result<()> {
+    eventually(timeout, Duration::from_millis(250), || async {
+        for (key, want) in expected {
+            let got = backend.object(key).await?;
+            ensure!(got.as_deref() == want.as_deref(), "{key}: store has {:?} bytes, want {:?}", got.map(|b| b.len()), want.as_ref().map(Vec::len));
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_blocks_survive_kill_9() -> Result<()> {
+    let backend = Backend::start().await?;
+    // A slow store keeps plenty of blocks dirty when the proxy is killed.
+    backend.toxi.add_latency(STORE_PROXY, 30, 10).await?;
+    let dir = tempfile::tempdir()?;
+    let mut proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let acked: Arc<Mutex<BTreeMap<String, Option<Vec<u8>>>>> = Arc::default();
+    let mut refused = 0u64;
+    const ROUNDS: usize = 12;
+    for round in 0..ROUNDS {
+        // A storm of concurrent PUTs; kill -9 at a random moment while they are in flight.
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let (http, url_base, acked) = (proxy.http.clone(), proxy.block_url(""), Arc::clone(&acked));
+                tokio::spawn(async move {
+                    let mut refused = 0u64;
+                    for i in 0.. {
+                        let key = format!("r{round}/w{w}/{i}");
+                        let data = random_bytes(16 << 10 | (i % 7) * 4096);
+                        let sum = blockproxy::protocol::Checksum::crc32c(&data).to_string();
+                        let sent = http
+                            .put(format!("{url_base}{key}"))
+                            .bearer_auth(TOKEN)
+                            .header(blockproxy::protocol::CHECKSUM_HEADER, sum)
+                            .body(data.clone())
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(r) if r.status() == 200 => {
+                                acked.lock().unwrap().insert(key, Some(data));
+                            }
+                            // Not acknowledged: the client may not assume anything about it.
+                            Ok(_) | Err(_) => {
+                                refused += 1;
+                                break;
+                            }
+                        }
+                    }
+                    refused
+                })
+            })
+            .collect();
+        let delay = 100 + rand::random::<u64>() % 400;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        proxy.kill9();
+        for w in writers {
+            refused += w.await?;
+        }
+        proxy.restart().await?;
+    }
+    let expected = acked.lock().unwrap().clone();
+    assert!(expected.len() > ROUNDS * 8, "the storm acknowledged only {} writes", expected.len());
+    proxy.wait_flushed(Duration::from_secs(120)).await?;
+    assert_store_converges(&backend, &expected, Duration::from_secs(30)).await?;
+    println!(
+        "kill -9 x{ROUNDS}: {} acknowledged blocks, all {} in MinIO byte-identical; {refused} in-flight writes were cut off unacknowledged",
+        expected.len(),
+        expected.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_outage_keeps_acking_and_serving_then_flushes_everything() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    // A small quota: 2 MiB of dirty data at most.
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions { quota: "2Mi".into(), ..Default::default() }).await?;
+    backend.toxi.set_down(STORE_PROXY, true).await?;
+
+    let mut expected = BTreeMap::new();
+    let mut back_pressure = None;
+    for i in 0..64 {
+        let key = format!("outage/{i}");
+        let data = random_bytes(128 << 10);
+        let r = proxy.put(&key, &data).await?;
+        match r.status().as_u16() {
+            200 => {
+                expected.insert(key, Some(data));
+            }
+            503 => {
+                let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+                back_pressure = Some((i, retry_after, r.text().await?));
+                break;
+            }
+            s => anyhow::bail!("PUT {key}: unexpected {s}"),
+        }
+    }
+    let (at, retry_after, msg) = back_pressure.expect("the dirty quota must push back with 503");
+    assert!(retry_after.is_some(), "503 carries Retry-After");
+    assert!(msg.contains("quota"), "the 503 says why: {msg}");
+    assert!(at >= 8, "only {at} writes fit in a 2 MiB quota");
+    // While the store is down, acknowledged blocks are served from the cache.
+    for (key, data) in &expected {
+        assert_eq!(proxy.get_bytes(key).await?.as_deref(), data.as_deref(), "{key} readable during the outage");
+    }
+    assert!(proxy.metric("blockproxy_writeback_flush_errors_total").await? > 0.0, "failed flushes are counted");
+    assert!(proxy.metric("blockproxy_http_backpressure_total").await? >= 1.0);
+
+    backend.toxi.set_down(STORE_PROXY, false).await?;
+    proxy.wait_flushed(Duration::from_secs(90)).await?;
+    assert_store_converges(&backend, &expected, Duration::from_secs(10)).await?;
+    // Flushed blocks can be evicted, so writes are accepted again.
+    proxy.put_ok("outage/after", &random_bytes(128 << 10)).await?;
+    println!("outage: {} blocks acknowledged while the store was down, 503 at write {at}, all flushed after", expected.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwrites_and_deletes_racing_slow_flushes_end_in_the_last_acknowledged_state() -> Result<()> {
+    let backend = Backend::start().await?;
+    backend.toxi.add_latency(STORE_PROXY, 150, 100).await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let keys: Vec<String> = (0..6).map(|i| format!("race/{i}")).collect();
+    let mut tasks = Vec::new();
+    for key in keys {
+        let (http, url) = (proxy.http.clone(), proxy.block_url(&key));
+        tasks.push(tokio::spawn(async move {
+            let mut last: Option<Vec<u8>> = None;
+            for step in 0..25 {
+                if rand::random::<u8>() % 3 == 0 {
+                    let r = http.delete(&url).bearer_auth(TOKEN).send().await?;
+                    ensure!(r.status() == 204, "delete: {}", r.status());
+                    last = None;
+                } else {
+                    let data = format!("{key} step {step} {}", rand::random::<u64>()).into_bytes();
+                    let r = http
+                        .put(&url)
+                        .bearer_auth(TOKEN)
+                        .header(blockproxy::protocol::CHECKSUM_HEADER, blockproxy::protocol::Checksum::crc32c(&data).to_string())
+                        .body(data.clone())
+                        .send()
+                        .await?;
+                    ensure!(r.status() == 200, "put: {}", r.status());
+                    last = Some(data);
+                }
+                tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 60)).await;
+            }
+            Ok((key, last))
+        }));
+    }
+    let mut expected = BTreeMap::new();
+    for t in tasks {
+        let (key, last) = t.await??;
+        // The proxy answers with the last acknowledged state at once...
+        assert_eq!(proxy.get_bytes(&key).await?.map(|b| b.to_vec()), last, "{key} read back");
+        expected.insert(key, last);
+    }
+    // ...and the store ends in it once flushed.
+    proxy.wait_flushed(Duration::from_secs(60)).await?;
+    assert_store_converges(&backend, &expected, Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_dirty_blocks_before_exit_and_a_restart_flushes_the_rest() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions { extra: vec!["--shutdown-grace".into(), "20s".into()], ..Default::default() }).await?;
+    backend.toxi.set_down(STORE_PROXY, true).await?;
+    let mut expected = BTreeMap::new();
+    for i in 0..20 {
+        let data = random_bytes(32 << 10);
+        proxy.put_ok(&format!("term/{i}"), &data).await?;
+        expected.insert(format!("term/{i}"), Some(data));
+    }
+    // Bring the store back just as the shutdown starts: the proxy flushes within its grace.
+    backend.toxi.set_down(STORE_PROXY, false).await?;
+    let status = proxy.terminate(Duration::from_secs(40)).await?;
+    assert!(status.success(), "clean exit: {status}");
+    assert_store_converges(&backend, &expected, Duration::from_secs(5)).await?;
+
+    // Shutdown with the store down: exits after the grace period; the restart flushes the rest.
+    let mut proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions { extra: vec!["--shutdown-grace".into(), "1s".into()], ..Default::default() }).await?;
+    backend.toxi.set_down(STORE_PROXY, true).await?;
+    let data = random_bytes(1000);
+    proxy.put_ok("term/late", &data).await?;
+    proxy.terminate(Duration::from_secs(20)).await?;
+    assert_eq!(backend.object("term/late").await?, None);
+    backend.toxi.set_down(STORE_PROXY, false).await?;
+    proxy.restart().await?;
+    expected.insert("term/late".into(), Some(data));
+    assert_store_converges(&backend, &expected, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_refuses_writes_and_reports_done_when_everything_is_flushed() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    backend.toxi.set_down(STORE_PROXY, true).await?;
+    for i in 0..10 {
+        proxy.put_ok(&format!("drain/{i}"), &random_bytes(8 << 10)).await?;
+    }
+    let unauth = proxy.http.post(proxy.url("/v1/admin/drain")).bearer_auth(TOKEN).send().await?;
+    assert_eq!(unauth.status(), 401, "a volume token is not an admin token");
+    let started = proxy.http.post(proxy.url("/v1/admin/drain")).bearer_auth(ADMIN_TOKEN).send().await?;
+    assert_eq!(started.status(), 202);
+    let status = proxy.drain_status().await?;
+    assert!(status.draining && !status.done && status.dirty_blocks == 10, "{status:?}");
+    assert_eq!(proxy.put("drain/new", b"x").await?.status(), 503, "writes are refused while draining");
+    assert_eq!(proxy.http.get(proxy.url("/readyz")).send().await?.status(), 503, "not ready while draining");
+    backend.toxi.set_down(STORE_PROXY, false).await?;
+    eventually(Duration::from_secs(30), Duration::from_millis(100), || async {
+        let s = proxy.drain_status().await?;
+        ensure!(s.done && s.dirty_bytes == 0, "{s:?}");
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_keeps_usage_within_quota_and_never_evicts_dirty_blocks() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let quota = 3u64 << 20;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions { quota: quota.to_string(), ..Default::default() }).await?;
+    // Fill the cache with clean blocks (written, flushed) well beyond the quota.
+    let mut expected = BTreeMap::new();
+    for i in 0..16 {
+        let data = random_bytes(256 << 10);
+        proxy.put_ok(&format!("evict/clean{i}"), &data).await?;
+        expected.insert(format!("evict/clean{i}"), Some(data));
+        proxy.wait_flushed(Duration::from_secs(20)).await?;
+        let used = proxy.metric("blockproxy_cache_used_bytes").await? as u64;
+        assert!(used <= quota, "used {used} > quota {quota}");
+    }
+    // Now dirty blocks only (store down): they push the clean ones out, never each other.
+    backend.toxi.set_down(STORE_PROXY, true).await?;
+    let mut dirty_acked = 0;
+    for i in 0..16 {
+        let data = random_bytes(256 << 10);
+        let key = format!("evict/dirty{i}");
+        if proxy.put(&key, &data).await?.status() == 200 {
+            expected.insert(key, Some(data));
+            dirty_acked += 1;
+        }
+        let used = proxy.metric("blockproxy_cache_used_bytes").await? as u64;
+        assert!(used <= quota, "used {used} > quota {quota}");
+    }
+    assert!(dirty_acked >= 8, "dirty writes evict clean blocks: only {dirty_acked} fit");
+    assert_eq!(proxy.metric("blockproxy_cache_dirty_blocks").await? as usize, dirty_acked);
+    // Every dirty block is still readable from the cache while the store is down.
+    for i in 0..16 {
+        let key = format!("evict/dirty{i}");
+        if let Some(Some(data)) = expected.get(&key) {
+            assert_eq!(proxy.get_bytes(&key).await?.as_deref(), Some(data.as_slice()));
+        }
+    }
+    backend.toxi.set_down(STORE_PROXY, false).await?;
+    proxy.wait_flushed(Duration::from_secs(60)).await?;
+    assert_store_converges(&backend, &expected, Duration::from_secs(10)).await?;
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! Shared harness for the proxy's integration tests: starts the real `blockproxy` binary against a
+//! real MinIO (through toxiproxy), and talks to it over HTTP like a client would.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use anyhow::{Context, Result, bail};
+use blockproxy::protocol::{CHECKSUM_HEADER, Checksum, DrainStatus, VERSION_HEADER};
+use blockproxy_testenv::logs::LogDir;
+use blockproxy_testenv::{Minio, Toxiproxy, eventually};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const VOLUME: &str = "vol1";
+pub const TOKEN: &str = "volume-token-1";
+pub const ADMIN_TOKEN: &str = "admin-token-1";
+pub const PREFIX: &str = "pfx";
+
+/// MinIO with toxiproxy in front of it: the proxy talks to the store through `store_proxy`.
+pub struct Backend {
+    pub minio: Minio,
+    pub toxi: Toxiproxy,
+    pub store_addr: SocketAddr,
+}
+
+pub const STORE_PROXY: &str = "store";
+
+impl Backend {
+    pub async fn start() -> Result<Self> {
+        let minio = Minio::start().await?;
+        let toxi = Toxiproxy::start().await?;
+        let store_addr = toxi.create_proxy(STORE_PROXY, &minio.addr().to_string()).await?;
+        Ok(Self { minio, toxi, store_addr })
+    }
+
+    pub async fn object(&self, key: &str) -> Result<Option<Bytes>> {
+        let s3 = self.minio.s3_client();
+        match s3.get_object().bucket(self.minio.bucket()).key(format!("{PREFIX}/{key}")).send().await {
+            Ok(o) => Ok(Some(o.body.collect().await?.into_bytes())),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("{}", aws_sdk_s3::error::DisplayErrorContext(e))),
+        }
+    }
+
+    /// MinIO's own count of GetObject requests, from its live v3 API metrics.
+    pub async fn store_get_count(&self) -> Result<u64> {
+        let url = format!("{}/minio/metrics/v3/api/requests", self.minio.endpoint());
+        let text = reqwest::get(&url).await?.error_for_status()?.text().await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("minio_api_requests_total{") && l.contains("name=\"GetObject\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+}
+
+/// How a test wants the proxy started.
+#[derive(Clone)]
+pub struct ProxyOptions {
+    pub quota: String,
+    pub sync: bool,
+    pub no_writeback: bool,
+    pub extra: Vec<String>,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self { quota: "1Gi".into(), sync: false, no_writeback: false, extra: vec![] }
+    }
+}
+
+/// The real `blockproxy` binary. Killed with SIGKILL on drop.
+pub struct ProxyProcess {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub http: reqwest::Client,
+    opts: ProxyOptions,
+    store_endpoint: String,
+    minio_keys: (String, String),
+    bucket: String,
+    logs: LogDir,
+    starts: usize,
+}
+
+impl ProxyProcess {
+    pub async fn start(backend: &Backend, dir: &Path, opts: ProxyOptions) -> Result<Self> {
+        let store_endpoint = format!("http://{}", backend.store_addr);
+        let mut p = Self {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], blockproxy_testenv::ports::free_port()?)),
+            dir: dir.to_path_buf(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+            opts,
+            store_endpoint,
+            minio_keys: (backend.minio.access_key().into(), backend.minio.secret_key().into()),
+            bucket: backend.minio.bucket().into(),
+            logs: LogDir::new()?,
+            starts: 0,
+        };
+        std::fs::write(p.volumes_file(), volumes_yaml(&[(VOLUME, &p.bucket, TOKEN)]))?;
+        std::fs::write(dir.join("admin-token"), ADMIN_TOKEN)?;
+        p.spawn().await?;
+        Ok(p)
+    }
+
+    pub fn volumes_file(&self) -> PathBuf {
+        self.dir.join("volumes.yaml")
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.join("cache")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn block_url(&self, key: &str) -> String {
+        self.url(&format!("/v1/volumes/{VOLUME}/blocks/{key}"))
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        self.starts += 1;
+        let log = std::fs::File::create(self.logs.log_file(&format!("blockproxy-{}", self.starts)))?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_blockproxy"));
+        cmd.arg("serve")
+            .args(["--bind-addr", &self.addr.to_string()])
+            .arg("--disk-folder")
+            .arg(self.cache_dir())
+            .args(["--disk-quota", &self.opts.quota])
+            .arg("--volumes-file")
+            .arg(self.volumes_file())
+            .arg("--admin-token-file")
+            .arg(self.dir.join("admin-token"))
+            .args(["--store-endpoint", &self.store_endpoint, "--store-path-style", "--reload-interval", "200ms"])
+            .args(["--log-format", "text"])
+            .args(&self.opts.extra)
+            .env("AWS_ACCESS_KEY_ID", &self.minio_keys.0)
+            .env("AWS_SECRET_ACCESS_KEY", &self.minio_keys.1)
+            .env("RUST_LOG", "info,blockproxy=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if self.opts.sync {
+            cmd.arg("--sync");
+        }
+        if self.opts.no_writeback {
+            cmd.arg("--no-writeback");
+        }
+        cmd.arg("--no-tls");
+        self.child = Some(cmd.spawn().context("starting blockproxy")?);
+        let url = self.url("/readyz");
+        let http = self.http.clone();
+        eventually(Duration::from_secs(30), Duration::from_millis(50), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let r = http.get(&url).send().await?;
+                if !r.status().is_success() {
+                    bail!("{url}: {}", r.status());
+                }
+                Ok(())
+            }
+        })
+        .await
+        .with_context(|| format!("blockproxy did not become ready; logs in {}", self.logs.path().display()))
+    }
+
+    /// SIGKILL, like a crash: nothing is flushed, nothing is cleaned up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn().await
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub async fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("blockproxy did not exit within {timeout:?} after SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub async fn put(&self, key: &str, data: &[u8]) -> Result<reqwest::Response> {
+        Ok(self
+            .http
+            .put(self.block_url(key))
+            .bearer_auth(TOKEN)
+            .header(CHECKSUM_HEADER, Checksum::crc32c(data).to_string())
+            .body(data.to_vec())
+            .send()
+            .await?)
+    }
+
+    /// PUT that must be acknowledged; returns the version.
+    pub async fn put_ok(&self, key: &str, data: &[u8]) -> Result<u64> {
+        let r = self.put(key, data).await?;
+        if r.status() != 200 {
+            bail!("PUT {key}: {} {}", r.status(), r.text().await.unwrap_or_default());
+        }
+        version_of(&r)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<reqwest::Response> {
+        Ok(self.http.get(self.block_url(key)).bearer_auth(TOKEN).send().await?)
+    }
+
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
+        let r = self.get(key).await?;
+        match r.status().as_u16() {
+            200 => Ok(Some(r.bytes().await?)),
+            404 => Ok(None),
+            s => bail!("GET {key}: {s} {}", r.text().await.unwrap_or_default()),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<reqwest::Response> {
+        Ok(self.http.delete(self.block_url(key)).bearer_auth(TOKEN).send().await?)
+    }
+
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        let text = self.http.get(self.url("/metrics")).send().await?.text().await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    pub async fn drain_status(&self) -> Result<DrainStatus> {
+        Ok(self.http.get(self.url("/v1/admin/drain")).bearer_auth(ADMIN_TOKEN).send().await?.error_for_status()?.json().await?)
+    }
+
+    /// Waits until no dirty block is left.
+    pub async fn wait_flushed(&self, timeout: Duration) -> Result<()> {
+        eventually(timeout, Duration::from_millis(100), || async {
+            let dirty = self.metric("blockproxy_cache_dirty_blocks").await?;
+            if dirty > 0.0 {
+                bail!("{dirty} dirty blocks left");
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sends a raw HTTP/1.1 request line as given (no client-side path normalisation) and returns
+/// the status code.
+pub async fn raw_status(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ').nth(1).and_then(|c| c.parse().ok()).with_context(|| format!("no status line in {text:?}"))
+}
+
+pub fn version_of(r: &reqwest::Response) -> Result<u64> {
+    r.headers()
+        .get(VERSION_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .context("response has no version header")
+}
+
+pub fn volumes_yaml(volumes: &[(&str, &str, &str)]) -> String {
+    let mut s = String::from("volumes:\n");
+    for (id, bucket, token) in volumes {
+        s.push_str(&format!("- {{id: {id}, bucket: {bucket}, prefix: {PREFIX}, token: {token}}}\n"));
+    }
+    s
+}
+
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut v);
+    v
+}
