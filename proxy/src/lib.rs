@@ -5,13 +5,18 @@
 //! - [`cache`]: block files on local disk, the index with quota and LRU eviction, single-flight.
 //! - [`writeback`]: the durable flush queue and its bounded, retrying workers.
 //! - [`server`]: the HTTP API over TLS, and [`server::run`], which wires everything together.
+//! - [`client`]: discovery, RTT group selection, rendezvous routing and failover (the mount side).
+//! - [`sidecar`]: the `blockproxy-mount` S3-compatible endpoint; [`quickstart`]: a one-machine demo.
 //! - [`config`], [`metrics`], [`telemetry`]: flags, Prometheus metrics, logging and signals.
 
 pub use blockproxy_protocol as protocol;
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod quickstart;
 pub mod server;
+pub mod sidecar;
 pub mod store;
 pub mod telemetry;
 pub mod writeback;

@@ -1,0 +1,2 @@
+//! `blockproxy-mount`.
+fn main() {}

@@ -1,0 +1,382 @@
+//! Block operations: route to the key's owner in the chosen group, fail over along the
+//! rendezvous order, then to the other groups, then to the object store; check reads served by a
+//! recovering proxy against the other places a newer version may live, and repair the owner.
+
+use super::transport::{AttemptError, Fetched};
+use super::{Client, ClientError, Inner, Topology, rendezvous};
+use crate::protocol::BlockKey;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Where one attempt goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Proxy { group: usize, address: String },
+    Store,
+}
+
+enum Op<'a> {
+    Put { key: &'a BlockKey, data: Bytes, version: u64 },
+    Get { key: &'a BlockKey, range: Option<&'a str> },
+    Head { key: &'a BlockKey },
+    Delete { key: &'a BlockKey, version: u64 },
+}
+
+impl Op<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Put { .. } => "put",
+            Op::Get { .. } => "get",
+            Op::Head { .. } => "head",
+            Op::Delete { .. } => "delete",
+        }
+    }
+}
+
+enum Outcome {
+    Version(u64),
+    Fetched(Option<Fetched>),
+    Head(Option<(u64, u64)>),
+}
+
+/// One object in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    pub key: String,
+    pub size: u64,
+    /// True when the newest version is acknowledged but not yet in the store.
+    pub unflushed: bool,
+}
+
+fn store_key(prefix: &str, key: &str) -> String {
+    let p = prefix.trim_matches('/');
+    if p.is_empty() { key.to_owned() } else { format!("{p}/{key}") }
+}
+
+/// Cuts `range` (an HTTP `Range` value) out of a whole block.
+pub(crate) fn slice_range(data: Bytes, version: u64, range: Option<&str>) -> Result<Fetched, ClientError> {
+    let total = data.len() as u64;
+    let Some(r) = range else {
+        return Ok(Fetched { data, version, total });
+    };
+    let parsed = http_range_header::parse_range_header(r)
+        .map_err(|e| ClientError::Rejected { status: 400, message: format!("malformed Range {r:?}: {e}") })?;
+    let ranges = parsed.validate(total).map_err(|e| ClientError::RangeNotSatisfiable(format!("{r:?} on {total} bytes: {e}")))?;
+    let [range] = ranges.as_slice() else {
+        return Err(ClientError::RangeNotSatisfiable("only a single byte range is supported".into()));
+    };
+    Ok(Fetched { data: data.slice(*range.start() as usize..=*range.end() as usize), version, total })
+}
+
+impl Inner {
+    /// Targets in the order to try them for `route_key`: per group (chosen first), the group's
+    /// proxies in rendezvous order, skipping those marked down; then the store when configured.
+    /// With `include_down`, down proxies are included (last resort when nothing else is left).
+    fn plan(&self, topo: &Topology, route_key: &str, include_down: bool) -> Vec<Target> {
+        let order = {
+            let round = self.last_round.lock().unwrap_or_else(|e| e.into_inner());
+            self.selector.lock().unwrap_or_else(|e| e.into_inner()).order(&round)
+        };
+        let mut group_idx: Vec<usize> = order.iter().filter_map(|n| topo.groups.iter().position(|g| &g.name == n)).collect();
+        for i in 0..topo.groups.len() {
+            if !group_idx.contains(&i) {
+                group_idx.push(i);
+            }
+        }
+        let mut out = Vec::new();
+        for gi in group_idx {
+            let g = &topo.groups[gi];
+            let nodes: Vec<rendezvous::Node<'_>> =
+                g.endpoints.iter().map(|e| rendezvous::Node { address: &e.address, weight: e.weight }).collect();
+            for i in rendezvous::rank(self.cfg.volume.as_str(), route_key, &nodes) {
+                let address = &g.endpoints[i].address;
+                if include_down || !self.is_down(&g.name, address) {
+                    out.push(Target::Proxy { group: gi, address: address.clone() });
+                }
+            }
+        }
+        if self.cfg.direct_store.is_some() && !include_down {
+            out.push(Target::Store);
+        }
+        out
+    }
+
+    async fn attempt(&self, topo: &Topology, target: &Target, op: &Op<'_>) -> Result<Outcome, AttemptError> {
+        match target {
+            Target::Proxy { group, address } => {
+                let g = &topo.groups[*group];
+                let call = self.proxy_call(g, address, self.cfg.request_timeout);
+                match op {
+                    Op::Put { key, data, version } => call.put(key, data.clone(), *version).await.map(Outcome::Version),
+                    Op::Get { key, range } => call.get(key, *range).await.map(Outcome::Fetched),
+                    Op::Head { key } => call.head(key).await.map(Outcome::Head),
+                    Op::Delete { key, version } => call.delete(key, *version).await.map(Outcome::Version),
+                }
+            }
+            Target::Store => {
+                let store = self.cfg.direct_store.as_ref().ok_or_else(|| AttemptError::Unavailable("no direct store".into()))?;
+                let loc = &topo.doc.store;
+                let err = |e: crate::store::StoreError| AttemptError::Unavailable(e.to_string());
+                match op {
+                    Op::Put { key, data, version } => {
+                        store.put(&loc.bucket, &store_key(&loc.prefix, key.as_str()), data.clone(), *version).await.map_err(err)?;
+                        Ok(Outcome::Version(*version))
+                    }
+                    Op::Get { key, range } => match store.get(&loc.bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(err)? {
+                        None => Ok(Outcome::Fetched(None)),
+                        Some(b) => slice_range(b.data, b.version, *range).map(|f| Outcome::Fetched(Some(f))).map_err(AttemptError::Rejected),
+                    },
+                    Op::Head { key } => {
+                        let b = store.get(&loc.bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(err)?;
+                        Ok(Outcome::Head(b.map(|b| (b.data.len() as u64, b.version))))
+                    }
+                    Op::Delete { key, version } => {
+                        store.delete(&loc.bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(err)?;
+                        Ok(Outcome::Version(*version))
+                    }
+                }
+            }
+        }
+    }
+
+    fn target_label(topo: &Topology, t: &Target) -> String {
+        match t {
+            Target::Proxy { group, address } => format!("{}/{}", topo.groups[*group].name, address),
+            Target::Store => "store".into(),
+        }
+    }
+
+    /// Tries the plan's targets in order, `retries + 1` passes with doubling back-off.
+    async fn run(&self, route_key: &str, op: Op<'_>) -> Result<Outcome, ClientError> {
+        let mut last = String::from("no proxy is configured");
+        let passes = self.cfg.retries + 1;
+        let mut attempts = 0u32;
+        for pass in 0..passes {
+            let topo = self.topology();
+            let mut targets = self.plan(&topo, route_key, false);
+            if targets.is_empty() {
+                targets = self.plan(&topo, route_key, true);
+            }
+            let first_group = match targets.first() {
+                Some(Target::Proxy { group, .. }) => Some(*group),
+                _ => None,
+            };
+            for (i, t) in targets.iter().enumerate() {
+                attempts += 1;
+                match self.attempt(&topo, t, &op).await {
+                    Ok(out) => {
+                        let kind = match t {
+                            Target::Store => "store",
+                            Target::Proxy { group, .. } if Some(*group) != first_group => "group",
+                            Target::Proxy { .. } => "proxy",
+                        };
+                        if i > 0 || pass > 0 {
+                            self.metrics.fallbacks_total.with_label_values(&[kind]).inc();
+                            tracing::debug!(op = op.name(), key = route_key, target = %Self::target_label(&topo, t), "served by a fallback");
+                        }
+                        self.metrics.requests_total.with_label_values(&[op.name(), if kind == "store" { "store" } else { "proxy" }]).inc();
+                        return Ok(out);
+                    }
+                    Err(AttemptError::Rejected(e)) => return Err(e),
+                    Err(AttemptError::Unreachable(m)) => {
+                        if let Target::Proxy { group, address } = t {
+                            let g = &topo.groups[*group].name;
+                            self.metrics.proxy_errors_total.with_label_values(&[g, address, "unreachable"]).inc();
+                            self.mark_down(g, address, &m);
+                        }
+                        last = format!("{}: {m}", Self::target_label(&topo, t));
+                    }
+                    Err(AttemptError::Unavailable(m)) => {
+                        if let Target::Proxy { group, address } = t {
+                            self.metrics.proxy_errors_total.with_label_values(&[&topo.groups[*group].name, address, "unavailable"]).inc();
+                        }
+                        last = format!("{}: {m}", Self::target_label(&topo, t));
+                    }
+                }
+            }
+            if pass + 1 < passes {
+                tokio::time::sleep(self.cfg.retry_backoff * 2u32.saturating_pow(pass)).await;
+            }
+        }
+        self.metrics.requests_total.with_label_values(&[op.name(), "failed"]).inc();
+        Err(ClientError::Unreachable { op: op.name(), attempts, last })
+    }
+
+    /// When the owner is recovering (it came back or was just added), the newest version of the
+    /// block may live elsewhere: on the next proxy in rendezvous order (which took the owner's
+    /// writes while it was away, and owned the key before it was added), on the owner in another
+    /// group (group failover), or in the store (direct fallback). Returns the newest copy when it
+    /// is newer than the owner's, after writing it back to the owner.
+    async fn read_newest_if_recovering(&self, key: &BlockKey) -> Result<Option<Option<Fetched>>, ClientError> {
+        let topo = self.topology();
+        let plan = self.plan(&topo, key.as_str(), false);
+        let Some(Target::Proxy { group: og, address: oa }) = plan.first().cloned() else {
+            return Ok(None);
+        };
+        if !self.is_recovering(&topo.groups[og].name, &oa) {
+            return Ok(None);
+        }
+        let mut candidates = vec![plan[0].clone()];
+        if let Some(next) = plan.iter().find(|t| matches!(t, Target::Proxy { group, address } if *group == og && *address != oa)) {
+            candidates.push(next.clone());
+        }
+        let mut seen_groups = vec![og];
+        for t in &plan {
+            match t {
+                Target::Proxy { group, .. } if !seen_groups.contains(group) => {
+                    seen_groups.push(*group);
+                    candidates.push(t.clone());
+                }
+                Target::Store => candidates.push(Target::Store),
+                _ => {}
+            }
+        }
+        let head = Op::Head { key };
+        let heads = futures::future::join_all(candidates.iter().map(|t| self.attempt(&topo, t, &head))).await;
+        let version = |r: &Result<Outcome, AttemptError>| match r {
+            Ok(Outcome::Head(Some((_, v)))) => Some(*v),
+            _ => None,
+        };
+        if heads[0].is_err() {
+            return Ok(None);
+        }
+        let owner_v = version(&heads[0]).unwrap_or(0);
+        let best = heads.iter().enumerate().skip(1).filter_map(|(i, r)| version(r).map(|v| (i, v))).max_by_key(|(_, v)| *v);
+        let Some((bi, bv)) = best.filter(|(_, v)| *v > owner_v) else {
+            return Ok(None);
+        };
+        let Ok(Outcome::Fetched(Some(newest))) = self.attempt(&topo, &candidates[bi], &Op::Get { key, range: None }).await else {
+            return Ok(None);
+        };
+        tracing::info!(
+            key = %key,
+            owner = %Self::target_label(&topo, &candidates[0]),
+            owner_version = owner_v,
+            newer = %Self::target_label(&topo, &candidates[bi]),
+            newer_version = bv,
+            "recovering owner holds an older version; serving the newer one and repairing the owner"
+        );
+        self.metrics.read_repairs_total.inc();
+        if let Err(e) = self.attempt(&topo, &candidates[0], &Op::Put { key, data: newest.data.clone(), version: newest.version }).await {
+            tracing::warn!(key = %key, error = ?e, "read repair of the owner failed");
+        }
+        Ok(Some(Some(newest)))
+    }
+}
+
+impl Client {
+    /// Writes a block; returns its version.
+    pub async fn put(&self, key: &BlockKey, data: Bytes) -> Result<u64, ClientError> {
+        self.put_routed(key, key.as_str(), data).await
+    }
+
+    /// Writes `key` on the proxy that owns `route_key` (multipart parts live with their object).
+    pub async fn put_routed(&self, key: &BlockKey, route_key: &str, data: Bytes) -> Result<u64, ClientError> {
+        let version = self.inner.clock.next();
+        match self.inner.run(route_key, Op::Put { key, data, version }).await? {
+            Outcome::Version(v) => Ok(v),
+            _ => unreachable!("put yields a version"),
+        }
+    }
+
+    /// Reads a block, or a byte range of it (`range` is an HTTP `Range` value).
+    pub async fn get(&self, key: &BlockKey, range: Option<&str>) -> Result<Option<Fetched>, ClientError> {
+        self.get_routed(key, key.as_str(), range).await
+    }
+
+    pub async fn get_routed(&self, key: &BlockKey, route_key: &str, range: Option<&str>) -> Result<Option<Fetched>, ClientError> {
+        if route_key == key.as_str()
+            && let Some(found) = self.inner.read_newest_if_recovering(key).await?
+        {
+            return match found {
+                Some(f) => slice_range(f.data, f.version, range).map(Some),
+                None => Ok(None),
+            };
+        }
+        let out = match self.inner.run(route_key, Op::Get { key, range }).await? {
+            Outcome::Fetched(f) => f,
+            _ => unreachable!("get yields a block"),
+        };
+        if let Some(f) = &out {
+            self.inner.clock.observe(f.version);
+        }
+        Ok(out)
+    }
+
+    /// `(size, version)`, or `None` when the block does not exist.
+    pub async fn head(&self, key: &BlockKey) -> Result<Option<(u64, u64)>, ClientError> {
+        if let Some(found) = self.inner.read_newest_if_recovering(key).await? {
+            return Ok(found.map(|f| (f.total, f.version)));
+        }
+        match self.inner.run(key.as_str(), Op::Head { key }).await? {
+            Outcome::Head(h) => Ok(h),
+            _ => unreachable!("head yields a size"),
+        }
+    }
+
+    pub async fn delete(&self, key: &BlockKey) -> Result<u64, ClientError> {
+        self.delete_routed(key, key.as_str()).await
+    }
+
+    pub async fn delete_routed(&self, key: &BlockKey, route_key: &str) -> Result<u64, ClientError> {
+        let version = self.inner.clock.next();
+        match self.inner.run(route_key, Op::Delete { key, version }).await? {
+            Outcome::Version(v) => Ok(v),
+            _ => unreachable!("delete yields a version"),
+        }
+    }
+
+    /// Every object under `prefix`: the store's listing, merged with every reachable proxy's
+    /// unflushed keys (newest version wins; pending deletes hide the object).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>, ClientError> {
+        let inner = &self.inner;
+        let store = inner.cfg.direct_store.as_ref().ok_or(ClientError::ListNeedsStore)?;
+        let topo = inner.topology();
+        let loc = &topo.doc.store;
+        let store_prefix = store_key(&loc.prefix, prefix);
+        let strip = {
+            let p = loc.prefix.trim_matches('/');
+            if p.is_empty() { 0 } else { p.len() + 1 }
+        };
+        let mut calls = Vec::new();
+        for g in &topo.groups {
+            for e in &g.endpoints {
+                if !inner.is_down(&g.name, &e.address) {
+                    calls.push(inner.proxy_call(g, &e.address, Duration::from_secs(10).min(inner.cfg.request_timeout)));
+                }
+            }
+        }
+        let (listed, dirty) =
+            tokio::join!(store.list(&loc.bucket, &store_prefix), futures::future::join_all(calls.iter().map(|c| c.dirty(prefix))));
+        let listed = listed.map_err(ClientError::Store)?;
+        let mut out: BTreeMap<String, ListEntry> = BTreeMap::new();
+        for o in listed {
+            if o.key.len() >= strip {
+                let key = o.key[strip..].to_owned();
+                out.insert(key.clone(), ListEntry { key, size: o.size, unflushed: false });
+            }
+        }
+        let mut newest: BTreeMap<String, crate::protocol::DirtyKey> = BTreeMap::new();
+        for (call, d) in calls.iter().zip(dirty) {
+            match d {
+                Ok(d) => {
+                    for k in d.keys {
+                        if newest.get(&k.key).is_none_or(|cur| cur.version < k.version) {
+                            newest.insert(k.key.clone(), k);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(proxy = %call.base, error = ?e, "listing unflushed keys failed; the listing may miss them"),
+            }
+        }
+        for (key, d) in newest {
+            if d.deleted {
+                out.remove(&key);
+            } else {
+                out.insert(key.clone(), ListEntry { key, size: d.size, unflushed: true });
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+}

@@ -1,0 +1,204 @@
+//! HTTP(S) to the proxies: one pooled client per (scheme, CA bundle), trusting exactly the group's
+//! CA bundle when one is published (the public web PKI otherwise), and the block requests.
+
+use super::ClientError;
+use crate::protocol::{self, BlockKey, CHECKSUM_HEADER, Checksum, DirtyKeys, VERSION_HEADER, VolumeId};
+use bytes::Bytes;
+use reqwest::StatusCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Builds a pooled client for a group.
+pub fn http_client(ca_bundle: Option<&str>, connect_timeout: Duration) -> Result<reqwest::Client, ClientError> {
+    let tls_err = |reason: String| ClientError::Tls { reason };
+    let mut builder =
+        reqwest::Client::builder().connect_timeout(connect_timeout).pool_idle_timeout(Duration::from_secs(90)).tcp_nodelay(true);
+    if let Some(pem) = ca_bundle {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            let cert = cert.map_err(|e| tls_err(format!("unparseable CA bundle: {e}")))?;
+            roots.add(cert).map_err(|e| tls_err(format!("unusable CA certificate: {e}")))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_err(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    builder
+        .build()
+        .map_err(|e| tls_err(format!("building the HTTP client: {e}")))
+}
+
+/// How one attempt against one proxy ended, when it did not succeed.
+#[derive(Debug)]
+pub enum AttemptError {
+    /// Connection refused/reset, timeout: the proxy is marked down.
+    Unreachable(String),
+    /// The proxy answered 5xx (draining, back-pressure, store trouble): try the next one.
+    Unavailable(String),
+    /// The request itself is wrong (4xx): retrying elsewhere will not help.
+    Rejected(ClientError),
+}
+
+fn classify(e: reqwest::Error) -> AttemptError {
+    AttemptError::Unreachable(if e.is_timeout() { format!("timed out: {e}") } else { format!("{e:#}") })
+}
+
+async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, AttemptError> {
+    let status = resp.status();
+    if status.is_success() || status == StatusCode::NOT_FOUND {
+        return Ok(resp);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    let msg = format!("{what}: proxy answered {status}: {}", body.trim());
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        Err(AttemptError::Unavailable(msg))
+    } else {
+        Err(AttemptError::Rejected(ClientError::Rejected { status: status.as_u16(), message: msg }))
+    }
+}
+
+fn version_of(h: &reqwest::header::HeaderMap) -> u64 {
+    h.get(VERSION_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// A block read from somewhere.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub data: Bytes,
+    pub version: u64,
+    /// Size of the whole block (differs from `data.len()` for a range).
+    pub total: u64,
+}
+
+/// The block API of one proxy.
+pub struct ProxyCall<'a> {
+    pub http: &'a reqwest::Client,
+    pub base: String,
+    pub token: &'a str,
+    pub volume: &'a VolumeId,
+    pub timeout: Duration,
+}
+
+impl ProxyCall<'_> {
+    fn url(&self, key: &BlockKey) -> String {
+        format!("{}{}", self.base, protocol::block_path(self.volume, key))
+    }
+
+    pub async fn put(&self, key: &BlockKey, data: Bytes, version: u64) -> Result<u64, AttemptError> {
+        let resp = self
+            .http
+            .put(self.url(key))
+            .bearer_auth(self.token)
+            .header(CHECKSUM_HEADER, Checksum::crc32c(&data).to_string())
+            .header(VERSION_HEADER, version)
+            .timeout(self.timeout)
+            .body(data)
+            .send()
+            .await
+            .map_err(classify)?;
+        let resp = check(resp, "PUT").await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(AttemptError::Rejected(ClientError::Rejected {
+                status: 404,
+                message: "PUT: the proxy does not serve this volume".into(),
+            }));
+        }
+        Ok(version_of(resp.headers()).max(version))
+    }
+
+    pub async fn get(&self, key: &BlockKey, range: Option<&str>) -> Result<Option<Fetched>, AttemptError> {
+        let mut req = self.http.get(self.url(key)).bearer_auth(self.token).timeout(self.timeout);
+        if let Some(r) = range {
+            req = req.header(reqwest::header::RANGE, r);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Err(classify(e)),
+        };
+        if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(AttemptError::Rejected(ClientError::RangeNotSatisfiable(body)));
+        }
+        let resp = check(resp, "GET").await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let version = version_of(resp.headers());
+        let total = resp
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit('/').next())
+            .and_then(|v| v.parse().ok());
+        let data = resp.bytes().await.map_err(classify)?;
+        let total = total.unwrap_or(data.len() as u64);
+        Ok(Some(Fetched { data, version, total }))
+    }
+
+    /// `(size, version)` of the block, or `None` when it does not exist (or is deleted).
+    pub async fn head(&self, key: &BlockKey) -> Result<Option<(u64, u64)>, AttemptError> {
+        let resp = self.http.head(self.url(key)).bearer_auth(self.token).timeout(self.timeout).send().await.map_err(classify)?;
+        let resp = check(resp, "HEAD").await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let size = resp
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok(Some((size, version_of(resp.headers()))))
+    }
+
+    pub async fn delete(&self, key: &BlockKey, version: u64) -> Result<u64, AttemptError> {
+        let resp = self
+            .http
+            .delete(self.url(key))
+            .bearer_auth(self.token)
+            .header(VERSION_HEADER, version)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(classify)?;
+        let resp = check(resp, "DELETE").await?;
+        Ok(version_of(resp.headers()).max(version))
+    }
+
+    pub async fn dirty(&self, prefix: &str) -> Result<DirtyKeys, AttemptError> {
+        let url = format!("{}{}", self.base, protocol::dirty_keys_path(self.volume));
+        let resp = self
+            .http
+            .get(url)
+            .query(&[("prefix", prefix)])
+            .bearer_auth(self.token)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(classify)?;
+        let resp = check(resp, "list dirty keys").await?;
+        resp.json().await.map_err(|e| AttemptError::Unavailable(format!("dirty-key listing is not valid JSON: {e}")))
+    }
+
+    /// One ping; the elapsed time on success.
+    pub async fn ping(&self) -> Result<Duration, AttemptError> {
+        let started = std::time::Instant::now();
+        let resp = self
+            .http
+            .get(format!("{}{}", self.base, protocol::PING_PATH))
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(classify)?;
+        if !resp.status().is_success() {
+            return Err(AttemptError::Unavailable(format!("ping answered {}", resp.status())));
+        }
+        let _ = resp.bytes().await.map_err(classify)?;
+        Ok(started.elapsed())
+    }
+}

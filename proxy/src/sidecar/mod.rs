@@ -1,0 +1,1 @@
+//! The `blockproxy-mount` sidecar.
