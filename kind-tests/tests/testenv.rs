@@ -399,6 +399,49 @@ async fn helm_runs_from_the_cache() -> Result<()> {
 }
 
 #[tokio::test]
+async fn helm_installs_a_chart_into_the_control_plane() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let chart = tempfile::tempdir()?;
+    std::fs::create_dir(chart.path().join("templates"))?;
+    std::fs::write(
+        chart.path().join("Chart.yaml"),
+        "apiVersion: v2\nname: hello\nversion: 0.1.0\n",
+    )?;
+    std::fs::write(chart.path().join("values.yaml"), "greeting: hi\n")?;
+    std::fs::write(
+        chart.path().join("templates/configmap.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-greeting\n\
+         data:\n  greeting: {{ .Values.greeting | quote }}\n",
+    )?;
+
+    let helm = Helm::for_control_plane(&plane)?;
+    let chart_path = chart.path().display().to_string();
+    helm.run([
+        "install",
+        "r1",
+        chart_path.as_str(),
+        "--namespace",
+        "default",
+        "--set",
+        "greeting=hello",
+    ])
+    .await?;
+
+    let configmaps: Api<ConfigMap> = Api::namespaced(plane.client(), "default");
+    let data = configmaps
+        .get("r1-greeting")
+        .await?
+        .data
+        .unwrap_or_default();
+    assert_eq!(data.get("greeting").map(String::as_str), Some("hello"));
+    let list = helm
+        .run(["list", "--namespace", "default", "--short"])
+        .await?;
+    assert_eq!(list.stdout.trim(), "r1");
+    Ok(())
+}
+
+#[tokio::test]
 async fn kwok_runs_from_the_cache() -> Result<()> {
     let output = tokio::process::Command::new(tool_path(Tool::Kwok)?)
         .arg("--version")

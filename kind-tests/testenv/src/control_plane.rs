@@ -139,6 +139,8 @@ impl ControlPlane {
                 format!("--tls-cert-file={}", path(&pki.serving_cert)),
                 format!("--tls-private-key-file={}", path(&pki.serving_key)),
                 "--service-account-issuer=https://kubernetes.default.svc".to_owned(),
+                // The key file takes public keys only: a PKCS#8 private key there is refused
+                // ("data does not contain any valid RSA or ECDSA public keys").
                 format!(
                     "--service-account-key-file={}",
                     path(&pki.service_account_public_key)
@@ -147,7 +149,6 @@ impl ControlPlane {
                     "--service-account-signing-key-file={}",
                     path(&pki.service_account_key)
                 ),
-                "--endpoint-reconciler-type=none".to_owned(),
             ],
             &[],
             &logs,
