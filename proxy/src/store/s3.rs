@@ -38,7 +38,14 @@ impl S3Store {
             ));
         }
         let shared = loader.load().await;
-        let mut builder = aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.path_style);
+        // A store that stops answering must fail the attempt (and be retried by writeback) rather
+        // than hang a flush worker; generous read timeout for large blocks over a WAN.
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .read_timeout(std::time::Duration::from_secs(60))
+            .build();
+        let mut builder =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.path_style).timeout_config(timeouts);
         if let Some(ep) = &cfg.endpoint {
             builder = builder.endpoint_url(ep);
         }
