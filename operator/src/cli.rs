@@ -116,7 +116,14 @@ pub async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Installs rustls' ring provider as the process default; the dependency graph may enable more
+/// than one provider, and then rustls cannot choose by itself.
+pub fn init_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub async fn main(args: Args) -> ExitCode {
+    init_crypto();
     init_logs(args.log_format);
     let client = match kube::Client::try_default().await {
         Ok(c) => c,

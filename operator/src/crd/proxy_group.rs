@@ -38,11 +38,13 @@ pub struct ProxyGroupSpec {
     /// Short code of the object-store provider this group fronts (for example `s3`, `minio`,
     /// `oci`). Published to clients, which show it and may prefer groups by it.
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$')").message("providerCode must be 1-32 lowercase letters, digits or '-', starting and ending with a letter or digit"))]
+    #[schemars(length(min = 1, max = 32))]
     pub provider_code: String,
 
     /// Code of the region or site this group runs in (for example `eu-west-1`, `dc-paris`).
     /// Published to clients.
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,62}[a-z0-9])?$')").message("regionCode must be 1-64 lowercase letters, digits or '-', starting and ending with a letter or digit"))]
+    #[schemars(length(min = 1, max = 64))]
     pub region_code: String,
 
     /// Where the proxies run.
@@ -73,10 +75,12 @@ pub struct ProxyGroupSpec {
     /// namespace; empty (the default) allows none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = Rule::new("self.all(n, n == '*' || n.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$'))").message("allowedNamespaces entries must be namespace names or '*'"))]
+    #[schemars(length(max = 256), inner(length(max = 63)))]
     pub allowed_namespaces: Vec<String>,
 
     /// Container image of the proxy. Defaults to the image the operator was started with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub image: Option<String>,
 
     /// Image pull policy of the proxy container.
@@ -101,6 +105,7 @@ pub struct Placement {
     /// affinity). Every node with such a PV that is Available, or already claimed by this group,
     /// gets one proxy with its cache on that PV.
     #[x_kube(validation = Rule::new("self != ''").message("placement.storageClassName must not be empty"))]
+    #[schemars(length(max = 253))]
     pub storage_class_name: String,
 
     /// Only nodes with all of these labels are eligible.
@@ -126,6 +131,7 @@ pub struct CacheSpec {
     /// or a quantity (`"500Gi"`). Clean blocks are evicted near the quota; dirty blocks never are.
     #[serde(default = "default_disk_quota")]
     #[x_kube(validation = Rule::new("self.matches('^(100|[1-9][0-9]?)%$') || self.matches('^[1-9][0-9]*(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$')").message("cache.diskQuota must be a percentage from 1% to 100% (like \"90%\") or a quantity (like \"500Gi\")"))]
+    #[schemars(length(max = 16))]
     pub disk_quota: String,
 }
 
@@ -159,6 +165,7 @@ pub struct WritebackSpec {
     /// Pause between flushes, to throttle a shared WAN link, as a duration: `0ms`, `250ms`, `2s`.
     #[serde(default = "default_delay")]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{1,6}(ms|s)$')").message("writeback.delay must be a duration in ms or s, like \"0ms\", \"250ms\" or \"2s\""))]
+    #[schemars(length(max = 16))]
     pub delay: String,
 
     /// fsync every dirty block before acknowledging it, for full crash durability.
@@ -226,10 +233,12 @@ pub struct ObjectStoreSpec {
     /// Store URL, for example `https://minio.storage.svc:9000`. Defaults to AWS for `s3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://') || self.startsWith('file:///')").message("objectStore.endpoint must be an http(s):// or file:/// URL"))]
+    #[schemars(length(max = 2048))]
     pub endpoint: Option<String>,
 
     /// Store region (for example `us-east-1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub region: Option<String>,
 
     /// Address buckets by path (`endpoint/bucket/key`) instead of by virtual host; most
@@ -252,6 +261,7 @@ pub struct ObjectStoreSpec {
 pub struct CredentialsSecretRef {
     /// Name of the Secret, in the namespace the operator runs the proxies in.
     #[x_kube(validation = Rule::new("self != ''").message("objectStore.credentialsSecret.name must not be empty"))]
+    #[schemars(length(max = 253))]
     pub name: String,
 
     /// Key holding the access key id.

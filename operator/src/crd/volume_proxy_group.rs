@@ -45,21 +45,25 @@ pub struct VolumeProxyGroupSpec {
     #[serde(rename = "volumeID")]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$')").message("volumeID must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("volumeID is immutable"))]
+    #[schemars(length(max = 63))]
     pub volume_id: String,
 
     /// Name of the (cluster-scoped) ProxyGroup that serves the volume. It must list this
     /// namespace in `allowedNamespaces`.
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$')").message("proxyGroup must be the name of a ProxyGroup"))]
+    #[schemars(length(max = 253))]
     pub proxy_group: String,
 
     /// Bucket holding the volume's blocks.
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9][-a-z0-9.]{1,61}[a-z0-9]$')").message("bucket must be a valid bucket name: 3-63 lowercase letters, digits, '-' or '.'"))]
+    #[schemars(length(max = 63))]
     pub bucket: String,
 
     /// Key prefix of the volume's blocks in the bucket; a block's key is `{prefix}/{key}`. Empty
     /// means the bucket root.
     #[serde(default)]
     #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.contains('..') && size(self) <= 512").message("prefix must be relative, at most 512 characters, and contain no '..'"))]
+    #[schemars(length(max = 512))]
     pub prefix: String,
 }
 

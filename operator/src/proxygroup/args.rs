@@ -78,7 +78,11 @@ mod tests {
     #[test]
     fn defaults_give_tls_and_writeback() {
         let args = proxy_args(&spec()).join(" ");
-        assert!(args.starts_with("serve --bind-addr 0.0.0.0:8443 --disk-folder /cache --disk-quota 90%"));
+        assert!(
+            args.starts_with(
+                "serve --bind-addr 0.0.0.0:8443 --disk-folder /cache --disk-quota 90%"
+            )
+        );
         assert!(args.contains("--writeback-active 0 --writeback-delay 0"));
         assert!(args.contains("--tls-cert-file /etc/blockproxy/tls/tls.crt"));
         assert!(args.contains(

@@ -654,20 +654,30 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
     }
 
     // Proxies on nodes no longer selected: drain, then delete Pod and PVC (never the PV).
+    // Objects already being deleted (after a finished drain) are not leaving any more.
+    let pods: Vec<&Pod> = inp
+        .pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let pvcs: Vec<&PersistentVolumeClaim> = inp
+        .pvcs
+        .iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .collect();
     let mut leaving: BTreeSet<String> = BTreeSet::new();
-    for p in inp.pods {
-        if let Some(n) = node_of(p.labels()).filter(|n| !selected_nodes.contains(n.as_str())) {
-            leaving.insert(n.clone());
-        }
-    }
-    for c in inp.pvcs {
-        if let Some(n) = node_of(c.labels()).filter(|n| !selected_nodes.contains(n.as_str())) {
+    for labels in pods
+        .iter()
+        .map(|p| p.labels())
+        .chain(pvcs.iter().map(|c| c.labels()))
+    {
+        if let Some(n) = node_of(labels).filter(|n| !selected_nodes.contains(n.as_str())) {
             leaving.insert(n.clone());
         }
     }
     for node in leaving {
-        let pod = inp.pods.iter().find(|p| node_of(p.labels()) == Some(&node));
-        let pvc = inp.pvcs.iter().find(|c| node_of(c.labels()) == Some(&node));
+        let pod = pods.iter().find(|p| node_of(p.labels()) == Some(&node));
+        let pvc = pvcs.iter().find(|c| node_of(c.labels()) == Some(&node));
         if let Some(p) = pod {
             keep(&mut plan, KIND_POD, p.name_any());
         }
@@ -1313,6 +1323,26 @@ pub(crate) mod tests {
                 .iter()
                 .any(|c| c.type_ == c::DRAINING && c.status && c.message.contains("42"))
         );
+    }
+
+    #[test]
+    fn objects_deleted_after_a_drain_are_not_drained_again() {
+        let mut w = World::new();
+        w.step();
+        w.pvs.retain(|p| p.name_any() != "pv-b");
+        w.pods.retain(|p| p.labels()[meta::NODE_LABEL] != "b");
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        );
+        for c in w
+            .pvcs
+            .iter_mut()
+            .filter(|c| c.labels()[meta::NODE_LABEL] == "b")
+        {
+            c.metadata.deletion_timestamp = Some(now.clone()); // held by pvc-protection
+        }
+        let plan = w.step();
+        assert!(plan.drain.is_empty());
     }
 
     #[test]
