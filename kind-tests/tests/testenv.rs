@@ -320,18 +320,23 @@ async fn every_minio_has_its_own_credentials_and_stops_listening_when_dropped() 
     Ok(())
 }
 
-/// A TCP server that answers every connection with `hello` and closes it.
-async fn hello_server() -> Result<SocketAddr> {
+/// A TCP server that answers every connection with `payload` and closes it.
+async fn serve_bytes(payload: &'static [u8]) -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let _ = socket.write_all(b"hello").await;
+                let _ = socket.write_all(payload).await;
             });
         }
     });
     Ok(addr)
+}
+
+/// A TCP server that answers every connection with `hello` and closes it.
+async fn hello_server() -> Result<SocketAddr> {
+    serve_bytes(b"hello").await
 }
 
 /// Connects to `addr` and reads everything, returning the bytes and the time it took.
@@ -339,7 +344,7 @@ async fn fetch(addr: SocketAddr) -> Result<(Vec<u8>, Duration)> {
     let start = Instant::now();
     let mut stream = TcpStream::connect(addr).await?;
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await??;
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out)).await??;
     Ok((out, start.elapsed()))
 }
 
@@ -361,14 +366,35 @@ async fn toxiproxy_latency_toxic_delays_responses_by_at_least_100_ms() -> Result
         took >= Duration::from_millis(100),
         "took only {took:?} through a 100 ms toxic"
     );
-
     toxiproxy.remove_toxic("hello", &toxic).await?;
-    toxiproxy.add_bandwidth("hello", 1).await?;
+
+    // reset removes every toxic: a 5 s latency no longer applies.
+    toxiproxy.add_latency("hello", 5_000, 0).await?;
     toxiproxy.reset().await?;
     let (_, took) = fetch(listen).await?;
     assert!(
-        took < Duration::from_millis(100),
-        "still slow after reset: {took:?}"
+        took < Duration::from_secs(5),
+        "the latency survived reset: {took:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn toxiproxy_bandwidth_toxic_throttles_responses() -> Result<()> {
+    static PAYLOAD: [u8; 32 * 1024] = [7; 32 * 1024];
+    let toxiproxy = Toxiproxy::start().await?;
+    let upstream = serve_bytes(&PAYLOAD).await?;
+    let listen = toxiproxy
+        .create_proxy("slow", &upstream.to_string())
+        .await?;
+
+    toxiproxy.add_bandwidth("slow", 16).await?;
+    let (body, took) = fetch(listen).await?;
+    assert_eq!(body.len(), PAYLOAD.len());
+    // 32 KiB at 16 KB/s takes about 2 s.
+    assert!(
+        took >= Duration::from_secs(1),
+        "32 KiB at 16 KB/s took only {took:?}"
     );
     Ok(())
 }
