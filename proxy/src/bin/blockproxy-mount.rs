@@ -1,2 +1,22 @@
-//! `blockproxy-mount`.
-fn main() {}
+//! `blockproxy-mount`: the mount sidecar, serving one volume as an S3 endpoint on localhost.
+
+use blockproxy::config::LogFormat;
+use blockproxy::sidecar::MountArgs;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "blockproxy-mount", version, about = "Serve a blockproxy volume as an S3-compatible endpoint on localhost")]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "BLOCKPROXY_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
+    #[command(flatten)]
+    mount: Box<MountArgs>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    blockproxy::telemetry::init(cli.log_format);
+    blockproxy::sidecar::run(*cli.mount, blockproxy::telemetry::shutdown_signal()).await
+}

@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Serve the block API: cache blocks on local disk, write back to the object store.
     Serve(Box<ProxyArgs>),
+    /// Start 3 proxies on the local store and an S3 endpoint in front, all on this machine.
+    Quickstart(blockproxy::quickstart::QuickstartArgs),
 }
 
 #[tokio::main]
@@ -25,5 +27,6 @@ async fn main() -> anyhow::Result<()> {
     blockproxy::telemetry::init(cli.log_format);
     match cli.command {
         Command::Serve(args) => blockproxy::server::run(*args, blockproxy::telemetry::shutdown_signal()).await,
+        Command::Quickstart(args) => blockproxy::quickstart::run(args, blockproxy::telemetry::shutdown_signal()).await,
     }
 }

@@ -1,1 +1,203 @@
-//! The `blockproxy-mount` sidecar.
+//! `blockproxy-mount`: the sidecar beside the app container. It reads the discovery file, chooses
+//! the lowest-RTT group, routes blocks by rendezvous hashing with failover ([`crate::client`]), and
+//! serves the volume as an S3-compatible endpoint on localhost ([`s3`]).
+//!
+//! Admin endpoints on the same port (bucket names cannot start with `_`, so they never clash):
+//! `/_blockproxy/healthz`, `/_blockproxy/readyz`, `/_blockproxy/metrics`, `/_blockproxy/status`.
+
+pub mod s3;
+
+use crate::client::{Client, ClientConfig, selection::Hysteresis};
+use crate::config::{StoreArgs, parse_size};
+use crate::protocol::VolumeId;
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use clap::Args;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const ADMIN_PREFIX: &str = "/_blockproxy";
+
+#[derive(Debug, Clone, Args)]
+pub struct MountArgs {
+    /// The volume to serve; S3 clients use it as the bucket name.
+    #[arg(long, env = "BLOCKPROXY_VOLUME_ID", value_parser = parse_volume)]
+    pub volume_id: VolumeId,
+
+    /// The discovery document (the operator's ConfigMap, mounted as a file). Re-read on change.
+    #[arg(long, env = "BLOCKPROXY_DISCOVERY_FILE", default_value = "/etc/blockproxy/discovery/discovery.json")]
+    pub discovery_file: PathBuf,
+
+    /// File holding the volume's bearer token for the proxies.
+    #[arg(long, env = "BLOCKPROXY_TOKEN_FILE")]
+    pub token_file: PathBuf,
+
+    /// Where to serve the S3 endpoint (keep it on loopback: it is the app's private endpoint).
+    #[arg(long, env = "BLOCKPROXY_LISTEN", default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+
+    /// Access key S3 clients sign with.
+    #[arg(long, env = "BLOCKPROXY_S3_ACCESS_KEY", default_value = "blockproxy")]
+    pub s3_access_key: String,
+
+    /// Secret key S3 clients sign with.
+    #[arg(long, env = "BLOCKPROXY_S3_SECRET_KEY", default_value = "blockproxy", hide_env_values = true)]
+    pub s3_secret_key: String,
+
+    /// Largest object (= block) accepted ("64Mi"); match the proxies' --max-block-size.
+    #[arg(long, env = "BLOCKPROXY_MAX_OBJECT_SIZE", default_value = "64Mi", value_parser = parse_size)]
+    pub max_object_size: u64,
+
+    /// Go directly to the object store when no proxy is reachable, and list objects from it,
+    /// using the AWS default credential chain. Implied by --store-credentials-file and by a
+    /// file:// store endpoint.
+    #[arg(long, env = "BLOCKPROXY_DIRECT_STORE")]
+    pub direct_store: bool,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// How often every proxy is probed.
+    #[arg(long, env = "BLOCKPROXY_PROBE_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub probe_interval: Duration,
+
+    /// Pings per proxy per probe round (the median counts).
+    #[arg(long, env = "BLOCKPROXY_PROBE_SAMPLES", default_value_t = 3)]
+    pub probe_samples: usize,
+
+    /// Probe rounds another group must be clearly faster before the sidecar switches to it.
+    #[arg(long, env = "BLOCKPROXY_SWITCH_ROUNDS", default_value_t = 3)]
+    pub switch_rounds: u32,
+
+    /// Timeout of one ping.
+    #[arg(long, env = "BLOCKPROXY_PROBE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub probe_timeout: Duration,
+
+    /// Timeout of one block request.
+    #[arg(long, env = "BLOCKPROXY_REQUEST_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Passes over all proxies, groups and the store before a request fails.
+    #[arg(long, env = "BLOCKPROXY_RETRIES", default_value_t = 3)]
+    pub retries: u32,
+
+    /// How long reads from a proxy that came back or was added are checked for newer versions
+    /// elsewhere (see docs/adr/0002-consistency-contract.md).
+    #[arg(long, env = "BLOCKPROXY_RECOVERY_WINDOW", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub recovery_window: Duration,
+}
+
+fn parse_volume(s: &str) -> Result<VolumeId, String> {
+    VolumeId::parse(s).map_err(|e| e.to_string())
+}
+
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the volume token file {} (--token-file)", path.display()))?
+        .trim()
+        .to_owned();
+    anyhow::ensure!(!token.is_empty(), "the volume token file {} is empty", path.display());
+    Ok(token)
+}
+
+/// Builds the client from the arguments (validating the discovery file and token).
+pub async fn client_from_args(args: &MountArgs) -> anyhow::Result<Client> {
+    let token = read_token(&args.token_file)?;
+    let doc = crate::client::discovery::load(&args.discovery_file, &args.volume_id)?;
+    let mut store_args = args.store.clone();
+    if store_args.store_endpoint.is_none() {
+        store_args.store_endpoint = doc.store.endpoint.clone();
+    }
+    if let Some(region) = &doc.store.region
+        && args.store.store_region == "us-east-1"
+    {
+        store_args.store_region = region.clone();
+    }
+    let local = store_args.store_endpoint.as_deref().is_some_and(|e| e.starts_with("file://"));
+    let direct = if args.direct_store || store_args.store_credentials_file.is_some() || local {
+        Some(crate::server::build_store(&store_args).await.context("setting up direct object-store access")?)
+    } else {
+        None
+    };
+    let mut cfg = ClientConfig::new(args.volume_id.clone(), args.discovery_file.clone(), token);
+    cfg.probe_interval = args.probe_interval;
+    cfg.probe_samples = args.probe_samples;
+    cfg.probe_timeout = args.probe_timeout;
+    cfg.request_timeout = args.request_timeout;
+    cfg.retries = args.retries;
+    cfg.recovery_window = args.recovery_window;
+    cfg.hysteresis = Hysteresis { rounds: args.switch_rounds.max(1), ..Hysteresis::default() };
+    cfg.direct_store = direct;
+    Ok(Client::start(cfg).await?)
+}
+
+/// The HTTP app: admin routes plus the S3 service for everything else.
+pub fn app(client: Client, access_key: &str, secret_key: &str, max_object_size: u64) -> Router {
+    let mut builder = s3s::service::S3ServiceBuilder::new(s3::VolumeS3::new(client.clone(), max_object_size));
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
+    let service = builder.build();
+    let service = axum::error_handling::HandleError::new(service, |e: s3s::HttpError| async move {
+        tracing::warn!(error = ?e, "S3 request failed");
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+    });
+    Router::new()
+        .route(&format!("{ADMIN_PREFIX}/healthz"), get(|| async { "ok" }))
+        .route(&format!("{ADMIN_PREFIX}/readyz"), get(readyz))
+        .route(&format!("{ADMIN_PREFIX}/metrics"), get(metrics))
+        .route(&format!("{ADMIN_PREFIX}/status"), get(status))
+        .with_state(client)
+        .fallback_service(service)
+}
+
+async fn readyz(State(c): State<Client>) -> Response {
+    if c.ready() {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no proxy group is reachable and there is no direct store access").into_response()
+    }
+}
+
+async fn metrics(State(c): State<Client>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], c.metrics().render()).into_response()
+}
+
+async fn status(State(c): State<Client>) -> Response {
+    axum::Json(c.status()).into_response()
+}
+
+/// Runs the sidecar until `shutdown` resolves.
+pub async fn run(args: MountArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let client = client_from_args(&args).await?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding the S3 endpoint on {}", args.listen))?;
+    serve(listener, client, &args.s3_access_key, &args.s3_secret_key, args.max_object_size, shutdown).await
+}
+
+/// Serves an already-built client on `listener` (the quickstart uses this).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    client: Client,
+    access_key: &str,
+    secret_key: &str,
+    max_object_size: u64,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let status = client.status();
+    tracing::info!(
+        addr = %addr,
+        volume = %client.volume(),
+        chosen_group = ?status.chosen_group,
+        direct_store = status.direct_store,
+        "S3 endpoint serving; the bucket name is the volume id"
+    );
+    let app = app(client, access_key, secret_key, max_object_size);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the S3 endpoint")?;
+    Ok(())
+}
