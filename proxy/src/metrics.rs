@@ -57,8 +57,16 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
-            cache_hits_total: reg(&r, IntCounter::new("blockproxy_cache_hits_total", "Block reads served from the local cache").expect("valid")),
-            cache_misses_total: reg(&r, IntCounter::new("blockproxy_cache_misses_total", "Block reads that went to the object store").expect("valid")),
+            cache_hits_total: reg(
+                &r,
+                IntCounter::new("blockproxy_cache_hits_total", "Block reads served from the local cache")
+                    .expect("valid"),
+            ),
+            cache_misses_total: reg(
+                &r,
+                IntCounter::new("blockproxy_cache_misses_total", "Block reads that went to the object store")
+                    .expect("valid"),
+            ),
             cache_served_bytes_total: reg(
                 &r,
                 IntCounterVec::new(
@@ -70,15 +78,38 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
-            cache_corrupt_blocks_total: reg(&r, IntCounter::new("blockproxy_cache_corrupt_blocks_total", "Cached blocks that failed checksum verification").expect("valid")),
-            cache_used_bytes: reg(&r, IntGauge::new("blockproxy_cache_used_bytes", "Bytes used by cached blocks, clean and dirty").expect("valid")),
+            cache_corrupt_blocks_total: reg(
+                &r,
+                IntCounter::new(
+                    "blockproxy_cache_corrupt_blocks_total",
+                    "Cached blocks that failed checksum verification",
+                )
+                .expect("valid"),
+            ),
+            cache_used_bytes: reg(
+                &r,
+                IntGauge::new("blockproxy_cache_used_bytes", "Bytes used by cached blocks, clean and dirty")
+                    .expect("valid"),
+            ),
             cache_quota_bytes: reg(&r, IntGauge::new("blockproxy_cache_quota_bytes", "Cache quota").expect("valid")),
             cache_blocks: reg(&r, IntGauge::new("blockproxy_cache_blocks", "Blocks in the cache").expect("valid")),
-            cache_dirty_blocks: reg(&r, IntGauge::new("blockproxy_cache_dirty_blocks", "Acknowledged blocks not yet in the store").expect("valid")),
-            cache_dirty_bytes: reg(&r, IntGauge::new("blockproxy_cache_dirty_bytes", "Bytes of acknowledged blocks not yet in the store").expect("valid")),
+            cache_dirty_blocks: reg(
+                &r,
+                IntGauge::new("blockproxy_cache_dirty_blocks", "Acknowledged blocks not yet in the store")
+                    .expect("valid"),
+            ),
+            cache_dirty_bytes: reg(
+                &r,
+                IntGauge::new("blockproxy_cache_dirty_bytes", "Bytes of acknowledged blocks not yet in the store")
+                    .expect("valid"),
+            ),
             cache_oldest_dirty_age_seconds: reg(
                 &r,
-                prometheus::Gauge::new("blockproxy_cache_oldest_dirty_age_seconds", "Age of the oldest unflushed block").expect("valid"),
+                prometheus::Gauge::new(
+                    "blockproxy_cache_oldest_dirty_age_seconds",
+                    "Age of the oldest unflushed block",
+                )
+                .expect("valid"),
             ),
             store_requests_total: reg(
                 &r,
@@ -88,11 +119,18 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
-            writeback_queue_depth: reg(&r, IntGauge::new("blockproxy_writeback_queue_depth", "Blocks waiting for or in writeback").expect("valid")),
+            writeback_queue_depth: reg(
+                &r,
+                IntGauge::new("blockproxy_writeback_queue_depth", "Blocks waiting for or in writeback").expect("valid"),
+            ),
             writeback_flush_seconds: reg(
                 &r,
                 Histogram::with_opts(
-                    HistogramOpts::new("blockproxy_writeback_flush_seconds", "Time to flush one block, retries included").buckets(latency),
+                    HistogramOpts::new(
+                        "blockproxy_writeback_flush_seconds",
+                        "Time to flush one block, retries included",
+                    )
+                    .buckets(latency),
                 )
                 .expect("valid"),
             ),
@@ -104,15 +142,29 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
-            writeback_flushes_total: reg(&r, IntCounter::new("blockproxy_writeback_flushes_total", "Blocks flushed to the store").expect("valid")),
-            writeback_bytes_total: reg(&r, IntCounter::new("blockproxy_writeback_bytes_total", "Bytes written back to the store").expect("valid")),
+            writeback_flushes_total: reg(
+                &r,
+                IntCounter::new("blockproxy_writeback_flushes_total", "Blocks flushed to the store").expect("valid"),
+            ),
+            writeback_bytes_total: reg(
+                &r,
+                IntCounter::new("blockproxy_writeback_bytes_total", "Bytes written back to the store").expect("valid"),
+            ),
             writeback_skipped_newer_total: reg(
                 &r,
-                IntCounter::new("blockproxy_writeback_skipped_newer_total", "Flushes skipped because the store held a newer version").expect("valid"),
+                IntCounter::new(
+                    "blockproxy_writeback_skipped_newer_total",
+                    "Flushes skipped because the store held a newer version",
+                )
+                .expect("valid"),
             ),
             http_backpressure_total: reg(
                 &r,
-                IntCounter::new("blockproxy_http_backpressure_total", "Writes refused with 503 because dirty data reached the quota").expect("valid"),
+                IntCounter::new(
+                    "blockproxy_http_backpressure_total",
+                    "Writes refused with 503 because dirty data reached the quota",
+                )
+                .expect("valid"),
             ),
             registry: r,
         }

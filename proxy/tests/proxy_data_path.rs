@@ -28,7 +28,12 @@ async fn second_read_is_served_from_cache_without_touching_the_store() -> Result
     let backend = Backend::start().await?;
     let data = random_bytes(1 << 20);
     let s3 = backend.minio.s3_client();
-    s3.put_object().bucket(backend.minio.bucket()).key(format!("{PREFIX}/cold")).body(data.clone().into()).send().await?;
+    s3.put_object()
+        .bucket(backend.minio.bucket())
+        .key(format!("{PREFIX}/cold"))
+        .body(data.clone().into())
+        .send()
+        .await?;
     let dir = tempfile::tempdir()?;
     let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
 
@@ -83,7 +88,9 @@ async fn range_reads_return_the_requested_bytes() -> Result<()> {
     let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
     let data = random_bytes(100_000);
     proxy.put_ok("r", &data).await?;
-    for (range, expect) in [("bytes=0-9", &data[0..10]), ("bytes=99990-", &data[99_990..]), ("bytes=-5", &data[99_995..])] {
+    for (range, expect) in
+        [("bytes=0-9", &data[0..10]), ("bytes=99990-", &data[99_990..]), ("bytes=-5", &data[99_995..])]
+    {
         let r = proxy.http.get(proxy.block_url("r")).bearer_auth(TOKEN).header("Range", range).send().await?;
         assert_eq!(r.status(), 206, "{range}");
         assert_eq!(r.bytes().await?.as_ref(), expect, "{range}");
@@ -95,7 +102,12 @@ async fn range_reads_return_the_requested_bytes() -> Result<()> {
 async fn bad_requests_get_the_right_4xx_and_write_nothing() -> Result<()> {
     let backend = Backend::start().await?;
     let dir = tempfile::tempdir()?;
-    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions { extra: vec!["--max-block-size".into(), "1Mi".into()], ..Default::default() }).await?;
+    let proxy = ProxyProcess::start(
+        &backend,
+        dir.path(),
+        ProxyOptions { extra: vec!["--max-block-size".into(), "1Mi".into()], ..Default::default() },
+    )
+    .await?;
     let body = b"payload".to_vec();
     let good_sum = Checksum::crc32c(&body).to_string();
     let base = proxy.url("/v1/volumes");
@@ -107,17 +119,66 @@ async fn bad_requests_get_the_right_4xx_and_write_nothing() -> Result<()> {
         body: Vec<u8>,
         expect: u16,
     }
-    let case = |name, url: String, token, checksum: Option<String>, body: Vec<u8>, expect| Case { name, url, token, checksum, body, expect };
+    let case = |name, url: String, token, checksum: Option<String>, body: Vec<u8>, expect| Case {
+        name,
+        url,
+        token,
+        checksum,
+        body,
+        expect,
+    };
     let cases = vec![
-        case("empty segment", format!("{base}/{VOLUME}/blocks/a//b"), Some(TOKEN), Some(good_sum.clone()), body.clone(), 400),
+        case(
+            "empty segment",
+            format!("{base}/{VOLUME}/blocks/a//b"),
+            Some(TOKEN),
+            Some(good_sum.clone()),
+            body.clone(),
+            400,
+        ),
         case("bad volume id", format!("{base}/-vol/blocks/a"), Some(TOKEN), Some(good_sum.clone()), body.clone(), 400),
-        case("unknown volume", format!("{base}/other/blocks/a"), Some(TOKEN), Some(good_sum.clone()), body.clone(), 404),
+        case(
+            "unknown volume",
+            format!("{base}/other/blocks/a"),
+            Some(TOKEN),
+            Some(good_sum.clone()),
+            body.clone(),
+            404,
+        ),
         case("missing token", format!("{base}/{VOLUME}/blocks/a"), None, Some(good_sum.clone()), body.clone(), 401),
-        case("wrong token", format!("{base}/{VOLUME}/blocks/a"), Some("nope"), Some(good_sum.clone()), body.clone(), 401),
+        case(
+            "wrong token",
+            format!("{base}/{VOLUME}/blocks/a"),
+            Some("nope"),
+            Some(good_sum.clone()),
+            body.clone(),
+            401,
+        ),
         case("missing checksum", format!("{base}/{VOLUME}/blocks/a"), Some(TOKEN), None, body.clone(), 400),
-        case("wrong checksum", format!("{base}/{VOLUME}/blocks/a"), Some(TOKEN), Some(Checksum::crc32c(b"other").to_string()), body.clone(), 400),
-        case("malformed checksum", format!("{base}/{VOLUME}/blocks/a"), Some(TOKEN), Some("md5=zz".into()), body.clone(), 400),
-        case("oversized body", format!("{base}/{VOLUME}/blocks/a"), Some(TOKEN), Some(Checksum::crc32c(&vec![0; 2 << 20]).to_string()), vec![0; 2 << 20], 413),
+        case(
+            "wrong checksum",
+            format!("{base}/{VOLUME}/blocks/a"),
+            Some(TOKEN),
+            Some(Checksum::crc32c(b"other").to_string()),
+            body.clone(),
+            400,
+        ),
+        case(
+            "malformed checksum",
+            format!("{base}/{VOLUME}/blocks/a"),
+            Some(TOKEN),
+            Some("md5=zz".into()),
+            body.clone(),
+            400,
+        ),
+        case(
+            "oversized body",
+            format!("{base}/{VOLUME}/blocks/a"),
+            Some(TOKEN),
+            Some(Checksum::crc32c(&vec![0; 2 << 20]).to_string()),
+            vec![0; 2 << 20],
+            413,
+        ),
     ];
     for c in cases {
         let mut req = proxy.http.put(&c.url).body(c.body);
@@ -165,7 +226,8 @@ async fn bad_requests_get_the_right_4xx_and_write_nothing() -> Result<()> {
 async fn no_writeback_puts_are_in_the_store_before_the_ack() -> Result<()> {
     let backend = Backend::start().await?;
     let dir = tempfile::tempdir()?;
-    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions { no_writeback: true, ..Default::default() }).await?;
+    let proxy =
+        ProxyProcess::start(&backend, dir.path(), ProxyOptions { no_writeback: true, ..Default::default() }).await?;
     for i in 0..5 {
         let data = random_bytes(64 << 10);
         proxy.put_ok(&format!("wt/{i}"), &data).await?;
@@ -187,10 +249,19 @@ async fn volumes_file_changes_take_effect_without_restart() -> Result<()> {
     let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
     let url = proxy.url("/v1/volumes/vol2/blocks/k");
     let put = || {
-        proxy.http.put(&url).bearer_auth("tok2").header(CHECKSUM_HEADER, Checksum::crc32c(b"v2").to_string()).body("v2").send()
+        proxy
+            .http
+            .put(&url)
+            .bearer_auth("tok2")
+            .header(CHECKSUM_HEADER, Checksum::crc32c(b"v2").to_string())
+            .body("v2")
+            .send()
     };
     assert_eq!(put().await?.status(), 404);
-    std::fs::write(proxy.volumes_file(), volumes_yaml(&[(VOLUME, backend.minio.bucket(), TOKEN), ("vol2", backend.minio.bucket(), "tok2")]))?;
+    std::fs::write(
+        proxy.volumes_file(),
+        volumes_yaml(&[(VOLUME, backend.minio.bucket(), TOKEN), ("vol2", backend.minio.bucket(), "tok2")]),
+    )?;
     eventually(Duration::from_secs(10), Duration::from_millis(100), || async {
         anyhow::ensure!(put().await?.status() == 200, "vol2 not served yet");
         Ok(())

@@ -11,11 +11,20 @@ use std::time::Duration;
 use support::*;
 
 /// Waits until MinIO holds exactly `expected` (key -> bytes, `None` = absent).
-async fn assert_store_converges(backend: &Backend, expected: &BTreeMap<String, Option<Vec<u8>>>, timeout: Duration) -> Result<()> {
+async fn assert_store_converges(
+    backend: &Backend,
+    expected: &BTreeMap<String, Option<Vec<u8>>>,
+    timeout: Duration,
+) -> Result<()> {
     eventually(timeout, Duration::from_millis(250), || async {
         for (key, want) in expected {
             let got = backend.object(key).await?;
-            ensure!(got.as_deref() == want.as_deref(), "{key}: store has {:?} bytes, want {:?}", got.map(|b| b.len()), want.as_ref().map(Vec::len));
+            ensure!(
+                got.as_deref() == want.as_deref(),
+                "{key}: store has {:?} bytes, want {:?}",
+                got.map(|b| b.len()),
+                want.as_ref().map(Vec::len)
+            );
         }
         Ok(())
     })
@@ -41,7 +50,7 @@ async fn acknowledged_blocks_survive_kill_9() -> Result<()> {
                     let mut refused = 0u64;
                     for i in 0.. {
                         let key = format!("r{round}/w{w}/{i}");
-                        let data = random_bytes(16 << 10 | (i % 7) * 4096);
+                        let data = random_bytes((16 << 10) | ((i % 7) * 4096));
                         let sum = blockproxy::protocol::Checksum::crc32c(&data).to_string();
                         let sent = http
                             .put(format!("{url_base}{key}"))
@@ -90,7 +99,8 @@ async fn store_outage_keeps_acking_and_serving_then_flushes_everything() -> Resu
     let backend = Backend::start().await?;
     let dir = tempfile::tempdir()?;
     // A small quota: 2 MiB of dirty data at most.
-    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions { quota: "2Mi".into(), ..Default::default() }).await?;
+    let proxy =
+        ProxyProcess::start(&backend, dir.path(), ProxyOptions { quota: "2Mi".into(), ..Default::default() }).await?;
     backend.toxi.set_down(STORE_PROXY, true).await?;
 
     let mut expected = BTreeMap::new();
@@ -133,7 +143,10 @@ async fn store_outage_keeps_acking_and_serving_then_flushes_everything() -> Resu
     assert_store_converges(&backend, &expected, Duration::from_secs(10)).await?;
     // Flushed blocks can be evicted, so writes are accepted again.
     proxy.put_ok("outage/after", &random_bytes(128 << 10)).await?;
-    println!("outage: {} blocks acknowledged while the store was down, 503 at write {at}, all flushed after", expected.len());
+    println!(
+        "outage: {} blocks acknowledged while the store was down, 503 at write {at}, all flushed after",
+        expected.len()
+    );
     Ok(())
 }
 
@@ -150,7 +163,7 @@ async fn overwrites_and_deletes_racing_slow_flushes_end_in_the_last_acknowledged
         tasks.push(tokio::spawn(async move {
             let mut last: Option<Vec<u8>> = None;
             for step in 0..25 {
-                if rand::random::<u8>() % 3 == 0 {
+                if rand::random::<u8>().is_multiple_of(3) {
                     let r = http.delete(&url).bearer_auth(TOKEN).send().await?;
                     ensure!(r.status() == 204, "delete: {}", r.status());
                     last = None;
@@ -159,7 +172,10 @@ async fn overwrites_and_deletes_racing_slow_flushes_end_in_the_last_acknowledged
                     let r = http
                         .put(&url)
                         .bearer_auth(TOKEN)
-                        .header(blockproxy::protocol::CHECKSUM_HEADER, blockproxy::protocol::Checksum::crc32c(&data).to_string())
+                        .header(
+                            blockproxy::protocol::CHECKSUM_HEADER,
+                            blockproxy::protocol::Checksum::crc32c(&data).to_string(),
+                        )
                         .body(data.clone())
                         .send()
                         .await?;
@@ -188,7 +204,12 @@ async fn overwrites_and_deletes_racing_slow_flushes_end_in_the_last_acknowledged
 async fn sigterm_flushes_dirty_blocks_before_exit_and_a_restart_flushes_the_rest() -> Result<()> {
     let backend = Backend::start().await?;
     let dir = tempfile::tempdir()?;
-    let mut proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions { extra: vec!["--shutdown-grace".into(), "20s".into()], ..Default::default() }).await?;
+    let mut proxy = ProxyProcess::start(
+        &backend,
+        dir.path(),
+        ProxyOptions { extra: vec!["--shutdown-grace".into(), "20s".into()], ..Default::default() },
+    )
+    .await?;
     backend.toxi.set_down(STORE_PROXY, true).await?;
     let mut expected = BTreeMap::new();
     for i in 0..20 {
@@ -203,7 +224,12 @@ async fn sigterm_flushes_dirty_blocks_before_exit_and_a_restart_flushes_the_rest
     assert_store_converges(&backend, &expected, Duration::from_secs(5)).await?;
 
     // Shutdown with the store down: exits after the grace period; the restart flushes the rest.
-    let mut proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions { extra: vec!["--shutdown-grace".into(), "1s".into()], ..Default::default() }).await?;
+    let mut proxy = ProxyProcess::start(
+        &backend,
+        dir.path(),
+        ProxyOptions { extra: vec!["--shutdown-grace".into(), "1s".into()], ..Default::default() },
+    )
+    .await?;
     backend.toxi.set_down(STORE_PROXY, true).await?;
     let data = random_bytes(1000);
     proxy.put_ok("term/late", &data).await?;
@@ -248,7 +274,9 @@ async fn eviction_keeps_usage_within_quota_and_never_evicts_dirty_blocks() -> Re
     let backend = Backend::start().await?;
     let dir = tempfile::tempdir()?;
     let quota = 3u64 << 20;
-    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions { quota: quota.to_string(), ..Default::default() }).await?;
+    let proxy =
+        ProxyProcess::start(&backend, dir.path(), ProxyOptions { quota: quota.to_string(), ..Default::default() })
+            .await?;
     // Fill the cache with clean blocks (written, flushed) well beyond the quota.
     let mut expected = BTreeMap::new();
     for i in 0..16 {

@@ -15,7 +15,8 @@ async fn tls_with_a_test_ca_works_and_plaintext_is_refused() -> Result<()> {
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
     let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?.signed_by(&key, &ca)?;
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?.signed_by(&key, &ca)?;
     let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert_path, cert.pem())?;
     std::fs::write(&key_path, key.serialize_pem())?;
@@ -45,9 +46,11 @@ async fn tls_with_a_test_ca_works_and_plaintext_is_refused() -> Result<()> {
             b = if http2 { b.http2_prior_knowledge() } else { b.http1_only() };
             let client = b.build()?;
             let url = format!("https://127.0.0.1:{addr}/v1/ping");
-            let r = blockproxy_testenv::eventually(std::time::Duration::from_secs(20), std::time::Duration::from_millis(100), || async {
-                Ok(client.get(&url).send().await?)
-            })
+            let r = blockproxy_testenv::eventually(
+                std::time::Duration::from_secs(20),
+                std::time::Duration::from_millis(100),
+                || async { Ok(client.get(&url).send().await?) },
+            )
             .await?;
             assert_eq!(r.status(), 200);
             assert_eq!(r.version(), if http2 { reqwest::Version::HTTP_2 } else { reqwest::Version::HTTP_11 });
@@ -55,7 +58,10 @@ async fn tls_with_a_test_ca_works_and_plaintext_is_refused() -> Result<()> {
             let put = client
                 .put(format!("https://127.0.0.1:{addr}/v1/volumes/{VOLUME}/blocks/tls{http2}"))
                 .bearer_auth(TOKEN)
-                .header(blockproxy::protocol::CHECKSUM_HEADER, blockproxy::protocol::Checksum::crc32c(&data).to_string())
+                .header(
+                    blockproxy::protocol::CHECKSUM_HEADER,
+                    blockproxy::protocol::Checksum::crc32c(&data).to_string(),
+                )
                 .body(data)
                 .send()
                 .await?;
@@ -63,7 +69,10 @@ async fn tls_with_a_test_ca_works_and_plaintext_is_refused() -> Result<()> {
         }
         // Plain HTTP to the TLS port gets no HTTP answer.
         let plain = reqwest::Client::new().get(format!("http://127.0.0.1:{addr}/v1/ping")).send().await;
-        assert!(plain.is_err() || !plain.as_ref().is_ok_and(|r| r.status().is_success()), "plaintext was served: {plain:?}");
+        assert!(
+            plain.is_err() || !plain.as_ref().is_ok_and(|r| r.status().is_success()),
+            "plaintext was served: {plain:?}"
+        );
         anyhow::Ok(())
     }
     .await;

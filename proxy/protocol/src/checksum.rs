@@ -35,11 +35,7 @@ impl Checksum {
 
     pub fn verify(&self, data: &[u8]) -> Result<(), ChecksumError> {
         let actual = self.compute_like(data);
-        if &actual == self {
-            Ok(())
-        } else {
-            Err(ChecksumError::Mismatch { expected: self.clone(), actual })
-        }
+        if &actual == self { Ok(()) } else { Err(ChecksumError::Mismatch { expected: self.clone(), actual }) }
     }
 }
 
@@ -58,9 +54,9 @@ impl FromStr for Checksum {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (alg, value) = s.trim().split_once('=').ok_or(ChecksumError::Malformed)?;
         match alg.to_ascii_lowercase().as_str() {
-            "crc32c" if value.len() == 8 => u32::from_str_radix(value, 16)
-                .map(Self::Crc32c)
-                .map_err(|_| ChecksumError::Malformed),
+            "crc32c" if value.len() == 8 => {
+                u32::from_str_radix(value, 16).map(Self::Crc32c).map_err(|_| ChecksumError::Malformed)
+            }
             "sha256" if value.len() == 64 => {
                 let mut out = [0u8; 32];
                 hex::decode_to_slice(value, &mut out).map_err(|_| ChecksumError::Malformed)?;

@@ -11,7 +11,7 @@ mod volumes;
 pub use checksum::{Checksum, ChecksumError};
 pub use discovery::{DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation};
 pub use drain::{DirtyKey, DirtyKeys, DrainStatus};
-pub use names::{BlockKey, NameError, VolumeId, MAX_KEY_LEN, MAX_VOLUME_ID_LEN};
+pub use names::{BlockKey, MAX_KEY_LEN, MAX_VOLUME_ID_LEN, NameError, VolumeId};
 pub use volumes::{VolumeConfig, VolumesFile, VolumesFileError};
 
 /// Prefix of every versioned API path.

@@ -84,9 +84,7 @@ impl BlockKey {
         if s.len() > MAX_KEY_LEN {
             return Err(NameError::TooLong { what: WHAT, len: s.len(), max: MAX_KEY_LEN });
         }
-        if let Some(ch) =
-            s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')))
-        {
+        if let Some(ch) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))) {
             return Err(NameError::BadChar { what: WHAT, ch, allowed: "'-', '_', '.', '/'" });
         }
         for segment in s.split('/') {

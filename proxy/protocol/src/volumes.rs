@@ -92,7 +92,9 @@ mod tests {
         let key = crate::BlockKey::parse("k/1").unwrap();
         assert_eq!(f.volumes[0].store_key(&key), "p/k/1");
         assert!(VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: ''}\n").is_err());
-        assert!(VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: a}\n- {id: v1, bucket: b, token: a}\n").is_err());
+        assert!(
+            VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: a}\n- {id: v1, bucket: b, token: a}\n").is_err()
+        );
         assert!(VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: a, extra: 1}\n").is_err());
     }
 

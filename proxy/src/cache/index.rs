@@ -15,7 +15,10 @@ pub struct BlockId {
 pub enum EntryState {
     Clean,
     /// Acknowledged, not yet in the store. `tombstone` marks a pending delete.
-    Dirty { since: Instant, tombstone: bool },
+    Dirty {
+        since: Instant,
+        tombstone: bool,
+    },
 }
 
 #[derive(Debug, Clone)]

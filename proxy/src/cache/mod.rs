@@ -76,12 +76,18 @@ pub struct DirtyWrite {
 pub enum WriteOutcome {
     Committed,
     /// The cache already holds this or a newer version; the write is ordered before it.
-    Superseded { current: u64 },
+    Superseded {
+        current: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub enum Lookup {
-    Hit { data: Bytes, version: u64, dirty: bool },
+    Hit {
+        data: Bytes,
+        version: u64,
+        dirty: bool,
+    },
     /// A delete is pending writeback: the block is gone, whatever the store still says.
     Deleted,
     Miss,
@@ -159,7 +165,7 @@ impl Cache {
         // Oldest first, so the LRU order approximates the one before the restart.
         let mut clean: Vec<(Duration, PathBuf)> =
             disk::list_area(&layout.area_dir(Area::Clean))?.into_iter().map(|p| (age(&p), p)).collect();
-        clean.sort_by(|a, b| b.0.cmp(&a.0));
+        clean.sort_by_key(|c| std::cmp::Reverse(c.0));
         for (_, path) in clean {
             let header = disk::read_header(&path)?;
             let id = header.as_ref().ok().and_then(|(h, _)| block_id(h));
@@ -315,7 +321,15 @@ impl Cache {
     /// Caches a block fetched from the store, unless the cache holds it already (a write that
     /// raced the fetch wins), a removal happened since `epoch`, or there is no evictable room
     /// (the block is then served uncached).
-    pub async fn insert_clean(&self, id: BlockId, bucket: &str, store_key: &str, data: Bytes, version: u64, epoch: u64) {
+    pub async fn insert_clean(
+        &self,
+        id: BlockId,
+        bucket: &str,
+        store_key: &str,
+        data: Bytes,
+        version: u64,
+        epoch: u64,
+    ) {
         let header = BlockHeader {
             volume: id.volume.to_string(),
             key: id.key.to_string(),

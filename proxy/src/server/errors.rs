@@ -21,7 +21,11 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>, retry_after_secs: u32) -> Self {
-        Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), retry_after_secs: Some(retry_after_secs) }
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            retry_after_secs: Some(retry_after_secs),
+        }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

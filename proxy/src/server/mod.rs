@@ -27,7 +27,10 @@ use tokio::sync::watch;
 /// Builds the object store from the command line.
 pub async fn build_store(args: &StoreArgs) -> anyhow::Result<DynStore> {
     if let Some(path) = args.store_endpoint.as_deref().and_then(|e| e.strip_prefix("file://")) {
-        anyhow::ensure!(path.starts_with('/'), "--store-endpoint file:// needs an absolute path, like file:///var/lib/blockproxy-store");
+        anyhow::ensure!(
+            path.starts_with('/'),
+            "--store-endpoint file:// needs an absolute path, like file:///var/lib/blockproxy-store"
+        );
         std::fs::create_dir_all(path).with_context(|| format!("creating local store folder {path}"))?;
         return Ok(Arc::new(LocalDirStore::new(path)));
     }
@@ -160,7 +163,13 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         "blockproxy serving"
     );
     let (stop_http_tx, stop_http) = watch::channel(false);
-    let server = tokio::spawn(listener::serve(listener, routes::router(Arc::clone(&state)), tls, stop_http, Duration::from_secs(5)));
+    let server = tokio::spawn(listener::serve(
+        listener,
+        routes::router(Arc::clone(&state)),
+        tls,
+        stop_http,
+        Duration::from_secs(5),
+    ));
 
     shutdown.await;
     state.shutting_down.store(true, Ordering::SeqCst);

@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use blockproxy_protocol::{
-    self as protocol, CHECKSUM_HEADER, Checksum, DirtyKey, DirtyKeys, DrainStatus, SOURCE_HEADER,
-    VERSION_HEADER, VolumeConfig, VolumeId,
+    self as protocol, CHECKSUM_HEADER, Checksum, DirtyKey, DirtyKeys, DrainStatus, SOURCE_HEADER, VERSION_HEADER,
+    VolumeConfig, VolumeId,
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -49,12 +49,20 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
 fn drain_report(s: &AppState) -> DrainStatus {
     let u = s.cache.usage();
     let draining = s.draining.load(Ordering::SeqCst);
-    DrainStatus { draining, dirty_blocks: u.dirty_blocks, dirty_bytes: u.dirty_bytes, done: draining && u.dirty_blocks == 0 }
+    DrainStatus {
+        draining,
+        dirty_blocks: u.dirty_blocks,
+        dirty_bytes: u.dirty_bytes,
+        done: draining && u.dirty_blocks == 0,
+    }
 }
 
 fn check_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &s.admin_token else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "the admin API is disabled: start the proxy with --admin-token-file"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "the admin API is disabled: start the proxy with --admin-token-file",
+        ));
     };
     if token_matches(expected, headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())) {
         Ok(())
@@ -72,7 +80,11 @@ async fn start_drain(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Resu
     check_admin(&s, &headers)?;
     if !s.draining.swap(true, Ordering::SeqCst) {
         let u = s.cache.usage();
-        tracing::info!(dirty_blocks = u.dirty_blocks, dirty_bytes = u.dirty_bytes, "drain requested: refusing writes, flushing");
+        tracing::info!(
+            dirty_blocks = u.dirty_blocks,
+            dirty_bytes = u.dirty_bytes,
+            "drain requested: refusing writes, flushing"
+        );
     }
     Ok((StatusCode::ACCEPTED, axum::Json(drain_report(&s))).into_response())
 }
@@ -129,7 +141,12 @@ async fn dispatch(s: &Arc<AppState>, req: Request, is_list: bool) -> Result<Resp
     let (volume, key) = match protocol::parse_block_path(&path) {
         Some(Ok(parts)) => parts,
         Some(Err(e)) => return Err(ApiError::bad_request(e.to_string())),
-        None => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such path; blocks live at /v1/volumes/{volume}/blocks/{key}")),
+        None => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such path; blocks live at /v1/volumes/{volume}/blocks/{key}",
+            ));
+        }
     };
     let cfg = authorize(s, &volume, auth.as_deref())?;
     let id = BlockId { volume, key };
@@ -150,7 +167,9 @@ struct ListQuery {
 
 fn authorize(s: &AppState, volume: &VolumeId, auth: Option<&str>) -> Result<VolumeConfig, ApiError> {
     s.volumes.authorize(volume, auth).map_err(|e| match e {
-        AuthError::UnknownVolume => ApiError::new(StatusCode::NOT_FOUND, format!("volume {volume} is not served by this proxy")),
+        AuthError::UnknownVolume => {
+            ApiError::new(StatusCode::NOT_FOUND, format!("volume {volume} is not served by this proxy"))
+        }
         AuthError::MissingToken => ApiError::new(StatusCode::UNAUTHORIZED, "missing 'Authorization: Bearer <token>'"),
         AuthError::BadToken => ApiError::new(StatusCode::UNAUTHORIZED, "wrong token for this volume"),
     })
@@ -170,12 +189,10 @@ fn requested_version(s: &AppState, headers: &HeaderMap) -> Result<u64, ApiError>
     match headers.get(VERSION_HEADER) {
         None => Ok(s.clock.next()),
         Some(v) => {
-            let v: u64 = v
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .filter(|v| *v > 0)
-                .ok_or_else(|| ApiError::bad_request(format!("{VERSION_HEADER} must be a positive decimal integer")))?;
+            let v: u64 =
+                v.to_str().ok().and_then(|v| v.trim().parse().ok()).filter(|v| *v > 0).ok_or_else(|| {
+                    ApiError::bad_request(format!("{VERSION_HEADER} must be a positive decimal integer"))
+                })?;
             s.clock.observe(v);
             Ok(v)
         }
@@ -183,9 +200,14 @@ fn requested_version(s: &AppState, headers: &HeaderMap) -> Result<u64, ApiError>
 }
 
 async fn read_body(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
-    let too_large =
-        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("block is larger than --max-block-size ({} bytes)", s.max_block_size));
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("block is larger than --max-block-size ({} bytes)", s.max_block_size),
+        )
+    };
+    if let Some(len) =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
         && len > s.max_block_size
     {
         return Err(too_large());
@@ -205,7 +227,9 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
     let checksum: Checksum = req
         .headers()
         .get(CHECKSUM_HEADER)
-        .ok_or_else(|| ApiError::bad_request(format!("missing {CHECKSUM_HEADER} header (crc32c=<hex> or sha256=<hex>)")))?
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("missing {CHECKSUM_HEADER} header (crc32c=<hex> or sha256=<hex>)"))
+        })?
         .to_str()
         .map_err(|_| ApiError::bad_request(format!("{CHECKSUM_HEADER} is not ASCII")))?
         .parse()
@@ -256,7 +280,12 @@ fn cache_error(s: &AppState, e: CacheError) -> ApiError {
     }
 }
 
-async fn delete_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn delete_block(
+    s: &Arc<AppState>,
+    cfg: &VolumeConfig,
+    id: BlockId,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     if !s.accepting_writes() {
         return Err(ApiError::unavailable("this proxy is draining or shutting down; retry", 5));
     }
@@ -323,7 +352,9 @@ async fn get_block(
             match fetch(s, cfg, &id).await {
                 Ok(Some(b)) => (b.data.clone(), b.version, "store"),
                 Ok(None) => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such block")),
-                Err(e) => return Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("fetching from the store failed: {e}"))),
+                Err(e) => {
+                    return Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("fetching from the store failed: {e}")));
+                }
             }
         }
     };
@@ -335,13 +366,20 @@ async fn get_block(
             let parsed = http_range_header::parse_range_header(&r)
                 .map_err(|e| ApiError::bad_request(format!("malformed Range header {r:?}: {e}")))?;
             let ranges = parsed.validate(total).map_err(|e| {
-                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, format!("Range {r:?} does not fit a {total}-byte block: {e}"))
+                ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    format!("Range {r:?} does not fit a {total}-byte block: {e}"),
+                )
             })?;
             let [range] = ranges.as_slice() else {
                 return Err(ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "only a single byte range is supported"));
             };
             let (start, end) = (*range.start(), *range.end());
-            (StatusCode::PARTIAL_CONTENT, data.slice(start as usize..=end as usize), Some(format!("bytes {start}-{end}/{total}")))
+            (
+                StatusCode::PARTIAL_CONTENT,
+                data.slice(start as usize..=end as usize),
+                Some(format!("bytes {start}-{end}/{total}")),
+            )
         }
     };
     s.metrics.cache_served_bytes_total.with_label_values(&[source]).inc_by(body.len() as u64);

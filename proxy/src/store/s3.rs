@@ -6,8 +6,8 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
-use bytes::Bytes;
 use blockproxy_protocol::STORE_VERSION_METADATA;
+use bytes::Bytes;
 
 #[derive(Debug, Clone, Default)]
 pub struct S3StoreConfig {
@@ -34,7 +34,11 @@ impl S3Store {
             .region(aws_config::Region::new(cfg.region.clone()));
         if let Some((id, secret)) = &cfg.credentials {
             loader = loader.credentials_provider(aws_credential_types::Credentials::new(
-                id, secret, None, None, "blockproxy",
+                id,
+                secret,
+                None,
+                None,
+                "blockproxy",
             ));
         }
         let shared = loader.load().await;

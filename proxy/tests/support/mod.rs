@@ -252,7 +252,15 @@ impl ProxyProcess {
     }
 
     pub async fn drain_status(&self) -> Result<DrainStatus> {
-        Ok(self.http.get(self.url("/v1/admin/drain")).bearer_auth(ADMIN_TOKEN).send().await?.error_for_status()?.json().await?)
+        Ok(self
+            .http
+            .get(self.url("/v1/admin/drain"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
     }
 
     /// Waits until no dirty block is left.
@@ -276,10 +284,17 @@ impl Drop for ProxyProcess {
 
 /// Sends a raw HTTP/1.1 request line as given (no client-side path normalisation) and returns
 /// the status code.
-pub async fn raw_status(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<u16> {
+pub async fn raw_status(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
