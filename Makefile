@@ -18,11 +18,11 @@ tools: ## Build the real test components (kube-apiserver, etcd, kwok, MinIO, tox
 .PHONY: lint
 lint: ## rustfmt and clippy, warnings are errors.
 	cargo fmt --all --check
-	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 .PHONY: test
 test: tools lint ## Everything CI runs: tools, lint, and every test against the real components.
-	$(TOOLS_ENV) && cargo test --workspace --locked --no-fail-fast
+	$(TOOLS_ENV) && cargo test --workspace --no-fail-fast
 
 .PHONY: crds
 crds: ## Regenerate crds/*.yaml and the chart's copy from the Rust types.

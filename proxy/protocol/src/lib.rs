@@ -78,6 +78,22 @@ mod tests {
         assert!(parse_block_path("/v1/volumes/x").is_none());
     }
 
+    proptest::proptest! {
+        /// Any request path: never panics, and whatever parses is a path that escapes nothing and
+        /// rebuilds to the same string.
+        #[test]
+        fn block_path_parsing_is_total_and_faithful(path in "/v1/volumes/[a-z0-9./%-]{0,12}/blocks/[A-Za-z0-9./%_-]{0,40}") {
+            if let Some(Ok((v, k))) = parse_block_path(&path) {
+                proptest::prop_assert_eq!(block_path(&v, &k), path);
+            }
+        }
+
+        #[test]
+        fn arbitrary_paths_never_panic(path in "\\PC{0,80}") {
+            let _ = parse_block_path(&path);
+        }
+    }
+
     #[test]
     fn traversal_in_block_path_is_an_error() {
         assert!(parse_block_path("/v1/volumes/v/blocks/../etc/passwd").unwrap().is_err());

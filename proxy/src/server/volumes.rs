@@ -86,6 +86,14 @@ pub fn token_matches(expected: &str, header: Option<&str>) -> bool {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn authorization_header_parsing_never_panics(h in "\\PC{0,60}") {
+            let _ = bearer(Some(&h));
+            let _ = token_matches("secret", Some(&h));
+        }
+    }
+
     #[test]
     fn authorizes_by_volume_and_token() {
         let dir = tempfile::tempdir().unwrap();
