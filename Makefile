@@ -29,5 +29,6 @@ crds: ## Regenerate crds/*.yaml and the chart's copy from the Rust types.
 	cargo run -p blockproxy-operator --bin crdgen
 
 .PHONY: bench
-bench: tools ## Benchmarks against nginx proxy_cache and direct S3 (prints ratios; see README).
-	$(TOOLS_ENV) && cargo run --release -p blockproxy-bench -- --out target/bench
+bench: tools ## Benchmarks against nginx proxy_cache and direct S3 (prints ratios; see README). BENCH_ARGS=--quick for a shorter run.
+	hack/nginx.sh >/dev/null
+	$(TOOLS_ENV) && cargo bench -p blockproxy --bench compare -- $(BENCH_ARGS)

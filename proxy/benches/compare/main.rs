@@ -1,0 +1,803 @@
+//! `cargo bench -p blockproxy --bench compare [-- --quick] [--bandwidth-kbps N] [--runs N] ...`
+//!
+//! Measures blockproxy against its peers in one run, on one machine and one data set, and prints
+//! ratios (see README, "Benchmarks"). Peers, all real processes on loopback:
+//! - MinIO behind a toxiproxy WAN (25 ms each way = 50 ms RTT, bandwidth cap per connection);
+//! - `blockproxy serve`: one proxy, and a group of 3 (routed by the client library's rendezvous
+//!   function, and through the client library itself);
+//! - Debian's nginx with `proxy_cache` in front of the same MinIO (proxy/benches/nginx.conf.template);
+//! - aws-sdk-s3 straight to MinIO across the WAN.
+//!
+//! Every HTTP peer gets the same load generator ([`load`]): a closed loop of hyper requests at a
+//! stated concurrency. Each figure is measured `runs` times, the peers interleaved within each run,
+//! and reported as the median with min and max. A table goes to stdout and JSON to
+//! `target/bench/compare-<unix time>.json`.
+
+mod load;
+mod peers;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_s3::primitives::ByteStream;
+use blockproxy::client::rendezvous::{self, Node};
+use blockproxy::client::{Client, ClientConfig};
+use blockproxy::protocol::{
+    BlockKey, CHECKSUM_HEADER, Checksum, DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation, VolumeId,
+};
+use bytes::Bytes;
+use http::Uri;
+use load::{Http, LoadResult, closed_loop, for_each, http_client};
+use peers::{BlockProxy, Nginx, PREFIX, TOKEN, VOLUME, Wan, rss_kib, rss_tree_kib};
+use rand::RngCore;
+use serde_json::{Value, json};
+
+const MIB: usize = 1024 * 1024;
+const LARGE: usize = 4 * MIB;
+const SMALL: usize = 64 * 1024;
+const WRITE: usize = MIB;
+const COLD: usize = MIB;
+const STARTUP_BLOCK: usize = 4096;
+
+#[derive(Debug, Clone)]
+struct Params {
+    quick: bool,
+    runs: usize,
+    duration: Duration,
+    concurrency_large: usize,
+    concurrency_small: usize,
+    large_blocks: usize,
+    small_blocks: usize,
+    cold_reads: usize,
+    writes: usize,
+    startup_blocks: usize,
+    one_way_ms: u64,
+    bandwidth_kbps: u64,
+    out: PathBuf,
+}
+
+impl Params {
+    fn parse() -> Result<Self> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+        let quick = env("BLOCKPROXY_BENCH_QUICK").is_some_and(|v| v != "0") || args.iter().any(|a| a == "--quick");
+        args.retain(|a| a != "--quick");
+        let mut p = Self {
+            quick,
+            runs: if quick { 3 } else { 5 },
+            duration: Duration::from_secs(if quick { 3 } else { 5 }),
+            concurrency_large: 8,
+            concurrency_small: 32,
+            large_blocks: if quick { 32 } else { 64 },
+            small_blocks: if quick { 512 } else { 2048 },
+            cold_reads: if quick { 8 } else { 16 },
+            writes: if quick { 12 } else { 24 },
+            startup_blocks: 100_000,
+            one_way_ms: 25,
+            // 500 Mbit/s per connection.
+            bandwidth_kbps: 62_500,
+            out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
+        };
+        if let Some(v) = env("BLOCKPROXY_BENCH_BANDWIDTH_KBPS") {
+            p.bandwidth_kbps = v.parse().context("BLOCKPROXY_BENCH_BANDWIDTH_KBPS")?;
+        }
+        let mut it = args.into_iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--runs" => p.runs = value()?.parse()?,
+                "--duration-secs" => p.duration = Duration::from_secs_f64(value()?.parse()?),
+                "--bandwidth-kbps" => p.bandwidth_kbps = value()?.parse()?,
+                "--startup-blocks" => p.startup_blocks = value()?.parse()?,
+                "--concurrency-large" => p.concurrency_large = value()?.parse()?,
+                "--concurrency-small" => p.concurrency_small = value()?.parse()?,
+                "--out" => p.out = value()?.into(),
+                "--help" | "-h" => {
+                    println!(
+                        "compare [--quick] [--runs N] [--duration-secs S] [--bandwidth-kbps KB/s (0 = uncapped)] \
+                         [--startup-blocks N] [--concurrency-large N] [--concurrency-small N] [--out DIR]\n\
+                         env: BLOCKPROXY_BENCH_QUICK=1, BLOCKPROXY_BENCH_BANDWIDTH_KBPS, BLOCKPROXY_NGINX"
+                    );
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other:?} (try --help)"),
+            }
+        }
+        if p.runs == 0 {
+            bail!("--runs must be at least 1");
+        }
+        Ok(p)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "quick": self.quick,
+            "runs": self.runs,
+            "durationSecs": self.duration.as_secs_f64(),
+            "concurrencyLarge": self.concurrency_large,
+            "concurrencySmall": self.concurrency_small,
+            "largeBlocks": self.large_blocks,
+            "largeBlockBytes": LARGE,
+            "smallBlocks": self.small_blocks,
+            "smallBlockBytes": SMALL,
+            "coldReadsPerRun": self.cold_reads,
+            "coldBlockBytes": COLD,
+            "writesPerRun": self.writes,
+            "writeBlockBytes": WRITE,
+            "startupBlocks": self.startup_blocks,
+            "startupBlockBytes": STARTUP_BLOCK,
+            "wanRttMs": self.one_way_ms * 2,
+            "wanBandwidthKBps": self.bandwidth_kbps,
+        })
+    }
+}
+
+/// Per-run values of every metric, by name.
+#[derive(Default)]
+struct Results(BTreeMap<String, Vec<f64>>);
+
+impl Results {
+    fn push(&mut self, name: &str, v: f64) {
+        self.0.entry(name.to_owned()).or_default().push(v);
+    }
+
+    fn summary(&self, name: &str) -> Option<(f64, f64, f64)> {
+        let mut v = self.0.get(name)?.clone();
+        v.retain(|x| x.is_finite());
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Some((median, v[0], v[n - 1]))
+    }
+
+    fn to_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for (k, values) in &self.0 {
+            let (median, min, max) = self.summary(k).unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+            m.insert(k.clone(), json!({"median": median, "min": min, "max": max, "runs": values}));
+        }
+        Value::Object(m)
+    }
+}
+
+fn random_block(len: usize) -> Bytes {
+    let mut v = vec![0u8; len];
+    rand::rng().fill_bytes(&mut v);
+    Bytes::from(v)
+}
+
+fn uris(urls: impl Iterator<Item = String>) -> Result<Arc<Vec<Uri>>> {
+    Ok(Arc::new(urls.map(|u| u.parse()).collect::<Result<Vec<Uri>, _>>()?))
+}
+
+/// Closed-loop GETs over `targets` (key `i` → `targets[i % len]`), with the bearer token.
+async fn get_load(http: &Http, targets: &Arc<Vec<Uri>>, concurrency: usize, duration: Duration) -> LoadResult {
+    let (http, targets) = (http.clone(), Arc::clone(targets));
+    closed_loop(concurrency, duration, move |i| {
+        let (http, targets) = (http.clone(), Arc::clone(&targets));
+        async move { load::get(&http, &targets[i as usize % targets.len()], Some(TOKEN)).await }
+    })
+    .await
+}
+
+/// The same load through the client library (`Client::get`, rendezvous routing inside).
+async fn client_load(client: &Client, keys: &Arc<Vec<BlockKey>>, concurrency: usize, duration: Duration) -> LoadResult {
+    let (client, keys) = (client.clone(), Arc::clone(keys));
+    closed_loop(concurrency, duration, move |i| {
+        let (client, keys) = (client.clone(), Arc::clone(&keys));
+        async move {
+            let f = client.get(&keys[i as usize % keys.len()], None).await?.context("block not found")?;
+            Ok(f.data.len() as u64)
+        }
+    })
+    .await
+}
+
+/// Samples the RSS (KiB) of a process tree every 50 ms until stopped; returns the maximum.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    max: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: Option<u32>, tree: bool) -> Self {
+        let (stop, max) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (s, m) = (Arc::clone(&stop), Arc::clone(&max));
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(rss) = pid.and_then(|p| if tree { rss_tree_kib(p) } else { rss_kib(p) }) {
+                    m.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Self { stop, max, task }
+    }
+
+    async fn finish(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.max.load(Ordering::Relaxed) as f64 / 1024.0
+    }
+}
+
+/// Reads every file of at least `min_len` bytes under `dir` sequentially (1 MiB reads, one
+/// thread), pass after pass, for `duration`; returns MiB/s. The limit of serving those bytes.
+fn raw_read_mib_s(dir: &Path, min_len: u64, duration: Duration) -> Result<f64> {
+    fn walk(dir: &Path, min_len: u64, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let ty = e.file_type()?;
+            if ty.is_dir() {
+                walk(&e.path(), min_len, out)?;
+            } else if ty.is_file() && e.metadata()?.len() >= min_len {
+                out.push(e.path());
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, min_len, &mut files)?;
+    if files.is_empty() {
+        bail!("no cached block files of {min_len}+ bytes under {}", dir.display());
+    }
+    files.sort();
+    let mut buf = vec![0u8; MIB];
+    let (start, mut bytes) = (Instant::now(), 0u64);
+    while start.elapsed() < duration {
+        for f in &files {
+            let mut file = std::fs::File::open(f)?;
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                bytes += n as u64;
+            }
+        }
+    }
+    Ok(bytes as f64 / MIB as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn put_store(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: Bytes) -> Result<()> {
+    s3.put_object()
+        .bucket(bucket)
+        .key(format!("{PREFIX}/{key}"))
+        .body(ByteStream::from(data))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("PUT {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+    Ok(())
+}
+
+async fn in_store(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> bool {
+    s3.head_object().bucket(bucket).key(format!("{PREFIX}/{key}")).send().await.is_ok()
+}
+
+/// Cache misses counted by the proxies (to show measured reads were hits).
+async fn misses(proxies: &[&BlockProxy]) -> f64 {
+    let mut total = 0.0;
+    for p in proxies {
+        total += p.metric("blockproxy_cache_misses_total").await.unwrap_or(f64::NAN);
+    }
+    total
+}
+
+fn put_headers(data: &[u8]) -> Vec<(&'static str, String)> {
+    vec![("authorization", format!("Bearer {TOKEN}")), (CHECKSUM_HEADER, Checksum::crc32c(data).to_string())]
+}
+
+/// Writes `n` blocks one at a time through a proxy; pushes ack latencies (ms) and, per block, the
+/// time from ack until the object is in the store (polled every 5 ms on loopback).
+async fn proxy_writes(
+    http: &Http,
+    proxy: &BlockProxy,
+    wan: &Wan,
+    tag: &str,
+    n: usize,
+    data: &Bytes,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let (mut acks, mut watchers) = (Vec::new(), Vec::new());
+    let headers = put_headers(data);
+    for i in 0..n {
+        let key = format!("w-{tag}-{i}");
+        let uri: Uri = proxy.block_url(&key).parse()?;
+        let t0 = Instant::now();
+        load::put(http, &uri, &headers, data.clone()).await?;
+        let acked = Instant::now();
+        acks.push((acked - t0).as_micros() as u64);
+        let (s3, bucket) = (wan.local_s3(), wan.minio.bucket().to_owned());
+        watchers.push(tokio::spawn(async move {
+            while acked.elapsed() < Duration::from_secs(120) {
+                if in_store(&s3, &bucket, &key).await {
+                    return Some(acked.elapsed().as_micros() as u64);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            None
+        }));
+    }
+    let mut visible = Vec::new();
+    for w in watchers {
+        visible.push(w.await?.context("a block did not reach the store within 120 s")?);
+    }
+    acks.sort_unstable();
+    visible.sort_unstable();
+    Ok((acks, visible))
+}
+
+fn pct_ms(sorted_us: &[u64], p: f64) -> f64 {
+    load::percentile(sorted_us, p) / 1000.0
+}
+
+fn check(what: &str, r: &LoadResult) -> Result<()> {
+    if r.errors > 0 || r.requests == 0 {
+        bail!("{what}: {} errors in {} requests; first: {:?}", r.errors, r.requests, r.first_error);
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    blockproxy_testenv::init_crypto();
+    let p = Params::parse()?;
+    let wall = Instant::now();
+    eprintln!("compare: {:?}", p.to_json());
+    let root = tempfile::Builder::new().prefix("blockproxy-bench-").tempdir()?;
+    let mut r = Results::default();
+    let mut notes: Vec<String> = Vec::new();
+
+    // ---- set-up: the store behind the WAN, the data set, the peers ----
+    let wan = Wan::start(p.one_way_ms, p.bandwidth_kbps).await?;
+    let bucket = wan.minio.bucket().to_owned();
+    let local = wan.local_s3();
+    let large_keys: Vec<String> = (0..p.large_blocks).map(|i| format!("large/{i}")).collect();
+    let small_keys: Vec<String> = (0..p.small_blocks).map(|i| format!("small/{i}")).collect();
+    eprintln!("loading {} x 4 MiB and {} x 64 KiB blocks into MinIO", p.large_blocks, p.small_blocks);
+    for (keys, size) in [(&large_keys, LARGE), (&small_keys, SMALL)] {
+        for_each(keys.len() as u64, 8, |i| {
+            let (local, bucket, key) = (&local, &bucket, &keys[i as usize]);
+            async move { put_store(local, bucket, key, random_block(size)).await }
+        })
+        .await?;
+    }
+    let cold_peers = ["blockproxy", "direct", "nginx"];
+    let cold_block = random_block(COLD);
+    for run in 0..p.runs {
+        for peer in cold_peers {
+            for i in 0..p.cold_reads {
+                put_store(&local, &bucket, &format!("cold/{peer}/{run}/{i}"), cold_block.clone()).await?;
+            }
+        }
+    }
+
+    let wan_endpoint = wan.endpoint();
+    let bp = BlockProxy::start("bp1", root.path(), &wan, &wan_endpoint, &[]).await?;
+    let mut group = Vec::new();
+    for i in 0..3 {
+        group.push(BlockProxy::start(&format!("group-{i}"), root.path(), &wan, &wan_endpoint, &[]).await?);
+    }
+    let nginx = Nginx::start(root.path(), &wan).await?;
+    let group_addrs: Vec<String> = group.iter().map(|g| g.addr.to_string()).collect();
+    let nodes: Vec<Node<'_>> = group_addrs.iter().map(|a| Node { address: a, weight: 1 }).collect();
+    let route = |key: &str| -> String {
+        let owner = rendezvous::owner(VOLUME, key, &nodes).unwrap_or(0);
+        group[owner].block_url(key)
+    };
+
+    // The client library, pointed at the group by a discovery file (plain HTTP on loopback).
+    let discovery = DiscoveryDocument {
+        volume_id: VolumeId::parse(VOLUME)?,
+        store: StoreLocation { bucket: bucket.clone(), prefix: PREFIX.into(), endpoint: None, region: None },
+        groups: vec![DiscoveryGroup {
+            name: "bench".into(),
+            provider_code: "s3".into(),
+            region_code: "local".into(),
+            scheme: "http".into(),
+            ca_bundle: None,
+            endpoints: group_addrs
+                .iter()
+                .map(|a| DiscoveryEndpoint { address: a.clone(), node: None, weight: 1 })
+                .collect(),
+        }],
+    };
+    let discovery_file = root.path().join("discovery.json");
+    std::fs::write(&discovery_file, discovery.to_json_pretty())?;
+    let client = Client::start(ClientConfig::new(VolumeId::parse(VOLUME)?, discovery_file, TOKEN.into())).await?;
+
+    let http = http_client(p.concurrency_small.max(p.concurrency_large) * 2);
+    let targets = |keys: &[String]| -> Result<[Arc<Vec<Uri>>; 3]> {
+        Ok([
+            uris(keys.iter().map(|k| bp.block_url(k)))?,
+            uris(keys.iter().map(|k| route(k)))?,
+            uris(keys.iter().map(|k| nginx.block_url(k)))?,
+        ])
+    };
+    let [bp_large, group_large, nginx_large] = targets(&large_keys)?;
+    let [bp_small, group_small, nginx_small] = targets(&small_keys)?;
+    let lib_large = Arc::new(large_keys.iter().map(|k| BlockKey::parse(k)).collect::<Result<Vec<_>, _>>()?);
+    let lib_small = Arc::new(small_keys.iter().map(|k| BlockKey::parse(k)).collect::<Result<Vec<_>, _>>()?);
+
+    // Warm every cache the same way: one read-through pass of every block across the WAN.
+    eprintln!("warming the caches (one read-through pass per peer across the WAN)");
+    for set in [&bp_large, &group_large, &nginx_large, &bp_small, &group_small, &nginx_small] {
+        let (http, set) = (&http, Arc::clone(set));
+        for_each(set.len() as u64, 8, |i| {
+            let set = Arc::clone(&set);
+            async move { load::get(http, &set[i as usize], Some(TOKEN)).await.map(drop) }
+        })
+        .await?;
+    }
+    // nginx must now answer from its cache.
+    let probe = http.get(nginx_large[0].clone()).await?;
+    let status = probe.headers().get("x-cache-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    if status != "HIT" {
+        notes.push(format!("nginx answered a warmed block with X-Cache-Status {status:?}"));
+    }
+    drop(probe);
+
+    let all_proxies: Vec<&BlockProxy> = std::iter::once(&bp).chain(group.iter()).collect();
+    let misses_before = misses(&all_proxies).await;
+
+    // ---- figure 1: cache-hit throughput, 4 MiB ----
+    eprintln!("figure 1: 4 MiB cache hits, concurrency {}", p.concurrency_large);
+    let (c, d) = (p.concurrency_large, p.duration);
+    for run in 0..p.runs {
+        let sampler = RssSampler::start(bp.pid(), false);
+        let b = get_load(&http, &bp_large, c, d).await;
+        r.push("rss_mib.blockproxy.large_load", sampler.finish().await);
+        check("blockproxy 4 MiB", &b)?;
+        let g = get_load(&http, &group_large, c, d).await;
+        check("group of 3 4 MiB", &g)?;
+        let l = client_load(&client, &lib_large, c, d).await;
+        check("group of 3 (client library) 4 MiB", &l)?;
+        let sampler = RssSampler::start(nginx.pid(), true);
+        let n = get_load(&http, &nginx_large, c, d).await;
+        r.push("rss_mib.nginx.large_load", sampler.finish().await);
+        check("nginx 4 MiB", &n)?;
+        let cache_dir = bp.cache_dir();
+        let raw = tokio::task::spawn_blocking(move || raw_read_mib_s(&cache_dir, LARGE as u64, d)).await??;
+        eprintln!(
+            "  run {run}: blockproxy {:.0} MiB/s, group {:.0}, client lib {:.0}, nginx {:.0}, raw disk read {:.0}",
+            b.mib_per_s(),
+            g.mib_per_s(),
+            l.mib_per_s(),
+            n.mib_per_s(),
+            raw
+        );
+        r.push("f1.mib_s.blockproxy", b.mib_per_s());
+        r.push("f1.mib_s.group3", g.mib_per_s());
+        r.push("f1.mib_s.group3_client_lib", l.mib_per_s());
+        r.push("f1.mib_s.nginx", n.mib_per_s());
+        r.push("f1.mib_s.raw_disk_read", raw);
+        r.push("f1.ratio.blockproxy_over_nginx", b.mib_per_s() / n.mib_per_s());
+        r.push("f1.ratio.group3_over_nginx", g.mib_per_s() / n.mib_per_s());
+        r.push("f1.ratio.blockproxy_over_raw", b.mib_per_s() / raw);
+        r.push("f1.p99_ms.blockproxy", b.percentile_ms(99.0));
+        r.push("f1.p99_ms.nginx", n.percentile_ms(99.0));
+    }
+
+    // ---- figure 2: cache-hit req/s and p99, 64 KiB ----
+    eprintln!("figure 2: 64 KiB cache hits, concurrency {}", p.concurrency_small);
+    let c = p.concurrency_small;
+    for run in 0..p.runs {
+        let sampler = RssSampler::start(bp.pid(), false);
+        let b = get_load(&http, &bp_small, c, d).await;
+        r.push("rss_mib.blockproxy.small_load", sampler.finish().await);
+        check("blockproxy 64 KiB", &b)?;
+        let g = get_load(&http, &group_small, c, d).await;
+        check("group of 3 64 KiB", &g)?;
+        let l = client_load(&client, &lib_small, c, d).await;
+        check("group of 3 (client library) 64 KiB", &l)?;
+        let sampler = RssSampler::start(nginx.pid(), true);
+        let n = get_load(&http, &nginx_small, c, d).await;
+        r.push("rss_mib.nginx.small_load", sampler.finish().await);
+        check("nginx 64 KiB", &n)?;
+        eprintln!(
+            "  run {run}: req/s blockproxy {:.0}, group {:.0}, client lib {:.0}, nginx {:.0}; p99 ms blockproxy {:.2}, nginx {:.2}",
+            b.req_per_s(),
+            g.req_per_s(),
+            l.req_per_s(),
+            n.req_per_s(),
+            b.percentile_ms(99.0),
+            n.percentile_ms(99.0)
+        );
+        r.push("f2.req_s.blockproxy", b.req_per_s());
+        r.push("f2.req_s.group3", g.req_per_s());
+        r.push("f2.req_s.group3_client_lib", l.req_per_s());
+        r.push("f2.req_s.nginx", n.req_per_s());
+        r.push("f2.p99_ms.blockproxy", b.percentile_ms(99.0));
+        r.push("f2.p99_ms.group3", g.percentile_ms(99.0));
+        r.push("f2.p99_ms.group3_client_lib", l.percentile_ms(99.0));
+        r.push("f2.p99_ms.nginx", n.percentile_ms(99.0));
+        r.push("f2.p50_ms.blockproxy", b.percentile_ms(50.0));
+        r.push("f2.p50_ms.nginx", n.percentile_ms(50.0));
+        r.push("f2.ratio.blockproxy_over_nginx_req_s", b.req_per_s() / n.req_per_s());
+        r.push("f2.ratio.blockproxy_over_nginx_p99", b.percentile_ms(99.0) / n.percentile_ms(99.0));
+    }
+    let hit_misses = misses(&all_proxies).await - misses_before;
+    if hit_misses != 0.0 {
+        notes.push(format!("{hit_misses} cache misses on the proxies during figures 1-2 (expected 0)"));
+    }
+
+    // ---- figure 3: cold reads (misses) across the WAN ----
+    eprintln!("figure 3: cold 1 MiB reads across the WAN, one at a time");
+    let direct = wan.direct_s3();
+    // Open the direct client's connection first, as the proxies' store connections are open.
+    direct.head_bucket().bucket(&bucket).send().await.context("HEAD bucket across the WAN")?;
+    for run in 0..p.runs {
+        let mut lat: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for peer in cold_peers {
+            for i in 0..p.cold_reads {
+                let key = format!("cold/{peer}/{run}/{i}");
+                let t0 = Instant::now();
+                let n = match peer {
+                    "blockproxy" => load::get(&http, &bp.block_url(&key).parse()?, Some(TOKEN)).await?,
+                    "nginx" => load::get(&http, &nginx.block_url(&key).parse()?, None).await?,
+                    _ => {
+                        let o = direct.get_object().bucket(&bucket).key(format!("{PREFIX}/{key}")).send().await?;
+                        o.body.collect().await?.into_bytes().len() as u64
+                    }
+                };
+                lat.entry(peer).or_default().push(t0.elapsed().as_micros() as u64);
+                if n != COLD as u64 {
+                    bail!("cold read of {key} via {peer}: {n} bytes");
+                }
+            }
+        }
+        for v in lat.values_mut() {
+            v.sort_unstable();
+        }
+        let p50 = |peer: &str| pct_ms(&lat[peer], 50.0);
+        eprintln!(
+            "  run {run}: p50 ms blockproxy {:.1}, direct {:.1}, nginx {:.1}",
+            p50("blockproxy"),
+            p50("direct"),
+            p50("nginx")
+        );
+        for peer in cold_peers {
+            r.push(&format!("f3.p50_ms.{peer}"), p50(peer));
+            r.push(&format!("f3.max_ms.{peer}"), pct_ms(&lat[peer], 100.0));
+        }
+        r.push("f3.ratio.blockproxy_over_direct_p50", p50("blockproxy") / p50("direct"));
+        r.push("f3.ratio.nginx_over_direct_p50", p50("nginx") / p50("direct"));
+    }
+
+    // ---- figure 4: write-ack latency, 1 MiB ----
+    eprintln!("figure 4: 1 MiB writes one at a time: blockproxy writeback (sync off, on) vs direct PUT");
+    drop(client);
+    drop(group);
+    let bp_sync = BlockProxy::start("bp-sync", root.path(), &wan, &wan_endpoint, &["--sync"]).await?;
+    let data = random_block(WRITE);
+    put_store(&direct, &bucket, "w-warm", data.clone()).await?;
+    for run in 0..p.runs {
+        let (acks_off, vis_off) = proxy_writes(&http, &bp, &wan, &format!("off-{run}"), p.writes, &data).await?;
+        let (acks_on, vis_on) = proxy_writes(&http, &bp_sync, &wan, &format!("on-{run}"), p.writes, &data).await?;
+        let mut direct_acks = Vec::new();
+        for i in 0..p.writes {
+            let t0 = Instant::now();
+            put_store(&direct, &bucket, &format!("w-direct-{run}-{i}"), data.clone()).await?;
+            direct_acks.push(t0.elapsed().as_micros() as u64);
+        }
+        direct_acks.sort_unstable();
+        eprintln!(
+            "  run {run}: ack p50/p99 ms: sync off {:.2}/{:.2}, sync on {:.2}/{:.2}, direct {:.1}/{:.1}; ack->store p50 {:.1}/{:.1}",
+            pct_ms(&acks_off, 50.0),
+            pct_ms(&acks_off, 99.0),
+            pct_ms(&acks_on, 50.0),
+            pct_ms(&acks_on, 99.0),
+            pct_ms(&direct_acks, 50.0),
+            pct_ms(&direct_acks, 99.0),
+            pct_ms(&vis_off, 50.0),
+            pct_ms(&vis_on, 50.0)
+        );
+        for (name, v) in [("sync_off", &acks_off), ("sync_on", &acks_on), ("direct", &direct_acks)] {
+            r.push(&format!("f4.ack_p50_ms.{name}"), pct_ms(v, 50.0));
+            r.push(&format!("f4.ack_p99_ms.{name}"), pct_ms(v, 99.0));
+        }
+        for (name, v) in [("sync_off", &acks_off), ("sync_on", &acks_on)] {
+            r.push(&format!("f4.ratio.{name}_over_direct_p50"), pct_ms(v, 50.0) / pct_ms(&direct_acks, 50.0));
+            r.push(&format!("f4.ratio.{name}_over_direct_p99"), pct_ms(v, 99.0) / pct_ms(&direct_acks, 99.0));
+        }
+        for (name, v) in [("sync_off", &vis_off), ("sync_on", &vis_on)] {
+            r.push(&format!("f4.ack_to_store_p50_ms.{name}"), pct_ms(v, 50.0));
+            r.push(&format!("f4.ack_to_store_p99_ms.{name}"), pct_ms(v, 99.0));
+        }
+    }
+    drop(bp_sync);
+    drop(nginx);
+
+    // ---- figure 5: rendezvous movement, 4 -> 5 proxies ----
+    eprintln!("figure 5: rendezvous movement when a proxy joins a group of 4");
+    {
+        let addrs: Vec<String> = (1..=5).map(|i| format!("10.0.0.{i}:8443")).collect();
+        let four: Vec<Node<'_>> = addrs[..4].iter().map(|a| Node { address: a, weight: 1 }).collect();
+        let five: Vec<Node<'_>> = addrs.iter().map(|a| Node { address: a, weight: 1 }).collect();
+        const KEYS: usize = 100_000;
+        let (mut moved, mut elsewhere) = (0usize, 0usize);
+        for i in 0..KEYS {
+            let key = format!("blocks/{i}");
+            let (before, after) = (rendezvous::owner(VOLUME, &key, &four), rendezvous::owner(VOLUME, &key, &five));
+            if before != after {
+                moved += 1;
+                if after != Some(4) {
+                    elsewhere += 1;
+                }
+            }
+        }
+        r.push("f5.moved_fraction", moved as f64 / KEYS as f64);
+        r.push("f5.ideal_fraction", 0.2);
+        r.push("f5.ratio.moved_over_ideal", moved as f64 / KEYS as f64 / 0.2);
+        r.push("f5.moved_between_old_proxies", elsewhere as f64);
+    }
+
+    // ---- figure 6: start-up time with 100,000 cached blocks ----
+    eprintln!("figure 6: start-up with {} cached 4 KiB blocks", p.startup_blocks);
+    let mut bp_start =
+        BlockProxy::start("bp-startup", root.path(), &wan, &wan.minio.endpoint(), &["--writeback-active", "64"])
+            .await?;
+    let small_block = random_block(STARTUP_BLOCK);
+    let headers = Arc::new(put_headers(&small_block));
+    let fill = Instant::now();
+    let put_http = http_client(32);
+    for_each(p.startup_blocks as u64, 32, |i| {
+        let (http, headers, data) = (&put_http, Arc::clone(&headers), small_block.clone());
+        let uri: Result<Uri, _> = bp_start.block_url(&format!("many/{}/{i}", i % 100)).parse();
+        async move { load::put(http, &uri?, &headers, data).await }
+    })
+    .await?;
+    let fill_secs = fill.elapsed().as_secs_f64();
+    // Let writeback flush them, so they are clean cached blocks (bounded wait).
+    let flush_deadline = Instant::now() + Duration::from_secs(if p.quick { 120 } else { 240 });
+    let mut dirty = bp_start.metric("blockproxy_cache_dirty_blocks").await?;
+    while dirty > 0.0 && Instant::now() < flush_deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        dirty = bp_start.metric("blockproxy_cache_dirty_blocks").await?;
+    }
+    let flush_secs = fill.elapsed().as_secs_f64() - fill_secs;
+    if dirty > 0.0 {
+        notes.push(format!("start-up figure: {dirty} of the blocks were still dirty (unflushed) at restart"));
+    }
+    r.push("f6.startup.fill_puts_per_s", p.startup_blocks as f64 / fill_secs);
+    r.push("f6.startup.flush_secs", flush_secs);
+    r.push("f6.startup.dirty_at_restart", dirty);
+    for _ in 0..p.runs {
+        let t = bp_start.restart().await?;
+        let blocks = bp_start.metric("blockproxy_cache_blocks").await?;
+        r.push("f6.startup_ms", t.as_secs_f64() * 1000.0);
+        r.push("f6.startup.cached_blocks", blocks);
+        r.push("rss_mib.blockproxy.after_startup", bp_start.pid().and_then(rss_kib).unwrap_or(0) as f64 / 1024.0);
+    }
+    drop(bp_start);
+    drop(bp);
+
+    let wall_secs = wall.elapsed().as_secs_f64();
+    print_table(&p, &r, &notes, wall_secs);
+    std::fs::create_dir_all(&p.out)?;
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let path = p.out.join(format!("compare-{stamp}.json"));
+    let doc = json!({
+        "benchmark": "compare",
+        "unixTime": stamp,
+        "machine": machine(),
+        "params": p.to_json(),
+        "wallSecs": wall_secs,
+        "notes": notes,
+        "results": r.to_json(),
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    println!("JSON: {}", path.display());
+    Ok(())
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
+    });
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
+        "nginx": std::process::Command::new(peers::nginx_binary()).arg("-v").output().ok()
+            .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned()),
+    })
+}
+
+fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
+    let fmt = |name: &str| match r.summary(name) {
+        Some((m, lo, hi)) => format!("{} [{} .. {}]", num(m), num(lo), num(hi)),
+        None => "n/a".into(),
+    };
+    println!();
+    println!(
+        "blockproxy compare: {} core(s), {} runs x {:.0} s per load, WAN {} ms RTT, {} per connection{}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        p.runs,
+        p.duration.as_secs_f64(),
+        p.one_way_ms * 2,
+        if p.bandwidth_kbps == 0 { "uncapped".to_owned() } else { format!("{} KB/s", p.bandwidth_kbps) },
+        if p.quick { " (--quick)" } else { "" }
+    );
+    println!("values: median [min .. max] over runs; ratios are computed per run, then summarised");
+    let rows: &[(&str, &str, &str)] = &[
+        ("1 hit 4MiB c=CL", "blockproxy MiB/s", "f1.mib_s.blockproxy"),
+        ("", "group of 3 (rendezvous) MiB/s", "f1.mib_s.group3"),
+        ("", "group of 3 (client library) MiB/s", "f1.mib_s.group3_client_lib"),
+        ("", "nginx proxy_cache MiB/s", "f1.mib_s.nginx"),
+        ("", "raw sequential disk read MiB/s", "f1.mib_s.raw_disk_read"),
+        ("", "RATIO blockproxy / nginx", "f1.ratio.blockproxy_over_nginx"),
+        ("", "RATIO group of 3 / nginx", "f1.ratio.group3_over_nginx"),
+        ("", "RATIO blockproxy / raw read", "f1.ratio.blockproxy_over_raw"),
+        ("2 hit 64KiB c=CS", "blockproxy req/s", "f2.req_s.blockproxy"),
+        ("", "group of 3 (rendezvous) req/s", "f2.req_s.group3"),
+        ("", "group of 3 (client library) req/s", "f2.req_s.group3_client_lib"),
+        ("", "nginx req/s", "f2.req_s.nginx"),
+        ("", "blockproxy p99 ms", "f2.p99_ms.blockproxy"),
+        ("", "nginx p99 ms", "f2.p99_ms.nginx"),
+        ("", "RATIO blockproxy / nginx req/s", "f2.ratio.blockproxy_over_nginx_req_s"),
+        ("", "RATIO blockproxy / nginx p99", "f2.ratio.blockproxy_over_nginx_p99"),
+        ("3 miss 1MiB c=1", "blockproxy p50 ms", "f3.p50_ms.blockproxy"),
+        ("", "direct aws-sdk-s3 p50 ms", "f3.p50_ms.direct"),
+        ("", "nginx p50 ms", "f3.p50_ms.nginx"),
+        ("", "RATIO blockproxy / direct", "f3.ratio.blockproxy_over_direct_p50"),
+        ("", "RATIO nginx / direct", "f3.ratio.nginx_over_direct_p50"),
+        ("4 write 1MiB c=1", "blockproxy ack p50 ms (sync off)", "f4.ack_p50_ms.sync_off"),
+        ("", "blockproxy ack p99 ms (sync off)", "f4.ack_p99_ms.sync_off"),
+        ("", "blockproxy ack p50 ms (--sync)", "f4.ack_p50_ms.sync_on"),
+        ("", "blockproxy ack p99 ms (--sync)", "f4.ack_p99_ms.sync_on"),
+        ("", "direct PUT p50 ms", "f4.ack_p50_ms.direct"),
+        ("", "direct PUT p99 ms", "f4.ack_p99_ms.direct"),
+        ("", "RATIO sync off / direct p50", "f4.ratio.sync_off_over_direct_p50"),
+        ("", "RATIO sync off / direct p99", "f4.ratio.sync_off_over_direct_p99"),
+        ("", "RATIO --sync / direct p50", "f4.ratio.sync_on_over_direct_p50"),
+        ("", "RATIO --sync / direct p99", "f4.ratio.sync_on_over_direct_p99"),
+        ("", "ack -> in store p50 ms (sync off)", "f4.ack_to_store_p50_ms.sync_off"),
+        ("", "ack -> in store p99 ms (sync off)", "f4.ack_to_store_p99_ms.sync_off"),
+        ("", "ack -> in store p50 ms (--sync)", "f4.ack_to_store_p50_ms.sync_on"),
+        ("", "ack -> in store p99 ms (--sync)", "f4.ack_to_store_p99_ms.sync_on"),
+        ("5 rendezvous 4->5", "fraction of keys moved", "f5.moved_fraction"),
+        ("", "RATIO moved / ideal 1/5", "f5.ratio.moved_over_ideal"),
+        ("", "keys moved between old proxies", "f5.moved_between_old_proxies"),
+        ("6 footprint", "blockproxy max RSS MiB, 4 MiB load", "rss_mib.blockproxy.large_load"),
+        ("", "nginx max RSS MiB (all procs), 4 MiB", "rss_mib.nginx.large_load"),
+        ("", "blockproxy max RSS MiB, 64 KiB load", "rss_mib.blockproxy.small_load"),
+        ("", "nginx max RSS MiB (all procs), 64 KiB", "rss_mib.nginx.small_load"),
+        ("", "start-up ms, N cached blocks", "f6.startup_ms"),
+        ("", "blocks in cache after start-up", "f6.startup.cached_blocks"),
+        ("", "blockproxy RSS MiB after start-up", "rss_mib.blockproxy.after_startup"),
+    ];
+    println!("{:<18} {:<38} median [min .. max]", "figure", "metric");
+    for (fig, label, key) in rows {
+        let fig = fig.replace("CL", &p.concurrency_large.to_string()).replace("CS", &p.concurrency_small.to_string());
+        let label = label.replace("N cached", &format!("{} cached", p.startup_blocks));
+        if !fig.is_empty() {
+            println!("{}", "-".repeat(96));
+        }
+        println!("{fig:<18} {label:<38} {}", fmt(key));
+    }
+    println!("{}", "-".repeat(96));
+    for n in notes {
+        println!("note: {n}");
+    }
+    println!("wall time {wall_secs:.0} s");
+}
+
+fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1000.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}

@@ -1,0 +1,345 @@
+//! The peers the benchmark measures, all real processes on loopback: MinIO behind a toxiproxy WAN,
+//! the `blockproxy` binary, and Debian's nginx with `proxy_cache`.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use blockproxy_testenv::ports::free_port;
+use blockproxy_testenv::{Minio, Toxiproxy};
+use serde_json::json;
+
+pub const VOLUME: &str = "vol1";
+pub const TOKEN: &str = "bench-token";
+pub const PREFIX: &str = "bench";
+const WAN: &str = "wan";
+
+/// MinIO with a toxiproxy WAN in front of it: `one_way_ms` of latency in each direction, and an
+/// optional bandwidth cap (KB/s, each direction, per connection as toxiproxy applies it).
+pub struct Wan {
+    pub minio: Minio,
+    _toxi: Toxiproxy,
+    pub addr: SocketAddr,
+}
+
+impl Wan {
+    pub async fn start(one_way_ms: u64, bandwidth_kbps: u64) -> Result<Self> {
+        let minio = Minio::start().await?;
+        let toxi = Toxiproxy::start().await?;
+        let addr = toxi.create_proxy(WAN, &minio.addr().to_string()).await?;
+        toxi.add_latency(WAN, one_way_ms, 0).await?;
+        toxi.add_toxic(
+            WAN,
+            json!({"name": "latency_upstream", "type": "latency", "stream": "upstream",
+                   "toxicity": 1.0, "attributes": {"latency": one_way_ms, "jitter": 0}}),
+        )
+        .await?;
+        if bandwidth_kbps > 0 {
+            toxi.add_bandwidth(WAN, bandwidth_kbps).await?;
+            toxi.add_toxic(
+                WAN,
+                json!({"name": "bandwidth_upstream", "type": "bandwidth", "stream": "upstream",
+                       "toxicity": 1.0, "attributes": {"rate": bandwidth_kbps}}),
+            )
+            .await?;
+        }
+        let wan = Self { minio, _toxi: toxi, addr };
+        wan.allow_anonymous_reads().await?;
+        Ok(wan)
+    }
+
+    /// The store endpoint across the WAN.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// aws-sdk-s3 across the WAN (the "direct" peer).
+    pub fn direct_s3(&self) -> aws_sdk_s3::Client {
+        self.minio.s3_client_for(&self.endpoint())
+    }
+
+    /// aws-sdk-s3 on loopback, bypassing the WAN (loading data, checking what reached the store).
+    pub fn local_s3(&self) -> aws_sdk_s3::Client {
+        self.minio.s3_client()
+    }
+
+    /// A public-read bucket policy, so nginx fetches objects without SigV4.
+    async fn allow_anonymous_reads(&self) -> Result<()> {
+        let bucket = self.minio.bucket();
+        let policy = json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"AWS": ["*"]},
+                "Action": ["s3:GetObject"],
+                "Resource": [format!("arn:aws:s3:::{bucket}/*")],
+            }],
+        });
+        self.local_s3()
+            .put_bucket_policy()
+            .bucket(bucket)
+            .policy(policy.to_string())
+            .send()
+            .await
+            .context("setting the public-read bucket policy")?;
+        Ok(())
+    }
+}
+
+/// A `blockproxy serve` process with its own cache folder. Killed (SIGKILL) on drop.
+pub struct BlockProxy {
+    pub name: String,
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    starts: u32,
+}
+
+impl BlockProxy {
+    /// Starts a proxy for [`VOLUME`] on `store_endpoint`; `extra` are more `serve` flags.
+    pub async fn start(name: &str, root: &Path, wan: &Wan, store_endpoint: &str, extra: &[&str]) -> Result<Self> {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let volumes = dir.join("volumes.yaml");
+        std::fs::write(
+            &volumes,
+            format!("volumes:\n- {{id: {VOLUME}, bucket: {}, prefix: {PREFIX}, token: {TOKEN}}}\n", wan.minio.bucket()),
+        )?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--bind-addr".into(),
+            addr.to_string(),
+            "--disk-folder".into(),
+            dir.join("cache").display().to_string(),
+            "--disk-quota".into(),
+            "8Gi".into(),
+            "--volumes-file".into(),
+            volumes.display().to_string(),
+            "--store-endpoint".into(),
+            store_endpoint.into(),
+            "--store-path-style".into(),
+            "--no-tls".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let env = vec![
+            ("AWS_ACCESS_KEY_ID".to_owned(), wan.minio.access_key().to_owned()),
+            ("AWS_SECRET_ACCESS_KEY".to_owned(), wan.minio.secret_key().to_owned()),
+            // Like nginx's `access_log off`: no per-request logging in the measured path.
+            ("RUST_LOG".to_owned(), "warn".to_owned()),
+        ];
+        let mut p = Self { name: name.into(), child: None, addr, dir, args, env, starts: 0 };
+        p.spawn().await?;
+        Ok(p)
+    }
+
+    /// Spawns the process and returns the time until `/readyz` answered 200.
+    async fn spawn(&mut self) -> Result<Duration> {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.join(format!("blockproxy-{}.log", self.starts)))?;
+        let started = Instant::now();
+        let child = Command::new(env!("CARGO_BIN_EXE_blockproxy"))
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting blockproxy")?;
+        self.child = Some(child);
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let url = format!("http://{}/readyz", self.addr);
+        let deadline = started + Duration::from_secs(300);
+        loop {
+            if let Ok(r) = http.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(started.elapsed());
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("{} exited with {status} during start-up; log in {}", self.name, self.dir.display());
+            }
+            if Instant::now() > deadline {
+                bail!("{} not ready after 300 s; log in {}", self.name, self.dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// SIGKILL, then start again; returns the start-up time (spawn until `/readyz` is 200).
+    pub async fn restart(&mut self) -> Result<Duration> {
+        self.kill();
+        self.spawn().await
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn block_url(&self, key: &str) -> String {
+        block_url(&self.addr, key)
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.join("cache")
+    }
+
+    /// The value of an unlabelled metric from `/metrics`.
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.base())).await?.text().await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .with_context(|| format!("metric {name} not found on {}", self.name))
+    }
+}
+
+impl Drop for BlockProxy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The block API URL of `key` on the server at `addr` (nginx serves the same paths).
+pub fn block_url(addr: &SocketAddr, key: &str) -> String {
+    format!("http://{addr}/v1/volumes/{VOLUME}/blocks/{key}")
+}
+
+/// nginx with `proxy_cache`, from `proxy/benches/nginx.conf.template`, in the foreground.
+pub struct Nginx {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+const NGINX_TEMPLATE: &str = include_str!("../nginx.conf.template");
+
+impl Nginx {
+    pub async fn start(root: &Path, wan: &Wan) -> Result<Self> {
+        let dir = root.join("nginx");
+        let cache = dir.join("cache");
+        for d in [&dir, &cache, &dir.join("client_body"), &dir.join("proxy_temp")] {
+            std::fs::create_dir_all(d)?;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        // Workers must be able to write the cache: as root, keep them root (the folders are ours).
+        let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let conf = NGINX_TEMPLATE
+            .replace("{{USER_DIRECTIVE}}", if is_root { "user root;" } else { "" })
+            .replace("{{DIR}}", &dir.display().to_string())
+            .replace("{{CACHE_DIR}}", &cache.display().to_string())
+            .replace("{{LISTEN}}", &addr.to_string())
+            .replace("{{UPSTREAM}}", &wan.addr.to_string())
+            .replace("{{VOLUME}}", VOLUME)
+            .replace("{{BUCKET}}", wan.minio.bucket())
+            .replace("{{PREFIX}}", PREFIX);
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let log = std::fs::File::create(dir.join("stderr.log"))?;
+        let child = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting nginx (run hack/nginx.sh to install it)")?;
+        let mut n = Self { child: Some(child), addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            if let Some(c) = n.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!(
+                    "nginx exited with {status}: {}",
+                    std::fs::read_to_string(n.dir.join("error.log")).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("nginx did not listen on {addr}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(n)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn block_url(&self, key: &str) -> String {
+        block_url(&self.addr, key)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGQUIT is nginx's graceful stop; the master takes its workers along.
+            let _ = Command::new("kill").args(["-QUIT", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `BLOCKPROXY_NGINX`, else `nginx` on PATH, else Debian's `/usr/sbin/nginx`.
+pub fn nginx_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("BLOCKPROXY_NGINX") {
+        return p.into();
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
+}
+
+/// Resident set size of `pid` in KiB (`VmRSS` in /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
+}
+
+/// RSS of `pid` plus its direct children (nginx's master and workers), in KiB.
+pub fn rss_tree_kib(pid: u32) -> Option<u64> {
+    let mut total = rss_kib(pid)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // Fields after the parenthesised command name: state, ppid, ...
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            total += rss_kib(child).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
