@@ -1,0 +1,275 @@
+//! The client against real proxies (spawned `blockproxy serve`), a real MinIO, and toxiproxy
+//! links in front of every proxy: RTT group selection with hysteresis, failover to the next
+//! group and to the store, membership changes, and the consistency contract
+//! (docs/adr/0002-consistency-contract.md).
+
+mod client_support;
+
+use anyhow::Result;
+use blockproxy::client::rendezvous;
+use blockproxy_testenv::{Minio, Toxiproxy};
+use bytes::Bytes;
+use client_support::*;
+use std::time::Duration;
+
+async fn set_latency(toxi: &Toxiproxy, proxies: &[&str], ms: u64) -> Result<()> {
+    for p in proxies {
+        let _ = toxi.remove_toxic(p, "latency_downstream").await;
+        toxi.add_latency(p, ms, 0).await?;
+    }
+    Ok(())
+}
+
+async fn set_down(toxi: &Toxiproxy, proxies: &[&str], down: bool) -> Result<()> {
+    for p in proxies {
+        toxi.set_down(p, down).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_picks_lowest_rtt_group_switches_with_hysteresis_fails_over_and_falls_back_to_the_store() -> Result<()> {
+    let minio = Minio::start().await?;
+    let toxi = Toxiproxy::start().await?;
+    let root = tempfile::tempdir()?;
+    let volumes = write_volumes_file(root.path(), minio.bucket())?;
+    let mut procs = Vec::new();
+    let mut links = Vec::new();
+    for name in ["a1", "a2", "b1", "b2"] {
+        let p = Proxy::start(name, root.path(), &volumes, &minio.endpoint(), &minio).await?;
+        links.push(link(&toxi, name, p.addr).await?);
+        procs.push(p);
+    }
+    set_latency(&toxi, &["a1", "a2"], 2).await?;
+    set_latency(&toxi, &["b1", "b2"], 40).await?;
+    let disc = root.path().join("discovery.json");
+    write_discovery(
+        &disc,
+        &discovery(
+            minio.bucket(),
+            None,
+            &[
+                GroupSpec { name: "a".into(), addresses: links[0..2].to_vec() },
+                GroupSpec { name: "b".into(), addresses: links[2..4].to_vec() },
+            ],
+        ),
+    )?;
+    let mut cfg = fast_config(&disc);
+    cfg.direct_store = Some(arc_store(minio_store(&minio).await));
+    let client = start_client(cfg).await?;
+
+    // A (+2 ms) beats B (+40 ms).
+    assert_eq!(client.status().chosen_group.as_deref(), Some("a"), "{:?}", client.status());
+
+    // A rises to +120 ms: the switch to B comes after the stated number of rounds (3), not before.
+    set_latency(&toxi, &["a1", "a2"], 120).await?;
+    let r0 = client.status().probe_rounds;
+    wait_until("B is chosen", Duration::from_secs(20), || async { client.status().chosen_group.as_deref() == Some("b") }).await?;
+    let switched_after = client.status().probe_rounds - r0;
+    println!("RTT switch: A raised to +120ms, switched to B after {switched_after} probe rounds (hysteresis: 3)");
+    assert!((3..=5).contains(&switched_after), "switched after {switched_after} rounds");
+
+    // A back to +2 ms: chosen again (again after the hysteresis rounds).
+    set_latency(&toxi, &["a1", "a2"], 2).await?;
+    wait_until("A is chosen again", Duration::from_secs(20), || async { client.status().chosen_group.as_deref() == Some("a") }).await?;
+
+    // A cut: every request succeeds, through B.
+    set_down(&toxi, &["a1", "a2"], true).await?;
+    for i in 0..20 {
+        let k = key(&format!("cut-a/{i}"));
+        let data = Bytes::from(format!("through b {i}"));
+        client.put(&k, data.clone()).await?;
+        assert_eq!(client.get(&k, None).await?.expect("just written").data, data);
+    }
+    let m = client.metrics().render();
+    assert!(m.contains("blockproxy_client_fallbacks_total{kind=\"group\"}"), "{m}");
+    wait_until("B is chosen after A is cut", Duration::from_secs(10), || async {
+        client.status().chosen_group.as_deref() == Some("b")
+    })
+    .await?;
+
+    // Both cut: straight to MinIO.
+    set_down(&toxi, &["b1", "b2"], true).await?;
+    let k = key("direct/0");
+    let v = client.put(&k, Bytes::from_static(b"direct to the store")).await?;
+    let (data, version) = in_minio(&minio, "direct/0").await?.expect("written directly to MinIO");
+    assert_eq!((data.as_slice(), version), (&b"direct to the store"[..], v));
+    assert_eq!(client.get(&k, None).await?.expect("readable").data.as_ref(), b"direct to the store");
+    assert_eq!(client.get(&key("cut-a/3"), None).await.map(|f| f.is_some()).ok(), Some(true), "flushed blocks readable from the store");
+    assert!(client.metrics().render().contains("blockproxy_client_fallbacks_total{kind=\"store\"}"));
+
+    // A comes back: chosen again.
+    set_down(&toxi, &["a1", "a2"], false).await?;
+    wait_until("A is chosen once it is back", Duration::from_secs(10), || async {
+        client.status().chosen_group.as_deref() == Some("a")
+    })
+    .await?;
+    set_down(&toxi, &["b1", "b2"], false).await?;
+    let k = key("after/0");
+    client.put(&k, Bytes::from_static(b"back")).await?;
+    assert_eq!(client.get(&k, None).await?.unwrap().data.as_ref(), b"back");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_proxy_moves_about_one_in_n_keys_and_reads_stay_correct() -> Result<()> {
+    let minio = Minio::start().await?;
+    let toxi = Toxiproxy::start().await?;
+    let root = tempfile::tempdir()?;
+    let volumes = write_volumes_file(root.path(), minio.bucket())?;
+    // The proxies reach MinIO through a link that is cut below: every write stays dirty on its
+    // owner, so correct reads after the change prove the data came from the previous owner.
+    let store_link = toxi.create_proxy("store", &minio.addr().to_string()).await?;
+    let store_ep = format!("http://{store_link}");
+    let mut procs = Vec::new();
+    for name in ["p1", "p2", "p3", "p4"] {
+        procs.push(Proxy::start(name, root.path(), &volumes, &store_ep, &minio).await?);
+    }
+    toxi.set_down("store", true).await?;
+    let addrs: Vec<String> = procs.iter().map(|p| p.addr.to_string()).collect();
+    let disc = root.path().join("discovery.json");
+    let doc3 = discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: addrs[0..3].to_vec() }]);
+    write_discovery(&disc, &doc3)?;
+    let client = start_client(fast_config(&disc)).await?;
+
+    const KEYS: usize = 300;
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("m/{i}")).collect();
+    for k in &keys {
+        client.put(&key(k), Bytes::from(format!("value of {k}"))).await?;
+    }
+    let nodes = |n: usize| -> Vec<rendezvous::Node<'_>> {
+        addrs[0..n].iter().map(|a| rendezvous::Node { address: a, weight: 1 }).collect()
+    };
+    let (n3, n4) = (nodes(3), nodes(4));
+
+    write_discovery(&disc, &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: addrs.clone() }]))?;
+    wait_until("the client sees 4 proxies", Duration::from_secs(10), || async {
+        client.status().groups[0].proxies.len() == 4
+    })
+    .await?;
+    let mut moved = 0;
+    for k in &keys {
+        let before = rendezvous::owner("vol1", k, &n3).unwrap();
+        let after = rendezvous::owner("vol1", k, &n4).unwrap();
+        if before != after {
+            assert_eq!(after, 3, "keys only move to the new proxy");
+            moved += 1;
+        }
+        let got = client.get(&key(k), None).await?.unwrap_or_else(|| panic!("{k} lost after the membership change"));
+        assert_eq!(got.data, Bytes::from(format!("value of {k}")), "{k}");
+    }
+    let frac = moved as f64 / KEYS as f64;
+    println!("membership change 3 -> 4 proxies: {moved}/{KEYS} keys moved ({:.1}%, ideal 25%)", frac * 100.0);
+    assert!((0.17..=0.33).contains(&frac), "moved {frac}");
+
+    // New writes land on the new owner, and the store gets everything once the link is back.
+    let k = keys.iter().find(|k| rendezvous::owner("vol1", k, &n4) == Some(3)).unwrap();
+    client.put(&key(k), Bytes::from_static(b"newer")).await?;
+    assert_eq!(procs[3].get_direct(k).await?.map(|(d, _)| d), Some(b"newer".to_vec()));
+    toxi.set_down("store", false).await?;
+    wait_until("MinIO holds the newest version", Duration::from_secs(30), || async {
+        in_minio(&minio, k).await.ok().flatten().is_some_and(|(d, _)| d == b"newer")
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistency_contract_failover_writes_win_and_a_returning_owner_is_repaired() -> Result<()> {
+    let minio = Minio::start().await?;
+    let toxi = Toxiproxy::start().await?;
+    let root = tempfile::tempdir()?;
+    let volumes = write_volumes_file(root.path(), minio.bucket())?;
+    let store_link = toxi.create_proxy("store", &minio.addr().to_string()).await?;
+    let store_ep = format!("http://{store_link}");
+    let p1 = Proxy::start("p1", root.path(), &volumes, &store_ep, &minio).await?;
+    let p2 = Proxy::start("p2", root.path(), &volumes, &store_ep, &minio).await?;
+    let l1 = link(&toxi, "l1", p1.addr).await?;
+    let l2 = link(&toxi, "l2", p2.addr).await?;
+    let disc = root.path().join("discovery.json");
+    write_discovery(&disc, &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![l1.clone(), l2.clone()] }]))?;
+    let writer = start_client(fast_config(&disc)).await?;
+    let reader = start_client(fast_config(&disc)).await?;
+    let nodes = [rendezvous::Node { address: &l1, weight: 1 }, rendezvous::Node { address: &l2, weight: 1 }];
+    let name = (0..).map(|i| format!("c/{i}")).find(|k| rendezvous::owner("vol1", k, &nodes) == Some(0)).unwrap();
+    let k = key(&name);
+
+    // Case 1, stable membership: another client reads the acknowledged write at once.
+    toxi.set_down("store", true).await?;
+    let v1 = writer.put(&k, Bytes::from_static(b"v1")).await?;
+    assert_eq!(reader.get(&k, None).await?.map(|f| (f.data, f.version)), Some((Bytes::from_static(b"v1"), v1)));
+
+    // Case 2, failover: the owner is cut; the write goes to the next proxy in rendezvous order
+    // and readers see it there.
+    toxi.set_down("l1", true).await?;
+    let v2 = writer.put(&k, Bytes::from_static(b"v2")).await?;
+    assert!(v2 > v1);
+    assert_eq!(reader.get(&k, None).await?.map(|f| f.data), Some(Bytes::from_static(b"v2")));
+    assert_eq!(p2.get_direct(&name).await?.map(|(d, _)| d), Some(b"v2".to_vec()));
+
+    // Case 3, the owner comes back holding the older v1 (dirty, unflushed): reads do not go back
+    // to v1. The client checks the recovering owner against the next proxy, serves v2, and
+    // repairs the owner.
+    toxi.set_down("l1", false).await?;
+    wait_until("the reader sees p1 back", Duration::from_secs(10), || async {
+        reader.status().groups[0].proxies.iter().all(|p| p.up)
+    })
+    .await?;
+    assert_eq!(p1.get_direct(&name).await?.map(|(d, _)| d), Some(b"v1".to_vec()), "p1 still holds the old version");
+    assert_eq!(reader.get(&k, None).await?.map(|f| f.data), Some(Bytes::from_static(b"v2")));
+    assert_eq!(p1.get_direct(&name).await?.map(|(d, v)| (d, v)), Some((b"v2".to_vec(), v2)), "owner repaired");
+    assert!(reader.metrics().render().contains("blockproxy_client_read_repairs_total 1"));
+
+    // The store ends at v2 whatever order the flushes run in (conditional flushes).
+    toxi.set_down("store", false).await?;
+    wait_until("MinIO holds v2", Duration::from_secs(30), || async {
+        in_minio(&minio, &name).await.ok().flatten() == Some((b"v2".to_vec(), v2))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await; // let any late flush of v1 run; it must be skipped
+    assert_eq!(in_minio(&minio, &name).await?, Some((b"v2".to_vec(), v2)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_discovery_files_and_tokens_get_clear_errors() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let disc = root.path().join("discovery.json");
+    std::fs::write(&disc, "{ this is not json")?;
+    let err = start_client(fast_config(&disc)).await.err().expect("malformed discovery must fail at start").to_string();
+    assert!(err.contains("not a valid discovery document"), "{err}");
+    std::fs::write(&disc, r#"{"volumeId":"other","store":{"bucket":"b"},"groups":[]}"#)?;
+    let err = start_client(fast_config(&disc)).await.err().unwrap().to_string();
+    assert!(err.contains("this sidecar serves"), "{err}");
+
+    // The sidecar binary: a missing token file is a usage error, not a panic.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blockproxy-mount"))
+        .args(["--volume-id", "vol1", "--discovery-file"])
+        .arg(&disc)
+        .args(["--token-file", "/nonexistent/token", "--listen", "127.0.0.1:0"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("token file") && !stderr.contains("panicked"), "{stderr}");
+
+    // A wrong token: the proxy refuses it and the client says so (no retry storm, no panic).
+    let minio = Minio::start().await?;
+    let volumes = write_volumes_file(root.path(), minio.bucket())?;
+    let p = Proxy::start("p", root.path(), &volumes, &minio.endpoint(), &minio).await?;
+    write_discovery(&disc, &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![p.addr.to_string()] }]))?;
+    let mut cfg = fast_config(&disc);
+    cfg.token = "wrong".into();
+    let client = start_client(cfg).await?;
+    let err = client.put(&key("x"), Bytes::from_static(b"x")).await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+
+    // Malformed file while running: the last good configuration stays in use.
+    let good = start_client(fast_config(&disc)).await?;
+    std::fs::write(&disc, "garbage")?;
+    wait_until("the bad file is noticed", Duration::from_secs(5), || async {
+        good.metrics().render().contains("blockproxy_client_discovery_errors_total 1")
+    })
+    .await?;
+    good.put(&key("still-works"), Bytes::from_static(b"ok")).await?;
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! Shared harness of the client, sidecar and quickstart tests: real `blockproxy serve` processes,
+//! a real MinIO, toxiproxy links, discovery files, and in-process clients with short intervals.
+#![allow(dead_code)]
+
+use anyhow::{Context, Result};
+use blockproxy::client::{Client, ClientConfig, selection::Hysteresis};
+use blockproxy::protocol::{BlockKey, DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation, VolumeId};
+use blockproxy::store::{S3Store, S3StoreConfig};
+use blockproxy_testenv::{Minio, Toxiproxy};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const VOLUME: &str = "vol1";
+pub const TOKEN: &str = "s3cr3t-token";
+pub const PREFIX: &str = "volumes/vol1";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `blockproxy serve` process. Killed on drop.
+pub struct Proxy {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Proxy {
+    pub async fn start(name: &str, root: &Path, volumes_file: &Path, store_endpoint: &str, minio: &Minio) -> Result<Self> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let args = vec![
+            "serve".to_owned(),
+            format!("--bind-addr={addr}"),
+            format!("--disk-folder={}", dir.join("cache").display()),
+            "--disk-quota=2Gi".into(),
+            format!("--volumes-file={}", volumes_file.display()),
+            format!("--store-endpoint={store_endpoint}"),
+            "--store-path-style".into(),
+            "--no-tls".into(),
+            "--shutdown-grace=2s".into(),
+        ];
+        let env = vec![
+            ("AWS_ACCESS_KEY_ID".to_owned(), minio.access_key().to_owned()),
+            ("AWS_SECRET_ACCESS_KEY".to_owned(), minio.secret_key().to_owned()),
+        ];
+        let mut p = Self { name: name.into(), addr, dir, child: None, args, env };
+        p.spawn().await?;
+        Ok(p)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("proxy.log"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_blockproxy"))
+            .args(&self.args)
+            .envs(self.env.iter().cloned())
+            .env("BLOCKPROXY_LOG_FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning blockproxy serve")?;
+        self.child = Some(child);
+        let http = reqwest::Client::new();
+        let url = format!("http://{}/v1/ping", self.addr);
+        blockproxy_testenv::eventually(Duration::from_secs(20), Duration::from_millis(50), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { Ok(http.get(&url).send().await?.error_for_status()?) }
+        })
+        .await
+        .with_context(|| format!("proxy {} did not come up; log in {}", self.name, self.dir.display()))?;
+        Ok(())
+    }
+
+    /// Kills the process (SIGKILL) and starts it again on the same folder and port.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// GETs a block straight from this proxy (no client routing).
+    pub async fn get_direct(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
+        let url = format!("http://{}/v1/volumes/{VOLUME}/blocks/{key}", self.addr);
+        let r = reqwest::Client::new().get(url).bearer_auth(TOKEN).send().await?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let r = r.error_for_status()?;
+        let v = r.headers().get("x-blockproxy-version").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(Some((r.bytes().await?.to_vec(), v)))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn write_volumes_file(root: &Path, bucket: &str) -> Result<PathBuf> {
+    let path = root.join("volumes.yaml");
+    std::fs::write(&path, format!("volumes:\n- {{id: {VOLUME}, bucket: {bucket}, prefix: {PREFIX}, token: {TOKEN}}}\n"))?;
+    Ok(path)
+}
+
+/// A group as the discovery document lists it: name and the addresses clients use.
+pub struct GroupSpec {
+    pub name: String,
+    pub addresses: Vec<String>,
+}
+
+pub fn discovery(bucket: &str, store_endpoint: Option<String>, groups: &[GroupSpec]) -> DiscoveryDocument {
+    DiscoveryDocument {
+        volume_id: VolumeId::parse(VOLUME).unwrap(),
+        store: StoreLocation { bucket: bucket.into(), prefix: PREFIX.into(), endpoint: store_endpoint, region: None },
+        groups: groups
+            .iter()
+            .map(|g| DiscoveryGroup {
+                name: g.name.clone(),
+                provider_code: "s3".into(),
+                region_code: g.name.clone(),
+                scheme: "http".into(),
+                ca_bundle: None,
+                endpoints: g.addresses.iter().map(|a| DiscoveryEndpoint { address: a.clone(), node: None, weight: 1 }).collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Writes the document atomically (like kubelet's symlink swap: readers never see half a file).
+pub fn write_discovery(path: &Path, doc: &DiscoveryDocument) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, doc.to_json_pretty())?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+pub async fn minio_store(minio: &Minio) -> S3Store {
+    S3Store::new(S3StoreConfig {
+        endpoint: Some(minio.endpoint()),
+        region: "us-east-1".into(),
+        path_style: true,
+        credentials: Some((minio.access_key().into(), minio.secret_key().into())),
+        sse: false,
+    })
+    .await
+}
+
+pub fn fast_config(discovery_file: &Path) -> ClientConfig {
+    let mut cfg = ClientConfig::new(VolumeId::parse(VOLUME).unwrap(), discovery_file.to_owned(), TOKEN.into());
+    cfg.probe_interval = Duration::from_millis(250);
+    cfg.probe_samples = 3;
+    cfg.probe_timeout = Duration::from_millis(800);
+    cfg.connect_timeout = Duration::from_millis(500);
+    cfg.request_timeout = Duration::from_secs(10);
+    cfg.retries = 1;
+    cfg.retry_backoff = Duration::from_millis(50);
+    cfg.discovery_interval = Duration::from_millis(100);
+    cfg.hysteresis = Hysteresis { rounds: 3, ..Hysteresis::default() };
+    cfg
+}
+
+pub async fn start_client(cfg: ClientConfig) -> Result<Client> {
+    Ok(Client::start(cfg).await?)
+}
+
+pub fn key(s: &str) -> BlockKey {
+    BlockKey::parse(s).unwrap()
+}
+
+/// The object's bytes and recorded version in MinIO, if present.
+pub async fn in_minio(minio: &Minio, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
+    let store = minio_store(minio).await;
+    use blockproxy::store::Store;
+    Ok(store.get(minio.bucket(), &format!("{PREFIX}/{key}")).await?.map(|b| (b.data.to_vec(), b.version)))
+}
+
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Toxiproxy links from the clients to each proxy, by proxy name.
+pub async fn link(toxi: &Toxiproxy, name: &str, upstream: SocketAddr) -> Result<String> {
+    Ok(toxi.create_proxy(name, &upstream.to_string()).await?.to_string())
+}
+
+pub fn arc_store(s: S3Store) -> Arc<dyn blockproxy::store::Store> {
+    Arc::new(s)
+}
