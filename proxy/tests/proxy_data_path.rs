@@ -219,6 +219,12 @@ async fn bad_requests_get_the_right_4xx_and_write_nothing() -> Result<()> {
     let keys: Vec<_> = listed.contents().iter().filter_map(|o| o.key()).collect();
     assert_eq!(keys, [format!("{PREFIX}/ok")]);
     assert_eq!(proxy.get_bytes("ok").await?.as_deref(), Some(body.as_slice()));
+    // No secret reached the log, not even the wrong token a client presented.
+    let log = proxy.log_text();
+    assert!(log.contains("blockproxy serving"), "the log was captured");
+    for secret in [TOKEN, "nope", ADMIN_TOKEN, backend.minio.secret_key()] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
     Ok(())
 }
 

@@ -80,6 +80,8 @@ async fn acknowledged_blocks_survive_kill_9() -> Result<()> {
         for w in writers {
             refused += w.await?;
         }
+        // Alternate --sync so both write paths are crashed.
+        proxy.opts.sync = round % 2 == 0;
         proxy.restart().await?;
     }
     let expected = acked.lock().unwrap().clone();
@@ -312,5 +314,52 @@ async fn eviction_keeps_usage_within_quota_and_never_evicts_dirty_blocks() -> Re
     backend.toxi.set_down(STORE_PROXY, false).await?;
     proxy.wait_flushed(Duration::from_secs(60)).await?;
     assert_store_converges(&backend, &expected, Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_cached_block_is_refetched_and_never_served() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let data = random_bytes(64 << 10);
+    proxy.put_ok("rot/clean", &data).await?;
+    proxy.wait_flushed(Duration::from_secs(20)).await?;
+    // Flip one byte of the clean block file on disk.
+    let files: Vec<_> = walk(&proxy.cache_dir().join("clean"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    flip_last_byte(&files[0])?;
+    let r = proxy.get("rot/clean").await?;
+    assert_eq!(r.headers()["x-blockproxy-source"], "store", "the corrupt copy was dropped and refetched");
+    assert_eq!(r.bytes().await?.as_ref(), data.as_slice());
+    assert_eq!(proxy.metric("blockproxy_cache_corrupt_blocks_total").await?, 1.0);
+
+    // A corrupt dirty block cannot be refetched: it is refused, not served.
+    backend.toxi.set_down(STORE_PROXY, true).await?;
+    proxy.put_ok("rot/dirty", &data).await?;
+    let dirty: Vec<_> = walk(&proxy.cache_dir().join("dirty"));
+    flip_last_byte(&dirty[0])?;
+    let r = proxy.get("rot/dirty").await?;
+    assert_eq!(r.status(), 500, "a corrupt unflushed block is an error");
+    Ok(())
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+fn flip_last_byte(path: &std::path::Path) -> Result<()> {
+    let mut raw = std::fs::read(path)?;
+    let last = raw.len() - 1;
+    raw[last] ^= 0xff;
+    std::fs::write(path, raw)?;
     Ok(())
 }

@@ -91,6 +91,8 @@ pub enum Lookup {
     /// A delete is pending writeback: the block is gone, whatever the store still says.
     Deleted,
     Miss,
+    /// The cached copy failed verification and was dropped; fetch it again.
+    DroppedCorrupt,
 }
 
 /// What happened when a dirty block was sent to the store.
@@ -416,7 +418,7 @@ impl Cache {
             index.remove(id);
             let _ = std::fs::remove_file(self.layout.path(Area::Clean, &entry.name));
         }
-        Ok(Lookup::Miss)
+        Ok(Lookup::DroppedCorrupt)
     }
 
     /// The dirty block to flush (header with its store location, and data), if still dirty.

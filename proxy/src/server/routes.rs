@@ -347,7 +347,10 @@ async fn get_block(
             (data, version, "cache")
         }
         Lookup::Deleted => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such block")),
-        Lookup::Miss => {
+        lookup @ (Lookup::Miss | Lookup::DroppedCorrupt) => {
+            if matches!(lookup, Lookup::DroppedCorrupt) {
+                s.metrics.cache_corrupt_blocks_total.inc();
+            }
             s.metrics.cache_misses_total.inc();
             match fetch(s, cfg, &id).await {
                 Ok(Some(b)) => (b.data.clone(), b.version, "store"),

@@ -74,9 +74,10 @@ impl Default for ProxyOptions {
 pub struct ProxyProcess {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// Options for the next (re)start.
+    pub opts: ProxyOptions,
     pub dir: PathBuf,
     pub http: reqwest::Client,
-    opts: ProxyOptions,
     store_endpoint: String,
     minio_keys: (String, String),
     bucket: String,
@@ -103,6 +104,13 @@ impl ProxyProcess {
         std::fs::write(dir.join("admin-token"), ADMIN_TOKEN)?;
         p.spawn().await?;
         Ok(p)
+    }
+
+    /// Everything the proxy logged, across restarts.
+    pub fn log_text(&self) -> String {
+        (1..=self.starts)
+            .map(|n| std::fs::read_to_string(self.logs.log_file(&format!("blockproxy-{n}"))).unwrap_or_default())
+            .collect()
     }
 
     pub fn volumes_file(&self) -> PathBuf {
