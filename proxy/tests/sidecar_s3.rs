@@ -1,0 +1,186 @@
+//! The `blockproxy-mount` sidecar binary with real S3 clients (the aws CLI and boto3, from the
+//! tools cache) in front of real proxies and MinIO: put, get, ranged get, list (including
+//! unflushed objects), delete, multipart of 50 MiB, bad keys and buckets.
+
+mod client_support;
+
+use anyhow::{Context, Result};
+use blockproxy_testenv::{Minio, Tool, Toxiproxy, tool_path};
+use client_support::*;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Sidecar(Child);
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn aws(endpoint: &str, args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new(tool_path(Tool::Aws)?)
+        .arg("--endpoint-url")
+        .arg(endpoint)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "blockproxy")
+        .env("AWS_SECRET_ACCESS_KEY", "blockproxy")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()?)
+}
+
+fn aws_ok(endpoint: &str, args: &[&str]) -> Result<String> {
+    let out = aws(endpoint, args)?;
+    anyhow::ensure!(out.status.success(), "aws {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn sha(path: &Path) -> Result<String> {
+    Ok(hex::encode(Sha256::digest(std::fs::read(path)?)))
+}
+
+const BOTO3: &str = r#"
+import sys, hashlib, boto3, botocore
+from boto3.s3.transfer import TransferConfig
+ep, big = sys.argv[1], sys.argv[2]
+s3 = boto3.client("s3", endpoint_url=ep, aws_access_key_id="blockproxy", aws_secret_access_key="blockproxy", region_name="us-east-1")
+b = "vol1"
+s3.put_object(Bucket=b, Key="boto/small.txt", Body=b"hello from boto3")
+assert s3.get_object(Bucket=b, Key="boto/small.txt")["Body"].read() == b"hello from boto3"
+r = s3.get_object(Bucket=b, Key="boto/small.txt", Range="bytes=6-9")
+assert r["Body"].read() == b"from", "range"
+assert r["ContentRange"] == "bytes 6-9/16", r["ContentRange"]
+s3.upload_file(big, b, "boto/big.bin", Config=TransferConfig(multipart_threshold=8*1024*1024, multipart_chunksize=8*1024*1024))
+got = s3.get_object(Bucket=b, Key="boto/big.bin")["Body"].read()
+assert hashlib.sha256(got).hexdigest() == hashlib.sha256(open(big, "rb").read()).hexdigest(), "multipart bytes"
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket=b, Prefix="boto/").get("Contents", [])]
+assert keys == ["boto/big.bin", "boto/small.txt"], keys
+s3.put_object(Bucket=b, Key="boto/del1", Body=b"1")
+s3.put_object(Bucket=b, Key="boto/del2", Body=b"2")
+out = s3.delete_objects(Bucket=b, Delete={"Objects": [{"Key": "boto/del1"}, {"Key": "boto/del2"}, {"Key": "bad key"}]})
+assert sorted(d["Key"] for d in out.get("Deleted", [])) == ["boto/del1", "boto/del2"], out
+assert [e["Code"] for e in out.get("Errors", [])] == ["InvalidArgument"], out
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket=b, Prefix="boto/").get("Contents", [])]
+assert keys == ["boto/big.bin", "boto/small.txt"], keys
+for bad, code in [("bad key", "InvalidArgument"), ("a/../b", "InvalidArgument"), (".blockproxy-mpu/x", "InvalidArgument")]:
+    try:
+        s3.put_object(Bucket=b, Key=bad, Body=b"x")
+        raise SystemExit("accepted bad key %r" % bad)
+    except botocore.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] == code, (bad, e.response)
+try:
+    s3.get_object(Bucket="other-bucket", Key="x")
+    raise SystemExit("accepted another bucket")
+except botocore.exceptions.ClientError as e:
+    assert e.response["Error"]["Code"] == "NoSuchBucket", e.response
+try:
+    s3.get_object(Bucket=b, Key="missing")
+    raise SystemExit("missing key found")
+except botocore.exceptions.ClientError as e:
+    assert e.response["Error"]["Code"] == "NoSuchKey", e.response
+print("boto3 ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_and_boto3_work_through_the_sidecar_and_blocks_reach_minio() -> Result<()> {
+    let minio = Minio::start().await?;
+    let toxi = Toxiproxy::start().await?;
+    let root = tempfile::tempdir()?;
+    let volumes = write_volumes_file(root.path(), minio.bucket())?;
+    let store_link = toxi.create_proxy("store", &minio.addr().to_string()).await?;
+    let mut procs = Vec::new();
+    let mut addrs = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        let p = Proxy::start(name, root.path(), &volumes, &format!("http://{store_link}"), &minio).await?;
+        addrs.push(p.addr.to_string());
+        procs.push(p);
+    }
+    let disc = root.path().join("discovery.json");
+    write_discovery(&disc, &discovery(minio.bucket(), Some(minio.endpoint()), &[GroupSpec { name: "g".into(), addresses: addrs }]))?;
+    let token = root.path().join("token");
+    std::fs::write(&token, TOKEN)?;
+    let creds = root.path().join("creds.yaml");
+    std::fs::write(&creds, format!("access_key_id: {}\nsecret_access_key: {}\n", minio.access_key(), minio.secret_key()))?;
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(root.path().join("sidecar.log"))?;
+    let _sidecar = Sidecar(
+        Command::new(env!("CARGO_BIN_EXE_blockproxy-mount"))
+            .args(["--volume-id", VOLUME, "--listen", &format!("127.0.0.1:{port}"), "--probe-interval", "250ms", "--store-path-style"])
+            .arg("--discovery-file")
+            .arg(&disc)
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--store-credentials-file")
+            .arg(&creds)
+            .env("BLOCKPROXY_LOG_FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning blockproxy-mount")?,
+    );
+    let http = reqwest::Client::new();
+    wait_until("the sidecar is ready", Duration::from_secs(20), || async {
+        http.get(format!("{endpoint}/_blockproxy/readyz")).send().await.is_ok_and(|r| r.status().is_success())
+    })
+    .await?;
+
+    // Writes stay unflushed while the proxies cannot reach MinIO.
+    toxi.set_down("store", true).await?;
+    let small = root.path().join("small.txt");
+    std::fs::write(&small, "0123456789abcdef")?;
+    let big = root.path().join("big.bin");
+    let data: Vec<u8> = (0..50u32 * 1024 * 1024).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&big, &data)?;
+    let s = small.to_str().unwrap();
+    let b = big.to_str().unwrap();
+    aws_ok(&endpoint, &["s3", "cp", "--only-show-errors", s, "s3://vol1/cli/small.txt"])?;
+    aws_ok(&endpoint, &["s3", "cp", "--only-show-errors", b, "s3://vol1/cli/big.bin"])?;
+    let listing = aws_ok(&endpoint, &["s3", "ls", "--recursive", "s3://vol1/"])?;
+    assert!(listing.contains("cli/small.txt") && listing.contains("cli/big.bin"), "{listing}");
+    assert!(!listing.contains(".blockproxy-mpu"), "staged parts are hidden: {listing}");
+    assert!(in_minio(&minio, "cli/small.txt").await?.is_none(), "still unflushed, yet listed");
+
+    let range_out = root.path().join("range.out");
+    aws_ok(&endpoint, &["s3api", "get-object", "--bucket", "vol1", "--key", "cli/small.txt", "--range", "bytes=3-6", range_out.to_str().unwrap()])?;
+    assert_eq!(std::fs::read(&range_out)?, b"3456");
+    let back = root.path().join("back.bin");
+    aws_ok(&endpoint, &["s3", "cp", "--only-show-errors", "s3://vol1/cli/big.bin", back.to_str().unwrap()])?;
+    assert_eq!(sha(&back)?, sha(&big)?);
+    aws_ok(&endpoint, &["s3", "cp", "--only-show-errors", s, "s3://vol1/cli/gone.txt"])?;
+    aws_ok(&endpoint, &["s3", "rm", "--only-show-errors", "s3://vol1/cli/gone.txt"])?;
+    let listing = aws_ok(&endpoint, &["s3", "ls", "--recursive", "s3://vol1/"])?;
+    assert!(!listing.contains("gone.txt"), "{listing}");
+    let bad = aws(&endpoint, &["s3", "cp", s, "s3://vol1/bad key"])?;
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("InvalidArgument"));
+
+    let py = Command::new(tool_path(Tool::Python)?).args(["-c", BOTO3, &endpoint, b]).output()?;
+    assert!(py.status.success(), "boto3: {}{}", String::from_utf8_lossy(&py.stdout), String::from_utf8_lossy(&py.stderr));
+
+    // Once the store is back, the bytes land in MinIO, as written.
+    toxi.set_down("store", false).await?;
+    for (k, want) in [("cli/small.txt", std::fs::read(&small)?), ("cli/big.bin", data.clone()), ("boto/big.bin", data)] {
+        wait_until(&format!("{k} is in MinIO"), Duration::from_secs(60), || async {
+            in_minio(&minio, k).await.ok().flatten().is_some_and(|(d, _)| d == want)
+        })
+        .await?;
+    }
+    wait_until("deleted and staged keys are gone from MinIO", Duration::from_secs(30), || async {
+        let store = minio_store(&minio).await;
+        use blockproxy::store::Store;
+        store.list(minio.bucket(), PREFIX).await.is_ok_and(|l| {
+            l.iter().all(|o| !o.key.contains("gone.txt") && !o.key.contains(".blockproxy-mpu") && !o.key.contains("del1"))
+        })
+    })
+    .await?;
+    let status: serde_json::Value = http.get(format!("{endpoint}/_blockproxy/status")).send().await?.json().await?;
+    assert_eq!(status["chosenGroup"], "g", "{status}");
+    let metrics = http.get(format!("{endpoint}/_blockproxy/metrics")).send().await?.text().await?;
+    assert!(metrics.contains("blockproxy_client_chosen_group{group=\"g\"} 1"), "{metrics}");
+    Ok(())
+}
