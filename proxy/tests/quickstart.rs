@@ -1,0 +1,71 @@
+//! `blockproxy quickstart` as the README runs it: start it, copy a file in and back out with the
+//! aws CLI, see the block in the local store, stop it with Ctrl-C (SIGINT).
+
+mod client_support;
+
+use anyhow::Result;
+use blockproxy_testenv::{Tool, tool_path};
+use client_support::{free_port, wait_until};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_serves_s3_on_local_proxies_and_stops_cleanly_on_ctrl_c() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blockproxy"))
+        .args(["quickstart", "--listen", &format!("127.0.0.1:{port}"), "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let http = reqwest::Client::new();
+    wait_until("the quickstart endpoint is ready", Duration::from_secs(30), || async {
+        http.get(format!("{endpoint}/_blockproxy/readyz")).send().await.is_ok_and(|r| r.status().is_success())
+    })
+    .await?;
+    let aws = |args: &[&str]| {
+        Command::new(tool_path(Tool::Aws).unwrap())
+            .arg("--endpoint-url")
+            .arg(&endpoint)
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "blockproxy")
+            .env("AWS_SECRET_ACCESS_KEY", "blockproxy")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .output()
+            .unwrap()
+    };
+    let file = dir.path().join("hello.txt");
+    std::fs::write(&file, "hello, blockproxy\n")?;
+    let out = aws(&["s3", "cp", "--only-show-errors", file.to_str().unwrap(), "s3://demo/hello.txt"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ls = aws(&["s3", "ls", "s3://demo/"]);
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("hello.txt"));
+    let back = dir.path().join("back.txt");
+    let out = aws(&["s3", "cp", "--only-show-errors", "s3://demo/hello.txt", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&back)?, "hello, blockproxy\n");
+
+    // Ctrl-C: the proxies flush, the process exits 0, and the block is in the local store.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status()?.success());
+    let status = tokio::task::spawn_blocking(move || {
+        let s = child.wait();
+        let mut text = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            use std::io::Read;
+            let _ = o.read_to_string(&mut text);
+        }
+        (s, text)
+    })
+    .await?;
+    let (status, stdout) = (status.0?, status.1);
+    assert!(status.success(), "quickstart exited with {status}");
+    assert!(stdout.contains("aws --endpoint-url") && stdout.contains("stopped"), "{stdout}");
+    let stored = dir.path().join("store/quickstart-bucket/volumes/demo/hello.txt");
+    assert_eq!(std::fs::read_to_string(&stored)?, "hello, blockproxy\n");
+    Ok(())
+}
