@@ -26,12 +26,14 @@ fn key(v: &VolumeProxyGroup) -> VpgKey {
     (v.namespace().unwrap_or_default(), v.name_any())
 }
 
-fn age(v: &VolumeProxyGroup) -> (Option<k8s_openapi::jiff::Timestamp>, String, String) {
-    (
-        v.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        v.namespace().unwrap_or_default(),
-        v.name_any(),
-    )
+/// Seniority: older first; within one second (the timestamps' resolution) an association that is
+/// already accepted goes before one that is not, so a newcomer never displaces a published one.
+fn age(v: &VolumeProxyGroup) -> (Option<k8s_openapi::jiff::Timestamp>, bool, String, String) {
+    let accepted = v
+        .status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == c::ACCEPTED && c.status == "True"));
+    (v.metadata.creation_timestamp.as_ref().map(|t| t.0), !accepted, v.namespace().unwrap_or_default(), v.name_any())
 }
 
 /// Whether `group` lets `namespace` attach volumes.
@@ -164,6 +166,7 @@ pub fn volumes_file(
                 bucket: v.spec.bucket.clone(),
                 prefix: v.spec.prefix.trim_matches('/').to_owned(),
                 token: volume_token(token_key, &ns, &v.spec.volume_id),
+                token_sha256: Vec::new(),
             });
     }
     VolumesFile {
@@ -327,6 +330,25 @@ mod tests {
         let r = d[&("t".to_owned(), "new".to_owned())].clone().unwrap_err();
         assert_eq!(r.reason, c::REASON_CONFLICTING_STORE);
         assert!(r.message.contains("\"old\""), "{}", r.message);
+    }
+
+    #[test]
+    fn a_newcomer_in_the_same_second_does_not_displace_an_accepted_association() {
+        let groups = [pg("eu", "eu", &["*"], &[])];
+        let mut old = vpg("t", "zz", "v", "eu", "b1", 1);
+        old.status = Some(crate::crd::VolumeProxyGroupStatus {
+            conditions: crate::crd::conditions::merge(
+                &[],
+                &[crate::crd::conditions::Cond::new(c::ACCEPTED, true, c::REASON_ACCEPTED, "")],
+                None,
+                Timestamp::UNIX_EPOCH,
+            ),
+            ..Default::default()
+        });
+        let vpgs = [old, vpg("t", "aa", "v", "eu", "other", 1)];
+        let d = decide(&vpgs, &groups);
+        assert_eq!(reason(&d, "t", "zz"), None);
+        assert_eq!(reason(&d, "t", "aa"), Some(c::REASON_CONFLICTING_STORE));
     }
 
     #[test]

@@ -21,8 +21,13 @@ pub struct VolumeConfig {
     /// Store keys are `{prefix}/{key}`; empty means the bucket root.
     #[serde(default)]
     pub prefix: String,
-    /// Bearer token clients of this volume present.
+    /// Bearer token clients of this volume present. May be empty when `token_sha256` is given.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
+    /// Hex SHA-256 digests of further accepted tokens (one per namespace that uses the volume):
+    /// the operator gives proxies these instead of the tokens themselves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_sha256: Vec<String>,
 }
 
 // The token must never reach a log, so Debug redacts it.
@@ -33,6 +38,7 @@ impl fmt::Debug for VolumeConfig {
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
             .field("token", &"<redacted>")
+            .field("token_sha256", &self.token_sha256.len())
             .finish()
     }
 }
@@ -43,8 +49,10 @@ pub enum VolumesFileError {
     Parse(#[from] serde_yaml::Error),
     #[error("volume {0} is listed twice")]
     Duplicate(VolumeId),
-    #[error("volume {0} has an empty token")]
+    #[error("volume {0} has neither a token nor a tokenSha256 entry")]
     EmptyToken(VolumeId),
+    #[error("volume {0} has a tokenSha256 entry that is not 64 hex digits")]
+    BadTokenHash(VolumeId),
     #[error("volume {0} has an empty bucket")]
     EmptyBucket(VolumeId),
 }
@@ -60,8 +68,11 @@ impl VolumesFile {
     pub fn by_id(&self) -> Result<BTreeMap<VolumeId, VolumeConfig>, VolumesFileError> {
         let mut out = BTreeMap::new();
         for v in &self.volumes {
-            if v.token.is_empty() {
+            if v.token.is_empty() && v.token_sha256.is_empty() {
                 return Err(VolumesFileError::EmptyToken(v.id.clone()));
+            }
+            if v.token_sha256.iter().any(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit())) {
+                return Err(VolumesFileError::BadTokenHash(v.id.clone()));
             }
             if v.bucket.is_empty() {
                 return Err(VolumesFileError::EmptyBucket(v.id.clone()));
@@ -75,6 +86,12 @@ impl VolumesFile {
 }
 
 impl VolumeConfig {
+    /// Hex SHA-256 of a token, as listed in `token_sha256`.
+    pub fn token_digest(token: &str) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    }
+
     /// The object-store key of a block: `{prefix}/{key}`, or `{key}` without a prefix.
     pub fn store_key(&self, key: &super::BlockKey) -> String {
         let prefix = self.prefix.trim_matches('/');
@@ -96,6 +113,14 @@ mod tests {
             VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: a}\n- {id: v1, bucket: b, token: a}\n").is_err()
         );
         assert!(VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: a, extra: 1}\n").is_err());
+    }
+
+    #[test]
+    fn token_hashes_are_validated() {
+        let h = VolumeConfig::token_digest("t");
+        let f = VolumesFile::parse(&format!("volumes:\n- {{id: v1, bucket: b, tokenSha256: [{h}]}}\n")).unwrap();
+        assert_eq!(f.volumes[0].token_sha256, [h]);
+        assert!(VolumesFile::parse("volumes:\n- {id: v1, bucket: b, tokenSha256: [abc]}\n").is_err());
     }
 
     #[test]

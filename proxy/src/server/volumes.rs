@@ -43,7 +43,12 @@ impl Volumes {
     pub fn authorize(&self, volume: &VolumeId, authorization: Option<&str>) -> Result<VolumeConfig, AuthError> {
         let cfg = self.get(volume).ok_or(AuthError::UnknownVolume)?;
         let token = bearer(authorization).ok_or(AuthError::MissingToken)?;
-        if bool::from(token.as_bytes().ct_eq(cfg.token.as_bytes())) { Ok(cfg) } else { Err(AuthError::BadToken) }
+        let plain = !cfg.token.is_empty() && bool::from(token.as_bytes().ct_eq(cfg.token.as_bytes()));
+        let digest = VolumeConfig::token_digest(token);
+        // Every listed digest is compared, so the time taken does not depend on which matched.
+        let hashed =
+            cfg.token_sha256.iter().fold(false, |acc, h| acc | bool::from(digest.as_bytes().ct_eq(h.as_bytes())));
+        if plain || hashed { Ok(cfg) } else { Err(AuthError::BadToken) }
     }
 
     /// Polls the file and swaps in each new valid version. Polling (rather than inotify) also
@@ -98,10 +103,13 @@ mod tests {
     fn authorizes_by_volume_and_token() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.yaml");
-        std::fs::write(&path, "volumes:\n- {id: v1, bucket: b, token: s3cret}\n").unwrap();
+        let other = VolumeConfig::token_digest("from-another-namespace");
+        std::fs::write(&path, format!("volumes:\n- {{id: v1, bucket: b, token: s3cret, tokenSha256: [{other}]}}\n"))
+            .unwrap();
         let vols = Volumes::load(&path).unwrap();
         let v1 = VolumeId::parse("v1").unwrap();
         assert!(vols.authorize(&v1, Some("Bearer s3cret")).is_ok());
+        assert!(vols.authorize(&v1, Some("Bearer from-another-namespace")).is_ok());
         assert_eq!(vols.authorize(&v1, Some("Bearer nope")).unwrap_err(), AuthError::BadToken);
         assert_eq!(vols.authorize(&v1, Some("Basic s3cret")).unwrap_err(), AuthError::MissingToken);
         assert_eq!(vols.authorize(&v1, None).unwrap_err(), AuthError::MissingToken);
