@@ -157,11 +157,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "M" => 1_000_000,
         "G" => 1_000_000_000,
         "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
         "Ki" => 1 << 10,
         "Mi" => 1 << 20,
         "Gi" => 1 << 30,
         "Ti" => 1 << 40,
-        other => return Err(format!("unknown size unit {other:?} in {s:?} (use k, M, G, T, Ki, Mi, Gi, Ti)")),
+        "Pi" => 1 << 50,
+        other => return Err(format!("unknown size unit {other:?} in {s:?} (use k, M, G, T, P, Ki, Mi, Gi, Ti, Pi)")),
     };
     n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("size {s:?} must be positive and fit in 64 bits"))
 }
