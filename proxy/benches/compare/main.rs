@@ -81,7 +81,7 @@ impl Params {
             one_way_ms: 25,
             // 500 Mbit/s per connection.
             bandwidth_kbps: 62_500,
-            out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
+            out: Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).join("target/bench"),
         };
         if let Some(v) = env("BLOCKPROXY_BENCH_BANDWIDTH_KBPS") {
             p.bandwidth_kbps = v.parse().context("BLOCKPROXY_BENCH_BANDWIDTH_KBPS")?;
@@ -335,6 +335,25 @@ async fn proxy_writes(
     Ok((acks, visible))
 }
 
+/// `perf record` (software cpu-clock event, so it works in VMs without PMU access) of `pid`.
+fn perf_record(pid: u32, data: &Path) -> Result<std::process::Child> {
+    let child = std::process::Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting perf")?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(child)
+}
+
+fn perf_stop(mut perf: std::process::Child) -> Result<()> {
+    std::process::Command::new("kill").args(["-INT", &perf.id().to_string()]).status()?;
+    perf.wait()?;
+    Ok(())
+}
+
 fn pct_ms(sorted_us: &[u64], p: f64) -> f64 {
     load::percentile(sorted_us, p) / 1000.0
 }
@@ -484,6 +503,25 @@ async fn main() -> Result<()> {
         r.push("f1.ratio.blockproxy_over_raw", b.mib_per_s() / raw);
         r.push("f1.p99_ms.blockproxy", b.percentile_ms(99.0));
         r.push("f1.p99_ms.nginx", n.percentile_ms(99.0));
+    }
+
+    // Optional: a CPU profile of blockproxy serving 4 MiB hits (BLOCKPROXY_BENCH_PERF=1).
+    if std::env::var_os("BLOCKPROXY_BENCH_PERF").is_some_and(|v| v != "0")
+        && let Some(pid) = bp.pid()
+    {
+        std::fs::create_dir_all(&p.out)?;
+        for (name, targets, c) in [("large", &bp_large, p.concurrency_large), ("small", &bp_small, p.concurrency_small)]
+        {
+            let data = p.out.join(format!("perf-blockproxy-{name}.data"));
+            let perf = perf_record(pid, &data)?;
+            let res = get_load(&http, targets, c, d).await;
+            perf_stop(perf)?;
+            eprintln!(
+                "  perf: {name} blocks {:.0} req/s while profiled; `perf report -i {}`",
+                res.req_per_s(),
+                data.display()
+            );
+        }
     }
 
     // ---- figure 2: cache-hit req/s and p99, 64 KiB ----
