@@ -53,7 +53,12 @@ async fn wait_for_ping(addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let http = reqwest::Client::new();
     loop {
-        if http.get(format!("http://{addr}{}", crate::protocol::PING_PATH)).send().await.is_ok_and(|r| r.status().is_success()) {
+        if http
+            .get(format!("http://{addr}{}", crate::protocol::PING_PATH))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Ok(());
         }
         anyhow::ensure!(Instant::now() < deadline, "proxy {addr} did not start within 20s");
@@ -105,7 +110,12 @@ pub async fn run(args: QuickstartArgs, shutdown: impl Future<Output = ()> + Send
     }
     let doc = DiscoveryDocument {
         volume_id: volume.clone(),
-        store: StoreLocation { bucket: bucket.into(), prefix: prefix.clone(), endpoint: Some(store_url.clone()), region: None },
+        store: StoreLocation {
+            bucket: bucket.into(),
+            prefix: prefix.clone(),
+            endpoint: Some(store_url.clone()),
+            region: None,
+        },
         groups: vec![DiscoveryGroup {
             name: "quickstart".into(),
             provider_code: "local".into(),
@@ -115,7 +125,11 @@ pub async fn run(args: QuickstartArgs, shutdown: impl Future<Output = ()> + Send
             endpoints: endpoints
                 .iter()
                 .enumerate()
-                .map(|(i, (a, _))| DiscoveryEndpoint { address: a.to_string(), node: Some(format!("proxy-{i}")), weight: 1 })
+                .map(|(i, (a, _))| DiscoveryEndpoint {
+                    address: a.to_string(),
+                    node: Some(format!("proxy-{i}")),
+                    weight: 1,
+                })
                 .collect(),
         }],
     };
@@ -125,7 +139,10 @@ pub async fn run(args: QuickstartArgs, shutdown: impl Future<Output = ()> + Send
     cfg.direct_store = Some(Arc::new(LocalDirStore::new(&store_dir)));
     let client = Client::start(cfg).await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
-        format!("binding the S3 endpoint on {} (is another quickstart running? try --listen 127.0.0.1:9100)", args.listen)
+        format!(
+            "binding the S3 endpoint on {} (is another quickstart running? try --listen 127.0.0.1:9100)",
+            args.listen
+        )
     })?;
     let ep = format!("http://{}", listener.local_addr()?);
     let proxies_list: Vec<String> = endpoints.iter().map(|(a, c)| format!("    {a}  cache {}", c.display())).collect();

@@ -64,14 +64,20 @@ async fn client_picks_lowest_rtt_group_switches_with_hysteresis_fails_over_and_f
     // A rises to +120 ms: the switch to B comes after the stated number of rounds (3), not before.
     set_latency(&toxi, &["a1", "a2"], 120).await?;
     let r0 = client.status().probe_rounds;
-    wait_until("B is chosen", Duration::from_secs(20), || async { client.status().chosen_group.as_deref() == Some("b") }).await?;
+    wait_until("B is chosen", Duration::from_secs(20), || async {
+        client.status().chosen_group.as_deref() == Some("b")
+    })
+    .await?;
     let switched_after = client.status().probe_rounds - r0;
     println!("RTT switch: A raised to +120ms, switched to B after {switched_after} probe rounds (hysteresis: 3)");
     assert!((3..=5).contains(&switched_after), "switched after {switched_after} rounds");
 
     // A back to +2 ms: chosen again (again after the hysteresis rounds).
     set_latency(&toxi, &["a1", "a2"], 2).await?;
-    wait_until("A is chosen again", Duration::from_secs(20), || async { client.status().chosen_group.as_deref() == Some("a") }).await?;
+    wait_until("A is chosen again", Duration::from_secs(20), || async {
+        client.status().chosen_group.as_deref() == Some("a")
+    })
+    .await?;
 
     // A cut: every request succeeds, through B.
     set_down(&toxi, &["a1", "a2"], true).await?;
@@ -95,7 +101,11 @@ async fn client_picks_lowest_rtt_group_switches_with_hysteresis_fails_over_and_f
     let (data, version) = in_minio(&minio, "direct/0").await?.expect("written directly to MinIO");
     assert_eq!((data.as_slice(), version), (&b"direct to the store"[..], v));
     assert_eq!(client.get(&k, None).await?.expect("readable").data.as_ref(), b"direct to the store");
-    assert_eq!(client.get(&key("cut-a/3"), None).await.map(|f| f.is_some()).ok(), Some(true), "flushed blocks readable from the store");
+    assert_eq!(
+        client.get(&key("cut-a/3"), None).await.map(|f| f.is_some()).ok(),
+        Some(true),
+        "flushed blocks readable from the store"
+    );
     assert!(client.metrics().render().contains("blockproxy_client_fallbacks_total{kind=\"store\"}"));
 
     // A comes back: chosen again.
@@ -142,7 +152,10 @@ async fn adding_a_proxy_moves_about_one_in_n_keys_and_reads_stay_correct() -> Re
     };
     let (n3, n4) = (nodes(3), nodes(4));
 
-    write_discovery(&disc, &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: addrs.clone() }]))?;
+    write_discovery(
+        &disc,
+        &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: addrs.clone() }]),
+    )?;
     wait_until("the client sees 4 proxies", Duration::from_secs(10), || async {
         client.status().groups[0].proxies.len() == 4
     })
@@ -187,7 +200,10 @@ async fn consistency_contract_failover_writes_win_and_a_returning_owner_is_repai
     let l1 = link(&toxi, "l1", p1.addr).await?;
     let l2 = link(&toxi, "l2", p2.addr).await?;
     let disc = root.path().join("discovery.json");
-    write_discovery(&disc, &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![l1.clone(), l2.clone()] }]))?;
+    write_discovery(
+        &disc,
+        &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![l1.clone(), l2.clone()] }]),
+    )?;
     let writer = start_client(fast_config(&disc)).await?;
     let reader = start_client(fast_config(&disc)).await?;
     let nodes = [rendezvous::Node { address: &l1, weight: 1 }, rendezvous::Node { address: &l2, weight: 1 }];
@@ -217,7 +233,7 @@ async fn consistency_contract_failover_writes_win_and_a_returning_owner_is_repai
     .await?;
     assert_eq!(p1.get_direct(&name).await?.map(|(d, _)| d), Some(b"v1".to_vec()), "p1 still holds the old version");
     assert_eq!(reader.get(&k, None).await?.map(|f| f.data), Some(Bytes::from_static(b"v2")));
-    assert_eq!(p1.get_direct(&name).await?.map(|(d, v)| (d, v)), Some((b"v2".to_vec(), v2)), "owner repaired");
+    assert_eq!(p1.get_direct(&name).await?, Some((b"v2".to_vec(), v2)), "owner repaired");
     assert!(reader.metrics().render().contains("blockproxy_client_read_repairs_total 1"));
 
     // The store ends at v2 whatever order the flushes run in (conditional flushes).
@@ -256,7 +272,10 @@ async fn bad_discovery_files_and_tokens_get_clear_errors() -> Result<()> {
     let minio = Minio::start().await?;
     let volumes = write_volumes_file(root.path(), minio.bucket())?;
     let p = Proxy::start("p", root.path(), &volumes, &minio.endpoint(), &minio).await?;
-    write_discovery(&disc, &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![p.addr.to_string()] }]))?;
+    write_discovery(
+        &disc,
+        &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![p.addr.to_string()] }]),
+    )?;
     let mut cfg = fast_config(&disc);
     cfg.token = "wrong".into();
     let client = start_client(cfg).await?;

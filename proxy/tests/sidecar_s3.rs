@@ -101,17 +101,31 @@ async fn aws_cli_and_boto3_work_through_the_sidecar_and_blocks_reach_minio() -> 
         procs.push(p);
     }
     let disc = root.path().join("discovery.json");
-    write_discovery(&disc, &discovery(minio.bucket(), Some(minio.endpoint()), &[GroupSpec { name: "g".into(), addresses: addrs }]))?;
+    write_discovery(
+        &disc,
+        &discovery(minio.bucket(), Some(minio.endpoint()), &[GroupSpec { name: "g".into(), addresses: addrs }]),
+    )?;
     let token = root.path().join("token");
     std::fs::write(&token, TOKEN)?;
     let creds = root.path().join("creds.yaml");
-    std::fs::write(&creds, format!("access_key_id: {}\nsecret_access_key: {}\n", minio.access_key(), minio.secret_key()))?;
+    std::fs::write(
+        &creds,
+        format!("access_key_id: {}\nsecret_access_key: {}\n", minio.access_key(), minio.secret_key()),
+    )?;
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(root.path().join("sidecar.log"))?;
     let _sidecar = Sidecar(
         Command::new(env!("CARGO_BIN_EXE_blockproxy-mount"))
-            .args(["--volume-id", VOLUME, "--listen", &format!("127.0.0.1:{port}"), "--probe-interval", "250ms", "--store-path-style"])
+            .args([
+                "--volume-id",
+                VOLUME,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--probe-interval",
+                "250ms",
+                "--store-path-style",
+            ])
             .arg("--discovery-file")
             .arg(&disc)
             .arg("--token-file")
@@ -147,7 +161,20 @@ async fn aws_cli_and_boto3_work_through_the_sidecar_and_blocks_reach_minio() -> 
     assert!(in_minio(&minio, "cli/small.txt").await?.is_none(), "still unflushed, yet listed");
 
     let range_out = root.path().join("range.out");
-    aws_ok(&endpoint, &["s3api", "get-object", "--bucket", "vol1", "--key", "cli/small.txt", "--range", "bytes=3-6", range_out.to_str().unwrap()])?;
+    aws_ok(
+        &endpoint,
+        &[
+            "s3api",
+            "get-object",
+            "--bucket",
+            "vol1",
+            "--key",
+            "cli/small.txt",
+            "--range",
+            "bytes=3-6",
+            range_out.to_str().unwrap(),
+        ],
+    )?;
     assert_eq!(std::fs::read(&range_out)?, b"3456");
     let back = root.path().join("back.bin");
     aws_ok(&endpoint, &["s3", "cp", "--only-show-errors", "s3://vol1/cli/big.bin", back.to_str().unwrap()])?;
@@ -160,11 +187,17 @@ async fn aws_cli_and_boto3_work_through_the_sidecar_and_blocks_reach_minio() -> 
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("InvalidArgument"));
 
     let py = Command::new(tool_path(Tool::Python)?).args(["-c", BOTO3, &endpoint, b]).output()?;
-    assert!(py.status.success(), "boto3: {}{}", String::from_utf8_lossy(&py.stdout), String::from_utf8_lossy(&py.stderr));
+    assert!(
+        py.status.success(),
+        "boto3: {}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
 
     // Once the store is back, the bytes land in MinIO, as written.
     toxi.set_down("store", false).await?;
-    for (k, want) in [("cli/small.txt", std::fs::read(&small)?), ("cli/big.bin", data.clone()), ("boto/big.bin", data)] {
+    for (k, want) in [("cli/small.txt", std::fs::read(&small)?), ("cli/big.bin", data.clone()), ("boto/big.bin", data)]
+    {
         wait_until(&format!("{k} is in MinIO"), Duration::from_secs(60), || async {
             in_minio(&minio, k).await.ok().flatten().is_some_and(|(d, _)| d == want)
         })
@@ -174,7 +207,8 @@ async fn aws_cli_and_boto3_work_through_the_sidecar_and_blocks_reach_minio() -> 
         let store = minio_store(&minio).await;
         use blockproxy::store::Store;
         store.list(minio.bucket(), PREFIX).await.is_ok_and(|l| {
-            l.iter().all(|o| !o.key.contains("gone.txt") && !o.key.contains(".blockproxy-mpu") && !o.key.contains("del1"))
+            l.iter()
+                .all(|o| !o.key.contains("gone.txt") && !o.key.contains(".blockproxy-mpu") && !o.key.contains("del1"))
         })
     })
     .await?;

@@ -5,7 +5,11 @@ use blockproxy::sidecar::MountArgs;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "blockproxy-mount", version, about = "Serve a blockproxy volume as an S3-compatible endpoint on localhost")]
+#[command(
+    name = "blockproxy-mount",
+    version,
+    about = "Serve a blockproxy volume as an S3-compatible endpoint on localhost"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, env = "BLOCKPROXY_LOG_FORMAT", value_enum, default_value_t)]

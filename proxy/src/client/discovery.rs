@@ -24,7 +24,11 @@ pub fn load(path: &Path, volume: &VolumeId) -> Result<DiscoveryDocument, ClientE
 /// non-empty addresses, parseable CA bundles.
 pub fn validate(doc: &DiscoveryDocument, volume: &VolumeId) -> Result<(), String> {
     if &doc.volume_id != volume {
-        return Err(format!("it describes volume {:?}, but this sidecar serves {:?}", doc.volume_id.as_str(), volume.as_str()));
+        return Err(format!(
+            "it describes volume {:?}, but this sidecar serves {:?}",
+            doc.volume_id.as_str(),
+            volume.as_str()
+        ));
     }
     let mut names = HashSet::new();
     for g in &doc.groups {

@@ -29,48 +29,86 @@ impl ClientMetrics {
         let r = Registry::new();
         let o = |n: &str, h: &str| Opts::new(n, h);
         Self {
-            chosen_group: reg(&r, IntGaugeVec::new(o("blockproxy_client_chosen_group", "1 for the group requests go to"), &["group"]).expect("valid")),
+            chosen_group: reg(
+                &r,
+                IntGaugeVec::new(o("blockproxy_client_chosen_group", "1 for the group requests go to"), &["group"])
+                    .expect("valid"),
+            ),
             group_rtt_seconds: reg(
                 &r,
-                GaugeVec::new(o("blockproxy_client_group_rtt_seconds", "Median RTT of the group's healthy proxies; -1 when none"), &["group"])
-                    .expect("valid"),
+                GaugeVec::new(
+                    o("blockproxy_client_group_rtt_seconds", "Median RTT of the group's healthy proxies; -1 when none"),
+                    &["group"],
+                )
+                .expect("valid"),
             ),
             proxy_rtt_seconds: reg(
                 &r,
-                GaugeVec::new(o("blockproxy_client_proxy_rtt_seconds", "Median ping RTT of a proxy"), &["group", "proxy"]).expect("valid"),
+                GaugeVec::new(
+                    o("blockproxy_client_proxy_rtt_seconds", "Median ping RTT of a proxy"),
+                    &["group", "proxy"],
+                )
+                .expect("valid"),
             ),
-            proxy_up: reg(&r, IntGaugeVec::new(o("blockproxy_client_proxy_up", "1 when the proxy answers"), &["group", "proxy"]).expect("valid")),
+            proxy_up: reg(
+                &r,
+                IntGaugeVec::new(o("blockproxy_client_proxy_up", "1 when the proxy answers"), &["group", "proxy"])
+                    .expect("valid"),
+            ),
             proxy_errors_total: reg(
                 &r,
-                IntCounterVec::new(o("blockproxy_client_proxy_errors_total", "Failed requests and probes per proxy"), &["group", "proxy", "kind"])
-                    .expect("valid"),
+                IntCounterVec::new(
+                    o("blockproxy_client_proxy_errors_total", "Failed requests and probes per proxy"),
+                    &["group", "proxy", "kind"],
+                )
+                .expect("valid"),
             ),
             group_switches_total: reg(
                 &r,
-                IntCounterVec::new(o("blockproxy_client_group_switches_total", "Changes of the chosen group"), &["reason"]).expect("valid"),
+                IntCounterVec::new(
+                    o("blockproxy_client_group_switches_total", "Changes of the chosen group"),
+                    &["reason"],
+                )
+                .expect("valid"),
             ),
             fallbacks_total: reg(
                 &r,
                 IntCounterVec::new(
-                    o("blockproxy_client_fallbacks_total", "Requests served by other than the first choice: next proxy, next group, the store"),
+                    o(
+                        "blockproxy_client_fallbacks_total",
+                        "Requests served by other than the first choice: next proxy, next group, the store",
+                    ),
                     &["kind"],
                 )
                 .expect("valid"),
             ),
             requests_total: reg(
                 &r,
-                IntCounterVec::new(o("blockproxy_client_requests_total", "Block requests by operation and where they were served"), &["op", "target"])
-                    .expect("valid"),
+                IntCounterVec::new(
+                    o("blockproxy_client_requests_total", "Block requests by operation and where they were served"),
+                    &["op", "target"],
+                )
+                .expect("valid"),
             ),
             read_repairs_total: reg(
                 &r,
-                IntCounter::new("blockproxy_client_read_repairs_total", "Reads that found a newer version than the owner's and repaired it")
-                    .expect("valid"),
+                IntCounter::new(
+                    "blockproxy_client_read_repairs_total",
+                    "Reads that found a newer version than the owner's and repaired it",
+                )
+                .expect("valid"),
             ),
-            probe_rounds_total: reg(&r, IntCounter::new("blockproxy_client_probe_rounds_total", "RTT probe rounds").expect("valid")),
+            probe_rounds_total: reg(
+                &r,
+                IntCounter::new("blockproxy_client_probe_rounds_total", "RTT probe rounds").expect("valid"),
+            ),
             discovery_errors_total: reg(
                 &r,
-                IntCounter::new("blockproxy_client_discovery_errors_total", "Discovery file reads rejected (last good kept)").expect("valid"),
+                IntCounter::new(
+                    "blockproxy_client_discovery_errors_total",
+                    "Discovery file reads rejected (last good kept)",
+                )
+                .expect("valid"),
             ),
             registry: r,
         }

@@ -51,7 +51,9 @@ pub enum ClientError {
          credentials to fall back on; last error: {last}"
     )]
     Unreachable { op: &'static str, attempts: u32, last: String },
-    #[error("listing needs read access to the object store (give the sidecar store credentials); proxies only list unflushed keys")]
+    #[error(
+        "listing needs read access to the object store (give the sidecar store credentials); proxies only list unflushed keys"
+    )]
     ListNeedsStore,
     #[error("object store: {0}")]
     Store(#[source] StoreError),
@@ -282,7 +284,11 @@ impl Client {
     }
 }
 
-fn build_topology(doc: Arc<DiscoveryDocument>, previous: Option<&Topology>, connect_timeout: Duration) -> Result<Topology, ClientError> {
+fn build_topology(
+    doc: Arc<DiscoveryDocument>,
+    previous: Option<&Topology>,
+    connect_timeout: Duration,
+) -> Result<Topology, ClientError> {
     let mut groups = Vec::with_capacity(doc.groups.len());
     for g in &doc.groups {
         let reuse = previous
@@ -328,7 +334,8 @@ impl Inner {
         for g in &new.groups {
             for e in &g.endpoints {
                 let id = (g.name.clone(), e.address.clone());
-                let known = old.groups.iter().any(|o| o.name == g.name && o.endpoints.iter().any(|oe| oe.address == e.address));
+                let known =
+                    old.groups.iter().any(|o| o.name == g.name && o.endpoints.iter().any(|oe| oe.address == e.address));
                 if !known {
                     tracing::info!(group = %g.name, proxy = %e.address, "proxy added; checking its reads against the previous owner for the recovery window");
                     health.entry(id.clone()).or_default().recovering_since = Some(Instant::now());
@@ -371,7 +378,12 @@ impl Inner {
         if p.down_since.is_none() {
             p.down_since = Some(Instant::now());
             p.recovering_since = None;
-            tracing::warn!(group, proxy = address, error = why, "proxy marked down; its blocks go to the next proxy in rendezvous order");
+            tracing::warn!(
+                group,
+                proxy = address,
+                error = why,
+                "proxy marked down; its blocks go to the next proxy in rendezvous order"
+            );
             self.metrics.proxy_up.with_label_values(&[group, address]).set(0);
         }
     }

@@ -62,7 +62,8 @@ pub(crate) fn slice_range(data: Bytes, version: u64, range: Option<&str>) -> Res
     };
     let parsed = http_range_header::parse_range_header(r)
         .map_err(|e| ClientError::Rejected { status: 400, message: format!("malformed Range {r:?}: {e}") })?;
-    let ranges = parsed.validate(total).map_err(|e| ClientError::RangeNotSatisfiable(format!("{r:?} on {total} bytes: {e}")))?;
+    let ranges =
+        parsed.validate(total).map_err(|e| ClientError::RangeNotSatisfiable(format!("{r:?} on {total} bytes: {e}")))?;
     let [range] = ranges.as_slice() else {
         return Err(ClientError::RangeNotSatisfiable("only a single byte range is supported".into()));
     };
@@ -78,7 +79,8 @@ impl Inner {
             let round = self.last_round.lock().unwrap_or_else(|e| e.into_inner());
             self.selector.lock().unwrap_or_else(|e| e.into_inner()).order(&round)
         };
-        let mut group_idx: Vec<usize> = order.iter().filter_map(|n| topo.groups.iter().position(|g| &g.name == n)).collect();
+        let mut group_idx: Vec<usize> =
+            order.iter().filter_map(|n| topo.groups.iter().position(|g| &g.name == n)).collect();
         for i in 0..topo.groups.len() {
             if !group_idx.contains(&i) {
                 group_idx.push(i);
@@ -115,18 +117,29 @@ impl Inner {
                 }
             }
             Target::Store => {
-                let store = self.cfg.direct_store.as_ref().ok_or_else(|| AttemptError::Unavailable("no direct store".into()))?;
+                let store = self
+                    .cfg
+                    .direct_store
+                    .as_ref()
+                    .ok_or_else(|| AttemptError::Unavailable("no direct store".into()))?;
                 let loc = &topo.doc.store;
                 let err = |e: crate::store::StoreError| AttemptError::Unavailable(e.to_string());
                 match op {
                     Op::Put { key, data, version } => {
-                        store.put(&loc.bucket, &store_key(&loc.prefix, key.as_str()), data.clone(), *version).await.map_err(err)?;
+                        store
+                            .put(&loc.bucket, &store_key(&loc.prefix, key.as_str()), data.clone(), *version)
+                            .await
+                            .map_err(err)?;
                         Ok(Outcome::Version(*version))
                     }
-                    Op::Get { key, range } => match store.get(&loc.bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(err)? {
-                        None => Ok(Outcome::Fetched(None)),
-                        Some(b) => slice_range(b.data, b.version, *range).map(|f| Outcome::Fetched(Some(f))).map_err(AttemptError::Rejected),
-                    },
+                    Op::Get { key, range } => {
+                        match store.get(&loc.bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(err)? {
+                            None => Ok(Outcome::Fetched(None)),
+                            Some(b) => slice_range(b.data, b.version, *range)
+                                .map(|f| Outcome::Fetched(Some(f)))
+                                .map_err(AttemptError::Rejected),
+                        }
+                    }
                     Op::Head { key } => {
                         let b = store.get(&loc.bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(err)?;
                         Ok(Outcome::Head(b.map(|b| (b.data.len() as u64, b.version))))
@@ -175,7 +188,10 @@ impl Inner {
                             self.metrics.fallbacks_total.with_label_values(&[kind]).inc();
                             tracing::debug!(op = op.name(), key = route_key, target = %Self::target_label(&topo, t), "served by a fallback");
                         }
-                        self.metrics.requests_total.with_label_values(&[op.name(), if kind == "store" { "store" } else { "proxy" }]).inc();
+                        self.metrics
+                            .requests_total
+                            .with_label_values(&[op.name(), if kind == "store" { "store" } else { "proxy" }])
+                            .inc();
                         return Ok(out);
                     }
                     Err(AttemptError::Rejected(e)) => return Err(e),
@@ -189,7 +205,10 @@ impl Inner {
                     }
                     Err(AttemptError::Unavailable(m)) => {
                         if let Target::Proxy { group, address } = t {
-                            self.metrics.proxy_errors_total.with_label_values(&[&topo.groups[*group].name, address, "unavailable"]).inc();
+                            self.metrics
+                                .proxy_errors_total
+                                .with_label_values(&[&topo.groups[*group].name, address, "unavailable"])
+                                .inc();
                         }
                         last = format!("{}: {m}", Self::target_label(&topo, t));
                     }
@@ -218,7 +237,9 @@ impl Inner {
             return Ok(None);
         }
         let mut candidates = vec![plan[0].clone()];
-        if let Some(next) = plan.iter().find(|t| matches!(t, Target::Proxy { group, address } if *group == og && *address != oa)) {
+        if let Some(next) =
+            plan.iter().find(|t| matches!(t, Target::Proxy { group, address } if *group == og && *address != oa))
+        {
             candidates.push(next.clone());
         }
         let mut seen_groups = vec![og];
@@ -242,11 +263,14 @@ impl Inner {
             return Ok(None);
         }
         let owner_v = version(&heads[0]).unwrap_or(0);
-        let best = heads.iter().enumerate().skip(1).filter_map(|(i, r)| version(r).map(|v| (i, v))).max_by_key(|(_, v)| *v);
+        let best =
+            heads.iter().enumerate().skip(1).filter_map(|(i, r)| version(r).map(|v| (i, v))).max_by_key(|(_, v)| *v);
         let Some((bi, bv)) = best.filter(|(_, v)| *v > owner_v) else {
             return Ok(None);
         };
-        let Ok(Outcome::Fetched(Some(newest))) = self.attempt(&topo, &candidates[bi], &Op::Get { key, range: None }).await else {
+        let Ok(Outcome::Fetched(Some(newest))) =
+            self.attempt(&topo, &candidates[bi], &Op::Get { key, range: None }).await
+        else {
             return Ok(None);
         };
         tracing::info!(
@@ -258,7 +282,10 @@ impl Inner {
             "recovering owner holds an older version; serving the newer one and repairing the owner"
         );
         self.metrics.read_repairs_total.inc();
-        if let Err(e) = self.attempt(&topo, &candidates[0], &Op::Put { key, data: newest.data.clone(), version: newest.version }).await {
+        if let Err(e) = self
+            .attempt(&topo, &candidates[0], &Op::Put { key, data: newest.data.clone(), version: newest.version })
+            .await
+        {
             tracing::warn!(key = %key, error = ?e, "read repair of the owner failed");
         }
         Ok(Some(Some(newest)))
@@ -285,7 +312,12 @@ impl Client {
         self.get_routed(key, key.as_str(), range).await
     }
 
-    pub async fn get_routed(&self, key: &BlockKey, route_key: &str, range: Option<&str>) -> Result<Option<Fetched>, ClientError> {
+    pub async fn get_routed(
+        &self,
+        key: &BlockKey,
+        route_key: &str,
+        range: Option<&str>,
+    ) -> Result<Option<Fetched>, ClientError> {
         if route_key == key.as_str()
             && let Some(found) = self.inner.read_newest_if_recovering(key).await?
         {
@@ -347,8 +379,10 @@ impl Client {
                 }
             }
         }
-        let (listed, dirty) =
-            tokio::join!(store.list(&loc.bucket, &store_prefix), futures::future::join_all(calls.iter().map(|c| c.dirty(prefix))));
+        let (listed, dirty) = tokio::join!(
+            store.list(&loc.bucket, &store_prefix),
+            futures::future::join_all(calls.iter().map(|c| c.dirty(prefix)))
+        );
         let listed = listed.map_err(ClientError::Store)?;
         let mut out: BTreeMap<String, ListEntry> = BTreeMap::new();
         for o in listed {
@@ -367,7 +401,9 @@ impl Client {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(proxy = %call.base, error = ?e, "listing unflushed keys failed; the listing may miss them"),
+                Err(e) => {
+                    tracing::warn!(proxy = %call.base, error = ?e, "listing unflushed keys failed; the listing may miss them")
+                }
             }
         }
         for (key, d) in newest {

@@ -49,9 +49,17 @@ impl Inner {
                     }
                     None => {
                         let why = err.unwrap_or_else(|| "no answer".into());
-                        self.metrics.proxy_errors_total.with_label_values(&[group.as_str(), addr.as_str(), "probe"]).inc();
+                        self.metrics
+                            .proxy_errors_total
+                            .with_label_values(&[group.as_str(), addr.as_str(), "probe"])
+                            .inc();
                         if p.down_since.is_none() {
-                            tracing::warn!(group, proxy = addr, error = why, "proxy does not answer probes; marked down");
+                            tracing::warn!(
+                                group,
+                                proxy = addr,
+                                error = why,
+                                "proxy does not answer probes; marked down"
+                            );
                             p.down_since = Some(Instant::now());
                             p.recovering_since = None;
                         }
@@ -62,16 +70,23 @@ impl Inner {
                 }
             }
         }
-        let round: Vec<GroupRtt> =
-            topo.groups.iter().map(|g| GroupRtt { name: g.name.clone(), rtt: by_group.remove(&g.name).and_then(median) }).collect();
+        let round: Vec<GroupRtt> = topo
+            .groups
+            .iter()
+            .map(|g| GroupRtt { name: g.name.clone(), rtt: by_group.remove(&g.name).and_then(median) })
+            .collect();
         for g in &round {
             self.metrics.group_rtt_seconds.with_label_values(&[&g.name]).set(g.rtt.map_or(-1.0, |r| r.as_secs_f64()));
         }
         let change = self.selector.lock().unwrap_or_else(|e| e.into_inner()).observe(&round);
         let n = self.rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         self.metrics.probe_rounds_total.inc();
-        let rtts: Vec<String> =
-            round.iter().map(|g| format!("{}={}", g.name, g.rtt.map_or("down".to_owned(), |r| format!("{:.1}ms", r.as_secs_f64() * 1e3)))).collect();
+        let rtts: Vec<String> = round
+            .iter()
+            .map(|g| {
+                format!("{}={}", g.name, g.rtt.map_or("down".to_owned(), |r| format!("{:.1}ms", r.as_secs_f64() * 1e3)))
+            })
+            .collect();
         if let Some(change) = change {
             use selection::Change;
             let (reason, to) = match &change {
@@ -90,12 +105,14 @@ impl Inner {
             };
             self.metrics.group_switches_total.with_label_values(&[reason]).inc();
             for g in &round {
-                self.metrics.chosen_group.with_label_values(&[&g.name]).set(i64::from(to.as_deref() == Some(g.name.as_str())));
+                self.metrics
+                    .chosen_group
+                    .with_label_values(&[&g.name])
+                    .set(i64::from(to.as_deref() == Some(g.name.as_str())));
             }
         } else {
             tracing::debug!(round = n, rtts = ?rtts, "probe round");
         }
         *self.last_round.lock().unwrap_or_else(|e| e.into_inner()) = round;
     }
-
 }

@@ -152,7 +152,10 @@ mod tests {
     fn fails_over_at_once_when_the_current_group_is_down() {
         let mut s = Selector::new(Hysteresis::default());
         s.observe(&round(Some(4), Some(80)));
-        assert_eq!(s.observe(&round(None, Some(80))), Some(Change::Immediate { from: Some("a".into()), to: "b".into() }));
+        assert_eq!(
+            s.observe(&round(None, Some(80))),
+            Some(Change::Immediate { from: Some("a".into()), to: "b".into() })
+        );
         assert_eq!(s.observe(&round(None, None)), Some(Change::NoneHealthy { from: Some("b".into()) }));
         assert_eq!(s.order(&round(None, None)), vec!["a".to_owned(), "b".to_owned()]);
         assert_eq!(s.observe(&round(Some(4), None)), Some(Change::Immediate { from: None, to: "a".into() }));

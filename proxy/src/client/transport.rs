@@ -11,8 +11,10 @@ use std::time::Duration;
 /// Builds a pooled client for a group.
 pub fn http_client(ca_bundle: Option<&str>, connect_timeout: Duration) -> Result<reqwest::Client, ClientError> {
     let tls_err = |reason: String| ClientError::Tls { reason };
-    let mut builder =
-        reqwest::Client::builder().connect_timeout(connect_timeout).pool_idle_timeout(Duration::from_secs(90)).tcp_nodelay(true);
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true);
     if let Some(pem) = ca_bundle {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
@@ -28,9 +30,7 @@ pub fn http_client(ca_bundle: Option<&str>, connect_timeout: Duration) -> Result
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         builder = builder.use_preconfigured_tls(tls);
     }
-    builder
-        .build()
-        .map_err(|e| tls_err(format!("building the HTTP client: {e}")))
+    builder.build().map_err(|e| tls_err(format!("building the HTTP client: {e}")))
 }
 
 /// How one attempt against one proxy ended, when it did not succeed.
@@ -142,7 +142,14 @@ impl ProxyCall<'_> {
 
     /// `(size, version)` of the block, or `None` when it does not exist (or is deleted).
     pub async fn head(&self, key: &BlockKey) -> Result<Option<(u64, u64)>, AttemptError> {
-        let resp = self.http.head(self.url(key)).bearer_auth(self.token).timeout(self.timeout).send().await.map_err(classify)?;
+        let resp = self
+            .http
+            .head(self.url(key))
+            .bearer_auth(self.token)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(classify)?;
         let resp = check(resp, "HEAD").await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);

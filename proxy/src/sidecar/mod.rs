@@ -159,7 +159,8 @@ async fn readyz(State(c): State<Client>) -> Response {
     if c.ready() {
         "ready".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no proxy group is reachable and there is no direct store access").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "no proxy group is reachable and there is no direct store access")
+            .into_response()
     }
 }
 
@@ -174,8 +175,9 @@ async fn status(State(c): State<Client>) -> Response {
 /// Runs the sidecar until `shutdown` resolves.
 pub async fn run(args: MountArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let client = client_from_args(&args).await?;
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding the S3 endpoint on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the S3 endpoint on {}", args.listen))?;
     serve(listener, client, &args.s3_access_key, &args.s3_secret_key, args.max_object_size, shutdown).await
 }
 

@@ -35,7 +35,11 @@ impl VolumeS3 {
         if bucket == self.client.volume().as_str() {
             Ok(())
         } else {
-            Err(s3_error!(NoSuchBucket, "this endpoint serves only bucket {:?} (the volume id)", self.client.volume().as_str()))
+            Err(s3_error!(
+                NoSuchBucket,
+                "this endpoint serves only bucket {:?} (the volume id)",
+                self.client.volume().as_str()
+            ))
         }
     }
 
@@ -60,7 +64,11 @@ impl VolumeS3 {
             let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "reading the request body failed: {e}"))?;
             buf.extend_from_slice(&chunk);
             if buf.len() as u64 > self.max_object_size {
-                return Err(s3_error!(EntityTooLarge, "objects are single blocks of at most {} bytes", self.max_object_size));
+                return Err(s3_error!(
+                    EntityTooLarge,
+                    "objects are single blocks of at most {} bytes",
+                    self.max_object_size
+                ));
             }
         }
         Ok(buf.freeze())
@@ -78,7 +86,8 @@ impl VolumeS3 {
         if !(1..=10_000).contains(&part) {
             return Err(s3_error!(InvalidArgument, "part numbers go from 1 to 10000"));
         }
-        BlockKey::parse(&format!("{MULTIPART_PREFIX}{upload_id}/{part:05}")).map_err(|e| s3_error!(InternalError, "part key: {e}"))
+        BlockKey::parse(&format!("{MULTIPART_PREFIX}{upload_id}/{part:05}"))
+            .map_err(|e| s3_error!(InternalError, "part key: {e}"))
     }
 }
 
@@ -109,7 +118,11 @@ fn map_err(e: ClientError) -> S3Error {
 #[async_trait::async_trait]
 impl S3 for VolumeS3 {
     async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
-        let bucket = Bucket { name: Some(self.client.volume().to_string()), creation_date: Some(modified(0)), ..Default::default() };
+        let bucket = Bucket {
+            name: Some(self.client.volume().to_string()),
+            creation_date: Some(modified(0)),
+            ..Default::default()
+        };
         Ok(S3Response::new(ListBucketsOutput { buckets: Some(vec![bucket]), ..Default::default() }))
     }
 
@@ -118,7 +131,10 @@ impl S3 for VolumeS3 {
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
-    async fn get_bucket_location(&self, req: S3Request<GetBucketLocationInput>) -> S3Result<S3Response<GetBucketLocationOutput>> {
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
         self.check_bucket(&req.input.bucket)?;
         Ok(S3Response::new(GetBucketLocationOutput::default()))
     }
@@ -222,7 +238,8 @@ impl S3 for VolumeS3 {
         let mut prefixes: BTreeMap<String, ()> = BTreeMap::new();
         let mut last = None;
         let mut truncated = false;
-        for e in entries.into_iter().filter(|e| !e.key.starts_with(MULTIPART_PREFIX) && e.key.as_str() > after.as_str()) {
+        for e in entries.into_iter().filter(|e| !e.key.starts_with(MULTIPART_PREFIX) && e.key.as_str() > after.as_str())
+        {
             if let Some(d) = &delimiter
                 && let Some(pos) = e.key[prefix.len()..].find(d.as_str())
             {
@@ -243,7 +260,12 @@ impl S3 for VolumeS3 {
                 break;
             }
             last = Some(e.key.clone());
-            contents.push(Object { key: Some(e.key), size: Some(e.size as i64), last_modified: Some(now.clone()), ..Default::default() });
+            contents.push(Object {
+                key: Some(e.key),
+                size: Some(e.size as i64),
+                last_modified: Some(now.clone()),
+                ..Default::default()
+            });
         }
         let key_count = (contents.len() + prefixes.len()) as i32;
         Ok(S3Response::new(ListObjectsV2Output {
@@ -268,7 +290,10 @@ impl S3 for VolumeS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let key = self.user_key(&req.input.bucket, &req.input.key)?;
         let upload_id = hex::encode(rand::random::<[u8; 16]>());
-        self.uploads.lock().unwrap_or_else(|e| e.into_inner()).insert(upload_id.clone(), (key.to_string(), BTreeSet::new()));
+        self.uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(upload_id.clone(), (key.to_string(), BTreeSet::new()));
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(req.input.bucket),
             key: Some(key.to_string()),
@@ -324,7 +349,11 @@ impl S3 for VolumeS3 {
             }
             data.extend_from_slice(&f.data);
             if data.len() as u64 > self.max_object_size {
-                return Err(s3_error!(EntityTooLarge, "objects are single blocks of at most {} bytes", self.max_object_size));
+                return Err(s3_error!(
+                    EntityTooLarge,
+                    "objects are single blocks of at most {} bytes",
+                    self.max_object_size
+                ));
             }
             part_keys.push(pk);
         }

@@ -32,7 +32,13 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub async fn start(name: &str, root: &Path, volumes_file: &Path, store_endpoint: &str, minio: &Minio) -> Result<Self> {
+    pub async fn start(
+        name: &str,
+        root: &Path,
+        volumes_file: &Path,
+        store_endpoint: &str,
+        minio: &Minio,
+    ) -> Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let dir = root.join(name);
         std::fs::create_dir_all(&dir)?;
@@ -99,7 +105,12 @@ impl Proxy {
             return Ok(None);
         }
         let r = r.error_for_status()?;
-        let v = r.headers().get("x-blockproxy-version").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let v = r
+            .headers()
+            .get("x-blockproxy-version")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         Ok(Some((r.bytes().await?.to_vec(), v)))
     }
 }
@@ -112,7 +123,10 @@ impl Drop for Proxy {
 
 pub fn write_volumes_file(root: &Path, bucket: &str) -> Result<PathBuf> {
     let path = root.join("volumes.yaml");
-    std::fs::write(&path, format!("volumes:\n- {{id: {VOLUME}, bucket: {bucket}, prefix: {PREFIX}, token: {TOKEN}}}\n"))?;
+    std::fs::write(
+        &path,
+        format!("volumes:\n- {{id: {VOLUME}, bucket: {bucket}, prefix: {PREFIX}, token: {TOKEN}}}\n"),
+    )?;
     Ok(path)
 }
 
@@ -134,7 +148,11 @@ pub fn discovery(bucket: &str, store_endpoint: Option<String>, groups: &[GroupSp
                 region_code: g.name.clone(),
                 scheme: "http".into(),
                 ca_bundle: None,
-                endpoints: g.addresses.iter().map(|a| DiscoveryEndpoint { address: a.clone(), node: None, weight: 1 }).collect(),
+                endpoints: g
+                    .addresses
+                    .iter()
+                    .map(|a| DiscoveryEndpoint { address: a.clone(), node: None, weight: 1 })
+                    .collect(),
             })
             .collect(),
     }
