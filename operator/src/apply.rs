@@ -68,13 +68,7 @@ where
         map.insert("kind".into(), K::kind(&()).into());
         map.remove("status");
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|e| Error::Apply {
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await.map_err(|e| Error::Apply {
         kind: K::kind(&()).into_owned(),
         name,
         source: e,
@@ -97,20 +91,13 @@ pub async fn apply_all(client: &Client, desired: &[Desired]) -> Result<(), Error
 /// Deletes a namespaced object; a missing object is not an error.
 pub async fn delete_one<K>(client: &Client, ns: &str, name: &str) -> Result<bool, Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-        Err(e) => Err(Error::Delete {
-            kind: K::kind(&()).into_owned(),
-            name: name.to_owned(),
-            source: e,
-        }),
+        Err(e) => Err(Error::Delete { kind: K::kind(&()).into_owned(), name: name.to_owned(), source: e }),
     }
 }
 
@@ -123,26 +110,18 @@ pub async fn prune<K>(
     keep: &BTreeSet<(&'static str, String)>,
 ) -> Result<Vec<String>, Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
 {
     let kind = K::kind(&()).into_owned();
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let list = api
         .list_metadata(&ListParams::default().labels(selector))
         .await
-        .map_err(|e| Error::List {
-            kind: kind.clone(),
-            source: e,
-        })?;
+        .map_err(|e| Error::List { kind: kind.clone(), source: e })?;
     let mut deleted = Vec::new();
     for o in list.items {
         let name = o.name_any();
-        if o.metadata.deletion_timestamp.is_none()
-            && !keep.iter().any(|(k, n)| *k == kind && *n == name)
-        {
+        if o.metadata.deletion_timestamp.is_none() && !keep.iter().any(|(k, n)| *k == kind && *n == name) {
             delete_one::<K>(client, ns, &name).await?;
             deleted.push(name);
         }

@@ -16,11 +16,7 @@ pub enum LogFormat {
 }
 
 #[derive(Parser, Debug, Clone)]
-#[command(
-    name = "blockproxy-operator",
-    version,
-    about = "Runs blockproxy ProxyGroups and publishes VolumeProxyGroups"
-)]
+#[command(name = "blockproxy-operator", version, about = "Runs blockproxy ProxyGroups and publishes VolumeProxyGroups")]
 pub struct Args {
     /// Namespace the operator and the proxies run in.
     #[arg(long, env = "POD_NAMESPACE", default_value = "blockproxy-system")]
@@ -29,11 +25,7 @@ pub struct Args {
     #[arg(long, env = "POD_NAME", default_value = "blockproxy-operator")]
     pub identity: String,
     /// Proxy image used when a ProxyGroup does not set `spec.image`.
-    #[arg(
-        long,
-        env = "BLOCKPROXY_PROXY_IMAGE",
-        default_value = "ghcr.io/blockproxy/blockproxy:latest"
-    )]
+    #[arg(long, env = "BLOCKPROXY_PROXY_IMAGE", default_value = "ghcr.io/blockproxy/blockproxy:latest")]
     pub proxy_image: String,
     /// Address of the admin server (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, env = "BLOCKPROXY_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
@@ -42,11 +34,7 @@ pub struct Args {
     #[arg(long, env = "BLOCKPROXY_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
     /// Name of the leader Lease.
-    #[arg(
-        long,
-        env = "BLOCKPROXY_LEASE_NAME",
-        default_value = "blockproxy-operator"
-    )]
+    #[arg(long, env = "BLOCKPROXY_LEASE_NAME", default_value = "blockproxy-operator")]
     pub lease_name: String,
     /// Lease duration in seconds (a dead leader is replaced after this long).
     #[arg(long, env = "BLOCKPROXY_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
@@ -90,14 +78,8 @@ fn init_logs(format: Option<LogFormat>) {
         Some(LogFormat::Text) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init()
-    } else {
-        builder.init()
-    }
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json { builder.json().init() } else { builder.init() }
 }
 
 /// Resolves on the first SIGTERM or Ctrl-C; the one signal watcher every task shares.
@@ -132,14 +114,7 @@ pub async fn main(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(
-        client,
-        args.settings(),
-        Metrics::default(),
-        shutdown_signal(),
-    )
-    .await
-    {
+    match run(client, args.settings(), Metrics::default(), shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "operator stopped");

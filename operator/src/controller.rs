@@ -8,9 +8,7 @@ use crate::metrics::Metrics;
 use crate::proxygroup::build::{self, DrainState, Inputs, TlsMaterial};
 use crate::{Error, tls, volume};
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -66,15 +64,8 @@ async fn generated_secret(
 ) -> Result<String, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     for _ in 0..2 {
-        let existing = api.get_opt(name).await.map_err(|e| Error::Get {
-            what: format!("Secret {name}"),
-            source: e,
-        })?;
-        if let Some(v) = existing
-            .as_ref()
-            .and_then(|s| s.data.as_ref())
-            .and_then(|d| d.get(key))
-        {
+        let existing = api.get_opt(name).await.map_err(|e| Error::Get { what: format!("Secret {name}"), source: e })?;
+        if let Some(v) = existing.as_ref().and_then(|s| s.data.as_ref()).and_then(|d| d.get(key)) {
             return Ok(String::from_utf8_lossy(&v.0).into_owned());
         }
         let mut raw = [0u8; 32];
@@ -95,25 +86,17 @@ async fn generated_secret(
             Ok(_) => return Ok(value),
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
             Err(e) => {
-                return Err(Error::Apply {
-                    kind: "Secret".into(),
-                    name: name.to_owned(),
-                    source: e,
-                });
+                return Err(Error::Apply { kind: "Secret".into(), name: name.to_owned(), source: e });
             }
         }
     }
-    Err(Error::InvalidSpec(format!(
-        "Secret {name} has no key {key}"
-    )))
+    Err(Error::InvalidSpec(format!("Secret {name} has no key {key}")))
 }
 
 /// The key every volume token is derived from.
 pub async fn load_token_key(client: &Client, ns: &str) -> Result<Vec<u8>, Error> {
     let labels = BTreeMap::from([(meta::MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned())]);
-    generated_secret(client, ns, TOKEN_KEY_SECRET, "key", labels, None)
-        .await
-        .map(String::into_bytes)
+    generated_secret(client, ns, TOKEN_KEY_SECRET, "key", labels, None).await.map(String::into_bytes)
 }
 
 async fn publish(
@@ -124,11 +107,7 @@ async fn publish(
     note: String,
 ) {
     let ev = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
+        type_: if warning { EventType::Warning } else { EventType::Normal },
         reason: reason.to_owned(),
         note: Some(note),
         action: "Reconcile".into(),
@@ -147,10 +126,7 @@ where
     api.list(lp)
         .await
         .map(|l| l.items)
-        .map_err(|e| Error::List {
-            kind: K::kind(&Default::default()).into_owned(),
-            source: e,
-        })
+        .map_err(|e| Error::List { kind: K::kind(&Default::default()).into_owned(), source: e })
 }
 
 /// Server-side apply of a status.
@@ -163,17 +139,10 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map(drop)
-    .map_err(|e| Error::Status {
-        name: name.to_owned(),
-        source: e,
-    })
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map(drop)
+        .map_err(|e| Error::Status { name: name.to_owned(), source: e })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -182,10 +151,7 @@ where
 #[instrument(skip(pg, ctx), fields(group = %pg.name_any()))]
 pub async fn reconcile_pg(pg: Arc<ProxyGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
-    ctx.metrics
-        .reconciles
-        .with_label_values(&["proxygroup"])
-        .inc();
+    ctx.metrics.reconciles.with_label_values(&["proxygroup"]).inc();
     let api: Api<ProxyGroup> = Api::all(ctx.client.clone());
     let res = finalizer(&api, PG_FINALIZER, pg, |event| async {
         match event {
@@ -195,14 +161,10 @@ pub async fn reconcile_pg(pg: Arc<ProxyGroup>, ctx: Arc<Context>) -> Result<Acti
     })
     .await
     .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(Box::new(other)),
     });
-    ctx.metrics
-        .duration
-        .with_label_values(&["proxygroup"])
-        .observe(start.elapsed().as_secs_f64());
+    ctx.metrics.duration.with_label_values(&["proxygroup"]).observe(start.elapsed().as_secs_f64());
     res
 }
 
@@ -216,41 +178,26 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
     let pvs: Vec<PersistentVolume> = list(Api::all(client.clone()), &ListParams::default()).await?;
     let pods: Vec<Pod> = list(Api::namespaced(client.clone(), ns), &lp).await?;
     let pvcs: Vec<PersistentVolumeClaim> = list(Api::namespaced(client.clone(), ns), &lp).await?;
-    let vpgs: Vec<VolumeProxyGroup> =
-        list::<VolumeProxyGroup>(Api::all(client.clone()), &ListParams::default())
-            .await?
-            .into_iter()
-            .filter(|v| v.metadata.deletion_timestamp.is_none())
-            .collect();
+    let vpgs: Vec<VolumeProxyGroup> = list::<VolumeProxyGroup>(Api::all(client.clone()), &ListParams::default())
+        .await?
+        .into_iter()
+        .filter(|v| v.metadata.deletion_timestamp.is_none())
+        .collect();
     let groups: Vec<ProxyGroup> = list(Api::all(client.clone()), &ListParams::default()).await?;
     let decisions = volume::decide(&vpgs, &groups);
     let volumes = volume::volumes_file(&name, &vpgs, &decisions, &ctx.token_key);
 
     let owner = pg.controller_owner_ref(&());
     let labels = meta::group_labels(&name, "proxy");
-    let admin_token = generated_secret(
-        client,
-        ns,
-        &meta::admin_secret_name(&name),
-        "token",
-        labels.clone(),
-        owner.clone(),
-    )
-    .await?;
-    let tls_material =
-        if pg.spec.tls.enabled && pg.spec.tls.certificate_secret.is_none() && !deleting {
-            Some(group_tls(ctx, &name).await?)
-        } else if let Some(user) = pg
-            .spec
-            .tls
-            .certificate_secret
-            .as_deref()
-            .filter(|_| pg.spec.tls.enabled)
-        {
-            read_tls(client, ns, user).await?
-        } else {
-            None
-        };
+    let admin_token =
+        generated_secret(client, ns, &meta::admin_secret_name(&name), "token", labels.clone(), owner.clone()).await?;
+    let tls_material = if pg.spec.tls.enabled && pg.spec.tls.certificate_secret.is_none() && !deleting {
+        Some(group_tls(ctx, &name).await?)
+    } else if let Some(user) = pg.spec.tls.certificate_secret.as_deref().filter(|_| pg.spec.tls.enabled) {
+        read_tls(client, ns, user).await?
+    } else {
+        None
+    };
 
     let inputs = Inputs {
         group: pg,
@@ -276,18 +223,13 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
     }
 
     // Drain every leaving proxy; delete it only once nothing dirty is left.
-    let skip_unreachable = pg
-        .annotations()
-        .get(meta::SKIP_DRAIN_ANNOTATION)
-        .is_some_and(|v| v == "true");
+    let skip_unreachable = pg.annotations().get(meta::SKIP_DRAIN_ANNOTATION).is_some_and(|v| v == "true");
     let server_name = tls::server_name(&meta::service_name(&name), ns);
     let mut drains = BTreeMap::new();
     let mut keep = plan.keep.clone();
     for t in &plan.drain {
         let state = match &t.address {
-            None => DrainState::Blocked {
-                why: "its Pod is not running".into(),
-            },
+            None => DrainState::Blocked { why: "its Pod is not running".into() },
             Some(address) => {
                 let target = tls::AdminTarget {
                     address,
@@ -304,9 +246,7 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
                     }
                     Ok(s) => {
                         ctx.metrics.drains.with_label_values(&["in_progress"]).inc();
-                        DrainState::InProgress {
-                            dirty_bytes: s.dirty_bytes,
-                        }
+                        DrainState::InProgress { dirty_bytes: s.dirty_bytes }
                     }
                     Err(why) => {
                         ctx.metrics.drains.with_label_values(&["failed"]).inc();
@@ -317,11 +257,32 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
         };
         let remove = match &state {
             DrainState::Done => {
-                publish(ctx, &reference, false, "Drained", format!("Proxy on node {} flushed every dirty block; removing its Pod and PVC (the PV is kept)", t.node)).await;
+                publish(
+                    ctx,
+                    &reference,
+                    false,
+                    "Drained",
+                    format!(
+                        "Proxy on node {} flushed every dirty block; removing its Pod and PVC (the PV is kept)",
+                        t.node
+                    ),
+                )
+                .await;
                 true
             }
             DrainState::Blocked { why } if skip_unreachable => {
-                publish(ctx, &reference, true, "DrainSkipped", format!("Proxy on node {} cannot be drained ({why}); removing it because of annotation {}", t.node, meta::SKIP_DRAIN_ANNOTATION)).await;
+                publish(
+                    ctx,
+                    &reference,
+                    true,
+                    "DrainSkipped",
+                    format!(
+                        "Proxy on node {} cannot be drained ({why}); removing it because of annotation {}",
+                        t.node,
+                        meta::SKIP_DRAIN_ANNOTATION
+                    ),
+                )
+                .await;
                 true
             }
             DrainState::Blocked { why } => {
@@ -341,10 +302,7 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
                     &reference,
                     false,
                     "Draining",
-                    format!(
-                        "Proxy on node {} is draining: {dirty_bytes} dirty bytes left",
-                        t.node
-                    ),
+                    format!("Proxy on node {} is draining: {dirty_bytes} dirty bytes left", t.node),
                 )
                 .await;
                 false
@@ -371,33 +329,15 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
     }
 
     let (mut status, conds) = build::status(&inputs, &plan, &drains);
-    let old = pg
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
+    let old = pg.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     status.conditions = c::merge(&old, &conds, pg.metadata.generation, Timestamp::now());
     let api: Api<ProxyGroup> = Api::all(client.clone());
-    patch_status(
-        &api,
-        &name,
-        serde_json::to_value(&status).map_err(Error::Serialize)?,
-    )
-    .await?;
+    patch_status(&api, &name, serde_json::to_value(&status).map_err(Error::Serialize)?).await?;
 
-    let pending = drains
-        .values()
-        .filter(|s| matches!(s, DrainState::InProgress { .. }))
-        .count();
+    let pending = drains.values().filter(|s| matches!(s, DrainState::InProgress { .. })).count();
     let blocked: Vec<String> = drains
         .iter()
-        .filter_map(|(n, s)| {
-            if let DrainState::Blocked { why } = s {
-                Some(format!("{n}: {why}"))
-            } else {
-                None
-            }
-        })
+        .filter_map(|(n, s)| if let DrainState::Blocked { why } = s { Some(format!("{n}: {why}")) } else { None })
         .collect();
     if deleting {
         if pending > 0 {
@@ -427,33 +367,19 @@ async fn group_tls(ctx: &Context, group: &str) -> Result<TlsMaterial, Error> {
 
 async fn read_tls(client: &Client, ns: &str, name: &str) -> Result<Option<TlsMaterial>, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let Some(s) = api.get_opt(name).await.map_err(|e| Error::Get {
-        what: format!("Secret {name}"),
-        source: e,
-    })?
-    else {
+    let Some(s) = api.get_opt(name).await.map_err(|e| Error::Get { what: format!("Secret {name}"), source: e })? else {
         return Ok(None);
     };
     let data = s.data.unwrap_or_default();
-    let get = |k: &str| {
-        data.get(k)
-            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-    };
+    let get = |k: &str| data.get(k).map(|v| String::from_utf8_lossy(&v.0).into_owned());
     Ok(match (get("ca.crt"), get("tls.crt"), get("tls.key")) {
-        (Some(ca_pem), Some(cert_pem), Some(key_pem)) => Some(TlsMaterial {
-            ca_pem,
-            cert_pem,
-            key_pem,
-        }),
+        (Some(ca_pem), Some(cert_pem), Some(key_pem)) => Some(TlsMaterial { ca_pem, cert_pem, key_pem }),
         _ => None,
     })
 }
 
 pub fn error_policy_pg(pg: Arc<ProxyGroup>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .errors
-        .with_label_values(&["proxygroup", err.metric_label()])
-        .inc();
+    ctx.metrics.errors.with_label_values(&["proxygroup", err.metric_label()]).inc();
     match err {
         Error::DrainPending(_) | Error::DrainBlocked(_) => Action::requeue(ctx.config.drain_poll),
         _ => {
@@ -469,10 +395,7 @@ pub fn error_policy_pg(pg: Arc<ProxyGroup>, err: &Error, ctx: Arc<Context>) -> A
 #[instrument(skip(vpg, ctx), fields(namespace = %vpg.namespace().unwrap_or_default(), vpg = %vpg.name_any()))]
 pub async fn reconcile_vpg(vpg: Arc<VolumeProxyGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
-    ctx.metrics
-        .reconciles
-        .with_label_values(&["volumeproxygroup"])
-        .inc();
+    ctx.metrics.reconciles.with_label_values(&["volumeproxygroup"]).inc();
     let ns = vpg.namespace().unwrap_or_default();
     let api: Api<VolumeProxyGroup> = Api::namespaced(ctx.client.clone(), &ns);
     let res = finalizer(&api, VPG_FINALIZER, vpg, |event| async {
@@ -483,14 +406,10 @@ pub async fn reconcile_vpg(vpg: Arc<VolumeProxyGroup>, ctx: Arc<Context>) -> Res
     })
     .await
     .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(Box::new(other)),
     });
-    ctx.metrics
-        .duration
-        .with_label_values(&["volumeproxygroup"])
-        .observe(start.elapsed().as_secs_f64());
+    ctx.metrics.duration.with_label_values(&["volumeproxygroup"]).observe(start.elapsed().as_secs_f64());
     res
 }
 
@@ -501,11 +420,7 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
     let ns = vpg.namespace().unwrap_or_default();
     let volume_id = vpg.spec.volume_id.clone();
     let all: Vec<VolumeProxyGroup> = list(Api::all(client.clone()), &ListParams::default()).await?;
-    let live: Vec<VolumeProxyGroup> = all
-        .iter()
-        .filter(|v| v.metadata.deletion_timestamp.is_none())
-        .cloned()
-        .collect();
+    let live: Vec<VolumeProxyGroup> = all.iter().filter(|v| v.metadata.deletion_timestamp.is_none()).cloned().collect();
     let groups: Vec<ProxyGroup> = list(Api::all(client.clone()), &ListParams::default()).await?;
     let decisions = volume::decide(&live, &groups);
     let doc = volume::discovery(&ns, &volume_id, &live, &groups, &decisions);
@@ -520,10 +435,7 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
         Some(doc) => {
             // Owned (not controlled) by every association of the volume, so the garbage collector
             // also removes them when the last one goes.
-            let owners = siblings
-                .iter()
-                .filter_map(|v| v.owner_ref(&()))
-                .collect::<Vec<_>>();
+            let owners = siblings.iter().filter_map(|v| v.owner_ref(&())).collect::<Vec<_>>();
             let metadata = |name: &str, component: &str| ObjectMeta {
                 name: Some(name.to_owned()),
                 namespace: Some(ns.clone()),
@@ -544,10 +456,7 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
                 metadata: metadata(&secret_name, "token"),
                 type_: Some("Opaque".into()),
                 string_data: None,
-                data: Some(BTreeMap::from([(
-                    "token".to_owned(),
-                    k8s_openapi::ByteString(token.into_bytes()),
-                )])),
+                data: Some(BTreeMap::from([("token".to_owned(), k8s_openapi::ByteString(token.into_bytes()))])),
                 ..Default::default()
             };
             apply::apply_all(client, &[Desired::ConfigMap(cm), Desired::Secret(secret)]).await?;
@@ -558,16 +467,11 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
         }
     }
 
-    let published: Vec<String> = doc
-        .as_ref()
-        .map(|d| d.groups.iter().map(|g| g.name.clone()).collect())
-        .unwrap_or_default();
+    let published: Vec<String> =
+        doc.as_ref().map(|d| d.groups.iter().map(|g| g.name.clone()).collect()).unwrap_or_default();
     let api: Api<VolumeProxyGroup> = Api::namespaced(client.clone(), &ns);
     for v in siblings {
-        let decision = decisions
-            .get(&(ns.clone(), v.name_any()))
-            .cloned()
-            .unwrap_or(Ok(()));
+        let decision = decisions.get(&(ns.clone(), v.name_any())).cloned().unwrap_or(Ok(()));
         let conds = match &decision {
             Ok(()) => vec![
                 Cond::new(
@@ -576,38 +480,23 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
                     c::REASON_ACCEPTED,
                     format!("served by ProxyGroup {:?}", v.spec.proxy_group),
                 ),
-                Cond::new(
-                    c::PUBLISHED,
-                    true,
-                    c::REASON_PUBLISHED,
-                    format!("listed in ConfigMap {cm_name}"),
-                ),
+                Cond::new(c::PUBLISHED, true, c::REASON_PUBLISHED, format!("listed in ConfigMap {cm_name}")),
             ],
             Err(r) => vec![
                 Cond::new(c::ACCEPTED, false, r.reason, r.message.clone()),
-                Cond::new(
-                    c::PUBLISHED,
-                    false,
-                    c::REASON_NOT_PUBLISHED,
-                    "the association is not accepted",
-                ),
+                Cond::new(c::PUBLISHED, false, c::REASON_NOT_PUBLISHED, "the association is not accepted"),
             ],
         };
         if let Err(r) = &decision {
-            let changed = !v.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|x| x.type_ == c::ACCEPTED && x.reason == r.reason)
-            });
+            let changed = !v
+                .status
+                .as_ref()
+                .is_some_and(|s| s.conditions.iter().any(|x| x.type_ == c::ACCEPTED && x.reason == r.reason));
             if changed {
                 publish(ctx, &v.object_ref(&()), true, r.reason, r.message.clone()).await;
             }
         }
-        let old = v
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
+        let old = v.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
         let status = VolumeProxyGroupStatus {
             observed_generation: v.metadata.generation,
             discovery_config_map: doc.as_ref().map(|_| cm_name.clone()),
@@ -615,21 +504,13 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
             published_groups: published.clone(),
             conditions: c::merge(&old, &conds, v.metadata.generation, Timestamp::now()),
         };
-        patch_status(
-            &api,
-            &v.name_any(),
-            serde_json::to_value(&status).map_err(Error::Serialize)?,
-        )
-        .await?;
+        patch_status(&api, &v.name_any(), serde_json::to_value(&status).map_err(Error::Serialize)?).await?;
     }
     Ok(Action::requeue(ctx.config.resync))
 }
 
 pub fn error_policy_vpg(vpg: Arc<VolumeProxyGroup>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .errors
-        .with_label_values(&["volumeproxygroup", err.metric_label()])
-        .inc();
+    ctx.metrics.errors.with_label_values(&["volumeproxygroup", err.metric_label()]).inc();
     warn!(vpg = %vpg.name_any(), error = %err, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
@@ -647,55 +528,26 @@ pub async fn run_controllers(
     let token_key = load_token_key(&client, &config.namespace).await?;
     let recorder = Recorder::new(
         client.clone(),
-        Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(config.instance.clone()),
-        },
+        Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.instance.clone()) },
     );
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        config: config.clone(),
-        metrics,
-        recorder,
-        token_key,
-    });
+    let ctx = Arc::new(Context { client: client.clone(), config: config.clone(), metrics, recorder, token_key });
     let shutdown = shutdown.shared();
     let ns = config.namespace.as_str();
-    let owned =
-        watcher::Config::default().labels(&format!("{}={}", meta::MANAGED_BY_LABEL, FIELD_MANAGER));
+    let owned = watcher::Config::default().labels(&format!("{}={}", meta::MANAGED_BY_LABEL, FIELD_MANAGER));
 
     let pgs: Api<ProxyGroup> = Api::all(client.clone());
     let pg_controller = Controller::new(pgs.clone(), watcher::Config::default());
     let pg_store = pg_controller.store();
-    let all_groups = move || {
-        pg_store
-            .state()
-            .iter()
-            .map(|g| ObjectRef::from_obj(&**g))
-            .collect::<Vec<_>>()
-    };
+    let all_groups = move || pg_store.state().iter().map(|g| ObjectRef::from_obj(&**g)).collect::<Vec<_>>();
     let (all_for_nodes, all_for_pvs) = (all_groups.clone(), all_groups);
     let pg_run = pg_controller
         .owns(Api::<Pod>::namespaced(client.clone(), ns), owned.clone())
-        .owns(
-            Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
-            owned.clone(),
-        )
-        .watches(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| all_for_nodes(),
-        )
-        .watches(
-            Api::<PersistentVolume>::all(client.clone()),
-            watcher::Config::default(),
-            move |_| all_for_pvs(),
-        )
-        .watches(
-            Api::<VolumeProxyGroup>::all(client.clone()),
-            watcher::Config::default(),
-            |v: VolumeProxyGroup| Some(ObjectRef::<ProxyGroup>::new(&v.spec.proxy_group)),
-        )
+        .owns(Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns), owned.clone())
+        .watches(Api::<Node>::all(client.clone()), watcher::Config::default(), move |_| all_for_nodes())
+        .watches(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default(), move |_| all_for_pvs())
+        .watches(Api::<VolumeProxyGroup>::all(client.clone()), watcher::Config::default(), |v: VolumeProxyGroup| {
+            Some(ObjectRef::<ProxyGroup>::new(&v.spec.proxy_group))
+        })
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile_pg, error_policy_pg, ctx.clone())
         .for_each(|_| futures::future::ready(()));

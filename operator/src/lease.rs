@@ -71,10 +71,7 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, ku
             }
             let ours = spec.holder_identity.as_deref() == Some(cfg.identity.as_str());
             let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
-            lease.spec = Some(fresh(
-                transitions,
-                if ours { spec.acquire_time } else { None },
-            ));
+            lease.spec = Some(fresh(transitions, if ours { spec.acquire_time } else { None }));
             // replace carries the resourceVersion we read: a concurrent writer makes this a 409.
             match api.replace(&cfg.name, &PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
@@ -101,12 +98,7 @@ pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
 
 /// Keeps trying to acquire and then renew the lease, publishing leadership on `tx`, until
 /// `stop` flips. A holder that cannot renew within the lease duration steps down.
-pub async fn run(
-    client: Client,
-    cfg: LeaseConfig,
-    tx: watch::Sender<bool>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn run(client: Client, cfg: LeaseConfig, tx: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     let mut last_renew = tokio::time::Instant::now();
     loop {

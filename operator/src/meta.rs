@@ -59,13 +59,7 @@ pub fn object_name(parts: &[&str], max: usize) -> String {
     let joined = parts.join("-");
     let mut clean: String = joined
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c.to_ascii_lowercase() } else { '-' })
         .collect();
     let changed = clean != joined;
     if changed || clean.len() > max {
@@ -123,17 +117,11 @@ mod tests {
     #[test]
     fn names_are_valid_and_distinct() {
         assert_eq!(pod_name("eu", "nvme-1"), "eu-nvme-1");
-        assert_eq!(
-            discovery_config_map_name("vol-1"),
-            "blockproxy-discovery-vol-1"
-        );
+        assert_eq!(discovery_config_map_name("vol-1"), "blockproxy-discovery-vol-1");
         let a = discovery_config_map_name("Vol_1");
         let b = discovery_config_map_name("vol-1");
         assert_ne!(a, b);
-        assert!(
-            a.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        );
+        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
         let long = pod_name(&"g".repeat(200), &"n".repeat(200));
         assert!(long.len() <= 253);
         assert_ne!(long, pod_name(&"g".repeat(200), &"n".repeat(199)));

@@ -17,10 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 use tracing::{error, info};
 
-pub const CRD_NAMES: [&str; 2] = [
-    "proxygroups.blockproxy.io",
-    "volumeproxygroups.blockproxy.io",
-];
+pub const CRD_NAMES: [&str; 2] = ["proxygroups.blockproxy.io", "volumeproxygroups.blockproxy.io"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -70,10 +67,7 @@ pub async fn check_crds(client: &Client) -> Result<(), RunError> {
             Ok(Some(_)) => {}
             Ok(None) => return Err(RunError::CrdMissing(name.into())),
             Err(e) => {
-                return Err(RunError::CrdCheck {
-                    name: name.into(),
-                    source: e,
-                });
+                return Err(RunError::CrdCheck { name: name.into(), source: e });
             }
         }
     }
@@ -93,10 +87,7 @@ pub fn admin_router(health: Health) -> Router {
                 }
             }),
         )
-        .route(
-            "/metrics",
-            get(|State(h): State<Health>| async move { h.metrics.render() }),
-        )
+        .route("/metrics", get(|State(h): State<Health>| async move { h.metrics.render() }))
         .with_state(health)
 }
 
@@ -109,21 +100,13 @@ pub async fn run(
 ) -> Result<(), RunError> {
     check_crds(&client).await?;
     let shutdown = shutdown.shared();
-    let health = Health {
-        ready: Arc::new(AtomicBool::new(false)),
-        metrics: metrics.clone(),
-    };
+    let health = Health { ready: Arc::new(AtomicBool::new(false)), metrics: metrics.clone() };
     if let Some(addr) = settings.admin_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Admin { addr, source })?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Admin { addr, source })?;
         let router = admin_router(health.clone());
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
-                .await
-            {
+            if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
                 error!(error = %e, "admin server failed");
             }
         });
@@ -133,9 +116,7 @@ pub async fn run(
 
     let Some(lease_cfg) = settings.lease else {
         metrics.leader.set(1);
-        return Ok(
-            controller::run_controllers(client, settings.controllers, metrics, shutdown).await?,
-        );
+        return Ok(controller::run_controllers(client, settings.controllers, metrics, shutdown).await?);
     };
     let (lead_tx, mut lead_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -153,13 +134,9 @@ pub async fn run(
             let _ = lost_rx.wait_for(|l| !*l).await;
         }
         .shared();
-        let stop =
-            futures::future::select(Box::pin(shutdown.clone()), Box::pin(lost.clone())).map(|_| ());
+        let stop = futures::future::select(Box::pin(shutdown.clone()), Box::pin(lost.clone())).map(|_| ());
         controller::run_controllers(client, settings.controllers, metrics.clone(), stop).await?;
-        if !*lead_rx.borrow_and_update()
-            && lost.now_or_never().is_some()
-            && shutdown.clone().now_or_never().is_none()
-        {
+        if !*lead_rx.borrow_and_update() && lost.now_or_never().is_some() && shutdown.clone().now_or_never().is_none() {
             result = Err(RunError::LostLeadership);
         }
         metrics.leader.set(0);

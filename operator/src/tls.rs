@@ -5,8 +5,7 @@ use crate::Error;
 use crate::proxygroup::build::TlsMaterial;
 use blockproxy_protocol::{DRAIN_PATH, DrainStatus};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,36 +21,21 @@ pub fn issue(group: &str, server_name: &str) -> Result<TlsMaterial, Error> {
     let ca_key = KeyPair::generate().map_err(Error::Tls)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(Error::Tls)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, format!("blockproxy {group} CA"));
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    ca_params.distinguished_name.push(DnType::CommonName, format!("blockproxy {group} CA"));
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     ca_params.not_after = rcgen::date_time_ymd(2036, 1, 1);
     let ca_cert = ca_params.self_signed(&ca_key).map_err(Error::Tls)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
     let key = KeyPair::generate().map_err(Error::Tls)?;
-    let names = vec![
-        server_name.to_owned(),
-        format!("{server_name}.cluster.local"),
-        format!("*.{server_name}"),
-    ];
+    let names = vec![server_name.to_owned(), format!("{server_name}.cluster.local"), format!("*.{server_name}")];
     let mut params = CertificateParams::new(names).map_err(Error::Tls)?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, server_name.to_owned());
+    params.distinguished_name.push(DnType::CommonName, server_name.to_owned());
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_after = rcgen::date_time_ymd(2036, 1, 1);
     let cert = params.signed_by(&key, &issuer).map_err(Error::Tls)?;
-    Ok(TlsMaterial {
-        ca_pem: ca_cert.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(TlsMaterial { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// How to reach one proxy's admin API.
@@ -65,28 +49,18 @@ pub struct AdminTarget<'a> {
 
 /// Starts (idempotently) a drain and returns the proxy's progress.
 pub async fn drain(target: &AdminTarget<'_>) -> Result<DrainStatus, String> {
-    let addr: SocketAddr = target
-        .address
-        .parse()
-        .map_err(|e| format!("bad address {}: {e}", target.address))?;
-    let mut builder = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .connect_timeout(Duration::from_secs(3));
+    let addr: SocketAddr = target.address.parse().map_err(|e| format!("bad address {}: {e}", target.address))?;
+    let mut builder =
+        reqwest::Client::builder().timeout(Duration::from_secs(10)).connect_timeout(Duration::from_secs(3));
     let url = match target.tls {
         Some((ca, name)) => {
-            let cert = reqwest::Certificate::from_pem(ca.as_bytes())
-                .map_err(|e| format!("bad CA bundle: {e}"))?;
-            builder = builder
-                .tls_built_in_root_certs(false)
-                .add_root_certificate(cert)
-                .resolve(name, addr);
+            let cert = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| format!("bad CA bundle: {e}"))?;
+            builder = builder.tls_built_in_root_certs(false).add_root_certificate(cert).resolve(name, addr);
             format!("https://{name}:{}{DRAIN_PATH}", addr.port())
         }
         None => format!("http://{addr}{DRAIN_PATH}"),
     };
-    let client = builder
-        .build()
-        .map_err(|e| format!("building HTTP client: {e}"))?;
+    let client = builder.build().map_err(|e| format!("building HTTP client: {e}"))?;
     let status: DrainStatus = client
         .post(&url)
         .bearer_auth(target.token)

@@ -5,8 +5,7 @@
 use crate::crd::conditions as c;
 use crate::crd::{ProxyGroup, VolumeProxyGroup};
 use blockproxy_protocol::{
-    DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation, VolumeConfig, VolumeId,
-    VolumesFile,
+    DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation, VolumeConfig, VolumeId, VolumesFile,
 };
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
@@ -29,30 +28,21 @@ fn key(v: &VolumeProxyGroup) -> VpgKey {
 /// Seniority: older first; within one second (the timestamps' resolution) an association that is
 /// already accepted goes before one that is not, so a newcomer never displaces a published one.
 fn age(v: &VolumeProxyGroup) -> (Option<k8s_openapi::jiff::Timestamp>, bool, String, String) {
-    let accepted = v
-        .status
-        .as_ref()
-        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == c::ACCEPTED && c.status == "True"));
+    let accepted =
+        v.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == c::ACCEPTED && c.status == "True"));
     (v.metadata.creation_timestamp.as_ref().map(|t| t.0), !accepted, v.namespace().unwrap_or_default(), v.name_any())
 }
 
 /// Whether `group` lets `namespace` attach volumes.
 pub fn namespace_allowed(group: &ProxyGroup, namespace: &str) -> bool {
-    group
-        .spec
-        .allowed_namespaces
-        .iter()
-        .any(|n| n == "*" || n == namespace)
+    group.spec.allowed_namespaces.iter().any(|n| n == "*" || n == namespace)
 }
 
 /// Decides every association. VolumeProxyGroups being deleted must be left out by the caller.
 /// Rules, in order: the group exists and is not being deleted; it allows the namespace; the
 /// volume's associations in one namespace agree on bucket and prefix (the oldest one sets them);
 /// within one group, a volume id belongs to one namespace (the one that attached it first).
-pub fn decide(
-    vpgs: &[VolumeProxyGroup],
-    groups: &[ProxyGroup],
-) -> BTreeMap<VpgKey, Result<(), Rejection>> {
+pub fn decide(vpgs: &[VolumeProxyGroup], groups: &[ProxyGroup]) -> BTreeMap<VpgKey, Result<(), Rejection>> {
     let mut sorted: Vec<&VolumeProxyGroup> = vpgs.iter().collect();
     sorted.sort_by_key(|v| age(v));
     let mut store_of: BTreeMap<(String, String), (&str, &str, String)> = BTreeMap::new();
@@ -62,13 +52,10 @@ pub fn decide(
         let ns = v.namespace().unwrap_or_default();
         let spec = &v.spec;
         let decision = (|| {
-            let group = groups
-                .iter()
-                .find(|g| g.name_any() == spec.proxy_group)
-                .ok_or_else(|| Rejection {
-                    reason: c::REASON_GROUP_NOT_FOUND,
-                    message: format!("ProxyGroup {:?} does not exist", spec.proxy_group),
-                })?;
+            let group = groups.iter().find(|g| g.name_any() == spec.proxy_group).ok_or_else(|| Rejection {
+                reason: c::REASON_GROUP_NOT_FOUND,
+                message: format!("ProxyGroup {:?} does not exist", spec.proxy_group),
+            })?;
             if group.metadata.deletion_timestamp.is_some() {
                 return Err(Rejection {
                     reason: c::REASON_GROUP_DELETING,
@@ -85,10 +72,8 @@ pub fn decide(
                 });
             }
             let vol = (ns.clone(), spec.volume_id.clone());
-            let (bucket, prefix, first) = store_of
-                .entry(vol)
-                .or_insert((spec.bucket.as_str(), spec.prefix.as_str(), v.name_any()))
-                .clone();
+            let (bucket, prefix, first) =
+                store_of.entry(vol).or_insert((spec.bucket.as_str(), spec.prefix.as_str(), v.name_any())).clone();
             if bucket != spec.bucket || prefix.trim_matches('/') != spec.prefix.trim_matches('/') {
                 return Err(Rejection {
                     reason: c::REASON_CONFLICTING_STORE,
@@ -98,9 +83,7 @@ pub fn decide(
                     ),
                 });
             }
-            let owner = owner_of
-                .entry((spec.proxy_group.clone(), spec.volume_id.clone()))
-                .or_insert(ns.clone());
+            let owner = owner_of.entry((spec.proxy_group.clone(), spec.volume_id.clone())).or_insert(ns.clone());
             if *owner != ns {
                 return Err(Rejection {
                     reason: c::REASON_VOLUME_ID_IN_USE,
@@ -120,10 +103,7 @@ pub fn decide(
 /// The bearer token of a volume in a namespace: HMAC-SHA256 of `namespace/volumeID` under the
 /// operator's key. Deterministic, so the operator never needs to read workload Secrets back.
 pub fn volume_token(key: &[u8], namespace: &str, volume_id: &str) -> String {
-    hex::encode(hmac_sha256(
-        key,
-        format!("{namespace}/{volume_id}").as_bytes(),
-    ))
+    hex::encode(hmac_sha256(key, format!("{namespace}/{volume_id}").as_bytes()))
 }
 
 fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
@@ -159,19 +139,15 @@ pub fn volumes_file(
             continue;
         };
         let ns = v.namespace().unwrap_or_default();
-        by_id
-            .entry(v.spec.volume_id.clone())
-            .or_insert_with(|| VolumeConfig {
-                id,
-                bucket: v.spec.bucket.clone(),
-                prefix: v.spec.prefix.trim_matches('/').to_owned(),
-                token: volume_token(token_key, &ns, &v.spec.volume_id),
-                token_sha256: Vec::new(),
-            });
+        by_id.entry(v.spec.volume_id.clone()).or_insert_with(|| VolumeConfig {
+            id,
+            bucket: v.spec.bucket.clone(),
+            prefix: v.spec.prefix.trim_matches('/').to_owned(),
+            token: volume_token(token_key, &ns, &v.spec.volume_id),
+            token_sha256: Vec::new(),
+        });
     }
-    VolumesFile {
-        volumes: by_id.into_values().collect(),
-    }
+    VolumesFile { volumes: by_id.into_values().collect() }
 }
 
 /// The discovery document of `(namespace, volumeID)`, or `None` when no association of it is
@@ -197,30 +173,19 @@ pub fn discovery(
         endpoint: None,
         region: None,
     };
-    let mut named: Vec<&ProxyGroup> = accepted
-        .iter()
-        .filter_map(|v| groups.iter().find(|g| g.name_any() == v.spec.proxy_group))
-        .collect();
+    let mut named: Vec<&ProxyGroup> =
+        accepted.iter().filter_map(|v| groups.iter().find(|g| g.name_any() == v.spec.proxy_group)).collect();
     named.sort_by_key(|g| g.name_any());
     for g in named {
         if store.endpoint.is_none() && store.region.is_none() {
-            store.endpoint = g
-                .spec
-                .object_store
-                .endpoint
-                .clone()
-                .filter(|e| !e.starts_with("file://"));
+            store.endpoint = g.spec.object_store.endpoint.clone().filter(|e| !e.starts_with("file://"));
             store.region = g.spec.object_store.region.clone();
         }
         let status = g.status.clone().unwrap_or_default();
         let mut endpoints: Vec<DiscoveryEndpoint> = status
             .endpoints
             .iter()
-            .map(|e| DiscoveryEndpoint {
-                address: e.address.clone(),
-                node: Some(e.node.clone()),
-                weight: 1,
-            })
+            .map(|e| DiscoveryEndpoint { address: e.address.clone(), node: Some(e.node.clone()), weight: 1 })
             .collect();
         endpoints.sort();
         doc_groups.insert(
@@ -230,11 +195,7 @@ pub fn discovery(
                 provider_code: g.spec.provider_code.clone(),
                 region_code: g.spec.region_code.clone(),
                 scheme: if g.spec.tls.enabled { "https" } else { "http" }.into(),
-                ca_bundle: if g.spec.tls.enabled {
-                    status.ca_bundle.clone()
-                } else {
-                    None
-                },
+                ca_bundle: if g.spec.tls.enabled { status.ca_bundle.clone() } else { None },
                 endpoints,
             },
         );
@@ -276,28 +237,15 @@ mod tests {
         let mut g = group(s);
         g.metadata.name = Some(name.into());
         g.status = Some(ProxyGroupStatus {
-            endpoints: endpoints
-                .iter()
-                .map(|a| ProxyEndpoint {
-                    address: a.to_string(),
-                    node: "n".into(),
-                })
-                .collect(),
+            endpoints: endpoints.iter().map(|a| ProxyEndpoint { address: a.to_string(), node: "n".into() }).collect(),
             ca_bundle: Some("CA".into()),
             ..Default::default()
         });
         g
     }
 
-    fn reason(
-        d: &BTreeMap<VpgKey, Result<(), Rejection>>,
-        ns: &str,
-        name: &str,
-    ) -> Option<&'static str> {
-        d[&(ns.to_owned(), name.to_owned())]
-            .as_ref()
-            .err()
-            .map(|r| r.reason)
+    fn reason(d: &BTreeMap<VpgKey, Result<(), Rejection>>, ns: &str, name: &str) -> Option<&'static str> {
+        d[&(ns.to_owned(), name.to_owned())].as_ref().err().map(|r| r.reason)
     }
 
     #[test]
@@ -310,10 +258,7 @@ mod tests {
         ];
         let d = decide(&vpgs, &groups);
         assert_eq!(reason(&d, "team-a", "ok"), None);
-        assert_eq!(
-            reason(&d, "team-b", "no"),
-            Some(c::REASON_NAMESPACE_NOT_ALLOWED)
-        );
+        assert_eq!(reason(&d, "team-b", "no"), Some(c::REASON_NAMESPACE_NOT_ALLOWED));
         assert_eq!(reason(&d, "team-a", "x"), Some(c::REASON_GROUP_NOT_FOUND));
         assert!(discovery("team-b", "v", &vpgs, &groups, &d).is_none());
     }
@@ -321,10 +266,7 @@ mod tests {
     #[test]
     fn conflicting_store_rejects_the_newer_association() {
         let groups = [pg("eu", "eu", &["*"], &[]), pg("us", "us", &["*"], &[])];
-        let vpgs = [
-            vpg("t", "new", "v", "us", "other", 2),
-            vpg("t", "old", "v", "eu", "b1", 1),
-        ];
+        let vpgs = [vpg("t", "new", "v", "us", "other", 2), vpg("t", "old", "v", "eu", "b1", 1)];
         let d = decide(&vpgs, &groups);
         assert_eq!(reason(&d, "t", "old"), None);
         let r = d[&("t".to_owned(), "new".to_owned())].clone().unwrap_err();
@@ -354,10 +296,7 @@ mod tests {
     #[test]
     fn a_volume_id_of_one_group_belongs_to_one_namespace() {
         let groups = [pg("eu", "eu", &["*"], &[])];
-        let vpgs = [
-            vpg("b", "v", "vol", "eu", "b1", 5),
-            vpg("a", "v", "vol", "eu", "b1", 1),
-        ];
+        let vpgs = [vpg("b", "v", "vol", "eu", "b1", 5), vpg("a", "v", "vol", "eu", "b1", 1)];
         let d = decide(&vpgs, &groups);
         assert_eq!(reason(&d, "a", "v"), None);
         assert_eq!(reason(&d, "b", "v"), Some(c::REASON_VOLUME_ID_IN_USE));
@@ -368,23 +307,12 @@ mod tests {
 
     #[test]
     fn two_groups_of_one_volume_are_both_listed() {
-        let groups = [
-            pg("us", "us", &["*"], &["10.1.0.1:8443"]),
-            pg("eu", "eu", &["*"], &["10.0.0.2:8443", "10.0.0.1:8443"]),
-        ];
-        let vpgs = [
-            vpg("t", "a", "v", "eu", "b1", 1),
-            vpg("t", "b", "v", "us", "b1", 2),
-        ];
+        let groups =
+            [pg("us", "us", &["*"], &["10.1.0.1:8443"]), pg("eu", "eu", &["*"], &["10.0.0.2:8443", "10.0.0.1:8443"])];
+        let vpgs = [vpg("t", "a", "v", "eu", "b1", 1), vpg("t", "b", "v", "us", "b1", 2)];
         let d = decide(&vpgs, &groups);
         let doc = discovery("t", "v", &vpgs, &groups, &d).unwrap();
-        assert_eq!(
-            doc.groups
-                .iter()
-                .map(|g| g.name.as_str())
-                .collect::<Vec<_>>(),
-            ["eu", "us"]
-        );
+        assert_eq!(doc.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["eu", "us"]);
         assert_eq!(doc.groups[0].endpoints[0].address, "10.0.0.1:8443");
         assert_eq!(doc.groups[0].ca_bundle.as_deref(), Some("CA"));
         assert_eq!(doc.groups[0].scheme, "https");

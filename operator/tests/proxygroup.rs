@@ -23,37 +23,23 @@ struct DrainServer {
     token: Arc<Mutex<String>>,
 }
 
-async fn drain_handler(
-    State(s): State<DrainServer>,
-    headers: HeaderMap,
-) -> Result<Json<DrainStatus>, StatusCode> {
+async fn drain_handler(State(s): State<DrainServer>, headers: HeaderMap) -> Result<Json<DrainStatus>, StatusCode> {
     let expected = format!("Bearer {}", s.token.lock().unwrap());
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
         return Err(StatusCode::UNAUTHORIZED);
     }
     let dirty = {
         let mut r = s.remaining.lock().unwrap();
-        if r.len() > 1 {
-            r.remove(0)
-        } else {
-            r.first().copied().unwrap_or(0)
-        }
+        if r.len() > 1 { r.remove(0) } else { r.first().copied().unwrap_or(0) }
     };
     s.calls.lock().unwrap().push(dirty);
-    Ok(Json(DrainStatus {
-        draining: true,
-        dirty_blocks: dirty / 100,
-        dirty_bytes: dirty,
-        done: dirty == 0,
-    }))
+    Ok(Json(DrainStatus { draining: true, dirty_blocks: dirty / 100, dirty_bytes: dirty, done: dirty == 0 }))
 }
 
 async fn serve_drain(server: DrainServer) -> Result<u16> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
-    let app = Router::new()
-        .route(DRAIN_PATH, post(drain_handler))
-        .with_state(server);
+    let app = Router::new().route(DRAIN_PATH, post(drain_handler)).with_state(server);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(port)
 }
@@ -67,12 +53,7 @@ async fn proxies_run_on_nvme_nodes_only_and_leave_only_after_draining() -> Resul
     *drain.remaining.lock().unwrap() = vec![3000, 1000, 0];
     let port = serve_drain(drain.clone()).await?;
     let op = Operator::start(client.clone(), "op-0", false);
-    create_group(
-        &client,
-        "eu",
-        group_spec("local-nvme", port as i32, &["*"])?,
-    )
-    .await?;
+    create_group(&client, "eu", group_spec("local-nvme", port as i32, &["*"])?).await?;
 
     // 3 pre-bound PVCs and 3 pinned Pods, nothing on the plain nodes.
     let pods = wait("3 proxy pods", || async {
@@ -97,25 +78,10 @@ async fn proxies_run_on_nvme_nodes_only_and_leave_only_after_draining() -> Resul
             .as_ref()
             .unwrap()
             .node_selector_terms[0];
-        assert_eq!(
-            term.match_fields.as_ref().unwrap()[0]
-                .values
-                .as_ref()
-                .unwrap(),
-            &vec![node_of(p)]
-        );
-        let claim = &spec.volumes.as_ref().unwrap()[0]
-            .persistent_volume_claim
-            .as_ref()
-            .unwrap()
-            .claim_name;
-        let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS)
-            .get(claim)
-            .await?;
-        assert_eq!(
-            pvc.spec.unwrap().volume_name.unwrap(),
-            format!("{}-pv", node_of(p))
-        );
+        assert_eq!(term.match_fields.as_ref().unwrap()[0].values.as_ref().unwrap(), &vec![node_of(p)]);
+        let claim = &spec.volumes.as_ref().unwrap()[0].persistent_volume_claim.as_ref().unwrap().claim_name;
+        let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS).get(claim).await?;
+        assert_eq!(pvc.spec.unwrap().volume_name.unwrap(), format!("{}-pv", node_of(p)));
         assert_eq!(spec.containers[0].args.as_ref().unwrap()[0], "serve");
     }
 
@@ -126,10 +92,7 @@ async fn proxies_run_on_nvme_nodes_only_and_leave_only_after_draining() -> Resul
     let groups: Api<ProxyGroup> = Api::all(client.clone());
     wait("3 endpoints", || async {
         let st = groups.get("eu").await?.status.unwrap_or_default();
-        ensure(
-            st.endpoints.len() == 3 && st.ready_proxies == 3 && st.desired_proxies == 3,
-            || format!("{st:?}"),
-        )
+        ensure(st.endpoints.len() == 3 && st.ready_proxies == 3 && st.desired_proxies == 3, || format!("{st:?}"))
     })
     .await?;
 
@@ -138,17 +101,13 @@ async fn proxies_run_on_nvme_nodes_only_and_leave_only_after_draining() -> Resul
     local_pv(&client, "n-nvme-3-pv", "n-nvme-3", "local-nvme").await?;
     wait("a 4th proxy on the new node", || async {
         let pods = group_pods(&client, "eu").await?;
-        ensure(pods.iter().any(|p| node_of(p) == "n-nvme-3"), || {
-            "no pod on n-nvme-3".into()
-        })
+        ensure(pods.iter().any(|p| node_of(p) == "n-nvme-3"), || "no pod on n-nvme-3".into())
     })
     .await?;
     mark_ready(&client, "eu-n-nvme-3", "127.0.0.1").await?;
 
     // Removing a PV drains its proxy first; the Pod goes only once nothing dirty is left.
-    let admin = Api::<Secret>::namespaced(client.clone(), NS)
-        .get("eu-admin")
-        .await?;
+    let admin = Api::<Secret>::namespaced(client.clone(), NS).get("eu-admin").await?;
     *drain.token.lock().unwrap() = String::from_utf8(admin.data.unwrap()["token"].0.clone())?;
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     pvs.delete("n-nvme-1-pv", &DeleteParams::default()).await?;
@@ -159,42 +118,21 @@ async fn proxies_run_on_nvme_nodes_only_and_leave_only_after_draining() -> Resul
     .await?;
     let first_call = drain.calls.lock().unwrap()[0];
     assert_eq!(first_call, 3000);
-    assert!(
-        group_pods(&client, "eu")
-            .await?
-            .iter()
-            .any(|p| node_of(p) == "n-nvme-1"),
-        "deleted before drained"
-    );
+    assert!(group_pods(&client, "eu").await?.iter().any(|p| node_of(p) == "n-nvme-1"), "deleted before drained");
     wait("the drained proxy's Pod and PVC to go", || async {
         let pods = group_pods(&client, "eu").await?;
         // Deleted; without kube-controller-manager the pvc-protection finalizer keeps it Terminating.
-        let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS)
-            .get_opt("eu-cache-n-nvme-1")
-            .await?;
+        let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS).get_opt("eu-cache-n-nvme-1").await?;
         let pvc_gone = pvc.is_none_or(|c| c.metadata.deletion_timestamp.is_some());
-        ensure(
-            !pods.iter().any(|p| node_of(p) == "n-nvme-1") && pvc_gone,
-            || "still there".into(),
-        )
+        ensure(!pods.iter().any(|p| node_of(p) == "n-nvme-1") && pvc_gone, || "still there".into())
     })
     .await?;
-    assert_eq!(
-        *drain.calls.lock().unwrap(),
-        vec![3000, 1000, 0],
-        "deleted only after dirty bytes reached zero"
-    );
+    assert_eq!(*drain.calls.lock().unwrap(), vec![3000, 1000, 0], "deleted only after dirty bytes reached zero");
     let st = groups.get("eu").await?.status.unwrap();
     assert!(st.endpoints.iter().all(|e| e.node != "n-nvme-1"));
     // The operator never deletes a PV: the others are untouched, the removed one is only
     // Terminating because the test deleted it.
-    let left: Vec<String> = pvs
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(|p| p.name_any())
-        .collect();
+    let left: Vec<String> = pvs.list(&ListParams::default()).await?.items.iter().map(|p| p.name_any()).collect();
     assert_eq!(left.len(), 4);
 
     // Deleting the group drains every proxy before it goes.
@@ -202,16 +140,11 @@ async fn proxies_run_on_nvme_nodes_only_and_leave_only_after_draining() -> Resul
     *drain.remaining.lock().unwrap() = vec![500, 0];
     groups.delete("eu", &DeleteParams::default()).await?;
     wait("the group to be gone", || async {
-        ensure(groups.get_opt("eu").await?.is_none(), || {
-            "group still there".into()
-        })
+        ensure(groups.get_opt("eu").await?.is_none(), || "group still there".into())
     })
     .await?;
     let calls = drain.calls.lock().unwrap().clone();
-    assert!(
-        calls.len() >= 3 && calls[0] == 500,
-        "every remaining proxy drained first: {calls:?}"
-    );
+    assert!(calls.len() >= 3 && calls[0] == 500, "every remaining proxy drained first: {calls:?}");
     assert!(group_pods(&client, "eu").await?.is_empty());
     op.stop().await?;
     Ok(())
@@ -224,16 +157,9 @@ async fn unreachable_proxy_blocks_removal_and_says_why() -> Result<()> {
     nvme_cluster(&client, "u", "local-nvme", 2, 0).await?;
     let op = Operator::start(client.clone(), "op-0", false);
     create_group(&client, "g", group_spec("local-nvme", 1, &[])?).await?;
-    wait("2 pods", || async {
-        ensure(group_pods(&client, "g").await?.len() == 2, || {
-            "not yet".into()
-        })
-    })
-    .await?;
+    wait("2 pods", || async { ensure(group_pods(&client, "g").await?.len() == 2, || "not yet".into()) }).await?;
     // The node goes away with its proxy never having run: nothing can drain it.
-    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
-        .delete("u-nvme-0", &DeleteParams::default())
-        .await?;
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()).delete("u-nvme-0", &DeleteParams::default()).await?;
     let groups: Api<ProxyGroup> = Api::all(client.clone());
     let cond = wait("a DrainBlocked condition", || async {
         let st = groups.get("g").await?.status.unwrap_or_default();
@@ -243,18 +169,8 @@ async fn unreachable_proxy_blocks_removal_and_says_why() -> Result<()> {
             .ok_or_else(|| blockproxy_testenv::anyhow::anyhow!("no DrainBlocked yet"))
     })
     .await?;
-    assert!(
-        cond.message.contains("u-nvme-0") && cond.message.contains("skip-unreachable-drain"),
-        "{}",
-        cond.message
-    );
-    assert!(
-        group_pods(&client, "g")
-            .await?
-            .iter()
-            .any(|p| node_of(p) == "u-nvme-0"),
-        "kept until drained"
-    );
+    assert!(cond.message.contains("u-nvme-0") && cond.message.contains("skip-unreachable-drain"), "{}", cond.message);
+    assert!(group_pods(&client, "g").await?.iter().any(|p| node_of(p) == "u-nvme-0"), "kept until drained");
     op.stop().await?;
     Ok(())
 }

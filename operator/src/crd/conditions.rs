@@ -45,29 +45,14 @@ pub struct Cond {
 }
 
 impl Cond {
-    pub fn new(
-        type_: &'static str,
-        status: bool,
-        reason: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            type_,
-            status,
-            reason,
-            message: message.into(),
-        }
+    pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { type_, status, reason, message: message.into() }
     }
 }
 
 /// Builds the condition list, keeping the previous `lastTransitionTime` of a condition whose
 /// status did not change.
-pub fn merge(
-    old: &[Condition],
-    new: &[Cond],
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Vec<Condition> {
+pub fn merge(old: &[Condition], new: &[Cond], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
     new.iter()
         .map(|c| {
             let status = if c.status { "True" } else { "False" };
@@ -96,26 +81,11 @@ mod tests {
     fn transition_time_changes_only_with_status() {
         let t0 = Timestamp::from_second(1_000).unwrap();
         let t1 = Timestamp::from_second(2_000).unwrap();
-        let first = merge(
-            &[],
-            &[Cond::new(READY, false, REASON_PROXIES_NOT_READY, "0/3")],
-            Some(1),
-            t0,
-        );
-        let same = merge(
-            &first,
-            &[Cond::new(READY, false, REASON_PROXIES_NOT_READY, "1/3")],
-            Some(1),
-            t1,
-        );
+        let first = merge(&[], &[Cond::new(READY, false, REASON_PROXIES_NOT_READY, "0/3")], Some(1), t0);
+        let same = merge(&first, &[Cond::new(READY, false, REASON_PROXIES_NOT_READY, "1/3")], Some(1), t1);
         assert_eq!(same[0].last_transition_time, Time(t0));
         assert_eq!(same[0].message, "1/3");
-        let flipped = merge(
-            &same,
-            &[Cond::new(READY, true, REASON_ALL_READY, "3/3")],
-            Some(2),
-            t1,
-        );
+        let flipped = merge(&same, &[Cond::new(READY, true, REASON_ALL_READY, "3/3")], Some(2), t1);
         assert_eq!(flipped[0].last_transition_time, Time(t1));
         assert_eq!(flipped[0].observed_generation, Some(2));
     }

@@ -19,8 +19,5 @@ pub fn generated_crds() -> Vec<(&'static str, String)> {
         // Serialising a CRD (plain data) cannot fail.
         format!("{header}{}", serde_yaml::to_string(&crd).unwrap_or_default())
     };
-    vec![
-        ("proxygroups.yaml", render(ProxyGroup::crd())),
-        ("volumeproxygroups.yaml", render(VolumeProxyGroup::crd())),
-    ]
+    vec![("proxygroups.yaml", render(ProxyGroup::crd())), ("volumeproxygroups.yaml", render(VolumeProxyGroup::crd()))]
 }

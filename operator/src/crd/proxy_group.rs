@@ -22,16 +22,8 @@ use std::collections::BTreeMap;
     printcolumn(name = "Provider", type_ = "string", json_path = ".spec.providerCode"),
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.regionCode"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyProxies"),
-    printcolumn(
-        name = "Desired",
-        type_ = "integer",
-        json_path = ".status.desiredProxies"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredProxies"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyGroupSpec {
@@ -130,7 +122,7 @@ pub struct CacheSpec {
     /// How much of the cache volume the proxy may fill: a percentage of the filesystem (`"90%"`)
     /// or a quantity (`"500Gi"`). Clean blocks are evicted near the quota; dirty blocks never are.
     #[serde(default = "default_disk_quota")]
-    #[x_kube(validation = Rule::new("self.matches('^(100|[1-9][0-9]?)%$') || self.matches('^[1-9][0-9]*(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$')").message("cache.diskQuota must be a percentage from 1% to 100% (like \"90%\") or a quantity (like \"500Gi\")"))]
+    #[x_kube(validation = Rule::new("self.matches('^(100|[1-9][0-9]?)%$') || self.matches('^[1-9][0-9]*(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)$')").message("cache.diskQuota must be a percentage from 1% to 100% (like \"90%\") or a quantity (like \"500Gi\")"))]
     #[schemars(length(max = 16))]
     pub disk_quota: String,
 }
@@ -141,9 +133,7 @@ fn default_disk_quota() -> String {
 
 impl Default for CacheSpec {
     fn default() -> Self {
-        Self {
-            disk_quota: default_disk_quota(),
-        }
+        Self { disk_quota: default_disk_quota() }
     }
 }
 
@@ -183,12 +173,7 @@ fn default_delay() -> String {
 
 impl Default for WritebackSpec {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            active: 0,
-            delay: default_delay(),
-            sync: false,
-        }
+        Self { enabled: true, active: 0, delay: default_delay(), sync: false }
     }
 }
 
@@ -199,9 +184,7 @@ impl WritebackSpec {
         if let Some(ms) = d.strip_suffix("ms") {
             ms.parse().unwrap_or(0)
         } else if let Some(s) = d.strip_suffix('s') {
-            s.parse::<u64>()
-                .map(|s| s.saturating_mul(1000))
-                .unwrap_or(0)
+            s.parse::<u64>().map(|s| s.saturating_mul(1000)).unwrap_or(0)
         } else {
             0
         }
@@ -299,10 +282,7 @@ pub struct TlsSpec {
 
 impl Default for TlsSpec {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            certificate_secret: None,
-        }
+        Self { enabled: true, certificate_secret: None }
     }
 }
 
@@ -344,9 +324,7 @@ pub struct ProxyGroupStatus {
 }
 
 /// A published proxy address.
-#[derive(
-    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyEndpoint {
     /// `ip:port`.

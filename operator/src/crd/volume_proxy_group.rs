@@ -21,22 +21,14 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Volume", type_ = "string", json_path = ".spec.volumeID"),
     printcolumn(name = "Group", type_ = "string", json_path = ".spec.proxyGroup"),
     printcolumn(name = "Bucket", type_ = "string", json_path = ".spec.bucket"),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
+    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
     printcolumn(
         name = "Reason",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Accepted\")].reason",
         priority = 1
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeProxyGroupSpec {

@@ -45,12 +45,7 @@ pub fn proxy_args(spec: &ProxyGroupSpec) -> Vec<String> {
         args.push("--no-writeback".into());
     }
     if spec.tls.enabled {
-        args.extend([
-            "--tls-cert-file".into(),
-            TLS_CERT_FILE.into(),
-            "--tls-key-file".into(),
-            TLS_KEY_FILE.into(),
-        ]);
+        args.extend(["--tls-cert-file".into(), TLS_CERT_FILE.into(), "--tls-key-file".into(), TLS_KEY_FILE.into()]);
     } else {
         args.push("--no-tls".into());
     }
@@ -78,16 +73,10 @@ mod tests {
     #[test]
     fn defaults_give_tls_and_writeback() {
         let args = proxy_args(&spec()).join(" ");
-        assert!(
-            args.starts_with(
-                "serve --bind-addr 0.0.0.0:8443 --disk-folder /cache --disk-quota 90%"
-            )
-        );
+        assert!(args.starts_with("serve --bind-addr 0.0.0.0:8443 --disk-folder /cache --disk-quota 90%"));
         assert!(args.contains("--writeback-active 0 --writeback-delay 0"));
         assert!(args.contains("--tls-cert-file /etc/blockproxy/tls/tls.crt"));
-        assert!(args.contains(
-            "--store-endpoint http://minio:9000 --store-region us-east-1 --store-path-style"
-        ));
+        assert!(args.contains("--store-endpoint http://minio:9000 --store-region us-east-1 --store-path-style"));
         assert!(!args.contains("--sync"));
         assert!(!args.contains("--no-tls"));
     }
@@ -110,10 +99,6 @@ mod tests {
         s.writeback.enabled = true;
         s.writeback.delay = "2s".into();
         s.writeback.active = 8;
-        assert!(
-            proxy_args(&s)
-                .join(" ")
-                .contains("--writeback-active 8 --writeback-delay 2000")
-        );
+        assert!(proxy_args(&s).join(" ").contains("--writeback-active 8 --writeback-delay 2000"));
     }
 }

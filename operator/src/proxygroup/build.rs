@@ -10,12 +10,11 @@ use crate::meta::{self, SPEC_HASH_ANNOTATION};
 use blockproxy_protocol::{HEALTHZ_PATH, READYZ_PATH, VolumesFile};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Node,
-    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolume,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodSecurityContext, PodSpec, Probe, SeccompProfile, Secret, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Node, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolume, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Probe,
+    SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -102,12 +101,7 @@ pub const KIND_SERVICE: &str = "Service";
 pub fn pv_node(pv: &PersistentVolume, nodes: &[Node]) -> Option<String> {
     let spec = pv.spec.as_ref()?;
     spec.local.as_ref()?;
-    let terms = &spec
-        .node_affinity
-        .as_ref()?
-        .required
-        .as_ref()?
-        .node_selector_terms;
+    let terms = &spec.node_affinity.as_ref()?.required.as_ref()?.node_selector_terms;
     let [term] = terms.as_slice() else {
         return None;
     };
@@ -132,10 +126,7 @@ pub fn pv_node(pv: &PersistentVolume, nodes: &[Node]) -> Option<String> {
 }
 
 fn node_matches(node: &Node, selector: &BTreeMap<String, String>) -> bool {
-    node.metadata.deletion_timestamp.is_none()
-        && selector
-            .iter()
-            .all(|(k, v)| node.labels().get(k) == Some(v))
+    node.metadata.deletion_timestamp.is_none() && selector.iter().all(|(k, v)| node.labels().get(k) == Some(v))
 }
 
 /// Picks the nodes (and their PV) that get a proxy.
@@ -163,10 +154,7 @@ pub fn select_nodes(inp: &Inputs<'_>) -> Vec<Selected> {
         }
         let ours = meta::pvc_name(&group, &node_name);
         let available = match &pv_spec.claim_ref {
-            Some(cr) => {
-                cr.namespace.as_deref() == Some(inp.namespace)
-                    && cr.name.as_deref() == Some(ours.as_str())
-            }
+            Some(cr) => cr.namespace.as_deref() == Some(inp.namespace) && cr.name.as_deref() == Some(ours.as_str()),
             None => matches!(
                 pv.status.as_ref().and_then(|s| s.phase.as_deref()),
                 None | Some("Available") | Some("Pending")
@@ -180,41 +168,23 @@ pub fn select_nodes(inp: &Inputs<'_>) -> Vec<Selected> {
         let pvc = meta::pvc_name(&group, node);
         inp.pvcs.iter().any(|c| {
             c.name_any() == pvc
-                && c.spec.as_ref().and_then(|s| s.volume_name.as_deref())
-                    == Some(pv.name_any().as_str())
-        }) || pv
-            .spec
-            .as_ref()
-            .and_then(|s| s.claim_ref.as_ref())
-            .is_some()
+                && c.spec.as_ref().and_then(|s| s.volume_name.as_deref()) == Some(pv.name_any().as_str())
+        }) || pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_some()
     };
     let mut picks: Vec<(bool, Selected)> = per_node
         .into_iter()
         .filter_map(|(node, mut pvs)| {
             pvs.sort_by_key(|pv| (!claimed_by_us(&node, pv), pv.name_any()));
             let pv = pvs.first()?;
-            let running = claimed_by_us(&node, pv)
-                || inp
-                    .pods
-                    .iter()
-                    .any(|p| p.labels().get(meta::NODE_LABEL) == Some(&node));
-            Some((
-                running,
-                Selected {
-                    node,
-                    pv: pv.name_any(),
-                },
-            ))
+            let running =
+                claimed_by_us(&node, pv) || inp.pods.iter().any(|p| p.labels().get(meta::NODE_LABEL) == Some(&node));
+            Some((running, Selected { node, pv: pv.name_any() }))
         })
         .collect();
     // Nodes that already run a proxy of this group first (so a cap never moves a healthy proxy),
     // then by node name.
     picks.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.node.cmp(&b.1.node)));
-    let cap = spec
-        .placement
-        .max_proxies
-        .map(|m| m.max(0) as usize)
-        .unwrap_or(usize::MAX);
+    let cap = spec.placement.max_proxies.map(|m| m.max(0) as usize).unwrap_or(usize::MAX);
     picks.into_iter().take(cap).map(|(_, s)| s).collect()
 }
 
@@ -236,11 +206,7 @@ fn secret(inp: &Inputs<'_>, name: String, type_: &str, data: BTreeMap<String, St
     Secret {
         metadata: meta_for(inp, name, "proxy"),
         type_: Some(type_.to_owned()),
-        data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                .collect(),
-        ),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
         ..Default::default()
     }
 }
@@ -248,22 +214,13 @@ fn secret(inp: &Inputs<'_>, name: String, type_: &str, data: BTreeMap<String, St
 fn secret_volume(name: &str, secret: String) -> Volume {
     Volume {
         name: name.to_owned(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(secret),
-            default_mode: Some(0o440),
-            ..Default::default()
-        }),
+        secret: Some(SecretVolumeSource { secret_name: Some(secret), default_mode: Some(0o440), ..Default::default() }),
         ..Default::default()
     }
 }
 
 fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
-    VolumeMount {
-        name: name.to_owned(),
-        mount_path: path.to_owned(),
-        read_only: Some(read_only),
-        ..Default::default()
-    }
+    VolumeMount { name: name.to_owned(), mount_path: path.to_owned(), read_only: Some(read_only), ..Default::default() }
 }
 
 fn probe(path: &str, port: i32, https: bool, period: i32) -> Probe {
@@ -284,10 +241,9 @@ fn probe(path: &str, port: i32, https: bool, period: i32) -> Probe {
 pub fn pod_spec(spec: &ProxyGroupSpec, group: &str, default_image: &str) -> PodSpec {
     let mut env = Vec::new();
     if let Some(creds) = &spec.object_store.credentials_secret {
-        for (var, key) in [
-            ("AWS_ACCESS_KEY_ID", &creds.access_key_id_key),
-            ("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key_key),
-        ] {
+        for (var, key) in
+            [("AWS_ACCESS_KEY_ID", &creds.access_key_id_key), ("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key_key)]
+        {
             env.push(EnvVar {
                 name: var.to_owned(),
                 value_from: Some(EnvVarSource {
@@ -320,22 +276,14 @@ pub fn pod_spec(spec: &ProxyGroupSpec, group: &str, default_image: &str) -> PodS
         mount("admin", args::ADMIN_DIR, true),
     ];
     if spec.tls.enabled {
-        let secret = spec
-            .tls
-            .certificate_secret
-            .clone()
-            .unwrap_or_else(|| meta::tls_secret_name(group));
+        let secret = spec.tls.certificate_secret.clone().unwrap_or_else(|| meta::tls_secret_name(group));
         volumes.push(secret_volume("tls", secret));
         mounts.push(mount("tls", args::TLS_DIR, true));
     }
     PodSpec {
         containers: vec![Container {
             name: "proxy".into(),
-            image: Some(
-                spec.image
-                    .clone()
-                    .unwrap_or_else(|| default_image.to_owned()),
-            ),
+            image: Some(spec.image.clone().unwrap_or_else(|| default_image.to_owned())),
             image_pull_policy: spec.image_pull_policy.clone(),
             command: Some(vec![args::PROXY_COMMAND.into()]),
             args: Some(proxy_args(spec)),
@@ -354,26 +302,19 @@ pub fn pod_spec(spec: &ProxyGroupSpec, group: &str, default_image: &str) -> PodS
                 allow_privilege_escalation: Some(false),
                 read_only_root_filesystem: Some(true),
                 run_as_non_root: Some(true),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".into()]),
-                    add: None,
-                }),
+                capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
                 ..Default::default()
             }),
             ..Default::default()
         }],
         volumes: Some(volumes),
-        tolerations: (!spec.placement.tolerations.is_empty())
-            .then(|| spec.placement.tolerations.clone()),
+        tolerations: (!spec.placement.tolerations.is_empty()).then(|| spec.placement.tolerations.clone()),
         security_context: Some(PodSecurityContext {
             run_as_user: Some(65532),
             run_as_group: Some(65532),
             fs_group: Some(65532),
             run_as_non_root: Some(true),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
             ..Default::default()
         }),
         // The proxy flushes its writeback queue on SIGTERM; give it time.
@@ -393,11 +334,8 @@ pub fn spec_hash(spec: &ProxyGroupSpec, group: &str, default_image: &str) -> Str
 fn pod(inp: &Inputs<'_>, sel: &Selected, hash: &str) -> Pod {
     let group = inp.group.name_any();
     let mut spec = pod_spec(&inp.group.spec, &group, inp.default_image);
-    if let Some(pvc) = spec
-        .volumes
-        .as_mut()
-        .and_then(|v| v.first_mut())
-        .and_then(|v| v.persistent_volume_claim.as_mut())
+    if let Some(pvc) =
+        spec.volumes.as_mut().and_then(|v| v.first_mut()).and_then(|v| v.persistent_volume_claim.as_mut())
     {
         pvc.claim_name = meta::pvc_name(&group, &sel.node);
     }
@@ -423,25 +361,15 @@ fn pod(inp: &Inputs<'_>, sel: &Selected, hash: &str) -> Pod {
     if let Some(l) = metadata.labels.as_mut() {
         l.insert(meta::NODE_LABEL.into(), sel.node.clone());
     }
-    metadata.annotations = Some(BTreeMap::from([(
-        SPEC_HASH_ANNOTATION.to_owned(),
-        hash.to_owned(),
-    )]));
-    Pod {
-        metadata,
-        spec: Some(spec),
-        status: None,
-    }
+    metadata.annotations = Some(BTreeMap::from([(SPEC_HASH_ANNOTATION.to_owned(), hash.to_owned())]));
+    Pod { metadata, spec: Some(spec), status: None }
 }
 
 fn pvc(inp: &Inputs<'_>, sel: &Selected) -> PersistentVolumeClaim {
     let group = inp.group.name_any();
     let pv = inp.pvs.iter().find(|p| p.name_any() == sel.pv);
     let pv_spec = pv.and_then(|p| p.spec.as_ref());
-    let storage = pv_spec
-        .and_then(|s| s.capacity.as_ref())
-        .and_then(|c| c.get("storage"))
-        .cloned();
+    let storage = pv_spec.and_then(|s| s.capacity.as_ref()).and_then(|c| c.get("storage")).cloned();
     let mut metadata = meta_for(inp, meta::pvc_name(&group, &sel.node), "cache");
     if let Some(l) = metadata.labels.as_mut() {
         l.insert(meta::NODE_LABEL.into(), sel.node.clone());
@@ -497,10 +425,7 @@ pub fn pod_ready(pod: &Pod) -> bool {
 }
 
 fn pod_dead(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Failed") | Some("Succeeded")
-    )
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed") | Some("Succeeded"))
 }
 
 /// `ip:port` of a running Pod.
@@ -508,23 +433,12 @@ pub fn pod_address(pod: &Pod, port: i32) -> Option<String> {
     if pod.metadata.deletion_timestamp.is_some() || pod_dead(pod) {
         return None;
     }
-    let ip = pod
-        .status
-        .as_ref()?
-        .pod_ip
-        .as_deref()
-        .filter(|ip| !ip.is_empty())?;
-    Some(if ip.contains(':') {
-        format!("[{ip}]:{}", port)
-    } else {
-        format!("{ip}:{port}")
-    })
+    let ip = pod.status.as_ref()?.pod_ip.as_deref().filter(|ip| !ip.is_empty())?;
+    Some(if ip.contains(':') { format!("[{ip}]:{}", port) } else { format!("{ip}:{port}") })
 }
 
 fn pod_hash(pod: &Pod) -> Option<&str> {
-    pod.annotations()
-        .get(SPEC_HASH_ANNOTATION)
-        .map(String::as_str)
+    pod.annotations().get(SPEC_HASH_ANNOTATION).map(String::as_str)
 }
 
 fn node_of(labels: &BTreeMap<String, String>) -> Option<&String> {
@@ -536,15 +450,8 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
     let group = inp.group.name_any();
     let spec = &inp.group.spec;
     let hash = spec_hash(spec, &group, inp.default_image);
-    let mut plan = Plan {
-        spec_hash: hash.clone(),
-        ..Default::default()
-    };
-    let selected = if inp.deleting {
-        Vec::new()
-    } else {
-        select_nodes(inp)
-    };
+    let mut plan = Plan { spec_hash: hash.clone(), ..Default::default() };
+    let selected = if inp.deleting { Vec::new() } else { select_nodes(inp) };
     let selected_nodes: BTreeSet<&str> = selected.iter().map(|s| s.node.as_str()).collect();
 
     let keep = |plan: &mut Plan, kind: &'static str, name: String| {
@@ -589,11 +496,8 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
 
     // Per selected node: PVC always applied (idempotent), Pod created when missing, recreated
     // when dead, rolled when outdated.
-    let pods_by_node: BTreeMap<&String, &Pod> = inp
-        .pods
-        .iter()
-        .filter_map(|p| node_of(p.labels()).map(|n| (n, p)))
-        .collect();
+    let pods_by_node: BTreeMap<&String, &Pod> =
+        inp.pods.iter().filter_map(|p| node_of(p.labels()).map(|n| (n, p))).collect();
     let mut all_current_ready = true;
     let mut outdated: Vec<&Pod> = Vec::new();
     for sel in &selected {
@@ -608,10 +512,7 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
                 plan.events.push(PlannedEvent {
                     warning: false,
                     reason: "ProxyCreated",
-                    note: format!(
-                        "Creating proxy {name} on node {} with cache on PV {}",
-                        sel.node, sel.pv
-                    ),
+                    note: format!("Creating proxy {name} on node {} with cache on PV {}", sel.node, sel.pv),
                 });
                 all_current_ready = false;
             }
@@ -645,32 +546,17 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
         plan.events.push(PlannedEvent {
             warning: false,
             reason: "RollingUpdate",
-            note: format!(
-                "Restarting proxy {} with the new spec ({} outdated)",
-                p.name_any(),
-                outdated.len()
-            ),
+            note: format!("Restarting proxy {} with the new spec ({} outdated)", p.name_any(), outdated.len()),
         });
     }
 
     // Proxies on nodes no longer selected: drain, then delete Pod and PVC (never the PV).
     // Objects already being deleted (after a finished drain) are not leaving any more.
-    let pods: Vec<&Pod> = inp
-        .pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
-    let pvcs: Vec<&PersistentVolumeClaim> = inp
-        .pvcs
-        .iter()
-        .filter(|c| c.metadata.deletion_timestamp.is_none())
-        .collect();
+    let pods: Vec<&Pod> = inp.pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+    let pvcs: Vec<&PersistentVolumeClaim> =
+        inp.pvcs.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).collect();
     let mut leaving: BTreeSet<String> = BTreeSet::new();
-    for labels in pods
-        .iter()
-        .map(|p| p.labels())
-        .chain(pvcs.iter().map(|c| c.labels()))
-    {
+    for labels in pods.iter().map(|p| p.labels()).chain(pvcs.iter().map(|c| c.labels())) {
         if let Some(n) = node_of(labels).filter(|n| !selected_nodes.contains(n.as_str())) {
             leaving.insert(n.clone());
         }
@@ -722,10 +608,7 @@ pub fn status(
         let ready = pod.is_some_and(pod_ready);
         let address = pod.and_then(|p| pod_address(p, spec.port));
         if let (true, Some(a)) = (ready, &address) {
-            endpoints.push(ProxyEndpoint {
-                address: a.clone(),
-                node: sel.node.clone(),
-            });
+            endpoints.push(ProxyEndpoint { address: a.clone(), node: sel.node.clone() });
         }
         let state = match pod {
             _ if ready && pod.and_then(pod_hash) != Some(plan.spec_hash.as_str()) => "Updating",
@@ -774,9 +657,7 @@ pub fn status(
     let draining: Vec<String> = drains
         .iter()
         .filter_map(|(n, s)| match s {
-            DrainState::InProgress { dirty_bytes } => {
-                Some(format!("{n} ({dirty_bytes} dirty bytes left)"))
-            }
+            DrainState::InProgress { dirty_bytes } => Some(format!("{n} ({dirty_bytes} dirty bytes left)")),
             _ => None,
         })
         .collect();
@@ -798,19 +679,9 @@ pub fn status(
             ),
         ));
     } else if ready == desired {
-        conds.push(Cond::new(
-            c::READY,
-            true,
-            c::REASON_ALL_READY,
-            format!("{ready}/{desired} proxies ready"),
-        ));
+        conds.push(Cond::new(c::READY, true, c::REASON_ALL_READY, format!("{ready}/{desired} proxies ready")));
     } else {
-        conds.push(Cond::new(
-            c::READY,
-            false,
-            c::REASON_PROXIES_NOT_READY,
-            format!("{ready}/{desired} proxies ready"),
-        ));
+        conds.push(Cond::new(c::READY, false, c::REASON_PROXIES_NOT_READY, format!("{ready}/{desired} proxies ready")));
     }
     if !blocked.is_empty() {
         conds.push(Cond::new(
@@ -831,20 +702,10 @@ pub fn status(
             format!("{ready}/{desired} proxies ready"),
         ));
     } else {
-        conds.push(Cond::new(
-            c::DEGRADED,
-            false,
-            c::REASON_AS_EXPECTED,
-            "all proxies are healthy",
-        ));
+        conds.push(Cond::new(c::DEGRADED, false, c::REASON_AS_EXPECTED, "all proxies are healthy"));
     }
     if draining.is_empty() {
-        conds.push(Cond::new(
-            c::DRAINING,
-            false,
-            c::REASON_NOT_DRAINING,
-            "no proxy is draining",
-        ));
+        conds.push(Cond::new(c::DRAINING, false, c::REASON_NOT_DRAINING, "no proxy is draining"));
     } else {
         conds.push(Cond::new(
             c::DRAINING,
@@ -860,11 +721,7 @@ pub fn status(
         endpoints,
         proxies,
         scheme: Some(if spec.tls.enabled { "https" } else { "http" }.into()),
-        ca_bundle: if spec.tls.enabled {
-            inp.tls.map(|t| t.ca_pem.clone())
-        } else {
-            None
-        },
+        ca_bundle: if spec.tls.enabled { inp.tls.map(|t| t.ca_pem.clone()) } else { None },
         conditions: Vec::new(),
     };
     (st, conds)
@@ -875,8 +732,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::crd::{CredentialsSecretRef, ObjectStoreProvider, ObjectStoreSpec, Placement};
     use k8s_openapi::api::core::v1::{
-        LocalVolumeSource, ObjectReference, PersistentVolumeSpec, PersistentVolumeStatus,
-        PodCondition, PodStatus, VolumeNodeAffinity,
+        LocalVolumeSource, ObjectReference, PersistentVolumeSpec, PersistentVolumeStatus, PodCondition, PodStatus,
+        VolumeNodeAffinity,
     };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -884,10 +741,7 @@ pub(crate) mod tests {
         ProxyGroupSpec {
             provider_code: "minio".into(),
             region_code: "dc1".into(),
-            placement: Placement {
-                storage_class_name: "nvme".into(),
-                ..Default::default()
-            },
+            placement: Placement { storage_class_name: "nvme".into(), ..Default::default() },
             cache: Default::default(),
             writeback: Default::default(),
             object_store: ObjectStoreSpec {
@@ -921,10 +775,7 @@ pub(crate) mod tests {
     pub fn node(name: &str, labels: &[(&str, &str)]) -> Node {
         let mut n = Node::default();
         n.metadata.name = Some(name.into());
-        let mut l: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut l: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         l.insert(HOSTNAME_LABEL.into(), name.into());
         n.metadata.labels = Some(l);
         n
@@ -932,20 +783,11 @@ pub(crate) mod tests {
 
     pub fn local_pv(name: &str, node: &str, sc: &str) -> PersistentVolume {
         PersistentVolume {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
             spec: Some(PersistentVolumeSpec {
                 storage_class_name: Some(sc.into()),
-                capacity: Some(BTreeMap::from([(
-                    "storage".into(),
-                    Quantity("100Gi".into()),
-                )])),
-                local: Some(LocalVolumeSource {
-                    path: "/mnt/nvme0".into(),
-                    fs_type: None,
-                }),
+                capacity: Some(BTreeMap::from([("storage".into(), Quantity("100Gi".into()))])),
+                local: Some(LocalVolumeSource { path: "/mnt/nvme0".into(), fs_type: None }),
                 node_affinity: Some(VolumeNodeAffinity {
                     required: Some(NodeSelector {
                         node_selector_terms: vec![NodeSelectorTerm {
@@ -960,10 +802,7 @@ pub(crate) mod tests {
                 }),
                 ..Default::default()
             }),
-            status: Some(PersistentVolumeStatus {
-                phase: Some("Available".into()),
-                ..Default::default()
-            }),
+            status: Some(PersistentVolumeStatus { phase: Some("Available".into()), ..Default::default() }),
         }
     }
 
@@ -980,14 +819,8 @@ pub(crate) mod tests {
     impl World {
         /// 3 NVMe nodes and 2 without.
         fn new() -> Self {
-            let nodes = ["a", "b", "c", "d", "e"]
-                .iter()
-                .map(|n| node(n, &[]))
-                .collect();
-            let pvs = ["a", "b", "c"]
-                .iter()
-                .map(|n| local_pv(&format!("pv-{n}"), n, "nvme"))
-                .collect();
+            let nodes = ["a", "b", "c", "d", "e"].iter().map(|n| node(n, &[])).collect();
+            let pvs = ["a", "b", "c"].iter().map(|n| local_pv(&format!("pv-{n}"), n, "nvme")).collect();
             Self {
                 group: group(spec()),
                 nodes,
@@ -1048,11 +881,7 @@ pub(crate) mod tests {
     }
 
     fn pod_nodes(w: &World) -> Vec<String> {
-        let mut v: Vec<String> = w
-            .pods
-            .iter()
-            .filter_map(|p| p.labels().get(meta::NODE_LABEL).cloned())
-            .collect();
+        let mut v: Vec<String> = w.pods.iter().filter_map(|p| p.labels().get(meta::NODE_LABEL).cloned()).collect();
         v.sort();
         v
     }
@@ -1062,72 +891,27 @@ pub(crate) mod tests {
         let mut w = World::new();
         let plan = w.step();
         assert_eq!(pod_nodes(&w), ["a", "b", "c"]);
-        assert_eq!(
-            plan.selected
-                .iter()
-                .map(|s| s.pv.as_str())
-                .collect::<Vec<_>>(),
-            ["pv-a", "pv-b", "pv-c"]
-        );
+        assert_eq!(plan.selected.iter().map(|s| s.pv.as_str()).collect::<Vec<_>>(), ["pv-a", "pv-b", "pv-c"]);
         for c in &w.pvcs {
             let node = c.labels()[meta::NODE_LABEL].clone();
+            assert_eq!(c.spec.as_ref().unwrap().volume_name.as_deref(), Some(format!("pv-{node}").as_str()));
             assert_eq!(
-                c.spec.as_ref().unwrap().volume_name.as_deref(),
-                Some(format!("pv-{node}").as_str())
-            );
-            assert_eq!(
-                c.spec
-                    .as_ref()
-                    .unwrap()
-                    .resources
-                    .as_ref()
-                    .unwrap()
-                    .requests
-                    .as_ref()
-                    .unwrap()["storage"]
-                    .0,
+                c.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
                 "100Gi"
             );
         }
         for p in &w.pods {
             let node = &p.labels()[meta::NODE_LABEL];
-            let aff = p
-                .spec
-                .as_ref()
-                .unwrap()
-                .affinity
-                .as_ref()
-                .unwrap()
-                .node_affinity
-                .as_ref()
-                .unwrap();
-            let term = &aff
-                .required_during_scheduling_ignored_during_execution
-                .as_ref()
-                .unwrap()
-                .node_selector_terms[0];
-            assert_eq!(
-                term.match_fields.as_ref().unwrap()[0]
-                    .values
-                    .as_ref()
-                    .unwrap(),
-                &vec![node.clone()]
-            );
+            let aff = p.spec.as_ref().unwrap().affinity.as_ref().unwrap().node_affinity.as_ref().unwrap();
+            let term =
+                &aff.required_during_scheduling_ignored_during_execution.as_ref().unwrap().node_selector_terms[0];
+            assert_eq!(term.match_fields.as_ref().unwrap()[0].values.as_ref().unwrap(), &vec![node.clone()]);
             let vols = p.spec.as_ref().unwrap().volumes.as_ref().unwrap();
-            assert_eq!(
-                vols[0].persistent_volume_claim.as_ref().unwrap().claim_name,
-                meta::pvc_name("eu", node)
-            );
+            assert_eq!(vols[0].persistent_volume_claim.as_ref().unwrap().claim_name, meta::pvc_name("eu", node));
             assert_eq!(p.owner_references()[0].uid, "uid-1");
             assert_eq!(p.owner_references()[0].controller, Some(true));
         }
-        assert_eq!(
-            plan.events
-                .iter()
-                .filter(|e| e.reason == "ProxyCreated")
-                .count(),
-            3
-        );
+        assert_eq!(plan.events.iter().filter(|e| e.reason == "ProxyCreated").count(), 3);
         // Idempotent: a second pass creates nothing new.
         let again = w.step();
         assert!(again.events.is_empty());
@@ -1146,13 +930,7 @@ pub(crate) mod tests {
         let plan = w.step();
         let (st, conds) = status(&w.inputs(), &plan, &BTreeMap::new());
         assert_eq!(st.ready_proxies, 3);
-        assert_eq!(
-            st.endpoints[0],
-            ProxyEndpoint {
-                address: "10.0.0.1:8443".into(),
-                node: "a".into()
-            }
-        );
+        assert_eq!(st.endpoints[0], ProxyEndpoint { address: "10.0.0.1:8443".into(), node: "a".into() });
         assert!(conds.iter().any(|c| c.type_ == c::READY && c.status));
         assert!(conds.iter().any(|c| c.type_ == c::DEGRADED && !c.status));
     }
@@ -1160,33 +938,17 @@ pub(crate) mod tests {
     #[test]
     fn node_selector_pv_phase_and_storage_class_filter_nodes() {
         let mut w = World::new();
-        w.nodes[0]
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert("tier".into(), "cache".into());
+        w.nodes[0].metadata.labels.as_mut().unwrap().insert("tier".into(), "cache".into());
         w.group.spec.placement.node_selector = BTreeMap::from([("tier".into(), "cache".into())]);
-        assert_eq!(
-            select_nodes(&w.inputs())
-                .iter()
-                .map(|s| s.node.clone())
-                .collect::<Vec<_>>(),
-            ["a"]
-        );
+        assert_eq!(select_nodes(&w.inputs()).iter().map(|s| s.node.clone()).collect::<Vec<_>>(), ["a"]);
         w.group.spec.placement.node_selector.clear();
         // PV of another class, PV bound to someone else, PV being deleted, PV without spec.local.
         w.pvs[0].spec.as_mut().unwrap().storage_class_name = Some("hdd".into());
-        w.pvs[1].spec.as_mut().unwrap().claim_ref = Some(ObjectReference {
-            namespace: Some("x".into()),
-            name: Some("y".into()),
-            ..Default::default()
-        });
+        w.pvs[1].spec.as_mut().unwrap().claim_ref =
+            Some(ObjectReference { namespace: Some("x".into()), name: Some("y".into()), ..Default::default() });
         w.pvs[1].status.as_mut().unwrap().phase = Some("Bound".into());
         w.pvs[2].metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-            ));
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         let mut no_local = local_pv("pv-d", "d", "nvme");
         no_local.spec.as_mut().unwrap().local = None;
         w.pvs.push(no_local);
@@ -1225,13 +987,7 @@ pub(crate) mod tests {
         w.pvs.push(local_pv("pv-a0", "a", "nvme"));
         let sel = select_nodes(&w.inputs());
         assert_eq!(sel.len(), 3);
-        assert_eq!(
-            sel[0],
-            Selected {
-                node: "a".into(),
-                pv: "pv-a".into()
-            }
-        );
+        assert_eq!(sel[0], Selected { node: "a".into(), pv: "pv-a".into() });
     }
 
     #[test]
@@ -1251,11 +1007,7 @@ pub(crate) mod tests {
             .unwrap()
             .node_selector_terms[0];
         term.match_expressions.as_mut().unwrap()[0].values = Some(vec!["n1".into(), "n2".into()]);
-        assert_eq!(
-            pv_node(&pv, &nodes),
-            None,
-            "a PV that may move between nodes is not local to one node"
-        );
+        assert_eq!(pv_node(&pv, &nodes), None, "a PV that may move between nodes is not local to one node");
         let term = &mut pv
             .spec
             .as_mut()
@@ -1301,28 +1053,14 @@ pub(crate) mod tests {
         assert_eq!(t.pod.as_deref(), Some(meta::pod_name("eu", "b").as_str()));
         assert!(plan.keep.contains(&(KIND_POD, meta::pod_name("eu", "b"))));
         assert!(plan.keep.contains(&(KIND_PVC, meta::pvc_name("eu", "b"))));
-        assert!(
-            plan.delete_pods.is_empty(),
-            "a leaving proxy is never deleted before it drained"
-        );
+        assert!(plan.delete_pods.is_empty(), "a leaving proxy is never deleted before it drained");
         // The draining proxy is no longer published.
         let drains = BTreeMap::from([("b".to_owned(), DrainState::InProgress { dirty_bytes: 42 })]);
         let (st, conds) = status(&w.inputs(), &plan, &drains);
         assert_eq!(st.endpoints.len(), 2);
         assert!(st.endpoints.iter().all(|e| e.node != "b"));
-        assert_eq!(
-            st.proxies
-                .iter()
-                .find(|p| p.node == "b")
-                .unwrap()
-                .dirty_bytes,
-            Some(42)
-        );
-        assert!(
-            conds
-                .iter()
-                .any(|c| c.type_ == c::DRAINING && c.status && c.message.contains("42"))
-        );
+        assert_eq!(st.proxies.iter().find(|p| p.node == "b").unwrap().dirty_bytes, Some(42));
+        assert!(conds.iter().any(|c| c.type_ == c::DRAINING && c.status && c.message.contains("42")));
     }
 
     #[test]
@@ -1331,14 +1069,8 @@ pub(crate) mod tests {
         w.step();
         w.pvs.retain(|p| p.name_any() != "pv-b");
         w.pods.retain(|p| p.labels()[meta::NODE_LABEL] != "b");
-        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-        );
-        for c in w
-            .pvcs
-            .iter_mut()
-            .filter(|c| c.labels()[meta::NODE_LABEL] == "b")
-        {
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        for c in w.pvcs.iter_mut().filter(|c| c.labels()[meta::NODE_LABEL] == "b") {
             c.metadata.deletion_timestamp = Some(now.clone()); // held by pvc-protection
         }
         let plan = w.step();
@@ -1353,19 +1085,10 @@ pub(crate) mod tests {
         let plan = w.step();
         assert_eq!(plan.drain.len(), 1);
         assert_eq!(plan.drain[0].address, None);
-        let drains = BTreeMap::from([(
-            "c".to_owned(),
-            DrainState::Blocked {
-                why: "no running Pod".into(),
-            },
-        )]);
+        let drains = BTreeMap::from([("c".to_owned(), DrainState::Blocked { why: "no running Pod".into() })]);
         let (_, conds) = status(&w.inputs(), &plan, &drains);
         let d = conds.iter().find(|c| c.type_ == c::DEGRADED).unwrap();
-        assert!(
-            d.status
-                && d.reason == c::REASON_DRAIN_BLOCKED
-                && d.message.contains("c: no running Pod")
-        );
+        assert!(d.status && d.reason == c::REASON_DRAIN_BLOCKED && d.message.contains("c: no running Pod"));
     }
 
     #[test]
@@ -1408,11 +1131,7 @@ pub(crate) mod tests {
         }
         assert_eq!(rolled, 3);
         let h = spec_hash(&w.group.spec, "eu", "blockproxy:test");
-        assert!(
-            w.pods
-                .iter()
-                .all(|p| p.annotations()[SPEC_HASH_ANNOTATION] == h)
-        );
+        assert!(w.pods.iter().all(|p| p.annotations()[SPEC_HASH_ANNOTATION] == h));
     }
 
     #[test]
@@ -1448,35 +1167,13 @@ pub(crate) mod tests {
         assert!(kinds.contains(&(KIND_SERVICE, "eu".into())));
         for d in &plan.apply {
             let m = d.meta();
-            assert_eq!(
-                m.labels.as_ref().unwrap()[meta::MANAGED_BY_LABEL],
-                meta::FIELD_MANAGER
-            );
+            assert_eq!(m.labels.as_ref().unwrap()[meta::MANAGED_BY_LABEL], meta::FIELD_MANAGER);
             assert_eq!(m.owner_references.as_ref().unwrap().len(), 1);
         }
-        let pod = plan
-            .apply
-            .iter()
-            .find_map(|d| {
-                if let Desired::Pod(p) = d {
-                    Some(p)
-                } else {
-                    None
-                }
-            })
-            .unwrap();
+        let pod = plan.apply.iter().find_map(|d| if let Desired::Pod(p) = d { Some(p) } else { None }).unwrap();
         let c = &pod.spec.as_ref().unwrap().containers[0];
-        let env: Vec<&str> = c
-            .env
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|e| e.name.as_str())
-            .collect();
+        let env: Vec<&str> = c.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
         assert_eq!(env, ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
-        assert!(
-            c.env.as_ref().unwrap().iter().all(|e| e.value.is_none()),
-            "credentials only by secretKeyRef"
-        );
+        assert!(c.env.as_ref().unwrap().iter().all(|e| e.value.is_none()), "credentials only by secretKeyRef");
     }
 }

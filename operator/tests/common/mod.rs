@@ -3,9 +3,7 @@
 #![allow(dead_code)]
 
 use blockproxy_operator::controller::Config;
-use blockproxy_operator::crd::{
-    ProxyGroup, ProxyGroupSpec, VolumeProxyGroup, VolumeProxyGroupSpec,
-};
+use blockproxy_operator::crd::{ProxyGroup, ProxyGroupSpec, VolumeProxyGroup, VolumeProxyGroupSpec};
 use blockproxy_operator::lease::LeaseConfig;
 use blockproxy_operator::metrics::Metrics;
 use blockproxy_operator::run::{RunError, Settings};
@@ -86,18 +84,11 @@ impl Operator {
             })
             .await
         });
-        Self {
-            metrics,
-            stop: Some(tx),
-            task,
-        }
+        Self { metrics, stop: Some(tx), task }
     }
 
     pub fn reconciles(&self) -> u64 {
-        ["proxygroup", "volumeproxygroup"]
-            .iter()
-            .map(|c| self.metrics.reconciles.with_label_values(&[c]).get())
-            .sum()
+        ["proxygroup", "volumeproxygroup"].iter().map(|c| self.metrics.reconciles.with_label_values(&[c]).get()).sum()
     }
 
     /// Errors counted so far, as `controller/label=count` strings.
@@ -108,13 +99,8 @@ impl Operator {
                 continue;
             }
             for m in fam.get_metric() {
-                let labels: Vec<String> =
-                    m.get_label().iter().map(|l| l.value().to_owned()).collect();
-                out.push(format!(
-                    "{}={}",
-                    labels.join("/"),
-                    m.get_counter().get_value()
-                ));
+                let labels: Vec<String> = m.get_label().iter().map(|l| l.value().to_owned()).collect();
+                out.push(format!("{}={}", labels.join("/"), m.get_counter().get_value()));
             }
         }
         out
@@ -145,9 +131,7 @@ pub async fn storage_class(client: &Client, name: &str) -> Result<()> {
         "volumeBindingMode": "WaitForFirstConsumer",
         "reclaimPolicy": "Retain",
     }))?;
-    Api::<StorageClass>::all(client.clone())
-        .create(&PostParams::default(), &sc)
-        .await?;
+    Api::<StorageClass>::all(client.clone()).create(&PostParams::default(), &sc).await?;
     Ok(())
 }
 
@@ -155,18 +139,11 @@ pub async fn node(client: &Client, name: &str) -> Result<Node> {
     let n: Node = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
     }))?;
-    Ok(Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &n)
-        .await?)
+    Ok(Api::<Node>::all(client.clone()).create(&PostParams::default(), &n).await?)
 }
 
 /// A local NVMe PV pinned to `node`, the way the local static provisioner creates them.
-pub async fn local_pv(
-    client: &Client,
-    name: &str,
-    node: &str,
-    sc: &str,
-) -> Result<PersistentVolume> {
+pub async fn local_pv(client: &Client, name: &str, node: &str, sc: &str) -> Result<PersistentVolume> {
     let pv: PersistentVolume = serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {
@@ -181,19 +158,11 @@ pub async fn local_pv(
             ]}]}},
         },
     }))?;
-    Ok(Api::<PersistentVolume>::all(client.clone())
-        .create(&PostParams::default(), &pv)
-        .await?)
+    Ok(Api::<PersistentVolume>::all(client.clone()).create(&PostParams::default(), &pv).await?)
 }
 
 /// `n_nvme` nodes with a local PV of `sc` and `n_plain` nodes without.
-pub async fn nvme_cluster(
-    client: &Client,
-    prefix: &str,
-    sc: &str,
-    n_nvme: usize,
-    n_plain: usize,
-) -> Result<()> {
+pub async fn nvme_cluster(client: &Client, prefix: &str, sc: &str, n_nvme: usize, n_plain: usize) -> Result<()> {
     storage_class(client, sc).await?;
     for i in 0..n_nvme {
         let n = format!("{prefix}-nvme-{i}");
@@ -226,9 +195,7 @@ pub fn group_spec(sc: &str, port: i32, allowed: &[&str]) -> Result<ProxyGroupSpe
 
 pub async fn create_group(client: &Client, name: &str, spec: ProxyGroupSpec) -> Result<ProxyGroup> {
     let api: Api<ProxyGroup> = Api::all(client.clone());
-    Ok(api
-        .create(&PostParams::default(), &ProxyGroup::new(name, spec))
-        .await?)
+    Ok(api.create(&PostParams::default(), &ProxyGroup::new(name, spec)).await?)
 }
 
 pub async fn create_vpg(
@@ -247,9 +214,7 @@ pub async fn create_vpg(
         bucket: bucket.into(),
         prefix: "vols/a".into(),
     };
-    Ok(api
-        .create(&PostParams::default(), &VolumeProxyGroup::new(name, spec))
-        .await?)
+    Ok(api.create(&PostParams::default(), &VolumeProxyGroup::new(name, spec)).await?)
 }
 
 pub async fn group_pods(client: &Client, group: &str) -> Result<Vec<Pod>> {
@@ -259,10 +224,7 @@ pub async fn group_pods(client: &Client, group: &str) -> Result<Vec<Pod>> {
 }
 
 pub fn node_of(p: &impl ResourceExt) -> String {
-    p.labels()
-        .get("blockproxy.io/node")
-        .cloned()
-        .unwrap_or_default()
+    p.labels().get("blockproxy.io/node").cloned().unwrap_or_default()
 }
 
 /// What the kubelet would report: Running, Ready, with this IP.
@@ -286,15 +248,9 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    blockproxy_testenv::eventually(WAIT, POLL, check)
-        .await
-        .with_context(|| format!("waiting for {what}"))
+    blockproxy_testenv::eventually(WAIT, POLL, check).await.with_context(|| format!("waiting for {what}"))
 }
 
 pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
-    if cond {
-        Ok(())
-    } else {
-        Err(anyhow::anyhow!(msg()))
-    }
+    if cond { Ok(()) } else { Err(anyhow::anyhow!(msg())) }
 }
