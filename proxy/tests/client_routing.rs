@@ -292,3 +292,30 @@ async fn bad_discovery_files_and_tokens_get_clear_errors() -> Result<()> {
     good.put(&key("still-works"), Bytes::from_static(b"ok")).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_trusts_the_groups_ca_bundle_over_tls() -> Result<()> {
+    let minio = Minio::start().await?;
+    let root = tempfile::tempdir()?;
+    let volumes = write_volumes_file(root.path(), minio.bucket())?;
+    let p = Proxy::start_with("tls", root.path(), &volumes, &minio.endpoint(), &minio, true).await?;
+    let ca = std::fs::read_to_string(p.dir.join("cache/tls/selfsigned.crt"))?;
+    let disc = root.path().join("discovery.json");
+    let mut doc =
+        discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![p.addr.to_string()] }]);
+    doc.groups[0].scheme = "https".into();
+    doc.groups[0].ca_bundle = Some(ca);
+    write_discovery(&disc, &doc)?;
+    let client = start_client(fast_config(&disc)).await?;
+    assert_eq!(client.status().chosen_group.as_deref(), Some("g"), "{:?}", client.status());
+    client.put(&key("tls/1"), Bytes::from_static(b"over tls")).await?;
+    assert_eq!(client.get(&key("tls/1"), Some("bytes=5-7")).await?.unwrap().data.as_ref(), b"tls");
+
+    // Without the CA bundle the proxy's certificate is not trusted: no group is usable.
+    doc.groups[0].ca_bundle = None;
+    write_discovery(&disc, &doc)?;
+    let untrusting = start_client(fast_config(&disc)).await?;
+    assert_eq!(untrusting.status().chosen_group, None);
+    assert!(untrusting.put(&key("tls/2"), Bytes::from_static(b"x")).await.is_err());
+    Ok(())
+}

@@ -39,6 +39,18 @@ impl Proxy {
         store_endpoint: &str,
         minio: &Minio,
     ) -> Result<Self> {
+        Self::start_with(name, root, volumes_file, store_endpoint, minio, false).await
+    }
+
+    /// With `tls`, the proxy serves a generated self-signed certificate (`<dir>/cache/tls/selfsigned.crt`).
+    pub async fn start_with(
+        name: &str,
+        root: &Path,
+        volumes_file: &Path,
+        store_endpoint: &str,
+        minio: &Minio,
+        tls: bool,
+    ) -> Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let dir = root.join(name);
         std::fs::create_dir_all(&dir)?;
@@ -53,6 +65,10 @@ impl Proxy {
             "--no-tls".into(),
             "--shutdown-grace=2s".into(),
         ];
+        let mut args = args;
+        if tls {
+            args.retain(|a| a != "--no-tls");
+        }
         let env = vec![
             ("AWS_ACCESS_KEY_ID".to_owned(), minio.access_key().to_owned()),
             ("AWS_SECRET_ACCESS_KEY".to_owned(), minio.secret_key().to_owned()),
@@ -73,8 +89,9 @@ impl Proxy {
             .spawn()
             .context("spawning blockproxy serve")?;
         self.child = Some(child);
-        let http = reqwest::Client::new();
-        let url = format!("http://{}/v1/ping", self.addr);
+        let tls = !self.args.iter().any(|a| a == "--no-tls");
+        let http = reqwest::Client::builder().danger_accept_invalid_certs(tls).build()?;
+        let url = format!("{}://{}/v1/ping", if tls { "https" } else { "http" }, self.addr);
         blockproxy_testenv::eventually(Duration::from_secs(20), Duration::from_millis(50), || {
             let (http, url) = (http.clone(), url.clone());
             async move { Ok(http.get(&url).send().await?.error_for_status()?) }
