@@ -58,8 +58,34 @@ pub enum Error {
 }
 
 impl Error {
+    /// The API error inside, if any.
+    fn kube_error(&self) -> Option<&kube::Error> {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Self::Apply { source, .. }
+            | Self::Delete { source, .. }
+            | Self::List { source, .. }
+            | Self::Get { source, .. }
+            | Self::Status { source, .. } => Some(source),
+            Self::Finalizer(f) => match f.as_ref() {
+                F::AddFinalizer(e) | F::RemoveFinalizer(e) => Some(e),
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.kube_error(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The API server refused for lack of permission: an RBAC bug, not a transient error.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self.kube_error(), Some(kube::Error::Api(s)) if s.code == 403)
+    }
+
     /// A stable label for metrics and Events.
     pub fn metric_label(&self) -> &'static str {
+        if self.is_forbidden() {
+            return "forbidden";
+        }
         match self {
             Self::Apply { .. } => "apply",
             Self::Delete { .. } => "delete",

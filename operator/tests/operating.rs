@@ -10,8 +10,8 @@ use blockproxy_testenv::anyhow::Result;
 use common::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
-use kube::api::ListParams;
 use kube::Api;
+use kube::api::ListParams;
 
 async fn owned_counts(client: &kube::Client, group: &str) -> Result<(usize, usize, usize, usize)> {
     let lp = ListParams::default().labels(&format!("blockproxy.io/proxy-group={group}"));
