@@ -17,6 +17,51 @@ async fn discovery(client: &kube::Client, ns: &str, volume: &str) -> Result<Opti
     Ok(Some(DiscoveryDocument::from_json(json.as_bytes())?))
 }
 
+/// `kubectl get` output, rendered by the API server from the CRDs' printer columns.
+async fn table(client: &kube::Client, path: &str) -> Result<String> {
+    let req =
+        http::Request::get(path).header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").body(Vec::new())?;
+    let t: serde_json::Value = client.request(req).await?;
+    let cols: Vec<String> = t["columnDefinitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["priority"].as_i64().unwrap_or(0) == 0)
+        .map(|c| c["name"].as_str().unwrap_or_default().to_uppercase())
+        .collect();
+    let mut rows = vec![cols.clone()];
+    for r in t["rows"].as_array().into_iter().flatten() {
+        let cells = r["cells"].as_array().cloned().unwrap_or_default();
+        let defs = t["columnDefinitions"].as_array().cloned().unwrap_or_default();
+        rows.push(
+            cells
+                .iter()
+                .zip(defs.iter())
+                .filter(|(_, d)| d["priority"].as_i64().unwrap_or(0) == 0)
+                .map(|(c, _)| match c {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => "<none>".into(),
+                    other => other.to_string(),
+                })
+                .collect(),
+        );
+    }
+    let widths: Vec<usize> =
+        (0..cols.len()).map(|i| rows.iter().map(|r| r.get(i).map_or(0, |c| c.len())).max().unwrap_or(0)).collect();
+    Ok(rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<w$}", w = widths[i] + 3))
+                .collect::<String>()
+                .trim_end()
+                .to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
 async fn accepted(client: &kube::Client, ns: &str, name: &str) -> Result<(String, String, String)> {
     let v = Api::<VolumeProxyGroup>::namespaced(client.clone(), ns).get(name).await?;
     let c = v
@@ -75,6 +120,16 @@ async fn discovery_lists_every_group_follows_endpoints_and_refuses_forbidden_nam
         ensure(eps == ["10.1.0.7:8443"], || format!("{eps:?}; group status {:?}; errors {:?}", pg.status, op.errors()))
     })
     .await?;
+
+    // What `kubectl get pg` and `kubectl get vpg -n team-a` show.
+    let pg_table = table(&client, "/apis/blockproxy.io/v1alpha1/proxygroups").await?;
+    let vpg_table = table(&client, "/apis/blockproxy.io/v1alpha1/namespaces/team-a/volumeproxygroups").await?;
+    println!("$ kubectl get pg\n{pg_table}\n\n$ kubectl get vpg -n team-a\n{vpg_table}");
+    assert!(
+        pg_table.starts_with("NAME") && pg_table.contains("PROVIDER") && pg_table.contains("DESIRED"),
+        "{pg_table}"
+    );
+    assert!(vpg_table.contains("ACCEPTED") && vpg_table.contains("vol1"), "{vpg_table}");
 
     // The token Secret for the sidecars matches what the proxies of both groups accept.
     let token = Api::<Secret>::namespaced(client.clone(), "team-a").get("blockproxy-token-vol1").await?;
