@@ -319,3 +319,33 @@ async fn client_trusts_the_groups_ca_bundle_over_tls() -> Result<()> {
     assert!(untrusting.put(&key("tls/2"), Bytes::from_static(b"x")).await.is_err());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_without_store_credentials_goes_through_a_proxy() -> Result<()> {
+    let minio = Minio::start().await?;
+    let root = tempfile::tempdir()?;
+    let volumes = write_volumes_file(root.path(), minio.bucket())?;
+    let p1 = Proxy::start("l1", root.path(), &volumes, &minio.endpoint(), &minio).await?;
+    let p2 = Proxy::start("l2", root.path(), &volumes, &minio.endpoint(), &minio).await?;
+    let disc = root.path().join("discovery.json");
+    let addresses = vec![p1.addr.to_string(), p2.addr.to_string()];
+    write_discovery(&disc, &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses }]))?;
+    let cfg = fast_config(&disc);
+    assert!(cfg.direct_store.is_none(), "this client has no store credentials");
+    let client = start_client(cfg).await?;
+    for i in 0..6 {
+        client.put(&key(&format!("ls/{i}")), Bytes::from(format!("object {i}"))).await?;
+    }
+    client.delete(&key("ls/0")).await?;
+    // Flushed or not, every acknowledged object is listed once and the deleted one is not.
+    for _ in 0..2 {
+        let listed: Vec<String> = client.list("ls/").await?.into_iter().map(|e| e.key).collect();
+        assert_eq!(listed, (1..6).map(|i| format!("ls/{i}")).collect::<Vec<_>>());
+        wait_until("flushed", Duration::from_secs(20), || async {
+            in_minio(&minio, "ls/5").await.ok().flatten().is_some()
+                && in_minio(&minio, "ls/0").await.ok().flatten().is_none()
+        })
+        .await?;
+    }
+    Ok(())
+}

@@ -29,3 +29,19 @@ pub struct DirtyKey {
     pub deleted: bool,
     pub version: u64,
 }
+
+/// Answer of `GET /v1/volumes/{volume}/objects?prefix=`: the objects the store holds under the
+/// volume's prefix (keys relative to it), as the proxy lists them for clients that have no store
+/// credentials. Unflushed writes are not included: merge with [`DirtyKeys`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreObjects {
+    pub objects: Vec<StoreObject>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreObject {
+    pub key: String,
+    pub size: u64,
+}

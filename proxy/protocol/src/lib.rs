@@ -10,7 +10,7 @@ mod volumes;
 
 pub use checksum::{Checksum, ChecksumError};
 pub use discovery::{DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation};
-pub use drain::{DirtyKey, DirtyKeys, DrainStatus};
+pub use drain::{DirtyKey, DirtyKeys, DrainStatus, StoreObject, StoreObjects};
 pub use names::{BlockKey, MAX_KEY_LEN, MAX_VOLUME_ID_LEN, NameError, VolumeId};
 pub use volumes::{VolumeConfig, VolumesFile, VolumesFileError};
 
@@ -47,6 +47,11 @@ pub fn block_path(volume: &VolumeId, key: &BlockKey) -> String {
 /// `/v1/volumes/{volume}/dirty?prefix=...`: keys acknowledged but not yet flushed, as [`DirtyKeys`].
 pub fn dirty_keys_path(volume: &VolumeId) -> String {
     format!("{API_V1}/volumes/{}/dirty", volume.as_str())
+}
+
+/// `/v1/volumes/{volume}/objects?prefix=...`: the store's objects under the volume, as [`StoreObjects`].
+pub fn store_objects_path(volume: &VolumeId) -> String {
+    format!("{API_V1}/volumes/{}/objects", volume.as_str())
 }
 
 /// Splits a request path of the form `/v1/volumes/{volume}/blocks/{key}` into validated parts.

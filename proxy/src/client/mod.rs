@@ -51,10 +51,6 @@ pub enum ClientError {
          credentials to fall back on; last error: {last}"
     )]
     Unreachable { op: &'static str, attempts: u32, last: String },
-    #[error(
-        "listing needs read access to the object store (give the sidecar store credentials); proxies only list unflushed keys"
-    )]
-    ListNeedsStore,
     #[error("object store: {0}")]
     Store(#[source] StoreError),
 }
@@ -68,7 +64,6 @@ impl ClientError {
             Self::Rejected { .. } => "rejected",
             Self::RangeNotSatisfiable(_) => "range",
             Self::Unreachable { .. } => "unreachable",
-            Self::ListNeedsStore => "list_needs_store",
             Self::Store(_) => "store",
         }
     }

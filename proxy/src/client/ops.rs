@@ -363,14 +363,7 @@ impl Client {
     /// unflushed keys (newest version wins; pending deletes hide the object).
     pub async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>, ClientError> {
         let inner = &self.inner;
-        let store = inner.cfg.direct_store.as_ref().ok_or(ClientError::ListNeedsStore)?;
         let topo = inner.topology();
-        let loc = &topo.doc.store;
-        let store_prefix = store_key(&loc.prefix, prefix);
-        let strip = {
-            let p = loc.prefix.trim_matches('/');
-            if p.is_empty() { 0 } else { p.len() + 1 }
-        };
         let mut calls = Vec::new();
         for g in &topo.groups {
             for e in &g.endpoints {
@@ -380,16 +373,12 @@ impl Client {
             }
         }
         let (listed, dirty) = tokio::join!(
-            store.list(&loc.bucket, &store_prefix),
+            self.store_listing(&topo, prefix),
             futures::future::join_all(calls.iter().map(|c| c.dirty(prefix)))
         );
-        let listed = listed.map_err(ClientError::Store)?;
         let mut out: BTreeMap<String, ListEntry> = BTreeMap::new();
-        for o in listed {
-            if o.key.len() >= strip {
-                let key = o.key[strip..].to_owned();
-                out.insert(key.clone(), ListEntry { key, size: o.size, unflushed: false });
-            }
+        for (key, size) in listed? {
+            out.insert(key.clone(), ListEntry { key, size, unflushed: false });
         }
         let mut newest: BTreeMap<String, crate::protocol::DirtyKey> = BTreeMap::new();
         for (call, d) in calls.iter().zip(dirty) {
@@ -414,5 +403,37 @@ impl Client {
             }
         }
         Ok(out.into_values().collect())
+    }
+
+    /// The store's objects under `prefix` (keys relative to the volume): read directly with store
+    /// credentials, otherwise through a proxy of the chosen group (failing over like a read).
+    async fn store_listing(&self, topo: &Topology, prefix: &str) -> Result<Vec<(String, u64)>, ClientError> {
+        let inner = &self.inner;
+        let loc = &topo.doc.store;
+        if let Some(store) = &inner.cfg.direct_store {
+            let strip = {
+                let p = loc.prefix.trim_matches('/');
+                if p.is_empty() { 0 } else { p.len() + 1 }
+            };
+            let listed = store.list(&loc.bucket, &store_key(&loc.prefix, prefix)).await.map_err(ClientError::Store)?;
+            return Ok(listed
+                .into_iter()
+                .filter(|o| o.key.len() > strip)
+                .map(|o| (o.key[strip..].to_owned(), o.size))
+                .collect());
+        }
+        let mut last = String::from("no proxy is known");
+        let mut attempts = 0;
+        for target in inner.plan(topo, prefix, false).into_iter().chain(inner.plan(topo, prefix, true)) {
+            let Target::Proxy { group, address } = &target else { continue };
+            attempts += 1;
+            let call = inner.proxy_call(&topo.groups[*group], address, inner.cfg.request_timeout);
+            match call.store_objects(prefix).await {
+                Ok(o) => return Ok(o.objects.into_iter().map(|o| (o.key, o.size)).collect()),
+                Err(AttemptError::Rejected(e)) => return Err(e),
+                Err(AttemptError::Unreachable(e) | AttemptError::Unavailable(e)) => last = e,
+            }
+        }
+        Err(ClientError::Unreachable { op: "list", attempts, last })
     }
 }

@@ -192,6 +192,22 @@ impl ProxyCall<'_> {
         resp.json().await.map_err(|e| AttemptError::Unavailable(format!("dirty-key listing is not valid JSON: {e}")))
     }
 
+    /// The store's objects under the volume, as this proxy lists them.
+    pub async fn store_objects(&self, prefix: &str) -> Result<protocol::StoreObjects, AttemptError> {
+        let url = format!("{}{}", self.base, protocol::store_objects_path(self.volume));
+        let resp = self
+            .http
+            .get(url)
+            .query(&[("prefix", prefix)])
+            .bearer_auth(self.token)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(classify)?;
+        let resp = check(resp, "list store objects").await?;
+        resp.json().await.map_err(|e| AttemptError::Unavailable(format!("store listing is not valid JSON: {e}")))
+    }
+
     /// One ping; the elapsed time on success.
     pub async fn ping(&self) -> Result<Duration, AttemptError> {
         let started = std::time::Instant::now();

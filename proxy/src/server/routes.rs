@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use blockproxy_protocol::{
-    self as protocol, CHECKSUM_HEADER, Checksum, DirtyKey, DirtyKeys, DrainStatus, SOURCE_HEADER, VERSION_HEADER,
-    VolumeConfig, VolumeId,
+    self as protocol, CHECKSUM_HEADER, Checksum, DirtyKey, DirtyKeys, DrainStatus, SOURCE_HEADER, StoreObject,
+    StoreObjects, VERSION_HEADER, VolumeConfig, VolumeId,
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -89,13 +89,22 @@ async fn start_drain(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Resu
     Ok((StatusCode::ACCEPTED, axum::Json(drain_report(&s))).into_response())
 }
 
-fn op_label(method: &Method, is_list: bool) -> &'static str {
-    match (method, is_list) {
-        (_, true) => "list_dirty",
-        (&Method::GET, _) => "get",
-        (&Method::HEAD, _) => "head",
-        (&Method::PUT, _) => "put",
-        (&Method::DELETE, _) => "delete",
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    /// Unflushed keys of this proxy.
+    Dirty,
+    /// The store's objects under the volume.
+    Store,
+}
+
+fn op_label(method: &Method, listing: Option<Listing>) -> &'static str {
+    match (method, listing) {
+        (_, Some(Listing::Dirty)) => "list_dirty",
+        (_, Some(Listing::Store)) => "list_store",
+        (&Method::GET, None) => "get",
+        (&Method::HEAD, None) => "head",
+        (&Method::PUT, None) => "put",
+        (&Method::DELETE, None) => "delete",
         _ => "other",
     }
 }
@@ -105,10 +114,20 @@ fn op_label(method: &Method, is_list: bool) -> &'static str {
 async fn volume_request(State(s): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
-    let is_list = path.ends_with("/dirty") && !path.contains("/blocks/");
-    let op = op_label(req.method(), is_list);
+    let listing = (!path.contains("/blocks/"))
+        .then(|| {
+            if path.ends_with("/dirty") {
+                Some(Listing::Dirty)
+            } else if path.ends_with("/objects") {
+                Some(Listing::Store)
+            } else {
+                None
+            }
+        })
+        .flatten();
+    let op = op_label(req.method(), listing);
     let span = tracing::debug_span!("request", op, path = %path);
-    let resp = match dispatch(&s, req, is_list).instrument(span.clone()).await {
+    let resp = match dispatch(&s, req, listing).instrument(span.clone()).await {
         Ok(r) => r,
         Err(e) => {
             if e.status.is_server_error() {
@@ -122,21 +141,26 @@ async fn volume_request(State(s): State<Arc<AppState>>, req: Request) -> Respons
     resp
 }
 
-async fn dispatch(s: &Arc<AppState>, req: Request, is_list: bool) -> Result<Response, ApiError> {
+async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> Result<Response, ApiError> {
     let path = req.uri().path().to_owned();
     let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    if is_list {
+    if let Some(listing) = listing {
+        let suffix = if listing == Listing::Dirty { "/dirty" } else { "/objects" };
         let volume = path
             .strip_prefix("/v1/volumes/")
-            .and_then(|r| r.strip_suffix("/dirty"))
+            .and_then(|r| r.strip_suffix(suffix))
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such path"))?;
         let volume = VolumeId::parse(volume).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        authorize(s, &volume, auth.as_deref())?;
+        let cfg = authorize(s, &volume, auth.as_deref())?;
         if req.method() != Method::GET {
             return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use GET"));
         }
         let Query(q) = Query::<ListQuery>::try_from_uri(req.uri()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        return Ok(list_dirty(s, &volume, q.prefix.as_deref().unwrap_or("")));
+        let prefix = q.prefix.as_deref().unwrap_or("");
+        return match listing {
+            Listing::Dirty => Ok(list_dirty(s, &volume, prefix)),
+            Listing::Store => list_store(s, &cfg, prefix).await,
+        };
     }
     let (volume, key) = match protocol::parse_block_path(&path) {
         Some(Ok(parts)) => parts,
@@ -183,6 +207,28 @@ fn list_dirty(s: &AppState, volume: &VolumeId, prefix: &str) -> Response {
         .map(|(id, size, version, deleted)| DirtyKey { key: id.key.to_string(), size, deleted, version })
         .collect();
     axum::Json(DirtyKeys { keys }).into_response()
+}
+
+/// The store's objects under the volume's prefix, keys relative to it.
+async fn list_store(s: &AppState, cfg: &VolumeConfig, prefix: &str) -> Result<Response, ApiError> {
+    let volume_prefix = cfg.prefix.trim_matches('/');
+    let (store_prefix, strip) = if volume_prefix.is_empty() {
+        (prefix.to_owned(), 0)
+    } else {
+        (format!("{volume_prefix}/{prefix}"), volume_prefix.len() + 1)
+    };
+    s.metrics.store_requests_total.with_label_values(&["list"]).inc();
+    let listed = s
+        .store
+        .list(&cfg.bucket, &store_prefix)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("listing the store failed: {e}")))?;
+    let objects = listed
+        .into_iter()
+        .filter(|o| o.key.len() > strip)
+        .map(|o| StoreObject { key: o.key[strip..].to_owned(), size: o.size })
+        .collect();
+    Ok(axum::Json(StoreObjects { objects }).into_response())
 }
 
 fn requested_version(s: &AppState, headers: &HeaderMap) -> Result<u64, ApiError> {

@@ -54,8 +54,8 @@ pub struct MountArgs {
     #[arg(long, env = "BLOCKPROXY_MAX_OBJECT_SIZE", default_value = "64Mi", value_parser = parse_size)]
     pub max_object_size: u64,
 
-    /// Go directly to the object store when no proxy is reachable, and list objects from it,
-    /// using the AWS default credential chain. Implied by --store-credentials-file and by a
+    /// Go directly to the object store when no proxy is reachable (and list it directly),
+    /// using the AWS default credential chain. Without it, listings go through a proxy. Implied by --store-credentials-file and by a
     /// file:// store endpoint.
     #[arg(long, env = "BLOCKPROXY_DIRECT_STORE")]
     pub direct_store: bool,

@@ -110,7 +110,6 @@ fn map_err(e: ClientError) -> S3Error {
         ClientError::Rejected { status: 400, message } => s3_error!(InvalidArgument, "{message}"),
         ClientError::Rejected { message, .. } => s3_error!(InvalidRequest, "{message}"),
         ClientError::Unreachable { .. } => S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string()),
-        ClientError::ListNeedsStore => s3_error!(NotImplemented, "{e}"),
         _ => S3Error::with_message(S3ErrorCode::InternalError, e.to_string()),
     }
 }
