@@ -47,6 +47,28 @@ pub struct Context {
     pub recorder: Recorder,
     /// Key the per-volume tokens are derived from.
     pub token_key: Vec<u8>,
+    /// Consecutive failures per object, for exponential backoff.
+    pub failures: Backoff,
+}
+
+/// Capped exponential backoff per object: 1s, 2s, 4s, ... up to 5 minutes; reset on success.
+/// The lock is never held across an await.
+#[derive(Default)]
+pub struct Backoff(std::sync::Mutex<BTreeMap<String, u32>>);
+
+impl Backoff {
+    pub const MAX: Duration = Duration::from_secs(300);
+
+    pub fn next(&self, key: &str) -> Duration {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(9)).min(Self::MAX)
+    }
+
+    pub fn reset(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
 }
 
 /// Name of the Secret (in the operator's namespace) holding the volume-token key.
@@ -152,6 +174,7 @@ where
 pub async fn reconcile_pg(pg: Arc<ProxyGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
     ctx.metrics.reconciles.with_label_values(&["proxygroup"]).inc();
+    let name = pg.name_any();
     let api: Api<ProxyGroup> = Api::all(ctx.client.clone());
     let res = finalizer(&api, PG_FINALIZER, pg, |event| async {
         match event {
@@ -165,6 +188,9 @@ pub async fn reconcile_pg(pg: Arc<ProxyGroup>, ctx: Arc<Context>) -> Result<Acti
         other => Error::Finalizer(Box::new(other)),
     });
     ctx.metrics.duration.with_label_values(&["proxygroup"]).observe(start.elapsed().as_secs_f64());
+    if res.is_ok() {
+        ctx.failures.reset(&format!("pg/{name}"));
+    }
     res
 }
 
@@ -383,8 +409,9 @@ pub fn error_policy_pg(pg: Arc<ProxyGroup>, err: &Error, ctx: Arc<Context>) -> A
     match err {
         Error::DrainPending(_) | Error::DrainBlocked(_) => Action::requeue(ctx.config.drain_poll),
         _ => {
-            warn!(group = %pg.name_any(), error = %err, "reconcile failed");
-            Action::requeue(Duration::from_secs(5))
+            let delay = ctx.failures.next(&format!("pg/{}", pg.name_any()));
+            warn!(group = %pg.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
+            Action::requeue(delay)
         }
     }
 }
@@ -397,6 +424,7 @@ pub async fn reconcile_vpg(vpg: Arc<VolumeProxyGroup>, ctx: Arc<Context>) -> Res
     let start = Instant::now();
     ctx.metrics.reconciles.with_label_values(&["volumeproxygroup"]).inc();
     let ns = vpg.namespace().unwrap_or_default();
+    let name = vpg.name_any();
     let api: Api<VolumeProxyGroup> = Api::namespaced(ctx.client.clone(), &ns);
     let res = finalizer(&api, VPG_FINALIZER, vpg, |event| async {
         match event {
@@ -410,6 +438,9 @@ pub async fn reconcile_vpg(vpg: Arc<VolumeProxyGroup>, ctx: Arc<Context>) -> Res
         other => Error::Finalizer(Box::new(other)),
     });
     ctx.metrics.duration.with_label_values(&["volumeproxygroup"]).observe(start.elapsed().as_secs_f64());
+    if res.is_ok() {
+        ctx.failures.reset(&format!("vpg/{ns}/{name}"));
+    }
     res
 }
 
@@ -511,8 +542,9 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
 
 pub fn error_policy_vpg(vpg: Arc<VolumeProxyGroup>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.errors.with_label_values(&["volumeproxygroup", err.metric_label()]).inc();
-    warn!(vpg = %vpg.name_any(), error = %err, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    let delay = ctx.failures.next(&format!("vpg/{}/{}", vpg.namespace().unwrap_or_default(), vpg.name_any()));
+    warn!(vpg = %vpg.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,7 +562,14 @@ pub async fn run_controllers(
         client.clone(),
         Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.instance.clone()) },
     );
-    let ctx = Arc::new(Context { client: client.clone(), config: config.clone(), metrics, recorder, token_key });
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config: config.clone(),
+        metrics,
+        recorder,
+        token_key,
+        failures: Backoff::default(),
+    });
     let shutdown = shutdown.shared();
     let ns = config.namespace.as_str();
     let owned = watcher::Config::default().labels(&format!("{}={}", meta::MANAGED_BY_LABEL, FIELD_MANAGER));
@@ -573,4 +612,20 @@ pub async fn run_controllers(
     futures::join!(pg_run, vpg_run);
     info!("controllers stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_resets() {
+        let b = Backoff::default();
+        let d: Vec<u64> = (0..12).map(|_| b.next("x").as_secs()).collect();
+        assert_eq!(&d[..5], &[1, 2, 4, 8, 16]);
+        assert_eq!(*d.last().unwrap(), 300);
+        assert_eq!(b.next("y").as_secs(), 1);
+        b.reset("x");
+        assert_eq!(b.next("x").as_secs(), 1);
+    }
 }
