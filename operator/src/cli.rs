@@ -42,6 +42,18 @@ pub struct Args {
     /// Seconds between reconciles of an unchanged object.
     #[arg(long, env = "BLOCKPROXY_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..))]
     pub resync_seconds: u64,
+    /// Serve the mutating admission webhook that injects the blockproxy-mount sidecar.
+    #[arg(long, env = "BLOCKPROXY_WEBHOOK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook: bool,
+    /// Address of the admission webhook (HTTPS).
+    #[arg(long, env = "BLOCKPROXY_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    pub webhook_addr: SocketAddr,
+    /// Folder with the webhook's `tls.crt` and `tls.key`.
+    #[arg(long, env = "BLOCKPROXY_WEBHOOK_CERT_DIR", default_value = "/etc/blockproxy/webhook")]
+    pub webhook_cert_dir: std::path::PathBuf,
+    /// Image of the injected sidecar; defaults to the proxy image.
+    #[arg(long, env = "BLOCKPROXY_SIDECAR_IMAGE")]
+    pub sidecar_image: Option<String>,
     /// Log format; `text` is the default on a terminal, `json` otherwise.
     #[arg(long, env = "BLOCKPROXY_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -65,6 +77,12 @@ impl Args {
                 renew: Duration::from_secs((self.lease_seconds / 3).max(1)),
             }),
             admin_addr: Some(self.admin_addr),
+            webhook: self.webhook.then(|| crate::run::WebhookSettings {
+                addr: self.webhook_addr,
+                cert_file: self.webhook_cert_dir.join("tls.crt"),
+                key_file: self.webhook_cert_dir.join("tls.key"),
+                sidecar_image: self.sidecar_image.clone().unwrap_or_else(|| self.proxy_image.clone()),
+            }),
         }
     }
 }

@@ -108,3 +108,4 @@ pub mod lease;
 pub mod metrics;
 pub mod run;
 pub mod tls;
+pub mod webhook;

@@ -37,6 +37,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("admission webhook: {0}")]
+    Webhook(#[from] crate::webhook::WebhookError),
     #[error("lost leadership; exiting so a fresh process can campaign again")]
     LostLeadership,
     #[error(transparent)]
@@ -50,6 +52,16 @@ pub struct Settings {
     pub lease: Option<LeaseConfig>,
     /// `/healthz`, `/readyz`, `/metrics`; `None` serves nothing.
     pub admin_addr: Option<SocketAddr>,
+    /// The sidecar-injecting admission webhook; served by every replica, leader or not.
+    pub webhook: Option<WebhookSettings>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    pub addr: SocketAddr,
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    pub sidecar_image: String,
 }
 
 /// Handles the admin server reads.
@@ -111,6 +123,12 @@ pub async fn run(
             }
         });
         info!(%addr, "admin server listening");
+    }
+    if let Some(w) = &settings.webhook {
+        let tls = crate::webhook::tls_config(&w.cert_file, &w.key_file)?;
+        let cfg = crate::webhook::SidecarConfig { image: w.sidecar_image.clone() };
+        let (_, serving) = crate::webhook::serve(w.addr, tls, cfg, shutdown.clone()).await?;
+        tokio::spawn(serving);
     }
     health.ready.store(true, Ordering::Relaxed);
 

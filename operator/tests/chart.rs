@@ -72,6 +72,8 @@ async fn chart_lints_and_renders_with_default_and_custom_values() -> Result<()> 
             || custom.contains("value: \"registry.local/blockproxy:v9\"")
     );
     assert!(custom.contains("namespace: ops"));
+    let no_webhook = helm.run(["template", "bp", &chart(), "--set", "webhook.enabled=false"]).await?.stdout;
+    assert!(!kinds(&no_webhook)?.iter().any(|(x, _)| x == "MutatingWebhookConfiguration"));
 
     let bad = helm.run(["template", "bp", &chart(), "--set", "logFormat=xml"]).await;
     let err = format!("{:#}", bad.expect_err("values.schema.json must refuse logFormat=xml"));

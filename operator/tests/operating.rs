@@ -106,7 +106,7 @@ async fn with_two_replicas_only_the_leader_reconciles() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_without_crds_exits_with_an_install_hint() -> Result<()> {
     let cp = ControlPlane::start().await?;
-    let settings = Settings { controllers: config("x"), lease: None, admin_addr: None };
+    let settings = Settings { controllers: config("x"), lease: None, admin_addr: None, webhook: None };
     let err = blockproxy_operator::run::run(cp.client(), settings, Metrics::default(), std::future::pending())
         .await
         .expect_err("must refuse to run");

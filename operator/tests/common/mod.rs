@@ -76,6 +76,7 @@ impl Operator {
                 renew: Duration::from_millis(500),
             }),
             admin_addr: None,
+            webhook: None,
         };
         let m = metrics.clone();
         let task = tokio::spawn(async move {
