@@ -100,6 +100,27 @@ async fn invalid_specs_are_refused_with_clear_messages() -> Result<()> {
         assert!(msg.contains(expected), "expected {expected:?} in {msg:?} for {}", body["spec"]);
     }
 
+    // The README's example manifests are valid.
+    ensure_namespace(&client, "analytics").await?;
+    for (file, count) in [("proxygroup.yaml", 1), ("volumeproxygroup.yaml", 1)] {
+        let text =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(file))?;
+        let mut seen = 0;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = serde_json::to_value(<serde_yaml::Value as serde::Deserialize>::deserialize(doc)?)?;
+            match v["kind"].as_str() {
+                Some("ProxyGroup") => drop(api.create(&PostParams::default(), &serde_json::from_value(v)?).await?),
+                Some("VolumeProxyGroup") => {
+                    let vpgs: Api<VolumeProxyGroup> = Api::namespaced(client.clone(), "analytics");
+                    vpgs.create(&PostParams::default(), &serde_json::from_value(v)?).await?;
+                }
+                _ => continue,
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, count, "{file}");
+    }
+
     // The file provider needs no credentials.
     let file = with(base(), &["spec", "objectStore"], json!({"provider": "file", "endpoint": "file:///data"}));
     api.create(&PostParams::default(), &serde_json::from_value(file)?).await?;

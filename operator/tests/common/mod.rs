@@ -64,6 +64,8 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(client: Client, identity: &str, leader_election: bool) -> Self {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "blockproxy_operator=info,kube_runtime=info".into());
+        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter(filter).try_init();
         let metrics = Metrics::default();
         let (tx, rx) = oneshot::channel::<()>();
         let settings = Settings {
@@ -112,10 +114,12 @@ impl Operator {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .context("operator did not stop")??
-            .map_err(|e| anyhow!(e))
+        let started = std::time::Instant::now();
+        let res = tokio::time::timeout(Duration::from_secs(90), self.task).await.context("operator did not stop")??;
+        if started.elapsed() > Duration::from_secs(10) {
+            eprintln!("slow graceful stop: {:?}", started.elapsed());
+        }
+        res.map_err(|e| anyhow!(e))
     }
 
     /// Crash: the task is dropped wherever it is.
