@@ -217,13 +217,34 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
     let labels = meta::group_labels(&name, "proxy");
     let admin_token =
         generated_secret(client, ns, &meta::admin_secret_name(&name), "token", labels.clone(), owner.clone()).await?;
-    let tls_material = if pg.spec.tls.enabled && pg.spec.tls.certificate_secret.is_none() && !deleting {
-        Some(group_tls(ctx, &name).await?)
-    } else if let Some(user) = pg.spec.tls.certificate_secret.as_deref().filter(|_| pg.spec.tls.enabled) {
-        read_tls(client, ns, user).await?
-    } else {
-        None
+    let tls_material = match (pg.spec.tls.enabled, pg.spec.tls.certificate_secret.as_deref()) {
+        (false, _) => None,
+        (true, Some(user)) => read_tls(client, ns, user).await?,
+        // Never issue new material while deleting: the drain must trust what the proxies serve.
+        (true, None) if deleting => read_tls(client, ns, &meta::tls_secret_name(&name)).await?,
+        (true, None) => Some(group_tls(ctx, &name).await?),
     };
+
+    // References the API server cannot check: the Secrets must exist in our namespace.
+    if !deleting {
+        let problems = referenced_secret_problems(pg, ns, client, tls_material.is_some()).await?;
+        if !problems.is_empty() {
+            let message = problems.join("; ");
+            publish(ctx, &pg.object_ref(&()), true, c::REASON_INVALID_SPEC, message.clone()).await;
+            let mut status = pg.status.clone().unwrap_or_default();
+            let conds = [
+                Cond::new(c::READY, false, c::REASON_INVALID_SPEC, message.clone()),
+                Cond::new(c::DEGRADED, true, c::REASON_INVALID_SPEC, message),
+            ];
+            status.conditions = c::merge(&status.conditions, &conds, pg.metadata.generation, Timestamp::now());
+            status.observed_generation = pg.metadata.generation;
+            let api: Api<ProxyGroup> = Api::all(client.clone());
+            patch_status(&api, &name, serde_json::to_value(&status).map_err(Error::Serialize)?).await?;
+            // Referenced Secrets are not watched: look again after the resync period (or at once
+            // when the group changes).
+            return Ok(Action::requeue(ctx.config.resync));
+        }
+    }
 
     let inputs = Inputs {
         group: pg,
@@ -260,12 +281,14 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
                 let target = tls::AdminTarget {
                     address,
                     token: &admin_token,
-                    tls: tls_material
-                        .as_ref()
-                        .filter(|_| pg.spec.tls.enabled)
-                        .map(|m| (m.ca_pem.as_str(), server_name.as_str())),
+                    tls: tls_material.as_ref().map(|m| (m.ca_pem.as_str(), server_name.as_str())),
                 };
-                match tls::drain(&target).await {
+                let result = if pg.spec.tls.enabled && tls_material.is_none() {
+                    Err("no CA to verify the proxy's certificate (TLS Secret missing)".to_owned())
+                } else {
+                    tls::drain(&target).await
+                };
+                match result {
                     Ok(s) if s.done && s.dirty_bytes == 0 => {
                         ctx.metrics.drains.with_label_values(&["done"]).inc();
                         DrainState::Done
@@ -379,6 +402,41 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
         return Ok(Action::requeue(ctx.config.drain_poll));
     }
     Ok(Action::requeue(ctx.config.resync))
+}
+
+/// Problems with Secrets the group references (credentials, user TLS certificate).
+async fn referenced_secret_problems(
+    pg: &ProxyGroup,
+    ns: &str,
+    client: &Client,
+    tls_ok: bool,
+) -> Result<Vec<String>, Error> {
+    let mut problems = Vec::new();
+    if let Some(user) = pg.spec.tls.certificate_secret.as_deref().filter(|_| pg.spec.tls.enabled && !tls_ok) {
+        problems.push(format!(
+            "tls.certificateSecret {user:?} must exist in namespace {ns} with ca.crt, tls.crt and tls.key"
+        ));
+    }
+    if let Some(creds) = &pg.spec.object_store.credentials_secret {
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let secret = api
+            .get_opt(&creds.name)
+            .await
+            .map_err(|e| Error::Get { what: format!("Secret {}", creds.name), source: e })?;
+        match secret {
+            None => problems
+                .push(format!("objectStore.credentialsSecret {:?} does not exist in namespace {ns}", creds.name)),
+            Some(s) => {
+                let data = s.data.unwrap_or_default();
+                for key in [&creds.access_key_id_key, &creds.secret_access_key_key] {
+                    if !data.contains_key(key) {
+                        problems.push(format!("objectStore.credentialsSecret {:?} has no key {key:?}", creds.name));
+                    }
+                }
+            }
+        }
+    }
+    Ok(problems)
 }
 
 /// The group's operator-issued CA and serving certificate: read back, or issued once.

@@ -102,6 +102,7 @@ async fn chart_installs_and_its_rbac_is_enough_and_no_more() -> Result<()> {
 
     // Cluster objects the platform team owns.
     nvme_cluster(&admin, "c", "local-nvme", 2, 1).await?;
+    store_credentials(&admin).await?;
     ensure_namespace(&admin, "team-a").await?;
 
     // The operator runs as the chart's ServiceAccount, with leader election on.

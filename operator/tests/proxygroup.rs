@@ -174,3 +174,31 @@ async fn unreachable_proxy_blocks_removal_and_says_why() -> Result<()> {
     op.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_credentials_secret_is_reported_until_it_exists() -> Result<()> {
+    let cp = control_plane().await?;
+    let client = cp.client();
+    nvme_cluster(&client, "m", "local-nvme", 1, 0).await?;
+    let op = Operator::start(client.clone(), "op-0", false);
+    let mut spec = group_spec("local-nvme", 8443, &[])?;
+    spec.object_store.credentials_secret.as_mut().unwrap().name = "not-yet".into();
+    create_group(&client, "g", spec).await?;
+    let groups: Api<ProxyGroup> = Api::all(client.clone());
+    let cond = wait("an InvalidSpec condition", || async {
+        let st = groups.get("g").await?.status.unwrap_or_default();
+        st.conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "InvalidSpec")
+            .ok_or_else(|| blockproxy_testenv::anyhow::anyhow!("no InvalidSpec yet"))
+    })
+    .await?;
+    assert!(cond.message.contains("\"not-yet\" does not exist"), "{}", cond.message);
+    assert!(group_pods(&client, "g").await?.is_empty());
+    // Pointing the group at an existing Secret is a change: it reconciles at once.
+    let fix = serde_json::json!({"spec": {"objectStore": {"credentialsSecret": {"name": "store-credentials"}}}});
+    groups.patch("g", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&fix)).await?;
+    wait("the proxy", || async { ensure(group_pods(&client, "g").await?.len() == 1, || "no pod".into()) }).await?;
+    op.stop().await?;
+    Ok(())
+}

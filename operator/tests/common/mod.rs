@@ -32,7 +32,24 @@ pub async fn control_plane() -> Result<ControlPlane> {
     let cp = ControlPlane::start().await?;
     cp.install_crds(root().join("crds")).await?;
     ensure_namespace(&cp.client(), NS).await?;
+    store_credentials(&cp.client()).await?;
     Ok(cp)
+}
+
+/// The Secret the fixture's groups reference for object-store keys.
+pub async fn store_credentials(client: &Client) -> Result<()> {
+    let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "store-credentials"},
+        "stringData": {"accessKeyId": "minioadmin", "secretAccessKey": "minioadmin"},
+    }))?;
+    match Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &s)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
