@@ -127,7 +127,10 @@ async fn proxies_run_on_nvme_nodes_only_and_leave_only_after_draining() -> Resul
         ensure(!pods.iter().any(|p| node_of(p) == "n-nvme-1") && pvc_gone, || "still there".into())
     })
     .await?;
-    assert_eq!(*drain.calls.lock().unwrap(), vec![3000, 1000, 0], "deleted only after dirty bytes reached zero");
+    // Deleted only after dirty bytes reached zero. (A retried reconcile, e.g. after a transient
+    // API error, may ask a drained proxy again; drain calls are idempotent.)
+    let calls = drain.calls.lock().unwrap().clone();
+    assert!(calls.starts_with(&[3000, 1000, 0]) && calls[2..].iter().all(|c| *c == 0), "{calls:?}");
     let st = groups.get("eu").await?.status.unwrap();
     assert!(st.endpoints.iter().all(|e| e.node != "n-nvme-1"));
     // The operator never deletes a PV: the others are untouched, the removed one is only
