@@ -58,6 +58,7 @@ struct Params {
     startup_blocks: usize,
     one_way_ms: u64,
     bandwidth_kbps: u64,
+    figures: Vec<u32>,
     out: PathBuf,
 }
 
@@ -81,6 +82,7 @@ impl Params {
             one_way_ms: 25,
             // 500 Mbit/s per connection.
             bandwidth_kbps: 62_500,
+            figures: (1..=6).collect(),
             out: Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).join("target/bench"),
         };
         if let Some(v) = env("BLOCKPROXY_BENCH_BANDWIDTH_KBPS") {
@@ -97,10 +99,13 @@ impl Params {
                 "--concurrency-large" => p.concurrency_large = value()?.parse()?,
                 "--concurrency-small" => p.concurrency_small = value()?.parse()?,
                 "--out" => p.out = value()?.into(),
+                "--figures" => {
+                    p.figures = value()?.split(',').map(|f| f.trim().parse()).collect::<Result<_, _>>()?;
+                }
                 "--help" | "-h" => {
                     println!(
                         "compare [--quick] [--runs N] [--duration-secs S] [--bandwidth-kbps KB/s (0 = uncapped)] \
-                         [--startup-blocks N] [--concurrency-large N] [--concurrency-small N] [--out DIR]\n\
+                         [--startup-blocks N] [--figures 1,2,..] [--concurrency-large N] [--concurrency-small N] [--out DIR]\n\
                          env: BLOCKPROXY_BENCH_QUICK=1, BLOCKPROXY_BENCH_BANDWIDTH_KBPS, BLOCKPROXY_NGINX"
                     );
                     std::process::exit(0);
@@ -133,6 +138,7 @@ impl Params {
             "startupBlockBytes": STARTUP_BLOCK,
             "wanRttMs": self.one_way_ms * 2,
             "wanBandwidthKBps": self.bandwidth_kbps,
+            "figures": self.figures,
         })
     }
 }
@@ -467,42 +473,46 @@ async fn main() -> Result<()> {
     let all_proxies: Vec<&BlockProxy> = std::iter::once(&bp).chain(group.iter()).collect();
     let misses_before = misses(&all_proxies).await;
 
+    let want = |n: u32| p.figures.contains(&n);
+    let d = p.duration;
     // ---- figure 1: cache-hit throughput, 4 MiB ----
-    eprintln!("figure 1: 4 MiB cache hits, concurrency {}", p.concurrency_large);
-    let (c, d) = (p.concurrency_large, p.duration);
-    for run in 0..p.runs {
-        let sampler = RssSampler::start(bp.pid(), false);
-        let b = get_load(&http, &bp_large, c, d).await;
-        r.push("rss_mib.blockproxy.large_load", sampler.finish().await);
-        check("blockproxy 4 MiB", &b)?;
-        let g = get_load(&http, &group_large, c, d).await;
-        check("group of 3 4 MiB", &g)?;
-        let l = client_load(&client, &lib_large, c, d).await;
-        check("group of 3 (client library) 4 MiB", &l)?;
-        let sampler = RssSampler::start(nginx.pid(), true);
-        let n = get_load(&http, &nginx_large, c, d).await;
-        r.push("rss_mib.nginx.large_load", sampler.finish().await);
-        check("nginx 4 MiB", &n)?;
-        let cache_dir = bp.cache_dir();
-        let raw = tokio::task::spawn_blocking(move || raw_read_mib_s(&cache_dir, LARGE as u64, d)).await??;
-        eprintln!(
-            "  run {run}: blockproxy {:.0} MiB/s, group {:.0}, client lib {:.0}, nginx {:.0}, raw disk read {:.0}",
-            b.mib_per_s(),
-            g.mib_per_s(),
-            l.mib_per_s(),
-            n.mib_per_s(),
-            raw
-        );
-        r.push("f1.mib_s.blockproxy", b.mib_per_s());
-        r.push("f1.mib_s.group3", g.mib_per_s());
-        r.push("f1.mib_s.group3_client_lib", l.mib_per_s());
-        r.push("f1.mib_s.nginx", n.mib_per_s());
-        r.push("f1.mib_s.raw_disk_read", raw);
-        r.push("f1.ratio.blockproxy_over_nginx", b.mib_per_s() / n.mib_per_s());
-        r.push("f1.ratio.group3_over_nginx", g.mib_per_s() / n.mib_per_s());
-        r.push("f1.ratio.blockproxy_over_raw", b.mib_per_s() / raw);
-        r.push("f1.p99_ms.blockproxy", b.percentile_ms(99.0));
-        r.push("f1.p99_ms.nginx", n.percentile_ms(99.0));
+    if want(1) {
+        eprintln!("figure 1: 4 MiB cache hits, concurrency {}", p.concurrency_large);
+        let c = p.concurrency_large;
+        for run in 0..p.runs {
+            let sampler = RssSampler::start(bp.pid(), false);
+            let b = get_load(&http, &bp_large, c, d).await;
+            r.push("rss_mib.blockproxy.large_load", sampler.finish().await);
+            check("blockproxy 4 MiB", &b)?;
+            let g = get_load(&http, &group_large, c, d).await;
+            check("group of 3 4 MiB", &g)?;
+            let l = client_load(&client, &lib_large, c, d).await;
+            check("group of 3 (client library) 4 MiB", &l)?;
+            let sampler = RssSampler::start(nginx.pid(), true);
+            let n = get_load(&http, &nginx_large, c, d).await;
+            r.push("rss_mib.nginx.large_load", sampler.finish().await);
+            check("nginx 4 MiB", &n)?;
+            let cache_dir = bp.cache_dir();
+            let raw = tokio::task::spawn_blocking(move || raw_read_mib_s(&cache_dir, LARGE as u64, d)).await??;
+            eprintln!(
+                "  run {run}: blockproxy {:.0} MiB/s, group {:.0}, client lib {:.0}, nginx {:.0}, raw disk read {:.0}",
+                b.mib_per_s(),
+                g.mib_per_s(),
+                l.mib_per_s(),
+                n.mib_per_s(),
+                raw
+            );
+            r.push("f1.mib_s.blockproxy", b.mib_per_s());
+            r.push("f1.mib_s.group3", g.mib_per_s());
+            r.push("f1.mib_s.group3_client_lib", l.mib_per_s());
+            r.push("f1.mib_s.nginx", n.mib_per_s());
+            r.push("f1.mib_s.raw_disk_read", raw);
+            r.push("f1.ratio.blockproxy_over_nginx", b.mib_per_s() / n.mib_per_s());
+            r.push("f1.ratio.group3_over_nginx", g.mib_per_s() / n.mib_per_s());
+            r.push("f1.ratio.blockproxy_over_raw", b.mib_per_s() / raw);
+            r.push("f1.p99_ms.blockproxy", b.percentile_ms(99.0));
+            r.push("f1.p99_ms.nginx", n.percentile_ms(99.0));
+        }
     }
 
     // Optional: a CPU profile of blockproxy serving 4 MiB hits (BLOCKPROXY_BENCH_PERF=1).
@@ -525,138 +535,144 @@ async fn main() -> Result<()> {
     }
 
     // ---- figure 2: cache-hit req/s and p99, 64 KiB ----
-    eprintln!("figure 2: 64 KiB cache hits, concurrency {}", p.concurrency_small);
-    let c = p.concurrency_small;
-    for run in 0..p.runs {
-        let sampler = RssSampler::start(bp.pid(), false);
-        let b = get_load(&http, &bp_small, c, d).await;
-        r.push("rss_mib.blockproxy.small_load", sampler.finish().await);
-        check("blockproxy 64 KiB", &b)?;
-        let g = get_load(&http, &group_small, c, d).await;
-        check("group of 3 64 KiB", &g)?;
-        let l = client_load(&client, &lib_small, c, d).await;
-        check("group of 3 (client library) 64 KiB", &l)?;
-        let sampler = RssSampler::start(nginx.pid(), true);
-        let n = get_load(&http, &nginx_small, c, d).await;
-        r.push("rss_mib.nginx.small_load", sampler.finish().await);
-        check("nginx 64 KiB", &n)?;
-        eprintln!(
-            "  run {run}: req/s blockproxy {:.0}, group {:.0}, client lib {:.0}, nginx {:.0}; p99 ms blockproxy {:.2}, nginx {:.2}",
-            b.req_per_s(),
-            g.req_per_s(),
-            l.req_per_s(),
-            n.req_per_s(),
-            b.percentile_ms(99.0),
-            n.percentile_ms(99.0)
-        );
-        r.push("f2.req_s.blockproxy", b.req_per_s());
-        r.push("f2.req_s.group3", g.req_per_s());
-        r.push("f2.req_s.group3_client_lib", l.req_per_s());
-        r.push("f2.req_s.nginx", n.req_per_s());
-        r.push("f2.p99_ms.blockproxy", b.percentile_ms(99.0));
-        r.push("f2.p99_ms.group3", g.percentile_ms(99.0));
-        r.push("f2.p99_ms.group3_client_lib", l.percentile_ms(99.0));
-        r.push("f2.p99_ms.nginx", n.percentile_ms(99.0));
-        r.push("f2.p50_ms.blockproxy", b.percentile_ms(50.0));
-        r.push("f2.p50_ms.nginx", n.percentile_ms(50.0));
-        r.push("f2.ratio.blockproxy_over_nginx_req_s", b.req_per_s() / n.req_per_s());
-        r.push("f2.ratio.blockproxy_over_nginx_p99", b.percentile_ms(99.0) / n.percentile_ms(99.0));
+    if want(2) {
+        eprintln!("figure 2: 64 KiB cache hits, concurrency {}", p.concurrency_small);
+        let c = p.concurrency_small;
+        for run in 0..p.runs {
+            let sampler = RssSampler::start(bp.pid(), false);
+            let b = get_load(&http, &bp_small, c, d).await;
+            r.push("rss_mib.blockproxy.small_load", sampler.finish().await);
+            check("blockproxy 64 KiB", &b)?;
+            let g = get_load(&http, &group_small, c, d).await;
+            check("group of 3 64 KiB", &g)?;
+            let l = client_load(&client, &lib_small, c, d).await;
+            check("group of 3 (client library) 64 KiB", &l)?;
+            let sampler = RssSampler::start(nginx.pid(), true);
+            let n = get_load(&http, &nginx_small, c, d).await;
+            r.push("rss_mib.nginx.small_load", sampler.finish().await);
+            check("nginx 64 KiB", &n)?;
+            eprintln!(
+                "  run {run}: req/s blockproxy {:.0}, group {:.0}, client lib {:.0}, nginx {:.0}; p99 ms blockproxy {:.2}, nginx {:.2}",
+                b.req_per_s(),
+                g.req_per_s(),
+                l.req_per_s(),
+                n.req_per_s(),
+                b.percentile_ms(99.0),
+                n.percentile_ms(99.0)
+            );
+            r.push("f2.req_s.blockproxy", b.req_per_s());
+            r.push("f2.req_s.group3", g.req_per_s());
+            r.push("f2.req_s.group3_client_lib", l.req_per_s());
+            r.push("f2.req_s.nginx", n.req_per_s());
+            r.push("f2.p99_ms.blockproxy", b.percentile_ms(99.0));
+            r.push("f2.p99_ms.group3", g.percentile_ms(99.0));
+            r.push("f2.p99_ms.group3_client_lib", l.percentile_ms(99.0));
+            r.push("f2.p99_ms.nginx", n.percentile_ms(99.0));
+            r.push("f2.p50_ms.blockproxy", b.percentile_ms(50.0));
+            r.push("f2.p50_ms.nginx", n.percentile_ms(50.0));
+            r.push("f2.ratio.blockproxy_over_nginx_req_s", b.req_per_s() / n.req_per_s());
+            r.push("f2.ratio.blockproxy_over_nginx_p99", b.percentile_ms(99.0) / n.percentile_ms(99.0));
+        }
     }
     let hit_misses = misses(&all_proxies).await - misses_before;
     if hit_misses != 0.0 {
         notes.push(format!("{hit_misses} cache misses on the proxies during figures 1-2 (expected 0)"));
     }
 
-    // ---- figure 3: cold reads (misses) across the WAN ----
-    eprintln!("figure 3: cold 1 MiB reads across the WAN, one at a time");
     let direct = wan.direct_s3();
     // Open the direct client's connection first, as the proxies' store connections are open.
     direct.head_bucket().bucket(&bucket).send().await.context("HEAD bucket across the WAN")?;
-    for run in 0..p.runs {
-        let mut lat: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-        for peer in cold_peers {
-            for i in 0..p.cold_reads {
-                let key = format!("cold/{peer}/{run}/{i}");
-                let t0 = Instant::now();
-                let n = match peer {
-                    "blockproxy" => load::get(&http, &bp.block_url(&key).parse()?, Some(TOKEN)).await?,
-                    "nginx" => load::get(&http, &nginx.block_url(&key).parse()?, None).await?,
-                    _ => {
-                        let o = direct.get_object().bucket(&bucket).key(format!("{PREFIX}/{key}")).send().await?;
-                        o.body.collect().await?.into_bytes().len() as u64
+    // ---- figure 3: cold reads (misses) across the WAN ----
+    if want(3) {
+        eprintln!("figure 3: cold 1 MiB reads across the WAN, one at a time");
+        for run in 0..p.runs {
+            let mut lat: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+            for peer in cold_peers {
+                for i in 0..p.cold_reads {
+                    let key = format!("cold/{peer}/{run}/{i}");
+                    let t0 = Instant::now();
+                    let n = match peer {
+                        "blockproxy" => load::get(&http, &bp.block_url(&key).parse()?, Some(TOKEN)).await?,
+                        "nginx" => load::get(&http, &nginx.block_url(&key).parse()?, None).await?,
+                        _ => {
+                            let o = direct.get_object().bucket(&bucket).key(format!("{PREFIX}/{key}")).send().await?;
+                            o.body.collect().await?.into_bytes().len() as u64
+                        }
+                    };
+                    lat.entry(peer).or_default().push(t0.elapsed().as_micros() as u64);
+                    if n != COLD as u64 {
+                        bail!("cold read of {key} via {peer}: {n} bytes");
                     }
-                };
-                lat.entry(peer).or_default().push(t0.elapsed().as_micros() as u64);
-                if n != COLD as u64 {
-                    bail!("cold read of {key} via {peer}: {n} bytes");
                 }
             }
+            for v in lat.values_mut() {
+                v.sort_unstable();
+            }
+            let p50 = |peer: &str| pct_ms(&lat[peer], 50.0);
+            eprintln!(
+                "  run {run}: p50 ms blockproxy {:.1}, direct {:.1}, nginx {:.1}",
+                p50("blockproxy"),
+                p50("direct"),
+                p50("nginx")
+            );
+            for peer in cold_peers {
+                r.push(&format!("f3.p50_ms.{peer}"), p50(peer));
+                r.push(&format!("f3.max_ms.{peer}"), pct_ms(&lat[peer], 100.0));
+            }
+            r.push("f3.ratio.blockproxy_over_direct_p50", p50("blockproxy") / p50("direct"));
+            r.push("f3.ratio.nginx_over_direct_p50", p50("nginx") / p50("direct"));
         }
-        for v in lat.values_mut() {
-            v.sort_unstable();
-        }
-        let p50 = |peer: &str| pct_ms(&lat[peer], 50.0);
-        eprintln!(
-            "  run {run}: p50 ms blockproxy {:.1}, direct {:.1}, nginx {:.1}",
-            p50("blockproxy"),
-            p50("direct"),
-            p50("nginx")
-        );
-        for peer in cold_peers {
-            r.push(&format!("f3.p50_ms.{peer}"), p50(peer));
-            r.push(&format!("f3.max_ms.{peer}"), pct_ms(&lat[peer], 100.0));
-        }
-        r.push("f3.ratio.blockproxy_over_direct_p50", p50("blockproxy") / p50("direct"));
-        r.push("f3.ratio.nginx_over_direct_p50", p50("nginx") / p50("direct"));
     }
 
     // ---- figure 4: write-ack latency, 1 MiB ----
     eprintln!("figure 4: 1 MiB writes one at a time: blockproxy writeback (sync off, on) vs direct PUT");
     drop(client);
     drop(group);
-    let bp_sync = BlockProxy::start("bp-sync", root.path(), &wan, &wan_endpoint, &["--sync"]).await?;
-    let data = random_block(WRITE);
-    put_store(&direct, &bucket, "w-warm", data.clone()).await?;
-    for run in 0..p.runs {
-        let (acks_off, vis_off) = proxy_writes(&http, &bp, &wan, &format!("off-{run}"), p.writes, &data).await?;
-        let (acks_on, vis_on) = proxy_writes(&http, &bp_sync, &wan, &format!("on-{run}"), p.writes, &data).await?;
-        let mut direct_acks = Vec::new();
-        for i in 0..p.writes {
-            let t0 = Instant::now();
-            put_store(&direct, &bucket, &format!("w-direct-{run}-{i}"), data.clone()).await?;
-            direct_acks.push(t0.elapsed().as_micros() as u64);
+    if want(4) {
+        let bp_sync = BlockProxy::start("bp-sync", root.path(), &wan, &wan_endpoint, &["--sync"]).await?;
+        let data = random_block(WRITE);
+        put_store(&direct, &bucket, "w-warm", data.clone()).await?;
+        for run in 0..p.runs {
+            let (acks_off, vis_off) = proxy_writes(&http, &bp, &wan, &format!("off-{run}"), p.writes, &data).await?;
+            let (acks_on, vis_on) = proxy_writes(&http, &bp_sync, &wan, &format!("on-{run}"), p.writes, &data).await?;
+            let mut direct_acks = Vec::new();
+            for i in 0..p.writes {
+                let t0 = Instant::now();
+                put_store(&direct, &bucket, &format!("w-direct-{run}-{i}"), data.clone()).await?;
+                direct_acks.push(t0.elapsed().as_micros() as u64);
+            }
+            direct_acks.sort_unstable();
+            eprintln!(
+                "  run {run}: ack p50/p99 ms: sync off {:.2}/{:.2}, sync on {:.2}/{:.2}, direct {:.1}/{:.1}; ack->store p50 {:.1}/{:.1}",
+                pct_ms(&acks_off, 50.0),
+                pct_ms(&acks_off, 99.0),
+                pct_ms(&acks_on, 50.0),
+                pct_ms(&acks_on, 99.0),
+                pct_ms(&direct_acks, 50.0),
+                pct_ms(&direct_acks, 99.0),
+                pct_ms(&vis_off, 50.0),
+                pct_ms(&vis_on, 50.0)
+            );
+            for (name, v) in [("sync_off", &acks_off), ("sync_on", &acks_on), ("direct", &direct_acks)] {
+                r.push(&format!("f4.ack_p50_ms.{name}"), pct_ms(v, 50.0));
+                r.push(&format!("f4.ack_p99_ms.{name}"), pct_ms(v, 99.0));
+            }
+            for (name, v) in [("sync_off", &acks_off), ("sync_on", &acks_on)] {
+                r.push(&format!("f4.ratio.{name}_over_direct_p50"), pct_ms(v, 50.0) / pct_ms(&direct_acks, 50.0));
+                r.push(&format!("f4.ratio.{name}_over_direct_p99"), pct_ms(v, 99.0) / pct_ms(&direct_acks, 99.0));
+            }
+            for (name, v) in [("sync_off", &vis_off), ("sync_on", &vis_on)] {
+                r.push(&format!("f4.ack_to_store_p50_ms.{name}"), pct_ms(v, 50.0));
+                r.push(&format!("f4.ack_to_store_p99_ms.{name}"), pct_ms(v, 99.0));
+            }
         }
-        direct_acks.sort_unstable();
-        eprintln!(
-            "  run {run}: ack p50/p99 ms: sync off {:.2}/{:.2}, sync on {:.2}/{:.2}, direct {:.1}/{:.1}; ack->store p50 {:.1}/{:.1}",
-            pct_ms(&acks_off, 50.0),
-            pct_ms(&acks_off, 99.0),
-            pct_ms(&acks_on, 50.0),
-            pct_ms(&acks_on, 99.0),
-            pct_ms(&direct_acks, 50.0),
-            pct_ms(&direct_acks, 99.0),
-            pct_ms(&vis_off, 50.0),
-            pct_ms(&vis_on, 50.0)
-        );
-        for (name, v) in [("sync_off", &acks_off), ("sync_on", &acks_on), ("direct", &direct_acks)] {
-            r.push(&format!("f4.ack_p50_ms.{name}"), pct_ms(v, 50.0));
-            r.push(&format!("f4.ack_p99_ms.{name}"), pct_ms(v, 99.0));
-        }
-        for (name, v) in [("sync_off", &acks_off), ("sync_on", &acks_on)] {
-            r.push(&format!("f4.ratio.{name}_over_direct_p50"), pct_ms(v, 50.0) / pct_ms(&direct_acks, 50.0));
-            r.push(&format!("f4.ratio.{name}_over_direct_p99"), pct_ms(v, 99.0) / pct_ms(&direct_acks, 99.0));
-        }
-        for (name, v) in [("sync_off", &vis_off), ("sync_on", &vis_on)] {
-            r.push(&format!("f4.ack_to_store_p50_ms.{name}"), pct_ms(v, 50.0));
-            r.push(&format!("f4.ack_to_store_p99_ms.{name}"), pct_ms(v, 99.0));
-        }
+        drop(bp_sync);
     }
-    drop(bp_sync);
     drop(nginx);
 
     // ---- figure 5: rendezvous movement, 4 -> 5 proxies ----
-    eprintln!("figure 5: rendezvous movement when a proxy joins a group of 4");
-    {
+    if want(5) {
+        eprintln!("figure 5: rendezvous movement when a proxy joins a group of 4");
         let addrs: Vec<String> = (1..=5).map(|i| format!("10.0.0.{i}:8443")).collect();
         let four: Vec<Node<'_>> = addrs[..4].iter().map(|a| Node { address: a, weight: 1 }).collect();
         let five: Vec<Node<'_>> = addrs.iter().map(|a| Node { address: a, weight: 1 }).collect();
@@ -679,43 +695,45 @@ async fn main() -> Result<()> {
     }
 
     // ---- figure 6: start-up time with 100,000 cached blocks ----
-    eprintln!("figure 6: start-up with {} cached 4 KiB blocks", p.startup_blocks);
-    let mut bp_start =
-        BlockProxy::start("bp-startup", root.path(), &wan, &wan.minio.endpoint(), &["--writeback-active", "64"])
-            .await?;
-    let small_block = random_block(STARTUP_BLOCK);
-    let headers = Arc::new(put_headers(&small_block));
-    let fill = Instant::now();
-    let put_http = http_client(32);
-    for_each(p.startup_blocks as u64, 32, |i| {
-        let (http, headers, data) = (&put_http, Arc::clone(&headers), small_block.clone());
-        let uri: Result<Uri, _> = bp_start.block_url(&format!("many/{}/{i}", i % 100)).parse();
-        async move { load::put(http, &uri?, &headers, data).await }
-    })
-    .await?;
-    let fill_secs = fill.elapsed().as_secs_f64();
-    // Let writeback flush them, so they are clean cached blocks (bounded wait).
-    let flush_deadline = Instant::now() + Duration::from_secs(if p.quick { 120 } else { 240 });
-    let mut dirty = bp_start.metric("blockproxy_cache_dirty_blocks").await?;
-    while dirty > 0.0 && Instant::now() < flush_deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        dirty = bp_start.metric("blockproxy_cache_dirty_blocks").await?;
+    if want(6) {
+        eprintln!("figure 6: start-up with {} cached 4 KiB blocks", p.startup_blocks);
+        let mut bp_start =
+            BlockProxy::start("bp-startup", root.path(), &wan, &wan.minio.endpoint(), &["--writeback-active", "64"])
+                .await?;
+        let small_block = random_block(STARTUP_BLOCK);
+        let headers = Arc::new(put_headers(&small_block));
+        let fill = Instant::now();
+        let put_http = http_client(32);
+        for_each(p.startup_blocks as u64, 32, |i| {
+            let (http, headers, data) = (&put_http, Arc::clone(&headers), small_block.clone());
+            let uri: Result<Uri, _> = bp_start.block_url(&format!("many/{}/{i}", i % 100)).parse();
+            async move { load::put(http, &uri?, &headers, data).await }
+        })
+        .await?;
+        let fill_secs = fill.elapsed().as_secs_f64();
+        // Let writeback flush them, so they are clean cached blocks (bounded wait).
+        let flush_deadline = Instant::now() + Duration::from_secs(if p.quick { 120 } else { 240 });
+        let mut dirty = bp_start.metric("blockproxy_cache_dirty_blocks").await?;
+        while dirty > 0.0 && Instant::now() < flush_deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            dirty = bp_start.metric("blockproxy_cache_dirty_blocks").await?;
+        }
+        let flush_secs = fill.elapsed().as_secs_f64() - fill_secs;
+        if dirty > 0.0 {
+            notes.push(format!("start-up figure: {dirty} of the blocks were still dirty (unflushed) at restart"));
+        }
+        r.push("f6.startup.fill_puts_per_s", p.startup_blocks as f64 / fill_secs);
+        r.push("f6.startup.flush_secs", flush_secs);
+        r.push("f6.startup.dirty_at_restart", dirty);
+        for _ in 0..p.runs {
+            let t = bp_start.restart().await?;
+            let blocks = bp_start.metric("blockproxy_cache_blocks").await?;
+            r.push("f6.startup_ms", t.as_secs_f64() * 1000.0);
+            r.push("f6.startup.cached_blocks", blocks);
+            r.push("rss_mib.blockproxy.after_startup", bp_start.pid().and_then(rss_kib).unwrap_or(0) as f64 / 1024.0);
+        }
+        drop(bp_start);
     }
-    let flush_secs = fill.elapsed().as_secs_f64() - fill_secs;
-    if dirty > 0.0 {
-        notes.push(format!("start-up figure: {dirty} of the blocks were still dirty (unflushed) at restart"));
-    }
-    r.push("f6.startup.fill_puts_per_s", p.startup_blocks as f64 / fill_secs);
-    r.push("f6.startup.flush_secs", flush_secs);
-    r.push("f6.startup.dirty_at_restart", dirty);
-    for _ in 0..p.runs {
-        let t = bp_start.restart().await?;
-        let blocks = bp_start.metric("blockproxy_cache_blocks").await?;
-        r.push("f6.startup_ms", t.as_secs_f64() * 1000.0);
-        r.push("f6.startup.cached_blocks", blocks);
-        r.push("rss_mib.blockproxy.after_startup", bp_start.pid().and_then(rss_kib).unwrap_or(0) as f64 / 1024.0);
-    }
-    drop(bp_start);
     drop(bp);
 
     let wall_secs = wall.elapsed().as_secs_f64();
