@@ -46,7 +46,7 @@ pub fn decide(vpgs: &[VolumeProxyGroup], groups: &[ProxyGroup]) -> BTreeMap<VpgK
     let mut sorted: Vec<&VolumeProxyGroup> = vpgs.iter().collect();
     sorted.sort_by_key(|v| age(v));
     let mut store_of: BTreeMap<(String, String), (&str, &str, String)> = BTreeMap::new();
-    let mut owner_of: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut owner_of: BTreeMap<(String, String), (String, String, String)> = BTreeMap::new();
     let mut out = BTreeMap::new();
     for v in sorted {
         let ns = v.namespace().unwrap_or_default();
@@ -83,12 +83,17 @@ pub fn decide(vpgs: &[VolumeProxyGroup], groups: &[ProxyGroup]) -> BTreeMap<VpgK
                     ),
                 });
             }
-            let owner = owner_of.entry((spec.proxy_group.clone(), spec.volume_id.clone())).or_insert(ns.clone());
-            if *owner != ns {
+            // One volume id on one group is one place in the store; namespaces may share it
+            // (each with its own token) only when they agree on that place.
+            let (owner, o_bucket, o_prefix) = owner_of
+                .entry((spec.proxy_group.clone(), spec.volume_id.clone()))
+                .or_insert((ns.clone(), spec.bucket.clone(), spec.prefix.trim_matches('/').to_owned()))
+                .clone();
+            if owner != ns && (o_bucket != spec.bucket || o_prefix != spec.prefix.trim_matches('/')) {
                 return Err(Rejection {
                     reason: c::REASON_VOLUME_ID_IN_USE,
                     message: format!(
-                        "volume {:?} of ProxyGroup {:?} already belongs to namespace {owner:?}; use another volumeID",
+                        "volume {:?} of ProxyGroup {:?} is already used by namespace {owner:?} at bucket {o_bucket:?} prefix {o_prefix:?}; use another volumeID",
                         spec.volume_id, spec.proxy_group
                     ),
                 });
@@ -131,7 +136,9 @@ pub fn volumes_file(
     token_key: &[u8],
 ) -> VolumesFile {
     let mut by_id: BTreeMap<String, VolumeConfig> = BTreeMap::new();
-    for v in vpgs {
+    let mut sorted: Vec<&VolumeProxyGroup> = vpgs.iter().collect();
+    sorted.sort_by_key(|v| age(v));
+    for v in sorted {
         if v.spec.proxy_group != group || !matches!(decisions.get(&key(v)), Some(Ok(()))) {
             continue;
         }
@@ -139,13 +146,21 @@ pub fn volumes_file(
             continue;
         };
         let ns = v.namespace().unwrap_or_default();
-        by_id.entry(v.spec.volume_id.clone()).or_insert_with(|| VolumeConfig {
+        // Proxies get digests of the tokens, one per namespace, never the tokens themselves.
+        let digest = VolumeConfig::token_digest(&volume_token(token_key, &ns, &v.spec.volume_id));
+        let entry = by_id.entry(v.spec.volume_id.clone()).or_insert_with(|| VolumeConfig {
             id,
             bucket: v.spec.bucket.clone(),
             prefix: v.spec.prefix.trim_matches('/').to_owned(),
-            token: volume_token(token_key, &ns, &v.spec.volume_id),
+            token: String::new(),
             token_sha256: Vec::new(),
         });
+        if !entry.token_sha256.contains(&digest) {
+            entry.token_sha256.push(digest);
+        }
+    }
+    for v in by_id.values_mut() {
+        v.token_sha256.sort();
     }
     VolumesFile { volumes: by_id.into_values().collect() }
 }
@@ -294,15 +309,28 @@ mod tests {
     }
 
     #[test]
-    fn a_volume_id_of_one_group_belongs_to_one_namespace() {
+    fn namespaces_share_a_volume_id_of_a_group_only_at_the_same_place() {
         let groups = [pg("eu", "eu", &["*"], &[])];
-        let vpgs = [vpg("b", "v", "vol", "eu", "b1", 5), vpg("a", "v", "vol", "eu", "b1", 1)];
+        let vpgs = [
+            vpg("b", "v", "vol", "eu", "b1", 5),
+            vpg("a", "v", "vol", "eu", "b1", 1),
+            vpg("c", "v", "vol", "eu", "elsewhere", 6),
+        ];
         let d = decide(&vpgs, &groups);
         assert_eq!(reason(&d, "a", "v"), None);
-        assert_eq!(reason(&d, "b", "v"), Some(c::REASON_VOLUME_ID_IN_USE));
+        assert_eq!(reason(&d, "b", "v"), None);
+        assert_eq!(reason(&d, "c", "v"), Some(c::REASON_VOLUME_ID_IN_USE));
         let f = volumes_file("eu", &vpgs, &d, b"k");
         assert_eq!(f.volumes.len(), 1);
-        assert_eq!(f.volumes[0].token, volume_token(b"k", "a", "vol"));
+        let v = &f.volumes[0];
+        assert!(v.token.is_empty(), "proxies never hold a token");
+        let mut want = vec![
+            VolumeConfig::token_digest(&volume_token(b"k", "a", "vol")),
+            VolumeConfig::token_digest(&volume_token(b"k", "b", "vol")),
+        ];
+        want.sort();
+        assert_eq!(v.token_sha256, want);
+        VolumesFile::parse(&serde_yaml::to_string(&f).unwrap()).unwrap();
     }
 
     #[test]
