@@ -314,6 +314,11 @@ pub struct ProxyGroupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<String>,
 
+    /// DNS name the operator-issued serving certificate is valid for (`<service>.<namespace>.svc`).
+    /// Clients dial the endpoint IPs and verify the certificate against this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+
     /// PEM bundle of the CA that signs the proxies' serving certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,

@@ -721,6 +721,8 @@ pub fn status(
         endpoints,
         proxies,
         scheme: Some(if spec.tls.enabled { "https" } else { "http" }.into()),
+        server_name: (spec.tls.enabled && spec.tls.certificate_secret.is_none())
+            .then(|| crate::tls::server_name(&meta::service_name(&group), inp.namespace)),
         ca_bundle: if spec.tls.enabled { inp.tls.map(|t| t.ca_pem.clone()) } else { None },
         conditions: Vec::new(),
     };
