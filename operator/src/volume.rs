@@ -211,6 +211,7 @@ pub fn discovery(
                 region_code: g.spec.region_code.clone(),
                 scheme: if g.spec.tls.enabled { "https" } else { "http" }.into(),
                 ca_bundle: if g.spec.tls.enabled { status.ca_bundle.clone() } else { None },
+                server_name: if g.spec.tls.enabled { status.server_name.clone() } else { None },
                 endpoints,
             },
         );
@@ -254,6 +255,7 @@ mod tests {
         g.status = Some(ProxyGroupStatus {
             endpoints: endpoints.iter().map(|a| ProxyEndpoint { address: a.to_string(), node: "n".into() }).collect(),
             ca_bundle: Some("CA".into()),
+            server_name: Some("pg-svc.blockproxy-system.svc".into()),
             ..Default::default()
         });
         g
@@ -343,6 +345,7 @@ mod tests {
         assert_eq!(doc.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["eu", "us"]);
         assert_eq!(doc.groups[0].endpoints[0].address, "10.0.0.1:8443");
         assert_eq!(doc.groups[0].ca_bundle.as_deref(), Some("CA"));
+        assert_eq!(doc.groups[0].server_name.as_deref(), Some("pg-svc.blockproxy-system.svc"));
         assert_eq!(doc.groups[0].scheme, "https");
         assert_eq!(doc.store.bucket, "b1");
         assert_eq!(doc.store.endpoint.as_deref(), Some("http://minio:9000"));

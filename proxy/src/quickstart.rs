@@ -122,6 +122,7 @@ pub async fn run(args: QuickstartArgs, shutdown: impl Future<Output = ()> + Send
             region_code: "loopback".into(),
             scheme: "http".into(),
             ca_bundle: None,
+            server_name: None,
             endpoints: endpoints
                 .iter()
                 .enumerate()

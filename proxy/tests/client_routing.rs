@@ -349,3 +349,46 @@ async fn listing_without_store_credentials_goes_through_a_proxy() -> Result<()> 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_verifies_proxies_against_the_groups_server_name_not_their_ip() -> Result<()> {
+    let minio = Minio::start().await?;
+    let root = tempfile::tempdir()?;
+    let volumes = write_volumes_file(root.path(), minio.bucket())?;
+    // Like the operator: a CA and one certificate for the group's Service name, not for Pod IPs.
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let key_pair = rcgen::KeyPair::generate()?;
+    let cert =
+        rcgen::CertificateParams::new(vec!["pg-eu.blockproxy-system.svc".to_string()])?.signed_by(&key_pair, &ca)?;
+    let (cert_path, key_path) = (root.path().join("tls.crt"), root.path().join("tls.key"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key_pair.serialize_pem())?;
+    let p = Proxy::start_with_tls_files("sn", root.path(), &volumes, &minio.endpoint(), &minio, &cert_path, &key_path)
+        .await?;
+
+    let disc = root.path().join("discovery.json");
+    let mut doc =
+        discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![p.addr.to_string()] }]);
+    doc.groups[0].scheme = "https".into();
+    doc.groups[0].ca_bundle = Some(ca.pem());
+    // Dialled by IP, the certificate does not match: no group is usable.
+    write_discovery(&disc, &doc)?;
+    let by_ip = start_client(fast_config(&disc)).await?;
+    assert_eq!(by_ip.status().chosen_group, None, "the IP is not in the certificate");
+    // With the group's server name published, the same certificate is accepted.
+    doc.groups[0].server_name = Some("pg-eu.blockproxy-system.svc".into());
+    write_discovery(&disc, &doc)?;
+    let by_name = start_client(fast_config(&disc)).await?;
+    assert_eq!(by_name.status().chosen_group.as_deref(), Some("g"), "{:?}", by_name.status());
+    by_name.put(&key("sn/1"), Bytes::from_static(b"verified by name")).await?;
+    assert_eq!(by_name.get(&key("sn/1"), None).await?.unwrap().data.as_ref(), b"verified by name");
+    // A wrong name is refused.
+    doc.groups[0].server_name = Some("someone-else.svc".into());
+    write_discovery(&disc, &doc)?;
+    let wrong = start_client(fast_config(&disc)).await?;
+    assert_eq!(wrong.status().chosen_group, None);
+    Ok(())
+}

@@ -429,6 +429,7 @@ async fn main() -> Result<()> {
             region_code: "local".into(),
             scheme: "http".into(),
             ca_bundle: None,
+            server_name: None,
             endpoints: group_addrs
                 .iter()
                 .map(|a| DiscoveryEndpoint { address: a.clone(), node: None, weight: 1 })

@@ -39,6 +39,11 @@ pub struct DiscoveryGroup {
     /// PEM bundle that signs the proxies' serving certificates, when not publicly trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,
+    /// The name the proxies' certificates are issued for (with `ca_bundle`). Clients dial the
+    /// endpoints' IPs but verify the certificate against this name, because Pod IPs are not known
+    /// when the certificate is issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
     /// Ready proxies only.
     #[serde(default)]
     pub endpoints: Vec<DiscoveryEndpoint>,

@@ -124,6 +124,7 @@ struct Group {
     name: String,
     scheme: String,
     ca_bundle: Option<String>,
+    server_name: Option<String>,
     http: reqwest::Client,
     endpoints: Vec<DiscoveryEndpoint>,
 }
@@ -287,16 +288,21 @@ fn build_topology(
     let mut groups = Vec::with_capacity(doc.groups.len());
     for g in &doc.groups {
         let reuse = previous
-            .and_then(|p| p.groups.iter().find(|o| o.scheme == g.scheme && o.ca_bundle == g.ca_bundle))
+            .and_then(|p| {
+                p.groups
+                    .iter()
+                    .find(|o| o.scheme == g.scheme && o.ca_bundle == g.ca_bundle && o.server_name == g.server_name)
+            })
             .map(|o| o.http.clone());
         let http = match reuse {
             Some(h) => h,
-            None => transport::http_client(g.ca_bundle.as_deref(), connect_timeout)?,
+            None => transport::http_client(g.ca_bundle.as_deref(), g.server_name.as_deref(), connect_timeout)?,
         };
         groups.push(Group {
             name: g.name.clone(),
             scheme: g.scheme.clone(),
             ca_bundle: g.ca_bundle.clone(),
+            server_name: g.server_name.clone(),
             http,
             endpoints: g.endpoints.clone(),
         });

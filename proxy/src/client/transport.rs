@@ -8,8 +8,56 @@ use reqwest::StatusCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Builds a pooled client for a group.
-pub fn http_client(ca_bundle: Option<&str>, connect_timeout: Duration) -> Result<reqwest::Client, ClientError> {
+/// Verifies a proxy's certificate chain against the group's CA bundle and its name against the
+/// group's published server name, whatever address was dialled.
+#[derive(Debug)]
+struct GroupNameVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for GroupNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _dialled: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Builds a pooled client for a group. With a CA bundle, exactly that bundle is trusted; with a
+/// server name too, certificates are checked against that name instead of the dialled address.
+pub fn http_client(
+    ca_bundle: Option<&str>,
+    server_name: Option<&str>,
+    connect_timeout: Duration,
+) -> Result<reqwest::Client, ClientError> {
     let tls_err = |reason: String| ClientError::Tls { reason };
     let mut builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
@@ -22,11 +70,23 @@ pub fn http_client(ca_bundle: Option<&str>, connect_timeout: Duration) -> Result
             roots.add(cert).map_err(|e| tls_err(format!("unusable CA certificate: {e}")))?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        let builder_tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| tls_err(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .map_err(|e| tls_err(e.to_string()))?;
+        let mut tls = match server_name {
+            None => builder_tls.with_root_certificates(roots).with_no_client_auth(),
+            Some(name) => {
+                let name = rustls::pki_types::ServerName::try_from(name.to_owned())
+                    .map_err(|e| tls_err(format!("invalid serverName {name:?}: {e}")))?;
+                let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| tls_err(format!("building the certificate verifier: {e}")))?;
+                builder_tls
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(GroupNameVerifier { inner, name }))
+                    .with_no_client_auth()
+            }
+        };
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         builder = builder.use_preconfigured_tls(tls);
     }

@@ -42,6 +42,24 @@ impl Proxy {
         Self::start_with(name, root, volumes_file, store_endpoint, minio, false).await
     }
 
+    /// Serves TLS with the given certificate and key files.
+    pub async fn start_with_tls_files(
+        name: &str,
+        root: &Path,
+        volumes_file: &Path,
+        store_endpoint: &str,
+        minio: &Minio,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Self> {
+        let mut p = Self::start_with(name, root, volumes_file, store_endpoint, minio, true).await?;
+        p.kill();
+        p.args.push(format!("--tls-cert-file={}", cert.display()));
+        p.args.push(format!("--tls-key-file={}", key.display()));
+        p.spawn().await?;
+        Ok(p)
+    }
+
     /// With `tls`, the proxy serves a generated self-signed certificate (`<dir>/cache/tls/selfsigned.crt`).
     pub async fn start_with(
         name: &str,
@@ -165,6 +183,7 @@ pub fn discovery(bucket: &str, store_endpoint: Option<String>, groups: &[GroupSp
                 region_code: g.name.clone(),
                 scheme: "http".into(),
                 ca_bundle: None,
+                server_name: None,
                 endpoints: g
                     .addresses
                     .iter()
