@@ -626,10 +626,10 @@ async fn main() -> Result<()> {
     }
 
     // ---- figure 4: write-ack latency, 1 MiB ----
-    eprintln!("figure 4: 1 MiB writes one at a time: blockproxy writeback (sync off, on) vs direct PUT");
     drop(client);
     drop(group);
     if want(4) {
+        eprintln!("figure 4: 1 MiB writes one at a time: blockproxy writeback (sync off, on) vs direct PUT");
         let bp_sync = BlockProxy::start("bp-sync", root.path(), &wan, &wan_endpoint, &["--sync"]).await?;
         let data = random_block(WRITE);
         put_store(&direct, &bucket, "w-warm", data.clone()).await?;
