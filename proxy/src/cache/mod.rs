@@ -83,10 +83,12 @@ pub enum WriteOutcome {
 
 #[derive(Debug, Clone)]
 pub enum Lookup {
+    /// `crc32c` is the verified checksum of `data`, so callers need not compute it again.
     Hit {
         data: Bytes,
         version: u64,
         dirty: bool,
+        crc32c: u32,
     },
     /// A delete is pending writeback: the block is gone, whatever the store still says.
     Deleted,
@@ -392,7 +394,12 @@ impl Cache {
                 .map_err(|e| io_err("read")(io::Error::other(e)))?;
             match read {
                 Ok(Ok((h, data))) if h.version == entry.version => {
-                    return Ok(Lookup::Hit { data, version: h.version, dirty: entry.is_dirty() });
+                    return Ok(Lookup::Hit {
+                        data,
+                        version: h.version,
+                        dirty: entry.is_dirty(),
+                        crc32c: h.data_crc32c,
+                    });
                 }
                 Ok(Ok(_)) => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

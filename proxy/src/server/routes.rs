@@ -387,10 +387,11 @@ async fn get_block(
     with_body: bool,
 ) -> Result<Response, ApiError> {
     let range = headers.get(header::RANGE).map(|v| v.to_str().map(str::to_owned));
-    let (data, version, source) = match s.cache.read(&id).await.map_err(|e| cache_error(s, e))? {
-        Lookup::Hit { data, version, .. } => {
+    // The checksum of the whole block: verified on the way from disk, computed once for a fetch.
+    let (data, version, source, checksum) = match s.cache.read(&id).await.map_err(|e| cache_error(s, e))? {
+        Lookup::Hit { data, version, crc32c, .. } => {
             s.metrics.cache_hits_total.inc();
-            (data, version, "cache")
+            (data, version, "cache", Checksum::Crc32c(crc32c))
         }
         Lookup::Deleted => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such block")),
         lookup @ (Lookup::Miss | Lookup::DroppedCorrupt) => {
@@ -399,7 +400,7 @@ async fn get_block(
             }
             s.metrics.cache_misses_total.inc();
             match fetch(s, cfg, &id).await {
-                Ok(Some(b)) => (b.data.clone(), b.version, "store"),
+                Ok(Some(b)) => (b.data.clone(), b.version, "store", Checksum::crc32c(&b.data)),
                 Ok(None) => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such block")),
                 Err(e) => {
                     return Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("fetching from the store failed: {e}")));
@@ -440,7 +441,7 @@ async fn get_block(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(VERSION_HEADER, HeaderValue::from(version));
     h.insert(SOURCE_HEADER, HeaderValue::from_static(source));
-    if let Ok(v) = HeaderValue::from_str(&Checksum::crc32c(&data).to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&checksum.to_string()) {
         h.insert(CHECKSUM_HEADER, v);
     }
     if let Some(cr) = content_range.and_then(|c| HeaderValue::from_str(&c).ok()) {
