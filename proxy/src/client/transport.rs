@@ -195,7 +195,17 @@ impl ProxyCall<'_> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit('/').next())
             .and_then(|v| v.parse().ok());
+        let checksum: Option<Checksum> =
+            resp.headers().get(CHECKSUM_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
         let data = resp.bytes().await.map_err(classify)?;
+        // End to end: a whole block is checked against the checksum the proxy verified on disk
+        // (a range cannot be; the proxy verified the whole block before slicing it).
+        if let (Some(sum), false) = (&checksum, partial)
+            && let Err(e) = sum.verify(&data)
+        {
+            return Err(AttemptError::Unavailable(format!("GET body failed verification: {e}")));
+        }
         let total = total.unwrap_or(data.len() as u64);
         Ok(Some(Fetched { data, version, total }))
     }
