@@ -19,10 +19,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
 
 fn meta(name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.to_owned()),
-        ..Default::default()
-    }
+    ObjectMeta { name: Some(name.to_owned()), ..Default::default() }
 }
 
 /// Whether something accepts TCP connections on `addr`.
@@ -40,26 +37,12 @@ async fn api_server_reports_its_version_stores_objects_and_stops_when_dropped() 
     let client = plane.client();
 
     let version = client.apiserver_version().await?;
-    assert_eq!(
-        (version.major.as_str(), version.minor.as_str()),
-        ("1", "35"),
-        "{version:?}"
-    );
-    assert!(
-        version.git_version.starts_with("v1.35."),
-        "{}",
-        version.git_version
-    );
+    assert_eq!((version.major.as_str(), version.minor.as_str()), ("1", "35"), "{version:?}");
+    assert!(version.git_version.starts_with("v1.35."), "{}", version.git_version);
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: meta("made-by-test"),
-                ..Default::default()
-            },
-        )
+        .create(&PostParams::default(), &Namespace { metadata: meta("made-by-test"), ..Default::default() })
         .await?;
     let read = namespaces.get("made-by-test").await?;
     assert_eq!(read.metadata.name.as_deref(), Some("made-by-test"));
@@ -71,10 +54,7 @@ async fn api_server_reports_its_version_stores_objects_and_stops_when_dropped() 
     let addr = plane.addr();
     assert!(accepts_connections(addr).await);
     drop(plane);
-    assert!(
-        !accepts_connections(addr).await,
-        "kube-apiserver still listens on {addr} after drop"
-    );
+    assert!(!accepts_connections(addr).await, "kube-apiserver still listens on {addr} after drop");
     Ok(())
 }
 
@@ -111,8 +91,7 @@ spec:
 
     let gvk = kube::api::GroupVersionKind::gvk("testenv.blockproxy.io", "v1", "Widget");
     let resource = kube::api::ApiResource::from_gvk(&gvk);
-    let widgets: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(plane.client(), "default", &resource);
+    let widgets: Api<kube::api::DynamicObject> = Api::namespaced_with(plane.client(), "default", &resource);
     let widget: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "testenv.blockproxy.io/v1",
         "kind": "Widget",
@@ -128,9 +107,7 @@ spec:
 async fn service_account_client_gets_exactly_what_its_role_grants() -> Result<()> {
     let plane = ControlPlane::start().await?;
     let admin = plane.client();
-    let restricted: Client = plane
-        .client_for_service_account("granted", "reader")
-        .await?;
+    let restricted: Client = plane.client_for_service_account("granted", "reader").await?;
 
     // The ServiceAccount exists and is who the restricted client authenticates as.
     let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "granted");
@@ -145,9 +122,7 @@ async fn service_account_client_gets_exactly_what_its_role_grants() -> Result<()
             ..Default::default()
         }]),
     };
-    Api::<Role>::namespaced(admin.clone(), "granted")
-        .create(&PostParams::default(), &role)
-        .await?;
+    Api::<Role>::namespaced(admin.clone(), "granted").create(&PostParams::default(), &role).await?;
     let binding = RoleBinding {
         metadata: meta("reader-reads-configmaps"),
         role_ref: RoleRef {
@@ -162,73 +137,36 @@ async fn service_account_client_gets_exactly_what_its_role_grants() -> Result<()
             ..Default::default()
         }]),
     };
-    Api::<RoleBinding>::namespaced(admin.clone(), "granted")
-        .create(&PostParams::default(), &binding)
-        .await?;
+    Api::<RoleBinding>::namespaced(admin.clone(), "granted").create(&PostParams::default(), &binding).await?;
     let other: Api<Namespace> = Api::all(admin.clone());
-    other
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: meta("not-granted"),
-                ..Default::default()
-            },
-        )
-        .await?;
+    other.create(&PostParams::default(), &Namespace { metadata: meta("not-granted"), ..Default::default() }).await?;
 
     // Granted: list configmaps in "granted" (RBAC caches, so allow for propagation).
     let configmaps: Api<ConfigMap> = Api::namespaced(restricted.clone(), "granted");
-    eventually(WAIT, POLL, || async {
-        configmaps
-            .list(&ListParams::default())
-            .await
-            .context("list configmaps")
-    })
-    .await?;
+    eventually(WAIT, POLL, || async { configmaps.list(&ListParams::default()).await.context("list configmaps") })
+        .await?;
 
     // Not granted: secrets in the same namespace, configmaps elsewhere, writing configmaps.
     let secrets: Api<Secret> = Api::namespaced(restricted.clone(), "granted");
-    assert!(
-        forbidden(secrets.list(&ListParams::default()).await),
-        "listing secrets was allowed"
-    );
+    assert!(forbidden(secrets.list(&ListParams::default()).await), "listing secrets was allowed");
     let elsewhere: Api<ConfigMap> = Api::namespaced(restricted.clone(), "not-granted");
-    assert!(
-        forbidden(elsewhere.list(&ListParams::default()).await),
-        "listing configmaps elsewhere was allowed"
-    );
-    let cm = ConfigMap {
-        metadata: meta("x"),
-        ..Default::default()
-    };
-    assert!(
-        forbidden(configmaps.create(&PostParams::default(), &cm).await),
-        "creating a configmap was allowed"
-    );
+    assert!(forbidden(elsewhere.list(&ListParams::default()).await), "listing configmaps elsewhere was allowed");
+    let cm = ConfigMap { metadata: meta("x"), ..Default::default() };
+    assert!(forbidden(configmaps.create(&PostParams::default(), &cm).await), "creating a configmap was allowed");
     Ok(())
 }
 
 #[tokio::test]
-async fn controllers_create_default_service_accounts_and_the_scheduler_reports_unschedulable_pods()
--> Result<()> {
+async fn controllers_create_default_service_accounts_and_the_scheduler_reports_unschedulable_pods() -> Result<()> {
     let plane = ControlPlane::builder().with_controllers().start().await?;
     let client = plane.client();
     Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: meta("apps"),
-                ..Default::default()
-            },
-        )
+        .create(&PostParams::default(), &Namespace { metadata: meta("apps"), ..Default::default() })
         .await?;
 
     // kube-controller-manager's serviceaccount controller creates "default" in new namespaces.
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "apps");
-    eventually(WAIT, POLL, || async {
-        accounts.get("default").await.context("get default SA")
-    })
-    .await?;
+    eventually(WAIT, POLL, || async { accounts.get("default").await.context("get default SA") }).await?;
 
     // kube-scheduler finds no node for a pod (there are none) and says so on the pod.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "apps");
@@ -239,15 +177,9 @@ async fn controllers_create_default_service_accounts_and_the_scheduler_reports_u
     pods.create(&PostParams::default(), &pod).await?;
     eventually(WAIT, POLL, || async {
         let pod = pods.get("p").await?;
-        let unschedulable = pod
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| {
-                c.type_ == "PodScheduled"
-                    && c.status == "False"
-                    && c.reason.as_deref() == Some("Unschedulable")
+        let unschedulable =
+            pod.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| {
+                c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
             });
         if !unschedulable {
             bail!("pod not yet marked Unschedulable");
@@ -271,24 +203,13 @@ async fn minio_returns_a_4_mib_object_byte_identical_and_counts_the_requests() -
         .body(ByteStream::from(body.clone()))
         .send()
         .await?;
-    let read = s3
-        .get_object()
-        .bucket(minio.bucket())
-        .key("volumes/v1/blocks/b0")
-        .send()
-        .await?;
+    let read = s3.get_object().bucket(minio.bucket()).key("volumes/v1/blocks/b0").send().await?;
     let read = read.body.collect().await?.into_bytes();
     assert_eq!(read.len(), body.len());
-    assert!(
-        read.as_ref() == body.as_slice(),
-        "the object read back differs"
-    );
+    assert!(read.as_ref() == body.as_slice(), "the object read back differs");
 
     let metrics = minio.metrics().await?;
-    assert!(
-        metrics.contains("minio_s3_requests_total"),
-        "no request counter in:\n{metrics}"
-    );
+    assert!(metrics.contains("minio_s3_requests_total"), "no request counter in:\n{metrics}");
     Ok(())
 }
 
@@ -301,22 +222,12 @@ async fn every_minio_has_its_own_credentials_and_stops_listening_when_dropped() 
 
     // b's credentials do not open a.
     let wrong = b.s3_client_for(&a.endpoint());
-    assert!(
-        wrong
-            .list_objects_v2()
-            .bucket(a.bucket())
-            .send()
-            .await
-            .is_err()
-    );
+    assert!(wrong.list_objects_v2().bucket(a.bucket()).send().await.is_err());
 
     let addr = a.addr();
     assert!(accepts_connections(addr).await);
     drop(a);
-    assert!(
-        !accepts_connections(addr).await,
-        "minio still listens on {addr} after drop"
-    );
+    assert!(!accepts_connections(addr).await, "minio still listens on {addr} after drop");
     Ok(())
 }
 
@@ -352,9 +263,7 @@ async fn fetch(addr: SocketAddr) -> Result<(Vec<u8>, Duration)> {
 async fn toxiproxy_latency_toxic_delays_responses_by_at_least_100_ms() -> Result<()> {
     let toxiproxy = Toxiproxy::start().await?;
     let upstream = hello_server().await?;
-    let listen = toxiproxy
-        .create_proxy("hello", &upstream.to_string())
-        .await?;
+    let listen = toxiproxy.create_proxy("hello", &upstream.to_string()).await?;
 
     let (body, _) = fetch(listen).await?;
     assert_eq!(body, b"hello");
@@ -362,20 +271,14 @@ async fn toxiproxy_latency_toxic_delays_responses_by_at_least_100_ms() -> Result
     let toxic = toxiproxy.add_latency("hello", 100, 0).await?;
     let (body, took) = fetch(listen).await?;
     assert_eq!(body, b"hello");
-    assert!(
-        took >= Duration::from_millis(100),
-        "took only {took:?} through a 100 ms toxic"
-    );
+    assert!(took >= Duration::from_millis(100), "took only {took:?} through a 100 ms toxic");
     toxiproxy.remove_toxic("hello", &toxic).await?;
 
     // reset removes every toxic: a 5 s latency no longer applies.
     toxiproxy.add_latency("hello", 5_000, 0).await?;
     toxiproxy.reset().await?;
     let (_, took) = fetch(listen).await?;
-    assert!(
-        took < Duration::from_secs(5),
-        "the latency survived reset: {took:?}"
-    );
+    assert!(took < Duration::from_secs(5), "the latency survived reset: {took:?}");
     Ok(())
 }
 
@@ -384,18 +287,13 @@ async fn toxiproxy_bandwidth_toxic_throttles_responses() -> Result<()> {
     static PAYLOAD: [u8; 32 * 1024] = [7; 32 * 1024];
     let toxiproxy = Toxiproxy::start().await?;
     let upstream = serve_bytes(&PAYLOAD).await?;
-    let listen = toxiproxy
-        .create_proxy("slow", &upstream.to_string())
-        .await?;
+    let listen = toxiproxy.create_proxy("slow", &upstream.to_string()).await?;
 
     toxiproxy.add_bandwidth("slow", 16).await?;
     let (body, took) = fetch(listen).await?;
     assert_eq!(body.len(), PAYLOAD.len());
     // 32 KiB at 16 KB/s takes about 2 s.
-    assert!(
-        took >= Duration::from_secs(1),
-        "32 KiB at 16 KB/s took only {took:?}"
-    );
+    assert!(took >= Duration::from_secs(1), "32 KiB at 16 KB/s took only {took:?}");
     Ok(())
 }
 
@@ -406,10 +304,7 @@ async fn toxiproxy_down_proxy_refuses_connections_until_brought_back() -> Result
     let listen = toxiproxy.create_proxy("cut", &upstream.to_string()).await?;
 
     toxiproxy.set_down("cut", true).await?;
-    assert!(
-        !accepts_connections(listen).await,
-        "a down proxy accepted a connection"
-    );
+    assert!(!accepts_connections(listen).await, "a down proxy accepted a connection");
 
     toxiproxy.set_down("cut", false).await?;
     let (body, _) = eventually(WAIT, POLL, || fetch(listen)).await?;
@@ -429,10 +324,7 @@ async fn helm_installs_a_chart_into_the_control_plane() -> Result<()> {
     let plane = ControlPlane::start().await?;
     let chart = tempfile::tempdir()?;
     std::fs::create_dir(chart.path().join("templates"))?;
-    std::fs::write(
-        chart.path().join("Chart.yaml"),
-        "apiVersion: v2\nname: hello\nversion: 0.1.0\n",
-    )?;
+    std::fs::write(chart.path().join("Chart.yaml"), "apiVersion: v2\nname: hello\nversion: 0.1.0\n")?;
     std::fs::write(chart.path().join("values.yaml"), "greeting: hi\n")?;
     std::fs::write(
         chart.path().join("templates/configmap.yaml"),
@@ -442,37 +334,19 @@ async fn helm_installs_a_chart_into_the_control_plane() -> Result<()> {
 
     let helm = Helm::for_control_plane(&plane)?;
     let chart_path = chart.path().display().to_string();
-    helm.run([
-        "install",
-        "r1",
-        chart_path.as_str(),
-        "--namespace",
-        "default",
-        "--set",
-        "greeting=hello",
-    ])
-    .await?;
+    helm.run(["install", "r1", chart_path.as_str(), "--namespace", "default", "--set", "greeting=hello"]).await?;
 
     let configmaps: Api<ConfigMap> = Api::namespaced(plane.client(), "default");
-    let data = configmaps
-        .get("r1-greeting")
-        .await?
-        .data
-        .unwrap_or_default();
+    let data = configmaps.get("r1-greeting").await?.data.unwrap_or_default();
     assert_eq!(data.get("greeting").map(String::as_str), Some("hello"));
-    let list = helm
-        .run(["list", "--namespace", "default", "--short"])
-        .await?;
+    let list = helm.run(["list", "--namespace", "default", "--short"]).await?;
     assert_eq!(list.stdout.trim(), "r1");
     Ok(())
 }
 
 #[tokio::test]
 async fn kwok_runs_from_the_cache() -> Result<()> {
-    let output = tokio::process::Command::new(tool_path(Tool::Kwok)?)
-        .arg("--version")
-        .output()
-        .await?;
+    let output = tokio::process::Command::new(tool_path(Tool::Kwok)?).arg("--version").output().await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
     assert!(stdout.contains("v0.8.0"), "{stdout}");

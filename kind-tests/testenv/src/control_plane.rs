@@ -141,14 +141,8 @@ impl ControlPlane {
                 "--service-account-issuer=https://kubernetes.default.svc".to_owned(),
                 // The key file takes public keys only: a PKCS#8 private key there is refused
                 // ("data does not contain any valid RSA or ECDSA public keys").
-                format!(
-                    "--service-account-key-file={}",
-                    path(&pki.service_account_public_key)
-                ),
-                format!(
-                    "--service-account-signing-key-file={}",
-                    path(&pki.service_account_key)
-                ),
+                format!("--service-account-key-file={}", path(&pki.service_account_public_key)),
+                format!("--service-account-signing-key-file={}", path(&pki.service_account_key)),
             ],
             &[],
             &logs,
@@ -156,16 +150,10 @@ impl ControlPlane {
 
         let server = format!("https://{addr}");
         let kubeconfig = dir.path().join("admin.kubeconfig");
-        let admin_user = format!(
-            "client-certificate: {}\n    client-key: {}",
-            path(&pki.admin_cert),
-            path(&pki.admin_key)
-        );
-        std::fs::write(
-            &kubeconfig,
-            kubeconfig_yaml(&server, &pki.ca_cert, "admin", &admin_user),
-        )
-        .context("writing the admin kubeconfig")?;
+        let admin_user =
+            format!("client-certificate: {}\n    client-key: {}", path(&pki.admin_cert), path(&pki.admin_key));
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &pki.ca_cert, "admin", &admin_user))
+            .context("writing the admin kubeconfig")?;
         let client = client_from_kubeconfig_file(&kubeconfig).await?;
 
         let mut plane = Self {
@@ -192,10 +180,7 @@ impl ControlPlane {
             self.etcd.ensure_running()?;
             self.apiserver.ensure_running()?;
             let request = http::Request::get("/readyz").body(Vec::new())?;
-            self.client
-                .request_text(request)
-                .await
-                .context("GET /readyz")?;
+            self.client.request_text(request).await.context("GET /readyz")?;
             Ok(())
         })
         .await;
@@ -221,10 +206,7 @@ impl ControlPlane {
         let mut kcm_args = common(kcm_port, "kube-controller-manager");
         kcm_args.extend([
             "--use-service-account-credentials=false".to_owned(),
-            format!(
-                "--service-account-private-key-file={}",
-                path(&self.pki.service_account_key)
-            ),
+            format!("--service-account-private-key-file={}", path(&self.pki.service_account_key)),
             format!("--root-ca-file={}", path(&self.pki.ca_cert)),
             format!("--cluster-signing-cert-file={}", path(&self.pki.ca_cert)),
             format!("--cluster-signing-key-file={}", path(&self.pki.ca_key)),
@@ -248,14 +230,9 @@ impl ControlPlane {
         )?;
         self.scheduler = Some(scheduler);
 
-        let http = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .timeout(Duration::from_secs(5))
-            .build()?;
-        let processes = [
-            (&self.controller_manager, kcm_port),
-            (&self.scheduler, scheduler_port),
-        ];
+        let http =
+            reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(5)).build()?;
+        let processes = [(&self.controller_manager, kcm_port), (&self.scheduler, scheduler_port)];
         for (process, port) in processes {
             let Some(process) = process else { continue };
             let url = format!("https://127.0.0.1:{port}/healthz");
@@ -317,10 +294,7 @@ impl ControlPlane {
     pub async fn client_for_service_account(&self, namespace: &str, name: &str) -> Result<Client> {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(namespace.to_owned()),
-                ..Default::default()
-            },
+            metadata: ObjectMeta { name: Some(namespace.to_owned()), ..Default::default() },
             ..Default::default()
         };
         ignore_conflict(namespaces.create(&PostParams::default(), &ns).await)
@@ -328,21 +302,14 @@ impl ControlPlane {
 
         let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
         let account = ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                ..Default::default()
-            },
+            metadata: ObjectMeta { name: Some(name.to_owned()), ..Default::default() },
             ..Default::default()
         };
         ignore_conflict(accounts.create(&PostParams::default(), &account).await)
             .with_context(|| format!("creating ServiceAccount {namespace}/{name}"))?;
 
         let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec![],
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            },
+            spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() },
             ..Default::default()
         };
         let token = accounts
@@ -374,31 +341,20 @@ impl ControlPlane {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let mut names = Vec::new();
         for file in &files {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
             for document in serde_yaml::Deserializer::from_str(&text) {
-                let value = serde_yaml::Value::deserialize(document)
-                    .with_context(|| format!("parsing {}", file.display()))?;
+                let value =
+                    serde_yaml::Value::deserialize(document).with_context(|| format!("parsing {}", file.display()))?;
                 if value.is_null() {
                     continue;
                 }
-                let kind = value
-                    .get("kind")
-                    .and_then(|k| k.as_str())
-                    .unwrap_or_default();
+                let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
                 if kind != "CustomResourceDefinition" {
-                    bail!(
-                        "{}: expected only CustomResourceDefinitions, found kind {kind:?}",
-                        file.display()
-                    );
+                    bail!("{}: expected only CustomResourceDefinitions, found kind {kind:?}", file.display());
                 }
-                let crd: CustomResourceDefinition = serde_yaml::from_value(value)
-                    .with_context(|| format!("parsing a CRD in {}", file.display()))?;
-                let name = crd
-                    .metadata
-                    .name
-                    .clone()
-                    .ok_or_else(|| anyhow!("{}: a CRD has no name", file.display()))?;
+                let crd: CustomResourceDefinition =
+                    serde_yaml::from_value(value).with_context(|| format!("parsing a CRD in {}", file.display()))?;
+                let name = crd.metadata.name.clone().ok_or_else(|| anyhow!("{}: a CRD has no name", file.display()))?;
                 api.patch(&name, &params, &Patch::Apply(&crd))
                     .await
                     .with_context(|| format!("applying CRD {name} from {}", file.display()))?;
@@ -418,8 +374,7 @@ impl ControlPlane {
 
 /// Builds a client from a kubeconfig file.
 pub async fn client_from_kubeconfig_file(path: &Path) -> Result<Client> {
-    let kubeconfig = Kubeconfig::read_from(path)
-        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let kubeconfig = Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
     client_from_kubeconfig(kubeconfig).await
 }
 

@@ -37,9 +37,7 @@ where
         };
         let now = Instant::now();
         if now >= deadline {
-            return Err(anyhow!(
-                "condition not met within {timeout:?}; last error: {last:#}"
-            ));
+            return Err(anyhow!("condition not met within {timeout:?}; last error: {last:#}"));
         }
         tokio::time::sleep(interval.min(deadline - now)).await;
     }
@@ -77,11 +75,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let value = eventually(Duration::from_secs(5), Duration::from_millis(1), || async {
             let n = calls.fetch_add(1, Ordering::SeqCst);
-            if n < 3 {
-                Err(anyhow!("not yet {n}"))
-            } else {
-                Ok(n)
-            }
+            if n < 3 { Err(anyhow!("not yet {n}")) } else { Ok(n) }
         })
         .await
         .unwrap();
@@ -90,11 +84,9 @@ mod tests {
 
     #[tokio::test]
     async fn fails_after_the_bound_with_the_last_error() {
-        let err = eventually(
-            Duration::from_millis(50),
-            Duration::from_millis(10),
-            || async { Err::<(), _>(anyhow!("boom")) },
-        )
+        let err = eventually(Duration::from_millis(50), Duration::from_millis(10), || async {
+            Err::<(), _>(anyhow!("boom"))
+        })
         .await
         .unwrap_err();
         assert!(format!("{err}").contains("boom"), "{err}");
@@ -103,14 +95,10 @@ mod tests {
     #[tokio::test]
     async fn stops_at_once_on_a_fatal_error() {
         let calls = AtomicU32::new(0);
-        let err = eventually(
-            Duration::from_secs(60),
-            Duration::from_millis(1),
-            || async {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Err::<(), _>(Fatal(anyhow!("gone")).into())
-            },
-        )
+        let err = eventually(Duration::from_secs(60), Duration::from_millis(1), || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(Fatal(anyhow!("gone")).into())
+        })
         .await
         .unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -120,8 +108,6 @@ mod tests {
     #[tokio::test]
     async fn assert_eventually_passes_when_the_condition_becomes_true() {
         let calls = AtomicU32::new(0);
-        crate::assert_eventually!(Duration::from_secs(5), async {
-            calls.fetch_add(1, Ordering::SeqCst) >= 2
-        });
+        crate::assert_eventually!(Duration::from_secs(5), async { calls.fetch_add(1, Ordering::SeqCst) >= 2 });
     }
 }

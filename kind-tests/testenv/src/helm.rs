@@ -55,10 +55,7 @@ impl Helm {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<_> = args
-            .into_iter()
-            .map(|a| a.as_ref().to_os_string())
-            .collect();
+        let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
         let mut command = tokio::process::Command::new(&self.binary);
         command
             .args(&args)
@@ -70,17 +67,11 @@ impl Helm {
             Some(path) => command.env("KUBECONFIG", path),
             None => command.env("KUBECONFIG", self.home.path().join("no-kubeconfig")),
         };
-        let output = command
-            .output()
-            .await
-            .with_context(|| format!("running helm {args:?}"))?;
+        let output = command.output().await.with_context(|| format!("running helm {args:?}"))?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         if !output.status.success() {
-            bail!(
-                "helm {args:?} failed ({}):\n{stderr}\n{stdout}",
-                output.status
-            );
+            bail!("helm {args:?} failed ({}):\n{stderr}\n{stdout}", output.status);
         }
         Ok(HelmOutput { stdout, stderr })
     }

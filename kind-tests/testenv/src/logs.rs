@@ -29,11 +29,8 @@ impl LogDir {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let thread = std::thread::current();
         let test = sanitize(thread.name().unwrap_or("unnamed"));
-        let path = target_dir()
-            .join("testenv-logs")
-            .join(format!("{test}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("creating log folder {}", path.display()))?;
+        let path = target_dir().join("testenv-logs").join(format!("{test}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating log folder {}", path.display()))?;
         eprintln!("testenv: component logs in {}", path.display());
         Ok(Self { path })
     }
@@ -55,10 +52,7 @@ impl LogDir {
             .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
         files.sort();
-        for file in files
-            .iter()
-            .filter(|f| f.extension().is_some_and(|e| e == "log"))
-        {
+        for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "log")) {
             let _ = writeln!(out, "---- {} (last {lines} lines) ----", file.display());
             out.push_str(&tail_of_file(file, lines));
         }
@@ -97,13 +91,5 @@ fn target_dir() -> PathBuf {
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }

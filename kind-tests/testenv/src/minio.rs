@@ -39,9 +39,7 @@ impl Minio {
     pub async fn start() -> Result<Self> {
         crate::init_crypto();
         let logs = LogDir::new()?;
-        let data = tempfile::Builder::new()
-            .prefix("testenv-minio-")
-            .tempdir()?;
+        let data = tempfile::Builder::new().prefix("testenv-minio-").tempdir()?;
         let port = free_port()?;
         let console_port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -69,15 +67,7 @@ impl Minio {
             ],
             &logs,
         )?;
-        let minio = Self {
-            process,
-            addr,
-            access_key,
-            secret_key,
-            bucket: "blockproxy-test".to_owned(),
-            data,
-            logs,
-        };
+        let minio = Self { process, addr, access_key, secret_key, bucket: "blockproxy-test".to_owned(), data, logs };
         minio.wait_ready().await?;
         let s3 = minio.s3_client();
         s3.create_bucket()
@@ -89,9 +79,7 @@ impl Minio {
     }
 
     async fn wait_ready(&self) -> Result<()> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
         let url = format!("{}/minio/health/ready", self.endpoint());
         eventually(READY_TIMEOUT, Duration::from_millis(100), || async {
             self.process.ensure_running()?;
@@ -154,13 +142,7 @@ impl Minio {
     /// An S3 client with this server's credentials for another `endpoint`, e.g. a toxiproxy
     /// proxy in front of this server (`http://127.0.0.1:<port>`).
     pub fn s3_client_for(&self, endpoint: &str) -> aws_sdk_s3::Client {
-        let credentials = Credentials::new(
-            &self.access_key,
-            &self.secret_key,
-            None,
-            None,
-            "blockproxy-testenv",
-        );
+        let credentials = Credentials::new(&self.access_key, &self.secret_key, None, None, "blockproxy-testenv");
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .endpoint_url(endpoint)
@@ -175,9 +157,7 @@ impl Minio {
     /// `minio_s3_requests_total`.
     pub async fn metrics(&self) -> Result<String> {
         let url = format!("{}/minio/v2/metrics/cluster", self.endpoint());
-        let response = reqwest::get(&url)
-            .await
-            .with_context(|| format!("GET {url}"))?;
+        let response = reqwest::get(&url).await.with_context(|| format!("GET {url}"))?;
         let status = response.status();
         let text = response.text().await?;
         if !status.is_success() {

@@ -45,13 +45,7 @@ pub struct Process {
 impl Process {
     /// Starts `program` with `args` and extra `env`, its stdout and stderr going to
     /// `<logs>/<name>.log`.
-    pub fn spawn<I, S>(
-        name: &str,
-        program: &Path,
-        args: I,
-        env: &[(&str, &str)],
-        logs: &LogDir,
-    ) -> Result<Self>
+    pub fn spawn<I, S>(name: &str, program: &Path, args: I, env: &[(&str, &str)], logs: &LogDir) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -76,16 +70,9 @@ impl Process {
         for (key, value) in env {
             command.env(key, value);
         }
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("starting {name} ({})", program.display()))?;
+        let mut child = command.spawn().with_context(|| format!("starting {name} ({})", program.display()))?;
         let stdin = child.stdin.take();
-        Ok(Self {
-            name: name.to_owned(),
-            child: Mutex::new(child),
-            stdin,
-            log,
-        })
+        Ok(Self { name: name.to_owned(), child: Mutex::new(child), stdin, log })
     }
 
     /// The process's name (its log is `<name>.log`).
@@ -100,11 +87,7 @@ impl Process {
 
     /// A [`Fatal`] error (with the log tail) when the process has already exited.
     pub fn ensure_running(&self) -> Result<()> {
-        let status = self
-            .child
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_wait();
+        let status = self.child.lock().unwrap_or_else(|e| e.into_inner()).try_wait();
         match status {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(Fatal(anyhow!(

@@ -89,9 +89,7 @@ pub fn tool_path(tool: Tool) -> Result<PathBuf> {
 /// The variables of `hack/tools.sh --print-env`, read once per test process.
 fn printed_env() -> Result<&'static HashMap<String, String>> {
     static ENV: OnceLock<Result<HashMap<String, String>, String>> = OnceLock::new();
-    ENV.get_or_init(|| read_printed_env().map_err(|e| format!("{e:#}")))
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    ENV.get_or_init(|| read_printed_env().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn read_printed_env() -> Result<HashMap<String, String>> {

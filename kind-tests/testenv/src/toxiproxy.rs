@@ -42,24 +42,12 @@ impl Toxiproxy {
         let process = Process::spawn(
             "toxiproxy",
             &tool_path(Tool::Toxiproxy)?,
-            [
-                "-host".to_owned(),
-                "127.0.0.1".to_owned(),
-                "-port".to_owned(),
-                port.to_string(),
-            ],
+            ["-host".to_owned(), "127.0.0.1".to_owned(), "-port".to_owned(), port.to_string()],
             &[],
             &logs,
         )?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        let toxiproxy = Self {
-            process,
-            api: format!("http://127.0.0.1:{port}"),
-            http,
-            logs,
-        };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let toxiproxy = Self { process, api: format!("http://127.0.0.1:{port}"), http, logs };
         let url = format!("{}/version", toxiproxy.api);
         eventually(READY_TIMEOUT, Duration::from_millis(50), || async {
             toxiproxy.process.ensure_running()?;
@@ -93,20 +81,12 @@ impl Toxiproxy {
         let listen = format!("127.0.0.1:{}", free_port()?);
         let body = json!({ "name": name, "listen": listen, "upstream": upstream, "enabled": true });
         let response: ProxyResponse = self.post("/proxies", &body).await?.json().await?;
-        response
-            .listen
-            .parse()
-            .with_context(|| format!("proxy {name} listens on {:?}", response.listen))
+        response.listen.parse().with_context(|| format!("proxy {name} listens on {:?}", response.listen))
     }
 
     /// Adds a latency toxic to `proxy`: every response chunk is delayed by `latency_ms`
     /// plus or minus up to `jitter_ms`. Returns the toxic's name, for [`Toxiproxy::remove_toxic`].
-    pub async fn add_latency(
-        &self,
-        proxy: &str,
-        latency_ms: u64,
-        jitter_ms: u64,
-    ) -> Result<String> {
+    pub async fn add_latency(&self, proxy: &str, latency_ms: u64, jitter_ms: u64) -> Result<String> {
         self.add_toxic(
             proxy,
             json!({
@@ -139,11 +119,7 @@ impl Toxiproxy {
     /// Adds any toxic, given as toxiproxy's JSON (`name`, `type`, `stream`, `toxicity`,
     /// `attributes`). Returns the toxic's name.
     pub async fn add_toxic(&self, proxy: &str, toxic: Value) -> Result<String> {
-        let created: Value = self
-            .post(&format!("/proxies/{proxy}/toxics"), &toxic)
-            .await?
-            .json()
-            .await?;
+        let created: Value = self.post(&format!("/proxies/{proxy}/toxics"), &toxic).await?.json().await?;
         created["name"]
             .as_str()
             .map(str::to_owned)
@@ -160,8 +136,7 @@ impl Toxiproxy {
     /// Takes `proxy` down (`true`: it closes its connections and refuses new ones, like a cut
     /// link) or brings it back up (`false`).
     pub async fn set_down(&self, proxy: &str, down: bool) -> Result<()> {
-        self.post(&format!("/proxies/{proxy}"), &json!({ "enabled": !down }))
-            .await?;
+        self.post(&format!("/proxies/{proxy}"), &json!({ "enabled": !down })).await?;
         Ok(())
     }
 
@@ -177,10 +152,7 @@ impl Toxiproxy {
     }
 }
 
-async fn check(
-    response: reqwest::Result<reqwest::Response>,
-    url: &str,
-) -> Result<reqwest::Response> {
+async fn check(response: reqwest::Result<reqwest::Response>, url: &str) -> Result<reqwest::Response> {
     let response = response.with_context(|| format!("toxiproxy API {url}"))?;
     let status = response.status();
     if !status.is_success() {

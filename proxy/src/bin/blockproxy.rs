@@ -4,7 +4,11 @@ use blockproxy::config::{LogFormat, ProxyArgs};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "blockproxy", version, about = "A writeback caching block proxy between on-prem compute and object storage")]
+#[command(
+    name = "blockproxy",
+    version,
+    about = "A writeback caching block proxy between on-prem compute and object storage"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, env = "BLOCKPROXY_LOG_FORMAT", value_enum, default_value_t, global = true)]
