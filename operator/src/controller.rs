@@ -609,6 +609,9 @@ pub fn error_policy_vpg(vpg: Arc<VolumeProxyGroup>, err: &Error, ctx: Arc<Contex
 // Running both
 
 /// Runs both controllers until `shutdown` resolves.
+/// How long in-flight reconciles may run after shutdown was requested.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub async fn run_controllers(
     client: Client,
     config: Config,
@@ -662,13 +665,21 @@ pub async fn run_controllers(
                 .map(|v| ObjectRef::from_obj(&**v))
                 .collect::<Vec<_>>()
         })
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone())
         .run(reconcile_vpg, error_policy_vpg, ctx)
         .for_each(|_| futures::future::ready(()));
 
     info!(namespace = %config.namespace, "controllers running");
-    futures::join!(pg_run, vpg_run);
-    info!("controllers stopped");
+    // Shutdown lets in-flight reconciles finish, but only for a bounded grace period: a reconcile
+    // stuck on an unresponsive API call must not keep the process (and its Lease) alive forever.
+    let grace = async {
+        shutdown.await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = async { futures::join!(pg_run, vpg_run) } => info!("controllers stopped"),
+        _ = grace => tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight reconciles did not finish within the grace period; stopping anyway"),
+    }
     Ok(())
 }
 

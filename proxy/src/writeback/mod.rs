@@ -28,7 +28,8 @@ impl Default for WritebackConfig {
             active: 8,
             delay: Duration::ZERO,
             backoff_base: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(30),
+            // Short enough that writeback resumes within seconds of the store coming back.
+            backoff_max: Duration::from_secs(5),
         }
     }
 }
