@@ -247,35 +247,34 @@ impl ProxyCall<'_> {
         Ok(version_of(resp.headers()).max(version))
     }
 
+    /// Keys acknowledged by this proxy but not yet flushed.
     pub async fn dirty(&self, prefix: &str) -> Result<DirtyKeys, AttemptError> {
-        let url = format!("{}{}", self.base, protocol::dirty_keys_path(self.volume));
-        let resp = self
-            .http
-            .get(url)
-            .query(&[("prefix", prefix)])
-            .bearer_auth(self.token)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(classify)?;
-        let resp = check(resp, "list dirty keys").await?;
-        resp.json().await.map_err(|e| AttemptError::Unavailable(format!("dirty-key listing is not valid JSON: {e}")))
+        self.listing(&protocol::dirty_keys_path(self.volume), prefix, "list dirty keys").await
     }
 
     /// The store's objects under the volume, as this proxy lists them.
     pub async fn store_objects(&self, prefix: &str) -> Result<protocol::StoreObjects, AttemptError> {
-        let url = format!("{}{}", self.base, protocol::store_objects_path(self.volume));
+        self.listing(&protocol::store_objects_path(self.volume), prefix, "list store objects").await
+    }
+
+    /// GET of a JSON listing under `prefix`.
+    async fn listing<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        prefix: &str,
+        what: &str,
+    ) -> Result<T, AttemptError> {
         let resp = self
             .http
-            .get(url)
+            .get(format!("{}{path}", self.base))
             .query(&[("prefix", prefix)])
             .bearer_auth(self.token)
             .timeout(self.timeout)
             .send()
             .await
             .map_err(classify)?;
-        let resp = check(resp, "list store objects").await?;
-        resp.json().await.map_err(|e| AttemptError::Unavailable(format!("store listing is not valid JSON: {e}")))
+        let resp = check(resp, what).await?;
+        resp.json().await.map_err(|e| AttemptError::Unavailable(format!("{what}: answer is not valid JSON: {e}")))
     }
 
     /// One ping; the elapsed time on success.
