@@ -5,6 +5,10 @@
 # Idempotent: a finished tool is never rebuilt. Safe when two runs race: each tool builds under an
 # exclusive flock into a temporary directory that is renamed into place only when complete.
 #
+# The cluster tools (nodepkgs, kubenode, coredns) are what kind-tests' real multi-node cluster
+# needs: containerd, runc and the CNI plugins from Debian's packages (apt-get, root only), and
+# kubelet, kube-proxy, kubectl, a pause binary and CoreDNS built at the pinned versions.
+#
 # usage: hack/tools.sh [tool ...]        (default: all)
 #        hack/tools.sh --print-env       (prints BLOCKPROXY_* variables for the tests, builds nothing)
 set -euo pipefail
@@ -17,9 +21,13 @@ TOXIPROXY_VERSION=v2.12.0
 HELM_VERSION=v3.21.4
 AWSCLI_VERSION=1.46.2
 BOTO3_VERSION=1.44.5
+COREDNS_VERSION=v1.15.0
+# Debian packages a cluster node needs (containerd 1.6, runc, CNI plugins), the tools the
+# cluster's network setup and kube-proxy call, and busybox-static for small test images.
+NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 util-linux busybox-static socat openssl)
 
 CACHE="${BLOCKPROXY_CACHE:-$HOME/.cache/blockproxy}"
-ALL_TOOLS=(etcd kube toxiproxy helm minio kwok pytools)
+ALL_TOOLS=(etcd kube toxiproxy helm minio kwok pytools nodepkgs kubenode coredns)
 
 die() { echo "tools.sh: error: $*" >&2; exit 1; }
 log() { echo "tools.sh: $*" >&2; }
@@ -33,6 +41,9 @@ tool_dir() {
     toxiproxy) echo "$CACHE/toxiproxy-$TOXIPROXY_VERSION" ;;
     helm) echo "$CACHE/helm-$HELM_VERSION" ;;
     pytools) echo "$CACHE/pytools-awscli$AWSCLI_VERSION-boto3$BOTO3_VERSION" ;;
+    nodepkgs) echo "/usr/bin" ;;
+    kubenode) echo "$CACHE/kubenode-$K8S_VERSION" ;;
+    coredns) echo "$CACHE/coredns-$COREDNS_VERSION" ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
   esac
 }
@@ -49,6 +60,17 @@ print_env() {
   echo "export BLOCKPROXY_HELM=$(tool_dir helm)/bin/helm"
   echo "export BLOCKPROXY_AWS=$(tool_dir pytools)/venv/bin/aws"
   echo "export BLOCKPROXY_PYTHON=$(tool_dir pytools)/venv/bin/python"
+  print_cluster_env
+}
+
+print_cluster_env() {
+  echo "export BLOCKPROXY_KUBELET=$(tool_dir kubenode)/bin/kubelet"
+  echo "export BLOCKPROXY_KUBE_PROXY=$(tool_dir kubenode)/bin/kube-proxy"
+  echo "export BLOCKPROXY_KUBECTL=$(tool_dir kubenode)/bin/kubectl"
+  echo "export BLOCKPROXY_PAUSE=$(tool_dir kubenode)/bin/pause"
+  echo "export BLOCKPROXY_COREDNS=$(tool_dir coredns)/bin/coredns"
+  echo "export BLOCKPROXY_CONTAINERD=/usr/bin/containerd"
+  echo "export BLOCKPROXY_CNI_BIN_DIR=/usr/lib/cni"
 }
 
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"; }
@@ -80,7 +102,13 @@ build_etcd() {
 }
 
 build_kube() {
-  local out=$1; go_env
+  kube_wrapper_build "$1" kube-apiserver kube-controller-manager kube-scheduler
+}
+
+# Builds k8s.io/kubernetes/cmd/<name> for each name through a wrapper module requiring
+# k8s.io/kubernetes. $1 = staging dir, rest = command names.
+kube_wrapper_build() {
+  local out=$1; shift; go_env
   # As a dependency k8s.io/kubernetes' own replace lines do not apply: pin every staging module
   # (the list comes from that version's go.mod) to its published v0.X.Y.
   local info; info=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION")
@@ -95,9 +123,9 @@ build_kube() {
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
+  local pkgs=() c; for c in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
   GO_REPLACES=$GO_REPLACES go_wrapper_build "$out" "k8s.io/kubernetes@$K8S_VERSION" -ldflags "$ld" \
-    -o "$out/bin/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler
+    -o "$out/bin/" "${pkgs[@]}"
 }
 
 build_kwok() {
@@ -135,10 +163,80 @@ build_pytools() {
     "awscli==$AWSCLI_VERSION" "boto3==$BOTO3_VERSION" >&2
 }
 
+# ---- cluster tools (kind-tests' real multi-node cluster) ----------------------------------
+
+# containerd, runc and the CNI plugins from Debian's packages. Idempotent and quiet when they are
+# installed; without root it only says what is missing (the cluster tests then skip, saying why).
+ensure_nodepkgs() {
+  local missing=() p
+  for p in "${NODE_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    log "warning: the cluster tests need these Debian packages: ${missing[*]} (run as root: apt-get install ${missing[*]})"
+    return 0
+  fi
+  log "installing ${missing[*]} (apt-get)"
+  local start=$SECONDS
+  mkdir -p "$CACHE"; exec {aptfd}>"$CACHE/nodepkgs.lock"; flock "$aptfd"
+  # Debian's containerd package only ships a systemd unit: installing it starts nothing.
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}"; } >"$CACHE/nodepkgs.log" 2>&1 || { tail -n 20 "$CACHE/nodepkgs.log" >&2; die "apt-get install failed"; }
+  flock -u "$aptfd"
+  log "installed ${missing[*]} in $((SECONDS - start))s"
+}
+
+# kubelet, kube-proxy and kubectl through the same wrapper module as `kube` (so the module and
+# build caches it leaves are reused), plus pause: PID 1 of every pod sandbox, a tiny static Go
+# program that reaps zombies and exits on SIGINT/SIGTERM.
+build_kubenode() {
+  local out=$1
+  kube_wrapper_build "$out" kubelet kube-proxy kubectl
+  mkdir -p "$out/pause-src"
+  cat > "$out/pause-src/main.go" <<'GO'
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	c := make(chan os.Signal, 16)
+	signal.Notify(c, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
+	for s := range c {
+		if s != syscall.SIGCHLD {
+			os.Exit(0)
+		}
+		for {
+			var ws syscall.WaitStatus
+			if pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil); pid <= 0 || err != nil {
+				break
+			}
+		}
+	}
+}
+GO
+  printf 'module local/pause\n\ngo 1.22\n' > "$out/pause-src/go.mod"
+  (cd "$out/pause-src" && go build -trimpath -ldflags '-s -w' -o "$out/bin/pause" .) >&2
+  rm -rf "$out/pause-src"
+}
+
+# CoreDNS (the cluster's DNS), a static binary.
+build_coredns() {
+  local out=$1; go_env
+  go_wrapper_build "$out" "github.com/coredns/coredns@$COREDNS_VERSION" -ldflags "-s -w" \
+    -o "$out/bin/coredns" github.com/coredns/coredns
+}
+
 # Builds one tool unless it is already cached. Concurrent callers serialise on a per-tool lock;
 # the final directory appears atomically (rename), so a half-built tool is never seen as done.
 ensure() {
-  local tool=$1 final; final=$(tool_dir "$tool")
+  local tool=$1 final
+  if [ "$tool" = nodepkgs ]; then ensure_nodepkgs; return; fi
+  final=$(tool_dir "$tool")
   [ -f "$final/.complete" ] && return 0
   mkdir -p "$CACHE"
   exec {lockfd}>"$final.lock"
@@ -169,15 +267,18 @@ main() {
   need flock "install util-linux"
   for t in "${tools[@]}"; do tool_dir "$t" >/dev/null; done
   # kube is by far the longest build: run it beside the others so a cold run takes ~10 minutes
-  # instead of ~15 on 2 cores. Each tool has its own lock, so this is race-free.
-  local pids=() t
+  # instead of ~15 on 2 cores. kubenode follows it in the same background job, so it compiles
+  # only what kube's build cache lacks. Each tool has its own lock, so this is race-free.
+  local pids=() t bg=() rest=()
   for t in "${tools[@]}"; do
-    if [ "$t" = kube ] && [ ${#tools[@]} -gt 1 ]; then ensure kube & pids+=($!); fi
+    case "$t" in kube|kubenode) bg+=("$t") ;; *) rest+=("$t") ;; esac
   done
-  for t in "${tools[@]}"; do
-    [ "$t" = kube ] && [ ${#tools[@]} -gt 1 ] && continue
-    ensure "$t"
-  done
+  if [ ${#bg[@]} -gt 0 ] && [ ${#rest[@]} -gt 0 ]; then
+    { for t in "${bg[@]}"; do ensure "$t"; done; } & pids+=($!)
+  else
+    rest=("${bg[@]}" "${rest[@]}")
+  fi
+  for t in "${rest[@]}"; do ensure "$t"; done
   for p in "${pids[@]}"; do wait "$p" || die "a background build failed (see above)"; done
   log "all tools ready under $CACHE"
 }
