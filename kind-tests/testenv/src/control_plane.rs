@@ -387,7 +387,7 @@ async fn client_from_kubeconfig(kubeconfig: Kubeconfig) -> Result<Client> {
 }
 
 /// A one-context kubeconfig; `user` is the indented body of the user entry.
-fn kubeconfig_yaml(server: &str, ca: &Path, user_name: &str, user: &str) -> String {
+pub(crate) fn kubeconfig_yaml(server: &str, ca: &Path, user_name: &str, user: &str) -> String {
     format!(
         "apiVersion: v1
 kind: Config

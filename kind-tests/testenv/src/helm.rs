@@ -44,6 +44,13 @@ impl Helm {
         Ok(helm)
     }
 
+    /// helm that talks to the cluster of `kubeconfig` (e.g. a [`crate::Cluster`]'s).
+    pub fn for_kubeconfig(kubeconfig: &Path) -> Result<Self> {
+        let mut helm = Self::new()?;
+        helm.kubeconfig = Some(kubeconfig.to_path_buf());
+        Ok(helm)
+    }
+
     /// The helm binary.
     pub fn binary(&self) -> &Path {
         &self.binary

@@ -5,13 +5,16 @@
 //!   kube-scheduler), with an admin client, ServiceAccount clients and CRD installation;
 //! - [`Minio`]: an S3 server with a bucket and an `aws-sdk-s3` client;
 //! - [`Toxiproxy`]: latency, bandwidth limits and cuts between two endpoints;
-//! - [`Helm`]: the helm binary, pointed at a control plane.
+//! - [`Helm`]: the helm binary, pointed at a control plane;
+//! - [`Cluster`]: a real multi-node cluster (kubelets, containerd, CNI, kube-proxy, CoreDNS) in
+//!   private namespaces, or the one `KUBECONFIG` names.
 //!
 //! The binaries come from `hack/tools.sh` (`make tools`), see [`tools`]. Each component logs to
 //! `target/testenv-logs/<test-name>-<pid>-<n>/`; a failing test prints that folder and the tail of
 //! its logs.
 
 pub mod certs;
+pub mod cluster;
 pub mod control_plane;
 pub mod eventually;
 pub mod helm;
@@ -22,12 +25,13 @@ pub mod process;
 pub mod tools;
 pub mod toxiproxy;
 
+pub use cluster::{Cluster, ClusterBuilder};
 pub use control_plane::{ControlPlane, ControlPlaneBuilder};
 pub use eventually::eventually;
 pub use helm::{Helm, HelmOutput};
 pub use minio::Minio;
 pub use tools::{Tool, tool_path};
-pub use toxiproxy::Toxiproxy;
+pub use toxiproxy::{Toxiproxy, ToxiproxyApi};
 
 #[doc(hidden)]
 pub use anyhow;

@@ -36,6 +36,18 @@ pub enum Tool {
     Aws,
     /// Python with boto3 (the same venv).
     Python,
+    /// kubelet (a [`crate::Cluster`] node).
+    Kubelet,
+    /// kube-proxy (a [`crate::Cluster`]'s Services).
+    KubeProxy,
+    /// kubectl.
+    Kubectl,
+    /// The pause binary (PID 1 of pod sandboxes and of a [`crate::Cluster`]'s namespaces).
+    Pause,
+    /// CoreDNS (a [`crate::Cluster`]'s DNS).
+    Coredns,
+    /// containerd (Debian's package; `ctr` and the runc shim sit next to it).
+    Containerd,
 }
 
 impl Tool {
@@ -53,6 +65,12 @@ impl Tool {
             Tool::Helm => "BLOCKPROXY_HELM",
             Tool::Aws => "BLOCKPROXY_AWS",
             Tool::Python => "BLOCKPROXY_PYTHON",
+            Tool::Kubelet => "BLOCKPROXY_KUBELET",
+            Tool::KubeProxy => "BLOCKPROXY_KUBE_PROXY",
+            Tool::Kubectl => "BLOCKPROXY_KUBECTL",
+            Tool::Pause => "BLOCKPROXY_PAUSE",
+            Tool::Coredns => "BLOCKPROXY_COREDNS",
+            Tool::Containerd => "BLOCKPROXY_CONTAINERD",
         }
     }
 }

@@ -23,9 +23,24 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Toxiproxy {
     process: Process,
+    api: ToxiproxyApi,
+    logs: LogDir,
+}
+
+/// A client of a toxiproxy server's HTTP API (a local [`Toxiproxy`]'s, or one running in a
+/// cluster, reached through a [`crate::cluster::Forward`]).
+#[derive(Debug, Clone)]
+pub struct ToxiproxyApi {
     api: String,
     http: reqwest::Client,
-    logs: LogDir,
+}
+
+impl std::ops::Deref for Toxiproxy {
+    type Target = ToxiproxyApi;
+
+    fn deref(&self) -> &ToxiproxyApi {
+        &self.api
+    }
 }
 
 #[derive(Deserialize)]
@@ -46,13 +61,10 @@ impl Toxiproxy {
             &[],
             &logs,
         )?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        let toxiproxy = Self { process, api: format!("http://127.0.0.1:{port}"), http, logs };
-        let url = format!("{}/version", toxiproxy.api);
+        let toxiproxy = Self { process, api: ToxiproxyApi::new(&format!("http://127.0.0.1:{port}"))?, logs };
         eventually(READY_TIMEOUT, Duration::from_millis(50), || async {
             toxiproxy.process.ensure_running()?;
-            toxiproxy.http.get(&url).send().await?.error_for_status()?;
-            Ok(())
+            toxiproxy.api.version().await.map(drop)
         })
         .await
         .map_err(|e| {
@@ -65,11 +77,6 @@ impl Toxiproxy {
         Ok(toxiproxy)
     }
 
-    /// The API's base URL, `http://127.0.0.1:<port>`.
-    pub fn api_url(&self) -> &str {
-        &self.api
-    }
-
     /// The folder with toxiproxy's log.
     pub fn log_dir(&self) -> &Path {
         self.logs.path()
@@ -79,9 +86,40 @@ impl Toxiproxy {
     /// (`host:port`), and returns the address it listens on.
     pub async fn create_proxy(&self, name: &str, upstream: &str) -> Result<SocketAddr> {
         let listen = format!("127.0.0.1:{}", free_port()?);
+        self.api.create_proxy_on(name, &listen, upstream).await
+    }
+}
+
+impl ToxiproxyApi {
+    /// A client of the API at `url` (`http://host:port`).
+    pub fn new(url: &str) -> Result<Self> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        Ok(Self { api: url.trim_end_matches('/').to_owned(), http })
+    }
+
+    /// The API's base URL.
+    pub fn api_url(&self) -> &str {
+        &self.api
+    }
+
+    /// The server's version (also a readiness check).
+    pub async fn version(&self) -> Result<String> {
+        let url = format!("{}/version", self.api);
+        Ok(check(self.http.get(&url).send().await, &url).await?.text().await?)
+    }
+
+    /// Creates the proxy `name` listening on `listen` (`ip:port`) and forwarding to `upstream`,
+    /// and returns the address it listens on.
+    pub async fn create_proxy_on(&self, name: &str, listen: &str, upstream: &str) -> Result<SocketAddr> {
         let body = json!({ "name": name, "listen": listen, "upstream": upstream, "enabled": true });
         let response: ProxyResponse = self.post("/proxies", &body).await?.json().await?;
         response.listen.parse().with_context(|| format!("proxy {name} listens on {:?}", response.listen))
+    }
+
+    /// The toxics of `proxy`, as toxiproxy's JSON.
+    pub async fn toxics(&self, proxy: &str) -> Result<Value> {
+        let url = format!("{}/proxies/{proxy}/toxics", self.api);
+        Ok(check(self.http.get(&url).send().await, &url).await?.json().await?)
     }
 
     /// Adds a latency toxic to `proxy`: every response chunk is delayed by `latency_ms`
