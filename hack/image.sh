@@ -8,8 +8,8 @@
 #   hack/image.sh blockproxy [--profile debug|release] [--ref REF] OUT.tar
 #       the blockproxy, blockproxy-mount and blockproxy-operator binaries of target/<profile>/
 #       (default: release, built first with `cargo build --release`; debug packs what
-#       `cargo test` already built) under /usr/local/bin, entrypoint blockproxy-operator,
-#       user 65532. REF defaults to example.local/blockproxy:dev.
+#       `cargo test` already built) under /usr/local/bin, plus the host's CA bundle, entrypoint
+#       blockproxy-operator, user 65532. REF defaults to example.local/blockproxy:dev.
 #   hack/image.sh binaries REF OUT.tar ENTRYPOINT BINARY...
 #       BINARY... under /usr/local/bin (and /bin for busybox's applets), entrypoint ENTRYPOINT.
 set -euo pipefail
@@ -77,6 +77,11 @@ blockproxy_image() {
     [ -x "$dir/$b" ] || die "$dir/$b missing (cargo build -p blockproxy -p blockproxy-operator${profile/debug/})"
     add_binary "$dir/$b" "$rootfs" /usr/local/bin
   done
+  # The AWS SDK in the proxy panics at start without any root CA (the Dockerfile's distroless
+  # base has them too): the host's bundle, at the path rustls-native-certs reads.
+  local ca=/etc/ssl/certs/ca-certificates.crt
+  [ -f "$ca" ] || die "$ca missing (install ca-certificates)"
+  mkdir -p "$rootfs/etc/ssl/certs"; cp -L "$ca" "$rootfs/etc/ssl/certs/"
   pack_rootfs "$ref" "$rootfs" "$out" '["blockproxy-operator"]' "65532:65532"
   rm -rf "$rootfs"
 }

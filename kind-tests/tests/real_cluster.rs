@@ -210,16 +210,21 @@ async fn scenario_1_helm_install(cluster: &Cluster, image: &str) -> Result<()> {
         "metadata": {"name": "injected", "annotations": {"blockproxy.io/volume": "team-a-data"}},
         "spec": {"containers": [{"name": "app", "image": blockproxy_testenv::cluster::BUSYBOX_IMAGE}]},
     }))?;
-    let created = Api::<Pod>::namespaced(client, "default")
-        .create(&PostParams { dry_run: true, ..Default::default() }, &app)
-        .await?;
-    let init: Vec<String> = created
-        .spec
-        .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .map(|c| c.iter().map(|c| c.name.clone()).collect())
-        .unwrap_or_default();
-    assert!(init.iter().any(|n| n == "blockproxy-mount"), "no sidecar injected; init containers: {init:?}");
+    // failurePolicy Ignore: until kube-proxy has programmed the webhook Service, the API server
+    // admits Pods unmutated, so wait for the first mutated one.
+    let pods = Api::<Pod>::namespaced(client, "default");
+    let created = eventually(WAIT, POLL, || async {
+        let created = pods.create(&PostParams { dry_run: true, ..Default::default() }, &app).await?;
+        let init: Vec<String> = created
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .map(|c| c.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default();
+        anyhow::ensure!(init.iter().any(|n| n == "blockproxy-mount"), "no sidecar injected; init containers: {init:?}");
+        Ok(created)
+    })
+    .await?;
     let sidecar_image = created.spec.as_ref().and_then(|s| s.init_containers.as_ref()).and_then(|c| c[0].image.clone());
     assert_eq!(sidecar_image.as_deref(), Some(image), "the sidecar runs another image");
     Ok(())
@@ -361,6 +366,15 @@ spec: {{selector: {{app: toxiproxy}}, ports: [{{port: 9000}}]}}
     })
 }
 
+/// The state and last log lines of the Pods matching `selector`, for a failure message.
+async fn pod_logs(cluster: &Cluster, namespace: &str, selector: &str) -> String {
+    let describe = cluster.kubectl(&["-n", namespace, "get", "pods", "-l", selector, "-o", "wide"]).await;
+    let logs = cluster.kubectl(&["-n", namespace, "logs", "-l", selector, "--tail", "15", "--prefix"]).await;
+    let events = cluster.kubectl(&["-n", namespace, "get", "events", "--sort-by", ".lastTimestamp"]).await;
+    let text = |r: Result<String>| r.unwrap_or_else(|e| format!("{e:#}"));
+    format!("pods:\n{}\nlogs:\n{}\nevents:\n{}", text(describe), text(logs), text(events))
+}
+
 /// A Service's ClusterIP.
 async fn service_ip(cluster: &Cluster, namespace: &str, name: &str) -> Result<std::net::Ipv4Addr> {
     let service = Api::<k8s_openapi::api::core::v1::Service>::namespaced(cluster.client(), namespace).get(name).await?;
@@ -431,7 +445,15 @@ spec:
         anyhow::ensure!(ready == 3, "{ready} proxies ready; status {}", json["status"]);
         Ok(json["status"].clone())
     })
-    .await?;
+    .await;
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => {
+            return Err(
+                e.context(pod_logs(cluster, SYSTEM_NS, "app.kubernetes.io/managed-by=blockproxy-operator").await)
+            );
+        }
+    };
     let mut table_args = vec!["get", "pg", GROUP];
     table_args.extend(&ns_flag);
     let table = cluster.kubectl(&table_args).await?;
