@@ -342,7 +342,7 @@ spec: {{selector: {{app: toxiproxy}}, ports: [{{port: 9000}}]}}
         if toxics.as_array().is_some_and(Vec::is_empty) {
             toxiproxy.add_latency("minio", 50, 0).await?;
         }
-        Ok(toxiproxy.toxics("minio").await?)
+        toxiproxy.toxics("minio").await
     })
     .await?;
     assert_eq!(toxics[0]["attributes"]["latency"], 50, "{toxics}");
