@@ -26,6 +26,8 @@ pub struct Metrics {
     pub writeback_flushes_total: IntCounter,
     pub writeback_bytes_total: IntCounter,
     pub writeback_skipped_newer_total: IntCounter,
+    pub writeback_quarantined_blocks: IntGauge,
+    pub writeback_quarantined_total: IntCounter,
     pub http_backpressure_total: IntCounter,
 }
 
@@ -155,6 +157,22 @@ impl Metrics {
                 IntCounter::new(
                     "blockproxy_writeback_skipped_newer_total",
                     "Flushes skipped because the store held a newer version",
+                )
+                .expect("valid"),
+            ),
+            writeback_quarantined_blocks: reg(
+                &r,
+                IntGauge::new(
+                    "blockproxy_writeback_quarantined_blocks",
+                    "Dirty blocks in quarantine/ that can never be flushed as they are; recover them by hand",
+                )
+                .expect("valid"),
+            ),
+            writeback_quarantined_total: reg(
+                &r,
+                IntCounter::new(
+                    "blockproxy_writeback_quarantined_total",
+                    "Dirty blocks moved to quarantine by this process (permanent store error or corrupt on disk)",
                 )
                 .expect("valid"),
             ),

@@ -11,6 +11,11 @@ pub struct DrainStatus {
     pub dirty_blocks: u64,
     pub dirty_bytes: u64,
     pub done: bool,
+    /// Dirty blocks that can never be flushed as they are, moved to the cache's `quarantine/`
+    /// folder. They do not hold up `done`, but they exist only on this proxy's disk: an operator
+    /// must recover them before the disk is discarded (README, "Recovering quarantined blocks").
+    #[serde(default)]
+    pub quarantined_blocks: u64,
 }
 
 /// Answer of `GET /v1/volumes/{volume}/dirty?prefix=`: keys acknowledged but not yet in the store.

@@ -38,6 +38,9 @@ pub const VERSION_HEADER: &str = "x-blockproxy-version";
 pub const SOURCE_HEADER: &str = "x-blockproxy-source";
 /// Object metadata key (S3 user metadata) carrying the write version in the store.
 pub const STORE_VERSION_METADATA: &str = "blockproxy-version";
+/// Object metadata key carrying the CRC32C (8 hex digits) of the object as its writer computed it;
+/// every fetch verifies it, so corruption in the store is never served as valid.
+pub const STORE_CRC32C_METADATA: &str = "blockproxy-crc32c";
 
 /// `/v1/volumes/{volume}/blocks/{key}`
 pub fn block_path(volume: &VolumeId, key: &BlockKey) -> String {

@@ -10,6 +10,7 @@
 pub mod disk;
 pub mod flight;
 pub mod index;
+mod quarantine;
 
 pub use index::{BlockId, Usage};
 
@@ -111,7 +112,7 @@ pub enum FlushOutcome {
 pub struct Recovery {
     pub dirty: Vec<BlockId>,
     pub clean_blocks: u64,
-    /// Unreadable files: clean ones are deleted, dirty ones moved to `corrupt/` for inspection.
+    /// Unreadable files: clean ones are deleted, dirty ones moved to `quarantine/` for inspection.
     pub corrupt_files: u64,
 }
 
@@ -158,10 +159,12 @@ impl Cache {
                 }
                 Err(e) => {
                     recovery.corrupt_files += 1;
-                    let quarantine = layout.root().join("corrupt");
+                    let quarantine = layout.root().join(quarantine::DIR);
                     std::fs::create_dir_all(&quarantine)?;
-                    tracing::error!(path = %path.display(), error = %e, "unreadable dirty block moved to corrupt/");
-                    std::fs::rename(&path, quarantine.join(file_name(&path)))?;
+                    tracing::error!(path = %path.display(), error = %e, "unreadable dirty block moved to quarantine/");
+                    // Never over an earlier quarantined file of the same block.
+                    let name = format!("{}.unreadable-{:08x}", file_name(&path), rand::random::<u32>());
+                    std::fs::rename(&path, quarantine.join(name))?;
                 }
             }
         }

@@ -5,6 +5,7 @@
 use super::transport::{AttemptError, Fetched};
 use super::{Client, ClientError, Inner, Topology, rendezvous};
 use crate::protocol::BlockKey;
+use crate::store::{Conditional, ObjectMeta, delete_unless_newer, put_unless_newer};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -52,6 +53,17 @@ pub struct ListEntry {
 fn store_key(prefix: &str, key: &str) -> String {
     let p = prefix.trim_matches('/');
     if p.is_empty() { key.to_owned() } else { format!("{p}/{key}") }
+}
+
+/// A direct store write that the store's newer version superseded is refused like a proxy's 409.
+fn not_superseded(done: Conditional, version: u64) -> Result<Outcome, AttemptError> {
+    match done {
+        Conditional::Applied => Ok(Outcome::Version(version)),
+        Conditional::StoreNewer { store_version } => Err(AttemptError::Rejected(ClientError::Rejected {
+            status: 409,
+            message: format!("not applied: the store already holds version {store_version}, newer than {version}"),
+        })),
+    }
 }
 
 /// Cuts `range` (an HTTP `Range` value) out of a whole block.
@@ -126,11 +138,10 @@ impl Inner {
                 let err = |e: crate::store::StoreError| AttemptError::Unavailable(e.to_string());
                 match op {
                     Op::Put { key, data, version } => {
-                        store
-                            .put(&loc.bucket, &store_key(&loc.prefix, key.as_str()), data.clone(), *version)
-                            .await
-                            .map_err(err)?;
-                        Ok(Outcome::Version(*version))
+                        let meta = ObjectMeta::for_data(*version, data);
+                        let k = store_key(&loc.prefix, key.as_str());
+                        let done = put_unless_newer(store.as_ref(), &loc.bucket, &k, data.clone(), meta).await;
+                        not_superseded(done.map_err(err)?, *version)
                     }
                     Op::Get { key, range } => {
                         match store.get(&loc.bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(err)? {
@@ -145,8 +156,9 @@ impl Inner {
                         Ok(Outcome::Head(b.map(|b| (b.data.len() as u64, b.version))))
                     }
                     Op::Delete { key, version } => {
-                        store.delete(&loc.bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(err)?;
-                        Ok(Outcome::Version(*version))
+                        let k = store_key(&loc.prefix, key.as_str());
+                        let done = delete_unless_newer(store.as_ref(), &loc.bucket, &k, *version).await;
+                        not_superseded(done.map_err(err)?, *version)
                     }
                 }
             }

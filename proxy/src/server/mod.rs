@@ -31,8 +31,8 @@ pub async fn build_store(args: &StoreArgs) -> anyhow::Result<DynStore> {
             path.starts_with('/'),
             "--store-endpoint file:// needs an absolute path, like file:///var/lib/blockproxy-store"
         );
-        std::fs::create_dir_all(path).with_context(|| format!("creating local store folder {path}"))?;
-        return Ok(Arc::new(LocalDirStore::new(path)));
+        let store = LocalDirStore::open(path).with_context(|| format!("opening the local store folder {path}"))?;
+        return Ok(Arc::new(store));
     }
     if let Some(ep) = &args.store_endpoint {
         anyhow::ensure!(
@@ -113,6 +113,7 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         clean_blocks = recovery.clean_blocks,
         dirty_blocks = recovery.dirty.len(),
         corrupt_files = recovery.corrupt_files,
+        quarantined_blocks = cache.quarantined_blocks(),
         used_bytes = usage.used_bytes,
         took = ?started.elapsed(),
         "cache opened"

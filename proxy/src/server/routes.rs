@@ -5,6 +5,7 @@ use super::errors::ApiError;
 use super::state::{AppState, FetchResult};
 use super::volumes::{AuthError, token_matches};
 use crate::cache::{BlockId, CacheError, DirtyWrite, Lookup, WriteOutcome};
+use crate::store::{Conditional, ObjectMeta, delete_unless_newer, put_unless_newer};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
@@ -43,6 +44,7 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     s.metrics.set_usage(s.cache.usage(), s.cache.oldest_dirty_age());
+    s.metrics.writeback_quarantined_blocks.set(s.cache.quarantined_blocks() as i64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 
@@ -54,6 +56,7 @@ fn drain_report(s: &AppState) -> DrainStatus {
         dirty_blocks: u.dirty_blocks,
         dirty_bytes: u.dirty_bytes,
         done: draining && u.dirty_blocks == 0,
+        quarantined_blocks: s.cache.quarantined_blocks(),
     }
 }
 
@@ -286,10 +289,13 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
     let store_key = cfg.store_key(&id.key);
 
     if s.write_through {
-        s.store
-            .put(&cfg.bucket, &store_key, body.clone(), version)
+        let meta = ObjectMeta::for_data(version, &body);
+        let done = put_unless_newer(s.store.as_ref(), &cfg.bucket, &store_key, body.clone(), meta)
             .await
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("write-through to the store failed: {e}")))?;
+        if let Conditional::StoreNewer { store_version } = done {
+            return Err(store_newer(version, store_version));
+        }
         s.cache.invalidate(&id);
         let epoch = s.cache.removal_epoch();
         s.cache.insert_clean(id, &cfg.bucket, &store_key, body.clone(), version, epoch).await;
@@ -304,6 +310,14 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
         }
     }
     Ok(write_ack(version, &body))
+}
+
+/// A write-through write that was not applied because the store holds a newer version: never a 2xx.
+fn store_newer(version: u64, store_version: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!("not applied: the store already holds version {store_version}, newer than this write's {version}"),
+    )
 }
 
 fn write_ack(version: u64, body: &[u8]) -> Response {
@@ -338,10 +352,12 @@ async fn delete_block(
     let version = requested_version(s, headers)?;
     let store_key = cfg.store_key(&id.key);
     if s.write_through {
-        s.store
-            .delete(&cfg.bucket, &store_key)
+        let done = delete_unless_newer(s.store.as_ref(), &cfg.bucket, &store_key, version)
             .await
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("delete in the store failed: {e}")))?;
+        if let Conditional::StoreNewer { store_version } = done {
+            return Err(store_newer(version, store_version));
+        }
         s.cache.invalidate(&id);
     } else {
         let write = DirtyWrite { id: id.clone(), bucket: cfg.bucket.clone(), store_key, version, data: None };
@@ -387,7 +403,7 @@ async fn get_block(
     with_body: bool,
 ) -> Result<Response, ApiError> {
     let range = headers.get(header::RANGE).map(|v| v.to_str().map(str::to_owned));
-    // The checksum of the whole block: verified on the way from disk, computed once for a fetch.
+    // The checksum of the whole block, verified on the way from disk or from the store.
     let (data, version, source, checksum) = match s.cache.read(&id).await.map_err(|e| cache_error(s, e))? {
         Lookup::Hit { data, version, crc32c, .. } => {
             s.metrics.cache_hits_total.inc();
@@ -400,7 +416,8 @@ async fn get_block(
             }
             s.metrics.cache_misses_total.inc();
             match fetch(s, cfg, &id).await {
-                Ok(Some(b)) => (b.data.clone(), b.version, "store", Checksum::crc32c(&b.data)),
+                // The store verified the writer's checksum (or computed it for a foreign object).
+                Ok(Some(b)) => (b.data.clone(), b.version, "store", Checksum::Crc32c(b.crc32c)),
                 Ok(None) => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such block")),
                 Err(e) => {
                     return Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("fetching from the store failed: {e}")));
