@@ -77,7 +77,10 @@ async fn race_one_key(slow_is_newer: bool) -> Result<(Option<Vec<u8>>, (u64, Vec
     ensure!((fast_version > slow_version) != slow_is_newer, "versions {slow_version} / {fast_version}");
     fast.wait_flushed(Duration::from_secs(30)).await?;
     slow.wait_flushed(Duration::from_secs(60)).await.context("the slow proxy never finished its flush")?;
-    Ok((backend.object(key).await?, (slow_version, slow_data), (fast_version, fast_data)))
+    // The interleaving this test is about did happen: the slow proxy's write met a changed object.
+    ensure!(slow.log_text().contains("lost a race"), "the slow proxy's conditional write never met the race");
+    let stored = backend.object(key).await?.map(|b| b.to_vec());
+    Ok((stored, (slow_version, slow_data), (fast_version, fast_data)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

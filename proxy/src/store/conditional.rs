@@ -18,6 +18,10 @@ pub enum Conditional {
     StoreNewer { store_version: u64 },
 }
 
+fn lost_race(op: &str, bucket: &str, key: &str, version: u64) {
+    tracing::debug!(op, bucket, key, version, "conditional store write lost a race with another writer; reading again");
+}
+
 /// Writes `data` as version `meta.version` unless the store holds a newer version. Holding the
 /// same version counts as applied (a retry after a crash or a lost answer).
 pub async fn put_unless_newer(
@@ -37,7 +41,7 @@ pub async fn put_unless_newer(
         };
         match store.put_if(bucket, key, data.clone(), meta, cond).await {
             Ok(()) => return Ok(Conditional::Applied),
-            Err(e) if e.class() == ErrorClass::PreconditionFailed => continue,
+            Err(e) if e.class() == ErrorClass::PreconditionFailed => lost_race("PUT", bucket, key, meta.version),
             Err(e) => return Err(e),
         }
     }
@@ -64,7 +68,7 @@ pub async fn delete_unless_newer(
         }
         match store.delete_if(bucket, key, &current.etag).await {
             Ok(()) => return Ok(Conditional::Applied),
-            Err(e) if e.class() == ErrorClass::PreconditionFailed => continue,
+            Err(e) if e.class() == ErrorClass::PreconditionFailed => lost_race("DELETE", bucket, key, version),
             Err(e) => return Err(e),
         }
     }
