@@ -102,6 +102,8 @@ pub enum AttemptError {
     Unavailable(String),
     /// The request itself is wrong (4xx): retrying elsewhere will not help.
     Rejected(ClientError),
+    /// A write was not applied: the block already holds this newer version (409).
+    Superseded(u64),
 }
 
 fn classify(e: reqwest::Error) -> AttemptError {
@@ -161,6 +163,9 @@ impl ProxyCall<'_> {
             .send()
             .await
             .map_err(classify)?;
+        if resp.status() == StatusCode::CONFLICT {
+            return Err(AttemptError::Superseded(version_of(resp.headers())));
+        }
         let resp = check(resp, "PUT").await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(AttemptError::Rejected(ClientError::Rejected {
@@ -243,6 +248,9 @@ impl ProxyCall<'_> {
             .send()
             .await
             .map_err(classify)?;
+        if resp.status() == StatusCode::CONFLICT {
+            return Err(AttemptError::Superseded(version_of(resp.headers())));
+        }
         let resp = check(resp, "DELETE").await?;
         Ok(version_of(resp.headers()).max(version))
     }
