@@ -207,3 +207,44 @@ async fn sigterm_flushes_writes_acknowledged_while_finishing_requests() -> Resul
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_repair_keeps_its_version_and_never_overtakes_a_newer_write() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let old = proxy.put_ok("repair/k", b"old").await?;
+    let newer = proxy.put_ok("repair/k", b"newer").await?;
+    let repair = |data: &'static [u8], version: u64| {
+        proxy
+            .http
+            .put(proxy.block_url("repair/k"))
+            .bearer_auth(TOKEN)
+            .header(CHECKSUM_HEADER, Checksum::crc32c(data).to_string())
+            .header(VERSION_HEADER, version)
+            .header(blockproxy::protocol::REPAIR_HEADER, "1")
+            .body(data)
+            .send()
+    };
+    // A repair carrying the old copy arrives late: refused, the newer write stays.
+    let late = repair(b"old", old).await?;
+    assert_eq!(late.status(), 409);
+    assert_eq!(proxy.get_bytes("repair/k").await?.as_deref(), Some(&b"newer"[..]));
+    // A repair with a newer copy is installed with exactly its version.
+    let carried = newer + 1_000;
+    let ok = repair(b"repaired", carried).await?;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(version_of(&ok)?, carried);
+    // Without a version a repair is refused.
+    let bad = proxy
+        .http
+        .put(proxy.block_url("repair/k"))
+        .bearer_auth(TOKEN)
+        .header(CHECKSUM_HEADER, Checksum::crc32c(b"x").to_string())
+        .header(blockproxy::protocol::REPAIR_HEADER, "1")
+        .body(&b"x"[..])
+        .send()
+        .await?;
+    assert_eq!(bad.status(), 400);
+    Ok(())
+}

@@ -18,10 +18,24 @@ enum Target {
 }
 
 enum Op<'a> {
-    Put { key: &'a BlockKey, data: Bytes, version: u64 },
-    Get { key: &'a BlockKey, range: Option<&'a str> },
-    Head { key: &'a BlockKey },
-    Delete { key: &'a BlockKey, version: u64 },
+    /// `repair`: install exactly `version` (a copy read elsewhere), never a newer one.
+    Put {
+        key: &'a BlockKey,
+        data: Bytes,
+        version: u64,
+        repair: bool,
+    },
+    Get {
+        key: &'a BlockKey,
+        range: Option<&'a str>,
+    },
+    Head {
+        key: &'a BlockKey,
+    },
+    Delete {
+        key: &'a BlockKey,
+        version: u64,
+    },
 }
 
 impl Op<'_> {
@@ -111,7 +125,9 @@ impl Inner {
                 let g = &topo.groups[*group];
                 let call = self.proxy_call(g, address, self.cfg.request_timeout);
                 match op {
-                    Op::Put { key, data, version } => call.put(key, data.clone(), *version).await.map(Outcome::Version),
+                    Op::Put { key, data, version, repair } => {
+                        call.put(key, data.clone(), *version, *repair).await.map(Outcome::Version)
+                    }
                     Op::Get { key, range } => call.get(key, *range).await.map(Outcome::Fetched),
                     Op::Head { key } => call.head(key).await.map(Outcome::Head),
                     Op::Delete { key, version } => call.delete(key, *version).await.map(Outcome::Version),
@@ -126,7 +142,7 @@ impl Inner {
                 let loc = &topo.doc.store;
                 let err = |e: crate::store::StoreError| AttemptError::Unavailable(e.to_string());
                 match op {
-                    Op::Put { key, data, version } => {
+                    Op::Put { key, data, version, .. } => {
                         store
                             .put(&loc.bucket, &store_key(&loc.prefix, key.as_str()), data.clone(), *version)
                             .await
@@ -296,7 +312,11 @@ impl Inner {
         );
         self.metrics.read_repairs_total.inc();
         if let Err(e) = self
-            .attempt(topo, &candidates[0], &Op::Put { key, data: newest.data.clone(), version: newest.version })
+            .attempt(
+                topo,
+                &candidates[0],
+                &Op::Put { key, data: newest.data.clone(), version: newest.version, repair: true },
+            )
             .await
         {
             tracing::warn!(key = %key, error = ?e, "read repair of the owner failed");
@@ -342,7 +362,7 @@ impl Client {
         for _ in 0..ATTEMPTS {
             let version = inner.clock.next();
             let op = match &data {
-                Some(d) => Op::Put { key, data: d.clone(), version },
+                Some(d) => Op::Put { key, data: d.clone(), version, repair: false },
                 None => Op::Delete { key, version },
             };
             match inner.run(route_key, op).await {

@@ -151,10 +151,13 @@ impl ProxyCall<'_> {
         format!("{}{}", self.base, protocol::block_path(self.volume, key))
     }
 
-    pub async fn put(&self, key: &BlockKey, data: Bytes, version: u64) -> Result<u64, AttemptError> {
-        let resp = self
-            .http
-            .put(self.url(key))
+    /// With `repair`, the proxy installs exactly `version` or refuses with 409.
+    pub async fn put(&self, key: &BlockKey, data: Bytes, version: u64, repair: bool) -> Result<u64, AttemptError> {
+        let mut req = self.http.put(self.url(key));
+        if repair {
+            req = req.header(protocol::REPAIR_HEADER, "1");
+        }
+        let resp = req
             .bearer_auth(self.token)
             .header(CHECKSUM_HEADER, Checksum::crc32c(&data).to_string())
             .header(VERSION_HEADER, version)

@@ -104,17 +104,33 @@ impl VolumeClocks {
         self.stamp_at(volume, client, now_nanos())
     }
 
+    /// A version given exactly (a read repair carries a copy with its version): within the same
+    /// bound as any client version, and raising the clock past it.
+    pub fn admit_exact(&self, volume: &VolumeId, version: u64) -> Result<u64, ClockError> {
+        self.check_bound(version, now_nanos())?;
+        let mut state = self.lock();
+        let last = state.last.get(volume).copied().unwrap_or(0);
+        self.reserve(&mut state, volume, version)?;
+        state.last.insert(volume.clone(), last.max(version));
+        Ok(version)
+    }
+
+    fn check_bound(&self, version: u64, now: u64) -> Result<(), ClockError> {
+        let limit = now.saturating_add(self.max_ahead_nanos());
+        if version > limit {
+            return Err(ClockError::TooFarAhead {
+                header: blockproxy_protocol::VERSION_HEADER,
+                version,
+                ahead_ms: (version - now) / 1_000_000,
+                max_ms: self.max_ahead_nanos() / 1_000_000,
+            });
+        }
+        Ok(())
+    }
+
     fn stamp_at(&self, volume: &VolumeId, client: Option<u64>, now: u64) -> Result<u64, ClockError> {
         if let Some(v) = client {
-            let limit = now.saturating_add(self.max_ahead_nanos());
-            if v > limit {
-                return Err(ClockError::TooFarAhead {
-                    header: blockproxy_protocol::VERSION_HEADER,
-                    version: v,
-                    ahead_ms: (v - now) / 1_000_000,
-                    max_ms: self.max_ahead_nanos() / 1_000_000,
-                });
-            }
+            self.check_bound(v, now)?;
         }
         let mut state = self.lock();
         let last = state.last.get(volume).copied().unwrap_or(0);

@@ -260,7 +260,16 @@ fn write_version(s: &AppState, volume: &VolumeId, headers: &HeaderMap) -> Result
                 })?)
             }
         };
-    s.clocks.stamp(volume, client).map_err(|e| match e {
+    // A read repair keeps exactly the version of the copy it carries: stamping it anew would make
+    // an old value look newer than a write made since.
+    let stamped = if headers.contains_key(protocol::REPAIR_HEADER) {
+        let v = client
+            .ok_or_else(|| ApiError::bad_request(format!("{} needs {VERSION_HEADER}", protocol::REPAIR_HEADER)))?;
+        s.clocks.admit_exact(volume, v)
+    } else {
+        s.clocks.stamp(volume, client)
+    };
+    stamped.map_err(|e| match e {
         e @ super::clock::ClockError::TooFarAhead { .. } => {
             s.metrics.http_versions_refused_total.inc();
             ApiError::bad_request(e.to_string())
