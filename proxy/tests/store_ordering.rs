@@ -68,7 +68,7 @@ async fn race_one_key(slow_is_newer: bool) -> Result<(Option<Vec<u8>>, (u64, Vec
     // The slow proxy's flush has read the store: its write is now decided on that read.
     wait_for_heads(&backend, heads, 1).await?;
     let fast_version = if slow_is_newer {
-        let r = fast.put_versioned(key, &fast_data, slow_version - 1).await?;
+        let r = fast.put_exact_version(key, &fast_data, slow_version - 1).await?;
         ensure!(r.status() == 200, "PUT to the fast proxy: {}", r.status());
         version_of(&r)?
     } else {
@@ -135,7 +135,7 @@ async fn two_proxies_on_the_local_store_leave_the_newest_version_of_every_key() 
     // Newer first, then older: the older flush is skipped.
     let v3 = b.put_ok("seq/2", b"newer").await?;
     b.wait_flushed(Duration::from_secs(30)).await?;
-    let r = a.put_versioned("seq/2", b"older", v3 - 1).await?;
+    let r = a.put_exact_version("seq/2", b"older", v3 - 1).await?;
     assert_eq!(r.status(), 200);
     a.wait_flushed(Duration::from_secs(30)).await?;
     assert_eq!(object("seq/2").as_deref(), Some(&b"newer"[..]));

@@ -53,6 +53,8 @@ async fn a_block_that_can_never_be_flushed_is_quarantined_and_blocks_nothing() -
     assert_eq!(proxy.metric("blockproxy_writeback_quarantined_blocks").await?, 1.0);
     let quarantine = proxy.cache_dir().join("quarantine");
     assert_eq!(files_in(&quarantine), 1, "the block is kept on disk");
+    // Its acknowledged write is not lost from view either: reads fail rather than answer "absent".
+    assert_eq!(proxy.get("q/x/y").await?.status(), 500, "a quarantined write is never read as absent");
     let log = proxy.log_text();
     assert!(
         log.lines().any(|l| l.contains("ERROR") && l.contains("quarantined") && l.contains("q/x/y")),
@@ -74,6 +76,7 @@ async fn a_block_that_can_never_be_flushed_is_quarantined_and_blocks_nothing() -
     assert_eq!(proxy.metric("blockproxy_cache_dirty_blocks").await?, 0.0);
     assert_eq!(proxy.drain_status().await?.quarantined_blocks, 1);
     assert_eq!(files_in(&quarantine), 1);
+    assert_eq!(proxy.get("q/x/y").await?.status(), 500, "found again after the restart");
     assert_eq!(object("q/x").as_deref(), Some(&b"an object named x"[..]), "the conflicting object is untouched");
     Ok(())
 }

@@ -126,6 +126,8 @@ pub struct Cache {
     /// store. A store fetch that started before a bump must not cache what it read, or a deleted
     /// block could come back.
     removal_epoch: std::sync::atomic::AtomicU64,
+    /// Newest quarantined version per block (see [`quarantine`]).
+    quarantined: Mutex<std::collections::HashMap<BlockId, u64>>,
 }
 
 impl Cache {
@@ -191,7 +193,8 @@ impl Cache {
                 }
             }
         }
-        Ok((Self { layout, sync, index: Mutex::new(index), removal_epoch: Default::default() }, recovery))
+        let quarantined = Mutex::new(quarantine::scan(layout.root())?);
+        Ok((Self { layout, sync, index: Mutex::new(index), removal_epoch: Default::default(), quarantined }, recovery))
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {

@@ -5,11 +5,28 @@
 //! the block format of [`super::disk`]; the name is the block's file name plus `.v<version>`.
 
 use super::disk::{self, Area};
-use super::{BlockId, Cache};
+use super::{BlockId, Cache, block_id};
+use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub(super) const DIR: &str = "quarantine";
+
+/// The version of each quarantined block, from the headers of the files in `quarantine/` (files
+/// too damaged to name their block are only counted).
+pub(super) fn scan(root: &Path) -> io::Result<HashMap<BlockId, u64>> {
+    let mut out = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(root.join(DIR)) else { return Ok(out) };
+    for entry in entries {
+        if let Ok((header, _)) = disk::read_header(&entry?.path())?
+            && let Some(id) = block_id(&header)
+        {
+            let v = out.entry(id).or_insert(header.version);
+            *v = (*v).max(header.version);
+        }
+    }
+    Ok(out)
+}
 
 impl Cache {
     fn quarantine_dir(&self) -> PathBuf {
@@ -31,12 +48,22 @@ impl Cache {
         std::fs::rename(self.layout.path(Area::Dirty, &entry.name), &to)?;
         index.remove(id);
         drop(index);
+        let mut quarantined = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
+        let v = quarantined.entry(id.clone()).or_insert(version);
+        *v = (*v).max(version);
+        drop(quarantined);
         // Reads of the key now go to the store; a fetch that started before must not cache.
         self.bump_removal_epoch();
         if self.sync {
             disk::sync_dir(&dir)?;
         }
         Ok(Some(to))
+    }
+
+    /// The newest quarantined version of `id`. A read must not answer with anything older: that
+    /// write was acknowledged, and only an operator can bring it back.
+    pub fn quarantined_version(&self, id: &BlockId) -> Option<u64> {
+        self.quarantined.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied()
     }
 
     /// Blocks in quarantine now (files on disk, so an operator's recovery shows at once).

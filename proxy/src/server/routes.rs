@@ -384,6 +384,15 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
     Ok(write_ack(version, &body))
 }
 
+/// A read of a block whose newest acknowledged write could not be flushed and was quarantined.
+fn quarantined_block(id: &BlockId) -> ApiError {
+    ApiError::internal(format!(
+        "the newest write of {}/{} is quarantined on this proxy and the store holds nothing newer; an operator \
+         must recover it (README: Recovering quarantined blocks)",
+        id.volume, id.key
+    ))
+}
+
 fn write_ack(version: u64, body: &[u8]) -> Response {
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
@@ -516,7 +525,13 @@ async fn get_block(
                 s.metrics.cache_corrupt_blocks_total.inc();
             }
             s.metrics.cache_misses_total.inc();
+            let quarantined = s.cache.quarantined_version(&id);
             match fetch(s, cfg, &id).await {
+                // The newest acknowledged write is quarantined: anything the store has is older.
+                Ok(Some(b)) if quarantined.is_some_and(|q| q > b.version) => {
+                    return Err(quarantined_block(&id));
+                }
+                Ok(None) | Err(_) if quarantined.is_some() => return Err(quarantined_block(&id)),
                 Ok(Some(b)) => {
                     if reserved.is_none() {
                         reserved = Some(reserve_bytes(s, b.data.len() as u64).await?);

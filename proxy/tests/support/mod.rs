@@ -355,14 +355,16 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
 }
 
 impl ProxyProcess {
-    /// PUT with a client-chosen version (`x-blockproxy-version`).
-    pub async fn put_versioned(&self, key: &str, data: &[u8], version: u64) -> Result<reqwest::Response> {
+    /// PUT of exactly `version` (as a read repair carries an old copy: `x-blockproxy-repair`), for
+    /// tests that need an older version to reach a proxy after a newer one.
+    pub async fn put_exact_version(&self, key: &str, data: &[u8], version: u64) -> Result<reqwest::Response> {
         Ok(self
             .http
             .put(self.block_url(key))
             .bearer_auth(TOKEN)
             .header(CHECKSUM_HEADER, Checksum::crc32c(data).to_string())
             .header(VERSION_HEADER, version.to_string())
+            .header(blockproxy::protocol::REPAIR_HEADER, "1")
             .body(data.to_vec())
             .send()
             .await?)
