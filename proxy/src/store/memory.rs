@@ -8,10 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 type Hook = Box<dyn Fn(&MemoryStore) + Send + Sync>;
+/// (bucket, key) -> (bytes, metadata, ETag)
+type Objects = BTreeMap<(String, String), (Bytes, ObjectMeta, String)>;
 
 #[derive(Default)]
 pub struct MemoryStore {
-    objects: Mutex<BTreeMap<(String, String), (Bytes, ObjectMeta, String)>>,
+    objects: Mutex<Objects>,
     next_etag: Mutex<u64>,
     once_after_head: Mutex<Option<Hook>>,
     always_after_head: Mutex<Option<Hook>>,
