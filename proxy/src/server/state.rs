@@ -2,7 +2,7 @@
 
 use super::volumes::Volumes;
 use crate::cache::flight::SingleFlight;
-use crate::cache::{BlockId, Cache};
+use crate::cache::{Cache, FetchKey};
 use crate::metrics::Metrics;
 use crate::store::{DynStore, StoredBlock};
 use crate::writeback::Writeback;
@@ -18,7 +18,7 @@ pub struct AppState {
     pub store: DynStore,
     pub writeback: Arc<Writeback>,
     pub metrics: Arc<Metrics>,
-    pub fetches: SingleFlight<BlockId, FetchResult>,
+    pub fetches: SingleFlight<FetchKey, FetchResult>,
     pub bops: tokio::sync::Semaphore,
     pub max_block_size: u64,
     /// `--no-writeback`: write through to the store before acknowledging.
