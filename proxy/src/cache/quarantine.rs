@@ -47,16 +47,14 @@ impl Cache {
         // Under the index lock, like every rename of a dirty file, so no write or flush interleaves.
         std::fs::rename(self.layout.path(Area::Dirty, &entry.name), &to)?;
         index.remove(id);
+        // Reads of the key now go to the store; a fetch that started before must not cache.
+        self.epochs.bump(id);
         drop(index);
         let mut quarantined = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
         let v = quarantined.entry(id.clone()).or_insert(version);
         *v = (*v).max(version);
         drop(quarantined);
-        // Reads of the key now go to the store; a fetch that started before must not cache.
-        self.bump_removal_epoch();
-        if self.sync {
-            disk::sync_dir(&dir)?;
-        }
+        self.layout.sync_installed(&to)?;
         Ok(Some(to))
     }
 
