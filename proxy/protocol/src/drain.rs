@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 /// Answer of `GET|POST /v1/admin/drain`. `done` is true once a drain was requested, no write is
-/// still running (none can be acknowledged any more), and no dirty block is left: the proxy can
-/// then be removed without losing an acknowledged write.
+/// still running (none can be acknowledged any more), no dirty block is left, and none is
+/// quarantined: the proxy can then be removed without losing an acknowledged write.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DrainStatus {
@@ -17,8 +17,8 @@ pub struct DrainStatus {
     pub dirty_bytes: u64,
     pub done: bool,
     /// Dirty blocks that can never be flushed as they are, moved to the cache's `quarantine/`
-    /// folder. They do not hold up `done`, but they exist only on this proxy's disk: an operator
-    /// must recover them before the disk is discarded (README, "Recovering quarantined blocks").
+    /// folder. They exist only on this proxy's disk, so they hold up `done` until an operator has
+    /// recovered them (README, "Recovering quarantined blocks").
     #[serde(default)]
     pub quarantined_blocks: u64,
 }

@@ -55,13 +55,16 @@ fn drain_report(s: &AppState) -> DrainStatus {
     let draining = s.gate.closed().is_some();
     let in_flight_writes = s.gate.inside();
     let u = s.cache.usage();
+    let quarantined_blocks = s.cache.quarantined_blocks();
     DrainStatus {
         draining,
         in_flight_writes,
         dirty_blocks: u.dirty_blocks,
         dirty_bytes: u.dirty_bytes,
-        done: draining && in_flight_writes == 0 && u.dirty_blocks == 0,
-        quarantined_blocks: s.cache.quarantined_blocks(),
+        // Quarantined blocks are acknowledged writes that exist only on this disk: a drain that
+        // reported done would let the operator delete the disk with them.
+        done: draining && in_flight_writes == 0 && u.dirty_blocks == 0 && quarantined_blocks == 0,
+        quarantined_blocks,
     }
 }
 
