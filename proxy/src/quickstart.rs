@@ -137,7 +137,7 @@ pub async fn run(args: QuickstartArgs, shutdown: impl Future<Output = ()> + Send
     let discovery_file = dir.join(DiscoveryDocument::CONFIGMAP_KEY);
     std::fs::write(&discovery_file, doc.to_json_pretty())?;
     let mut cfg = ClientConfig::new(volume.clone(), discovery_file.clone(), token);
-    cfg.direct_store = Some(Arc::new(LocalDirStore::new(&store_dir)));
+    cfg.direct_store = Some(Arc::new(LocalDirStore::open(&store_dir)?));
     let client = Client::start(cfg).await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
         format!(

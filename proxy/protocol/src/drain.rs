@@ -2,15 +2,25 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Answer of `GET|POST /v1/admin/drain`. `done` is true once a drain was requested and no dirty
-/// block is left: the proxy can then be removed without losing an acknowledged write.
+/// Answer of `GET|POST /v1/admin/drain`. `done` is true once a drain was requested, no write is
+/// still running (none can be acknowledged any more), no dirty block is left, and none is
+/// quarantined: the proxy can then be removed without losing an acknowledged write.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DrainStatus {
     pub draining: bool,
+    /// Writes that were let in before the drain started and are not answered yet. Each is either
+    /// refused or becomes a dirty block before it is acknowledged.
+    #[serde(default)]
+    pub in_flight_writes: u64,
     pub dirty_blocks: u64,
     pub dirty_bytes: u64,
     pub done: bool,
+    /// Dirty blocks that can never be flushed as they are, moved to the cache's `quarantine/`
+    /// folder. They exist only on this proxy's disk, so they hold up `done` until an operator has
+    /// recovered them (README, "Recovering quarantined blocks").
+    #[serde(default)]
+    pub quarantined_blocks: u64,
 }
 
 /// Answer of `GET /v1/volumes/{volume}/dirty?prefix=`: keys acknowledged but not yet in the store.

@@ -11,6 +11,14 @@ pub struct BlockId {
     pub key: BlockKey,
 }
 
+#[cfg(test)]
+impl BlockId {
+    /// A block of volume `v`, for tests.
+    pub(crate) fn of_test_volume(key: &str) -> Self {
+        Self { volume: VolumeId::parse("v").unwrap(), key: BlockKey::parse(key).unwrap() }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryState {
     Clean,
@@ -30,12 +38,21 @@ pub struct Entry {
     pub data_len: u64,
     pub version: u64,
     pub state: EntryState,
+    /// For a clean entry: when the store was last known to hold this version (fetched, flushed or
+    /// revalidated). `None` when unknown, as for entries found on disk at start.
+    pub validated: Option<Instant>,
     lru_tick: u64,
 }
 
 impl Entry {
     pub fn new(name: String, file_size: u64, data_len: u64, version: u64, state: EntryState) -> Self {
-        Self { name, file_size, data_len, version, state, lru_tick: 0 }
+        Self { name, file_size, data_len, version, state, validated: None, lru_tick: 0 }
+    }
+
+    /// The same entry, known to match the store as of `at`.
+    pub fn validated_at(mut self, at: Instant) -> Self {
+        self.validated = Some(at);
+        self
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -78,6 +95,16 @@ pub struct Usage {
 }
 
 impl Index {
+    /// The highest version per volume among the entries.
+    pub fn max_versions(&self) -> HashMap<VolumeId, u64> {
+        let mut out: HashMap<VolumeId, u64> = HashMap::new();
+        for (id, e) in &self.entries {
+            let v = out.entry(id.volume.clone()).or_default();
+            *v = (*v).max(e.version);
+        }
+        out
+    }
+
     pub fn new(quota: u64) -> Self {
         Self { quota, ..Default::default() }
     }
@@ -120,17 +147,24 @@ impl Index {
         if needed > clean_bytes {
             return Err(if dirty { AdmitError::DirtyQuota } else { AdmitError::NoSpace });
         }
+        let evicted = self.evict(needed);
+        self.reserved_bytes += size;
+        Ok(evicted)
+    }
+
+    /// Evicts least-recently-used clean blocks until at least `bytes` are freed, or none is left.
+    /// Returns them; the caller deletes their files.
+    pub fn evict(&mut self, bytes: u64) -> Vec<(BlockId, Entry)> {
         let mut evicted = Vec::new();
         let mut freed = 0;
-        while freed < needed {
+        while freed < bytes {
             let Some((_, id)) = self.lru.pop_first() else { break };
             if let Some(entry) = self.remove(&id) {
                 freed += entry.file_size;
                 evicted.push((id, entry));
             }
         }
-        self.reserved_bytes += size;
-        Ok(evicted)
+        evicted
     }
 
     pub fn release(&mut self, reserved: u64) {
@@ -175,8 +209,19 @@ impl Index {
         }
         let mut entry = self.remove(id).expect("checked above");
         entry.state = EntryState::Clean;
+        entry.validated = Some(Instant::now());
         self.insert(id.clone(), entry, 0);
         true
+    }
+
+    /// Records that the store still holds `version` of a clean entry, as of `at`.
+    pub fn mark_validated(&mut self, id: &BlockId, version: u64, at: Instant) {
+        if let Some(e) = self.entries.get_mut(id)
+            && !e.is_dirty()
+            && e.version == version
+        {
+            e.validated = Some(at);
+        }
     }
 
     /// Dirty entries of a volume whose key starts with `prefix`, in key order.
@@ -211,7 +256,7 @@ mod tests {
     use super::*;
 
     fn id(k: &str) -> BlockId {
-        BlockId { volume: VolumeId::parse("v").unwrap(), key: BlockKey::parse(k).unwrap() }
+        BlockId::of_test_volume(k)
     }
 
     fn clean(size: u64) -> Entry {
@@ -250,6 +295,19 @@ mod tests {
         assert_eq!(idx.usage().dirty_bytes, 0);
         // Now the 60 clean bytes can be evicted for a dirty write.
         assert_eq!(idx.reserve(50, true).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn evict_frees_at_least_what_is_asked_oldest_first_and_never_dirty() {
+        let mut idx = Index::new(1000);
+        idx.insert(id("d"), dirty(10), 0);
+        for k in ["a", "b", "c"] {
+            idx.insert(id(k), clean(30), 0);
+        }
+        let evicted: Vec<_> = idx.evict(40).into_iter().map(|(i, _)| i.key.to_string()).collect();
+        assert_eq!(evicted, ["a", "b"]);
+        assert_eq!(idx.evict(1000).len(), 1, "only c is left to evict; d is dirty");
+        assert_eq!(idx.usage().used_bytes, 10);
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! drain admin call.
 
 use super::errors::ApiError;
+use super::gate::{Closed, WritePass};
 use super::state::{AppState, FetchResult};
 use super::volumes::{AuthError, token_matches};
 use crate::cache::{BlockId, CacheError, DirtyWrite, Lookup, WriteOutcome};
+use crate::store::{Conditional, ObjectMeta, delete_unless_newer, put_unless_newer};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
@@ -18,7 +20,6 @@ use blockproxy_protocol::{
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -30,30 +31,40 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(protocol::METRICS_PATH, get(metrics))
         .route(protocol::DRAIN_PATH, get(drain_status).post(start_drain))
         .route("/v1/volumes/{*rest}", any(volume_request))
+        .layer(axum::middleware::from_fn(super::linger::linger_on_refusal))
         .with_state(state)
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    if s.accepting_writes() {
-        "ready".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    match s.gate.closed() {
+        None => "ready".into_response(),
+        Some(Closed::Draining) => (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response(),
+        Some(Closed::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response(),
     }
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     s.metrics.set_usage(s.cache.usage(), s.cache.oldest_dirty_age());
+    s.metrics.writeback_quarantined_blocks.set(s.cache.quarantined_blocks() as i64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 
 fn drain_report(s: &AppState) -> DrainStatus {
+    // Read the writes inside the gate before the dirty count: a write that leaves the gate has
+    // already made its block dirty, so it is seen in one figure or the other, never in neither.
+    let draining = s.gate.closed().is_some();
+    let in_flight_writes = s.gate.inside();
     let u = s.cache.usage();
-    let draining = s.draining.load(Ordering::SeqCst);
+    let quarantined_blocks = s.cache.quarantined_blocks();
     DrainStatus {
         draining,
+        in_flight_writes,
         dirty_blocks: u.dirty_blocks,
         dirty_bytes: u.dirty_bytes,
-        done: draining && u.dirty_blocks == 0,
+        // Quarantined blocks are acknowledged writes that exist only on this disk: a drain that
+        // reported done would let the operator delete the disk with them.
+        done: draining && in_flight_writes == 0 && u.dirty_blocks == 0 && quarantined_blocks == 0,
+        quarantined_blocks,
     }
 }
 
@@ -78,9 +89,10 @@ async fn drain_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Res
 
 async fn start_drain(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_admin(&s, &headers)?;
-    if !s.draining.swap(true, Ordering::SeqCst) {
+    if s.gate.close(Closed::Draining) {
         let u = s.cache.usage();
         tracing::info!(
+            in_flight_writes = s.gate.inside(),
             dirty_blocks = u.dirty_blocks,
             dirty_bytes = u.dirty_bytes,
             "drain requested: refusing writes, flushing"
@@ -231,21 +243,72 @@ async fn list_store(s: &AppState, cfg: &VolumeConfig, prefix: &str) -> Result<Re
     Ok(axum::Json(StoreObjects { objects }).into_response())
 }
 
-fn requested_version(s: &AppState, headers: &HeaderMap) -> Result<u64, ApiError> {
-    match headers.get(VERSION_HEADER) {
-        None => Ok(s.clock.next()),
-        Some(v) => {
-            let v: u64 =
-                v.to_str().ok().and_then(|v| v.trim().parse().ok()).filter(|v| *v > 0).ok_or_else(|| {
-                    ApiError::bad_request(format!("{VERSION_HEADER} must be a positive decimal integer"))
-                })?;
-            s.clock.observe(v);
-            Ok(v)
-        }
-    }
+/// Lets a write through the gate, or refuses it while draining or shutting down.
+fn enter_gate(s: &AppState) -> Result<WritePass, ApiError> {
+    s.gate.enter().map_err(|why| {
+        let what = match why {
+            Closed::Draining => "this proxy is draining",
+            Closed::ShuttingDown => "this proxy is shutting down",
+        };
+        ApiError::unavailable(format!("{what}; write to another proxy of the group, or retry"), 5)
+    })
 }
 
-async fn read_body(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
+/// The version of a write: the volume's clock, raised to the client's version when it sent one
+/// (see `clock`).
+fn write_version(s: &AppState, volume: &VolumeId, headers: &HeaderMap) -> Result<u64, ApiError> {
+    let client =
+        match headers.get(VERSION_HEADER) {
+            None => None,
+            Some(v) => {
+                Some(v.to_str().ok().and_then(|v| v.trim().parse().ok()).filter(|v: &u64| *v > 0).ok_or_else(|| {
+                    ApiError::bad_request(format!("{VERSION_HEADER} must be a positive decimal integer"))
+                })?)
+            }
+        };
+    // A read repair keeps exactly the version of the copy it carries: stamping it anew would make
+    // an old value look newer than a write made since.
+    let stamped = if headers.contains_key(protocol::REPAIR_HEADER) {
+        let v = client
+            .ok_or_else(|| ApiError::bad_request(format!("{} needs {VERSION_HEADER}", protocol::REPAIR_HEADER)))?;
+        s.clocks.admit_exact(volume, v)
+    } else {
+        s.clocks.stamp(volume, client)
+    };
+    stamped.map_err(|e| match e {
+        e @ super::clock::ClockError::TooFarAhead { .. } => {
+            s.metrics.http_versions_refused_total.inc();
+            ApiError::bad_request(e.to_string())
+        }
+        e => ApiError::internal(e.to_string()),
+    })
+}
+
+/// The answer to a write that a newer one of the same block overtook: it was not applied, so it
+/// must not look like a success. The client library retries with a newer version.
+fn superseded(s: &AppState, id: &BlockId, version: u64, current: u64) -> ApiError {
+    s.metrics.http_writes_superseded_total.inc();
+    tracing::debug!(volume = %id.volume, key = %id.key, version, current, "write superseded by a newer version");
+    let mut e = ApiError::new(
+        StatusCode::CONFLICT,
+        format!("not applied: the block already holds version {current}, newer than this write's {version}"),
+    );
+    e.version = Some(current);
+    e
+}
+
+async fn reserve_bytes(s: &AppState, bytes: u64) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    let permit = s.budget.reserve(bytes).await.map_err(|e| {
+        s.metrics.http_backpressure_total.inc();
+        ApiError::unavailable(e.to_string(), 1)
+    })?;
+    s.metrics.http_inflight_bytes.set(s.budget.in_use() as i64);
+    Ok(permit)
+}
+
+/// Reads a block body: bounded in size (413), in bytes held across requests (503), and in how
+/// long it may stall (408).
+async fn read_body(s: &AppState, req: Request) -> Result<(Bytes, tokio::sync::SemaphorePermit<'_>), ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -258,18 +321,34 @@ async fn read_body(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
     {
         return Err(too_large());
     }
-    let limited = http_body_util::Limited::new(req.into_body(), s.max_block_size as usize);
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request(format!("reading the body failed: {e}"))),
+    let expected =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let permit = reserve_bytes(s, expected.unwrap_or(s.max_block_size)).await?;
+    let mut body = http_body_util::Limited::new(req.into_body(), s.max_block_size as usize);
+    let mut buf = bytes::BytesMut::with_capacity(expected.unwrap_or(0) as usize);
+    loop {
+        let frame = match tokio::time::timeout(s.body_idle_timeout, body.frame()).await {
+            Err(_) => {
+                s.metrics.http_timeouts_total.with_label_values(&["body"]).inc();
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body sent nothing for {:?}", s.body_idle_timeout),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+            Ok(Some(Err(e))) => return Err(ApiError::bad_request(format!("reading the body failed: {e}"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
     }
+    Ok((buf.freeze(), permit))
 }
 
 async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Request) -> Result<Response, ApiError> {
-    if !s.accepting_writes() {
-        return Err(ApiError::unavailable("this proxy is draining or shutting down; write elsewhere or retry", 5));
-    }
+    let _pass = enter_gate(s)?;
     let checksum: Checksum = req
         .headers()
         .get(CHECKSUM_HEADER)
@@ -280,30 +359,41 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
         .map_err(|_| ApiError::bad_request(format!("{CHECKSUM_HEADER} is not ASCII")))?
         .parse()
         .map_err(|e: protocol::ChecksumError| ApiError::bad_request(e.to_string()))?;
-    let version = requested_version(s, req.headers())?;
-    let body = read_body(s, req).await?;
+    let version = write_version(s, &id.volume, req.headers())?;
+    let (body, _bytes) = read_body(s, req).await?;
     checksum.verify(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let store_key = cfg.store_key(&id.key);
 
     if s.write_through {
-        s.store
-            .put(&cfg.bucket, &store_key, body.clone(), version)
+        let meta = ObjectMeta::for_data(version, &body);
+        let done = put_unless_newer(s.store.as_ref(), &cfg.bucket, &store_key, body.clone(), meta)
             .await
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("write-through to the store failed: {e}")))?;
+        if let Conditional::StoreNewer { store_version } = done {
+            // The store holds a newer version: not applied, so never a 2xx.
+            return Err(superseded(s, &id, version, store_version));
+        }
         s.cache.invalidate(&id);
-        let epoch = s.cache.removal_epoch();
-        s.cache.insert_clean(id, &cfg.bucket, &store_key, body.clone(), version, epoch).await;
+        let fetch = s.cache.fetch_key(&id);
+        s.cache.insert_clean(fetch, &cfg.bucket, &store_key, body.clone(), version).await;
         return Ok(write_ack(version, &body));
     }
 
     let write = DirtyWrite { id: id.clone(), bucket: cfg.bucket.clone(), store_key, version, data: Some(body.clone()) };
     match s.cache.write_dirty(write).await.map_err(|e| cache_error(s, e))? {
         WriteOutcome::Committed => s.writeback.enqueue(id),
-        WriteOutcome::Superseded { current } => {
-            tracing::debug!(volume = %id.volume, key = %id.key, version, current, "write superseded by a newer version");
-        }
+        WriteOutcome::Superseded { current } => return Err(superseded(s, &id, version, current)),
     }
     Ok(write_ack(version, &body))
+}
+
+/// A read of a block whose newest acknowledged write could not be flushed and was quarantined.
+fn quarantined_block(id: &BlockId) -> ApiError {
+    ApiError::internal(format!(
+        "the newest write of {}/{} is quarantined on this proxy and the store holds nothing newer; an operator \
+         must recover it (README: Recovering quarantined blocks)",
+        id.volume, id.key
+    ))
 }
 
 fn write_ack(version: u64, body: &[u8]) -> Response {
@@ -318,7 +408,7 @@ fn write_ack(version: u64, body: &[u8]) -> Response {
 
 fn cache_error(s: &AppState, e: CacheError) -> ApiError {
     match e {
-        CacheError::DirtyQuota | CacheError::NoSpace => {
+        CacheError::DirtyQuota | CacheError::NoSpace | CacheError::DiskFull { .. } => {
             s.metrics.http_backpressure_total.inc();
             ApiError::unavailable(e.to_string(), 1)
         }
@@ -332,21 +422,23 @@ async fn delete_block(
     id: BlockId,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !s.accepting_writes() {
-        return Err(ApiError::unavailable("this proxy is draining or shutting down; retry", 5));
-    }
-    let version = requested_version(s, headers)?;
+    let _pass = enter_gate(s)?;
+    let version = write_version(s, &id.volume, headers)?;
     let store_key = cfg.store_key(&id.key);
     if s.write_through {
-        s.store
-            .delete(&cfg.bucket, &store_key)
+        let done = delete_unless_newer(s.store.as_ref(), &cfg.bucket, &store_key, version)
             .await
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("delete in the store failed: {e}")))?;
+        if let Conditional::StoreNewer { store_version } = done {
+            // The store holds a newer version: not applied, so never a 2xx.
+            return Err(superseded(s, &id, version, store_version));
+        }
         s.cache.invalidate(&id);
     } else {
         let write = DirtyWrite { id: id.clone(), bucket: cfg.bucket.clone(), store_key, version, data: None };
-        if s.cache.write_dirty(write).await.map_err(|e| cache_error(s, e))? == WriteOutcome::Committed {
-            s.writeback.enqueue(id);
+        match s.cache.write_dirty(write).await.map_err(|e| cache_error(s, e))? {
+            WriteOutcome::Committed => s.writeback.enqueue(id),
+            WriteOutcome::Superseded { current } => return Err(superseded(s, &id, version, current)),
         }
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -358,16 +450,18 @@ async fn fetch(s: &Arc<AppState>, cfg: &VolumeConfig, id: &BlockId) -> FetchResu
     let store = Arc::clone(&s.store);
     let cache = Arc::clone(&s.cache);
     let metrics = Arc::clone(&s.metrics);
-    let (bucket, store_key, id2) = (cfg.bucket.clone(), cfg.store_key(&id.key), id.clone());
+    let (bucket, store_key) = (cfg.bucket.clone(), cfg.store_key(&id.key));
+    // Keyed by the removal epoch too: a read never joins a fetch older than a delete or overwrite
+    // that was acknowledged and flushed before the read started.
+    let key = s.cache.fetch_key(id);
     s.fetches
         .run(
-            id.clone(),
+            key.clone(),
             move || async move {
-                let epoch = cache.removal_epoch();
                 metrics.store_requests_total.with_label_values(&["get"]).inc();
                 match store.get(&bucket, &store_key).await {
                     Ok(Some(b)) => {
-                        cache.insert_clean(id2, &bucket, &store_key, b.data.clone(), b.version, epoch).await;
+                        cache.insert_clean(key, &bucket, &store_key, b.data.clone(), b.version).await;
                         Ok(Some(Arc::new(b)))
                     }
                     Ok(None) => Ok(None),
@@ -379,6 +473,31 @@ async fn fetch(s: &Arc<AppState>, cfg: &VolumeConfig, id: &BlockId) -> FetchResu
         .await
 }
 
+/// Whether the store still holds `version` of a clean cached block, checked at most once per
+/// `--metadata-ttl`: a write acknowledged by another proxy (after a failover) or made behind the
+/// cache is seen within that bound once it is in the store (ADR 0002). A changed block is dropped
+/// from the cache. While the store cannot answer, the cached copy is served.
+async fn still_in_store(s: &AppState, cfg: &VolumeConfig, id: &BlockId, version: u64) -> bool {
+    let checked_at = Instant::now();
+    s.metrics.store_requests_total.with_label_values(&["head"]).inc();
+    let result = match s.store.head(&cfg.bucket, &cfg.store_key(&id.key)).await {
+        Ok(Some(o)) if o.version == version => {
+            s.cache.mark_validated(id, version, checked_at);
+            "current"
+        }
+        Ok(_) => {
+            s.cache.invalidate(id);
+            "changed"
+        }
+        Err(e) => {
+            tracing::warn!(volume = %id.volume, key = %id.key, error = %e, "revalidating a cached block failed; serving the cached copy");
+            "error"
+        }
+    };
+    s.metrics.cache_revalidations_total.with_label_values(&[result]).inc();
+    result != "changed"
+}
+
 async fn get_block(
     s: &Arc<AppState>,
     cfg: &VolumeConfig,
@@ -387,8 +506,20 @@ async fn get_block(
     with_body: bool,
 ) -> Result<Response, ApiError> {
     let range = headers.get(header::RANGE).map(|v| v.to_str().map(str::to_owned));
-    // The checksum of the whole block: verified on the way from disk, computed once for a fetch.
-    let (data, version, source, checksum) = match s.cache.read(&id).await.map_err(|e| cache_error(s, e))? {
+    // Hits reserve their size before reading from disk; misses once the fetch says how big.
+    let mut reserved = match s.cache.size_of(&id) {
+        Some(len) => Some(reserve_bytes(s, len).await?),
+        None => None,
+    };
+    // The checksum of the whole block, verified on the way from disk or from the store.
+    let mut lookup = s.cache.read(&id).await.map_err(|e| cache_error(s, e))?;
+    if let Lookup::Hit { dirty: false, version, validated, .. } = &lookup
+        && validated.is_none_or(|t| t.elapsed() >= s.metadata_ttl)
+        && !still_in_store(s, cfg, &id, *version).await
+    {
+        lookup = Lookup::Miss;
+    }
+    let (data, version, source, checksum) = match lookup {
         Lookup::Hit { data, version, crc32c, .. } => {
             s.metrics.cache_hits_total.inc();
             (data, version, "cache", Checksum::Crc32c(crc32c))
@@ -399,8 +530,21 @@ async fn get_block(
                 s.metrics.cache_corrupt_blocks_total.inc();
             }
             s.metrics.cache_misses_total.inc();
+            let quarantined = s.cache.quarantined_version(&id);
             match fetch(s, cfg, &id).await {
-                Ok(Some(b)) => (b.data.clone(), b.version, "store", Checksum::crc32c(&b.data)),
+                // The newest acknowledged write is quarantined: anything the store has is older.
+                Ok(Some(b)) if quarantined.is_some_and(|q| q > b.version) => {
+                    return Err(quarantined_block(&id));
+                }
+                Ok(None) | Err(_) if quarantined.is_some() => return Err(quarantined_block(&id)),
+                Ok(Some(b)) => {
+                    if reserved.is_none() {
+                        reserved = Some(reserve_bytes(s, b.data.len() as u64).await?);
+                    }
+                    s.clocks.observe(&id.volume, b.version);
+                    // The store verified the writer's checksum (or computed it for a foreign object).
+                    (b.data.clone(), b.version, "store", Checksum::Crc32c(b.crc32c))
+                }
                 Ok(None) => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such block")),
                 Err(e) => {
                     return Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("fetching from the store failed: {e}")));
@@ -447,5 +591,8 @@ async fn get_block(
     if let Some(cr) = content_range.and_then(|c| HeaderValue::from_str(&c).ok()) {
         h.insert(header::CONTENT_RANGE, cr);
     }
+    // The body is a reference-counted copy of the block; the reservation covers it until the
+    // answer is built (hyper then writes it out).
+    drop(reserved);
     Ok(resp)
 }

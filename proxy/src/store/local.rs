@@ -1,123 +1,196 @@
-//! The embedded local-directory store (`file:///path`): `<root>/<bucket>/<key>` holds the bytes and
-//! `<root>/.versions/<bucket>/<key>` the write version. For running without a cloud (quickstart,
-//! tests of pure data-plane logic). Like MinIO in FS mode, a key cannot be both an object and a
-//! "directory" of other objects (`a` and `a/b`); that conflict is reported as an error.
+//! The embedded local-directory store (`file:///path`), for running without a cloud (quickstart,
+//! tests of pure data-plane logic).
+//!
+//! On-disk format:
+//! - `<root>/<bucket>/<key>`: the object's bytes, a plain file that any tool can read.
+//! - Two user extended attributes on that file: `user.blockproxy.version` (the write version, in
+//!   decimal) and `user.blockproxy.crc32c` (the writer's checksum, 8 hex digits). A file without
+//!   them was written by something else: version 0, accepted as it is.
+//! - `<root>/.blockproxy/tmp/`: objects being written. `<root>/.blockproxy/locks/`: lock files.
+//!
+//! A write goes to a temporary file, which gets its attributes and is fsynced, then is renamed
+//! into place, and the directory is fsynced. Bytes, version and checksum belong to one inode, so
+//! they become visible together with the rename: a crash leaves the old object or the new one,
+//! never new bytes under an old version or the reverse. A write returns (and a flush counts as
+//! applied) only once all of it is durable.
+//!
+//! Conditional writes and deletes compare the current object with what the caller read while
+//! holding an exclusive `flock` on the key's lock file (one of [`LOCK_STRIPES`]), so writers in
+//! several processes sharing the folder are ordered as S3's `If-Match` orders them. The ETag is
+//! `<inode>-<version>-<crc32c>`: every write is a new inode.
+//!
+//! Like MinIO in FS mode, a key cannot be both an object and a "directory" of other objects
+//! (`a` and `a/b`); that conflict is a permanent error. The filesystem must support user xattrs
+//! (ext4, xfs, btrfs, and tmpfs since Linux 6.6 do); [`LocalDirStore::open`] checks it.
 
-use super::{ListedObject, Store, StoreError, StoredBlock};
+use super::{ListedObject, ObjectMeta, ObjectState, Precondition, Store, StoreError, StoredBlock, verify_fetched};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::io::ErrorKind;
+use std::fs::File;
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+const VERSION_XATTR: &str = "user.blockproxy.version";
+const CRC32C_XATTR: &str = "user.blockproxy.crc32c";
+/// Lock files; writers of different keys rarely wait for each other.
+const LOCK_STRIPES: u32 = 64;
+/// Temporary files older than this at open are leftovers of a crash (a live writer is faster).
+const STALE_TMP: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct LocalDirStore {
     root: PathBuf,
 }
 
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { op, path: path.display().to_string(), source }
+}
+
 impl LocalDirStore {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+    /// Opens (creating) the store folder, checks that its filesystem keeps user xattrs, and
+    /// removes temporary files left by a crash.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let store = Self { root: root.into() };
+        for dir in [store.tmp_dir(), store.root.join(".blockproxy").join("locks")] {
+            std::fs::create_dir_all(&dir).map_err(io_err("mkdir", &dir))?;
+        }
+        let probe = store.tmp_path();
+        let checked = File::create(&probe).and_then(|f| {
+            rustix::fs::fsetxattr(&f, VERSION_XATTR, b"0", rustix::fs::XattrFlags::empty()).map_err(Into::into)
+        });
+        let _ = std::fs::remove_file(&probe);
+        checked.map_err(|e| StoreError::Io {
+            op: "set a user xattr (the local store needs a filesystem with user extended attributes)",
+            path: store.root.display().to_string(),
+            source: e,
+        })?;
+        store.remove_stale_tmp();
+        Ok(store)
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join(".blockproxy").join("tmp")
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        self.tmp_dir().join(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    fn remove_stale_tmp(&self) {
+        let Ok(entries) = std::fs::read_dir(self.tmp_dir()) else { return };
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > STALE_TMP);
+            if old {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     fn data_path(&self, bucket: &str, key: &str) -> PathBuf {
         self.root.join(bucket).join(key)
     }
 
-    fn version_path(&self, bucket: &str, key: &str) -> PathBuf {
-        self.root.join(".versions").join(bucket).join(key)
+    /// Holds an exclusive lock for `bucket/key` until dropped (the lock dies with the file).
+    fn lock(&self, bucket: &str, key: &str) -> Result<File, StoreError> {
+        let stripe = crc32c::crc32c(format!("{bucket}/{key}").as_bytes()) % LOCK_STRIPES;
+        let path = self.root.join(".blockproxy").join("locks").join(format!("{stripe:02}"));
+        let file =
+            File::options().create(true).truncate(false).write(true).open(&path).map_err(io_err("lock", &path))?;
+        file.lock().map_err(io_err("lock", &path))?;
+        Ok(file)
     }
-}
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { op, path: path.display().to_string(), source }
-}
-
-/// Write to a temporary sibling, then rename, so a reader never sees a partial object.
-async fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(io_err("mkdir", parent))?;
-    }
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("block"),
-        rand::random::<u64>()
-    ));
-    tokio::fs::write(&tmp, data).await.map_err(io_err("write", &tmp))?;
-    tokio::fs::rename(&tmp, path).await.map_err(io_err("rename", path))
-}
-
-#[async_trait]
-impl Store for LocalDirStore {
-    async fn get(&self, bucket: &str, key: &str) -> Result<Option<StoredBlock>, StoreError> {
+    fn head_sync(&self, bucket: &str, key: &str) -> Result<Option<ObjectState>, StoreError> {
         let path = self.data_path(bucket, key);
-        let data = match tokio::fs::read(&path).await {
-            Ok(d) => d,
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::IsADirectory) => {
-                return Ok(None);
+        let Some(file) = open_object(&path).map_err(io_err("open", &path))? else { return Ok(None) };
+        state_of(&file).map(Some).map_err(io_err("stat", &path))
+    }
+
+    fn get_sync(&self, bucket: &str, key: &str) -> Result<Option<StoredBlock>, StoreError> {
+        let path = self.data_path(bucket, key);
+        let Some(mut file) = open_object(&path).map_err(io_err("open", &path))? else { return Ok(None) };
+        // Attributes and bytes come from the one open inode, so they always belong together.
+        let (version, recorded) = read_meta(&file).map_err(io_err("read xattr", &path))?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(io_err("read", &path))?;
+        let crc32c = verify_fetched(bucket, key, &data, recorded)?;
+        Ok(Some(StoredBlock { data: data.into(), version: version.unwrap_or(0), crc32c }))
+    }
+
+    fn put_sync(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: &[u8],
+        meta: ObjectMeta,
+        cond: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let tmp = self.tmp_path();
+        let written = write_tmp(&tmp, data, meta).map_err(io_err("write", &tmp));
+        let installed = written.and_then(|()| {
+            let _lock = self.lock(bucket, key)?;
+            let current = self.head_sync(bucket, key)?;
+            if !precondition_holds(cond, current.as_ref()) {
+                return Err(StoreError::PreconditionFailed { op: "PUT", bucket: bucket.into(), key: key.into() });
             }
-            Err(e) => return Err(io_err("read", &path)(e)),
-        };
-        let version = self.head_version(bucket, key).await?.unwrap_or(0);
-        Ok(Some(StoredBlock { data: data.into(), version }))
-    }
-
-    async fn head_version(&self, bucket: &str, key: &str) -> Result<Option<u64>, StoreError> {
-        let data_path = self.data_path(bucket, key);
-        match tokio::fs::metadata(&data_path).await {
-            Ok(m) if m.is_file() => {}
-            Ok(_) => return Ok(None),
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => return Ok(None),
-            Err(e) => return Err(io_err("stat", &data_path)(e)),
+            let path = self.data_path(bucket, key);
+            let parent = path.parent().unwrap_or(&self.root);
+            create_dirs_durably(&self.root, parent).map_err(io_err("mkdir", parent))?;
+            std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+            sync_dir(parent).map_err(io_err("fsync dir", parent))
+        });
+        if installed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        let path = self.version_path(bucket, key);
-        match tokio::fs::read_to_string(&path).await {
-            Ok(s) => Ok(Some(s.trim().parse().unwrap_or(0))),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Some(0)),
-            Err(e) => Err(io_err("read", &path)(e)),
+        installed
+    }
+
+    fn delete_sync(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError> {
+        let _lock = self.lock(bucket, key)?;
+        let Some(current) = self.head_sync(bucket, key)? else { return Ok(()) };
+        if !precondition_holds(Precondition::Matches(etag), Some(&current)) {
+            return Err(StoreError::PreconditionFailed { op: "DELETE", bucket: bucket.into(), key: key.into() });
         }
-    }
-
-    async fn put(&self, bucket: &str, key: &str, data: Bytes, version: u64) -> Result<(), StoreError> {
-        // The version is written first: a crash in between leaves a newer version next to older
-        // bytes, which only makes a later flush of those bytes' real version be re-sent.
-        write_atomic(&self.version_path(bucket, key), version.to_string().as_bytes()).await?;
-        write_atomic(&self.data_path(bucket, key), &data).await
-    }
-
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
-        for path in [self.data_path(bucket, key), self.version_path(bucket, key)] {
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => {}
-                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {}
-                Err(e) => return Err(io_err("delete", &path)(e)),
-            }
+        let path = self.data_path(bucket, key);
+        std::fs::remove_file(&path).map_err(io_err("delete", &path))?;
+        let parent = path.parent().unwrap_or(&self.root);
+        sync_dir(parent).map_err(io_err("fsync dir", parent))?;
+        // Empty directories left behind would make the key `a` impossible after `a/b` is gone.
+        let bucket_dir = self.root.join(bucket);
+        let mut dir = parent;
+        while dir != bucket_dir && std::fs::remove_dir(dir).is_ok() {
+            dir = dir.parent().unwrap_or(bucket_dir.as_path());
         }
         Ok(())
     }
 
-    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
+    fn list_sync(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
         let root = self.root.join(bucket);
         let mut out = Vec::new();
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
-            let mut rd = match tokio::fs::read_dir(&dir).await {
+            let entries = match std::fs::read_dir(&dir) {
                 Ok(rd) => rd,
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => return Err(io_err("list", &dir)(e)),
             };
-            while let Some(entry) = rd.next_entry().await.map_err(io_err("list", &dir))? {
+            for entry in entries {
+                let entry = entry.map_err(io_err("list", &dir))?;
                 let path = entry.path();
-                let name = entry.file_name();
-                if name.to_string_lossy().starts_with('.') {
-                    continue; // temporary files
-                }
-                let ft = entry.file_type().await.map_err(io_err("stat", &path))?;
+                let ft = entry.file_type().map_err(io_err("stat", &path))?;
                 if ft.is_dir() {
                     stack.push(path);
                 } else if let Ok(rel) = path.strip_prefix(&root) {
                     let key = rel.to_string_lossy().into_owned();
                     if key.starts_with(prefix) {
-                        let size = entry.metadata().await.map_err(io_err("stat", &path))?.len();
+                        let size = entry.metadata().map_err(io_err("stat", &path))?.len();
                         out.push(ListedObject { key, size });
                     }
                 }
@@ -125,6 +198,130 @@ impl Store for LocalDirStore {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+}
+
+/// Runs blocking file-system work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StoreError::Io { op: "run blocking task", path: String::new(), source: io::Error::other(e) })
+    })
+}
+
+/// The object's file, or `None` when there is no object (a missing file, a directory, or a path
+/// through a file).
+fn open_object(path: &Path) -> io::Result<Option<File>> {
+    match File::open(path) {
+        Ok(f) if f.metadata()?.is_file() => Ok(Some(f)),
+        Ok(_) => Ok(None),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_xattr(file: &File, name: &str) -> io::Result<Option<String>> {
+    let mut buf = [0u8; 32];
+    match rustix::fs::fgetxattr(file, name, &mut buf[..]) {
+        Ok(n) => Ok(std::str::from_utf8(&buf[..n]).ok().map(str::to_owned)),
+        Err(e) if e == rustix::io::Errno::NODATA => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The recorded version and checksum; `None` each when not recorded (a foreign file).
+fn read_meta(file: &File) -> io::Result<(Option<u64>, Option<u32>)> {
+    let version = read_xattr(file, VERSION_XATTR)?.and_then(|v| v.parse().ok());
+    let crc = read_xattr(file, CRC32C_XATTR)?.and_then(|v| u32::from_str_radix(&v, 16).ok());
+    Ok((version, crc))
+}
+
+fn state_of(file: &File) -> io::Result<ObjectState> {
+    let (version, crc) = read_meta(file)?;
+    let ino = file.metadata()?.ino();
+    let version = version.unwrap_or(0);
+    Ok(ObjectState { version, etag: format!("{ino}-{version}-{:08x}", crc.unwrap_or(0)) })
+}
+
+fn precondition_holds(cond: Precondition<'_>, current: Option<&ObjectState>) -> bool {
+    match (cond, current) {
+        (Precondition::Absent, None) => true,
+        (Precondition::Matches(etag), Some(s)) => etag == "*" || s.etag == etag,
+        _ => false,
+    }
+}
+
+fn write_tmp(tmp: &Path, data: &[u8], meta: ObjectMeta) -> io::Result<()> {
+    let mut f = File::create(tmp)?;
+    f.write_all(data)?;
+    let flags = rustix::fs::XattrFlags::empty();
+    rustix::fs::fsetxattr(&f, VERSION_XATTR, meta.version.to_string().as_bytes(), flags)?;
+    rustix::fs::fsetxattr(&f, CRC32C_XATTR, format!("{:08x}", meta.crc32c).as_bytes(), flags)?;
+    f.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and its missing parents below `base`, fsyncing each new directory's parent so
+/// the new entries survive power loss.
+fn create_dirs_durably(base: &Path, dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| p.starts_with(base)).unwrap_or(base);
+    if parent != dir {
+        create_dirs_durably(base, parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[async_trait]
+impl Store for LocalDirStore {
+    async fn get(&self, bucket: &str, key: &str) -> Result<Option<StoredBlock>, StoreError> {
+        let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.to_owned());
+        blocking(move || this.get_sync(&bucket, &key)).await
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectState>, StoreError> {
+        let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.to_owned());
+        blocking(move || this.head_sync(&bucket, &key)).await
+    }
+
+    async fn put_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: Bytes,
+        meta: ObjectMeta,
+        cond: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.to_owned());
+        let cond = match cond {
+            Precondition::Absent => None,
+            Precondition::Matches(etag) => Some(etag.to_owned()),
+        };
+        blocking(move || {
+            let cond = cond.as_deref().map_or(Precondition::Absent, Precondition::Matches);
+            this.put_sync(&bucket, &key, &data, meta, cond)
+        })
+        .await
+    }
+
+    async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError> {
+        let (this, bucket, key, etag) = (self.clone(), bucket.to_owned(), key.to_owned(), etag.to_owned());
+        blocking(move || this.delete_sync(&bucket, &key, &etag)).await
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
+        let (this, bucket, prefix) = (self.clone(), bucket.to_owned(), prefix.to_owned());
+        blocking(move || this.list_sync(&bucket, &prefix)).await
     }
 
     fn describe(&self) -> String {
@@ -135,20 +332,111 @@ impl Store for LocalDirStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Conditional, ErrorClass, delete_unless_newer, put_unless_newer};
+
+    async fn put(store: &LocalDirStore, key: &str, data: &'static [u8], version: u64) -> Conditional {
+        put_unless_newer(store, "b", key, Bytes::from_static(data), ObjectMeta::for_data(version, data)).await.unwrap()
+    }
 
     #[tokio::test]
     async fn put_get_list_delete_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalDirStore::new(dir.path());
+        let store = LocalDirStore::open(dir.path()).unwrap();
         assert!(store.get("b", "p/k1").await.unwrap().is_none());
-        store.put("b", "p/k1", Bytes::from_static(b"one"), 7).await.unwrap();
-        store.put("b", "p/k2", Bytes::from_static(b"two!"), 8).await.unwrap();
+        put(&store, "p/k1", b"one", 7).await;
+        put(&store, "p/k2", b"two!", 8).await;
         let got = store.get("b", "p/k1").await.unwrap().unwrap();
-        assert_eq!((&got.data[..], got.version), (&b"one"[..], 7));
+        assert_eq!((&got.data[..], got.version, got.crc32c), (&b"one"[..], 7, crc32c::crc32c(b"one")));
         let listed = store.list("b", "p/").await.unwrap();
         assert_eq!(listed.iter().map(|o| (o.key.as_str(), o.size)).collect::<Vec<_>>(), [("p/k1", 3), ("p/k2", 4)]);
-        store.delete("b", "p/k1").await.unwrap();
-        store.delete("b", "p/k1").await.unwrap();
-        assert!(store.head_version("b", "p/k1").await.unwrap().is_none());
+        assert_eq!(delete_unless_newer(&store, "b", "p/k1", 9).await.unwrap(), Conditional::Applied);
+        assert_eq!(delete_unless_newer(&store, "b", "p/k1", 9).await.unwrap(), Conditional::Applied);
+        assert!(store.head("b", "p/k1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn version_and_checksum_live_on_the_data_file_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        put(&store, "k", b"bytes", 42).await;
+        let file = File::open(dir.path().join("b/k")).unwrap();
+        assert_eq!(read_meta(&file).unwrap(), (Some(42), Some(crc32c::crc32c(b"bytes"))));
+        // Nothing but the object and the store's own folder: no side file to get out of step.
+        let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, [".blockproxy", "b"]);
+        assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "no temporary file left");
+    }
+
+    #[tokio::test]
+    async fn corruption_in_the_store_is_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        put(&store, "k", b"good bytes", 3).await;
+        // Flip a byte in place (same inode, attributes kept), as a failing disk would.
+        let path = dir.path().join("b/k");
+        let mut f = File::options().write(true).open(&path).unwrap();
+        f.write_all(b"G").unwrap();
+        let err = store.get("b", "k").await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn files_written_by_other_tools_are_served_as_version_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path().join("b")).unwrap();
+        std::fs::write(dir.path().join("b/foreign"), b"theirs").unwrap();
+        let got = store.get("b", "foreign").await.unwrap().unwrap();
+        assert_eq!((&got.data[..], got.version, got.crc32c), (&b"theirs"[..], 0, crc32c::crc32c(b"theirs")));
+        assert_eq!(put(&store, "foreign", b"ours", 1).await, Conditional::Applied, "any version is newer");
+    }
+
+    #[tokio::test]
+    async fn a_stale_condition_fails_and_an_older_version_never_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        put(&store, "k", b"v1", 1).await;
+        let read = store.head("b", "k").await.unwrap().unwrap();
+        put(&store, "k", b"v5", 5).await;
+        let stale = store.put_if(
+            "b",
+            "k",
+            Bytes::from_static(b"v3"),
+            ObjectMeta::for_data(3, b"v3"),
+            Precondition::Matches(&read.etag),
+        );
+        assert_eq!(stale.await.unwrap_err().class(), ErrorClass::PreconditionFailed);
+        assert_eq!(store.delete_if("b", "k", &read.etag).await.unwrap_err().class(), ErrorClass::PreconditionFailed);
+        let absent =
+            store.put_if("b", "k", Bytes::from_static(b"v3"), ObjectMeta::for_data(3, b"v3"), Precondition::Absent);
+        assert_eq!(absent.await.unwrap_err().class(), ErrorClass::PreconditionFailed);
+        assert_eq!(put(&store, "k", b"v3", 3).await, Conditional::StoreNewer { store_version: 5 });
+        assert_eq!(store.get("b", "k").await.unwrap().unwrap().version, 5);
+    }
+
+    #[tokio::test]
+    async fn an_object_and_a_directory_of_the_same_name_is_a_permanent_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        put(&store, "x", b"file", 1).await;
+        let data = Bytes::from_static(b"below");
+        let err = put_unless_newer(&store, "b", "x/y", data, ObjectMeta::for_data(2, b"below")).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
+        assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "the temporary file is removed");
+        // Once `a/b` is deleted, `a` can be an object again.
+        put(&store, "a/b", b"below", 1).await;
+        delete_unless_newer(&store, "b", "a/b", 2).await.unwrap();
+        assert_eq!(put(&store, "a", b"now a file", 3).await, Conditional::Applied);
+    }
+
+    #[tokio::test]
+    async fn key_segments_of_the_longest_valid_length_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        let key = format!("p/{}", "s".repeat(255));
+        let data = Bytes::from_static(b"long name");
+        put_unless_newer(&store, "b", &key, data, ObjectMeta::for_data(1, b"long name")).await.unwrap();
+        assert_eq!(&store.get("b", &key).await.unwrap().unwrap().data[..], b"long name");
     }
 }

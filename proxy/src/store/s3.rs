@@ -1,13 +1,15 @@
 //! S3 and S3-compatible stores (AWS, MinIO, Ceph RGW, OCI, GCS XML) through aws-sdk-s3.
 
-use super::{ListedObject, Store, StoreError, StoredBlock};
+use super::{ListedObject, ObjectMeta, ObjectState, Precondition, Store, StoreError, StoredBlock, verify_fetched};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
-use blockproxy_protocol::STORE_VERSION_METADATA;
+use blockproxy_protocol::{STORE_CRC32C_METADATA, STORE_VERSION_METADATA};
 use bytes::Bytes;
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct S3StoreConfig {
@@ -68,17 +70,48 @@ impl S3Store {
     }
 }
 
-fn request_err<E: std::error::Error + 'static>(
-    op: &'static str,
-    bucket: &str,
-    key: &str,
-) -> impl FnOnce(E) -> StoreError {
+/// Turns an SDK error into a classified [`StoreError`]: 412 is a lost race; timeouts, throttling,
+/// 5xx and store-wide refusals (403 credentials, 404 bucket) may pass and are retried; any other
+/// 4xx is about this request itself and permanent.
+fn request_err<E>(op: &'static str, bucket: &str, key: &str) -> impl FnOnce(SdkError<E, HttpResponse>) -> StoreError
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+{
     let (bucket, key) = (bucket.to_owned(), key.to_owned());
-    move |e| StoreError::Request { op, bucket, key, message: DisplayErrorContext(e).to_string() }
+    move |e| {
+        let status = status_of(&e);
+        let code = e.code().map(str::to_owned);
+        let message = DisplayErrorContext(e).to_string();
+        match (status, code.as_deref()) {
+            (Some(412), _) | (Some(409), Some("ConditionalRequestConflict")) => {
+                StoreError::PreconditionFailed { op, bucket, key }
+            }
+            (Some(status @ 400..=499), _) if !matches!(status, 403 | 404 | 408 | 429) => {
+                StoreError::Refused { op, bucket, key, status, message }
+            }
+            _ => StoreError::Request { op, bucket, key, message },
+        }
+    }
 }
 
-fn parse_version(meta: Option<&std::collections::HashMap<String, String>>) -> u64 {
+fn status_of<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
+    match e {
+        SdkError::ServiceError(s) => Some(s.raw().status().as_u16()),
+        _ => None,
+    }
+}
+
+fn parse_version(meta: Option<&HashMap<String, String>>) -> u64 {
     meta.and_then(|m| m.get(STORE_VERSION_METADATA)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// The writer's checksum; `None` for objects without one (written by another tool).
+fn parse_crc32c(meta: Option<&HashMap<String, String>>) -> Option<u32> {
+    meta.and_then(|m| m.get(STORE_CRC32C_METADATA)).and_then(|v| u32::from_str_radix(v, 16).ok())
+}
+
+fn is_not_found<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    status_of(e) == Some(404) && e.code() != Some("NoSuchBucket")
 }
 
 #[async_trait]
@@ -86,33 +119,54 @@ impl Store for S3Store {
     async fn get(&self, bucket: &str, key: &str) -> Result<Option<StoredBlock>, StoreError> {
         let out = match self.client.get_object().bucket(bucket).key(key).send().await {
             Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(request_err("GET", bucket, key)(e)),
         };
         let version = parse_version(out.metadata());
-        let data = out.body.collect().await.map_err(request_err("GET body", bucket, key))?;
-        Ok(Some(StoredBlock { data: data.into_bytes(), version }))
+        let recorded = parse_crc32c(out.metadata());
+        let data = out.body.collect().await.map_err(|e| StoreError::Request {
+            op: "GET body",
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            message: DisplayErrorContext(e).to_string(),
+        })?;
+        let data = data.into_bytes();
+        let crc32c = verify_fetched(bucket, key, &data, recorded)?;
+        Ok(Some(StoredBlock { data, version, crc32c }))
     }
 
-    async fn head_version(&self, bucket: &str, key: &str) -> Result<Option<u64>, StoreError> {
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectState>, StoreError> {
         match self.client.head_object().bucket(bucket).key(key).send().await {
-            Ok(out) => Ok(Some(parse_version(out.metadata()))),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found() || s.code() == Some("NoSuchKey")) => {
-                Ok(None)
-            }
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
+            Ok(out) => Ok(Some(ObjectState {
+                version: parse_version(out.metadata()),
+                // Every S3 store answers with an ETag; "*" (any object) is the safe fallback.
+                etag: out.e_tag().unwrap_or("*").to_owned(),
+            })),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(request_err("HEAD", bucket, key)(e)),
         }
     }
 
-    async fn put(&self, bucket: &str, key: &str, data: Bytes, version: u64) -> Result<(), StoreError> {
+    async fn put_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: Bytes,
+        meta: ObjectMeta,
+        cond: Precondition<'_>,
+    ) -> Result<(), StoreError> {
         let mut req = self
             .client
             .put_object()
             .bucket(bucket)
             .key(key)
-            .metadata(STORE_VERSION_METADATA, version.to_string())
+            .metadata(STORE_VERSION_METADATA, meta.version.to_string())
+            .metadata(STORE_CRC32C_METADATA, format!("{:08x}", meta.crc32c))
             .body(ByteStream::from(data));
+        req = match cond {
+            Precondition::Absent => req.if_none_match("*"),
+            Precondition::Matches(etag) => req.if_match(etag),
+        };
         if self.sse {
             req = req.server_side_encryption(ServerSideEncryption::Aes256);
         }
@@ -120,9 +174,15 @@ impl Store for S3Store {
         Ok(())
     }
 
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
-        self.client.delete_object().bucket(bucket).key(key).send().await.map_err(request_err("DELETE", bucket, key))?;
-        Ok(())
+    /// Sends `If-Match`. AWS S3 honours it on DELETE; MinIO (as tested here) ignores it, so on
+    /// MinIO a newer object written between the caller's HEAD and this DELETE can still be
+    /// removed (see docs/adr/0001-durability-contract.md).
+    async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError> {
+        match self.client.delete_object().bucket(bucket).key(key).if_match(etag).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(request_err("DELETE", bucket, key)(e)),
+        }
     }
 
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {

@@ -1,14 +1,19 @@
 //! The writeback engine: flushes dirty blocks to the store with bounded concurrency
-//! (`active` workers), optional pacing (`delay`), and retries with capped, jittered exponential
-//! backoff, forever. Flushes are conditional on the store's version, so an older version never
-//! overwrites a newer one (see docs/adr/0002-consistency-contract.md).
+//! (`active` workers) and optional pacing (`delay`). Every flush is conditional at the store
+//! ([`put_unless_newer`], [`delete_unless_newer`]), so an older version never overwrites a newer
+//! one, whichever proxy flushes it (see docs/adr/0002-consistency-contract.md).
+//!
+//! Failures are classified ([`ErrorClass`]). A transient one is retried with capped, jittered
+//! exponential backoff, forever, the block waiting for its retry time in the queue rather than on
+//! a worker. A permanent one (the store refuses the key for good) or a dirty block corrupt on disk
+//! is quarantined ([`Cache::quarantine_dirty`]): kept on disk, out of the way of every other flush.
 
 mod queue;
 
 use crate::cache::{BlockId, Cache, CacheError, FlushOutcome};
 use crate::metrics::Metrics;
-use crate::store::{DynStore, StoreError};
-use queue::FlushQueue;
+use crate::store::{Conditional, DynStore, ErrorClass, ObjectMeta, StoreError, delete_unless_newer, put_unless_newer};
+use queue::{FlushQueue, Next};
 use rand::Rng;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,6 +65,20 @@ impl FlushError {
             Self::Cache(e) => e.metric_label(),
         }
     }
+
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Store(e) => e.class(),
+            Self::Cache(CacheError::CorruptDirty { .. }) => ErrorClass::Permanent,
+            Self::Cache(_) => ErrorClass::Transient,
+        }
+    }
+}
+
+/// A failed attempt, with the dirty version it was about (when known).
+struct Failed {
+    version: Option<u64>,
+    error: FlushError,
 }
 
 impl Writeback {
@@ -109,21 +128,32 @@ impl Writeback {
             if *stop.borrow() {
                 return;
             }
-            let next = self.queue().pop();
+            let (next, retry_at) = {
+                let mut q = self.queue();
+                (q.pop(Instant::now()), q.next_retry())
+            };
             let Some(id) = next else {
+                // Notify::notify_one stores a permit, but a bounded wait also covers wake-ups
+                // consumed by a worker that then found the queue empty.
+                let idle = retry_at.map_or(Duration::from_secs(1), |t| t.saturating_duration_since(Instant::now()));
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = stop.changed() => {}
-                    // Notify::notify_one stores a permit, but a bounded wait also covers wake-ups
-                    // consumed by a worker that then found the queue empty.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(idle.min(Duration::from_secs(1))) => {}
                 }
                 continue;
             };
-            let still_dirty = self.flush_with_retry(&id, &mut stop).await;
-            let again = self.queue().finish(&id, still_dirty.unwrap_or(true));
+            let started = Instant::now();
+            let next = match self.flush_once(&id).await {
+                Ok(still_dirty) => {
+                    self.metrics.writeback_flush_seconds.observe(started.elapsed().as_secs_f64());
+                    if still_dirty { Next::Again } else { Next::Done }
+                }
+                Err(failed) => self.on_failure(&id, failed),
+            };
+            let wake = self.queue().finish(&id, next);
             self.metrics.writeback_queue_depth.set(self.queue().depth() as i64);
-            if again {
+            if wake {
                 self.wake.notify_one();
             }
             self.progress.notify_waiters();
@@ -136,56 +166,60 @@ impl Writeback {
         }
     }
 
-    /// Flushes one block until it succeeds or the worker is stopped. Returns whether the block is
-    /// still dirty afterwards, or `None` when stopped first.
-    async fn flush_with_retry(&self, id: &BlockId, stop: &mut watch::Receiver<bool>) -> Option<bool> {
-        let mut attempt: u32 = 0;
-        loop {
-            let started = Instant::now();
-            match self.flush_once(id).await {
-                Ok(still_dirty) => {
-                    self.metrics.writeback_flush_seconds.observe(started.elapsed().as_secs_f64());
-                    return Some(still_dirty);
+    /// Decides what a failed flush attempt leads to: a retry later, or quarantine.
+    fn on_failure(&self, id: &BlockId, failed: Failed) -> Next {
+        let e = &failed.error;
+        self.metrics.writeback_flush_errors_total.with_label_values(&[e.metric_label()]).inc();
+        if e.class() == ErrorClass::Permanent
+            && let Some(version) = failed.version
+        {
+            match self.cache.quarantine_dirty(id, version) {
+                Ok(Some(path)) => {
+                    self.metrics.writeback_quarantined_total.inc();
+                    tracing::error!(volume = %id.volume, key = %id.key, version, error = %e, file = %path.display(), "block can never be flushed; quarantined (kept on disk, see README: Recovering quarantined blocks)");
+                    return Next::Done;
                 }
-                Err(e) => {
-                    self.metrics.writeback_flush_errors_total.with_label_values(&[e.metric_label()]).inc();
-                    let wait = backoff(attempt, self.cfg.backoff_base, self.cfg.backoff_max);
-                    tracing::warn!(volume = %id.volume, key = %id.key, attempt, retry_in = ?wait, error = %e, "flush failed; will retry");
-                    attempt = attempt.saturating_add(1);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = stop.changed() => {}
-                    }
-                    if *stop.borrow() {
-                        return None;
-                    }
+                // A newer write replaced it meanwhile: that one gets its own flush.
+                Ok(None) => return Next::Again,
+                Err(qe) => {
+                    tracing::error!(volume = %id.volume, key = %id.key, version, error = %e, quarantine_error = %qe, "block can never be flushed and could not be quarantined; will retry");
                 }
             }
         }
+        let attempt = self.queue().record_failure(id);
+        let wait = backoff(attempt - 1, self.cfg.backoff_base, self.cfg.backoff_max);
+        tracing::warn!(volume = %id.volume, key = %id.key, attempt, retry_in = ?wait, error = %e, "flush failed; will retry");
+        Next::RetryAt(Instant::now() + wait)
     }
 
-    async fn flush_once(&self, id: &BlockId) -> Result<bool, FlushError> {
-        let Some((header, data)) = self.cache.read_dirty(id).await? else {
+    async fn flush_once(&self, id: &BlockId) -> Result<bool, Failed> {
+        let tried = self.cache.version_of(id);
+        let read = self.cache.read_dirty(id).await.map_err(|e| Failed { version: tried, error: e.into() })?;
+        let Some((header, data)) = read else {
             // Already flushed or replaced; a replacement is queued by its writer.
             return Ok(false);
         };
-        let store_version = self.store.head_version(&header.bucket, &header.store_key).await?;
-        let outcome = match store_version {
-            Some(v) if v > header.version => {
-                tracing::info!(volume = %id.volume, key = %id.key, ours = header.version, store = v, "store holds a newer version; skipping flush");
+        let failed = |e: StoreError| Failed { version: Some(header.version), error: e.into() };
+        let (bucket, key) = (&header.bucket, &header.store_key);
+        let len = data.len() as u64;
+        let done = if header.tombstone {
+            delete_unless_newer(self.store.as_ref(), bucket, key, header.version).await
+        } else {
+            let meta = ObjectMeta { version: header.version, crc32c: header.data_crc32c };
+            put_unless_newer(self.store.as_ref(), bucket, key, data, meta).await
+        }
+        .map_err(failed)?;
+        let outcome = match done {
+            Conditional::Applied => {
+                if !header.tombstone {
+                    self.metrics.writeback_bytes_total.inc_by(len);
+                }
+                FlushOutcome::Applied
+            }
+            Conditional::StoreNewer { store_version } => {
+                tracing::info!(volume = %id.volume, key = %id.key, ours = header.version, store = store_version, "store holds a newer version; skipping flush");
                 self.metrics.writeback_skipped_newer_total.inc();
                 FlushOutcome::StoreNewer
-            }
-            _ if header.tombstone => {
-                self.store.delete(&header.bucket, &header.store_key).await?;
-                FlushOutcome::Applied
-            }
-            Some(v) if v == header.version => FlushOutcome::Applied, // flushed before a crash
-            _ => {
-                let len = data.len() as u64;
-                self.store.put(&header.bucket, &header.store_key, data, header.version).await?;
-                self.metrics.writeback_bytes_total.inc_by(len);
-                FlushOutcome::Applied
             }
         };
         self.metrics.writeback_flushes_total.inc();
@@ -220,6 +254,12 @@ fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::DirtyWrite;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{ListedObject, ObjectState, Precondition, Store, StoredBlock};
+    use async_trait::async_trait;
+    use blockproxy_protocol::{BlockKey, VolumeId};
+    use bytes::Bytes;
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -231,5 +271,109 @@ mod tests {
             let b = backoff(attempt, base, max);
             assert!(b <= max && b >= max / 2, "{b:?}");
         }
+    }
+
+    /// A store that refuses writes of keys starting with `transient/` (as if down for them) or
+    /// `permanent/` (as if the key were invalid), and otherwise behaves.
+    #[derive(Default)]
+    struct Refusing(MemoryStore);
+
+    #[async_trait]
+    impl Store for Refusing {
+        async fn get(&self, bucket: &str, key: &str) -> Result<Option<StoredBlock>, StoreError> {
+            self.0.get(bucket, key).await
+        }
+        async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectState>, StoreError> {
+            self.0.head(bucket, key).await
+        }
+        async fn put_if(
+            &self,
+            bucket: &str,
+            key: &str,
+            data: Bytes,
+            meta: ObjectMeta,
+            cond: Precondition<'_>,
+        ) -> Result<(), StoreError> {
+            let (b, k) = (bucket.to_owned(), key.to_owned());
+            if key.starts_with("transient/") {
+                return Err(StoreError::Request { op: "PUT", bucket: b, key: k, message: "503 SlowDown".into() });
+            }
+            if key.starts_with("permanent/") {
+                let message = "KeyTooLongError".into();
+                return Err(StoreError::Refused { op: "PUT", bucket: b, key: k, status: 400, message });
+            }
+            self.0.put_if(bucket, key, data, meta, cond).await
+        }
+        async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError> {
+            self.0.delete_if(bucket, key, etag).await
+        }
+        async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
+            self.0.list(bucket, prefix).await
+        }
+        fn describe(&self) -> String {
+            "refusing".into()
+        }
+    }
+
+    async fn write(cache: &Cache, key: &str, version: u64) -> BlockId {
+        let id = BlockId { volume: VolumeId::parse("v").unwrap(), key: BlockKey::parse(key).unwrap() };
+        let data = Some(Bytes::from(format!("{key} v{version}")));
+        let w = DirtyWrite { id: id.clone(), bucket: "b".into(), store_key: key.into(), version, data };
+        cache.write_dirty(w).await.unwrap();
+        id
+    }
+
+    #[tokio::test]
+    async fn failing_keys_never_hold_up_the_others_on_a_single_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(Cache::open(dir.path(), 1 << 30, false).unwrap().0);
+        let store = Arc::new(Refusing::default());
+        let metrics = Arc::new(Metrics::new());
+        let cfg = WritebackConfig { active: 1, backoff_base: Duration::from_millis(50), ..Default::default() };
+        let wb = Writeback::new(Arc::clone(&cache), store.clone(), Arc::clone(&metrics), cfg);
+        // The failing keys come first, so a worker stuck on them would flush nothing else.
+        let mut ids = vec![write(&cache, "transient/a", 1).await, write(&cache, "permanent/a", 1).await];
+        for i in 0..10 {
+            ids.push(write(&cache, &format!("good/{i}"), 1).await);
+        }
+        for id in ids {
+            wb.enqueue(id);
+        }
+        let (_stop_tx, stop) = watch::channel(false);
+        let _workers = wb.spawn_workers(stop);
+
+        // Only the transiently failing block stays dirty: it is retried, forever.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cache.usage().dirty_blocks > 1 {
+            assert!(Instant::now() < deadline, "stuck with {:?}", cache.usage());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for i in 0..10 {
+            assert!(store.get("b", &format!("good/{i}")).await.unwrap().is_some(), "good/{i} flushed");
+        }
+        assert_eq!(cache.quarantined_blocks(), 1, "the permanent failure is quarantined");
+        assert_eq!(metrics.writeback_quarantined_total.get(), 1);
+        assert_eq!(cache.dirty_ids().len(), 1);
+        let before = metrics.writeback_flush_errors_total.with_label_values(&["request"]).get();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metrics.writeback_flush_errors_total.with_label_values(&["request"]).get() < before + 2 {
+            assert!(Instant::now() < deadline, "the transient failure is retried");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(cache.quarantined_blocks(), 1, "a transient failure is never quarantined");
+    }
+
+    #[tokio::test]
+    async fn an_older_flush_never_replaces_a_newer_object_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(Cache::open(dir.path(), 1 << 30, false).unwrap().0);
+        let store = Arc::new(MemoryStore::default());
+        store.force("b", "k", b"newer, from another proxy", 9);
+        let wb =
+            Writeback::new(Arc::clone(&cache), store.clone(), Arc::new(Metrics::new()), WritebackConfig::default());
+        let id = write(&cache, "k", 5).await;
+        assert!(!wb.flush_once(&id).await.map_err(|f| f.error).unwrap(), "nothing left dirty");
+        assert_eq!(store.get("b", "k").await.unwrap().unwrap().version, 9);
+        assert_eq!(cache.version_of(&id), None, "the superseded block left the cache");
     }
 }

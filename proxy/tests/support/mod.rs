@@ -2,6 +2,8 @@
 //! real MinIO (through toxiproxy), and talks to it over HTTP like a client would.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod raw;
+
 use anyhow::{Context, Result, bail};
 use blockproxy::protocol::{CHECKSUM_HEADER, Checksum, DrainStatus, VERSION_HEADER};
 use blockproxy_testenv::logs::LogDir;
@@ -45,11 +47,17 @@ impl Backend {
 
     /// MinIO's own count of GetObject requests, from its live v3 API metrics.
     pub async fn store_get_count(&self) -> Result<u64> {
+        self.store_api_count("GetObject").await
+    }
+
+    /// MinIO's own count of requests of one S3 API (`GetObject`, `HeadObject`...).
+    pub async fn store_api_count(&self, api: &str) -> Result<u64> {
         let url = format!("{}/minio/metrics/v3/api/requests", self.minio.endpoint());
         let text = reqwest::get(&url).await?.error_for_status()?.text().await?;
+        let name = format!("name=\"{api}\"");
         Ok(text
             .lines()
-            .filter(|l| l.starts_with("minio_api_requests_total{") && l.contains("name=\"GetObject\""))
+            .filter(|l| l.starts_with("minio_api_requests_total{") && l.contains(&name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64)
     }
@@ -87,7 +95,17 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     pub async fn start(backend: &Backend, dir: &Path, opts: ProxyOptions) -> Result<Self> {
-        let store_endpoint = format!("http://{}", backend.store_addr);
+        Self::start_with_store(backend, dir, opts, format!("http://{}", backend.store_addr)).await
+    }
+
+    /// Like [`ProxyProcess::start`], with another `--store-endpoint` (another toxiproxy link to
+    /// MinIO, or `file:///...`); the bucket keeps MinIO's name.
+    pub async fn start_with_store(
+        backend: &Backend,
+        dir: &Path,
+        opts: ProxyOptions,
+        store_endpoint: String,
+    ) -> Result<Self> {
         let mut p = Self {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], blockproxy_testenv::ports::free_port()?)),
@@ -334,4 +352,98 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut v);
     v
+}
+
+impl ProxyProcess {
+    /// PUT of exactly `version` (as a read repair carries an old copy: `x-blockproxy-repair`), for
+    /// tests that need an older version to reach a proxy after a newer one.
+    pub async fn put_exact_version(&self, key: &str, data: &[u8], version: u64) -> Result<reqwest::Response> {
+        Ok(self
+            .http
+            .put(self.block_url(key))
+            .bearer_auth(TOKEN)
+            .header(CHECKSUM_HEADER, Checksum::crc32c(data).to_string())
+            .header(VERSION_HEADER, version.to_string())
+            .header(blockproxy::protocol::REPAIR_HEADER, "1")
+            .body(data.to_vec())
+            .send()
+            .await?)
+    }
+
+    /// PUT into another volume than [`VOLUME`]; must be acknowledged.
+    pub async fn put_ok_in(&self, volume: &str, token: &str, key: &str, data: &[u8]) -> Result<u64> {
+        let r = self
+            .http
+            .put(self.url(&format!("/v1/volumes/{volume}/blocks/{key}")))
+            .bearer_auth(token)
+            .header(CHECKSUM_HEADER, Checksum::crc32c(data).to_string())
+            .body(data.to_vec())
+            .send()
+            .await?;
+        if r.status() != 200 {
+            bail!("PUT {volume}/{key}: {} {}", r.status(), r.text().await.unwrap_or_default());
+        }
+        version_of(&r)
+    }
+
+    /// Starts a drain (admin API) and returns its first status.
+    pub async fn start_drain(&self) -> Result<DrainStatus> {
+        Ok(self
+            .http
+            .post(self.url("/v1/admin/drain"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+}
+
+/// A local-directory store folder as a `--store-endpoint` value.
+pub fn file_store_endpoint(folder: &Path) -> String {
+    format!("file://{}", folder.display())
+}
+
+impl Backend {
+    /// Writes `{PREFIX}/{key}` straight into MinIO, as a writer that bypasses the proxies would.
+    pub async fn put_object(&self, key: &str, data: &[u8]) -> Result<()> {
+        let s3 = self.minio.s3_client();
+        s3.put_object()
+            .bucket(self.minio.bucket())
+            .key(format!("{PREFIX}/{key}"))
+            .body(data.to_vec().into())
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        Ok(())
+    }
+}
+
+/// A size-limited tmpfs mounted by the test (the tests run as root), so that a real filesystem
+/// runs out of space. Unmounted on drop; drop it after the process using it is gone.
+pub struct TmpfsMount {
+    path: PathBuf,
+}
+
+impl TmpfsMount {
+    pub fn new(path: &Path, size_bytes: u64) -> Result<Self> {
+        std::fs::create_dir_all(path)?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .context("running mount")?;
+        if !status.success() {
+            bail!("mount -t tmpfs on {} failed ({status}); this test needs root", path.display());
+        }
+        Ok(Self { path: path.to_path_buf() })
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        // Lazy, so a file still held open by a dying process cannot keep the mount alive.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }

@@ -1,0 +1,165 @@
+//! The one decision of whether a version may be written to the store: read what the store holds,
+//! skip when it is newer, otherwise write on condition that it is still what was read, and on a
+//! lost race read again. Writeback, write-through and the client's direct-store path all use it,
+//! so two writers of one key converge on the newest version in whatever order they run.
+
+use super::{ErrorClass, ObjectMeta, Precondition, Store, StoreError};
+use bytes::Bytes;
+
+/// Lost races in a row before giving up on this attempt (the caller retries later).
+const MAX_CONDITIONAL_ATTEMPTS: u32 = 8;
+
+/// What a conditional write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conditional {
+    /// The store now holds this version (or, for a delete, no object that is older).
+    Applied,
+    /// The store holds a newer version; nothing was written.
+    StoreNewer { store_version: u64 },
+}
+
+fn lost_race(op: &str, bucket: &str, key: &str, version: u64) {
+    tracing::debug!(op, bucket, key, version, "conditional store write lost a race with another writer; reading again");
+}
+
+/// Writes `data` as version `meta.version` unless the store holds a newer version. Holding the
+/// same version counts as applied (a retry after a crash or a lost answer).
+pub async fn put_unless_newer(
+    store: &dyn Store,
+    bucket: &str,
+    key: &str,
+    data: Bytes,
+    meta: ObjectMeta,
+) -> Result<Conditional, StoreError> {
+    for _ in 0..MAX_CONDITIONAL_ATTEMPTS {
+        let current = store.head(bucket, key).await?;
+        let cond = match &current {
+            Some(s) if s.version > meta.version => return Ok(Conditional::StoreNewer { store_version: s.version }),
+            Some(s) if s.version == meta.version => return Ok(Conditional::Applied),
+            Some(s) => Precondition::Matches(&s.etag),
+            None => Precondition::Absent,
+        };
+        match store.put_if(bucket, key, data.clone(), meta, cond).await {
+            Ok(()) => return Ok(Conditional::Applied),
+            Err(e) if e.class() == ErrorClass::PreconditionFailed => lost_race("PUT", bucket, key, meta.version),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Contended {
+        op: "PUT",
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        attempts: MAX_CONDITIONAL_ATTEMPTS,
+    })
+}
+
+/// Deletes the object unless the store holds a version newer than `version`. The delete names the
+/// ETag that was read; see [`Store::delete_if`] for stores that ignore it on DELETE.
+pub async fn delete_unless_newer(
+    store: &dyn Store,
+    bucket: &str,
+    key: &str,
+    version: u64,
+) -> Result<Conditional, StoreError> {
+    for _ in 0..MAX_CONDITIONAL_ATTEMPTS {
+        let Some(current) = store.head(bucket, key).await? else { return Ok(Conditional::Applied) };
+        if current.version > version {
+            return Ok(Conditional::StoreNewer { store_version: current.version });
+        }
+        match store.delete_if(bucket, key, &current.etag).await {
+            Ok(()) => return Ok(Conditional::Applied),
+            Err(e) if e.class() == ErrorClass::PreconditionFailed => lost_race("DELETE", bucket, key, version),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Contended {
+        op: "DELETE",
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        attempts: MAX_CONDITIONAL_ATTEMPTS,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn meta(version: u64, data: &[u8]) -> ObjectMeta {
+        ObjectMeta::for_data(version, data)
+    }
+
+    async fn stored(store: &MemoryStore) -> Option<(Vec<u8>, u64)> {
+        store.get("b", "k").await.unwrap().map(|b| (b.data.to_vec(), b.version))
+    }
+
+    #[tokio::test]
+    async fn the_newer_version_wins_in_either_order() {
+        for order in [[1u64, 2], [2, 1]] {
+            let store = MemoryStore::default();
+            for v in order {
+                let data = Bytes::from(format!("v{v}"));
+                put_unless_newer(&store, "b", "k", data.clone(), meta(v, &data)).await.unwrap();
+            }
+            assert_eq!(stored(&store).await, Some((b"v2".to_vec(), 2)), "order {order:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_older_write_reports_the_newer_store_version() {
+        let store = MemoryStore::default();
+        put_unless_newer(&store, "b", "k", Bytes::from_static(b"new"), meta(5, b"new")).await.unwrap();
+        let got = put_unless_newer(&store, "b", "k", Bytes::from_static(b"old"), meta(3, b"old")).await.unwrap();
+        assert_eq!(got, Conditional::StoreNewer { store_version: 5 });
+        let again = put_unless_newer(&store, "b", "k", Bytes::from_static(b"new"), meta(5, b"new")).await.unwrap();
+        assert_eq!(again, Conditional::Applied, "the same version again is idempotent");
+    }
+
+    #[tokio::test]
+    async fn a_write_landing_between_read_and_write_is_not_overwritten_by_an_older_one() {
+        let store = MemoryStore::default();
+        put_unless_newer(&store, "b", "k", Bytes::from_static(b"v1"), meta(1, b"v1")).await.unwrap();
+        // Another writer installs version 9 right after our HEAD: our If-Match must fail, and the
+        // re-read must see 9 and give up.
+        store.after_next_head(|s| s.force("b", "k", b"v9", 9));
+        let got = put_unless_newer(&store, "b", "k", Bytes::from_static(b"v4"), meta(4, b"v4")).await.unwrap();
+        assert_eq!(got, Conditional::StoreNewer { store_version: 9 });
+        assert_eq!(stored(&store).await, Some((b"v9".to_vec(), 9)));
+    }
+
+    #[tokio::test]
+    async fn a_racing_first_write_is_not_overwritten_by_an_older_one() {
+        let store = MemoryStore::default();
+        store.after_next_head(|s| s.force("b", "k", b"v9", 9));
+        let got = put_unless_newer(&store, "b", "k", Bytes::from_static(b"v4"), meta(4, b"v4")).await.unwrap();
+        assert_eq!(got, Conditional::StoreNewer { store_version: 9 });
+    }
+
+    #[tokio::test]
+    async fn deletes_never_remove_a_newer_version() {
+        let store = MemoryStore::default();
+        put_unless_newer(&store, "b", "k", Bytes::from_static(b"v7"), meta(7, b"v7")).await.unwrap();
+        assert_eq!(
+            delete_unless_newer(&store, "b", "k", 6).await.unwrap(),
+            Conditional::StoreNewer { store_version: 7 }
+        );
+        assert!(stored(&store).await.is_some());
+        store.after_next_head(|s| s.force("b", "k", b"v9", 9));
+        assert_eq!(
+            delete_unless_newer(&store, "b", "k", 8).await.unwrap(),
+            Conditional::StoreNewer { store_version: 9 }
+        );
+        assert_eq!(delete_unless_newer(&store, "b", "k", 10).await.unwrap(), Conditional::Applied);
+        assert!(stored(&store).await.is_none());
+        assert_eq!(delete_unless_newer(&store, "b", "k", 11).await.unwrap(), Conditional::Applied, "already gone");
+    }
+
+    #[tokio::test]
+    async fn endless_contention_is_a_transient_error() {
+        let store = MemoryStore::default();
+        // Another writer replaces the (older) object after every one of our reads.
+        store.always_after_head(|s| s.force("b", "k", b"x", 3));
+        let err = put_unless_newer(&store, "b", "k", Bytes::from_static(b"v5"), meta(5, b"v5")).await.unwrap_err();
+        assert!(matches!(err, StoreError::Contended { .. }) && err.class() == ErrorClass::Transient, "{err}");
+    }
+}
