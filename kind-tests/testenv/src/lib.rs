@@ -5,12 +5,14 @@
 //!   kube-scheduler), with an admin client, ServiceAccount clients and CRD installation;
 //! - [`Minio`]: an S3 server with a bucket and an `aws-sdk-s3` client;
 //! - [`Toxiproxy`]: latency, bandwidth limits and cuts between two endpoints;
-//! - [`Helm`]: the helm binary, pointed at a control plane.
+//! - [`Helm`]: the helm binary, pointed at a control plane;
+//! - [`Blockproxy`]: the `blockproxy` binary itself (built by cargo, its path given by the caller).
 //!
 //! The binaries come from `hack/tools.sh` (`make tools`), see [`tools`]. Each component logs to
 //! `target/testenv-logs/<test-name>-<pid>-<n>/`; a failing test prints that folder and the tail of
 //! its logs.
 
+pub mod blockproxy;
 pub mod certs;
 pub mod control_plane;
 pub mod eventually;
@@ -22,6 +24,7 @@ pub mod process;
 pub mod tools;
 pub mod toxiproxy;
 
+pub use blockproxy::{Blockproxy, BlockproxyCommand, Tls};
 pub use control_plane::{ControlPlane, ControlPlaneBuilder};
 pub use eventually::eventually;
 pub use helm::{Helm, HelmOutput};
