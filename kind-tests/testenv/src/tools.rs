@@ -36,6 +36,8 @@ pub enum Tool {
     Aws,
     /// Python with boto3 (the same venv).
     Python,
+    /// The fault test's history checker (`hack/checker`, porcupine).
+    Checker,
 }
 
 impl Tool {
@@ -53,6 +55,7 @@ impl Tool {
             Tool::Helm => "BLOCKPROXY_HELM",
             Tool::Aws => "BLOCKPROXY_AWS",
             Tool::Python => "BLOCKPROXY_PYTHON",
+            Tool::Checker => "BLOCKPROXY_CHECKER",
         }
     }
 }
