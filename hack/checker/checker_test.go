@@ -87,14 +87,23 @@ func TestAnIndeterminateWriteMayWinOnlyOverWhatItOverlapped(t *testing.T) {
 	}, "final-state")
 }
 
-func TestADeleteThatComesBackIsAnAnomaly(t *testing.T) {
+func TestADeleteThatComesBackIsTheKnownLimitNotAnAnomaly(t *testing.T) {
 	h := History{
 		Ops:   []Op{put(0, 0, "k", "a", 1, 2, true, 10), del(1, 1, "k", 3, 4, true, 20)},
 		Final: []Final{store("k", str("a"))},
 	}
-	expect(t, h, "final-state")
-	h.Final = []Final{store("k", nil)}
 	expect(t, h)
+	if r := check(h, 10*time.Second, nil); len(r.Notes) != 1 || r.Notes[0].Kind != "delete-undone" {
+		t.Fatalf("notes %v, want one delete-undone", r.Notes)
+	}
+	h.Final = []Final{store("k", nil)}
+	if r := check(h, 10*time.Second, nil); len(r.Notes) != 0 {
+		t.Fatalf("notes %v, want none", r.Notes)
+	}
+	// A put overwritten by a later acknowledged put is still lost, delete or no delete.
+	h.Ops = append(h.Ops, put(2, 0, "k", "b", 5, 6, true, 30), put(3, 1, "k", "c", 7, 8, true, 40))
+	h.Final = []Final{store("k", str("b"))}
+	expect(t, h, "final-state")
 }
 
 func TestAFinalReadThroughAClientMustAgreeWithTheStore(t *testing.T) {

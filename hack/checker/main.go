@@ -42,10 +42,13 @@ func main() {
 }
 
 func check(h History, timeout time.Duration, visualize func(string, porcupine.LinearizationInfo)) Report {
-	final, verdicts := checkFinalState(h, timeout, visualize)
+	final, notes, verdicts := checkFinalState(h, timeout, visualize)
 	anomalies := append(checkSessions(h), final...)
 	if anomalies == nil {
 		anomalies = []Anomaly{}
 	}
-	return Report{Anomalies: anomalies, Keys: verdicts}
+	if notes == nil {
+		notes = []Anomaly{}
+	}
+	return Report{Anomalies: anomalies, Notes: notes, Keys: verdicts}
 }

@@ -33,7 +33,13 @@ async fn drain_handler(State(s): State<DrainServer>, headers: HeaderMap) -> Resu
         if r.len() > 1 { r.remove(0) } else { r.first().copied().unwrap_or(0) }
     };
     s.calls.lock().unwrap().push(dirty);
-    Ok(Json(DrainStatus { draining: true, dirty_blocks: dirty / 100, dirty_bytes: dirty, done: dirty == 0 }))
+    Ok(Json(DrainStatus {
+        draining: true,
+        dirty_blocks: dirty / 100,
+        dirty_bytes: dirty,
+        done: dirty == 0,
+        ..Default::default()
+    }))
 }
 
 async fn serve_drain(server: DrainServer) -> Result<u16> {

@@ -47,6 +47,36 @@ pub struct ProxyArgs {
     #[arg(long, env = "BLOCKPROXY_MAX_BLOCK_SIZE", default_value = "64Mi", value_parser = parse_size)]
     pub max_block_size: u64,
 
+    /// Request bytes held in memory at once (block bodies being received or served), across all
+    /// requests. A request that cannot fit within a short wait gets 503 + Retry-After. Must be at
+    /// least --max-block-size.
+    #[arg(long, env = "BLOCKPROXY_MAX_INFLIGHT_BYTES", default_value = "1Gi", value_parser = parse_size)]
+    pub max_inflight_bytes: u64,
+
+    /// How far ahead of this proxy's clock a client's x-blockproxy-version may be. Further ahead
+    /// is refused with 400, so a forged or broken client cannot push versions out of reach.
+    #[arg(long, env = "BLOCKPROXY_MAX_VERSION_AHEAD", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub max_version_ahead: Duration,
+
+    /// A clean cached block is served for this long after the proxy last saw it match the store;
+    /// the next read then asks the store (one HEAD) whether it changed. This bounds how long a
+    /// write made through another proxy (failover) or behind the cache stays invisible here.
+    #[arg(long, env = "BLOCKPROXY_METADATA_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub metadata_ttl: Duration,
+
+    /// A connection must send its request headers within this time (slow clients otherwise hold
+    /// connections and permits forever).
+    #[arg(long, env = "BLOCKPROXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A TLS handshake must finish within this time.
+    #[arg(long, env = "BLOCKPROXY_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: Duration,
+
+    /// A request body that sends nothing for this long is abandoned with 408.
+    #[arg(long, env = "BLOCKPROXY_BODY_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_idle_timeout: Duration,
+
     /// PEM certificate chain to serve. Without it (and without --no-tls) a self-signed
     /// certificate is generated and written to <disk-folder>/tls/.
     #[arg(long, env = "BLOCKPROXY_TLS_CERT_FILE", requires = "tls_key_file")]

@@ -27,6 +27,11 @@ pub struct Metrics {
     pub writeback_bytes_total: IntCounter,
     pub writeback_skipped_newer_total: IntCounter,
     pub http_backpressure_total: IntCounter,
+    pub http_inflight_bytes: IntGauge,
+    pub http_writes_superseded_total: IntCounter,
+    pub http_versions_refused_total: IntCounter,
+    pub http_timeouts_total: IntCounterVec,
+    pub cache_revalidations_total: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -163,6 +168,49 @@ impl Metrics {
                 IntCounter::new(
                     "blockproxy_http_backpressure_total",
                     "Writes refused with 503 because dirty data reached the quota",
+                )
+                .expect("valid"),
+            ),
+            http_inflight_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "blockproxy_http_inflight_bytes",
+                    "Request bytes reserved in memory right now (bounded by --max-inflight-bytes)",
+                )
+                .expect("valid"),
+            ),
+            http_writes_superseded_total: reg(
+                &r,
+                IntCounter::new(
+                    "blockproxy_http_writes_superseded_total",
+                    "Writes answered 409 because a newer version of the block was already there",
+                )
+                .expect("valid"),
+            ),
+            http_versions_refused_total: reg(
+                &r,
+                IntCounter::new(
+                    "blockproxy_http_versions_refused_total",
+                    "Writes refused with 400 because their version was too far ahead of the proxy's clock",
+                )
+                .expect("valid"),
+            ),
+            http_timeouts_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("blockproxy_http_timeouts_total", "Connections or requests cut by a timeout, by phase"),
+                    &["phase"],
+                )
+                .expect("valid"),
+            ),
+            cache_revalidations_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "blockproxy_cache_revalidations_total",
+                        "Clean blocks checked against the store after --metadata-ttl, by result (current, changed, error)",
+                    ),
+                    &["result"],
                 )
                 .expect("valid"),
             ),

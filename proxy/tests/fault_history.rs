@@ -122,6 +122,9 @@ async fn acknowledged_writes_survive_a_seeded_nemesis_and_no_read_goes_back_in_t
         report.anomalies.len(),
         out.path().display()
     );
+    for n in &report.notes {
+        println!("  note [{}] {}: {}", n.kind, n.key, n.message);
+    }
     for a in report.anomalies.iter().take(LISTED) {
         let op = a.op.map(|o| format!(" op #{o}")).unwrap_or_default();
         println!("  [{}] {}{op}: {}", a.kind, a.key, a.message);

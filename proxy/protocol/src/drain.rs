@@ -2,12 +2,17 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Answer of `GET|POST /v1/admin/drain`. `done` is true once a drain was requested and no dirty
-/// block is left: the proxy can then be removed without losing an acknowledged write.
+/// Answer of `GET|POST /v1/admin/drain`. `done` is true once a drain was requested, no write is
+/// still running (none can be acknowledged any more), and no dirty block is left: the proxy can
+/// then be removed without losing an acknowledged write.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DrainStatus {
     pub draining: bool,
+    /// Writes that were let in before the drain started and are not answered yet. Each is either
+    /// refused or becomes a dirty block before it is acknowledged.
+    #[serde(default)]
+    pub in_flight_writes: u64,
     pub dirty_blocks: u64,
     pub dirty_bytes: u64,
     pub done: bool,

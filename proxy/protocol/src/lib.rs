@@ -34,6 +34,10 @@ pub const CHECKSUM_HEADER: &str = "x-blockproxy-checksum";
 /// Write version of a block (decimal u64, larger is newer). A client may set it on PUT and DELETE;
 /// the proxy assigns one when absent and returns it. See docs/adr/0002-consistency-contract.md.
 pub const VERSION_HEADER: &str = "x-blockproxy-version";
+/// Set (to `1`) on a read repair: the PUT carries a copy read elsewhere, to be installed with
+/// exactly its `x-blockproxy-version` (never a newer one), or refused with 409 when the proxy
+/// already holds that version or a newer one.
+pub const REPAIR_HEADER: &str = "x-blockproxy-repair";
 /// Where a GET was served from: `cache` or `store`.
 pub const SOURCE_HEADER: &str = "x-blockproxy-source";
 /// Object metadata key (S3 user metadata) carrying the write version in the store.

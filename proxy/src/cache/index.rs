@@ -30,12 +30,21 @@ pub struct Entry {
     pub data_len: u64,
     pub version: u64,
     pub state: EntryState,
+    /// For a clean entry: when the store was last known to hold this version (fetched, flushed or
+    /// revalidated). `None` when unknown, as for entries found on disk at start.
+    pub validated: Option<Instant>,
     lru_tick: u64,
 }
 
 impl Entry {
     pub fn new(name: String, file_size: u64, data_len: u64, version: u64, state: EntryState) -> Self {
-        Self { name, file_size, data_len, version, state, lru_tick: 0 }
+        Self { name, file_size, data_len, version, state, validated: None, lru_tick: 0 }
+    }
+
+    /// The same entry, known to match the store as of `at`.
+    pub fn validated_at(mut self, at: Instant) -> Self {
+        self.validated = Some(at);
+        self
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -78,6 +87,16 @@ pub struct Usage {
 }
 
 impl Index {
+    /// The highest version per volume among the entries.
+    pub fn max_versions(&self) -> HashMap<VolumeId, u64> {
+        let mut out: HashMap<VolumeId, u64> = HashMap::new();
+        for (id, e) in &self.entries {
+            let v = out.entry(id.volume.clone()).or_default();
+            *v = (*v).max(e.version);
+        }
+        out
+    }
+
     pub fn new(quota: u64) -> Self {
         Self { quota, ..Default::default() }
     }
@@ -175,8 +194,19 @@ impl Index {
         }
         let mut entry = self.remove(id).expect("checked above");
         entry.state = EntryState::Clean;
+        entry.validated = Some(Instant::now());
         self.insert(id.clone(), entry, 0);
         true
+    }
+
+    /// Records that the store still holds `version` of a clean entry, as of `at`.
+    pub fn mark_validated(&mut self, id: &BlockId, version: u64, at: Instant) {
+        if let Some(e) = self.entries.get_mut(id)
+            && !e.is_dirty()
+            && e.version == version
+        {
+            e.validated = Some(at);
+        }
     }
 
     /// Dirty entries of a volume whose key starts with `prefix`, in key order.

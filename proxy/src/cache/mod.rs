@@ -89,6 +89,8 @@ pub enum Lookup {
         version: u64,
         dirty: bool,
         crc32c: u32,
+        /// For a clean block, when the store was last known to hold this version.
+        validated: Option<Instant>,
     },
     /// A delete is pending writeback: the block is gone, whatever the store still says.
     Deleted,
@@ -221,6 +223,16 @@ impl Cache {
         self.index().get(id).map(|e| e.version)
     }
 
+    /// The data length of a cached block, if any (to reserve memory before reading it).
+    pub fn size_of(&self, id: &BlockId) -> Option<u64> {
+        self.index().get(id).map(|e| e.data_len)
+    }
+
+    /// The highest version held per volume, clean or dirty (seeds the version clocks at start).
+    pub fn max_versions(&self) -> std::collections::HashMap<blockproxy_protocol::VolumeId, u64> {
+        self.index().max_versions()
+    }
+
     /// Persists a write as dirty. Returns once the block is on disk (and fsynced with `sync`).
     pub async fn write_dirty(&self, w: DirtyWrite) -> Result<WriteOutcome, CacheError> {
         let data = w.data.clone().unwrap_or_default();
@@ -312,6 +324,11 @@ impl Cache {
         self.removal_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Records that the store still holds `version` of a clean block (a revalidation).
+    pub fn mark_validated(&self, id: &BlockId, version: u64, at: Instant) {
+        self.index().mark_validated(id, version, at);
+    }
+
     /// Drops a clean block (write-through overwrite or delete). Dirty blocks are never dropped.
     pub fn invalidate(&self, id: &BlockId) {
         let mut index = self.index();
@@ -369,7 +386,8 @@ impl Cache {
         }
         match self.layout.install(&tmp, Area::Clean, &name) {
             Ok(_) => {
-                index.insert(id, Entry::new(name, file_size, header.data_len, version, EntryState::Clean), file_size);
+                let entry = Entry::new(name, file_size, header.data_len, version, EntryState::Clean);
+                index.insert(id, entry.validated_at(Instant::now()), file_size);
             }
             Err(e) => {
                 index.release(file_size);
@@ -399,6 +417,7 @@ impl Cache {
                         version: h.version,
                         dirty: entry.is_dirty(),
                         crc32c: h.data_crc32c,
+                        validated: entry.validated,
                     });
                 }
                 Ok(Ok(_)) => continue,

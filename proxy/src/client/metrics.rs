@@ -14,6 +14,7 @@ pub struct ClientMetrics {
     pub fallbacks_total: IntCounterVec,
     pub requests_total: IntCounterVec,
     pub read_repairs_total: IntCounter,
+    pub stale_reads_total: IntCounter,
     pub probe_rounds_total: IntCounter,
     pub discovery_errors_total: IntCounter,
 }
@@ -95,6 +96,14 @@ impl ClientMetrics {
                 IntCounter::new(
                     "blockproxy_client_read_repairs_total",
                     "Reads that found a newer version than the owner's and repaired it",
+                )
+                .expect("valid"),
+            ),
+            stale_reads_total: reg(
+                &r,
+                IntCounter::new(
+                    "blockproxy_client_stale_reads_total",
+                    "Reads that found a copy older than this client's own last write and looked further",
                 )
                 .expect("valid"),
             ),

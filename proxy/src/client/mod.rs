@@ -13,6 +13,7 @@
 pub mod discovery;
 pub mod metrics;
 pub mod probe;
+pub mod recent;
 pub mod rendezvous;
 pub mod selection;
 pub mod transport;
@@ -53,6 +54,17 @@ pub enum ClientError {
     Unreachable { op: &'static str, attempts: u32, last: String },
     #[error("object store: {0}")]
     Store(#[source] StoreError),
+    /// A write was overtaken by a newer version of the block, and retrying with newer versions
+    /// kept losing (another writer keeps writing the same key).
+    #[error("the write was not applied: the block holds a newer version {current}")]
+    Superseded { current: u64 },
+    /// Every reachable copy is older than this client's own last write of the key: serving one
+    /// would go back in time, so the read fails until the newer copy is reachable again.
+    #[error(
+        "{key}: every reachable copy is older than this client's last write (version {want}); the newer copy is on \
+         an unreachable proxy"
+    )]
+    Stale { key: String, want: u64 },
 }
 
 impl ClientError {
@@ -65,6 +77,8 @@ impl ClientError {
             Self::RangeNotSatisfiable(_) => "range",
             Self::Unreachable { .. } => "unreachable",
             Self::Store(_) => "store",
+            Self::Superseded { .. } => "superseded",
+            Self::Stale { .. } => "stale",
         }
     }
 }
@@ -97,6 +111,8 @@ pub struct ClientConfig {
     /// Direct object-store access for the last-resort fallback and for listings. Bucket and
     /// prefix come from the discovery document.
     pub direct_store: Option<DynStore>,
+    /// How many keys this client remembers its last write of, for read-your-writes (ADR 0002).
+    pub recent_writes: usize,
 }
 
 impl ClientConfig {
@@ -116,6 +132,7 @@ impl ClientConfig {
             retry_backoff: Duration::from_millis(200),
             discovery_interval: Duration::from_secs(1),
             direct_store: None,
+            recent_writes: 100_000,
         }
     }
 }
@@ -152,6 +169,8 @@ struct Inner {
     last_round: Mutex<Vec<GroupRtt>>,
     rounds: std::sync::atomic::AtomicU64,
     clock: VersionClock,
+    /// This client's last write per key, for read-your-writes.
+    recent: recent::RecentWrites,
     metrics: ClientMetrics,
 }
 
@@ -215,6 +234,7 @@ impl Client {
             last_round: Mutex::default(),
             rounds: Default::default(),
             clock: VersionClock::default(),
+            recent: recent::RecentWrites::new(cfg.recent_writes),
             metrics: ClientMetrics::new(),
             cfg,
         });

@@ -2,6 +2,7 @@
 //! rendezvous order, then to the other groups, then to the object store; check reads served by a
 //! recovering proxy against the other places a newer version may live, and repair the owner.
 
+use super::recent::{Judgement, Written};
 use super::transport::{AttemptError, Fetched};
 use super::{Client, ClientError, Inner, Topology, rendezvous};
 use crate::protocol::BlockKey;
@@ -17,10 +18,24 @@ enum Target {
 }
 
 enum Op<'a> {
-    Put { key: &'a BlockKey, data: Bytes, version: u64 },
-    Get { key: &'a BlockKey, range: Option<&'a str> },
-    Head { key: &'a BlockKey },
-    Delete { key: &'a BlockKey, version: u64 },
+    /// `repair`: install exactly `version` (a copy read elsewhere), never a newer one.
+    Put {
+        key: &'a BlockKey,
+        data: Bytes,
+        version: u64,
+        repair: bool,
+    },
+    Get {
+        key: &'a BlockKey,
+        range: Option<&'a str>,
+    },
+    Head {
+        key: &'a BlockKey,
+    },
+    Delete {
+        key: &'a BlockKey,
+        version: u64,
+    },
 }
 
 impl Op<'_> {
@@ -110,7 +125,9 @@ impl Inner {
                 let g = &topo.groups[*group];
                 let call = self.proxy_call(g, address, self.cfg.request_timeout);
                 match op {
-                    Op::Put { key, data, version } => call.put(key, data.clone(), *version).await.map(Outcome::Version),
+                    Op::Put { key, data, version, repair } => {
+                        call.put(key, data.clone(), *version, *repair).await.map(Outcome::Version)
+                    }
                     Op::Get { key, range } => call.get(key, *range).await.map(Outcome::Fetched),
                     Op::Head { key } => call.head(key).await.map(Outcome::Head),
                     Op::Delete { key, version } => call.delete(key, *version).await.map(Outcome::Version),
@@ -125,7 +142,7 @@ impl Inner {
                 let loc = &topo.doc.store;
                 let err = |e: crate::store::StoreError| AttemptError::Unavailable(e.to_string());
                 match op {
-                    Op::Put { key, data, version } => {
+                    Op::Put { key, data, version, .. } => {
                         store
                             .put(&loc.bucket, &store_key(&loc.prefix, key.as_str()), data.clone(), *version)
                             .await
@@ -195,6 +212,7 @@ impl Inner {
                         return Ok(out);
                     }
                     Err(AttemptError::Rejected(e)) => return Err(e),
+                    Err(AttemptError::Superseded(current)) => return Err(ClientError::Superseded { current }),
                     Err(AttemptError::Unreachable(m)) => {
                         if let Target::Proxy { group, address } = t {
                             let g = &topo.groups[*group].name;
@@ -253,42 +271,74 @@ impl Inner {
                 _ => {}
             }
         }
+        Ok(self.newest_and_repair(&topo, key, &candidates, "recovering owner holds an older version").await)
+    }
+
+    /// Asks every candidate (the first is the key's owner) for its version of `key`. When one holds
+    /// a newer version than the owner, fetches it, writes it back to the owner (read repair), and
+    /// returns it. `None` when the owner cannot answer or no one has anything newer.
+    async fn newest_and_repair(
+        &self,
+        topo: &Topology,
+        key: &BlockKey,
+        candidates: &[Target],
+        why: &'static str,
+    ) -> Option<Option<Fetched>> {
         let head = Op::Head { key };
-        let heads = futures::future::join_all(candidates.iter().map(|t| self.attempt(&topo, t, &head))).await;
+        let heads = futures::future::join_all(candidates.iter().map(|t| self.attempt(topo, t, &head))).await;
         let version = |r: &Result<Outcome, AttemptError>| match r {
             Ok(Outcome::Head(Some((_, v)))) => Some(*v),
             _ => None,
         };
-        if heads[0].is_err() {
-            return Ok(None);
-        }
-        let owner_v = version(&heads[0]).unwrap_or(0);
+        let owner_v = match heads.first()? {
+            Ok(Outcome::Head(h)) => h.map_or(0, |(_, v)| v),
+            _ => 0,
+        };
         let best =
             heads.iter().enumerate().skip(1).filter_map(|(i, r)| version(r).map(|v| (i, v))).max_by_key(|(_, v)| *v);
-        let Some((bi, bv)) = best.filter(|(_, v)| *v > owner_v) else {
-            return Ok(None);
-        };
+        let (bi, bv) = best.filter(|(_, v)| *v > owner_v)?;
         let Ok(Outcome::Fetched(Some(newest))) =
-            self.attempt(&topo, &candidates[bi], &Op::Get { key, range: None }).await
+            self.attempt(topo, &candidates[bi], &Op::Get { key, range: None }).await
         else {
-            return Ok(None);
+            return None;
         };
         tracing::info!(
             key = %key,
-            owner = %Self::target_label(&topo, &candidates[0]),
+            owner = %Self::target_label(topo, &candidates[0]),
             owner_version = owner_v,
-            newer = %Self::target_label(&topo, &candidates[bi]),
+            newer = %Self::target_label(topo, &candidates[bi]),
             newer_version = bv,
-            "recovering owner holds an older version; serving the newer one and repairing the owner"
+            "{why}; serving the newer one and repairing the owner"
         );
         self.metrics.read_repairs_total.inc();
         if let Err(e) = self
-            .attempt(&topo, &candidates[0], &Op::Put { key, data: newest.data.clone(), version: newest.version })
+            .attempt(
+                topo,
+                &candidates[0],
+                &Op::Put { key, data: newest.data.clone(), version: newest.version, repair: true },
+            )
             .await
         {
             tracing::warn!(key = %key, error = ?e, "read repair of the owner failed");
         }
-        Ok(Some(Some(newest)))
+        Some(Some(newest))
+    }
+
+    /// A read found something older than this client's own last write: look everywhere the newer
+    /// copy may be (every proxy of every group, then the store) and serve the newest if it is at
+    /// least `want`. Fails rather than go back in time.
+    async fn read_own_write(&self, key: &BlockKey, want: u64) -> Result<Fetched, ClientError> {
+        let topo = self.topology();
+        let mut candidates = self.plan(&topo, key.as_str(), false);
+        if let Some(pos) = candidates.iter().position(|t| matches!(t, Target::Store)) {
+            // The store goes last: it is the slowest, and the plan already ends with it.
+            let store = candidates.remove(pos);
+            candidates.push(store);
+        }
+        match self.newest_and_repair(&topo, key, &candidates, "a read was older than this client's last write").await {
+            Some(Some(f)) if f.version >= want => Ok(f),
+            _ => Err(ClientError::Stale { key: key.to_string(), want }),
+        }
     }
 }
 
@@ -300,11 +350,41 @@ impl Client {
 
     /// Writes `key` on the proxy that owns `route_key` (multipart parts live with their object).
     pub async fn put_routed(&self, key: &BlockKey, route_key: &str, data: Bytes) -> Result<u64, ClientError> {
-        let version = self.inner.clock.next();
-        match self.inner.run(route_key, Op::Put { key, data, version }).await? {
-            Outcome::Version(v) => Ok(v),
-            _ => unreachable!("put yields a version"),
+        self.write(key, route_key, Some(data)).await
+    }
+
+    /// A put (`Some`) or delete (`None`). A write that a concurrent one overtook (409) is sent
+    /// again with a newer version, so an acknowledged write is always the newest when acknowledged.
+    async fn write(&self, key: &BlockKey, route_key: &str, data: Option<Bytes>) -> Result<u64, ClientError> {
+        const ATTEMPTS: usize = 5;
+        let inner = &self.inner;
+        let mut current = 0;
+        for _ in 0..ATTEMPTS {
+            let version = inner.clock.next();
+            let op = match &data {
+                Some(d) => Op::Put { key, data: d.clone(), version, repair: false },
+                None => Op::Delete { key, version },
+            };
+            match inner.run(route_key, op).await {
+                Ok(Outcome::Version(v)) => {
+                    inner.clock.observe(v);
+                    inner.recent.record(key.as_str(), Written { version: v, deleted: data.is_none() });
+                    return Ok(v);
+                }
+                Ok(_) => unreachable!("writes yield a version"),
+                // Our own earlier attempt (answered too late, retried) already holds this version.
+                Err(ClientError::Superseded { current }) if current == version => {
+                    inner.recent.record(key.as_str(), Written { version, deleted: data.is_none() });
+                    return Ok(version);
+                }
+                Err(ClientError::Superseded { current: c }) => {
+                    current = c;
+                    inner.clock.observe(c);
+                }
+                Err(e) => return Err(e),
+            }
         }
+        Err(ClientError::Superseded { current })
     }
 
     /// Reads a block, or a byte range of it (`range` is an HTTP `Range` value).
@@ -318,17 +398,30 @@ impl Client {
         route_key: &str,
         range: Option<&str>,
     ) -> Result<Option<Fetched>, ClientError> {
+        let mut out = None;
         if route_key == key.as_str()
             && let Some(found) = self.inner.read_newest_if_recovering(key).await?
         {
-            return match found {
-                Some(f) => slice_range(f.data, f.version, range).map(Some),
-                None => Ok(None),
-            };
+            out = Some(match found {
+                Some(f) => Some(slice_range(f.data, f.version, range)?),
+                None => None,
+            });
         }
-        let out = match self.inner.run(route_key, Op::Get { key, range }).await? {
-            Outcome::Fetched(f) => f,
-            _ => unreachable!("get yields a block"),
+        let out = match out {
+            Some(out) => out,
+            None => match self.inner.run(route_key, Op::Get { key, range }).await? {
+                Outcome::Fetched(f) => f,
+                _ => unreachable!("get yields a block"),
+            },
+        };
+        let out = match self.inner.recent.judge(key.as_str(), out.as_ref().map(|f| f.version)) {
+            Judgement::Fresh => out,
+            Judgement::Deleted => None,
+            Judgement::Stale { want } => {
+                self.inner.metrics.stale_reads_total.inc();
+                let newest = self.inner.read_own_write(key, want).await?;
+                Some(slice_range(newest.data, newest.version, range)?)
+            }
         };
         if let Some(f) = &out {
             self.inner.clock.observe(f.version);
@@ -338,12 +431,21 @@ impl Client {
 
     /// `(size, version)`, or `None` when the block does not exist.
     pub async fn head(&self, key: &BlockKey) -> Result<Option<(u64, u64)>, ClientError> {
-        if let Some(found) = self.inner.read_newest_if_recovering(key).await? {
-            return Ok(found.map(|f| (f.total, f.version)));
-        }
-        match self.inner.run(key.as_str(), Op::Head { key }).await? {
-            Outcome::Head(h) => Ok(h),
-            _ => unreachable!("head yields a size"),
+        let found = match self.inner.read_newest_if_recovering(key).await? {
+            Some(found) => found.map(|f| (f.total, f.version)),
+            None => match self.inner.run(key.as_str(), Op::Head { key }).await? {
+                Outcome::Head(h) => h,
+                _ => unreachable!("head yields a size"),
+            },
+        };
+        match self.inner.recent.judge(key.as_str(), found.map(|(_, v)| v)) {
+            Judgement::Fresh => Ok(found),
+            Judgement::Deleted => Ok(None),
+            Judgement::Stale { want } => {
+                self.inner.metrics.stale_reads_total.inc();
+                let newest = self.inner.read_own_write(key, want).await?;
+                Ok(Some((newest.total, newest.version)))
+            }
         }
     }
 
@@ -352,11 +454,7 @@ impl Client {
     }
 
     pub async fn delete_routed(&self, key: &BlockKey, route_key: &str) -> Result<u64, ClientError> {
-        let version = self.inner.clock.next();
-        match self.inner.run(route_key, Op::Delete { key, version }).await? {
-            Outcome::Version(v) => Ok(v),
-            _ => unreachable!("delete yields a version"),
-        }
+        self.write(key, route_key, None).await
     }
 
     /// Every object under `prefix`: the store's listing, merged with every reachable proxy's
@@ -432,6 +530,7 @@ impl Client {
                 Ok(o) => return Ok(o.objects.into_iter().map(|o| (o.key, o.size)).collect()),
                 Err(AttemptError::Rejected(e)) => return Err(e),
                 Err(AttemptError::Unreachable(e) | AttemptError::Unavailable(e)) => last = e,
+                Err(AttemptError::Superseded(v)) => last = format!("unexpected 409 (version {v}) to a listing"),
             }
         }
         Err(ClientError::Unreachable { op: "list", attempts, last })

@@ -102,6 +102,8 @@ pub enum AttemptError {
     Unavailable(String),
     /// The request itself is wrong (4xx): retrying elsewhere will not help.
     Rejected(ClientError),
+    /// A write was not applied: the block already holds this newer version (409).
+    Superseded(u64),
 }
 
 fn classify(e: reqwest::Error) -> AttemptError {
@@ -149,10 +151,13 @@ impl ProxyCall<'_> {
         format!("{}{}", self.base, protocol::block_path(self.volume, key))
     }
 
-    pub async fn put(&self, key: &BlockKey, data: Bytes, version: u64) -> Result<u64, AttemptError> {
-        let resp = self
-            .http
-            .put(self.url(key))
+    /// With `repair`, the proxy installs exactly `version` or refuses with 409.
+    pub async fn put(&self, key: &BlockKey, data: Bytes, version: u64, repair: bool) -> Result<u64, AttemptError> {
+        let mut req = self.http.put(self.url(key));
+        if repair {
+            req = req.header(protocol::REPAIR_HEADER, "1");
+        }
+        let resp = req
             .bearer_auth(self.token)
             .header(CHECKSUM_HEADER, Checksum::crc32c(&data).to_string())
             .header(VERSION_HEADER, version)
@@ -161,6 +166,9 @@ impl ProxyCall<'_> {
             .send()
             .await
             .map_err(classify)?;
+        if resp.status() == StatusCode::CONFLICT {
+            return Err(AttemptError::Superseded(version_of(resp.headers())));
+        }
         let resp = check(resp, "PUT").await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(AttemptError::Rejected(ClientError::Rejected {
@@ -243,6 +251,9 @@ impl ProxyCall<'_> {
             .send()
             .await
             .map_err(classify)?;
+        if resp.status() == StatusCode::CONFLICT {
+            return Err(AttemptError::Superseded(version_of(resp.headers())));
+        }
         let resp = check(resp, "DELETE").await?;
         Ok(version_of(resp.headers()).max(version))
     }

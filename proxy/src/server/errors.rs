@@ -9,11 +9,13 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub retry_after_secs: Option<u32>,
+    /// The block's current version, for a write refused as superseded (409).
+    pub version: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), retry_after_secs: None }
+        Self { status, message: message.into(), retry_after_secs: None, version: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -25,6 +27,7 @@ impl ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: message.into(),
             retry_after_secs: Some(retry_after_secs),
+            version: None,
         }
     }
 
@@ -39,6 +42,9 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(v) = self.version {
+            resp.headers_mut().insert(blockproxy_protocol::VERSION_HEADER, HeaderValue::from(v));
         }
         resp
     }

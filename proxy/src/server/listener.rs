@@ -1,9 +1,12 @@
 //! Accept loop: TLS (rustls, ALPN h2 + http/1.1) or plain TCP, HTTP/1.1 and HTTP/2 through
 //! hyper-util's auto builder, one task per connection, graceful shutdown. A failed accept or
-//! handshake never stops serving.
+//! handshake never stops serving. Slow clients are bounded: the TLS handshake and (HTTP/1) the
+//! request headers must arrive within their timeouts; request bodies have their own idle timeout
+//! in the handlers.
 
+use crate::metrics::Metrics;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -14,18 +17,30 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-/// Serves `router` on `listener` until `stop` turns true, then waits up to `grace` for open
-/// requests to finish.
+/// How a connection is served.
+pub struct Limits {
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    /// After `stop`: how long open requests may take to finish.
+    pub grace: Duration,
+}
+
+/// Serves `router` on `listener` until `stop` turns true, then stops accepting and waits up to
+/// `limits.grace` for open requests to finish.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
-    grace: Duration,
 ) {
-    let acceptor = tls.map(TlsAcceptor::from);
+    let acceptor = limits.tls.clone().map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(Builder::new(TokioExecutor::new()));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -43,18 +58,25 @@ pub async fn serve(
         let builder = Arc::clone(&builder);
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
+        let metrics = Arc::clone(&metrics);
+        let handshake_timeout = limits.tls_handshake_timeout;
         let span = tracing::debug_span!("connection", %peer);
         tokio::spawn(
             async move {
                 let result = match acceptor {
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(tls) => {
+                    Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
                             watcher
                                 .watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned())
                                 .await
                         }
-                        Err(e) => {
+                        Ok(Err(e)) => {
                             tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.http_timeouts_total.with_label_values(&["tls_handshake"]).inc();
+                            tracing::debug!(timeout = ?handshake_timeout, "TLS handshake timed out");
                             return;
                         }
                     },
@@ -65,6 +87,9 @@ pub async fn serve(
                     }
                 };
                 if let Err(e) = result {
+                    if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                        metrics.http_timeouts_total.with_label_values(&["header"]).inc();
+                    }
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             }
@@ -72,7 +97,7 @@ pub async fn serve(
         );
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(limits.grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("open connections did not finish within the grace period");
     }
 }

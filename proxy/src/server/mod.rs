@@ -1,7 +1,11 @@
 //! The proxy server: wires cache, store, writeback and the HTTP API together, and runs them
 //! until shutdown. See [`run`].
 
+mod budget;
+mod clock;
 mod errors;
+mod gate;
+mod linger;
 mod listener;
 mod routes;
 mod state;
@@ -19,7 +23,6 @@ use anyhow::Context;
 use state::AppState;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -85,6 +88,12 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         .filter(|t| !t.is_empty()),
         None => None,
     };
+    anyhow::ensure!(
+        args.max_inflight_bytes >= args.max_block_size,
+        "--max-inflight-bytes ({}) must be at least --max-block-size ({}), or no block could ever be received",
+        args.max_inflight_bytes,
+        args.max_block_size
+    );
     std::fs::create_dir_all(&args.disk_folder)
         .with_context(|| format!("creating disk folder {}", args.disk_folder.display()))?;
     let quota = args
@@ -118,6 +127,8 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         "cache opened"
     );
 
+    let clocks = clock::VolumeClocks::open(&args.disk_folder, args.max_version_ahead, args.sync, cache.max_versions())
+        .with_context(|| format!("opening the version clock in {}", args.disk_folder.display()))?;
     let metrics = Arc::new(Metrics::new());
     let active = if args.writeback_active == 0 { auto_parallelism(4, 64) } else { args.writeback_active };
     let writeback = Writeback::new(
@@ -141,12 +152,14 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         metrics,
         fetches: Default::default(),
         bops: tokio::sync::Semaphore::new(max_bops),
+        budget: budget::ByteBudget::new(args.max_inflight_bytes, Duration::from_secs(5)),
         max_block_size: args.max_block_size,
+        body_idle_timeout: args.body_idle_timeout,
+        metadata_ttl: args.metadata_ttl,
         write_through: args.no_writeback,
         admin_token,
-        draining: Default::default(),
-        shutting_down: Default::default(),
-        clock: Default::default(),
+        gate: Default::default(),
+        clocks,
     });
     let reload = tokio::spawn(Arc::clone(&volumes).watch(args.volumes_file.clone(), args.reload_interval));
 
@@ -163,25 +176,42 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         "blockproxy serving"
     );
     let (stop_http_tx, stop_http) = watch::channel(false);
+    let deadline_for_requests = args.shutdown_grace.min(Duration::from_secs(10));
     let server = tokio::spawn(listener::serve(
         listener,
         routes::router(Arc::clone(&state)),
-        tls,
+        listener::Limits {
+            tls,
+            header_read_timeout: args.header_read_timeout,
+            tls_handshake_timeout: args.tls_handshake_timeout,
+            grace: deadline_for_requests,
+        },
+        Arc::clone(&state.metrics),
         stop_http,
-        Duration::from_secs(5),
     ));
 
+    // Shutdown, in the order that acknowledges nothing it cannot keep: refuse new writes, stop
+    // accepting and let the requests in flight finish, then flush while the workers still run.
     shutdown.await;
-    state.shutting_down.store(true, Ordering::SeqCst);
-    let dirty = cache.usage();
-    tracing::info!(dirty_blocks = dirty.dirty_blocks, grace = ?args.shutdown_grace, "shutting down: refusing writes, flushing dirty blocks");
-    let clean = writeback.wait_clean(Instant::now() + args.shutdown_grace).await;
+    let deadline = Instant::now() + args.shutdown_grace;
+    state.gate.close(gate::Closed::ShuttingDown);
+    tracing::info!(in_flight_writes = state.gate.inside(), grace = ?args.shutdown_grace, "shutting down: refusing writes, finishing requests in flight");
     let _ = stop_http_tx.send(true);
+    let _ = server.await;
+    if tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), state.gate.wait_empty()).await.is_err()
+    {
+        tracing::warn!(
+            in_flight_writes = state.gate.inside(),
+            "writes still running at the end of the grace period; they were not acknowledged"
+        );
+    }
+    let dirty = cache.usage();
+    tracing::info!(dirty_blocks = dirty.dirty_blocks, "flushing dirty blocks before exit");
+    let clean = writeback.wait_clean(deadline).await;
     let _ = stop_workers_tx.send(true);
     for w in workers {
         let _ = w.await;
     }
-    let _ = server.await;
     reload.abort();
     let left = cache.usage();
     if clean {

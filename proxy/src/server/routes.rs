@@ -2,6 +2,7 @@
 //! drain admin call.
 
 use super::errors::ApiError;
+use super::gate::{Closed, WritePass};
 use super::state::{AppState, FetchResult};
 use super::volumes::{AuthError, token_matches};
 use crate::cache::{BlockId, CacheError, DirtyWrite, Lookup, WriteOutcome};
@@ -18,7 +19,6 @@ use blockproxy_protocol::{
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -30,14 +30,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(protocol::METRICS_PATH, get(metrics))
         .route(protocol::DRAIN_PATH, get(drain_status).post(start_drain))
         .route("/v1/volumes/{*rest}", any(volume_request))
+        .layer(axum::middleware::from_fn(super::linger::linger_on_refusal))
         .with_state(state)
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    if s.accepting_writes() {
-        "ready".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    match s.gate.closed() {
+        None => "ready".into_response(),
+        Some(Closed::Draining) => (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response(),
+        Some(Closed::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response(),
     }
 }
 
@@ -47,13 +48,17 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
 }
 
 fn drain_report(s: &AppState) -> DrainStatus {
+    // Read the writes inside the gate before the dirty count: a write that leaves the gate has
+    // already made its block dirty, so it is seen in one figure or the other, never in neither.
+    let draining = s.gate.closed().is_some();
+    let in_flight_writes = s.gate.inside();
     let u = s.cache.usage();
-    let draining = s.draining.load(Ordering::SeqCst);
     DrainStatus {
         draining,
+        in_flight_writes,
         dirty_blocks: u.dirty_blocks,
         dirty_bytes: u.dirty_bytes,
-        done: draining && u.dirty_blocks == 0,
+        done: draining && in_flight_writes == 0 && u.dirty_blocks == 0,
     }
 }
 
@@ -78,9 +83,10 @@ async fn drain_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Res
 
 async fn start_drain(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_admin(&s, &headers)?;
-    if !s.draining.swap(true, Ordering::SeqCst) {
+    if s.gate.close(Closed::Draining) {
         let u = s.cache.usage();
         tracing::info!(
+            in_flight_writes = s.gate.inside(),
             dirty_blocks = u.dirty_blocks,
             dirty_bytes = u.dirty_bytes,
             "drain requested: refusing writes, flushing"
@@ -231,21 +237,72 @@ async fn list_store(s: &AppState, cfg: &VolumeConfig, prefix: &str) -> Result<Re
     Ok(axum::Json(StoreObjects { objects }).into_response())
 }
 
-fn requested_version(s: &AppState, headers: &HeaderMap) -> Result<u64, ApiError> {
-    match headers.get(VERSION_HEADER) {
-        None => Ok(s.clock.next()),
-        Some(v) => {
-            let v: u64 =
-                v.to_str().ok().and_then(|v| v.trim().parse().ok()).filter(|v| *v > 0).ok_or_else(|| {
-                    ApiError::bad_request(format!("{VERSION_HEADER} must be a positive decimal integer"))
-                })?;
-            s.clock.observe(v);
-            Ok(v)
-        }
-    }
+/// Lets a write through the gate, or refuses it while draining or shutting down.
+fn enter_gate(s: &AppState) -> Result<WritePass, ApiError> {
+    s.gate.enter().map_err(|why| {
+        let what = match why {
+            Closed::Draining => "this proxy is draining",
+            Closed::ShuttingDown => "this proxy is shutting down",
+        };
+        ApiError::unavailable(format!("{what}; write to another proxy of the group, or retry"), 5)
+    })
 }
 
-async fn read_body(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
+/// The version of a write: the volume's clock, raised to the client's version when it sent one
+/// (see `clock`).
+fn write_version(s: &AppState, volume: &VolumeId, headers: &HeaderMap) -> Result<u64, ApiError> {
+    let client =
+        match headers.get(VERSION_HEADER) {
+            None => None,
+            Some(v) => {
+                Some(v.to_str().ok().and_then(|v| v.trim().parse().ok()).filter(|v: &u64| *v > 0).ok_or_else(|| {
+                    ApiError::bad_request(format!("{VERSION_HEADER} must be a positive decimal integer"))
+                })?)
+            }
+        };
+    // A read repair keeps exactly the version of the copy it carries: stamping it anew would make
+    // an old value look newer than a write made since.
+    let stamped = if headers.contains_key(protocol::REPAIR_HEADER) {
+        let v = client
+            .ok_or_else(|| ApiError::bad_request(format!("{} needs {VERSION_HEADER}", protocol::REPAIR_HEADER)))?;
+        s.clocks.admit_exact(volume, v)
+    } else {
+        s.clocks.stamp(volume, client)
+    };
+    stamped.map_err(|e| match e {
+        e @ super::clock::ClockError::TooFarAhead { .. } => {
+            s.metrics.http_versions_refused_total.inc();
+            ApiError::bad_request(e.to_string())
+        }
+        e => ApiError::internal(e.to_string()),
+    })
+}
+
+/// The answer to a write that a newer one of the same block overtook: it was not applied, so it
+/// must not look like a success. The client library retries with a newer version.
+fn superseded(s: &AppState, id: &BlockId, version: u64, current: u64) -> ApiError {
+    s.metrics.http_writes_superseded_total.inc();
+    tracing::debug!(volume = %id.volume, key = %id.key, version, current, "write superseded by a newer version");
+    let mut e = ApiError::new(
+        StatusCode::CONFLICT,
+        format!("not applied: the block already holds version {current}, newer than this write's {version}"),
+    );
+    e.version = Some(current);
+    e
+}
+
+async fn reserve_bytes(s: &AppState, bytes: u64) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    let permit = s.budget.reserve(bytes).await.map_err(|e| {
+        s.metrics.http_backpressure_total.inc();
+        ApiError::unavailable(e.to_string(), 1)
+    })?;
+    s.metrics.http_inflight_bytes.set(s.budget.in_use() as i64);
+    Ok(permit)
+}
+
+/// Reads a block body: bounded in size (413), in bytes held across requests (503), and in how
+/// long it may stall (408).
+async fn read_body(s: &AppState, req: Request) -> Result<(Bytes, tokio::sync::SemaphorePermit<'_>), ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -258,18 +315,34 @@ async fn read_body(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
     {
         return Err(too_large());
     }
-    let limited = http_body_util::Limited::new(req.into_body(), s.max_block_size as usize);
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request(format!("reading the body failed: {e}"))),
+    let expected =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let permit = reserve_bytes(s, expected.unwrap_or(s.max_block_size)).await?;
+    let mut body = http_body_util::Limited::new(req.into_body(), s.max_block_size as usize);
+    let mut buf = bytes::BytesMut::with_capacity(expected.unwrap_or(0) as usize);
+    loop {
+        let frame = match tokio::time::timeout(s.body_idle_timeout, body.frame()).await {
+            Err(_) => {
+                s.metrics.http_timeouts_total.with_label_values(&["body"]).inc();
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body sent nothing for {:?}", s.body_idle_timeout),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+            Ok(Some(Err(e))) => return Err(ApiError::bad_request(format!("reading the body failed: {e}"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
     }
+    Ok((buf.freeze(), permit))
 }
 
 async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Request) -> Result<Response, ApiError> {
-    if !s.accepting_writes() {
-        return Err(ApiError::unavailable("this proxy is draining or shutting down; write elsewhere or retry", 5));
-    }
+    let _pass = enter_gate(s)?;
     let checksum: Checksum = req
         .headers()
         .get(CHECKSUM_HEADER)
@@ -280,8 +353,8 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
         .map_err(|_| ApiError::bad_request(format!("{CHECKSUM_HEADER} is not ASCII")))?
         .parse()
         .map_err(|e: protocol::ChecksumError| ApiError::bad_request(e.to_string()))?;
-    let version = requested_version(s, req.headers())?;
-    let body = read_body(s, req).await?;
+    let version = write_version(s, &id.volume, req.headers())?;
+    let (body, _bytes) = read_body(s, req).await?;
     checksum.verify(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let store_key = cfg.store_key(&id.key);
 
@@ -299,9 +372,7 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
     let write = DirtyWrite { id: id.clone(), bucket: cfg.bucket.clone(), store_key, version, data: Some(body.clone()) };
     match s.cache.write_dirty(write).await.map_err(|e| cache_error(s, e))? {
         WriteOutcome::Committed => s.writeback.enqueue(id),
-        WriteOutcome::Superseded { current } => {
-            tracing::debug!(volume = %id.volume, key = %id.key, version, current, "write superseded by a newer version");
-        }
+        WriteOutcome::Superseded { current } => return Err(superseded(s, &id, version, current)),
     }
     Ok(write_ack(version, &body))
 }
@@ -332,10 +403,8 @@ async fn delete_block(
     id: BlockId,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !s.accepting_writes() {
-        return Err(ApiError::unavailable("this proxy is draining or shutting down; retry", 5));
-    }
-    let version = requested_version(s, headers)?;
+    let _pass = enter_gate(s)?;
+    let version = write_version(s, &id.volume, headers)?;
     let store_key = cfg.store_key(&id.key);
     if s.write_through {
         s.store
@@ -345,8 +414,9 @@ async fn delete_block(
         s.cache.invalidate(&id);
     } else {
         let write = DirtyWrite { id: id.clone(), bucket: cfg.bucket.clone(), store_key, version, data: None };
-        if s.cache.write_dirty(write).await.map_err(|e| cache_error(s, e))? == WriteOutcome::Committed {
-            s.writeback.enqueue(id);
+        match s.cache.write_dirty(write).await.map_err(|e| cache_error(s, e))? {
+            WriteOutcome::Committed => s.writeback.enqueue(id),
+            WriteOutcome::Superseded { current } => return Err(superseded(s, &id, version, current)),
         }
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -379,6 +449,31 @@ async fn fetch(s: &Arc<AppState>, cfg: &VolumeConfig, id: &BlockId) -> FetchResu
         .await
 }
 
+/// Whether the store still holds `version` of a clean cached block, checked at most once per
+/// `--metadata-ttl`: a write acknowledged by another proxy (after a failover) or made behind the
+/// cache is seen within that bound once it is in the store (ADR 0002). A changed block is dropped
+/// from the cache. While the store cannot answer, the cached copy is served.
+async fn still_in_store(s: &AppState, cfg: &VolumeConfig, id: &BlockId, version: u64) -> bool {
+    let checked_at = Instant::now();
+    s.metrics.store_requests_total.with_label_values(&["head"]).inc();
+    let result = match s.store.head_version(&cfg.bucket, &cfg.store_key(&id.key)).await {
+        Ok(Some(v)) if v == version => {
+            s.cache.mark_validated(id, version, checked_at);
+            "current"
+        }
+        Ok(_) => {
+            s.cache.invalidate(id);
+            "changed"
+        }
+        Err(e) => {
+            tracing::warn!(volume = %id.volume, key = %id.key, error = %e, "revalidating a cached block failed; serving the cached copy");
+            "error"
+        }
+    };
+    s.metrics.cache_revalidations_total.with_label_values(&[result]).inc();
+    result != "changed"
+}
+
 async fn get_block(
     s: &Arc<AppState>,
     cfg: &VolumeConfig,
@@ -387,8 +482,20 @@ async fn get_block(
     with_body: bool,
 ) -> Result<Response, ApiError> {
     let range = headers.get(header::RANGE).map(|v| v.to_str().map(str::to_owned));
+    // Hits reserve their size before reading from disk; misses once the fetch says how big.
+    let mut reserved = match s.cache.size_of(&id) {
+        Some(len) => Some(reserve_bytes(s, len).await?),
+        None => None,
+    };
     // The checksum of the whole block: verified on the way from disk, computed once for a fetch.
-    let (data, version, source, checksum) = match s.cache.read(&id).await.map_err(|e| cache_error(s, e))? {
+    let mut lookup = s.cache.read(&id).await.map_err(|e| cache_error(s, e))?;
+    if let Lookup::Hit { dirty: false, version, validated, .. } = &lookup
+        && validated.is_none_or(|t| t.elapsed() >= s.metadata_ttl)
+        && !still_in_store(s, cfg, &id, *version).await
+    {
+        lookup = Lookup::Miss;
+    }
+    let (data, version, source, checksum) = match lookup {
         Lookup::Hit { data, version, crc32c, .. } => {
             s.metrics.cache_hits_total.inc();
             (data, version, "cache", Checksum::Crc32c(crc32c))
@@ -400,7 +507,13 @@ async fn get_block(
             }
             s.metrics.cache_misses_total.inc();
             match fetch(s, cfg, &id).await {
-                Ok(Some(b)) => (b.data.clone(), b.version, "store", Checksum::crc32c(&b.data)),
+                Ok(Some(b)) => {
+                    if reserved.is_none() {
+                        reserved = Some(reserve_bytes(s, b.data.len() as u64).await?);
+                    }
+                    s.clocks.observe(&id.volume, b.version);
+                    (b.data.clone(), b.version, "store", Checksum::crc32c(&b.data))
+                }
                 Ok(None) => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such block")),
                 Err(e) => {
                     return Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("fetching from the store failed: {e}")));
@@ -447,5 +560,8 @@ async fn get_block(
     if let Some(cr) = content_range.and_then(|c| HeaderValue::from_str(&c).ok()) {
         h.insert(header::CONTENT_RANGE, cr);
     }
+    // The body is a reference-counted copy of the block; the reservation covers it until the
+    // answer is built (hyper then writes it out).
+    drop(reserved);
     Ok(resp)
 }

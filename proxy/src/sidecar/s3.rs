@@ -109,7 +109,11 @@ fn map_err(e: ClientError) -> S3Error {
         ClientError::Rejected { status: 413, message } => s3_error!(EntityTooLarge, "{message}"),
         ClientError::Rejected { status: 400, message } => s3_error!(InvalidArgument, "{message}"),
         ClientError::Rejected { message, .. } => s3_error!(InvalidRequest, "{message}"),
-        ClientError::Unreachable { .. } => S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string()),
+        ClientError::Unreachable { .. } | ClientError::Stale { .. } => {
+            S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string())
+        }
+        // S3's answer to a write that lost to a concurrent one on the same key.
+        ClientError::Superseded { .. } => S3Error::with_message(S3ErrorCode::OperationAborted, e.to_string()),
         _ => S3Error::with_message(S3ErrorCode::InternalError, e.to_string()),
     }
 }

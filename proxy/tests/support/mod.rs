@@ -2,6 +2,8 @@
 //! real MinIO (through toxiproxy), and talks to it over HTTP like a client would.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod raw;
+
 use anyhow::{Context, Result, bail};
 use blockproxy::protocol::{CHECKSUM_HEADER, Checksum, DrainStatus, VERSION_HEADER};
 use blockproxy_testenv::{Blockproxy, BlockproxyCommand, Minio, Toxiproxy, eventually};

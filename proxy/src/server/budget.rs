@@ -1,0 +1,69 @@
+//! The bound on request bytes held in memory at once (`--max-inflight-bytes`).
+//!
+//! A PUT reserves its Content-Length (or the largest block size when it has none) before it
+//! reads its body; a GET reserves the block's size before it reads it from disk. Counting
+//! requests alone is not enough: `--max-bops` times a 64 MiB block is many GiB. A request that
+//! cannot get its bytes within a short wait is answered 503 with Retry-After, so memory stays
+//! bounded and the client backs off instead of piling up.
+
+use std::time::Duration;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// Permits are counted in units of this many bytes, so 64 GiB still fits a u32 permit count.
+const UNIT: u64 = 4096;
+
+pub struct ByteBudget {
+    sem: Semaphore,
+    total_units: u32,
+    wait: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{bytes} more bytes in flight would exceed --max-inflight-bytes ({limit}); retry shortly")]
+pub struct OverBudget {
+    pub bytes: u64,
+    pub limit: u64,
+}
+
+impl ByteBudget {
+    pub fn new(limit_bytes: u64, wait: Duration) -> Self {
+        let total_units = u32::try_from(limit_bytes.div_ceil(UNIT)).unwrap_or(u32::MAX).max(1);
+        Self { sem: Semaphore::new(total_units as usize), total_units, wait }
+    }
+
+    pub fn limit_bytes(&self) -> u64 {
+        u64::from(self.total_units) * UNIT
+    }
+
+    /// Bytes reserved right now.
+    pub fn in_use(&self) -> u64 {
+        (u64::from(self.total_units) - self.sem.available_permits() as u64) * UNIT
+    }
+
+    /// Reserves `bytes` (at most the whole budget), waiting a little for others to finish.
+    pub async fn reserve(&self, bytes: u64) -> Result<SemaphorePermit<'_>, OverBudget> {
+        let units = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX).clamp(1, self.total_units);
+        match tokio::time::timeout(self.wait, self.sem.acquire_many(units)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(OverBudget { bytes, limit: self.limit_bytes() }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reservations_beyond_the_limit_wait_then_fail_and_release_on_drop() {
+        let b = ByteBudget::new(1 << 20, Duration::from_millis(50));
+        let first = b.reserve(768 << 10).await.unwrap();
+        assert_eq!(b.in_use(), 768 << 10);
+        assert!(b.reserve(768 << 10).await.is_err(), "over the limit while the first is held");
+        drop(first);
+        assert_eq!(b.in_use(), 0);
+        let huge = b.reserve(u64::MAX).await.expect("a request larger than the budget takes all of it");
+        assert_eq!(b.in_use(), b.limit_bytes());
+        drop(huge);
+    }
+}
