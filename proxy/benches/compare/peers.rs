@@ -126,10 +126,6 @@ impl BlockProxy {
         self.proc.restart().await
     }
 
-    pub fn kill(&mut self) {
-        self.proc.kill();
-    }
-
     pub fn pid(&self) -> Option<u32> {
         self.proc.pid()
     }
