@@ -12,9 +12,11 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 const MAGIC: &[u8; 4] = b"BPXB";
 const FORMAT: u16 = 1;
@@ -119,10 +121,31 @@ impl BlockHeader {
     }
 }
 
+/// Makes a directory's entries durable: an fsync of the directory. A trait only so that tests can
+/// see which directories were synced, since power loss cannot be simulated here.
+pub trait DirSync: std::fmt::Debug + Send + Sync {
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real [`DirSync`]: `fsync(2)` on the directory.
+#[derive(Debug)]
+pub struct Fsync;
+
+impl DirSync for Fsync {
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
 /// The cache folder's layout: `dirty/`, `clean/` and `tmp/`, each with hashed file names.
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,
+    /// Set with `--sync`: every directory entry an acknowledged dirty block depends on is made
+    /// durable before the ack.
+    dir_sync: Option<Arc<dyn DirSync>>,
+    /// Fan-out directories known to exist (and, with `dir_sync`, to be durable) in this process.
+    fanouts: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,16 +155,33 @@ pub enum Area {
 }
 
 impl Layout {
-    pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+    /// Opens (creating if needed) the layout under `root`; `sync` fsyncs directories as needed.
+    pub fn new(root: impl Into<PathBuf>, sync: bool) -> io::Result<Self> {
+        Self::with_dir_sync(root, sync.then(|| Arc::new(Fsync) as Arc<dyn DirSync>))
+    }
+
+    pub fn with_dir_sync(root: impl Into<PathBuf>, dir_sync: Option<Arc<dyn DirSync>>) -> io::Result<Self> {
         let root = root.into();
+        let created_root = !root.is_dir();
+        std::fs::create_dir_all(&root)?;
         for d in ["dirty", "clean", "tmp"] {
-            std::fs::create_dir_all(root.join(d))?;
+            match std::fs::create_dir(root.join(d)) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
         }
-        // Leftovers of writes that were never acknowledged.
+        if let Some(s) = &dir_sync {
+            // The area directories must not vanish on power loss with the blocks acked into them.
+            if created_root && let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                s.sync_dir(parent)?;
+            }
+            s.sync_dir(&root)?;
+        }
+        // Leftovers of writes that were never acknowledged, and of evicted blocks set aside.
         for entry in std::fs::read_dir(root.join("tmp"))? {
             let _ = std::fs::remove_file(entry?.path());
         }
-        Ok(Self { root })
+        Ok(Self { root, dir_sync, fanouts: Arc::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -157,11 +197,11 @@ impl Layout {
     }
 
     pub fn path(&self, area: Area, name: &str) -> PathBuf {
-        let dir = match area {
-            Area::Dirty => "dirty",
-            Area::Clean => "clean",
-        };
-        self.root.join(dir).join(&name[..2]).join(name)
+        self.fanout_dir(area, name).join(name)
+    }
+
+    fn fanout_dir(&self, area: Area, name: &str) -> PathBuf {
+        self.area_dir(area).join(&name[..2])
     }
 
     pub fn area_dir(&self, area: Area) -> PathBuf {
@@ -176,31 +216,78 @@ impl Layout {
     }
 
     /// Writes header + data to a fresh temporary file, fsyncing it when `sync`. Returns its path.
+    /// A failed write (a full disk, say) removes what it wrote.
     pub fn write_tmp(&self, header: &BlockHeader, data: &[u8], sync: bool) -> io::Result<PathBuf> {
         let path = self.tmp_path();
-        let mut f = File::create(&path)?;
-        f.write_all(&header.encode())?;
-        f.write_all(data)?;
-        if sync {
-            f.sync_all()?;
+        let written = File::create(&path).and_then(|mut f| {
+            f.write_all(&header.encode())?;
+            f.write_all(data)?;
+            if sync { f.sync_all() } else { Ok(()) }
+        });
+        match written {
+            Ok(()) => Ok(path),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
         }
-        Ok(path)
+    }
+
+    /// Creates the fan-out directory of `name` in `area` unless this process already has. A dirty
+    /// one is then made durable in its area directory when syncing: without that, power loss could
+    /// take the directory, and every block acknowledged into it, away. Clean blocks are a cache,
+    /// so losing one costs only a refetch. Blocking; call it before taking locks where possible.
+    pub fn ensure_fanout(&self, area: Area, name: &str) -> io::Result<()> {
+        let dir = self.fanout_dir(area, name);
+        if self.known_fanouts().contains(&dir) {
+            return Ok(());
+        }
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        if area == Area::Dirty
+            && let Some(s) = &self.dir_sync
+        {
+            // Also when it existed already: a previous process may have crashed before its fsync.
+            s.sync_dir(&self.area_dir(area))?;
+        }
+        self.known_fanouts().insert(dir);
+        Ok(())
+    }
+
+    fn known_fanouts(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+        self.fanouts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Moves a finished file into place (atomic rename), creating its fan-out directory.
     pub fn install(&self, from: &Path, area: Area, name: &str) -> io::Result<PathBuf> {
+        self.ensure_fanout(area, name)?;
         let to = self.path(area, name);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
         std::fs::rename(from, &to)?;
         Ok(to)
     }
-}
 
-/// Fsyncs a directory so a rename into it survives power loss.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    /// Makes an installed file's directory entry durable, when syncing.
+    pub fn sync_installed(&self, path: &Path) -> io::Result<()> {
+        match (&self.dir_sync, path.parent()) {
+            (Some(s), Some(dir)) => s.sync_dir(dir),
+            _ => Ok(()),
+        }
+    }
+
+    /// Moves a block file out of its area into `tmp/` (emptied at start) and returns where it
+    /// went, or `None` if there was no such file. A rename is a short metadata operation, so it can
+    /// run under the index lock; the unlink, slow for a large file, can then run outside it,
+    /// without the risk of deleting a newer file installed meanwhile under the same name.
+    pub fn set_aside(&self, area: Area, name: &str) -> io::Result<Option<PathBuf>> {
+        let to = self.tmp_path();
+        match std::fs::rename(self.path(area, name), &to) {
+            Ok(()) => Ok(Some(to)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Reads a whole block file and verifies both checksums.
@@ -275,7 +362,7 @@ mod tests {
     #[test]
     fn block_files_verify_data() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::new(dir.path()).unwrap();
+        let layout = Layout::new(dir.path(), false).unwrap();
         let tmp = layout.write_tmp(&header(), b"data", true).unwrap();
         let name = Layout::file_name("v", "a/b");
         let path = layout.install(&tmp, Area::Dirty, &name).unwrap();
@@ -288,6 +375,53 @@ mod tests {
         std::fs::write(&path, raw).unwrap();
         assert!(matches!(read_block(&path).unwrap(), Err(FormatError::DataChecksum)));
         assert_eq!(list_area(&layout.area_dir(Area::Dirty)).unwrap(), vec![path]);
+    }
+
+    /// Records the directories it syncs, then really syncs them.
+    #[derive(Debug, Default)]
+    struct RecordingSync(Mutex<Vec<PathBuf>>);
+
+    impl DirSync for RecordingSync {
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            self.0.lock().unwrap().push(dir.to_path_buf());
+            Fsync.sync_dir(dir)
+        }
+    }
+
+    impl RecordingSync {
+        fn take(&self) -> Vec<PathBuf> {
+            std::mem::take(&mut self.0.lock().unwrap())
+        }
+    }
+
+    /// Installs a dirty block as `Cache::write_dirty` does before its ack.
+    fn install_dirty(layout: &Layout, key: &str) -> PathBuf {
+        let name = Layout::file_name("v", key);
+        let tmp = layout.write_tmp(&header(), b"data", true).unwrap();
+        let path = layout.install(&tmp, Area::Dirty, &name).unwrap();
+        layout.sync_installed(&path).unwrap();
+        path
+    }
+
+    #[test]
+    fn with_sync_a_new_fan_out_directory_is_made_durable_in_its_area_before_the_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        let syncs = Arc::new(RecordingSync::default());
+        let layout = Layout::with_dir_sync(&root, Some(syncs.clone() as Arc<dyn DirSync>)).unwrap();
+        assert_eq!(syncs.take(), [dir.path(), root.as_path()], "the new root and its area directories");
+
+        let first = install_dirty(&layout, "a");
+        let fanout = first.parent().unwrap().to_path_buf();
+        assert_eq!(syncs.take(), [layout.area_dir(Area::Dirty), fanout.clone()]);
+        // A second block in the same fan-out directory needs only that directory synced. Find a
+        // key whose file name shares the first one's two-character fan-out prefix.
+        let same_fanout = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| Layout::file_name("v", k)[..2] == Layout::file_name("v", "a")[..2])
+            .unwrap();
+        install_dirty(&layout, &same_fanout);
+        assert_eq!(syncs.take(), [fanout]);
     }
 
     proptest::proptest! {

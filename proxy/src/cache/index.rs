@@ -11,6 +11,14 @@ pub struct BlockId {
     pub key: BlockKey,
 }
 
+#[cfg(test)]
+impl BlockId {
+    /// A block of volume `v`, for tests.
+    pub(crate) fn of_test_volume(key: &str) -> Self {
+        Self { volume: VolumeId::parse("v").unwrap(), key: BlockKey::parse(key).unwrap() }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryState {
     Clean,
@@ -139,17 +147,24 @@ impl Index {
         if needed > clean_bytes {
             return Err(if dirty { AdmitError::DirtyQuota } else { AdmitError::NoSpace });
         }
+        let evicted = self.evict(needed);
+        self.reserved_bytes += size;
+        Ok(evicted)
+    }
+
+    /// Evicts least-recently-used clean blocks until at least `bytes` are freed, or none is left.
+    /// Returns them; the caller deletes their files.
+    pub fn evict(&mut self, bytes: u64) -> Vec<(BlockId, Entry)> {
         let mut evicted = Vec::new();
         let mut freed = 0;
-        while freed < needed {
+        while freed < bytes {
             let Some((_, id)) = self.lru.pop_first() else { break };
             if let Some(entry) = self.remove(&id) {
                 freed += entry.file_size;
                 evicted.push((id, entry));
             }
         }
-        self.reserved_bytes += size;
-        Ok(evicted)
+        evicted
     }
 
     pub fn release(&mut self, reserved: u64) {
@@ -241,7 +256,7 @@ mod tests {
     use super::*;
 
     fn id(k: &str) -> BlockId {
-        BlockId { volume: VolumeId::parse("v").unwrap(), key: BlockKey::parse(k).unwrap() }
+        BlockId::of_test_volume(k)
     }
 
     fn clean(size: u64) -> Entry {
@@ -280,6 +295,19 @@ mod tests {
         assert_eq!(idx.usage().dirty_bytes, 0);
         // Now the 60 clean bytes can be evicted for a dirty write.
         assert_eq!(idx.reserve(50, true).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn evict_frees_at_least_what_is_asked_oldest_first_and_never_dirty() {
+        let mut idx = Index::new(1000);
+        idx.insert(id("d"), dirty(10), 0);
+        for k in ["a", "b", "c"] {
+            idx.insert(id(k), clean(30), 0);
+        }
+        let evicted: Vec<_> = idx.evict(40).into_iter().map(|(i, _)| i.key.to_string()).collect();
+        assert_eq!(evicted, ["a", "b"]);
+        assert_eq!(idx.evict(1000).len(), 1, "only c is left to evict; d is dirty");
+        assert_eq!(idx.usage().used_bytes, 10);
     }
 
     #[test]

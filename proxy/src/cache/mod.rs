@@ -8,13 +8,16 @@
 //! - A write only replaces an entry holding an older version (last writer wins by version).
 
 pub mod disk;
+pub mod epoch;
 pub mod flight;
 pub mod index;
 
+pub use epoch::FetchKey;
 pub use index::{BlockId, Usage};
 
 use bytes::Bytes;
 use disk::{Area, BlockHeader, FormatError, Layout};
+use epoch::RemovalEpochs;
 use index::{AdmitError, Entry, EntryState, Index};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,6 +30,13 @@ pub enum CacheError {
     DirtyQuota,
     #[error("no evictable space left in the cache")]
     NoSpace,
+    /// The filesystem is full before the quota is: `--disk-quota` is larger than the free space.
+    #[error("the cache disk is full (during {op}: {source}); retry when writeback has caught up")]
+    DiskFull {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("cache I/O failed during {op}: {source}")]
     Io {
         op: &'static str,
@@ -42,6 +52,7 @@ impl CacheError {
         match self {
             Self::DirtyQuota => "dirty_quota",
             Self::NoSpace => "no_space",
+            Self::DiskFull { .. } => "disk_full",
             Self::Io { .. } => "io",
             Self::CorruptDirty { .. } => "corrupt_dirty",
         }
@@ -49,7 +60,10 @@ impl CacheError {
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> CacheError {
-    move |source| CacheError::Io { op, source }
+    move |source| match source.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => CacheError::DiskFull { op, source },
+        _ => CacheError::Io { op, source },
+    }
 }
 
 impl From<AdmitError> for CacheError {
@@ -121,16 +135,21 @@ pub struct Cache {
     layout: Layout,
     sync: bool,
     index: Mutex<Index>,
-    /// Bumped whenever a block leaves the cache because it was deleted or superseded in the
-    /// store. A store fetch that started before a bump must not cache what it read, or a deleted
-    /// block could come back.
-    removal_epoch: std::sync::atomic::AtomicU64,
+    /// Bumped, under the index lock, whenever this proxy changes a block's stored value (see
+    /// [`epoch`]). A store fetch that started before a bump must not cache what it read, or a
+    /// deleted or overwritten block could come back.
+    epochs: RemovalEpochs,
 }
+
+/// Clean block files taken out of the index and set aside under the index lock (see
+/// [`Layout::set_aside`]), to be deleted outside it.
+#[must_use = "set-aside files are deleted with Cache::delete_set_aside"]
+struct SetAside(Vec<PathBuf>);
 
 impl Cache {
     /// Opens the cache folder and rebuilds the index from the block files (blocking I/O).
     pub fn open(folder: &Path, quota: u64, sync: bool) -> io::Result<(Self, Recovery)> {
-        let layout = Layout::new(folder)?;
+        let layout = Layout::new(folder, sync)?;
         let mut index = Index::new(quota);
         let mut recovery = Recovery::default();
         let now = SystemTime::now();
@@ -188,7 +207,7 @@ impl Cache {
                 }
             }
         }
-        Ok((Self { layout, sync, index: Mutex::new(index), removal_epoch: Default::default() }, recovery))
+        Ok((Self { layout, sync, index: Mutex::new(index), epochs: RemovalEpochs::default() }, recovery))
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -250,17 +269,11 @@ impl Cache {
         if let Some(current) = self.superseding_version(&w.id, w.version) {
             return Ok(WriteOutcome::Superseded { current });
         }
-        let evicted = self.index().reserve(file_size, true)?;
-        self.delete_files(evicted).await;
+        let evicted = self.reserve(file_size, true)?;
+        self.delete_set_aside(evicted).await;
 
-        let layout = self.layout.clone();
-        let sync = self.sync;
-        let hdr = header.clone();
-        let tmp = tokio::task::spawn_blocking(move || layout.write_tmp(&hdr, &data, sync))
-            .await
-            .map_err(|e| io_err("write")(io::Error::other(e)))
-            .and_then(|r| r.map_err(io_err("write")));
-        let tmp = match tmp {
+        let name = Layout::file_name(&header.volume, &header.key);
+        let tmp = match self.write_tmp(&header, data, file_size, Area::Dirty, &name).await {
             Ok(t) => t,
             Err(e) => {
                 self.index().release(file_size);
@@ -268,7 +281,6 @@ impl Cache {
             }
         };
 
-        let name = Layout::file_name(&header.volume, &header.key);
         let installed = {
             let mut index = self.index();
             match index.get(&w.id) {
@@ -295,15 +307,15 @@ impl Cache {
                 }
                 Err(e) => {
                     index.release(file_size);
+                    let _ = std::fs::remove_file(&tmp);
                     Err(e)
                 }
             }
         };
         let path = installed.map_err(io_err("install"))?;
-        if self.sync
-            && let Some(dir) = path.parent().map(Path::to_path_buf)
-        {
-            tokio::task::spawn_blocking(move || disk::sync_dir(&dir))
+        if self.sync {
+            let layout = self.layout.clone();
+            tokio::task::spawn_blocking(move || layout.sync_installed(&path))
                 .await
                 .map_err(|e| io_err("fsync dir")(io::Error::other(e)))?
                 .map_err(io_err("fsync dir"))?;
@@ -315,13 +327,60 @@ impl Cache {
         self.index().get(id).map(|e| e.version).filter(|v| *v >= version)
     }
 
-    /// The current removal epoch; pass it to [`Cache::insert_clean`] for a fetch started now.
-    pub fn removal_epoch(&self) -> u64 {
-        self.removal_epoch.load(std::sync::atomic::Ordering::SeqCst)
+    /// Writes a block file to `tmp/` and creates its fan-out directory, off the runtime. When the
+    /// disk fills up before the quota does, evicts clean blocks for the file's size and tries once
+    /// more; a full disk with nothing evictable is [`CacheError::DiskFull`].
+    async fn write_tmp(
+        &self,
+        header: &BlockHeader,
+        data: Bytes,
+        file_size: u64,
+        area: Area,
+        name: &str,
+    ) -> Result<PathBuf, CacheError> {
+        let err = match self.try_write_tmp(header, data.clone(), area, name).await {
+            Err(e @ CacheError::DiskFull { .. }) => e,
+            other => return other,
+        };
+        let (count, evicted) = {
+            let mut index = self.index();
+            let evicted = index.evict(file_size);
+            (evicted.len(), self.set_aside(&index, evicted))
+        };
+        if count == 0 {
+            tracing::warn!(error = %err, "the cache disk is full below --disk-quota and holds no evictable block");
+            return Err(err);
+        }
+        tracing::warn!(
+            evicted = count,
+            "the cache disk is full below --disk-quota; evicted clean blocks to make room (lower --disk-quota)"
+        );
+        self.delete_set_aside(evicted).await;
+        self.try_write_tmp(header, data, area, name).await
     }
 
-    fn bump_removal_epoch(&self) {
-        self.removal_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    async fn try_write_tmp(
+        &self,
+        header: &BlockHeader,
+        data: Bytes,
+        area: Area,
+        name: &str,
+    ) -> Result<PathBuf, CacheError> {
+        let (layout, header, name) = (self.layout.clone(), header.clone(), name.to_owned());
+        // Only dirty blocks are acknowledged, so only they need to reach the disk before the ack.
+        let sync = self.sync && area == Area::Dirty;
+        tokio::task::spawn_blocking(move || {
+            layout.ensure_fanout(area, &name).map_err(io_err("create directory"))?;
+            layout.write_tmp(&header, &data, sync).map_err(io_err("write"))
+        })
+        .await
+        .map_err(|e| io_err("write")(io::Error::other(e)))?
+    }
+
+    /// The key for a store fetch of `id` that starts now: single-flight fetches are keyed by it,
+    /// and [`Cache::insert_clean`] caches what the fetch read only if no removal came between.
+    pub fn fetch_key(&self, id: &BlockId) -> FetchKey {
+        FetchKey { id: id.clone(), epoch: self.epochs.get(id) }
     }
 
     /// Records that the store still holds `version` of a clean block (a revalidation).
@@ -336,21 +395,14 @@ impl Cache {
             index.remove(id);
             let _ = std::fs::remove_file(self.layout.path(Area::Clean, &e.name));
         }
-        self.bump_removal_epoch();
+        self.epochs.bump(id);
     }
 
     /// Caches a block fetched from the store, unless the cache holds it already (a write that
-    /// raced the fetch wins), a removal happened since `epoch`, or there is no evictable room
-    /// (the block is then served uncached).
-    pub async fn insert_clean(
-        &self,
-        id: BlockId,
-        bucket: &str,
-        store_key: &str,
-        data: Bytes,
-        version: u64,
-        epoch: u64,
-    ) {
+    /// raced the fetch wins), a removal happened since the fetch started, or there is no evictable
+    /// room (the block is then served uncached).
+    pub async fn insert_clean(&self, fetch: FetchKey, bucket: &str, store_key: &str, data: Bytes, version: u64) {
+        let id = fetch.id;
         let header = BlockHeader {
             volume: id.volume.to_string(),
             key: id.key.to_string(),
@@ -365,21 +417,19 @@ impl Cache {
         if self.index().get(&id).is_some() {
             return;
         }
-        let Ok(evicted) = self.index().reserve(file_size, false) else { return };
-        self.delete_files(evicted).await;
-        let layout = self.layout.clone();
-        let hdr = header.clone();
-        let tmp = match tokio::task::spawn_blocking(move || layout.write_tmp(&hdr, &data, false)).await {
-            Ok(Ok(t)) => t,
-            other => {
-                tracing::warn!(error = ?other.err(), "could not cache fetched block");
+        let Ok(evicted) = self.reserve(file_size, false) else { return };
+        self.delete_set_aside(evicted).await;
+        let name = Layout::file_name(&header.volume, &header.key);
+        let tmp = match self.write_tmp(&header, data, file_size, Area::Clean, &name).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not cache fetched block");
                 self.index().release(file_size);
                 return;
             }
         };
-        let name = Layout::file_name(&header.volume, &header.key);
         let mut index = self.index();
-        if index.get(&id).is_some() || self.removal_epoch() != epoch {
+        if index.get(&id).is_some() || self.epochs.get(&id) != fetch.epoch {
             index.release(file_size);
             let _ = std::fs::remove_file(&tmp);
             return;
@@ -391,6 +441,7 @@ impl Cache {
             }
             Err(e) => {
                 index.release(file_size);
+                let _ = std::fs::remove_file(&tmp);
                 tracing::warn!(error = %e, "could not cache fetched block");
             }
         }
@@ -475,6 +526,9 @@ impl Cache {
         if entry.version != version || !entry.is_dirty() {
             return entry.is_dirty();
         }
+        // The store's value changed (or was found newer): a fetch that started before now may
+        // hold the old one, and the clean copy kept below may be evicted before that fetch ends.
+        self.epochs.bump(id);
         let dirty_path = self.layout.path(Area::Dirty, &entry.name);
         if outcome == FlushOutcome::Applied && !entry.is_tombstone() {
             index.mark_clean(id, version);
@@ -486,18 +540,40 @@ impl Cache {
         } else {
             index.remove(id);
             let _ = std::fs::remove_file(&dirty_path);
-            self.bump_removal_epoch();
         }
         false
     }
 
-    async fn delete_files(&self, evicted: Vec<(BlockId, Entry)>) {
-        if evicted.is_empty() {
+    /// Reserves room for a new file. The clean blocks evicted for it are set aside under the
+    /// index lock, so deleting them later can never hit a newer file installed under their name.
+    fn reserve(&self, size: u64, dirty: bool) -> Result<SetAside, AdmitError> {
+        let mut index = self.index();
+        let evicted = index.reserve(size, dirty)?;
+        Ok(self.set_aside(&index, evicted))
+    }
+
+    /// Sets aside the files of clean entries just taken out of `index`, whose lock the caller holds.
+    fn set_aside(&self, _locked: &Index, evicted: Vec<(BlockId, Entry)>) -> SetAside {
+        let mut paths = Vec::with_capacity(evicted.len());
+        for (_, entry) in evicted {
+            match self.layout.set_aside(Area::Clean, &entry.name) {
+                Ok(Some(path)) => paths.push(path),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not set an evicted block aside; deleting it in place");
+                    let _ = std::fs::remove_file(self.layout.path(Area::Clean, &entry.name));
+                }
+            }
+        }
+        SetAside(paths)
+    }
+
+    async fn delete_set_aside(&self, set_aside: SetAside) {
+        if set_aside.0.is_empty() {
             return;
         }
-        let paths: Vec<PathBuf> = evicted.iter().map(|(_, e)| self.layout.path(Area::Clean, &e.name)).collect();
         let _ = tokio::task::spawn_blocking(move || {
-            for p in paths {
+            for p in set_aside.0 {
                 let _ = std::fs::remove_file(p);
             }
         })
@@ -514,4 +590,87 @@ fn block_id(h: &BlockHeader) -> Option<BlockId> {
         volume: blockproxy_protocol::VolumeId::parse(&h.volume).ok()?,
         key: blockproxy_protocol::BlockKey::parse(&h.key).ok()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(k: &str) -> BlockId {
+        BlockId::of_test_volume(k)
+    }
+
+    fn open() -> (tempfile::TempDir, Cache) {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, _) = Cache::open(dir.path(), 1 << 20, false).unwrap();
+        (dir, cache)
+    }
+
+    async fn fetched(cache: &Cache, id: &BlockId, data: &'static [u8], version: u64) {
+        cache.insert_clean(cache.fetch_key(id), "bucket", "pfx/a", Bytes::from_static(data), version).await;
+    }
+
+    /// Evicts every clean block, as a reservation of the whole quota would, and gives the room
+    /// back. Returns what the eviction set aside, for the caller to delete when it chooses.
+    fn evict_all(cache: &Cache) -> SetAside {
+        let quota = cache.usage().quota;
+        let evicted = cache.reserve(quota, false).unwrap();
+        cache.index().release(quota);
+        evicted
+    }
+
+    async fn hit(cache: &Cache, id: &BlockId) -> Option<(Bytes, u64)> {
+        match cache.read(id).await.unwrap() {
+            Lookup::Hit { data, version, .. } => Some((data, version)),
+            Lookup::Miss => None,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_eviction_never_deletes_a_newer_file_installed_under_the_same_name() {
+        let (_dir, cache) = open();
+        let a = id("a");
+        fetched(&cache, &a, b"old", 1).await;
+        let evicted = evict_all(&cache);
+        // Fetched again, and installed under the same file name, before the eviction's deletion.
+        fetched(&cache, &a, b"new", 2).await;
+        cache.delete_set_aside(evicted).await;
+        assert_eq!(hit(&cache, &a).await, Some((Bytes::from_static(b"new"), 2)));
+    }
+
+    #[tokio::test]
+    async fn a_fetch_started_before_a_flushed_overwrite_is_not_cached_or_joined_after_it() {
+        let (_dir, cache) = open();
+        let a = id("a");
+        let before = cache.fetch_key(&a);
+        let write = DirtyWrite {
+            id: a.clone(),
+            bucket: "bucket".into(),
+            store_key: "pfx/a".into(),
+            version: 2,
+            data: Some(Bytes::from_static(b"new")),
+        };
+        assert_eq!(cache.write_dirty(write).await.unwrap(), WriteOutcome::Committed);
+        assert!(!cache.complete_flush(&a, 2, FlushOutcome::Applied));
+        assert_ne!(cache.fetch_key(&a), before, "a read after the flush would join the older fetch");
+        // The flushed block is evicted; then the older fetch ends, with the value it read before.
+        cache.delete_set_aside(evict_all(&cache)).await;
+        cache.insert_clean(before, "bucket", "pfx/a", Bytes::from_static(b"old"), 1).await;
+        assert_eq!(hit(&cache, &a).await, None, "the older fetch's value was cached after a newer flush");
+    }
+
+    #[tokio::test]
+    async fn a_fetch_started_before_a_flushed_delete_is_not_cached_or_joined_after_it() {
+        let (_dir, cache) = open();
+        let a = id("a");
+        let before = cache.fetch_key(&a);
+        let delete =
+            DirtyWrite { id: a.clone(), bucket: "bucket".into(), store_key: "pfx/a".into(), version: 2, data: None };
+        assert_eq!(cache.write_dirty(delete).await.unwrap(), WriteOutcome::Committed);
+        assert!(!cache.complete_flush(&a, 2, FlushOutcome::Applied));
+        assert_ne!(cache.fetch_key(&a), before, "a read after the flush would join the older fetch");
+        cache.insert_clean(before, "bucket", "pfx/a", Bytes::from_static(b"old"), 1).await;
+        assert_eq!(hit(&cache, &a).await, None, "the older fetch's value was cached after the delete");
+    }
 }

@@ -364,8 +364,8 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
             .await
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("write-through to the store failed: {e}")))?;
         s.cache.invalidate(&id);
-        let epoch = s.cache.removal_epoch();
-        s.cache.insert_clean(id, &cfg.bucket, &store_key, body.clone(), version, epoch).await;
+        let fetch = s.cache.fetch_key(&id);
+        s.cache.insert_clean(fetch, &cfg.bucket, &store_key, body.clone(), version).await;
         return Ok(write_ack(version, &body));
     }
 
@@ -389,7 +389,7 @@ fn write_ack(version: u64, body: &[u8]) -> Response {
 
 fn cache_error(s: &AppState, e: CacheError) -> ApiError {
     match e {
-        CacheError::DirtyQuota | CacheError::NoSpace => {
+        CacheError::DirtyQuota | CacheError::NoSpace | CacheError::DiskFull { .. } => {
             s.metrics.http_backpressure_total.inc();
             ApiError::unavailable(e.to_string(), 1)
         }
@@ -428,16 +428,18 @@ async fn fetch(s: &Arc<AppState>, cfg: &VolumeConfig, id: &BlockId) -> FetchResu
     let store = Arc::clone(&s.store);
     let cache = Arc::clone(&s.cache);
     let metrics = Arc::clone(&s.metrics);
-    let (bucket, store_key, id2) = (cfg.bucket.clone(), cfg.store_key(&id.key), id.clone());
+    let (bucket, store_key) = (cfg.bucket.clone(), cfg.store_key(&id.key));
+    // Keyed by the removal epoch too: a read never joins a fetch older than a delete or overwrite
+    // that was acknowledged and flushed before the read started.
+    let key = s.cache.fetch_key(id);
     s.fetches
         .run(
-            id.clone(),
+            key.clone(),
             move || async move {
-                let epoch = cache.removal_epoch();
                 metrics.store_requests_total.with_label_values(&["get"]).inc();
                 match store.get(&bucket, &store_key).await {
                     Ok(Some(b)) => {
-                        cache.insert_clean(id2, &bucket, &store_key, b.data.clone(), b.version, epoch).await;
+                        cache.insert_clean(key, &bucket, &store_key, b.data.clone(), b.version).await;
                         Ok(Some(Arc::new(b)))
                     }
                     Ok(None) => Ok(None),

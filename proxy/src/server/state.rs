@@ -5,7 +5,7 @@ use super::clock::VolumeClocks;
 use super::gate::WriteGate;
 use super::volumes::Volumes;
 use crate::cache::flight::SingleFlight;
-use crate::cache::{BlockId, Cache};
+use crate::cache::{Cache, FetchKey};
 use crate::metrics::Metrics;
 use crate::store::{DynStore, StoredBlock};
 use crate::writeback::Writeback;
@@ -20,7 +20,7 @@ pub struct AppState {
     pub store: DynStore,
     pub writeback: Arc<Writeback>,
     pub metrics: Arc<Metrics>,
-    pub fetches: SingleFlight<BlockId, FetchResult>,
+    pub fetches: SingleFlight<FetchKey, FetchResult>,
     pub bops: tokio::sync::Semaphore,
     /// Request bytes held in memory at once.
     pub budget: ByteBudget,

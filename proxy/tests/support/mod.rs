@@ -300,3 +300,46 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut v);
     v
 }
+
+impl Backend {
+    /// Writes `{PREFIX}/{key}` straight into MinIO, as a writer that bypasses the proxies would.
+    pub async fn put_object(&self, key: &str, data: &[u8]) -> Result<()> {
+        let s3 = self.minio.s3_client();
+        s3.put_object()
+            .bucket(self.minio.bucket())
+            .key(format!("{PREFIX}/{key}"))
+            .body(data.to_vec().into())
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        Ok(())
+    }
+}
+
+/// A size-limited tmpfs mounted by the test (the tests run as root), so that a real filesystem
+/// runs out of space. Unmounted on drop; drop it after the process using it is gone.
+pub struct TmpfsMount {
+    path: PathBuf,
+}
+
+impl TmpfsMount {
+    pub fn new(path: &Path, size_bytes: u64) -> Result<Self> {
+        std::fs::create_dir_all(path)?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .context("running mount")?;
+        if !status.success() {
+            bail!("mount -t tmpfs on {} failed ({status}); this test needs root", path.display());
+        }
+        Ok(Self { path: path.to_path_buf() })
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        // Lazy, so a file still held open by a dying process cannot keep the mount alive.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
