@@ -10,6 +10,7 @@ use blockproxy_testenv::{Blockproxy, BlockproxyCommand, Minio, Toxiproxy, eventu
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 pub const VOLUME: &str = "vol1";
