@@ -96,6 +96,14 @@ func TestADeleteThatComesBackIsTheKnownLimitNotAnAnomaly(t *testing.T) {
 	if r := check(h, 10*time.Second, nil); len(r.Notes) != 1 || r.Notes[0].Kind != "delete-undone" {
 		t.Fatalf("notes %v, want one delete-undone", r.Notes)
 	}
+	// The deleter itself keeps reading not-found (ADR 0002 case 1); others see the older value.
+	h.Final = append(h.Final,
+		Final{Key: "k", Source: "client1", AtNs: 1100, Ok: true, Intact: true},
+		Final{Key: "k", Source: "client0", AtNs: 1200, Ok: true, Read: str("a"), Version: 10, Intact: true})
+	expect(t, h)
+	// A client that did not delete it must not read not-found while the store holds it.
+	h.Final = append(h.Final, Final{Key: "k", Source: "client2", AtNs: 1300, Ok: true, Intact: true})
+	expect(t, h, "final-state")
 	h.Final = []Final{store("k", nil)}
 	if r := check(h, 10*time.Second, nil); len(r.Notes) != 0 {
 		t.Fatalf("notes %v, want none", r.Notes)
