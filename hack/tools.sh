@@ -27,7 +27,14 @@ COREDNS_VERSION=v1.15.0
 NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 util-linux busybox-static socat openssl)
 
 CACHE="${BLOCKPROXY_CACHE:-$HOME/.cache/blockproxy}"
-ALL_TOOLS=(etcd kube toxiproxy helm minio kwok pytools nodepkgs kubenode coredns)
+ALL_TOOLS=(etcd kube toxiproxy helm minio kwok pytools checker nodepkgs kubenode coredns)
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# The fault test's history checker is our own code (hack/checker): it is keyed by a hash of its
+# source instead of a version, so an edit rebuilds it and an unchanged tree reuses the cache.
+checker_hash() {
+  (cd "$ROOT/hack/checker" && cat go.mod go.sum ./*.go) | sha256sum | cut -c1-16
+}
 
 die() { echo "tools.sh: error: $*" >&2; exit 1; }
 log() { echo "tools.sh: $*" >&2; }
@@ -44,6 +51,7 @@ tool_dir() {
     nodepkgs) echo "/usr/bin" ;;
     kubenode) echo "$CACHE/kubenode-$K8S_VERSION" ;;
     coredns) echo "$CACHE/coredns-$COREDNS_VERSION" ;;
+    checker) echo "$CACHE/checker-$(checker_hash)" ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
   esac
 }
@@ -60,6 +68,7 @@ print_env() {
   echo "export BLOCKPROXY_HELM=$(tool_dir helm)/bin/helm"
   echo "export BLOCKPROXY_AWS=$(tool_dir pytools)/venv/bin/aws"
   echo "export BLOCKPROXY_PYTHON=$(tool_dir pytools)/venv/bin/python"
+  echo "export BLOCKPROXY_CHECKER=$(tool_dir checker)/bin/checker"
   print_cluster_env
 }
 
@@ -153,6 +162,14 @@ build_helm() {
   go_wrapper_build "$out" "helm.sh/helm/v3@$HELM_VERSION" \
     -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
     -o "$out/bin/helm" helm.sh/helm/v3/cmd/helm
+}
+
+# Unit tests first (they prove the checker finds each kind of anomaly), then the binary.
+build_checker() {
+  local out=$1; go_env
+  mkdir -p "$out/src"
+  cp "$ROOT"/hack/checker/go.mod "$ROOT"/hack/checker/go.sum "$ROOT"/hack/checker/*.go "$out/src/"
+  ( cd "$out/src" && go vet ./... >&2 && go test ./... >&2 && go build -trimpath -ldflags "-s -w" -o "$out/bin/checker" . >&2 )
 }
 
 build_pytools() {

@@ -3,6 +3,7 @@
 mod support;
 
 use anyhow::Result;
+use blockproxy_testenv::{Blockproxy, BlockproxyCommand, Tls};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,23 +25,22 @@ async fn tls_with_a_test_ca_works_and_plaintext_is_refused() -> Result<()> {
     std::fs::write(dir.path().join("volumes.yaml"), volumes_yaml(&[(VOLUME, backend.minio.bucket(), TOKEN)]))?;
 
     let ca_cert = reqwest::Certificate::from_pem(ca.pem().as_bytes())?;
-    let addr = blockproxy_testenv::ports::free_port()?;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_blockproxy"))
-        .args(["serve", "--bind-addr", &format!("127.0.0.1:{addr}"), "--disk-quota", "64Mi"])
-        .arg("--disk-folder")
-        .arg(dir.path().join("cache2"))
-        .arg("--volumes-file")
-        .arg(dir.path().join("volumes.yaml"))
-        .arg("--tls-cert-file")
-        .arg(dir.path().join("tls.crt"))
-        .arg("--tls-key-file")
-        .arg(dir.path().join("tls.key"))
-        .args(["--store-endpoint", &format!("http://{}", backend.store_addr), "--store-path-style"])
-        .env("AWS_ACCESS_KEY_ID", backend.minio.access_key())
-        .env("AWS_SECRET_ACCESS_KEY", backend.minio.secret_key())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let result = async {
+    // Readiness is checked by the builder without verifying the certificate; the checks below
+    // verify it against the test CA.
+    let proxy = Blockproxy::start(
+        BlockproxyCommand::serve(env!("CARGO_BIN_EXE_blockproxy"), "blockproxy", &dir.path().join("cache2"))?
+            .tls(Tls::Files { cert: cert_path.clone(), key: key_path.clone() })
+            .args(["--disk-quota", "64Mi"])
+            .volumes_file(&dir.path().join("volumes.yaml"))
+            .s3_store(
+                &format!("http://{}", backend.store_addr),
+                backend.minio.access_key(),
+                backend.minio.secret_key(),
+            ),
+    )
+    .await?;
+    let addr = proxy.addr().port();
+    async {
         for http2 in [false, true] {
             let mut b = reqwest::Client::builder().tls_built_in_root_certs(false).add_root_certificate(ca_cert.clone());
             b = if http2 { b.http2_prior_knowledge() } else { b.http1_only() };
@@ -75,8 +75,5 @@ async fn tls_with_a_test_ca_works_and_plaintext_is_refused() -> Result<()> {
         );
         anyhow::Ok(())
     }
-    .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    result
+    .await
 }

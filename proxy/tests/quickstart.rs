@@ -4,9 +4,9 @@
 mod client_support;
 
 use anyhow::Result;
-use blockproxy_testenv::{Tool, tool_path};
-use client_support::{free_port, wait_until};
-use std::process::{Command, Stdio};
+use blockproxy_testenv::{Blockproxy, BlockproxyCommand, Tool, tool_path};
+use client_support::free_port;
+use std::process::Command;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,16 +14,13 @@ async fn quickstart_serves_s3_on_local_proxies_and_stops_cleanly_on_ctrl_c() -> 
     let dir = tempfile::tempdir()?;
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blockproxy"))
-        .args(["quickstart", "--listen", &format!("127.0.0.1:{port}"), "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let http = reqwest::Client::new();
-    wait_until("the quickstart endpoint is ready", Duration::from_secs(30), || async {
-        http.get(format!("{endpoint}/_blockproxy/readyz")).send().await.is_ok_and(|r| r.status().is_success())
-    })
+    let mut quickstart = Blockproxy::start(
+        BlockproxyCommand::new(env!("CARGO_BIN_EXE_blockproxy"), "quickstart", ["quickstart", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--dir")
+            .arg(dir.path())
+            .ready_url(&format!("{endpoint}/_blockproxy/readyz")),
+    )
     .await?;
     let aws = |args: &[&str]| {
         Command::new(tool_path(Tool::Aws).unwrap())
@@ -50,19 +47,8 @@ async fn quickstart_serves_s3_on_local_proxies_and_stops_cleanly_on_ctrl_c() -> 
     assert_eq!(std::fs::read_to_string(&back)?, "hello, blockproxy\n");
 
     // Ctrl-C: the proxies flush, the process exits 0, and the block is in the local store.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status()?.success());
-    let status = tokio::task::spawn_blocking(move || {
-        let s = child.wait();
-        let mut text = String::new();
-        if let Some(mut o) = child.stdout.take() {
-            use std::io::Read;
-            let _ = o.read_to_string(&mut text);
-        }
-        (s, text)
-    })
-    .await?;
-    let (status, stdout) = (status.0?, status.1);
+    let status = quickstart.stop_with("INT", Duration::from_secs(60)).await?;
+    let stdout = quickstart.log_text();
     assert!(status.success(), "quickstart exited with {status}");
     assert!(stdout.contains("aws --endpoint-url") && stdout.contains("stopped"), "{stdout}");
     let stored = dir.path().join("store/quickstart-bucket/volumes/demo/hello.txt");

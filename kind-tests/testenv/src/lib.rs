@@ -8,11 +8,13 @@
 //! - [`Helm`]: the helm binary, pointed at a control plane;
 //! - [`Cluster`]: a real multi-node cluster (kubelets, containerd, CNI, kube-proxy, CoreDNS) in
 //!   private namespaces, or the one `KUBECONFIG` names.
+//! - [`Blockproxy`]: the `blockproxy` binary itself (built by cargo, its path given by the caller).
 //!
 //! The binaries come from `hack/tools.sh` (`make tools`), see [`tools`]. Each component logs to
 //! `target/testenv-logs/<test-name>-<pid>-<n>/`; a failing test prints that folder and the tail of
 //! its logs.
 
+pub mod blockproxy;
 pub mod certs;
 pub mod cluster;
 pub mod control_plane;
@@ -25,6 +27,7 @@ pub mod process;
 pub mod tools;
 pub mod toxiproxy;
 
+pub use blockproxy::{Blockproxy, BlockproxyCommand, Tls};
 pub use cluster::{Cluster, ClusterBuilder};
 pub use control_plane::{ControlPlane, ControlPlaneBuilder};
 pub use eventually::eventually;

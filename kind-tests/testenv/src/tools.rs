@@ -48,6 +48,8 @@ pub enum Tool {
     Coredns,
     /// containerd (Debian's package; `ctr` and the runc shim sit next to it).
     Containerd,
+    /// The fault test's history checker (`hack/checker`, porcupine).
+    Checker,
 }
 
 impl Tool {
@@ -71,6 +73,7 @@ impl Tool {
             Tool::Pause => "BLOCKPROXY_PAUSE",
             Tool::Coredns => "BLOCKPROXY_COREDNS",
             Tool::Containerd => "BLOCKPROXY_CONTAINERD",
+            Tool::Checker => "BLOCKPROXY_CHECKER",
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use blockproxy_testenv::ports::free_port;
-use blockproxy_testenv::{Minio, Toxiproxy};
+use blockproxy_testenv::{Blockproxy, BlockproxyCommand, Minio, Toxiproxy};
 use serde_json::json;
 
 pub const VOLUME: &str = "vol1";
@@ -88,15 +88,13 @@ impl Wan {
     }
 }
 
-/// A `blockproxy serve` process with its own cache folder. Killed (SIGKILL) on drop.
+/// A `blockproxy serve` process with its own cache folder (started by the testenv's
+/// [`Blockproxy`]). Killed (SIGKILL) on drop.
 pub struct BlockProxy {
     pub name: String,
-    child: Option<Child>,
+    proc: Blockproxy,
     pub addr: SocketAddr,
     pub dir: PathBuf,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    starts: u32,
 }
 
 impl BlockProxy {
@@ -109,84 +107,27 @@ impl BlockProxy {
             &volumes,
             format!("volumes:\n- {{id: {VOLUME}, bucket: {}, prefix: {PREFIX}, token: {TOKEN}}}\n", wan.minio.bucket()),
         )?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--bind-addr".into(),
-            addr.to_string(),
-            "--disk-folder".into(),
-            dir.join("cache").display().to_string(),
-            "--disk-quota".into(),
-            "8Gi".into(),
-            "--volumes-file".into(),
-            volumes.display().to_string(),
-            "--store-endpoint".into(),
-            store_endpoint.into(),
-            "--store-path-style".into(),
-            "--no-tls".into(),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let env = vec![
-            ("AWS_ACCESS_KEY_ID".to_owned(), wan.minio.access_key().to_owned()),
-            ("AWS_SECRET_ACCESS_KEY".to_owned(), wan.minio.secret_key().to_owned()),
+        let command = BlockproxyCommand::serve(env!("CARGO_BIN_EXE_blockproxy"), name, &dir.join("cache"))?
+            .no_tls()
+            .args(["--disk-quota", "8Gi"])
+            .volumes_file(&volumes)
+            .s3_store(store_endpoint, wan.minio.access_key(), wan.minio.secret_key())
+            .args(extra)
             // Like nginx's `access_log off`: no per-request logging in the measured path.
-            ("RUST_LOG".to_owned(), "warn".to_owned()),
-        ];
-        let mut p = Self { name: name.into(), child: None, addr, dir, args, env, starts: 0 };
-        p.spawn().await?;
-        Ok(p)
-    }
-
-    /// Spawns the process and returns the time until `/readyz` answered 200.
-    async fn spawn(&mut self) -> Result<Duration> {
-        self.starts += 1;
-        let log = std::fs::File::create(self.dir.join(format!("blockproxy-{}.log", self.starts)))?;
-        let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_blockproxy"))
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting blockproxy")?;
-        self.child = Some(child);
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
-        let url = format!("http://{}/readyz", self.addr);
-        let deadline = started + Duration::from_secs(300);
-        loop {
-            if let Ok(r) = http.get(&url).send().await
-                && r.status().is_success()
-            {
-                return Ok(started.elapsed());
-            }
-            if let Some(c) = self.child.as_mut()
-                && let Some(status) = c.try_wait()?
-            {
-                bail!("{} exited with {status} during start-up; log in {}", self.name, self.dir.display());
-            }
-            if Instant::now() > deadline {
-                bail!("{} not ready after 300 s; log in {}", self.name, self.dir.display());
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+            .env("RUST_LOG", "warn")
+            // Start-up with many cached blocks is measured: poll often, wait long.
+            .ready_within(Duration::from_secs(300), Duration::from_millis(2));
+        let proc = Blockproxy::start(command).await?;
+        Ok(Self { name: name.into(), addr: proc.addr(), proc, dir })
     }
 
     /// SIGKILL, then start again; returns the start-up time (spawn until `/readyz` is 200).
     pub async fn restart(&mut self) -> Result<Duration> {
-        self.kill();
-        self.spawn().await
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.proc.restart().await
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.proc.pid()
     }
 
     pub fn base(&self) -> String {
@@ -207,12 +148,6 @@ impl BlockProxy {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .with_context(|| format!("metric {name} not found on {}", self.name))
-    }
-}
-
-impl Drop for BlockProxy {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

@@ -2,14 +2,13 @@
 //! a real MinIO, toxiproxy links, discovery files, and in-process clients with short intervals.
 #![allow(dead_code)]
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use blockproxy::client::{Client, ClientConfig, selection::Hysteresis};
 use blockproxy::protocol::{BlockKey, DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation, VolumeId};
 use blockproxy::store::{S3Store, S3StoreConfig};
-use blockproxy_testenv::{Minio, Toxiproxy};
+use blockproxy_testenv::{Blockproxy, BlockproxyCommand, Minio, Tls, Toxiproxy};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,14 +20,12 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A `blockproxy serve` process. Killed on drop.
+/// A `blockproxy serve` process (started by the testenv's [`Blockproxy`]). Killed on drop.
 pub struct Proxy {
     pub name: String,
     pub addr: SocketAddr,
     pub dir: PathBuf,
-    child: Option<Child>,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
+    proc: Blockproxy,
 }
 
 impl Proxy {
@@ -52,12 +49,8 @@ impl Proxy {
         cert: &Path,
         key: &Path,
     ) -> Result<Self> {
-        let mut p = Self::start_with(name, root, volumes_file, store_endpoint, minio, true).await?;
-        p.kill();
-        p.args.push(format!("--tls-cert-file={}", cert.display()));
-        p.args.push(format!("--tls-key-file={}", key.display()));
-        p.spawn().await?;
-        Ok(p)
+        let tls = Tls::Files { cert: cert.to_owned(), key: key.to_owned() };
+        Self::start_tls(name, root, volumes_file, store_endpoint, minio, tls).await
     }
 
     /// With `tls`, the proxy serves a generated self-signed certificate (`<dir>/cache/tls/selfsigned.crt`).
@@ -69,67 +62,39 @@ impl Proxy {
         minio: &Minio,
         tls: bool,
     ) -> Result<Self> {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir)?;
-        let args = vec![
-            "serve".to_owned(),
-            format!("--bind-addr={addr}"),
-            format!("--disk-folder={}", dir.join("cache").display()),
-            "--disk-quota=2Gi".into(),
-            format!("--volumes-file={}", volumes_file.display()),
-            format!("--store-endpoint={store_endpoint}"),
-            "--store-path-style".into(),
-            "--no-tls".into(),
-            "--shutdown-grace=2s".into(),
-        ];
-        let mut args = args;
-        if tls {
-            args.retain(|a| a != "--no-tls");
-        }
-        let env = vec![
-            ("AWS_ACCESS_KEY_ID".to_owned(), minio.access_key().to_owned()),
-            ("AWS_SECRET_ACCESS_KEY".to_owned(), minio.secret_key().to_owned()),
-        ];
-        let mut p = Self { name: name.into(), addr, dir, child: None, args, env };
-        p.spawn().await?;
-        Ok(p)
+        let tls = if tls { Tls::SelfSigned } else { Tls::Off };
+        Self::start_tls(name, root, volumes_file, store_endpoint, minio, tls).await
     }
 
-    async fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("proxy.log"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_blockproxy"))
-            .args(&self.args)
-            .envs(self.env.iter().cloned())
-            .env("BLOCKPROXY_LOG_FORMAT", "text")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("spawning blockproxy serve")?;
-        self.child = Some(child);
-        let tls = !self.args.iter().any(|a| a == "--no-tls");
-        let http = reqwest::Client::builder().danger_accept_invalid_certs(tls).build()?;
-        let url = format!("{}://{}/v1/ping", if tls { "https" } else { "http" }, self.addr);
-        blockproxy_testenv::eventually(Duration::from_secs(20), Duration::from_millis(50), || {
-            let (http, url) = (http.clone(), url.clone());
-            async move { Ok(http.get(&url).send().await?.error_for_status()?) }
-        })
-        .await
-        .with_context(|| format!("proxy {} did not come up; log in {}", self.name, self.dir.display()))?;
-        Ok(())
+    async fn start_tls(
+        name: &str,
+        root: &Path,
+        volumes_file: &Path,
+        store_endpoint: &str,
+        minio: &Minio,
+        tls: Tls,
+    ) -> Result<Self> {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let command = BlockproxyCommand::serve(env!("CARGO_BIN_EXE_blockproxy"), name, &dir.join("cache"))?
+            .tls(tls)
+            .args(["--disk-quota=2Gi", "--shutdown-grace=2s"])
+            .volumes_file(volumes_file)
+            .s3_store(store_endpoint, minio.access_key(), minio.secret_key())
+            .ready_path("/v1/ping")
+            .ready_within(Duration::from_secs(20), Duration::from_millis(50));
+        let proc = Blockproxy::start(command).await?;
+        Ok(Self { name: name.into(), addr: proc.addr(), dir, proc })
     }
 
     /// Kills the process (SIGKILL) and starts it again on the same folder and port.
     pub async fn restart(&mut self) -> Result<()> {
-        self.kill();
-        self.spawn().await
+        self.proc.restart().await?;
+        Ok(())
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.proc.kill();
     }
 
     /// GETs a block straight from this proxy (no client routing).
@@ -147,12 +112,6 @@ impl Proxy {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         Ok(Some((r.bytes().await?.to_vec(), v)))
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

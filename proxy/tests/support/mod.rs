@@ -6,12 +6,11 @@ pub mod raw;
 
 use anyhow::{Context, Result, bail};
 use blockproxy::protocol::{CHECKSUM_HEADER, Checksum, DrainStatus, VERSION_HEADER};
-use blockproxy_testenv::logs::LogDir;
-use blockproxy_testenv::{Minio, Toxiproxy, eventually};
+use blockproxy_testenv::{Blockproxy, BlockproxyCommand, Minio, Toxiproxy, eventually};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 pub const VOLUME: &str = "vol1";
@@ -78,9 +77,10 @@ impl Default for ProxyOptions {
     }
 }
 
-/// The real `blockproxy` binary. Killed with SIGKILL on drop.
+/// The real `blockproxy` binary (started by the testenv's [`Blockproxy`]). Killed with SIGKILL on
+/// drop.
 pub struct ProxyProcess {
-    child: Option<Child>,
+    proc: Blockproxy,
     pub addr: SocketAddr,
     /// Options for the next (re)start.
     pub opts: ProxyOptions,
@@ -88,9 +88,6 @@ pub struct ProxyProcess {
     pub http: reqwest::Client,
     store_endpoint: String,
     minio_keys: (String, String),
-    bucket: String,
-    logs: LogDir,
-    starts: usize,
 }
 
 impl ProxyProcess {
@@ -106,29 +103,31 @@ impl ProxyProcess {
         opts: ProxyOptions,
         store_endpoint: String,
     ) -> Result<Self> {
-        let mut p = Self {
-            child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], blockproxy_testenv::ports::free_port()?)),
+        let minio_keys = (backend.minio.access_key().to_owned(), backend.minio.secret_key().to_owned());
+        std::fs::write(dir.join("volumes.yaml"), volumes_yaml(&[(VOLUME, backend.minio.bucket(), TOKEN)]))?;
+        std::fs::write(dir.join("admin-token"), ADMIN_TOKEN)?;
+        let command = serve_command(
+            BlockproxyCommand::serve(env!("CARGO_BIN_EXE_blockproxy"), "blockproxy", &dir.join("cache"))?,
+            dir,
+            &opts,
+            &store_endpoint,
+            &minio_keys,
+        );
+        let proc = Blockproxy::start(command).await?;
+        Ok(Self {
+            addr: proc.addr(),
+            proc,
             dir: dir.to_path_buf(),
             http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
             opts,
             store_endpoint,
-            minio_keys: (backend.minio.access_key().into(), backend.minio.secret_key().into()),
-            bucket: backend.minio.bucket().into(),
-            logs: LogDir::new()?,
-            starts: 0,
-        };
-        std::fs::write(p.volumes_file(), volumes_yaml(&[(VOLUME, &p.bucket, TOKEN)]))?;
-        std::fs::write(dir.join("admin-token"), ADMIN_TOKEN)?;
-        p.spawn().await?;
-        Ok(p)
+            minio_keys,
+        })
     }
 
     /// Everything the proxy logged, across restarts.
     pub fn log_text(&self) -> String {
-        (1..=self.starts)
-            .map(|n| std::fs::read_to_string(self.logs.log_file(&format!("blockproxy-{n}"))).unwrap_or_default())
-            .collect()
+        self.proc.log_text()
     }
 
     pub fn volumes_file(&self) -> PathBuf {
@@ -147,88 +146,32 @@ impl ProxyProcess {
         self.url(&format!("/v1/volumes/{VOLUME}/blocks/{key}"))
     }
 
-    async fn spawn(&mut self) -> Result<()> {
-        self.starts += 1;
-        let log = std::fs::File::create(self.logs.log_file(&format!("blockproxy-{}", self.starts)))?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_blockproxy"));
-        cmd.arg("serve")
-            .args(["--bind-addr", &self.addr.to_string()])
-            .arg("--disk-folder")
-            .arg(self.cache_dir())
-            .args(["--disk-quota", &self.opts.quota])
-            .arg("--volumes-file")
-            .arg(self.volumes_file())
-            .arg("--admin-token-file")
-            .arg(self.dir.join("admin-token"))
-            .args(["--store-endpoint", &self.store_endpoint, "--store-path-style", "--reload-interval", "200ms"])
-            .args(["--log-format", "text"])
-            .args(&self.opts.extra)
-            .env("AWS_ACCESS_KEY_ID", &self.minio_keys.0)
-            .env("AWS_SECRET_ACCESS_KEY", &self.minio_keys.1)
-            .env("RUST_LOG", "info,blockproxy=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        if self.opts.sync {
-            cmd.arg("--sync");
-        }
-        if self.opts.no_writeback {
-            cmd.arg("--no-writeback");
-        }
-        cmd.arg("--no-tls");
-        self.child = Some(cmd.spawn().context("starting blockproxy")?);
-        let url = self.url("/readyz");
-        let http = self.http.clone();
-        eventually(Duration::from_secs(30), Duration::from_millis(50), || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let r = http.get(&url).send().await?;
-                if !r.status().is_success() {
-                    bail!("{url}: {}", r.status());
-                }
-                Ok(())
-            }
-        })
-        .await
-        .with_context(|| format!("blockproxy did not become ready; logs in {}", self.logs.path().display()))
-    }
-
     /// SIGKILL, like a crash: nothing is flushed, nothing is cleaned up.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.proc.kill();
     }
 
+    /// Kills the process if it runs and starts it again with [`ProxyProcess::opts`].
     pub async fn restart(&mut self) -> Result<()> {
-        self.kill9();
-        self.spawn().await
+        // Same address as before: clients and tests keep talking to it.
+        let base =
+            BlockproxyCommand::serve_at(env!("CARGO_BIN_EXE_blockproxy"), "blockproxy", self.addr, &self.cache_dir());
+        self.proc.set_command(serve_command(base, &self.dir, &self.opts, &self.store_endpoint, &self.minio_keys));
+        self.proc.restart().await?;
+        Ok(())
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.proc.pid()
     }
 
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("not running")?;
-        Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("blockproxy did not exit within {timeout:?} after SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.proc.stop_with("TERM", timeout).await
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.proc.is_running()
     }
 
     pub async fn put(&self, key: &str, data: &[u8]) -> Result<reqwest::Response> {
@@ -302,12 +245,6 @@ impl ProxyProcess {
     }
 }
 
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 /// Sends a raw HTTP/1.1 request line as given (no client-side path normalisation) and returns
 /// the status code.
 pub async fn raw_status(
@@ -331,6 +268,33 @@ pub async fn raw_status(
     s.read_to_end(&mut out).await?;
     let text = String::from_utf8_lossy(&out);
     text.split(' ').nth(1).and_then(|c| c.parse().ok()).with_context(|| format!("no status line in {text:?}"))
+}
+
+/// The `serve` flags of these tests: the volumes file, the admin token, MinIO through toxiproxy.
+fn serve_command(
+    base: BlockproxyCommand,
+    dir: &Path,
+    opts: &ProxyOptions,
+    store_endpoint: &str,
+    (access_key, secret_key): &(String, String),
+) -> BlockproxyCommand {
+    let mut command = base
+        .no_tls()
+        .args(["--disk-quota", opts.quota.as_str()])
+        .volumes_file(&dir.join("volumes.yaml"))
+        .arg("--admin-token-file")
+        .arg(dir.join("admin-token"))
+        .s3_store(store_endpoint, access_key, secret_key)
+        .args(["--reload-interval", "200ms"])
+        .args(&opts.extra)
+        .env("RUST_LOG", "info,blockproxy=debug");
+    if opts.sync {
+        command = command.arg("--sync");
+    }
+    if opts.no_writeback {
+        command = command.arg("--no-writeback");
+    }
+    command
 }
 
 pub fn version_of(r: &reqwest::Response) -> Result<u64> {
