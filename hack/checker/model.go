@@ -20,11 +20,8 @@ import (
 //
 // So the final state is the effect of the last mutation in some order that respects real time: an
 // acknowledged write is there unless a later acknowledged (or possibly-applied) mutation replaced
-// it. ADR 0002's first known limit (deletes are not tombstoned in the store, so an older write
-// flushed late can undo an acknowledged delete for other readers, while the deleting client keeps
-// reading not-found) makes, in the model that decides anomalies, an acknowledged delete possibly
-// undone, and leaves out the deleter's own final not-found (the read checks still judge it). The
-// strict model, without either, is checked too and its failures are reported as notes. An indeterminate write may win only over mutations it overlapped or followed, because its
+// it, and an acknowledged delete is never undone (deletes leave a tombstone in the store, so an
+// older write flushed late cannot bring the key back). An indeterminate write may win only over mutations it overlapped or followed, because its
 // version was assigned while it ran (ADR 0002: the store keeps the highest version). Reads made
 // during the run are not part of this check; ADR 0002 allows a reader of another client to see an
 // older version during a failover, and the session checks cover what it does promise.
@@ -73,18 +70,15 @@ var registerModel = porcupine.NondeterministicModel{
 }
 
 // finalStateOps is the porcupine history of one key: its mutations and its successful final reads.
-// With strict false, an acknowledged delete may have been undone (ADR 0002's known limit), and a
-// final not-found read by a client whose own last acknowledged mutation of the key was a delete is
-// left out.
-func finalStateOps(ops []Op, finals []Final, strict bool) []porcupine.Operation {
-	deleter := ownLastIsDelete(ops)
+// With deletesCertain false, an acknowledged delete may have been undone (ADR 0002's known limit).
+func finalStateOps(ops []Op, finals []Final, deletesCertain bool) []porcupine.Operation {
 	var out []porcupine.Operation
 	for _, op := range ops {
 		switch op.Kind {
 		case "put", "delete":
 			out = append(out, porcupine.Operation{
 				ClientId: op.Client,
-				Input:    regInput{Kind: op.Kind, Value: op.Value, Certain: op.Ok && (op.Kind == "put" || strict)},
+				Input:    regInput{Kind: op.Kind, Value: op.Value, Certain: op.Ok && (op.Kind == "put" || deletesCertain)},
 				Call:     op.CallNs,
 				Output:   "",
 				Return:   op.ReturnNs,
@@ -92,7 +86,7 @@ func finalStateOps(ops []Op, finals []Final, strict bool) []porcupine.Operation 
 		}
 	}
 	for _, f := range finals {
-		if !f.Ok || (!strict && f.Read == nil && deleter[f.Source]) {
+		if !f.Ok {
 			continue
 		}
 		out = append(out, porcupine.Operation{
@@ -102,20 +96,6 @@ func finalStateOps(ops []Op, finals []Final, strict bool) []porcupine.Operation 
 			Output:   absent(f.Read),
 			Return:   f.AtNs + 1,
 		})
-	}
-	return out
-}
-
-// ownLastIsDelete maps "client<N>" to whether that client's last acknowledged mutation (of the one
-// key these ops are about) was a delete.
-func ownLastIsDelete(ops []Op) map[string]bool {
-	sorted := append([]Op(nil), ops...)
-	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].CallNs < sorted[j].CallNs })
-	out := map[string]bool{}
-	for _, op := range sorted {
-		if op.Ok && op.Kind != "get" {
-			out[fmt.Sprintf("client%d", op.Client)] = op.Kind == "delete"
-		}
 	}
 	return out
 }
@@ -144,17 +124,14 @@ func checkFinalState(h History, timeout time.Duration, visualize func(key string
 	verdicts = map[string]string{}
 	for _, key := range keys {
 		ops, finals := opsByKey[key], finalsByKey[key]
-		result, info := porcupine.CheckOperationsVerbose(model, finalStateOps(ops, finals, false), timeout)
+		// Deletes leave a tombstone in the store (ADR 0001), so an acknowledged delete is certain.
+		result, info := porcupine.CheckOperationsVerbose(model, finalStateOps(ops, finals, true), timeout)
 		verdicts[key] = string(result)
 		switch result {
 		case porcupine.Illegal:
 			anomalies = append(anomalies, Anomaly{Kind: "final-state", Key: key, Message: explainFinal(ops, finals)})
 			if visualize != nil {
 				visualize(key, info)
-			}
-		case porcupine.Ok:
-			if porcupine.CheckOperationsTimeout(model, finalStateOps(ops, finals, true), timeout) == porcupine.Illegal {
-				notes = append(notes, Anomaly{Kind: "delete-undone", Key: key, Message: "ADR 0002's known limit: " + explainFinal(ops, finals)})
 			}
 		}
 	}

@@ -525,7 +525,7 @@ impl Client {
             let listed = store.list(&loc.bucket, &store_key(&loc.prefix, prefix)).await.map_err(ClientError::Store)?;
             return Ok(listed
                 .into_iter()
-                .filter(|o| o.key.len() > strip)
+                .filter(|o| o.key.len() > strip && !crate::store::is_tombstone_key(&o.key))
                 .map(|o| (o.key[strip..].to_owned(), o.size))
                 .collect());
         }

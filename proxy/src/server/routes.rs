@@ -237,7 +237,7 @@ async fn list_store(s: &AppState, cfg: &VolumeConfig, prefix: &str) -> Result<Re
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("listing the store failed: {e}")))?;
     let objects = listed
         .into_iter()
-        .filter(|o| o.key.len() > strip)
+        .filter(|o| o.key.len() > strip && !crate::store::is_tombstone_key(&o.key))
         .map(|o| StoreObject { key: o.key[strip..].to_owned(), size: o.size })
         .collect();
     Ok(axum::Json(StoreObjects { objects }).into_response())

@@ -9,6 +9,21 @@ use bytes::Bytes;
 /// Lost races in a row before giving up on this attempt (the caller retries later).
 const MAX_CONDITIONAL_ATTEMPTS: u32 = 8;
 
+/// Where a delete leaves its version (an empty object at `.blockproxy-tombstones/{key}`, outside
+/// every volume's prefix). Without it, an older write of the key that reaches the store after the
+/// delete (held dirty by a proxy that was cut off while the delete went elsewhere) would find the
+/// key absent and bring it back; with it, that write is recognised as older and skipped.
+pub const TOMBSTONE_PREFIX: &str = ".blockproxy-tombstones/";
+
+fn tombstone_key(key: &str) -> String {
+    format!("{TOMBSTONE_PREFIX}{key}")
+}
+
+/// Whether a listed store key is a delete's tombstone rather than an object.
+pub fn is_tombstone_key(key: &str) -> bool {
+    key.starts_with(TOMBSTONE_PREFIX)
+}
+
 /// What a conditional write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conditional {
@@ -31,13 +46,33 @@ pub async fn put_unless_newer(
     data: Bytes,
     meta: ObjectMeta,
 ) -> Result<Conditional, StoreError> {
+    put_versioned(store, bucket, key, data, meta, true).await
+}
+
+/// `tombstones`: whether an absent key's tombstone is consulted (not for tombstones themselves).
+async fn put_versioned(
+    store: &dyn Store,
+    bucket: &str,
+    key: &str,
+    data: Bytes,
+    meta: ObjectMeta,
+    tombstones: bool,
+) -> Result<Conditional, StoreError> {
     for _ in 0..MAX_CONDITIONAL_ATTEMPTS {
         let current = store.head(bucket, key).await?;
         let cond = match &current {
             Some(s) if s.version > meta.version => return Ok(Conditional::StoreNewer { store_version: s.version }),
             Some(s) if s.version == meta.version => return Ok(Conditional::Applied),
             Some(s) => Precondition::Matches(&s.etag),
-            None => Precondition::Absent,
+            None => {
+                if tombstones
+                    && let Some(t) = store.head(bucket, &tombstone_key(key)).await?
+                    && t.version > meta.version
+                {
+                    return Ok(Conditional::StoreNewer { store_version: t.version });
+                }
+                Precondition::Absent
+            }
         };
         match store.put_if(bucket, key, data.clone(), meta, cond).await {
             Ok(()) => return Ok(Conditional::Applied),
@@ -61,6 +96,10 @@ pub async fn delete_unless_newer(
     key: &str,
     version: u64,
 ) -> Result<Conditional, StoreError> {
+    // The tombstone goes first: from then on no older write can recreate the key. A newer
+    // tombstone already there is fine (a newer delete); the object is still removed if older.
+    let marker = ObjectMeta::for_data(version, b"");
+    put_versioned(store, bucket, &tombstone_key(key), Bytes::new(), marker, false).await?;
     for _ in 0..MAX_CONDITIONAL_ATTEMPTS {
         let Some(current) = store.head(bucket, key).await? else { return Ok(Conditional::Applied) };
         if current.version > version {
@@ -152,6 +191,26 @@ mod tests {
         assert_eq!(delete_unless_newer(&store, "b", "k", 10).await.unwrap(), Conditional::Applied);
         assert!(stored(&store).await.is_none());
         assert_eq!(delete_unless_newer(&store, "b", "k", 11).await.unwrap(), Conditional::Applied, "already gone");
+    }
+
+    #[tokio::test]
+    async fn a_write_older_than_a_delete_never_brings_the_key_back() {
+        // A proxy cut off while it held v6 dirty flushes it after v8's delete reached the store.
+        let store = MemoryStore::default();
+        put_unless_newer(&store, "b", "k", Bytes::from_static(b"v5"), meta(5, b"v5")).await.unwrap();
+        assert_eq!(delete_unless_newer(&store, "b", "k", 8).await.unwrap(), Conditional::Applied);
+        let late = put_unless_newer(&store, "b", "k", Bytes::from_static(b"v6"), meta(6, b"v6")).await.unwrap();
+        assert_eq!(late, Conditional::StoreNewer { store_version: 8 });
+        assert!(stored(&store).await.is_none(), "the deleted key came back");
+        // A write newer than the delete creates the key again; an older delete keeps the newer tombstone.
+        let newer = put_unless_newer(&store, "b", "k", Bytes::from_static(b"v9"), meta(9, b"v9")).await.unwrap();
+        assert_eq!(newer, Conditional::Applied);
+        assert_eq!(stored(&store).await, Some((b"v9".to_vec(), 9)));
+        assert_eq!(
+            delete_unless_newer(&store, "b", "k", 7).await.unwrap(),
+            Conditional::StoreNewer { store_version: 9 }
+        );
+        assert!(is_tombstone_key(&tombstone_key("k")) && !is_tombstone_key("k"));
     }
 
     #[tokio::test]

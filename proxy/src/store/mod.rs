@@ -13,7 +13,7 @@ mod local;
 pub(crate) mod memory;
 mod s3;
 
-pub use conditional::{Conditional, delete_unless_newer, put_unless_newer};
+pub use conditional::{Conditional, TOMBSTONE_PREFIX, delete_unless_newer, is_tombstone_key, put_unless_newer};
 pub use local::LocalDirStore;
 pub use s3::{S3Store, S3StoreConfig};
 

@@ -11,13 +11,10 @@
 //!    effect at one instant between its invocation and its completion; a failed or timed-out one
 //!    (indeterminate) takes effect at such an instant or never. So an acknowledged write is in the
 //!    final state unless a later acknowledged write or delete of the key replaced it (or an
-//!    indeterminate one that overlapped or followed it). The model is a register whose state is
-//!    the value (absent at the start); it is checked for linearizability with the reads *during*
-//!    the run left out, because ADR 0002 lets another client read an older version while a
-//!    failover lasts. ADR 0002's known limit (no tombstones: an older write flushed late can undo
-//!    an acknowledged delete for other readers, while the deleter keeps reading not-found) makes
-//!    an acknowledged delete possibly undone here; the stricter model is checked too and its
-//!    failures are printed as `delete-undone` notes, not failed.
+//!    indeterminate one that overlapped or followed it), and an acknowledged delete is never
+//!    undone. The model is a register whose state is the value (absent at the start); it is
+//!    checked for linearizability with the reads *during* the run left out, because ADR 0002 lets
+//!    another client read an older version while a failover lasts.
 //! 2. **Read your own writes**: no read returns a value older (a lower version) than the reader's
 //!    own last acknowledged put or delete of the key; not-found after its own acknowledged put is
 //!    older unless a delete that may be newer ran.
