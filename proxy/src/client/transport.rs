@@ -61,7 +61,10 @@ pub fn http_client(
     let tls_err = |reason: String| ClientError::Tls { reason };
     let mut builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
+        // Below the proxies' --header-read-timeout (10 s), which also closes idle keep-alive
+        // connections: the client lets an idle connection go first, instead of reusing one the
+        // proxy is closing at that moment (a spurious failure and failover).
+        .pool_idle_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     if let Some(pem) = ca_bundle {
         let mut roots = rustls::RootCertStore::empty();
