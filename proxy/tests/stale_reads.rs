@@ -8,7 +8,7 @@ mod client_support;
 mod support;
 
 use anyhow::{Result, ensure};
-use blockproxy::client::rendezvous;
+use blockproxy::client::{ClientConfig, rendezvous};
 use blockproxy::protocol::{BlockKey, DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation, VolumeId};
 use blockproxy_testenv::eventually;
 use bytes::Bytes;
@@ -45,18 +45,32 @@ fn key_owned_by(owner: &str, addresses: &[String]) -> BlockKey {
         .unwrap()
 }
 
+/// Two proxies A and B in one group over MinIO, and the configuration of a client of it.
+struct Group {
+    backend: Backend,
+    a: ProxyProcess,
+    b: ProxyProcess,
+    addresses: Vec<String>,
+    client: ClientConfig,
+    _dirs: [tempfile::TempDir; 3],
+}
+
+async fn group_of_two() -> Result<Group> {
+    let backend = Backend::start().await?;
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = ProxyProcess::start(&backend, dirs[0].path(), ProxyOptions::default()).await?;
+    let b = ProxyProcess::start(&backend, dirs[1].path(), ProxyOptions::default()).await?;
+    let addresses = vec![a.addr.to_string(), b.addr.to_string()];
+    let discovery_file = dirs[2].path().join("discovery.json");
+    client_support::write_discovery(&discovery_file, &discovery(backend.minio.bucket(), &addresses))?;
+    let mut client = client_support::fast_config(&discovery_file);
+    client.token = TOKEN.into();
+    Ok(Group { backend, a, b, addresses, client, _dirs: dirs })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_5xx_failover_the_writer_reads_its_write_and_others_within_the_ttl() -> Result<()> {
-    let backend = Backend::start().await?;
-    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = ProxyProcess::start(&backend, da.path(), ProxyOptions::default()).await?;
-    let b = ProxyProcess::start(&backend, db.path(), ProxyOptions::default()).await?;
-    let addresses = vec![a.addr.to_string(), b.addr.to_string()];
-    let root = tempfile::tempdir()?;
-    let discovery_file = root.path().join("discovery.json");
-    client_support::write_discovery(&discovery_file, &discovery(backend.minio.bucket(), &addresses))?;
-    let mut cfg = client_support::fast_config(&discovery_file);
-    cfg.token = TOKEN.into();
+    let Group { backend: _backend, a, b, addresses, client: cfg, _dirs } = group_of_two().await?;
     let writer = client_support::start_client(cfg.clone()).await?;
     let reader = client_support::start_client(cfg).await?;
 
@@ -90,16 +104,8 @@ async fn after_a_5xx_failover_the_writer_reads_its_write_and_others_within_the_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_never_reads_a_value_older_than_its_own_delete() -> Result<()> {
-    let backend = Backend::start().await?;
-    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let a = ProxyProcess::start(&backend, da.path(), ProxyOptions::default()).await?;
-    let b = ProxyProcess::start(&backend, db.path(), ProxyOptions::default()).await?;
-    let addresses = vec![a.addr.to_string(), b.addr.to_string()];
-    let root = tempfile::tempdir()?;
-    let discovery_file = root.path().join("discovery.json");
-    client_support::write_discovery(&discovery_file, &discovery(backend.minio.bucket(), &addresses))?;
-    let mut cfg = client_support::fast_config(&discovery_file);
-    cfg.token = TOKEN.into();
+    // B must stay up (it takes the failed-over delete) even though the test never names it.
+    let Group { backend: _backend, a, b: _b, addresses, client: cfg, _dirs } = group_of_two().await?;
     let client = client_support::start_client(cfg).await?;
 
     let key = key_owned_by(&addresses[0], &addresses);
