@@ -15,16 +15,18 @@ fn put_headers(data: &[u8]) -> Vec<(&'static str, String)> {
     vec![("Authorization", format!("Bearer {TOKEN}")), (CHECKSUM_HEADER, Checksum::crc32c(data).to_string())]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_put_gets_its_413_with_or_without_expect_continue() -> Result<()> {
+/// MinIO and one proxy started with extra `flags`.
+async fn proxy_with(flags: &[&str]) -> Result<(Backend, tempfile::TempDir, ProxyProcess)> {
     let backend = Backend::start().await?;
     let dir = tempfile::tempdir()?;
-    let proxy = ProxyProcess::start(
-        &backend,
-        dir.path(),
-        ProxyOptions { extra: vec!["--max-block-size".into(), "1Mi".into()], ..Default::default() },
-    )
-    .await?;
+    let opts = ProxyOptions { extra: flags.iter().map(|f| f.to_string()).collect(), ..Default::default() };
+    let proxy = ProxyProcess::start(&backend, dir.path(), opts).await?;
+    Ok((backend, dir, proxy))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_put_gets_its_413_with_or_without_expect_continue() -> Result<()> {
+    let (_backend, _dir, proxy) = proxy_with(&["--max-block-size", "1Mi"]).await?;
     let big = random_bytes(8 << 20);
     // A client library that sends the whole body before reading (reqwest does) reads the 413.
     for round in 0..5 {
@@ -45,19 +47,8 @@ async fn an_oversized_put_gets_its_413_with_or_without_expect_continue() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_time_out_and_release_their_permits() -> Result<()> {
-    let backend = Backend::start().await?;
-    let dir = tempfile::tempdir()?;
-    let proxy = ProxyProcess::start(
-        &backend,
-        dir.path(),
-        ProxyOptions {
-            extra: ["--max-bops", "1", "--header-read-timeout", "1s", "--body-idle-timeout", "1s"]
-                .map(String::from)
-                .to_vec(),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let (_backend, _dir, proxy) =
+        proxy_with(&["--max-bops", "1", "--header-read-timeout", "1s", "--body-idle-timeout", "1s"]).await?;
     // Half a request head, then nothing: the proxy hangs up.
     let mut slow_head = tokio::net::TcpStream::connect(proxy.addr).await?;
     slow_head.write_all(format!("GET /v1/volumes/{VOLUME}/blocks/x HTTP/1.1\r\nHost: x\r\n").as_bytes()).await?;
@@ -78,17 +69,7 @@ async fn slow_clients_time_out_and_release_their_permits() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_in_flight_are_bounded_with_a_clear_503() -> Result<()> {
-    let backend = Backend::start().await?;
-    let dir = tempfile::tempdir()?;
-    let proxy = ProxyProcess::start(
-        &backend,
-        dir.path(),
-        ProxyOptions {
-            extra: ["--max-block-size", "1Mi", "--max-inflight-bytes", "1Mi"].map(String::from).to_vec(),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let (_backend, _dir, proxy) = proxy_with(&["--max-block-size", "1Mi", "--max-inflight-bytes", "1Mi"]).await?;
     let data = random_bytes(768 << 10);
     let path = format!("/v1/volumes/{VOLUME}/blocks/budget/held");
     let held = StalledPut::start(proxy.addr, &path, &put_headers(&data), &data[..1024], data.len()).await?;
