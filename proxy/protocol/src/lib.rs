@@ -6,12 +6,14 @@ mod checksum;
 mod discovery;
 mod drain;
 mod names;
+mod object;
 mod volumes;
 
 pub use checksum::{Checksum, ChecksumError};
 pub use discovery::{DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation};
 pub use drain::{DirtyKey, DirtyKeys, DrainStatus, StoreObject, StoreObjects};
 pub use names::{BlockKey, MAX_KEY_LEN, MAX_VOLUME_ID_LEN, NameError, VolumeId};
+pub use object::*;
 pub use volumes::{VolumeConfig, VolumesFile, VolumesFileError};
 
 /// Prefix of every versioned API path.
