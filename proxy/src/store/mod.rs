@@ -370,6 +370,7 @@ mod tests {
         assert!(check_range("b", "k", &(0..10), 10).is_ok());
         assert!(check_range("b", "k", &(9..10), 10).is_ok());
         assert!(check_range("b", "k", &(0..0), 0).is_ok(), "an empty range of an empty object");
+        #[allow(clippy::reversed_empty_ranges)]
         for r in [0..11, 10..10, 10..12, 5..4] {
             assert!(matches!(check_range("b", "k", &r, 10), Err(StoreError::InvalidRange { .. })), "{r:?}");
         }
