@@ -106,6 +106,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "BLOCKPROXY_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Multipart uploads staged on this proxy and left unfinished this long are removed (checked
+    /// at start and periodically), giving their disk space back.
+    #[arg(long, env = "BLOCKPROXY_UPLOAD_EXPIRY", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub upload_expiry: Duration,
+
     /// How often to check the volumes file for changes.
     #[arg(long, env = "BLOCKPROXY_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub reload_interval: Duration,

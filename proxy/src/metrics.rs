@@ -20,6 +20,7 @@ pub struct Metrics {
     pub cache_dirty_bytes: IntGauge,
     pub cache_oldest_dirty_age_seconds: prometheus::Gauge,
     pub store_requests_total: IntCounterVec,
+    pub store_read_bytes_total: IntCounter,
     pub writeback_queue_depth: IntGauge,
     pub writeback_flush_seconds: Histogram,
     pub writeback_flush_errors_total: IntCounterVec,
@@ -115,6 +116,14 @@ impl Metrics {
                 prometheus::Gauge::new(
                     "blockproxy_cache_oldest_dirty_age_seconds",
                     "Age of the oldest unflushed block",
+                )
+                .expect("valid"),
+            ),
+            store_read_bytes_total: reg(
+                &r,
+                IntCounter::new(
+                    "blockproxy_store_read_bytes_total",
+                    "Bytes fetched from the object store for reads (whole blocks and ranges)",
                 )
                 .expect("valid"),
             ),

@@ -38,6 +38,12 @@ pub struct DirtyKey {
     /// True for a pending delete (the key will disappear from the store).
     pub deleted: bool,
     pub version: u64,
+    /// The version's S3 ETag, quoted (absent for deletes and blocks written before ETags).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// When the version was written, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified_ms: Option<u64>,
 }
 
 /// Answer of `GET /v1/volumes/{volume}/objects?prefix=`: the objects the store holds under the
@@ -47,6 +53,9 @@ pub struct DirtyKey {
 #[serde(rename_all = "camelCase")]
 pub struct StoreObjects {
     pub objects: Vec<StoreObject>,
+    /// Set when the listing was cut at `maxKeys`: pass it as `startAfter` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_start_after: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,4 +63,10 @@ pub struct StoreObjects {
 pub struct StoreObject {
     pub key: String,
     pub size: u64,
+    /// The store's ETag, quoted as S3 lists it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The store's Last-Modified, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified_ms: Option<u64>,
 }

@@ -2,14 +2,22 @@
 //!
 //! ```text
 //! magic "BPXB" | header_len u32 | format u16 | flags u16 | version u64 | data_crc32c u32 |
-//! data_len u64 | 4 x (u16 len + bytes): volume, key, bucket, store_key | header_crc32c u32 | data
+//! data_len u64 | 4 x (u16 len + bytes): volume, key, bucket, store_key |
+//! (format 2:) u16 len + etag | modified_ns u64 | u32 len + attributes JSON | u32 n + n x u64 part sizes |
+//! u8 striped + (index u64, block size u64, object size u64) | header_crc32c u32 | data
 //! ```
+//!
+//! Format 1 files (written before the object model) still decode, with no ETag, attributes or
+//! parts. The header is the commit record of an object version (ADR 0004): the data, its part
+//! sizes (the store upload repeats them, so the store's ETag equals `etag`), its attributes and
+//! its version become visible together, by the rename of the complete file.
 //!
 //! The header carries everything needed to flush the block (its store location and version), so
 //! the writeback queue is rebuilt from the `dirty/` directory alone after a crash, even if the
 //! volume has meanwhile been removed from the volumes file. Files are named by a hash of
 //! (volume, key) under a two-level fan-out, because keys may be longer than a file name.
 
+use blockproxy_protocol::ObjectAttrs;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -19,8 +27,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 const MAGIC: &[u8; 4] = b"BPXB";
-const FORMAT: u16 = 1;
+const FORMAT_V1: u16 = 1;
+const FORMAT: u16 = 2;
 const FLAG_TOMBSTONE: u16 = 1;
+/// 10,000 parts, attributes within S3's limits and names: far below this.
+const MAX_HEADER_LEN: u64 = 1 << 20;
 
 /// Everything about a block file except its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +45,26 @@ pub struct BlockHeader {
     pub data_len: u64,
     /// A pending delete: no data, flushing it deletes the object.
     pub tombstone: bool,
+    /// The S3 ETag of this version, unquoted: `multipart_etag` of the parts' MD5s for our writes,
+    /// the store's ETag for a block fetched from the store (the ETag it is pinned to). Empty for
+    /// tombstones and format 1 files.
+    pub etag: String,
+    /// When this version was written, in nanoseconds since the Unix epoch: the version itself for
+    /// our writes (versions are clock readings), the store's Last-Modified for fetched blocks.
+    pub modified_ns: u64,
+    pub attrs: ObjectAttrs,
+    /// Part sizes of the store upload; empty means one part.
+    pub parts: Vec<u64>,
+    /// Set when the file holds one striped block of a clean object rather than the object.
+    pub stripe: Option<StripeHeader>,
+}
+
+/// Which block of a clean store object a file holds (ADR 0004, striped reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StripeHeader {
+    pub index: u64,
+    pub block_size: u64,
+    pub object_size: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +87,27 @@ impl BlockHeader {
         body.put_u64_le(self.version);
         body.put_u32_le(self.data_crc32c);
         body.put_u64_le(self.data_len);
-        for s in [&self.volume, &self.key, &self.bucket, &self.store_key] {
+        for s in [&self.volume, &self.key, &self.bucket, &self.store_key, &self.etag] {
             // Names are validated to be far below u16::MAX long.
             body.put_u16_le(s.len() as u16);
             body.put_slice(s.as_bytes());
+        }
+        body.put_u64_le(self.modified_ns);
+        let attrs = serde_json::to_vec(&self.attrs).unwrap_or_default();
+        body.put_u32_le(attrs.len() as u32);
+        body.put_slice(&attrs);
+        body.put_u32_le(self.parts.len() as u32);
+        for p in &self.parts {
+            body.put_u64_le(*p);
+        }
+        match self.stripe {
+            None => body.put_u8(0),
+            Some(st) => {
+                body.put_u8(1);
+                body.put_u64_le(st.index);
+                body.put_u64_le(st.block_size);
+                body.put_u64_le(st.object_size);
+            }
         }
         let header_len = (4 + 4 + body.len() + 4) as u32;
         let mut out = BytesMut::with_capacity(header_len as usize);
@@ -86,15 +134,16 @@ impl BlockHeader {
         }
         let mut b = &covered[8..];
         let format = b.get_u16_le();
-        if format != FORMAT {
+        if format != FORMAT && format != FORMAT_V1 {
             return Err(FormatError::UnsupportedFormat(format));
         }
         let flags = b.get_u16_le();
         let version = b.get_u64_le();
         let data_crc32c = b.get_u32_le();
         let data_len = b.get_u64_le();
-        let mut strings = Vec::with_capacity(4);
-        for _ in 0..4 {
+        let n_strings = if format == FORMAT_V1 { 4 } else { 5 };
+        let mut strings = Vec::with_capacity(n_strings);
+        for _ in 0..n_strings {
             if b.remaining() < 2 {
                 return Err(FormatError::Corrupt);
             }
@@ -106,7 +155,39 @@ impl BlockHeader {
             b.advance(len);
             strings.push(s);
         }
+        let etag = if format == FORMAT_V1 { String::new() } else { strings.pop().ok_or(FormatError::Corrupt)? };
         let [volume, key, bucket, store_key]: [String; 4] = strings.try_into().map_err(|_| FormatError::Corrupt)?;
+        let (mut attrs, mut parts, mut stripe, mut modified_ns) = (ObjectAttrs::default(), Vec::new(), None, version);
+        if format != FORMAT_V1 {
+            if b.remaining() < 8 {
+                return Err(FormatError::Corrupt);
+            }
+            modified_ns = b.get_u64_le();
+            let len = take_u32(&mut b)? as usize;
+            if b.remaining() < len {
+                return Err(FormatError::Corrupt);
+            }
+            attrs = serde_json::from_slice(&b[..len]).map_err(|_| FormatError::Corrupt)?;
+            b.advance(len);
+            let n = take_u32(&mut b)? as usize;
+            if b.remaining() < n.saturating_mul(8) {
+                return Err(FormatError::Corrupt);
+            }
+            parts = (0..n).map(|_| b.get_u64_le()).collect();
+            if b.remaining() < 1 {
+                return Err(FormatError::Corrupt);
+            }
+            if b.get_u8() == 1 {
+                if b.remaining() < 24 {
+                    return Err(FormatError::Corrupt);
+                }
+                stripe = Some(StripeHeader {
+                    index: b.get_u64_le(),
+                    block_size: b.get_u64_le(),
+                    object_size: b.get_u64_le(),
+                });
+            }
+        }
         let header = Self {
             volume,
             key,
@@ -116,9 +197,21 @@ impl BlockHeader {
             data_crc32c,
             data_len,
             tombstone: flags & FLAG_TOMBSTONE != 0,
+            etag,
+            modified_ns,
+            attrs,
+            parts,
+            stripe,
         };
         Ok((header, header_len))
     }
+}
+
+fn take_u32(b: &mut &[u8]) -> Result<u32, FormatError> {
+    if b.remaining() < 4 {
+        return Err(FormatError::Corrupt);
+    }
+    Ok(b.get_u32_le())
 }
 
 /// Makes a directory's entries durable: an fsync of the directory. A trait only so that tests can
@@ -308,11 +401,29 @@ pub fn read_block(path: &Path) -> io::Result<Result<(BlockHeader, Bytes), Format
 
 /// Reads only the header of a block file (for the start-up scan), and the file's size.
 pub fn read_header(path: &Path) -> io::Result<Result<(BlockHeader, u64), FormatError>> {
-    let mut f = File::open(path)?;
+    Ok(read_header_len(path)?.map(|(h, _, size)| (h, size)))
+}
+
+/// Reads only the header of a block file: the header, its length (where the data starts), and
+/// the file's size. Headers with many parts or attributes may exceed the first read.
+pub fn read_header_len(path: &Path) -> io::Result<Result<(BlockHeader, u64, u64), FormatError>> {
+    read_header_of(&mut File::open(path)?)
+}
+
+/// [`read_header_len`] of an open file (read from its current position, the start).
+pub fn read_header_of(f: &mut File) -> io::Result<Result<(BlockHeader, u64, u64), FormatError>> {
     let size = f.metadata()?.len();
     let mut buf = vec![0u8; 4096.min(size as usize)];
     f.read_exact(&mut buf)?;
-    Ok(BlockHeader::decode(&buf).map(|(h, _)| (h, size)))
+    if buf.len() >= 8 && &buf[..4] == MAGIC {
+        let header_len = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as u64;
+        if header_len > buf.len() as u64 && header_len <= size && header_len <= MAX_HEADER_LEN {
+            let have = buf.len();
+            buf.resize(header_len as usize, 0);
+            f.read_exact(&mut buf[have..])?;
+        }
+    }
+    Ok(BlockHeader::decode(&buf).map(|(h, len)| (h, len as u64, size)))
 }
 
 /// Every file below an area (two-level fan-out).
@@ -343,6 +454,15 @@ mod tests {
             data_crc32c: crc32c::crc32c(b"data"),
             data_len: 4,
             tombstone: false,
+            etag: "8d777f385d3dfec8815d20f7496026dc".into(),
+            modified_ns: 42,
+            attrs: ObjectAttrs {
+                content_type: Some("text/plain".into()),
+                user_metadata: [("a".to_owned(), "b".to_owned())].into(),
+                ..Default::default()
+            },
+            parts: vec![4],
+            stripe: None,
         }
     }
 

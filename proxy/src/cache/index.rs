@@ -9,13 +9,29 @@ use std::time::Instant;
 pub struct BlockId {
     pub volume: VolumeId,
     pub key: BlockKey,
+    /// `None` for the object itself (what writes, flushes and home reads use); `Some` for one
+    /// striped block of a clean store object, cached pinned to the store's ETag (ADR 0004).
+    pub stripe: Option<Stripe>,
+}
+
+/// Block `index` of an object cut at `block_size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Stripe {
+    pub index: u64,
+    pub block_size: u64,
+}
+
+impl BlockId {
+    pub fn object(volume: VolumeId, key: BlockKey) -> Self {
+        Self { volume, key, stripe: None }
+    }
 }
 
 #[cfg(test)]
 impl BlockId {
     /// A block of volume `v`, for tests.
     pub(crate) fn of_test_volume(key: &str) -> Self {
-        Self { volume: VolumeId::parse("v").unwrap(), key: BlockKey::parse(key).unwrap() }
+        Self::object(VolumeId::parse("v").unwrap(), BlockKey::parse(key).unwrap())
     }
 }
 
@@ -41,12 +57,32 @@ pub struct Entry {
     /// For a clean entry: when the store was last known to hold this version (fetched, flushed or
     /// revalidated). `None` when unknown, as for entries found on disk at start.
     pub validated: Option<Instant>,
+    /// The version's S3 ETag (unquoted), as in the file's header; empty when unknown.
+    pub etag: String,
+    /// For a clean entry: the store object's own ETag (unquoted) as last seen, which block reads
+    /// pin to. Unknown after a flush or a restart until the store is asked (one HEAD).
+    pub store_etag: Option<String>,
     lru_tick: u64,
 }
 
 impl Entry {
     pub fn new(name: String, file_size: u64, data_len: u64, version: u64, state: EntryState) -> Self {
-        Self { name, file_size, data_len, version, state, validated: None, lru_tick: 0 }
+        Self {
+            name,
+            file_size,
+            data_len,
+            version,
+            state,
+            validated: None,
+            etag: String::new(),
+            store_etag: None,
+            lru_tick: 0,
+        }
+    }
+
+    pub fn with_etag(mut self, etag: impl Into<String>) -> Self {
+        self.etag = etag.into();
+        self
     }
 
     /// The same entry, known to match the store as of `at`.
@@ -83,6 +119,9 @@ pub struct Index {
     reserved_bytes: u64,
     dirty_bytes: u64,
     dirty_blocks: u64,
+    /// Parts of unfinished multipart uploads on disk: never evictable, held to the quota like
+    /// dirty data.
+    staged_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -92,6 +131,7 @@ pub struct Usage {
     pub dirty_bytes: u64,
     pub dirty_blocks: u64,
     pub blocks: u64,
+    pub staged_bytes: u64,
 }
 
 impl Index {
@@ -116,6 +156,7 @@ impl Index {
             dirty_bytes: self.dirty_bytes,
             dirty_blocks: self.dirty_blocks,
             blocks: self.entries.len() as u64,
+            staged_bytes: self.staged_bytes,
         }
     }
 
@@ -139,10 +180,10 @@ impl Index {
     /// Reserves `size` bytes for a new file, evicting least-recently-used clean blocks as needed.
     /// Returns the evicted blocks, whose files the caller deletes. Dirty blocks are never evicted.
     pub fn reserve(&mut self, size: u64, dirty: bool) -> Result<Vec<(BlockId, Entry)>, AdmitError> {
-        if dirty && self.dirty_bytes + size > self.quota {
+        if dirty && self.dirty_bytes + self.staged_bytes + size > self.quota {
             return Err(AdmitError::DirtyQuota);
         }
-        let needed = (self.used_bytes + self.reserved_bytes + size).saturating_sub(self.quota);
+        let needed = (self.used_bytes + self.staged_bytes + self.reserved_bytes + size).saturating_sub(self.quota);
         let clean_bytes = self.used_bytes - self.dirty_bytes;
         if needed > clean_bytes {
             return Err(if dirty { AdmitError::DirtyQuota } else { AdmitError::NoSpace });
@@ -165,6 +206,25 @@ impl Index {
             }
         }
         evicted
+    }
+
+    /// Takes `size` bytes of quota for staged upload data (evicting clean blocks as needed), or
+    /// refuses like a dirty write.
+    pub fn stage(&mut self, size: u64) -> Result<Vec<(BlockId, Entry)>, AdmitError> {
+        let evicted = self.reserve(size, true)?;
+        self.reserved_bytes -= size;
+        self.staged_bytes += size;
+        Ok(evicted)
+    }
+
+    /// Counts staged bytes that are on disk already (found at start).
+    pub fn stage_found(&mut self, size: u64) {
+        self.staged_bytes += size;
+    }
+
+    /// Gives staged bytes back (the staging was removed, or became a dirty file).
+    pub fn unstage(&mut self, size: u64) {
+        self.staged_bytes = self.staged_bytes.saturating_sub(size);
     }
 
     pub fn release(&mut self, reserved: u64) {
@@ -214,13 +274,15 @@ impl Index {
         true
     }
 
-    /// Records that the store still holds `version` of a clean entry, as of `at`.
-    pub fn mark_validated(&mut self, id: &BlockId, version: u64, at: Instant) {
+    /// Records that the store still holds `version` of a clean entry, as of `at`, as the object
+    /// with `store_etag`.
+    pub fn mark_validated(&mut self, id: &BlockId, version: u64, at: Instant, store_etag: &str) {
         if let Some(e) = self.entries.get_mut(id)
             && !e.is_dirty()
             && e.version == version
         {
             e.validated = Some(at);
+            e.store_etag = Some(store_etag.to_owned());
         }
     }
 
@@ -229,7 +291,9 @@ impl Index {
         let mut out: Vec<_> = self
             .entries
             .iter()
-            .filter(|(id, e)| e.is_dirty() && &id.volume == volume && id.key.as_str().starts_with(prefix))
+            .filter(|(id, e)| {
+                e.is_dirty() && id.stripe.is_none() && &id.volume == volume && id.key.as_str().starts_with(prefix)
+            })
             .map(|(id, e)| (id.clone(), e.clone()))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -308,6 +372,17 @@ mod tests {
         assert_eq!(evicted, ["a", "b"]);
         assert_eq!(idx.evict(1000).len(), 1, "only c is left to evict; d is dirty");
         assert_eq!(idx.usage().used_bytes, 10);
+    }
+
+    #[test]
+    fn staged_upload_bytes_count_against_the_quota_like_dirty_data() {
+        let mut idx = Index::new(100);
+        idx.insert(id("c"), clean(40), 0);
+        assert_eq!(idx.stage(70).unwrap().len(), 1, "clean data is evicted for staging");
+        assert_eq!(idx.reserve(40, true).unwrap_err(), AdmitError::DirtyQuota);
+        assert_eq!(idx.stage(40).unwrap_err(), AdmitError::DirtyQuota);
+        idx.unstage(70);
+        assert!(idx.reserve(40, true).is_ok());
     }
 
     #[test]

@@ -12,12 +12,15 @@ pub mod epoch;
 pub mod flight;
 pub mod index;
 mod quarantine;
+pub mod staging;
 
+pub use disk::{BlockHeader, StripeHeader};
 pub use epoch::FetchKey;
-pub use index::{BlockId, Usage};
+pub use index::{BlockId, Stripe, Usage};
 
+use blockproxy_protocol::ObjectAttrs;
 use bytes::Bytes;
-use disk::{Area, BlockHeader, FormatError, Layout};
+use disk::{Area, FormatError, Layout};
 use epoch::RemovalEpochs;
 use index::{AdmitError, Entry, EntryState, Index};
 use std::io;
@@ -85,6 +88,23 @@ pub struct DirtyWrite {
     pub version: u64,
     /// `None` is a delete (tombstone).
     pub data: Option<Bytes>,
+    /// The version's S3 ETag (unquoted; empty for a delete).
+    pub etag: String,
+    pub attrs: ObjectAttrs,
+    /// Part sizes of the store upload; empty means one part.
+    pub parts: Vec<u64>,
+}
+
+/// What is known of a block fetched from the store, kept in its file's header.
+#[derive(Debug, Clone, Default)]
+pub struct FetchedMeta {
+    /// The store's ETag (unquoted) the block is pinned to.
+    pub etag: String,
+    pub attrs: ObjectAttrs,
+    /// The whole object's size, for a striped block.
+    pub object_size: u64,
+    /// The store's Last-Modified, in nanoseconds since the Unix epoch.
+    pub modified_ns: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +120,8 @@ pub enum WriteOutcome {
 pub enum Lookup {
     /// `crc32c` is the verified checksum of `data`, so callers need not compute it again.
     Hit {
+        /// The commit record: ETag, attributes, part sizes.
+        header: Box<BlockHeader>,
         data: Bytes,
         version: u64,
         dirty: bool,
@@ -112,6 +134,29 @@ pub enum Lookup {
     Miss,
     /// The cached copy failed verification and was dropped; fetch it again.
     DroppedCorrupt,
+}
+
+/// A block file opened by [`Cache::open_block`].
+#[derive(Debug)]
+pub struct OpenBlock {
+    pub header: BlockHeader,
+    pub file: std::fs::File,
+    /// Where the data starts in the file.
+    pub data_offset: u64,
+    pub dirty: bool,
+    /// For a clean block, when the store was last known to hold this version.
+    pub validated: Option<Instant>,
+    /// For a clean block, the store object's ETag (unquoted) when known.
+    pub store_etag: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Opened {
+    Block(OpenBlock),
+    /// A delete is pending writeback.
+    Deleted,
+    /// Not cached (or its clean copy failed verification and was dropped).
+    Miss,
 }
 
 /// What happened when a dirty block was sent to the store.
@@ -176,7 +221,8 @@ impl Cache {
                         h.data_len,
                         h.version,
                         EntryState::Dirty { since, tombstone: h.tombstone },
-                    );
+                    )
+                    .with_etag(h.etag.clone());
                     index.insert(id.clone(), entry, 0);
                     recovery.dirty.push(id);
                 }
@@ -201,7 +247,8 @@ impl Cache {
             let id = header.as_ref().ok().and_then(|(h, _)| block_id(h));
             match (header, id) {
                 (Ok((h, size)), Some(id)) if index.get(&id).is_none() && !h.tombstone => {
-                    let entry = Entry::new(file_name(&path), size, h.data_len, h.version, EntryState::Clean);
+                    let entry = Entry::new(file_name(&path), size, h.data_len, h.version, EntryState::Clean)
+                        .with_etag(h.etag.clone());
                     index.insert(id, entry, 0);
                     recovery.clean_blocks += 1;
                 }
@@ -234,13 +281,10 @@ impl Cache {
         self.index().dirty_ids()
     }
 
-    /// Dirty entries under a key prefix: (key, data length, version, is a pending delete).
-    pub fn dirty_under(&self, volume: &blockproxy_protocol::VolumeId, prefix: &str) -> Vec<(BlockId, u64, u64, bool)> {
-        self.index()
-            .dirty_under(volume, prefix)
-            .into_iter()
-            .map(|(id, e)| (id, e.data_len, e.version, e.is_tombstone()))
-            .collect()
+    /// Dirty entries under a key prefix, in key order (data length, version, ETag, whether it is
+    /// a pending delete).
+    pub fn dirty_under(&self, volume: &blockproxy_protocol::VolumeId, prefix: &str) -> Vec<(BlockId, index::Entry)> {
+        self.index().dirty_under(volume, prefix)
     }
 
     /// The version the cache holds for a block, if any.
@@ -270,6 +314,11 @@ impl Cache {
             data_crc32c: crc32c::crc32c(&data),
             data_len: data.len() as u64,
             tombstone: w.data.is_none(),
+            etag: w.etag,
+            modified_ns: w.version,
+            attrs: w.attrs,
+            parts: w.parts,
+            stripe: None,
         };
         let file_size = header.encode().len() as u64 + data.len() as u64;
         if let Some(current) = self.superseding_version(&w.id, w.version) {
@@ -278,7 +327,7 @@ impl Cache {
         let evicted = self.reserve(file_size, true)?;
         self.delete_set_aside(evicted).await;
 
-        let name = Layout::file_name(&header.volume, &header.key);
+        let name = name_of(&w.id);
         let tmp = match self.write_tmp(&header, data, file_size, Area::Dirty, &name).await {
             Ok(t) => t,
             Err(e) => {
@@ -286,11 +335,59 @@ impl Cache {
                 return Err(e);
             }
         };
+        self.install_dirty(&w.id, tmp, &header, file_size).await
+    }
 
+    /// A fresh path under `tmp/` (emptied at start) to build a file in, on the cache's disk.
+    pub fn tmp_path(&self) -> PathBuf {
+        self.layout.tmp_path()
+    }
+
+    /// Commits a complete block file built in `tmp` (header then data, fsynced by the caller with
+    /// `sync`) as the dirty version of `id`, like [`Cache::write_dirty`]: the rename into `dirty/`
+    /// is the commit. The file is removed when it is not committed.
+    pub async fn commit_dirty_file(
+        &self,
+        id: &BlockId,
+        tmp: PathBuf,
+        header: &BlockHeader,
+        file_size: u64,
+    ) -> Result<WriteOutcome, CacheError> {
+        let reserved = match self.reserve(file_size, true) {
+            Ok(evicted) => evicted,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
+        self.delete_set_aside(reserved).await;
+        let name = name_of(id);
+        let fanout = {
+            let (layout, name) = (self.layout.clone(), name.clone());
+            tokio::task::spawn_blocking(move || layout.ensure_fanout(Area::Dirty, &name)).await
+        };
+        if let Err(e) = fanout.map_err(io::Error::other).and_then(|r| r) {
+            self.index().release(file_size);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_err("create directory")(e));
+        }
+        self.install_dirty(id, tmp, header, file_size).await
+    }
+
+    /// Renames a complete dirty file into place unless a newer version is there already; `file_size`
+    /// bytes are reserved by the caller and become usage (or are released).
+    async fn install_dirty(
+        &self,
+        id: &BlockId,
+        tmp: PathBuf,
+        header: &BlockHeader,
+        file_size: u64,
+    ) -> Result<WriteOutcome, CacheError> {
+        let name = name_of(id);
         let installed = {
             let mut index = self.index();
-            match index.get(&w.id) {
-                Some(e) if e.version >= w.version => {
+            match index.get(id) {
+                Some(e) if e.version >= header.version => {
                     let current = e.version;
                     index.release(file_size);
                     drop(index);
@@ -303,8 +400,9 @@ impl Cache {
             match self.layout.install(&tmp, Area::Dirty, &name) {
                 Ok(path) => {
                     let state = EntryState::Dirty { since: Instant::now(), tombstone: header.tombstone };
-                    let entry = Entry::new(name.clone(), file_size, header.data_len, header.version, state);
-                    if let Some(old) = index.insert(w.id.clone(), entry, file_size)
+                    let entry = Entry::new(name.clone(), file_size, header.data_len, header.version, state)
+                        .with_etag(header.etag.clone());
+                    if let Some(old) = index.insert(id.clone(), entry, file_size)
                         && !old.is_dirty()
                     {
                         let _ = std::fs::remove_file(self.layout.path(Area::Clean, &old.name));
@@ -389,9 +487,10 @@ impl Cache {
         FetchKey { id: id.clone(), epoch: self.epochs.get(id) }
     }
 
-    /// Records that the store still holds `version` of a clean block (a revalidation).
-    pub fn mark_validated(&self, id: &BlockId, version: u64, at: Instant) {
-        self.index().mark_validated(id, version, at);
+    /// Records that the store still holds `version` of a clean block (a revalidation), as the
+    /// object with `store_etag` (unquoted).
+    pub fn mark_validated(&self, id: &BlockId, version: u64, at: Instant, store_etag: &str) {
+        self.index().mark_validated(id, version, at, store_etag);
     }
 
     /// Drops a clean block (write-through overwrite or delete). Dirty blocks are never dropped.
@@ -407,7 +506,15 @@ impl Cache {
     /// Caches a block fetched from the store, unless the cache holds it already (a write that
     /// raced the fetch wins), a removal happened since the fetch started, or there is no evictable
     /// room (the block is then served uncached).
-    pub async fn insert_clean(&self, fetch: FetchKey, bucket: &str, store_key: &str, data: Bytes, version: u64) {
+    pub async fn insert_clean(
+        &self,
+        fetch: FetchKey,
+        bucket: &str,
+        store_key: &str,
+        data: Bytes,
+        version: u64,
+        meta: FetchedMeta,
+    ) {
         let id = fetch.id;
         let header = BlockHeader {
             volume: id.volume.to_string(),
@@ -418,6 +525,15 @@ impl Cache {
             data_crc32c: crc32c::crc32c(&data),
             data_len: data.len() as u64,
             tombstone: false,
+            etag: meta.etag,
+            modified_ns: meta.modified_ns,
+            attrs: meta.attrs,
+            parts: Vec::new(),
+            stripe: id.stripe.map(|s| StripeHeader {
+                index: s.index,
+                block_size: s.block_size,
+                object_size: meta.object_size,
+            }),
         };
         let file_size = header.encode().len() as u64 + data.len() as u64;
         if self.index().get(&id).is_some() {
@@ -425,7 +541,7 @@ impl Cache {
         }
         let Ok(evicted) = self.reserve(file_size, false) else { return };
         self.delete_set_aside(evicted).await;
-        let name = Layout::file_name(&header.volume, &header.key);
+        let name = name_of(&id);
         let tmp = match self.write_tmp(&header, data, file_size, Area::Clean, &name).await {
             Ok(t) => t,
             Err(e) => {
@@ -442,7 +558,9 @@ impl Cache {
         }
         match self.layout.install(&tmp, Area::Clean, &name) {
             Ok(_) => {
-                let entry = Entry::new(name, file_size, header.data_len, version, EntryState::Clean);
+                let mut entry = Entry::new(name, file_size, header.data_len, version, EntryState::Clean)
+                    .with_etag(header.etag.clone());
+                entry.store_etag = Some(header.etag.clone());
                 index.insert(id, entry.validated_at(Instant::now()), file_size);
             }
             Err(e) => {
@@ -469,11 +587,13 @@ impl Cache {
                 .map_err(|e| io_err("read")(io::Error::other(e)))?;
             match read {
                 Ok(Ok((h, data))) if h.version == entry.version => {
+                    let (crc32c, version) = (h.data_crc32c, h.version);
                     return Ok(Lookup::Hit {
+                        header: Box::new(h),
                         data,
-                        version: h.version,
+                        version,
                         dirty: entry.is_dirty(),
-                        crc32c: h.data_crc32c,
+                        crc32c,
                         validated: entry.validated,
                     });
                 }
@@ -484,6 +604,98 @@ impl Cache {
             }
         }
         Ok(Lookup::Miss)
+    }
+
+    /// Opens a block's file without reading its data: for HEAD, ranges and objects too large to
+    /// hold in memory. The open file stays readable whatever renames or replaces it later.
+    pub async fn open_block(&self, id: &BlockId) -> Result<Opened, CacheError> {
+        for _ in 0..4 {
+            let Some(entry) = self.index().touch(id).cloned() else { return Ok(Opened::Miss) };
+            if entry.is_tombstone() {
+                return Ok(Opened::Deleted);
+            }
+            let area = if entry.is_dirty() { Area::Dirty } else { Area::Clean };
+            let path = self.layout.path(area, &entry.name);
+            let opened = tokio::task::spawn_blocking(move || {
+                let mut file = std::fs::File::open(&path)?;
+                Ok::<_, io::Error>(disk::read_header_of(&mut file)?.map(|h| (file, h)))
+            })
+            .await
+            .map_err(|e| io_err("read")(io::Error::other(e)))?;
+            match opened {
+                Ok(Ok((file, (header, data_offset, size)))) if header.version == entry.version => {
+                    if size != data_offset + header.data_len {
+                        return self.on_corrupt(id, &entry, FormatError::DataChecksum).map(|_| Opened::Miss);
+                    }
+                    return Ok(Opened::Block(OpenBlock {
+                        header,
+                        file,
+                        data_offset,
+                        dirty: entry.is_dirty(),
+                        validated: entry.validated,
+                        store_etag: entry.store_etag,
+                    }));
+                }
+                Ok(Ok(_)) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("read")(e)),
+                Ok(Err(format_err)) => return self.on_corrupt(id, &entry, format_err).map(|_| Opened::Miss),
+            }
+        }
+        Ok(Opened::Miss)
+    }
+
+    /// The path of a dirty block's file, with its header, for a flush that streams it.
+    pub async fn dirty_file(&self, id: &BlockId) -> Result<Option<(BlockHeader, PathBuf, u64)>, CacheError> {
+        let Some(entry) = self.index().get(id).filter(|e| e.is_dirty()).cloned() else { return Ok(None) };
+        let path = self.layout.path(Area::Dirty, &entry.name);
+        let p = path.clone();
+        let read = tokio::task::spawn_blocking(move || disk::read_header_len(&p))
+            .await
+            .map_err(|e| io_err("read")(io::Error::other(e)))?;
+        match read {
+            Ok(Ok((h, offset, _))) => Ok(Some((h, path, offset))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read")(e)),
+            Ok(Err(e)) => Err(CacheError::CorruptDirty {
+                volume: id.volume.to_string(),
+                key: id.key.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Reserves quota for `size` bytes of staged upload data (never evicted), or refuses like a
+    /// dirty write would.
+    pub async fn stage(&self, size: u64) -> Result<(), CacheError> {
+        let evicted = {
+            let mut index = self.index();
+            let evicted = index.stage(size)?;
+            self.set_aside(&index, evicted)
+        };
+        self.delete_set_aside(evicted).await;
+        Ok(())
+    }
+
+    /// Counts staged data found on disk at start (whatever the quota says: it is there).
+    pub fn account_staged(&self, size: u64) {
+        let mut index = self.index();
+        index.stage_found(size);
+    }
+
+    /// Gives back quota of staged data that was removed.
+    pub fn unstage(&self, size: u64) {
+        self.index().unstage(size);
+    }
+
+    /// Whether the cache syncs acknowledged data (`--sync`).
+    pub fn sync(&self) -> bool {
+        self.sync
+    }
+
+    /// The cache folder (staging lives below it, on the same disk).
+    pub fn root(&self) -> &Path {
+        self.layout.root()
     }
 
     fn on_corrupt(&self, id: &BlockId, entry: &Entry, err: FormatError) -> Result<Lookup, CacheError> {
@@ -595,7 +807,18 @@ fn block_id(h: &BlockHeader) -> Option<BlockId> {
     Some(BlockId {
         volume: blockproxy_protocol::VolumeId::parse(&h.volume).ok()?,
         key: blockproxy_protocol::BlockKey::parse(&h.key).ok()?,
+        stripe: h.stripe.map(|s| Stripe { index: s.index, block_size: s.block_size }),
     })
+}
+
+/// The file name of a block: a hash of volume and key (and which stripe), never the key itself.
+fn name_of(id: &BlockId) -> String {
+    match id.stripe {
+        None => Layout::file_name(id.volume.as_str(), id.key.as_str()),
+        Some(s) => {
+            Layout::file_name(id.volume.as_str(), &format!("{}\0{}\0{}", id.key.as_str(), s.index, s.block_size))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -613,7 +836,16 @@ mod tests {
     }
 
     async fn fetched(cache: &Cache, id: &BlockId, data: &'static [u8], version: u64) {
-        cache.insert_clean(cache.fetch_key(id), "bucket", "pfx/a", Bytes::from_static(data), version).await;
+        cache
+            .insert_clean(
+                cache.fetch_key(id),
+                "bucket",
+                "pfx/a",
+                Bytes::from_static(data),
+                version,
+                FetchedMeta::default(),
+            )
+            .await;
     }
 
     /// Evicts every clean block, as a reservation of the whole quota would, and gives the room
@@ -656,13 +888,16 @@ mod tests {
             store_key: "pfx/a".into(),
             version: 2,
             data: Some(Bytes::from_static(b"new")),
+            etag: String::new(),
+            attrs: ObjectAttrs::default(),
+            parts: Vec::new(),
         };
         assert_eq!(cache.write_dirty(write).await.unwrap(), WriteOutcome::Committed);
         assert!(!cache.complete_flush(&a, 2, FlushOutcome::Applied));
         assert_ne!(cache.fetch_key(&a), before, "a read after the flush would join the older fetch");
         // The flushed block is evicted; then the older fetch ends, with the value it read before.
         cache.delete_set_aside(evict_all(&cache)).await;
-        cache.insert_clean(before, "bucket", "pfx/a", Bytes::from_static(b"old"), 1).await;
+        cache.insert_clean(before, "bucket", "pfx/a", Bytes::from_static(b"old"), 1, FetchedMeta::default()).await;
         assert_eq!(hit(&cache, &a).await, None, "the older fetch's value was cached after a newer flush");
     }
 
@@ -671,12 +906,20 @@ mod tests {
         let (_dir, cache) = open();
         let a = id("a");
         let before = cache.fetch_key(&a);
-        let delete =
-            DirtyWrite { id: a.clone(), bucket: "bucket".into(), store_key: "pfx/a".into(), version: 2, data: None };
+        let delete = DirtyWrite {
+            id: a.clone(),
+            bucket: "bucket".into(),
+            store_key: "pfx/a".into(),
+            version: 2,
+            data: None,
+            etag: String::new(),
+            attrs: ObjectAttrs::default(),
+            parts: Vec::new(),
+        };
         assert_eq!(cache.write_dirty(delete).await.unwrap(), WriteOutcome::Committed);
         assert!(!cache.complete_flush(&a, 2, FlushOutcome::Applied));
         assert_ne!(cache.fetch_key(&a), before, "a read after the flush would join the older fetch");
-        cache.insert_clean(before, "bucket", "pfx/a", Bytes::from_static(b"old"), 1).await;
+        cache.insert_clean(before, "bucket", "pfx/a", Bytes::from_static(b"old"), 1, FetchedMeta::default()).await;
         assert_eq!(hit(&cache, &a).await, None, "the older fetch's value was cached after the delete");
     }
 }

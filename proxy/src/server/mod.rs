@@ -7,9 +7,13 @@ mod errors;
 mod gate;
 mod linger;
 mod listener;
+mod metacache;
+mod object;
+mod reads;
 mod routes;
 mod state;
 mod tls;
+mod uploads;
 mod volumes;
 
 pub use volumes::bearer;
@@ -144,6 +148,11 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     let (stop_workers_tx, stop_workers) = watch::channel(false);
     let workers = writeback.spawn_workers(stop_workers);
 
+    let staging = crate::cache::staging::Staging::open(&args.disk_folder, args.sync)
+        .with_context(|| format!("opening the upload staging area in {}", args.disk_folder.display()))?;
+    // Staged parts left by the last run count against the quota until they complete or expire.
+    let staged: u64 = staging.list().map(|l| l.iter().map(|u| u.2).sum()).unwrap_or(0);
+    cache.account_staged(staged);
     let max_bops = if args.max_bops == 0 { auto_parallelism(64, 1024) } else { args.max_bops };
     let state = Arc::new(AppState {
         volumes: Arc::clone(&volumes),
@@ -152,6 +161,9 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         writeback: Arc::clone(&writeback),
         metrics,
         fetches: Default::default(),
+        stripe_fetches: Default::default(),
+        meta: Default::default(),
+        staging,
         bops: tokio::sync::Semaphore::new(max_bops),
         budget: budget::ByteBudget::new(args.max_inflight_bytes, Duration::from_secs(5)),
         max_block_size: args.max_block_size,
@@ -163,6 +175,7 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         clocks,
     });
     let reload = tokio::spawn(Arc::clone(&volumes).watch(args.volumes_file.clone(), args.reload_interval));
+    let expiry = tokio::spawn(uploads::expire_loop(Arc::clone(&state), args.upload_expiry));
 
     let listener = TcpListener::bind(args.bind_addr).await.with_context(|| format!("binding {}", args.bind_addr))?;
     let local = listener.local_addr()?;
@@ -214,6 +227,7 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         let _ = w.await;
     }
     reload.abort();
+    expiry.abort();
     let left = cache.usage();
     if clean {
         tracing::info!("all dirty blocks flushed; exiting");

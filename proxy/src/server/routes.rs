@@ -1,21 +1,22 @@
-//! The HTTP API: block PUT/GET/HEAD/DELETE, the dirty-key listing, ping, health, metrics and the
-//! drain admin call.
+//! The HTTP API: object PUT/DELETE (reads in [`super::reads`], multipart staging in
+//! [`super::uploads`]), the listings, ping, health, metrics and the drain admin call.
 
 use super::errors::ApiError;
 use super::gate::{Closed, WritePass};
-use super::state::{AppState, FetchResult};
+use super::object::{ObjectHeaders, attrs_from_headers, part_md5s, parts_from_headers};
+use super::reads::{self, BlockQuery};
+use super::state::AppState;
 use super::volumes::{AuthError, token_matches};
-use crate::cache::{BlockId, CacheError, DirtyWrite, Lookup, WriteOutcome};
+use crate::cache::{BlockId, CacheError, DirtyWrite, WriteOutcome};
 use crate::store::{Conditional, ObjectMeta, delete_unless_newer, put_unless_newer};
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use blockproxy_protocol::{
-    self as protocol, CHECKSUM_HEADER, Checksum, DirtyKey, DirtyKeys, DrainStatus, SOURCE_HEADER, StoreObject,
-    StoreObjects, VERSION_HEADER, VolumeConfig, VolumeId,
+    self as protocol, CHECKSUM_HEADER, Checksum, DirtyKey, DirtyKeys, DrainStatus, StoreObject, StoreObjects,
+    VERSION_HEADER, VolumeConfig, VolumeId,
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -109,10 +110,14 @@ enum Listing {
     Store,
 }
 
-fn op_label(method: &Method, listing: Option<Listing>) -> &'static str {
+fn op_label(method: &Method, listing: Option<Listing>, path: &str, query: &str) -> &'static str {
+    if path.contains(UPLOADS_INFIX) {
+        return "upload";
+    }
     match (method, listing) {
         (_, Some(Listing::Dirty)) => "list_dirty",
         (_, Some(Listing::Store)) => "list_store",
+        (&Method::GET | &Method::HEAD, None) if query.contains("block=") => "get_block",
         (&Method::GET, None) => "get",
         (&Method::HEAD, None) => "head",
         (&Method::PUT, None) => "put",
@@ -126,7 +131,7 @@ fn op_label(method: &Method, listing: Option<Listing>) -> &'static str {
 async fn volume_request(State(s): State<Arc<AppState>>, req: Request) -> Response {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
-    let listing = (!path.contains("/blocks/"))
+    let listing = (!path.contains("/blocks/") && !path.contains(UPLOADS_INFIX))
         .then(|| {
             if path.ends_with("/dirty") {
                 Some(Listing::Dirty)
@@ -137,7 +142,7 @@ async fn volume_request(State(s): State<Arc<AppState>>, req: Request) -> Respons
             }
         })
         .flatten();
-    let op = op_label(req.method(), listing);
+    let op = op_label(req.method(), listing, &path, req.uri().query().unwrap_or(""));
     let span = tracing::debug_span!("request", op, path = %path);
     let resp = match dispatch(&s, req, listing).instrument(span.clone()).await {
         Ok(r) => r,
@@ -171,10 +176,13 @@ async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> 
         let prefix = q.prefix.as_deref().unwrap_or("");
         return match listing {
             Listing::Dirty => Ok(list_dirty(s, &volume, prefix)),
-            Listing::Store => list_store(s, &cfg, prefix).await,
+            Listing::Store => list_store(s, &cfg, prefix, &q).await,
         };
     }
-    let (volume, key) = match protocol::parse_block_path(&path) {
+    // Upload paths carry the key exactly as block paths do: parse them the same way.
+    let uploads = path.contains(UPLOADS_INFIX);
+    let block_path = if uploads { path.replacen(UPLOADS_INFIX, "/blocks/", 1) } else { path.clone() };
+    let (volume, key) = match protocol::parse_block_path(&block_path) {
         Some(Ok(parts)) => parts,
         Some(Err(e)) => return Err(ApiError::bad_request(e.to_string())),
         None => {
@@ -185,12 +193,23 @@ async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> 
         }
     };
     let cfg = authorize(s, &volume, auth.as_deref())?;
-    let id = BlockId { volume, key };
+    let id = BlockId::object(volume, key);
     let _permit = s.bops.acquire().await.map_err(|_| ApiError::unavailable("shutting down", 5))?;
+    if uploads {
+        return super::uploads::handle(s, &cfg, id, req).await;
+    }
     match *req.method() {
         Method::PUT => put_block(s, &cfg, id, req).await,
-        Method::GET => get_block(s, &cfg, id, req.headers(), true).await,
-        Method::HEAD => get_block(s, &cfg, id, req.headers(), false).await,
+        Method::GET | Method::HEAD => {
+            let with_body = req.method() == Method::GET;
+            let Query(q) =
+                Query::<BlockQuery>::try_from_uri(req.uri()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            if q.block.is_some() {
+                reads::get_stripe(s, &cfg, id, &q, req.headers(), with_body).await
+            } else {
+                reads::get_object(s, &cfg, id, req.headers(), with_body).await
+            }
+        }
         Method::DELETE => delete_block(s, &cfg, id, req.headers()).await,
         _ => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use GET, HEAD, PUT or DELETE")),
     }
@@ -199,7 +218,14 @@ async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> 
 #[derive(serde::Deserialize)]
 struct ListQuery {
     prefix: Option<String>,
+    #[serde(rename = "startAfter")]
+    start_after: Option<String>,
+    #[serde(rename = "maxKeys")]
+    max_keys: Option<u32>,
 }
+
+/// Marks an upload path: `/v1/volumes/{volume}/uploads/{key}`.
+const UPLOADS_INFIX: &str = "/uploads/";
 
 fn authorize(s: &AppState, volume: &VolumeId, auth: Option<&str>) -> Result<VolumeConfig, ApiError> {
     s.volumes.authorize(volume, auth).map_err(|e| match e {
@@ -216,13 +242,21 @@ fn list_dirty(s: &AppState, volume: &VolumeId, prefix: &str) -> Response {
         .cache
         .dirty_under(volume, prefix)
         .into_iter()
-        .map(|(id, size, version, deleted)| DirtyKey { key: id.key.to_string(), size, deleted, version })
+        .map(|(id, e)| DirtyKey {
+            key: id.key.to_string(),
+            size: e.data_len,
+            deleted: e.is_tombstone(),
+            version: e.version,
+            etag: (!e.etag.is_empty()).then(|| super::object::quote(&e.etag)),
+            // Versions are clock readings in nanoseconds.
+            last_modified_ms: Some(e.version / 1_000_000),
+        })
         .collect();
     axum::Json(DirtyKeys { keys }).into_response()
 }
 
-/// The store's objects under the volume's prefix, keys relative to it.
-async fn list_store(s: &AppState, cfg: &VolumeConfig, prefix: &str) -> Result<Response, ApiError> {
+/// One page of the store's objects under the volume's prefix, keys relative to it.
+async fn list_store(s: &AppState, cfg: &VolumeConfig, prefix: &str, q: &ListQuery) -> Result<Response, ApiError> {
     let volume_prefix = cfg.prefix.trim_matches('/');
     let (store_prefix, strip) = if volume_prefix.is_empty() {
         (prefix.to_owned(), 0)
@@ -230,21 +264,31 @@ async fn list_store(s: &AppState, cfg: &VolumeConfig, prefix: &str) -> Result<Re
         (format!("{volume_prefix}/{prefix}"), volume_prefix.len() + 1)
     };
     s.metrics.store_requests_total.with_label_values(&["list"]).inc();
-    let listed = s
+    // startAfter is relative to the volume, as the keys listed are.
+    let start_after = q.start_after.as_deref().map(|k| format!("{}{k}", &store_prefix[..strip]));
+    let max_keys = q.max_keys.unwrap_or(crate::store::LIST_PAGE_SIZE).clamp(1, crate::store::LIST_PAGE_SIZE);
+    let page = s
         .store
-        .list(&cfg.bucket, &store_prefix)
+        .list_page(&cfg.bucket, &store_prefix, start_after.as_deref(), max_keys)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("listing the store failed: {e}")))?;
-    let objects = listed
+    let objects = page
+        .objects
         .into_iter()
         .filter(|o| o.key.len() > strip && !crate::store::is_tombstone_key(&o.key))
-        .map(|o| StoreObject { key: o.key[strip..].to_owned(), size: o.size })
+        .map(|o| StoreObject {
+            key: o.key[strip..].to_owned(),
+            size: o.size,
+            etag: Some(o.etag),
+            last_modified_ms: o.last_modified.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64),
+        })
         .collect();
-    Ok(axum::Json(StoreObjects { objects }).into_response())
+    let next_start_after = page.next_start_after.and_then(|k| k.get(strip..).map(str::to_owned));
+    Ok(axum::Json(StoreObjects { objects, next_start_after }).into_response())
 }
 
 /// Lets a write through the gate, or refuses it while draining or shutting down.
-fn enter_gate(s: &AppState) -> Result<WritePass, ApiError> {
+pub(super) fn enter_gate(s: &AppState) -> Result<WritePass, ApiError> {
     s.gate.enter().map_err(|why| {
         let what = match why {
             Closed::Draining => "this proxy is draining",
@@ -256,7 +300,7 @@ fn enter_gate(s: &AppState) -> Result<WritePass, ApiError> {
 
 /// The version of a write: the volume's clock, raised to the client's version when it sent one
 /// (see `clock`).
-fn write_version(s: &AppState, volume: &VolumeId, headers: &HeaderMap) -> Result<u64, ApiError> {
+pub(super) fn write_version(s: &AppState, volume: &VolumeId, headers: &HeaderMap) -> Result<u64, ApiError> {
     let client =
         match headers.get(VERSION_HEADER) {
             None => None,
@@ -286,7 +330,7 @@ fn write_version(s: &AppState, volume: &VolumeId, headers: &HeaderMap) -> Result
 
 /// The answer to a write that a newer one of the same block overtook: it was not applied, so it
 /// must not look like a success. The client library retries with a newer version.
-fn superseded(s: &AppState, id: &BlockId, version: u64, current: u64) -> ApiError {
+pub(super) fn superseded(s: &AppState, id: &BlockId, version: u64, current: u64) -> ApiError {
     s.metrics.http_writes_superseded_total.inc();
     tracing::debug!(volume = %id.volume, key = %id.key, version, current, "write superseded by a newer version");
     let mut e = ApiError::new(
@@ -297,7 +341,7 @@ fn superseded(s: &AppState, id: &BlockId, version: u64, current: u64) -> ApiErro
     e
 }
 
-async fn reserve_bytes(s: &AppState, bytes: u64) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+pub(super) async fn reserve_bytes(s: &AppState, bytes: u64) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
     let permit = s.budget.reserve(bytes).await.map_err(|e| {
         s.metrics.http_backpressure_total.inc();
         ApiError::unavailable(e.to_string(), 1)
@@ -360,45 +404,62 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
         .parse()
         .map_err(|e: protocol::ChecksumError| ApiError::bad_request(e.to_string()))?;
     let version = write_version(s, &id.volume, req.headers())?;
+    let attrs = attrs_from_headers(req.headers())?;
+    let mut part_headers = HeaderMap::new();
+    if let Some(p) = req.headers().get(protocol::PARTS_HEADER) {
+        part_headers.insert(protocol::PARTS_HEADER, p.clone());
+    }
     let (body, _bytes) = read_body(s, req).await?;
     checksum.verify(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let parts = parts_from_headers(&part_headers, body.len() as u64)?;
+    let etag = protocol::multipart_etag(&part_md5s(&body, &parts));
     let store_key = cfg.store_key(&id.key);
+    s.meta.forget(&id);
 
     if s.write_through {
+        if parts.len() > 1 {
+            return Err(ApiError::bad_request(format!(
+                "{} is not supported with --no-writeback: write the object in one part",
+                protocol::PARTS_HEADER
+            )));
+        }
         let meta = ObjectMeta::for_data(version, &body);
-        let done = put_unless_newer(s.store.as_ref(), &cfg.bucket, &store_key, body.clone(), meta, &Default::default())
+        let done = put_unless_newer(s.store.as_ref(), &cfg.bucket, &store_key, body.clone(), meta, &attrs)
             .await
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("write-through to the store failed: {e}")))?;
         if let Conditional::StoreNewer { store_version } = done {
             // The store holds a newer version: not applied, so never a 2xx.
             return Err(superseded(s, &id, version, store_version));
         }
+        // Not cached: the store's own ETag and time are learnt by the next read (one HEAD).
         s.cache.invalidate(&id);
-        let fetch = s.cache.fetch_key(&id);
-        s.cache.insert_clean(fetch, &cfg.bucket, &store_key, body.clone(), version).await;
-        return Ok(write_ack(version, &body));
+        return Ok(write_ack(version, &body, &etag));
     }
 
-    let write = DirtyWrite { id: id.clone(), bucket: cfg.bucket.clone(), store_key, version, data: Some(body.clone()) };
+    let ack = write_ack(version, &body, &etag);
+    let single = parts.len() <= 1;
+    let write = DirtyWrite {
+        id: id.clone(),
+        bucket: cfg.bucket.clone(),
+        store_key,
+        version,
+        data: Some(body),
+        etag,
+        attrs,
+        parts: if single { Vec::new() } else { parts },
+    };
     match s.cache.write_dirty(write).await.map_err(|e| cache_error(s, e))? {
         WriteOutcome::Committed => s.writeback.enqueue(id),
         WriteOutcome::Superseded { current } => return Err(superseded(s, &id, version, current)),
     }
-    Ok(write_ack(version, &body))
+    Ok(ack)
 }
 
-/// A read of a block whose newest acknowledged write could not be flushed and was quarantined.
-fn quarantined_block(id: &BlockId) -> ApiError {
-    ApiError::internal(format!(
-        "the newest write of {}/{} is quarantined on this proxy and the store holds nothing newer; an operator \
-         must recover it (README: Recovering quarantined blocks)",
-        id.volume, id.key
-    ))
-}
-
-fn write_ack(version: u64, body: &[u8]) -> Response {
+fn write_ack(version: u64, body: &[u8], etag: &str) -> Response {
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
+    let no_attrs = protocol::ObjectAttrs::default();
+    ObjectHeaders { etag, modified_ns: version, size: body.len() as u64, store_etag: None, attrs: &no_attrs }.apply(h);
     h.insert(VERSION_HEADER, HeaderValue::from(version));
     if let Ok(v) = HeaderValue::from_str(&Checksum::crc32c(body).to_string()) {
         h.insert(CHECKSUM_HEADER, v);
@@ -406,7 +467,7 @@ fn write_ack(version: u64, body: &[u8]) -> Response {
     resp
 }
 
-fn cache_error(s: &AppState, e: CacheError) -> ApiError {
+pub(super) fn cache_error(s: &AppState, e: CacheError) -> ApiError {
     match e {
         CacheError::DirtyQuota | CacheError::NoSpace | CacheError::DiskFull { .. } => {
             s.metrics.http_backpressure_total.inc();
@@ -435,7 +496,16 @@ async fn delete_block(
         }
         s.cache.invalidate(&id);
     } else {
-        let write = DirtyWrite { id: id.clone(), bucket: cfg.bucket.clone(), store_key, version, data: None };
+        let write = DirtyWrite {
+            id: id.clone(),
+            bucket: cfg.bucket.clone(),
+            store_key,
+            version,
+            data: None,
+            etag: String::new(),
+            attrs: Default::default(),
+            parts: Vec::new(),
+        };
         match s.cache.write_dirty(write).await.map_err(|e| cache_error(s, e))? {
             WriteOutcome::Committed => s.writeback.enqueue(id),
             WriteOutcome::Superseded { current } => return Err(superseded(s, &id, version, current)),
@@ -443,156 +513,5 @@ async fn delete_block(
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().insert(VERSION_HEADER, HeaderValue::from(version));
-    Ok(resp)
-}
-
-async fn fetch(s: &Arc<AppState>, cfg: &VolumeConfig, id: &BlockId) -> FetchResult {
-    let store = Arc::clone(&s.store);
-    let cache = Arc::clone(&s.cache);
-    let metrics = Arc::clone(&s.metrics);
-    let (bucket, store_key) = (cfg.bucket.clone(), cfg.store_key(&id.key));
-    // Keyed by the removal epoch too: a read never joins a fetch older than a delete or overwrite
-    // that was acknowledged and flushed before the read started.
-    let key = s.cache.fetch_key(id);
-    s.fetches
-        .run(
-            key.clone(),
-            move || async move {
-                metrics.store_requests_total.with_label_values(&["get"]).inc();
-                match store.get(&bucket, &store_key).await {
-                    Ok(Some(b)) => {
-                        cache.insert_clean(key, &bucket, &store_key, b.data.clone(), b.version).await;
-                        Ok(Some(Arc::new(b)))
-                    }
-                    Ok(None) => Ok(None),
-                    Err(e) => Err(Arc::from(e.to_string())),
-                }
-            },
-            |panic| Err(Arc::from(format!("store fetch aborted: {panic}"))),
-        )
-        .await
-}
-
-/// Whether the store still holds `version` of a clean cached block, checked at most once per
-/// `--metadata-ttl`: a write acknowledged by another proxy (after a failover) or made behind the
-/// cache is seen within that bound once it is in the store (ADR 0002). A changed block is dropped
-/// from the cache. While the store cannot answer, the cached copy is served.
-async fn still_in_store(s: &AppState, cfg: &VolumeConfig, id: &BlockId, version: u64) -> bool {
-    let checked_at = Instant::now();
-    s.metrics.store_requests_total.with_label_values(&["head"]).inc();
-    let result = match s.store.head(&cfg.bucket, &cfg.store_key(&id.key)).await {
-        Ok(Some(o)) if o.version == version => {
-            s.cache.mark_validated(id, version, checked_at);
-            "current"
-        }
-        Ok(_) => {
-            s.cache.invalidate(id);
-            "changed"
-        }
-        Err(e) => {
-            tracing::warn!(volume = %id.volume, key = %id.key, error = %e, "revalidating a cached block failed; serving the cached copy");
-            "error"
-        }
-    };
-    s.metrics.cache_revalidations_total.with_label_values(&[result]).inc();
-    result != "changed"
-}
-
-async fn get_block(
-    s: &Arc<AppState>,
-    cfg: &VolumeConfig,
-    id: BlockId,
-    headers: &HeaderMap,
-    with_body: bool,
-) -> Result<Response, ApiError> {
-    let range = headers.get(header::RANGE).map(|v| v.to_str().map(str::to_owned));
-    // Hits reserve their size before reading from disk; misses once the fetch says how big.
-    let mut reserved = match s.cache.size_of(&id) {
-        Some(len) => Some(reserve_bytes(s, len).await?),
-        None => None,
-    };
-    // The checksum of the whole block, verified on the way from disk or from the store.
-    let mut lookup = s.cache.read(&id).await.map_err(|e| cache_error(s, e))?;
-    if let Lookup::Hit { dirty: false, version, validated, .. } = &lookup
-        && validated.is_none_or(|t| t.elapsed() >= s.metadata_ttl)
-        && !still_in_store(s, cfg, &id, *version).await
-    {
-        lookup = Lookup::Miss;
-    }
-    let (data, version, source, checksum) = match lookup {
-        Lookup::Hit { data, version, crc32c, .. } => {
-            s.metrics.cache_hits_total.inc();
-            (data, version, "cache", Checksum::Crc32c(crc32c))
-        }
-        Lookup::Deleted => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such block")),
-        lookup @ (Lookup::Miss | Lookup::DroppedCorrupt) => {
-            if matches!(lookup, Lookup::DroppedCorrupt) {
-                s.metrics.cache_corrupt_blocks_total.inc();
-            }
-            s.metrics.cache_misses_total.inc();
-            let quarantined = s.cache.quarantined_version(&id);
-            match fetch(s, cfg, &id).await {
-                // The newest acknowledged write is quarantined: anything the store has is older.
-                Ok(Some(b)) if quarantined.is_some_and(|q| q > b.version) => {
-                    return Err(quarantined_block(&id));
-                }
-                Ok(None) | Err(_) if quarantined.is_some() => return Err(quarantined_block(&id)),
-                Ok(Some(b)) => {
-                    if reserved.is_none() {
-                        reserved = Some(reserve_bytes(s, b.data.len() as u64).await?);
-                    }
-                    s.clocks.observe(&id.volume, b.version);
-                    // The store verified the writer's checksum (or computed it for a foreign object).
-                    (b.data.clone(), b.version, "store", Checksum::Crc32c(b.crc32c))
-                }
-                Ok(None) => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such block")),
-                Err(e) => {
-                    return Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("fetching from the store failed: {e}")));
-                }
-            }
-        }
-    };
-    let total = data.len() as u64;
-    let (status, body, content_range) = match range {
-        None => (StatusCode::OK, data.clone(), None),
-        Some(Err(_)) => return Err(ApiError::bad_request("Range header is not ASCII")),
-        Some(Ok(r)) => {
-            let parsed = http_range_header::parse_range_header(&r)
-                .map_err(|e| ApiError::bad_request(format!("malformed Range header {r:?}: {e}")))?;
-            let ranges = parsed.validate(total).map_err(|e| {
-                ApiError::new(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    format!("Range {r:?} does not fit a {total}-byte block: {e}"),
-                )
-            })?;
-            let [range] = ranges.as_slice() else {
-                return Err(ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "only a single byte range is supported"));
-            };
-            let (start, end) = (*range.start(), *range.end());
-            (
-                StatusCode::PARTIAL_CONTENT,
-                data.slice(start as usize..=end as usize),
-                Some(format!("bytes {start}-{end}/{total}")),
-            )
-        }
-    };
-    s.metrics.cache_served_bytes_total.with_label_values(&[source]).inc_by(body.len() as u64);
-    let mut resp = Response::new(if with_body { Body::from(body.clone()) } else { Body::empty() });
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    h.insert(VERSION_HEADER, HeaderValue::from(version));
-    h.insert(SOURCE_HEADER, HeaderValue::from_static(source));
-    if let Ok(v) = HeaderValue::from_str(&checksum.to_string()) {
-        h.insert(CHECKSUM_HEADER, v);
-    }
-    if let Some(cr) = content_range.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        h.insert(header::CONTENT_RANGE, cr);
-    }
-    // The body is a reference-counted copy of the block; the reservation covers it until the
-    // answer is built (hyper then writes it out).
-    drop(reserved);
     Ok(resp)
 }

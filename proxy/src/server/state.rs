@@ -3,8 +3,11 @@
 use super::budget::ByteBudget;
 use super::clock::VolumeClocks;
 use super::gate::WriteGate;
+use super::metacache::MetaCache;
+use super::reads::StripeResult;
 use super::volumes::Volumes;
 use crate::cache::flight::SingleFlight;
+use crate::cache::staging::Staging;
 use crate::cache::{Cache, FetchKey};
 use crate::metrics::Metrics;
 use crate::store::{DynStore, StoredBlock};
@@ -21,6 +24,12 @@ pub struct AppState {
     pub writeback: Arc<Writeback>,
     pub metrics: Arc<Metrics>,
     pub fetches: SingleFlight<FetchKey, FetchResult>,
+    /// Block reads from the store, by block and the ETag they are pinned to.
+    pub stripe_fetches: SingleFlight<(FetchKey, String), StripeResult>,
+    /// Attributes of clean objects, as the store last answered a HEAD.
+    pub meta: MetaCache,
+    /// Multipart uploads being staged on this proxy.
+    pub staging: Staging,
     pub bops: tokio::sync::Semaphore,
     /// Request bytes held in memory at once.
     pub budget: ByteBudget,

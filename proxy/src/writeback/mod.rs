@@ -346,7 +346,7 @@ mod tests {
     }
 
     async fn write(cache: &Cache, key: &str, version: u64) -> BlockId {
-        let id = BlockId { volume: VolumeId::parse("v").unwrap(), key: BlockKey::parse(key).unwrap() };
+        let id = BlockId::object(VolumeId::parse("v").unwrap(), BlockKey::parse(key).unwrap());
         let data = Some(Bytes::from(format!("{key} v{version}")));
         let w = DirtyWrite { id: id.clone(), bucket: "b".into(), store_key: key.into(), version, data };
         cache.write_dirty(w).await.unwrap();

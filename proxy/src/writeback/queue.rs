@@ -115,7 +115,7 @@ mod tests {
     use std::time::Duration;
 
     fn id(k: &str) -> BlockId {
-        BlockId { volume: VolumeId::parse("v").unwrap(), key: BlockKey::parse(k).unwrap() }
+        BlockId::object(VolumeId::parse("v").unwrap(), BlockKey::parse(k).unwrap())
     }
 
     #[test]

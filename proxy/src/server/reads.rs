@@ -1,0 +1,602 @@
+//! Reads (ADR 0004): `GET`/`HEAD blocks/{key}` at the object's home, answered with the version's
+//! identity and attributes, and block reads `?block=&blockSize=` pinned to the store object's ETag.
+//!
+//! Memory stays bounded whatever the object's size: a cached object larger than
+//! `--max-block-size`, or any range of one, is streamed from its open file in [`CHUNK`]-byte reads
+//! (the CRC32C covering the whole object is verified by the flush and by whole reads up to the
+//! block size, not on such ranges); a clean object not cached here and larger than one block is
+//! not fetched whole: a GET of it answers `400` saying to read it in blocks, unless it asks for a
+//! range of at most one block, which is read from the store pinned to the object's ETag.
+
+use super::errors::ApiError;
+use super::object::{ObjectHeaders, quote, unquote};
+use super::routes::{cache_error, reserve_bytes};
+use super::state::AppState;
+use crate::cache::{BlockId, FetchedMeta, Lookup, OpenBlock, Opened, Stripe};
+use crate::store::{ErrorClass, ObjectInfo, StoreError};
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use blockproxy_protocol::{
+    CHECKSUM_HEADER, Checksum, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, ObjectAttrs, SOURCE_HEADER, VERSION_HEADER, VolumeConfig,
+};
+use bytes::Bytes;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+/// Bytes read from disk per step when streaming a file.
+const CHUNK: u64 = 1 << 20;
+
+/// The query of a block read.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct BlockQuery {
+    pub block: Option<u64>,
+    #[serde(rename = "blockSize")]
+    pub block_size: Option<u64>,
+}
+
+/// How long this volume's clean objects are trusted before the store is asked again.
+pub fn metadata_ttl(s: &AppState, _cfg: &VolumeConfig) -> Duration {
+    s.metadata_ttl
+}
+
+/// The requested byte range of an object of `total` bytes: `None` for all of it.
+fn requested_range(headers: &HeaderMap, total: u64) -> Result<Option<Range<u64>>, ApiError> {
+    let Some(r) = headers.get(header::RANGE) else { return Ok(None) };
+    let r = r.to_str().map_err(|_| ApiError::bad_request("Range header is not ASCII"))?;
+    let parsed = http_range_header::parse_range_header(r)
+        .map_err(|e| ApiError::bad_request(format!("malformed Range header {r:?}: {e}")))?;
+    let ranges = parsed.validate(total).map_err(|e| {
+        ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, format!("Range {r:?} does not fit a {total}-byte object: {e}"))
+    })?;
+    let [range] = ranges.as_slice() else {
+        return Err(ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "only a single byte range is supported"));
+    };
+    Ok(Some(*range.start()..*range.end() + 1))
+}
+
+/// Everything an answer says besides its body.
+struct Answer<'a> {
+    version: u64,
+    source: &'static str,
+    crc32c: Option<u32>,
+    object: ObjectHeaders<'a>,
+    /// The bytes of the object this answer carries, when not all of it.
+    range: Option<Range<u64>>,
+}
+
+fn respond(a: Answer<'_>, body: Option<Body>, len: u64) -> Response {
+    let status = if a.range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let mut resp = Response::new(body.unwrap_or_else(Body::empty));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    a.object.apply(h);
+    h.insert(VERSION_HEADER, HeaderValue::from(a.version));
+    h.insert(SOURCE_HEADER, HeaderValue::from_static(a.source));
+    if let Some(crc) = a.crc32c
+        && let Ok(v) = HeaderValue::from_str(&Checksum::Crc32c(crc).to_string())
+    {
+        h.insert(CHECKSUM_HEADER, v);
+    }
+    if let Some(r) = &a.range
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", r.start, r.end - 1, a.object.size))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    resp
+}
+
+/// Streams `range` of an open block file, [`CHUNK`] bytes at a time, off the runtime.
+fn file_body(file: std::fs::File, data_offset: u64, range: Range<u64>) -> Body {
+    let file = Arc::new(file);
+    let stream = futures::stream::unfold(range.start, move |at| {
+        let file = Arc::clone(&file);
+        let end = range.end;
+        async move {
+            if at >= end {
+                return None;
+            }
+            let len = (end - at).min(CHUNK) as usize;
+            let read = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, data_offset + at).map(|()| Bytes::from(buf))
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+            match read {
+                Ok(chunk) => Some((Ok::<_, std::io::Error>(chunk), at + len as u64)),
+                Err(e) => Some((Err(e), end)),
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// Whether the store still holds `version` of a clean cached object, checked at most once per
+/// metadata TTL (ADR 0002): a changed object is dropped from the cache. While the store cannot
+/// answer, the cached copy is served.
+async fn still_in_store(s: &AppState, cfg: &VolumeConfig, id: &BlockId, version: u64, etag: &str) -> bool {
+    let checked_at = Instant::now();
+    s.metrics.store_requests_total.with_label_values(&["head"]).inc();
+    let result = match s.store.head(&cfg.bucket, &cfg.store_key(&id.key)).await {
+        // Objects of other tools carry no version: their ETag says whether they changed.
+        Ok(Some(o)) if o.version == version && (version != 0 || unquote(&o.etag) == etag) => {
+            s.cache.mark_validated(id, version, checked_at, unquote(&o.etag));
+            s.meta.put(id, o);
+            "current"
+        }
+        Ok(_) => {
+            s.cache.invalidate(id);
+            s.meta.forget(id);
+            "changed"
+        }
+        Err(e) => {
+            tracing::warn!(volume = %id.volume, key = %id.key, error = %e, "revalidating a cached object failed; serving the cached copy");
+            "error"
+        }
+    };
+    s.metrics.cache_revalidations_total.with_label_values(&[result]).inc();
+    result != "changed"
+}
+
+/// A read of an object whose newest acknowledged write is quarantined here.
+fn quarantined_block(id: &BlockId) -> ApiError {
+    ApiError::internal(format!(
+        "the newest write of {}/{} is quarantined on this proxy and the store holds nothing newer; an operator \
+         must recover it (README: Recovering quarantined blocks)",
+        id.volume, id.key
+    ))
+}
+
+/// `GET`/`HEAD blocks/{key}` (without `?block=`): the object at its home.
+pub async fn get_object(
+    s: &Arc<AppState>,
+    cfg: &VolumeConfig,
+    id: BlockId,
+    headers: &HeaderMap,
+    with_body: bool,
+) -> Result<Response, ApiError> {
+    match s.cache.open_block(&id).await.map_err(|e| cache_error(s, e))? {
+        Opened::Deleted => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such object")),
+        Opened::Block(ob) => {
+            let stale = !ob.dirty
+                && (ob.store_etag.is_none() || ob.validated.is_none_or(|t| t.elapsed() >= metadata_ttl(s, cfg)));
+            if !stale || still_in_store(s, cfg, &id, ob.header.version, &ob.header.etag).await {
+                // Reopen after a revalidation: it recorded the store's ETag.
+                let ob = if stale {
+                    match s.cache.open_block(&id).await.map_err(|e| cache_error(s, e))? {
+                        Opened::Block(ob) => ob,
+                        _ => return Box::pin(get_object(s, cfg, id, headers, with_body)).await,
+                    }
+                } else {
+                    ob
+                };
+                return serve_cached(s, &id, ob, headers, with_body).await;
+            }
+        }
+        Opened::Miss => {}
+    }
+    s.metrics.cache_misses_total.inc();
+    let quarantined = s.cache.quarantined_version(&id);
+    let info = match object_info(s, cfg, &id).await {
+        Ok(Some(info)) if quarantined.is_none_or(|q| q <= info.version) => info,
+        Ok(_) | Err(_) if quarantined.is_some() => return Err(quarantined_block(&id)),
+        Ok(_) => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such object")),
+        Err(e) => return Err(store_failed(e)),
+    };
+    s.clocks.observe(&id.volume, info.version);
+    let range = requested_range(headers, info.size)?;
+    let attrs = info.attrs.clone();
+    let etag = unquote(&info.etag).to_owned();
+    let modified_ns = info.last_modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let answer = |range: Option<Range<u64>>, crc32c: Option<u32>, source| Answer {
+        version: info.version,
+        source,
+        crc32c,
+        object: ObjectHeaders { etag: &etag, modified_ns, size: info.size, store_etag: Some(&etag), attrs: &attrs },
+        range,
+    };
+    if !with_body {
+        // A HEAD never fetches data: the store's HEAD (cached for the TTL) is the answer.
+        let len = range.as_ref().map_or(info.size, |r| r.end - r.start);
+        return Ok(respond(answer(range, info.crc32c, "store"), None, len));
+    }
+    if info.size <= s.max_block_size {
+        let data = fetch_whole(s, cfg, &id, &info).await?;
+        let _reserved = reserve_bytes(s, data.len() as u64).await?;
+        let crc = crc32c::crc32c(&data);
+        let body = match &range {
+            Some(r) => data.slice(r.start as usize..r.end as usize),
+            None => data,
+        };
+        s.metrics.cache_served_bytes_total.with_label_values(&["store"]).inc_by(body.len() as u64);
+        let len = body.len() as u64;
+        return Ok(respond(answer(range, Some(crc), "store"), Some(Body::from(body)), len));
+    }
+    match range {
+        Some(r) if r.end - r.start <= s.max_block_size => {
+            let _reserved = reserve_bytes(s, r.end - r.start).await?;
+            let got = fetch_range(s, cfg, &id, r.clone(), &etag).await?;
+            let len = got.len() as u64;
+            Ok(respond(answer(Some(r), None, "store"), Some(Body::from(got)), len))
+        }
+        _ => Err(ApiError::bad_request(format!(
+            "the object has {} bytes, more than one block ({} bytes): read it in blocks (?block=&blockSize= with \
+             If-Match: the store ETag), or ask for a Range of at most one block",
+            info.size, s.max_block_size
+        ))),
+    }
+}
+
+/// Serves a cached object (or a range of it) from its open file.
+async fn serve_cached(
+    s: &Arc<AppState>,
+    id: &BlockId,
+    ob: OpenBlock,
+    headers: &HeaderMap,
+    with_body: bool,
+) -> Result<Response, ApiError> {
+    s.metrics.cache_hits_total.inc();
+    let h = &ob.header;
+    let total = h.data_len;
+    let range = requested_range(headers, total)?;
+    let store_etag = if ob.dirty { None } else { ob.store_etag.as_deref() };
+    let answer = |range| Answer {
+        version: h.version,
+        source: "cache",
+        crc32c: Some(h.data_crc32c),
+        object: ObjectHeaders { etag: &h.etag, modified_ns: h.modified_ns, size: total, store_etag, attrs: &h.attrs },
+        range,
+    };
+    if !with_body {
+        let len = range.as_ref().map_or(total, |r| r.end - r.start);
+        return Ok(respond(answer(range), None, len));
+    }
+    if range.is_none() && total <= s.max_block_size {
+        // Small enough to verify whole before serving, as every block was before objects.
+        let _reserved = reserve_bytes(s, total).await?;
+        let data = match s.cache.read(id).await.map_err(|e| cache_error(s, e))? {
+            Lookup::Hit { data, version, .. } if version == h.version => data,
+            // Replaced or dropped meanwhile: answer what is there now.
+            _ => return Err(ApiError::unavailable("the object changed while it was read; retry", 0)),
+        };
+        s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(data.len() as u64);
+        return Ok(respond(answer(None), Some(Body::from(data)), total));
+    }
+    let r = range.clone().unwrap_or(0..total);
+    s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(r.end - r.start);
+    let len = r.end - r.start;
+    let body = file_body(ob.file, ob.data_offset, r);
+    Ok(respond(answer(range), Some(body), len))
+}
+
+fn store_failed(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, format!("reading from the store failed: {e}"))
+}
+
+/// The store object's metadata: from the attributes cache while it is fresh, else one HEAD.
+async fn object_info(s: &AppState, cfg: &VolumeConfig, id: &BlockId) -> Result<Option<ObjectInfo>, StoreError> {
+    if let Some(info) = s.meta.get(id, metadata_ttl(s, cfg)) {
+        return Ok(Some(info));
+    }
+    s.metrics.store_requests_total.with_label_values(&["head"]).inc();
+    let info = s.store.head(&cfg.bucket, &cfg.store_key(&id.key)).await?;
+    match &info {
+        Some(i) => s.meta.put(id, i.clone()),
+        None => s.meta.forget(id),
+    }
+    Ok(info)
+}
+
+/// The whole (small) object, fetched once for concurrent readers and cached clean.
+async fn fetch_whole(
+    s: &Arc<AppState>,
+    cfg: &VolumeConfig,
+    id: &BlockId,
+    info: &ObjectInfo,
+) -> Result<Bytes, ApiError> {
+    let (store, cache, metrics) = (Arc::clone(&s.store), Arc::clone(&s.cache), Arc::clone(&s.metrics));
+    let (bucket, store_key) = (cfg.bucket.clone(), cfg.store_key(&id.key));
+    // Keyed by the removal epoch too: a read never joins a fetch older than a delete or overwrite
+    // that was acknowledged and flushed before the read started.
+    let key = s.cache.fetch_key(id);
+    let got = s
+        .fetches
+        .run(
+            key.clone(),
+            move || async move {
+                metrics.store_requests_total.with_label_values(&["get"]).inc();
+                match store.get(&bucket, &store_key).await {
+                    Ok(Some(b)) => {
+                        metrics.store_read_bytes_total.inc_by(b.data.len() as u64);
+                        let meta = FetchedMeta {
+                            etag: unquote(&b.etag).to_owned(),
+                            attrs: b.attrs.clone(),
+                            object_size: b.data.len() as u64,
+                            modified_ns: b.last_modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+                        };
+                        cache.insert_clean(key, &bucket, &store_key, b.data.clone(), b.version, meta).await;
+                        Ok(Some(Arc::new(b)))
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(Arc::from(e.to_string())),
+                }
+            },
+            |panic| Err(Arc::from(format!("store fetch aborted: {panic}"))),
+        )
+        .await;
+    match got {
+        Ok(Some(b)) if s.cache.quarantined_version(id).is_some_and(|q| q > b.version) => Err(quarantined_block(id)),
+        Ok(Some(b)) => {
+            if unquote(&b.etag) != unquote(&info.etag) {
+                // Replaced since the HEAD: the attributes answered must be the data's.
+                s.meta.forget(id);
+                return Err(ApiError::unavailable("the object changed while it was read; retry", 0));
+            }
+            Ok(b.data.clone())
+        }
+        Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, "no such object")),
+        Err(e) => Err(store_failed(e)),
+    }
+}
+
+/// A range of a large clean object, read from the store pinned to its ETag (not cached).
+async fn fetch_range(
+    s: &AppState,
+    cfg: &VolumeConfig,
+    id: &BlockId,
+    range: Range<u64>,
+    etag: &str,
+) -> Result<Bytes, ApiError> {
+    s.metrics.store_requests_total.with_label_values(&["get_range"]).inc();
+    match s.store.get_range(&cfg.bucket, &cfg.store_key(&id.key), range, Some(&quote(etag))).await {
+        Ok(Some(r)) => {
+            s.metrics.store_read_bytes_total.inc_by(r.data.len() as u64);
+            s.metrics.cache_served_bytes_total.with_label_values(&["store"]).inc_by(r.data.len() as u64);
+            Ok(r.data)
+        }
+        Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, "no such object")),
+        Err(e) if e.class() == ErrorClass::PreconditionFailed => {
+            s.meta.forget(id);
+            Err(changed_since(etag))
+        }
+        Err(e) => Err(store_failed(e)),
+    }
+}
+
+fn changed_since(etag: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        format!("the object is no longer the one with ETag {}: read its attributes again", quote(etag)),
+    )
+}
+
+/// `GET`/`HEAD blocks/{key}?block={i}&blockSize={B}` with `If-Match: <store etag>`: block `i` of
+/// the clean object, from the cache when the copy here is pinned to that ETag, else fetched from
+/// the store (that range only, `If-Match`), cached clean and served.
+pub async fn get_stripe(
+    s: &Arc<AppState>,
+    cfg: &VolumeConfig,
+    object: BlockId,
+    q: &BlockQuery,
+    headers: &HeaderMap,
+    with_body: bool,
+) -> Result<Response, ApiError> {
+    let index = q.block.unwrap_or_default();
+    let block_size = q.block_size.ok_or_else(|| ApiError::bad_request("a block read needs blockSize"))?;
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+        return Err(ApiError::bad_request(format!("blockSize must be {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE} bytes")));
+    }
+    let pinned = headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| unquote(v).to_owned())
+        .filter(|v| !v.is_empty() && v != "*")
+        .ok_or_else(|| ApiError::bad_request("a block read needs If-Match: the store ETag it is pinned to"))?;
+    let start = index.checked_mul(block_size).ok_or_else(|| ApiError::bad_request("block index out of range"))?;
+
+    // The home may hold the whole object, clean and pinned to the same ETag: serve from it.
+    if let Opened::Block(ob) = s.cache.open_block(&object).await.map_err(|e| cache_error(s, e))?
+        && !ob.dirty
+        && ob.store_etag.as_deref() == Some(pinned.as_str())
+        && ob.validated.is_some_and(|t| t.elapsed() < metadata_ttl(s, cfg))
+    {
+        let size = ob.header.data_len;
+        let range = block_range(start, block_size, size)?;
+        s.metrics.cache_hits_total.inc();
+        let h = &ob.header;
+        let a = Answer {
+            version: h.version,
+            source: "cache",
+            crc32c: None,
+            object: ObjectHeaders {
+                etag: &h.etag,
+                modified_ns: h.modified_ns,
+                size,
+                store_etag: Some(&pinned),
+                attrs: &h.attrs,
+            },
+            range: Some(range.clone()),
+        };
+        let len = range.end - range.start;
+        s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(if with_body { len } else { 0 });
+        let body = with_body.then(|| file_body(ob.file, ob.data_offset, range));
+        return Ok(respond(a, body, len));
+    }
+
+    let id = BlockId { stripe: Some(Stripe { index, block_size }), ..object };
+    let _reserved = reserve_bytes(s, block_size).await?;
+    if let Lookup::Hit { header, data, version, .. } = s.cache.read(&id).await.map_err(|e| cache_error(s, e))? {
+        if header.etag == pinned
+            && let Some(st) = header.stripe
+        {
+            s.metrics.cache_hits_total.inc();
+            let range = start..start + data.len() as u64;
+            return Ok(stripe_answer(
+                s,
+                version,
+                "cache",
+                &pinned,
+                st.object_size,
+                &header.attrs,
+                header.modified_ns,
+                range,
+                data,
+                with_body,
+            ));
+        }
+        // Pinned to another ETag: that copy is of another object version.
+        s.cache.invalidate(&id);
+    }
+    s.metrics.cache_misses_total.inc();
+    let fetched = fetch_stripe(s, cfg, &id, start, &pinned).await?;
+    let range = start..start + fetched.data.len() as u64;
+    Ok(stripe_answer(
+        s,
+        fetched.version,
+        "store",
+        &pinned,
+        fetched.object_size,
+        &fetched.attrs,
+        fetched.modified_ns,
+        range,
+        fetched.data.clone(),
+        with_body,
+    ))
+}
+
+/// Bytes `[start, start + block_size)` of an object of `size` bytes, cut at its end; `416` past it.
+fn block_range(start: u64, block_size: u64, size: u64) -> Result<Range<u64>, ApiError> {
+    if start >= size && !(start == 0 && size == 0) {
+        return Err(ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("the block starts at byte {start}, past the end of the {size}-byte object"),
+        ));
+    }
+    Ok(start..size.min(start.saturating_add(block_size)))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stripe_answer(
+    s: &AppState,
+    version: u64,
+    source: &'static str,
+    pinned: &str,
+    object_size: u64,
+    attrs: &ObjectAttrs,
+    modified_ns: u64,
+    range: Range<u64>,
+    data: Bytes,
+    with_body: bool,
+) -> Response {
+    let len = data.len() as u64;
+    if with_body {
+        s.metrics.cache_served_bytes_total.with_label_values(&[source]).inc_by(len);
+    }
+    let a = Answer {
+        version,
+        source,
+        crc32c: Some(crc32c::crc32c(&data)),
+        object: ObjectHeaders { etag: pinned, modified_ns, size: object_size, store_etag: Some(pinned), attrs },
+        range: Some(range),
+    };
+    respond(a, with_body.then(|| Body::from(data)), len)
+}
+
+/// A block fetched from the store.
+#[derive(Clone)]
+pub struct FetchedStripe {
+    data: Bytes,
+    version: u64,
+    object_size: u64,
+    attrs: ObjectAttrs,
+    modified_ns: u64,
+}
+
+pub type StripeResult = Result<Arc<FetchedStripe>, (u16, Arc<str>)>;
+
+/// Fetches one block from the store, pinned to `etag`: once for concurrent misses of the same
+/// block and ETag, cached clean.
+async fn fetch_stripe(
+    s: &Arc<AppState>,
+    cfg: &VolumeConfig,
+    id: &BlockId,
+    start: u64,
+    etag: &str,
+) -> Result<Arc<FetchedStripe>, ApiError> {
+    let block_size = id.stripe.map_or(0, |st| st.block_size);
+    let (store, cache, metrics) = (Arc::clone(&s.store), Arc::clone(&s.cache), Arc::clone(&s.metrics));
+    let (bucket, store_key, etag_owned) = (cfg.bucket.clone(), cfg.store_key(&id.key), etag.to_owned());
+    let ttl = metadata_ttl(s, cfg);
+    let state = Arc::clone(s);
+    let key = (s.cache.fetch_key(id), etag.to_owned());
+    let id_owned = id.clone();
+    let got = s
+        .stripe_fetches
+        .run(
+            key.clone(),
+            move || async move {
+                let id = id_owned;
+                // The object's size bounds the range; the attributes cache saves a HEAD per block.
+                let info = match state.meta.get(&id, ttl) {
+                    Some(i) => Some(i),
+                    None => {
+                        metrics.store_requests_total.with_label_values(&["head"]).inc();
+                        let i = store.head(&bucket, &store_key).await.map_err(|e| (502, Arc::from(e.to_string())))?;
+                        if let Some(i) = &i {
+                            state.meta.put(&id, i.clone());
+                        }
+                        i
+                    }
+                };
+                let Some(info) = info else { return Err((404, Arc::from("no such object"))) };
+                if unquote(&info.etag) != etag_owned {
+                    return Err((412, Arc::from("changed")));
+                }
+                let range =
+                    block_range(start, block_size, info.size).map_err(|e| (e.status.as_u16(), Arc::from(e.message)))?;
+                metrics.store_requests_total.with_label_values(&["get_range"]).inc();
+                let got = store.get_range(&bucket, &store_key, range, Some(&quote(&etag_owned))).await;
+                let r = match got {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Err((404, Arc::from("no such object"))),
+                    Err(e) if e.class() == ErrorClass::PreconditionFailed => {
+                        state.meta.forget(&id);
+                        return Err((412, Arc::from("changed")));
+                    }
+                    Err(e) => return Err((502, Arc::from(e.to_string()))),
+                };
+                metrics.store_read_bytes_total.inc_by(r.data.len() as u64);
+                let modified_ns = r.info.last_modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+                let fetched = FetchedStripe {
+                    data: r.data.clone(),
+                    version: r.info.version,
+                    object_size: r.info.size,
+                    attrs: r.info.attrs.clone(),
+                    modified_ns,
+                };
+                let meta = FetchedMeta {
+                    etag: etag_owned.clone(),
+                    attrs: r.info.attrs.clone(),
+                    object_size: r.info.size,
+                    modified_ns,
+                };
+                cache.insert_clean(key.0, &bucket, &store_key, r.data, r.info.version, meta).await;
+                Ok(Arc::new(fetched))
+            },
+            |panic| Err((500, Arc::from(format!("store fetch aborted: {panic}")))),
+        )
+        .await;
+    got.map_err(|(status, msg)| match status {
+        412 => changed_since(etag),
+        404 => ApiError::new(StatusCode::NOT_FOUND, "no such object"),
+        416 => ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, msg.to_string()),
+        _ => store_failed(msg),
+    })
+}
