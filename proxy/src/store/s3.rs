@@ -7,7 +7,8 @@
 //!
 //! A file is uploaded as one conditional PutObject, or as a multipart upload whose
 //! CompleteMultipartUpload carries the condition (`If-Match` / `If-None-Match: *`), so the object
-//! is published only if nothing changed it meanwhile; any failure aborts the upload. The parts
+//! is published only if nothing changed it meanwhile; any failure aborts the upload. AWS S3 and
+//! MinIO honour both conditions there (proxy/tests/store_s3.rs checks it against MinIO). The parts
 //! are streamed from the file, and the store's ETag is then `md5(part md5s)-N`.
 
 use super::{
