@@ -62,14 +62,29 @@ pub async fn put_file_unless_newer(
     meta: ObjectMeta,
     attrs: &ObjectAttrs,
 ) -> Result<Conditional, StoreError> {
-    put_versioned(store, bucket, key, Payload::File { path, part_sizes }, meta, attrs, true).await
+    put_file_at_unless_newer(store, bucket, key, path, 0, part_sizes, meta, attrs).await
+}
+
+/// [`put_file_unless_newer`] of the file's bytes from `offset` on ([`Store::put_file_at_if`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn put_file_at_unless_newer(
+    store: &dyn Store,
+    bucket: &str,
+    key: &str,
+    path: &Path,
+    offset: u64,
+    part_sizes: &[u64],
+    meta: ObjectMeta,
+    attrs: &ObjectAttrs,
+) -> Result<Conditional, StoreError> {
+    put_versioned(store, bucket, key, Payload::File { path, offset, part_sizes }, meta, attrs, true).await
 }
 
 /// What a conditional write uploads.
 #[derive(Clone, Copy)]
 enum Payload<'a> {
     Bytes(&'a Bytes),
-    File { path: &'a Path, part_sizes: &'a [u64] },
+    File { path: &'a Path, offset: u64, part_sizes: &'a [u64] },
 }
 
 /// `tombstones`: whether an absent key's tombstone is consulted (not for tombstones themselves).
@@ -100,8 +115,8 @@ async fn put_versioned(
         };
         let put = match payload {
             Payload::Bytes(data) => store.put_if(bucket, key, data.clone(), meta, attrs, cond).await,
-            Payload::File { path, part_sizes } => {
-                store.put_file_if(bucket, key, path, part_sizes, meta, attrs, cond).await
+            Payload::File { path, offset, part_sizes } => {
+                store.put_file_at_if(bucket, key, path, offset, part_sizes, meta, attrs, cond).await
             }
         };
         match put {

@@ -177,13 +177,16 @@ impl LocalDirStore {
         bucket: &str,
         key: &str,
         source: &Path,
+        offset: u64,
         part_sizes: &[u64],
         meta: ObjectMeta,
         attrs: &ObjectAttrs,
         cond: Precondition<'_>,
     ) -> Result<(), StoreError> {
+        use std::io::{Seek, SeekFrom};
         let mut file = File::open(source).map_err(io_err("open", source))?;
-        let len = file.metadata().map_err(io_err("stat", source))?.len();
+        let len = file.metadata().map_err(io_err("stat", source))?.len().saturating_sub(offset);
+        file.seek(SeekFrom::Start(offset)).map_err(io_err("seek", source))?;
         check_parts(bucket, key, len, part_sizes)?;
         let tmp = self.tmp_path();
         let written = write_tmp(&tmp, &mut file, meta, attrs).map_err(io_err("write", &tmp));
@@ -455,11 +458,12 @@ impl Store for LocalDirStore {
         blocking(move || this.put_sync(&bucket, &key, &data, meta, &attrs, borrowed(&cond))).await
     }
 
-    async fn put_file_if(
+    async fn put_file_at_if(
         &self,
         bucket: &str,
         key: &str,
         path: &Path,
+        offset: u64,
         part_sizes: &[u64],
         meta: ObjectMeta,
         attrs: &ObjectAttrs,
@@ -468,7 +472,7 @@ impl Store for LocalDirStore {
         let (this, bucket, key, attrs, cond) =
             (self.clone(), bucket.to_owned(), key.to_owned(), attrs.clone(), owned(cond));
         let (path, parts) = (path.to_owned(), part_sizes.to_vec());
-        blocking(move || this.put_file_sync(&bucket, &key, &path, &parts, meta, &attrs, borrowed(&cond))).await
+        blocking(move || this.put_file_sync(&bucket, &key, &path, offset, &parts, meta, &attrs, borrowed(&cond))).await
     }
 
     async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError> {

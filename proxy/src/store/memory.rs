@@ -153,21 +153,23 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn put_file_if(
+    async fn put_file_at_if(
         &self,
         bucket: &str,
         key: &str,
         path: &Path,
+        offset: u64,
         part_sizes: &[u64],
         meta: ObjectMeta,
         attrs: &ObjectAttrs,
         cond: Precondition<'_>,
     ) -> Result<(), StoreError> {
-        let data = std::fs::read(path).map_err(|source| StoreError::Io {
+        let mut data = std::fs::read(path).map_err(|source| StoreError::Io {
             op: "read",
             path: path.display().to_string(),
             source,
         })?;
+        data.drain(..(offset as usize).min(data.len()));
         check_parts(bucket, key, data.len() as u64, part_sizes)?;
         // Checked when the upload completes, as S3 checks a conditional CompleteMultipartUpload.
         self.check("PUT", bucket, key, cond)?;

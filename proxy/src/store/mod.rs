@@ -20,7 +20,8 @@ mod s3;
 
 pub use blockproxy_protocol::ObjectAttrs;
 pub use conditional::{
-    Conditional, TOMBSTONE_PREFIX, delete_unless_newer, is_tombstone_key, put_file_unless_newer, put_unless_newer,
+    Conditional, TOMBSTONE_PREFIX, delete_unless_newer, is_tombstone_key, put_file_at_unless_newer,
+    put_file_unless_newer, put_unless_newer,
 };
 pub use local::LocalDirStore;
 pub use s3::{S3Store, S3StoreConfig};
@@ -240,6 +241,22 @@ pub trait Store: Send + Sync + 'static {
         bucket: &str,
         key: &str,
         path: &Path,
+        part_sizes: &[u64],
+        meta: ObjectMeta,
+        attrs: &ObjectAttrs,
+        cond: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        self.put_file_at_if(bucket, key, path, 0, part_sizes, meta, attrs, cond).await
+    }
+    /// [`Store::put_file_if`] of the bytes of the file from `offset` to its end: the cache's
+    /// block files start with their header.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_file_at_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        offset: u64,
         part_sizes: &[u64],
         meta: ObjectMeta,
         attrs: &ObjectAttrs,

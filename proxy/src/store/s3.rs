@@ -219,11 +219,12 @@ impl S3Store {
         key: &str,
         upload_id: &str,
         path: &Path,
+        start: u64,
         part_sizes: &[u64],
         cond: Precondition<'_>,
     ) -> Result<(), StoreError> {
         let mut completed = Vec::with_capacity(part_sizes.len());
-        let mut offset = 0;
+        let mut offset = start;
         for (i, &len) in part_sizes.iter().enumerate() {
             let number = i as i32 + 1;
             let body = self.file_body(bucket, key, path, offset, len).await?;
@@ -366,11 +367,12 @@ impl Store for S3Store {
         Ok(())
     }
 
-    async fn put_file_if(
+    async fn put_file_at_if(
         &self,
         bucket: &str,
         key: &str,
         path: &Path,
+        start: u64,
         part_sizes: &[u64],
         meta: ObjectMeta,
         attrs: &ObjectAttrs,
@@ -379,10 +381,11 @@ impl Store for S3Store {
         let len = tokio::fs::metadata(path)
             .await
             .map_err(|source| StoreError::Io { op: "stat", path: path.display().to_string(), source })?
-            .len();
+            .len()
+            .saturating_sub(start);
         check_parts(bucket, key, len, part_sizes)?;
         if let [only] = part_sizes {
-            let body = self.file_body(bucket, key, path, 0, *only).await?;
+            let body = self.file_body(bucket, key, path, start, *only).await?;
             let req = self.client.put_object().bucket(bucket).key(key).content_length(*only as i64).body(body);
             let req = with_attrs!(req, meta, attrs, self.sse);
             let req = match cond {
@@ -399,7 +402,7 @@ impl Store for S3Store {
             key,
         ))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
-        let done = self.upload_parts(bucket, key, &upload_id, path, part_sizes, cond).await;
+        let done = self.upload_parts(bucket, key, &upload_id, path, start, part_sizes, cond).await;
         if done.is_err() {
             // Nothing of a failed upload may linger (parts cost storage until aborted).
             let abort = self.client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;

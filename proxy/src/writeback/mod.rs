@@ -316,17 +316,18 @@ mod tests {
             }
             self.0.put_if(bucket, key, data, meta, attrs, cond).await
         }
-        async fn put_file_if(
+        async fn put_file_at_if(
             &self,
             bucket: &str,
             key: &str,
             path: &Path,
+            offset: u64,
             part_sizes: &[u64],
             meta: ObjectMeta,
             attrs: &ObjectAttrs,
             cond: Precondition<'_>,
         ) -> Result<(), StoreError> {
-            self.0.put_file_if(bucket, key, path, part_sizes, meta, attrs, cond).await
+            self.0.put_file_at_if(bucket, key, path, offset, part_sizes, meta, attrs, cond).await
         }
         async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError> {
             self.0.delete_if(bucket, key, etag).await
