@@ -399,6 +399,41 @@ pub fn read_block(path: &Path) -> io::Result<Result<(BlockHeader, Bytes), Format
     Ok(Ok((header, data)))
 }
 
+/// Opens a block file and verifies its data's CRC32C, reading it in 1 MiB steps: the header, the
+/// open file, where the data starts, and the data itself when it is one part of at most
+/// `in_memory` bytes.
+#[allow(clippy::type_complexity)]
+pub fn open_verified(
+    path: &Path,
+    in_memory: u64,
+) -> io::Result<Result<(BlockHeader, File, u64, Option<Bytes>), FormatError>> {
+    use std::os::unix::fs::FileExt;
+    let mut file = File::open(path)?;
+    let (header, offset, size) = match read_header_of(&mut file)? {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(e)),
+    };
+    if size != offset + header.data_len {
+        return Ok(Err(FormatError::DataChecksum));
+    }
+    let whole = header.parts.len() <= 1 && header.data_len <= in_memory;
+    let mut data = whole.then(|| Vec::with_capacity(header.data_len as usize));
+    let (mut crc, mut at, mut buf) = (0u32, 0u64, vec![0u8; 1 << 20]);
+    while at < header.data_len {
+        let n = (header.data_len - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], offset + at)?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        if let Some(d) = data.as_mut() {
+            d.extend_from_slice(&buf[..n]);
+        }
+        at += n as u64;
+    }
+    if crc != header.data_crc32c {
+        return Ok(Err(FormatError::DataChecksum));
+    }
+    Ok(Ok((header, file, offset, data.map(Bytes::from))))
+}
+
 /// Reads only the header of a block file (for the start-up scan), and the file's size.
 pub fn read_header(path: &Path) -> io::Result<Result<(BlockHeader, u64), FormatError>> {
     Ok(read_header_len(path)?.map(|(h, _, size)| (h, size)))

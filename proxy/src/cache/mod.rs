@@ -136,6 +136,16 @@ pub enum Lookup {
     DroppedCorrupt,
 }
 
+/// A dirty block's file opened (and verified) by [`Cache::open_dirty`].
+#[derive(Debug)]
+pub struct DirtyFile {
+    pub header: BlockHeader,
+    pub file: std::fs::File,
+    pub data_offset: u64,
+    /// The data, when it was small enough to read into memory.
+    pub data: Option<Bytes>,
+}
+
 /// A block file opened by [`Cache::open_block`].
 #[derive(Debug)]
 pub struct OpenBlock {
@@ -645,16 +655,18 @@ impl Cache {
         Ok(Opened::Miss)
     }
 
-    /// The path of a dirty block's file, with its header, for a flush that streams it.
-    pub async fn dirty_file(&self, id: &BlockId) -> Result<Option<(BlockHeader, PathBuf, u64)>, CacheError> {
+    /// Opens a dirty block's file for its flush and verifies its CRC32C (streaming, so any size),
+    /// reading its data into memory too when it is one part of at most `in_memory` bytes. The
+    /// open file keeps this version readable whatever replaces it meanwhile.
+    pub async fn open_dirty(&self, id: &BlockId, in_memory: u64) -> Result<Option<DirtyFile>, CacheError> {
         let Some(entry) = self.index().get(id).filter(|e| e.is_dirty()).cloned() else { return Ok(None) };
         let path = self.layout.path(Area::Dirty, &entry.name);
-        let p = path.clone();
-        let read = tokio::task::spawn_blocking(move || disk::read_header_len(&p))
+        let read = tokio::task::spawn_blocking(move || disk::open_verified(&path, in_memory))
             .await
             .map_err(|e| io_err("read")(io::Error::other(e)))?;
         match read {
-            Ok(Ok((h, offset, _))) => Ok(Some((h, path, offset))),
+            Ok(Ok((header, file, data_offset, data))) => Ok(Some(DirtyFile { header, file, data_offset, data })),
+            // Replaced by a newer write between lookup and open: the caller re-queues.
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("read")(e)),
             Ok(Err(e)) => Err(CacheError::CorruptDirty {

@@ -273,7 +273,7 @@ mod tests {
         let id = st.create("v", "a/b", &ObjectAttrs::default()).unwrap();
         assert!(valid_upload_id(&id));
         assert_eq!(st.meta(&id).unwrap().unwrap().key, "a/b");
-        let mut write = |n: u32, data: &[u8]| {
+        let write = |n: u32, data: &[u8]| {
             let (file, path) = st.part_file(&id, n).unwrap();
             std::fs::write(&path, data).unwrap();
             let rec = PartRecord { part_number: n, file, size: data.len() as u64, md5: String::new(), crc32c: 0 };

@@ -12,12 +12,19 @@ mod queue;
 
 use crate::cache::{BlockId, Cache, CacheError, FlushOutcome};
 use crate::metrics::Metrics;
-use crate::store::{Conditional, DynStore, ErrorClass, ObjectMeta, StoreError, delete_unless_newer, put_unless_newer};
+use crate::store::{
+    Conditional, DynStore, ErrorClass, ObjectMeta, StoreError, delete_unless_newer, put_file_at_unless_newer,
+    put_unless_newer,
+};
 use queue::{FlushQueue, Next};
 use rand::Rng;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
+
+/// One-part objects up to this size are flushed from memory with a single PUT; larger ones, and
+/// every object of several parts, are uploaded from their file.
+const IN_MEMORY_FLUSH: u64 = 16 << 20;
 
 #[derive(Debug, Clone)]
 pub struct WritebackConfig {
@@ -194,19 +201,32 @@ impl Writeback {
 
     async fn flush_once(&self, id: &BlockId) -> Result<bool, Failed> {
         let tried = self.cache.version_of(id);
-        let read = self.cache.read_dirty(id).await.map_err(|e| Failed { version: tried, error: e.into() })?;
-        let Some((header, data)) = read else {
+        let opened =
+            self.cache.open_dirty(id, IN_MEMORY_FLUSH).await.map_err(|e| Failed { version: tried, error: e.into() })?;
+        let Some(dirty) = opened else {
             // Already flushed or replaced; a replacement is queued by its writer.
             return Ok(false);
         };
+        let header = &dirty.header;
         let failed = |e: StoreError| Failed { version: Some(header.version), error: e.into() };
         let (bucket, key) = (&header.bucket, &header.store_key);
-        let len = data.len() as u64;
-        let done = if header.tombstone {
-            delete_unless_newer(self.store.as_ref(), bucket, key, header.version).await
-        } else {
-            let meta = ObjectMeta { version: header.version, crc32c: header.data_crc32c };
-            put_unless_newer(self.store.as_ref(), bucket, key, data, meta, &Default::default()).await
+        let len = header.data_len;
+        let meta = ObjectMeta { version: header.version, crc32c: header.data_crc32c };
+        let store = self.store.as_ref();
+        let done = match &dirty.data {
+            _ if header.tombstone => delete_unless_newer(store, bucket, key, header.version).await,
+            // One small part: one conditional PUT from memory.
+            Some(data) => put_unless_newer(store, bucket, key, data.clone(), meta, &header.attrs).await,
+            None => {
+                // The parts the client sent, read from the open file: the store's ETag is the
+                // one the write was answered with. Through /proc, the store reads this version
+                // even if a newer write replaces the file meanwhile.
+                use std::os::fd::AsRawFd;
+                let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", dirty.file.as_raw_fd()));
+                let parts = if header.parts.is_empty() { vec![len] } else { header.parts.clone() };
+                put_file_at_unless_newer(store, bucket, key, &path, dirty.data_offset, &parts, meta, &header.attrs)
+                    .await
+            }
         }
         .map_err(failed)?;
         let outcome = match done {
@@ -349,7 +369,16 @@ mod tests {
     async fn write(cache: &Cache, key: &str, version: u64) -> BlockId {
         let id = BlockId::object(VolumeId::parse("v").unwrap(), BlockKey::parse(key).unwrap());
         let data = Some(Bytes::from(format!("{key} v{version}")));
-        let w = DirtyWrite { id: id.clone(), bucket: "b".into(), store_key: key.into(), version, data };
+        let w = DirtyWrite {
+            id: id.clone(),
+            bucket: "b".into(),
+            store_key: key.into(),
+            version,
+            data,
+            etag: String::new(),
+            attrs: ObjectAttrs::default(),
+            parts: Vec::new(),
+        };
         cache.write_dirty(w).await.unwrap();
         id
     }
@@ -392,6 +421,35 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(cache.quarantined_blocks(), 1, "a transient failure is never quarantined");
+    }
+
+    #[tokio::test]
+    async fn an_object_of_several_parts_is_flushed_in_those_parts_with_its_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(Cache::open(dir.path(), 1 << 30, false).unwrap().0);
+        let store = Arc::new(MemoryStore::default());
+        let wb =
+            Writeback::new(Arc::clone(&cache), store.clone(), Arc::new(Metrics::new()), WritebackConfig::default());
+        let min = blockproxy_protocol::MIN_PART_SIZE;
+        let data = Bytes::from((0..2 * min + 7).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let parts = vec![min, min, 7];
+        let attrs = ObjectAttrs { content_type: Some("text/plain".into()), ..Default::default() };
+        let id = BlockId::object(VolumeId::parse("v").unwrap(), BlockKey::parse("big").unwrap());
+        let w = DirtyWrite {
+            id: id.clone(),
+            bucket: "b".into(),
+            store_key: "pfx/big".into(),
+            version: 3,
+            data: Some(data.clone()),
+            etag: String::new(),
+            attrs: attrs.clone(),
+            parts: parts.clone(),
+        };
+        cache.write_dirty(w).await.unwrap();
+        assert!(!wb.flush_once(&id).await.map_err(|f| f.error).unwrap(), "nothing left dirty");
+        let got = store.get("b", "pfx/big").await.unwrap().unwrap();
+        assert_eq!((got.data, got.version, got.attrs), (data, 3, attrs));
+        assert_eq!(store.part_sizes("b", "pfx/big"), Some(parts));
     }
 
     #[tokio::test]
