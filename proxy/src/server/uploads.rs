@@ -111,6 +111,10 @@ async fn put_part(s: &Arc<AppState>, id: &BlockId, upload: &str, n: u32, req: Re
         ));
     }
     owned_upload(s, id, upload).await?;
+    let (st, u) = (s.staging.clone(), upload.to_owned());
+    if blocking(move || st.completed(&u)).await?.is_some() {
+        return Err(no_such_upload());
+    }
     s.cache.stage(len).await.map_err(|e| cache_error(s, e))?;
     let (file, path) = s.staging.part_file(upload, n).map_err(|_| no_such_upload())?;
     let streamed = stream_part(s, req.into_body(), &path, len, &checksum).await;

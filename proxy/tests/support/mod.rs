@@ -411,3 +411,95 @@ impl Drop for TmpfsMount {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+/// Multipart staging at the home proxy (`/v1/volumes/{VOLUME}/uploads/{key}`), as a client does it.
+impl ProxyProcess {
+    pub fn upload_url(&self, key: &str) -> String {
+        self.url(&format!("/v1/volumes/{VOLUME}/uploads/{key}"))
+    }
+
+    /// Creates an upload with these headers (attributes); returns its id.
+    pub async fn create_upload(&self, key: &str, headers: &[(&str, &str)]) -> Result<String> {
+        let mut req = self.http.post(self.upload_url(key)).bearer_auth(TOKEN);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await?;
+        if r.status() != 200 {
+            bail!("create upload {key}: {} {}", r.status(), r.text().await.unwrap_or_default());
+        }
+        Ok(r.json::<blockproxy::protocol::UploadCreated>().await?.upload_id)
+    }
+
+    /// Stages one part; returns the response (its `etag` header is the part's ETag).
+    pub async fn put_part(&self, key: &str, upload: &str, n: u32, data: &[u8]) -> Result<reqwest::Response> {
+        Ok(self
+            .http
+            .put(self.upload_url(key))
+            .query(&[("uploadId", upload), ("partNumber", &n.to_string())])
+            .bearer_auth(TOKEN)
+            .header(CHECKSUM_HEADER, Checksum::crc32c(data).to_string())
+            .body(data.to_vec())
+            .send()
+            .await?)
+    }
+
+    /// Stages `data` cut into parts of `part_size`; returns the parts' ETags in order.
+    pub async fn put_parts(&self, key: &str, upload: &str, data: &[u8], part_size: usize) -> Result<Vec<String>> {
+        let mut etags = Vec::new();
+        for (i, chunk) in data.chunks(part_size).enumerate() {
+            let r = self.put_part(key, upload, i as u32 + 1, chunk).await?;
+            if r.status() != 200 {
+                bail!("part {}: {} {}", i + 1, r.status(), r.text().await.unwrap_or_default());
+            }
+            etags.push(r.headers()["etag"].to_str()?.to_owned());
+        }
+        Ok(etags)
+    }
+
+    /// Completes an upload with these parts (numbered from 1, with their ETags).
+    pub async fn complete_upload(&self, key: &str, upload: &str, etags: &[String]) -> Result<reqwest::Response> {
+        let parts = etags
+            .iter()
+            .enumerate()
+            .map(|(i, e)| blockproxy::protocol::CompletePart { part_number: i as u32 + 1, etag: Some(e.clone()) })
+            .collect();
+        let body = blockproxy::protocol::CompleteUpload { parts, version: None };
+        Ok(self
+            .http
+            .post(self.upload_url(key))
+            .query(&[("uploadId", upload)])
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await?)
+    }
+
+    /// GET of a block of a clean object, pinned to the store's ETag.
+    pub async fn get_block(&self, key: &str, index: u64, block_size: u64, etag: &str) -> Result<reqwest::Response> {
+        Ok(self
+            .http
+            .get(self.block_url(key))
+            .query(&[("block", index), ("blockSize", block_size)])
+            .bearer_auth(TOKEN)
+            .header("if-match", etag)
+            .send()
+            .await?)
+    }
+
+    pub async fn head(&self, key: &str) -> Result<reqwest::Response> {
+        Ok(self.http.head(self.block_url(key)).bearer_auth(TOKEN).send().await?)
+    }
+}
+
+impl Backend {
+    /// HEAD of `{PREFIX}/{key}` in MinIO.
+    pub async fn head_object(&self, key: &str) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>> {
+        let s3 = self.minio.s3_client();
+        match s3.head_object().bucket(self.minio.bucket()).key(format!("{PREFIX}/{key}")).send().await {
+            Ok(o) => Ok(Some(o)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("{}", aws_sdk_s3::error::DisplayErrorContext(e))),
+        }
+    }
+}
