@@ -177,7 +177,9 @@ pub async fn get_object(
                 } else {
                     ob
                 };
-                return serve_cached(s, &id, ob, headers, with_body).await;
+                if let Some(resp) = serve_cached(s, &id, ob, headers, with_body).await? {
+                    return Ok(resp);
+                }
             }
         }
         Opened::Miss => {}
@@ -234,14 +236,15 @@ pub async fn get_object(
     }
 }
 
-/// Serves a cached object (or a range of it) from its open file.
+/// Serves a cached object (or a range of it) from its open file; `None` when the cached copy
+/// failed verification and was dropped (fetch it from the store).
 async fn serve_cached(
     s: &Arc<AppState>,
     id: &BlockId,
     ob: OpenBlock,
     headers: &HeaderMap,
     with_body: bool,
-) -> Result<Response, ApiError> {
+) -> Result<Option<Response>, ApiError> {
     s.metrics.cache_hits_total.inc();
     let h = &ob.header;
     let total = h.data_len;
@@ -256,24 +259,41 @@ async fn serve_cached(
     };
     if !with_body {
         let len = range.as_ref().map_or(total, |r| r.end - r.start);
-        return Ok(respond(answer(range), None, len));
+        return Ok(Some(respond(answer(range), None, len)));
     }
     if range.is_none() && total <= s.max_block_size {
         // Small enough to verify whole before serving, as every block was before objects.
         let _reserved = reserve_bytes(s, total).await?;
-        let data = match s.cache.read(id).await.map_err(|e| cache_error(s, e))? {
-            Lookup::Hit { data, version, .. } if version == h.version => data,
-            // Replaced or dropped meanwhile: answer what is there now.
-            _ => return Err(ApiError::unavailable("the object changed while it was read; retry", 0)),
+        let (file, offset) = (ob.file, ob.data_offset);
+        let read = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; total as usize];
+            file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the cache failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("reading the cache failed: {e}")))?;
+        let data = if crc32c::crc32c(&read) == h.data_crc32c {
+            read
+        } else {
+            // The cache's own read handles corruption: a clean copy is dropped (refetched from the
+            // store), a dirty one is an error, never served.
+            match s.cache.read(id).await.map_err(|e| cache_error(s, e))? {
+                Lookup::DroppedCorrupt => {
+                    s.metrics.cache_corrupt_blocks_total.inc();
+                    return Ok(None);
+                }
+                _ => return Err(ApiError::unavailable("the object changed while it was read; retry", 0)),
+            }
         };
         s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(data.len() as u64);
-        return Ok(respond(answer(None), Some(Body::from(data)), total));
+        return Ok(Some(respond(answer(None), Some(Body::from(data)), total)));
     }
     let r = range.clone().unwrap_or(0..total);
     s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(r.end - r.start);
     let len = r.end - r.start;
     let body = file_body(ob.file, ob.data_offset, r);
-    Ok(respond(answer(range), Some(body), len))
+    Ok(Some(respond(answer(range), Some(body), len)))
 }
 
 fn store_failed(e: impl std::fmt::Display) -> ApiError {
