@@ -38,6 +38,9 @@ pub struct DirtyKey {
     /// True for a pending delete (the key will disappear from the store).
     pub deleted: bool,
     pub version: u64,
+    /// The version's S3 ETag (quoted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 }
 
 /// Answer of `GET /v1/volumes/{volume}/objects?prefix=`: the objects the store holds under the
@@ -54,4 +57,10 @@ pub struct StoreObjects {
 pub struct StoreObject {
     pub key: String,
     pub size: u64,
+    /// The store's ETag (quoted, as S3 lists it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Milliseconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified_ms: Option<u64>,
 }

@@ -216,7 +216,7 @@ fn list_dirty(s: &AppState, volume: &VolumeId, prefix: &str) -> Response {
         .cache
         .dirty_under(volume, prefix)
         .into_iter()
-        .map(|(id, size, version, deleted)| DirtyKey { key: id.key.to_string(), size, deleted, version })
+        .map(|(id, size, version, deleted)| DirtyKey { key: id.key.to_string(), size, deleted, version, etag: None })
         .collect();
     axum::Json(DirtyKeys { keys }).into_response()
 }
@@ -238,7 +238,7 @@ async fn list_store(s: &AppState, cfg: &VolumeConfig, prefix: &str) -> Result<Re
     let objects = listed
         .into_iter()
         .filter(|o| o.key.len() > strip && !crate::store::is_tombstone_key(&o.key))
-        .map(|o| StoreObject { key: o.key[strip..].to_owned(), size: o.size })
+        .map(|o| StoreObject { key: o.key[strip..].to_owned(), size: o.size, etag: None, last_modified_ms: None })
         .collect();
     Ok(axum::Json(StoreObjects { objects }).into_response())
 }
