@@ -174,7 +174,9 @@ impl Inner {
                     Op::Put { key, data, version, .. } => {
                         let meta = ObjectMeta::for_data(*version, data);
                         let k = store_key(&loc.prefix, key.as_str());
-                        let done = put_unless_newer(store.as_ref(), &loc.bucket, &k, data.clone(), meta).await;
+                        let done =
+                            put_unless_newer(store.as_ref(), &loc.bucket, &k, data.clone(), meta, &Default::default())
+                                .await;
                         not_superseded(done.map_err(err)?, *version)
                     }
                     Op::Get { key, range } => {

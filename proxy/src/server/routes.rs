@@ -366,7 +366,7 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
 
     if s.write_through {
         let meta = ObjectMeta::for_data(version, &body);
-        let done = put_unless_newer(s.store.as_ref(), &cfg.bucket, &store_key, body.clone(), meta)
+        let done = put_unless_newer(s.store.as_ref(), &cfg.bucket, &store_key, body.clone(), meta, &Default::default())
             .await
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("write-through to the store failed: {e}")))?;
         if let Conditional::StoreNewer { store_version } = done {

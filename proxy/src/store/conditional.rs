@@ -3,8 +3,9 @@
 //! lost race read again. Writeback, write-through and the client's direct-store path all use it,
 //! so two writers of one key converge on the newest version in whatever order they run.
 
-use super::{ErrorClass, ObjectMeta, Precondition, Store, StoreError};
+use super::{ErrorClass, ObjectAttrs, ObjectMeta, Precondition, Store, StoreError};
 use bytes::Bytes;
+use std::path::Path;
 
 /// Lost races in a row before giving up on this attempt (the caller retries later).
 const MAX_CONDITIONAL_ATTEMPTS: u32 = 8;
@@ -45,8 +46,30 @@ pub async fn put_unless_newer(
     key: &str,
     data: Bytes,
     meta: ObjectMeta,
+    attrs: &ObjectAttrs,
 ) -> Result<Conditional, StoreError> {
-    put_versioned(store, bucket, key, data, meta, true).await
+    put_versioned(store, bucket, key, Payload::Bytes(&data), meta, attrs, true).await
+}
+
+/// [`put_unless_newer`] for an object held in a file, uploaded in parts of `part_sizes`
+/// ([`Store::put_file_if`]).
+pub async fn put_file_unless_newer(
+    store: &dyn Store,
+    bucket: &str,
+    key: &str,
+    path: &Path,
+    part_sizes: &[u64],
+    meta: ObjectMeta,
+    attrs: &ObjectAttrs,
+) -> Result<Conditional, StoreError> {
+    put_versioned(store, bucket, key, Payload::File { path, part_sizes }, meta, attrs, true).await
+}
+
+/// What a conditional write uploads.
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Bytes(&'a Bytes),
+    File { path: &'a Path, part_sizes: &'a [u64] },
 }
 
 /// `tombstones`: whether an absent key's tombstone is consulted (not for tombstones themselves).
@@ -54,8 +77,9 @@ async fn put_versioned(
     store: &dyn Store,
     bucket: &str,
     key: &str,
-    data: Bytes,
+    payload: Payload<'_>,
     meta: ObjectMeta,
+    attrs: &ObjectAttrs,
     tombstones: bool,
 ) -> Result<Conditional, StoreError> {
     for _ in 0..MAX_CONDITIONAL_ATTEMPTS {
@@ -74,7 +98,13 @@ async fn put_versioned(
                 Precondition::Absent
             }
         };
-        match store.put_if(bucket, key, data.clone(), meta, cond).await {
+        let put = match payload {
+            Payload::Bytes(data) => store.put_if(bucket, key, data.clone(), meta, attrs, cond).await,
+            Payload::File { path, part_sizes } => {
+                store.put_file_if(bucket, key, path, part_sizes, meta, attrs, cond).await
+            }
+        };
+        match put {
             Ok(()) => return Ok(Conditional::Applied),
             Err(e) if e.class() == ErrorClass::PreconditionFailed => lost_race("PUT", bucket, key, meta.version),
             Err(e) => return Err(e),
@@ -99,7 +129,9 @@ pub async fn delete_unless_newer(
     // The tombstone goes first: from then on no older write can recreate the key. A newer
     // tombstone already there is fine (a newer delete); the object is still removed if older.
     let marker = ObjectMeta::for_data(version, b"");
-    put_versioned(store, bucket, &tombstone_key(key), Bytes::new(), marker, false).await?;
+    let empty = Bytes::new();
+    put_versioned(store, bucket, &tombstone_key(key), Payload::Bytes(&empty), marker, &ObjectAttrs::default(), false)
+        .await?;
     for _ in 0..MAX_CONDITIONAL_ATTEMPTS {
         let Some(current) = store.head(bucket, key).await? else { return Ok(Conditional::Applied) };
         if current.version > version {
@@ -124,6 +156,13 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
 
+    /// A file of `len` bytes (the same byte repeated) in a temporary folder.
+    fn file_of(dir: &tempfile::TempDir, name: &str, len: usize, byte: u8) -> std::path::PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, vec![byte; len]).unwrap();
+        path
+    }
+
     fn meta(version: u64, data: &[u8]) -> ObjectMeta {
         ObjectMeta::for_data(version, data)
     }
@@ -138,7 +177,9 @@ mod tests {
             let store = MemoryStore::default();
             for v in order {
                 let data = Bytes::from(format!("v{v}"));
-                put_unless_newer(&store, "b", "k", data.clone(), meta(v, &data)).await.unwrap();
+                put_unless_newer(&store, "b", "k", data.clone(), meta(v, &data), &ObjectAttrs::default())
+                    .await
+                    .unwrap();
             }
             assert_eq!(stored(&store).await, Some((b"v2".to_vec(), 2)), "order {order:?}");
         }
@@ -147,21 +188,34 @@ mod tests {
     #[tokio::test]
     async fn an_older_write_reports_the_newer_store_version() {
         let store = MemoryStore::default();
-        put_unless_newer(&store, "b", "k", Bytes::from_static(b"new"), meta(5, b"new")).await.unwrap();
-        let got = put_unless_newer(&store, "b", "k", Bytes::from_static(b"old"), meta(3, b"old")).await.unwrap();
+        put_unless_newer(&store, "b", "k", Bytes::from_static(b"new"), meta(5, b"new"), &ObjectAttrs::default())
+            .await
+            .unwrap();
+        let got =
+            put_unless_newer(&store, "b", "k", Bytes::from_static(b"old"), meta(3, b"old"), &ObjectAttrs::default())
+                .await
+                .unwrap();
         assert_eq!(got, Conditional::StoreNewer { store_version: 5 });
-        let again = put_unless_newer(&store, "b", "k", Bytes::from_static(b"new"), meta(5, b"new")).await.unwrap();
+        let again =
+            put_unless_newer(&store, "b", "k", Bytes::from_static(b"new"), meta(5, b"new"), &ObjectAttrs::default())
+                .await
+                .unwrap();
         assert_eq!(again, Conditional::Applied, "the same version again is idempotent");
     }
 
     #[tokio::test]
     async fn a_write_landing_between_read_and_write_is_not_overwritten_by_an_older_one() {
         let store = MemoryStore::default();
-        put_unless_newer(&store, "b", "k", Bytes::from_static(b"v1"), meta(1, b"v1")).await.unwrap();
+        put_unless_newer(&store, "b", "k", Bytes::from_static(b"v1"), meta(1, b"v1"), &ObjectAttrs::default())
+            .await
+            .unwrap();
         // Another writer installs version 9 right after our HEAD: our If-Match must fail, and the
         // re-read must see 9 and give up.
         store.after_next_head(|s| s.force("b", "k", b"v9", 9));
-        let got = put_unless_newer(&store, "b", "k", Bytes::from_static(b"v4"), meta(4, b"v4")).await.unwrap();
+        let got =
+            put_unless_newer(&store, "b", "k", Bytes::from_static(b"v4"), meta(4, b"v4"), &ObjectAttrs::default())
+                .await
+                .unwrap();
         assert_eq!(got, Conditional::StoreNewer { store_version: 9 });
         assert_eq!(stored(&store).await, Some((b"v9".to_vec(), 9)));
     }
@@ -170,14 +224,19 @@ mod tests {
     async fn a_racing_first_write_is_not_overwritten_by_an_older_one() {
         let store = MemoryStore::default();
         store.after_next_head(|s| s.force("b", "k", b"v9", 9));
-        let got = put_unless_newer(&store, "b", "k", Bytes::from_static(b"v4"), meta(4, b"v4")).await.unwrap();
+        let got =
+            put_unless_newer(&store, "b", "k", Bytes::from_static(b"v4"), meta(4, b"v4"), &ObjectAttrs::default())
+                .await
+                .unwrap();
         assert_eq!(got, Conditional::StoreNewer { store_version: 9 });
     }
 
     #[tokio::test]
     async fn deletes_never_remove_a_newer_version() {
         let store = MemoryStore::default();
-        put_unless_newer(&store, "b", "k", Bytes::from_static(b"v7"), meta(7, b"v7")).await.unwrap();
+        put_unless_newer(&store, "b", "k", Bytes::from_static(b"v7"), meta(7, b"v7"), &ObjectAttrs::default())
+            .await
+            .unwrap();
         assert_eq!(
             delete_unless_newer(&store, "b", "k", 6).await.unwrap(),
             Conditional::StoreNewer { store_version: 7 }
@@ -197,13 +256,21 @@ mod tests {
     async fn a_write_older_than_a_delete_never_brings_the_key_back() {
         // A proxy cut off while it held v6 dirty flushes it after v8's delete reached the store.
         let store = MemoryStore::default();
-        put_unless_newer(&store, "b", "k", Bytes::from_static(b"v5"), meta(5, b"v5")).await.unwrap();
+        put_unless_newer(&store, "b", "k", Bytes::from_static(b"v5"), meta(5, b"v5"), &ObjectAttrs::default())
+            .await
+            .unwrap();
         assert_eq!(delete_unless_newer(&store, "b", "k", 8).await.unwrap(), Conditional::Applied);
-        let late = put_unless_newer(&store, "b", "k", Bytes::from_static(b"v6"), meta(6, b"v6")).await.unwrap();
+        let late =
+            put_unless_newer(&store, "b", "k", Bytes::from_static(b"v6"), meta(6, b"v6"), &ObjectAttrs::default())
+                .await
+                .unwrap();
         assert_eq!(late, Conditional::StoreNewer { store_version: 8 });
         assert!(stored(&store).await.is_none(), "the deleted key came back");
         // A write newer than the delete creates the key again; an older delete keeps the newer tombstone.
-        let newer = put_unless_newer(&store, "b", "k", Bytes::from_static(b"v9"), meta(9, b"v9")).await.unwrap();
+        let newer =
+            put_unless_newer(&store, "b", "k", Bytes::from_static(b"v9"), meta(9, b"v9"), &ObjectAttrs::default())
+                .await
+                .unwrap();
         assert_eq!(newer, Conditional::Applied);
         assert_eq!(stored(&store).await, Some((b"v9".to_vec(), 9)));
         assert_eq!(
@@ -218,7 +285,35 @@ mod tests {
         let store = MemoryStore::default();
         // Another writer replaces the (older) object after every one of our reads.
         store.always_after_head(|s| s.force("b", "k", b"x", 3));
-        let err = put_unless_newer(&store, "b", "k", Bytes::from_static(b"v5"), meta(5, b"v5")).await.unwrap_err();
+        let err =
+            put_unless_newer(&store, "b", "k", Bytes::from_static(b"v5"), meta(5, b"v5"), &ObjectAttrs::default())
+                .await
+                .unwrap_err();
         assert!(matches!(err, StoreError::Contended { .. }) && err.class() == ErrorClass::Transient, "{err}");
+    }
+
+    #[tokio::test]
+    async fn file_uploads_follow_the_same_ordering() {
+        let dir = tempfile::tempdir().unwrap();
+        let min = blockproxy_protocol::MIN_PART_SIZE as usize;
+        let (new, old) = (file_of(&dir, "new", min + 3, b'n'), file_of(&dir, "old", min + 3, b'o'));
+        let parts = [min as u64, 3];
+        let attrs = ObjectAttrs { content_type: Some("text/plain".into()), ..Default::default() };
+        let store = MemoryStore::default();
+        let put = |path: std::path::PathBuf, version: u64| {
+            let meta = ObjectMeta::for_data(version, &std::fs::read(&path).unwrap());
+            let (store, attrs) = (&store, &attrs);
+            async move { put_file_unless_newer(store, "b", "k", &path, &parts, meta, attrs).await.unwrap() }
+        };
+        assert_eq!(put(new.clone(), 5).await, Conditional::Applied);
+        assert_eq!(put(old.clone(), 4).await, Conditional::StoreNewer { store_version: 5 });
+        // A newer writer lands between our read and our upload: the upload fails and is skipped.
+        store.after_next_head(|s| s.force("b", "k", b"v9", 9));
+        assert_eq!(put(old, 6).await, Conditional::StoreNewer { store_version: 9 });
+        assert_eq!(stored(&store).await, Some((b"v9".to_vec(), 9)));
+        assert_eq!(put(new, 10).await, Conditional::Applied);
+        let got = store.get("b", "k").await.unwrap().unwrap();
+        assert_eq!((got.data.len(), got.version, got.attrs), (min + 3, 10, attrs.clone()));
+        assert_eq!(store.part_sizes("b", "k"), Some(parts.to_vec()));
     }
 }

@@ -5,7 +5,9 @@
 //! - `<root>/<bucket>/<key>`: the object's bytes, a plain file that any tool can read.
 //! - Two user extended attributes on that file: `user.blockproxy.version` (the write version, in
 //!   decimal) and `user.blockproxy.crc32c` (the writer's checksum, 8 hex digits). A file without
-//!   them was written by something else: version 0, accepted as it is.
+//!   them was written by something else: version 0, accepted as it is. A third,
+//!   `user.blockproxy.attrs`, holds the object's attributes as JSON (absent: none). Last-modified
+//!   is the file's mtime.
 //! - `<root>/.blockproxy/tmp/`: objects being written. `<root>/.blockproxy/locks/`: lock files.
 //!
 //! A write goes to a temporary file, which gets its attributes and is fsynced, then is renamed
@@ -17,23 +19,30 @@
 //! Conditional writes and deletes compare the current object with what the caller read while
 //! holding an exclusive `flock` on the key's lock file (one of [`LOCK_STRIPES`]), so writers in
 //! several processes sharing the folder are ordered as S3's `If-Match` orders them. The ETag is
-//! `<inode>-<version>-<crc32c>`: every write is a new inode.
+//! `"<inode>-<version>-<crc32c>"` (quoted, as S3's): every write is a new inode. It is not an MD5:
+//! only S3 stores give S3-compatible ETags. A file upload copies the file into a temporary file
+//! (its parts are only checked, the local store has no parts) and installs it like any write.
 //!
 //! Like MinIO in FS mode, a key cannot be both an object and a "directory" of other objects
 //! (`a` and `a/b`); that conflict is a permanent error. The filesystem must support user xattrs
 //! (ext4, xfs, btrfs, and tmpfs since Linux 6.6 do); [`LocalDirStore::open`] checks it.
 
-use super::{ListedObject, ObjectMeta, ObjectState, Precondition, Store, StoreError, StoredBlock, verify_fetched};
+use super::{
+    ListPage, ListedObject, ObjectAttrs, ObjectInfo, ObjectMeta, Precondition, Store, StoreError, StoredBlock,
+    StoredRange, check_parts, check_range, verify_fetched, without_tombstones,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fs::File;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 const VERSION_XATTR: &str = "user.blockproxy.version";
 const CRC32C_XATTR: &str = "user.blockproxy.crc32c";
+const ATTRS_XATTR: &str = "user.blockproxy.attrs";
 /// Lock files; writers of different keys rarely wait for each other.
 const LOCK_STRIPES: u32 = 64;
 /// Temporary files older than this at open are leftovers of a crash (a live writer is faster).
@@ -107,21 +116,45 @@ impl LocalDirStore {
         Ok(file)
     }
 
-    fn head_sync(&self, bucket: &str, key: &str) -> Result<Option<ObjectState>, StoreError> {
+    fn head_sync(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let path = self.data_path(bucket, key);
         let Some(file) = open_object(&path).map_err(io_err("open", &path))? else { return Ok(None) };
-        state_of(&file).map(Some).map_err(io_err("stat", &path))
+        info_of(&file).map(Some).map_err(io_err("stat", &path))
     }
 
     fn get_sync(&self, bucket: &str, key: &str) -> Result<Option<StoredBlock>, StoreError> {
         let path = self.data_path(bucket, key);
         let Some(mut file) = open_object(&path).map_err(io_err("open", &path))? else { return Ok(None) };
         // Attributes and bytes come from the one open inode, so they always belong together.
-        let (version, recorded) = read_meta(&file).map_err(io_err("read xattr", &path))?;
+        let info = info_of(&file).map_err(io_err("read xattr", &path))?;
         let mut data = Vec::new();
         file.read_to_end(&mut data).map_err(io_err("read", &path))?;
-        let crc32c = verify_fetched(bucket, key, &data, recorded)?;
-        Ok(Some(StoredBlock { data: data.into(), version: version.unwrap_or(0), crc32c }))
+        let crc32c = verify_fetched(bucket, key, &data, info.crc32c)?;
+        let (version, etag, last_modified, attrs) = (info.version, info.etag, info.last_modified, info.attrs);
+        Ok(Some(StoredBlock { data: data.into(), version, crc32c, etag, last_modified, attrs }))
+    }
+
+    fn get_range_sync(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Option<StoredRange>, StoreError> {
+        let path = self.data_path(bucket, key);
+        let Some(mut file) = open_object(&path).map_err(io_err("open", &path))? else { return Ok(None) };
+        let info = info_of(&file).map_err(io_err("read xattr", &path))?;
+        if let Some(etag) = if_match
+            && !precondition_holds(Precondition::Matches(etag), Some(&info))
+        {
+            return Err(StoreError::PreconditionFailed { op: "GET", bucket: bucket.into(), key: key.into() });
+        }
+        check_range(bucket, key, &range, info.size)?;
+        let mut data = vec![0; (range.end - range.start) as usize];
+        file.seek(SeekFrom::Start(range.start))
+            .and_then(|_| file.read_exact(&mut data))
+            .map_err(io_err("read", &path))?;
+        Ok(Some(StoredRange { data: data.into(), info }))
     }
 
     fn put_sync(
@@ -130,10 +163,42 @@ impl LocalDirStore {
         key: &str,
         data: &[u8],
         meta: ObjectMeta,
+        attrs: &ObjectAttrs,
         cond: Precondition<'_>,
     ) -> Result<(), StoreError> {
         let tmp = self.tmp_path();
-        let written = write_tmp(&tmp, data, meta).map_err(io_err("write", &tmp));
+        let written = write_tmp(&tmp, &mut &data[..], meta, attrs).map_err(io_err("write", &tmp));
+        self.install(written, &tmp, bucket, key, cond)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn put_file_sync(
+        &self,
+        bucket: &str,
+        key: &str,
+        source: &Path,
+        part_sizes: &[u64],
+        meta: ObjectMeta,
+        attrs: &ObjectAttrs,
+        cond: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let mut file = File::open(source).map_err(io_err("open", source))?;
+        let len = file.metadata().map_err(io_err("stat", source))?.len();
+        check_parts(bucket, key, len, part_sizes)?;
+        let tmp = self.tmp_path();
+        let written = write_tmp(&tmp, &mut file, meta, attrs).map_err(io_err("write", &tmp));
+        self.install(written, &tmp, bucket, key, cond)
+    }
+
+    /// Renames the written temporary file into place if `cond` holds; removes it otherwise.
+    fn install(
+        &self,
+        written: Result<(), StoreError>,
+        tmp: &Path,
+        bucket: &str,
+        key: &str,
+        cond: Precondition<'_>,
+    ) -> Result<(), StoreError> {
         let installed = written.and_then(|()| {
             let _lock = self.lock(bucket, key)?;
             let current = self.head_sync(bucket, key)?;
@@ -143,11 +208,11 @@ impl LocalDirStore {
             let path = self.data_path(bucket, key);
             let parent = path.parent().unwrap_or(&self.root);
             create_dirs_durably(&self.root, parent).map_err(io_err("mkdir", parent))?;
-            std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+            std::fs::rename(tmp, &path).map_err(io_err("rename", &path))?;
             sync_dir(parent).map_err(io_err("fsync dir", parent))
         });
         if installed.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(tmp);
         }
         installed
     }
@@ -191,7 +256,12 @@ impl LocalDirStore {
                     let key = rel.to_string_lossy().into_owned();
                     if key.starts_with(prefix) {
                         let size = entry.metadata().map_err(io_err("stat", &path))?.len();
-                        out.push(ListedObject { key, size });
+                        out.push(ListedObject {
+                            key,
+                            size,
+                            etag: String::new(),
+                            last_modified: SystemTime::UNIX_EPOCH,
+                        });
                     }
                 }
             }
@@ -199,6 +269,44 @@ impl LocalDirStore {
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
+
+    /// A page of [`Self::list_sync`] (which walks the whole prefix: fine for a local folder),
+    /// with each listed object's ETag and mtime.
+    fn list_page_sync(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: u32,
+    ) -> Result<ListPage, StoreError> {
+        let all = self.list_sync(bucket, prefix)?;
+        let mut after = all.into_iter().filter(|o| start_after.is_none_or(|a| o.key.as_str() > a)).peekable();
+        let mut objects = Vec::new();
+        let mut last = None;
+        while objects.len() < max_keys as usize
+            && let Some(o) = after.next()
+        {
+            last = Some(o.key.clone());
+            // Gone since the walk: not listed.
+            if let Some(info) = self.head_sync(bucket, &o.key)? {
+                objects.push(ListedObject { etag: info.etag, last_modified: info.last_modified, size: info.size, ..o });
+            }
+        }
+        let next_start_after = after.peek().and(last);
+        Ok(ListPage { objects: without_tombstones(objects), next_start_after })
+    }
+}
+
+/// A precondition that can move to a blocking task (`None`: absent), and back.
+fn owned(cond: Precondition<'_>) -> Option<String> {
+    match cond {
+        Precondition::Absent => None,
+        Precondition::Matches(etag) => Some(etag.to_owned()),
+    }
+}
+
+fn borrowed(cond: &Option<String>) -> Precondition<'_> {
+    cond.as_deref().map_or(Precondition::Absent, Precondition::Matches)
 }
 
 /// Runs blocking file-system work off the async workers.
@@ -226,8 +334,22 @@ fn read_xattr(file: &File, name: &str) -> io::Result<Option<String>> {
     match rustix::fs::fgetxattr(file, name, &mut buf[..]) {
         Ok(n) => Ok(std::str::from_utf8(&buf[..n]).ok().map(str::to_owned)),
         Err(e) if e == rustix::io::Errno::NODATA => Ok(None),
+        // Longer than any value of ours: not ours.
+        Err(e) if e == rustix::io::Errno::RANGE => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The object's attributes (none when not recorded or unreadable as ours).
+fn read_attrs(file: &File) -> io::Result<ObjectAttrs> {
+    let size = match rustix::fs::fgetxattr(file, ATTRS_XATTR, &mut [0u8; 0][..]) {
+        Ok(n) => n,
+        Err(e) if e == rustix::io::Errno::NODATA => return Ok(ObjectAttrs::default()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut buf = vec![0u8; size];
+    let n = rustix::fs::fgetxattr(file, ATTRS_XATTR, &mut buf[..])?;
+    Ok(serde_json::from_slice(&buf[..n]).unwrap_or_default())
 }
 
 /// The recorded version and checksum; `None` each when not recorded (a foreign file).
@@ -237,27 +359,40 @@ fn read_meta(file: &File) -> io::Result<(Option<u64>, Option<u32>)> {
     Ok((version, crc))
 }
 
-fn state_of(file: &File) -> io::Result<ObjectState> {
-    let (version, crc) = read_meta(file)?;
-    let ino = file.metadata()?.ino();
+fn info_of(file: &File) -> io::Result<ObjectInfo> {
+    let (version, crc32c) = read_meta(file)?;
+    let stat = file.metadata()?;
     let version = version.unwrap_or(0);
-    Ok(ObjectState { version, etag: format!("{ino}-{version}-{:08x}", crc.unwrap_or(0)) })
+    Ok(ObjectInfo {
+        size: stat.len(),
+        etag: format!("\"{}-{version}-{:08x}\"", stat.ino(), crc32c.unwrap_or(0)),
+        version,
+        last_modified: stat.modified()?,
+        attrs: read_attrs(file)?,
+        crc32c,
+    })
 }
 
-fn precondition_holds(cond: Precondition<'_>, current: Option<&ObjectState>) -> bool {
+/// ETags are compared without their quotes, so a caller's unquoted ETag works too.
+fn precondition_holds(cond: Precondition<'_>, current: Option<&ObjectInfo>) -> bool {
+    let bare = |e: &str| e.trim_matches('"').to_owned();
     match (cond, current) {
         (Precondition::Absent, None) => true,
-        (Precondition::Matches(etag), Some(s)) => etag == "*" || s.etag == etag,
+        (Precondition::Matches(etag), Some(s)) => etag == "*" || bare(&s.etag) == bare(etag),
         _ => false,
     }
 }
 
-fn write_tmp(tmp: &Path, data: &[u8], meta: ObjectMeta) -> io::Result<()> {
+fn write_tmp(tmp: &Path, data: &mut impl Read, meta: ObjectMeta, attrs: &ObjectAttrs) -> io::Result<()> {
     let mut f = File::create(tmp)?;
-    f.write_all(data)?;
+    io::copy(data, &mut f)?;
     let flags = rustix::fs::XattrFlags::empty();
     rustix::fs::fsetxattr(&f, VERSION_XATTR, meta.version.to_string().as_bytes(), flags)?;
     rustix::fs::fsetxattr(&f, CRC32C_XATTR, format!("{:08x}", meta.crc32c).as_bytes(), flags)?;
+    if *attrs != ObjectAttrs::default() {
+        let json = serde_json::to_vec(attrs).map_err(io::Error::other)?;
+        rustix::fs::fsetxattr(&f, ATTRS_XATTR, &json, flags)?;
+    }
     f.sync_all()
 }
 
@@ -289,7 +424,19 @@ impl Store for LocalDirStore {
         blocking(move || this.get_sync(&bucket, &key)).await
     }
 
-    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectState>, StoreError> {
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Option<StoredRange>, StoreError> {
+        let (this, bucket, key, if_match) =
+            (self.clone(), bucket.to_owned(), key.to_owned(), if_match.map(str::to_owned));
+        blocking(move || this.get_range_sync(&bucket, &key, range, if_match.as_deref())).await
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.to_owned());
         blocking(move || this.head_sync(&bucket, &key)).await
     }
@@ -300,18 +447,28 @@ impl Store for LocalDirStore {
         key: &str,
         data: Bytes,
         meta: ObjectMeta,
+        attrs: &ObjectAttrs,
         cond: Precondition<'_>,
     ) -> Result<(), StoreError> {
-        let (this, bucket, key) = (self.clone(), bucket.to_owned(), key.to_owned());
-        let cond = match cond {
-            Precondition::Absent => None,
-            Precondition::Matches(etag) => Some(etag.to_owned()),
-        };
-        blocking(move || {
-            let cond = cond.as_deref().map_or(Precondition::Absent, Precondition::Matches);
-            this.put_sync(&bucket, &key, &data, meta, cond)
-        })
-        .await
+        let (this, bucket, key, attrs, cond) =
+            (self.clone(), bucket.to_owned(), key.to_owned(), attrs.clone(), owned(cond));
+        blocking(move || this.put_sync(&bucket, &key, &data, meta, &attrs, borrowed(&cond))).await
+    }
+
+    async fn put_file_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        part_sizes: &[u64],
+        meta: ObjectMeta,
+        attrs: &ObjectAttrs,
+        cond: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let (this, bucket, key, attrs, cond) =
+            (self.clone(), bucket.to_owned(), key.to_owned(), attrs.clone(), owned(cond));
+        let (path, parts) = (path.to_owned(), part_sizes.to_vec());
+        blocking(move || this.put_file_sync(&bucket, &key, &path, &parts, meta, &attrs, borrowed(&cond))).await
     }
 
     async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError> {
@@ -319,9 +476,16 @@ impl Store for LocalDirStore {
         blocking(move || this.delete_sync(&bucket, &key, &etag)).await
     }
 
-    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
-        let (this, bucket, prefix) = (self.clone(), bucket.to_owned(), prefix.to_owned());
-        blocking(move || this.list_sync(&bucket, &prefix)).await
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: u32,
+    ) -> Result<ListPage, StoreError> {
+        let (this, bucket, prefix, after) =
+            (self.clone(), bucket.to_owned(), prefix.to_owned(), start_after.map(str::to_owned));
+        blocking(move || this.list_page_sync(&bucket, &prefix, after.as_deref(), max_keys)).await
     }
 
     fn describe(&self) -> String {
@@ -333,9 +497,19 @@ impl Store for LocalDirStore {
 mod tests {
     use super::*;
     use crate::store::{Conditional, ErrorClass, delete_unless_newer, put_unless_newer};
+    use std::io::Write;
 
     async fn put(store: &LocalDirStore, key: &str, data: &'static [u8], version: u64) -> Conditional {
-        put_unless_newer(store, "b", key, Bytes::from_static(data), ObjectMeta::for_data(version, data)).await.unwrap()
+        put_unless_newer(
+            store,
+            "b",
+            key,
+            Bytes::from_static(data),
+            ObjectMeta::for_data(version, data),
+            &ObjectAttrs::default(),
+        )
+        .await
+        .unwrap()
     }
 
     #[tokio::test]
@@ -398,18 +572,26 @@ mod tests {
         let store = LocalDirStore::open(dir.path()).unwrap();
         put(&store, "k", b"v1", 1).await;
         let read = store.head("b", "k").await.unwrap().unwrap();
+        let none = ObjectAttrs::default();
         put(&store, "k", b"v5", 5).await;
         let stale = store.put_if(
             "b",
             "k",
             Bytes::from_static(b"v3"),
             ObjectMeta::for_data(3, b"v3"),
+            &none,
             Precondition::Matches(&read.etag),
         );
         assert_eq!(stale.await.unwrap_err().class(), ErrorClass::PreconditionFailed);
         assert_eq!(store.delete_if("b", "k", &read.etag).await.unwrap_err().class(), ErrorClass::PreconditionFailed);
-        let absent =
-            store.put_if("b", "k", Bytes::from_static(b"v3"), ObjectMeta::for_data(3, b"v3"), Precondition::Absent);
+        let absent = store.put_if(
+            "b",
+            "k",
+            Bytes::from_static(b"v3"),
+            ObjectMeta::for_data(3, b"v3"),
+            &none,
+            Precondition::Absent,
+        );
         assert_eq!(absent.await.unwrap_err().class(), ErrorClass::PreconditionFailed);
         assert_eq!(put(&store, "k", b"v3", 3).await, Conditional::StoreNewer { store_version: 5 });
         assert_eq!(store.get("b", "k").await.unwrap().unwrap().version, 5);
@@ -421,7 +603,10 @@ mod tests {
         let store = LocalDirStore::open(dir.path()).unwrap();
         put(&store, "x", b"file", 1).await;
         let data = Bytes::from_static(b"below");
-        let err = put_unless_newer(&store, "b", "x/y", data, ObjectMeta::for_data(2, b"below")).await.unwrap_err();
+        let err =
+            put_unless_newer(&store, "b", "x/y", data, ObjectMeta::for_data(2, b"below"), &ObjectAttrs::default())
+                .await
+                .unwrap_err();
         assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
         assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "the temporary file is removed");
         // Once `a/b` is deleted, `a` can be an object again.
@@ -436,7 +621,9 @@ mod tests {
         let store = LocalDirStore::open(dir.path()).unwrap();
         let key = format!("p/{}", "s".repeat(255));
         let data = Bytes::from_static(b"long name");
-        put_unless_newer(&store, "b", &key, data, ObjectMeta::for_data(1, b"long name")).await.unwrap();
+        put_unless_newer(&store, "b", &key, data, ObjectMeta::for_data(1, b"long name"), &ObjectAttrs::default())
+            .await
+            .unwrap();
         assert_eq!(&store.get("b", &key).await.unwrap().unwrap().data[..], b"long name");
     }
 }

@@ -1,19 +1,49 @@
 //! An in-memory [`Store`] for unit tests of the logic above stores: honours preconditions like S3
 //! does, and lets a test run a concurrent writer's change right after a read (a lost race).
 
-use super::{ListedObject, ObjectMeta, ObjectState, Precondition, Store, StoreError, StoredBlock, verify_fetched};
+use super::{
+    ListPage, ListedObject, ObjectAttrs, ObjectInfo, ObjectMeta, Precondition, Store, StoreError, StoredBlock,
+    StoredRange, check_parts, check_range, verify_fetched, without_tombstones,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 type Hook = Box<dyn Fn(&MemoryStore) + Send + Sync>;
-/// (bucket, key) -> (bytes, metadata, ETag)
-type Objects = BTreeMap<(String, String), (Bytes, ObjectMeta, String)>;
+
+#[derive(Clone)]
+struct Object {
+    data: Bytes,
+    meta: ObjectMeta,
+    /// Quoted, unique per write (as if every write had new content).
+    etag: String,
+    attrs: ObjectAttrs,
+    last_modified: SystemTime,
+    /// The part sizes it was uploaded in (one part for a plain PUT).
+    part_sizes: Vec<u64>,
+}
+
+impl Object {
+    fn info(&self) -> ObjectInfo {
+        ObjectInfo {
+            size: self.data.len() as u64,
+            etag: self.etag.clone(),
+            version: self.meta.version,
+            last_modified: self.last_modified,
+            attrs: self.attrs.clone(),
+            crc32c: Some(self.meta.crc32c),
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct MemoryStore {
-    objects: Mutex<Objects>,
+    /// (bucket, key) -> object
+    objects: Mutex<BTreeMap<(String, String), Object>>,
     next_etag: Mutex<u64>,
     once_after_head: Mutex<Option<Hook>>,
     always_after_head: Mutex<Option<Hook>>,
@@ -22,9 +52,8 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// Writes an object unconditionally, as a concurrent writer would.
     pub fn force(&self, bucket: &str, key: &str, data: &[u8], version: u64) {
-        let etag = self.new_etag();
         let meta = ObjectMeta::for_data(version, data);
-        self.objects.lock().unwrap().insert((bucket.into(), key.into()), (Bytes::copy_from_slice(data), meta, etag));
+        self.insert(bucket, key, Bytes::copy_from_slice(data), meta, &ObjectAttrs::default(), vec![data.len() as u64]);
     }
 
     /// Runs `f` once, right after the next HEAD answers.
@@ -37,20 +66,30 @@ impl MemoryStore {
         *self.always_after_head.lock().unwrap() = Some(Box::new(f));
     }
 
-    fn new_etag(&self) -> String {
-        let mut n = self.next_etag.lock().unwrap();
-        *n += 1;
-        format!("\"etag-{n}\"")
+    /// The part sizes the object was uploaded in (one part for a plain PUT).
+    pub fn part_sizes(&self, bucket: &str, key: &str) -> Option<Vec<u64>> {
+        self.object(bucket, key).map(|o| o.part_sizes)
     }
 
-    fn current_etag(&self, bucket: &str, key: &str) -> Option<String> {
-        self.objects.lock().unwrap().get(&(bucket.into(), key.into())).map(|o| o.2.clone())
+    fn object(&self, bucket: &str, key: &str) -> Option<Object> {
+        self.objects.lock().unwrap().get(&(bucket.into(), key.into())).cloned()
+    }
+
+    fn insert(&self, bucket: &str, key: &str, data: Bytes, meta: ObjectMeta, attrs: &ObjectAttrs, parts: Vec<u64>) {
+        let etag = {
+            let mut n = self.next_etag.lock().unwrap();
+            *n += 1;
+            format!("\"etag-{n}\"")
+        };
+        let object =
+            Object { data, meta, etag, attrs: attrs.clone(), last_modified: SystemTime::now(), part_sizes: parts };
+        self.objects.lock().unwrap().insert((bucket.into(), key.into()), object);
     }
 
     fn check(&self, op: &'static str, bucket: &str, key: &str, cond: Precondition<'_>) -> Result<(), StoreError> {
-        let holds = match (cond, self.current_etag(bucket, key)) {
+        let holds = match (cond, self.object(bucket, key)) {
             (Precondition::Absent, None) => true,
-            (Precondition::Matches(want), Some(have)) => want == have,
+            (Precondition::Matches(want), Some(have)) => want == have.etag,
             _ => false,
         };
         if holds { Ok(()) } else { Err(StoreError::PreconditionFailed { op, bucket: bucket.into(), key: key.into() }) }
@@ -60,27 +99,43 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn get(&self, bucket: &str, key: &str) -> Result<Option<StoredBlock>, StoreError> {
-        let Some((data, meta, _)) = self.objects.lock().unwrap().get(&(bucket.into(), key.into())).cloned() else {
-            return Ok(None);
-        };
-        let crc32c = verify_fetched(bucket, key, &data, Some(meta.crc32c))?;
-        Ok(Some(StoredBlock { data, version: meta.version, crc32c }))
+        let Some(o) = self.object(bucket, key) else { return Ok(None) };
+        let crc32c = verify_fetched(bucket, key, &o.data, Some(o.meta.crc32c))?;
+        Ok(Some(StoredBlock {
+            data: o.data,
+            version: o.meta.version,
+            crc32c,
+            etag: o.etag,
+            last_modified: o.last_modified,
+            attrs: o.attrs,
+        }))
     }
 
-    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectState>, StoreError> {
-        let state = self
-            .objects
-            .lock()
-            .unwrap()
-            .get(&(bucket.into(), key.into()))
-            .map(|(_, meta, etag)| ObjectState { version: meta.version, etag: etag.clone() });
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Option<StoredRange>, StoreError> {
+        let Some(o) = self.object(bucket, key) else { return Ok(None) };
+        if let Some(etag) = if_match {
+            self.check("GET", bucket, key, Precondition::Matches(etag))?;
+        }
+        check_range(bucket, key, &range, o.data.len() as u64)?;
+        let data = o.data.slice(range.start as usize..range.end as usize);
+        Ok(Some(StoredRange { data, info: o.info() }))
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        let info = self.object(bucket, key).map(|o| o.info());
         if let Some(f) = self.once_after_head.lock().unwrap().take() {
             f(self);
         }
         if let Some(f) = self.always_after_head.lock().unwrap().as_ref() {
             f(self);
         }
-        Ok(state)
+        Ok(info)
     }
 
     async fn put_if(
@@ -89,16 +144,39 @@ impl Store for MemoryStore {
         key: &str,
         data: Bytes,
         meta: ObjectMeta,
+        attrs: &ObjectAttrs,
         cond: Precondition<'_>,
     ) -> Result<(), StoreError> {
         self.check("PUT", bucket, key, cond)?;
-        let etag = self.new_etag();
-        self.objects.lock().unwrap().insert((bucket.into(), key.into()), (data, meta, etag));
+        let len = data.len() as u64;
+        self.insert(bucket, key, data, meta, attrs, vec![len]);
+        Ok(())
+    }
+
+    async fn put_file_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        part_sizes: &[u64],
+        meta: ObjectMeta,
+        attrs: &ObjectAttrs,
+        cond: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let data = std::fs::read(path).map_err(|source| StoreError::Io {
+            op: "read",
+            path: path.display().to_string(),
+            source,
+        })?;
+        check_parts(bucket, key, data.len() as u64, part_sizes)?;
+        // Checked when the upload completes, as S3 checks a conditional CompleteMultipartUpload.
+        self.check("PUT", bucket, key, cond)?;
+        self.insert(bucket, key, data.into(), meta, attrs, part_sizes.to_vec());
         Ok(())
     }
 
     async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError> {
-        if self.current_etag(bucket, key).is_none() {
+        if self.object(bucket, key).is_none() {
             return Ok(());
         }
         self.check("DELETE", bucket, key, Precondition::Matches(etag))?;
@@ -106,18 +184,78 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
-        Ok(self
-            .objects
-            .lock()
-            .unwrap()
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: u32,
+    ) -> Result<ListPage, StoreError> {
+        let objects = self.objects.lock().unwrap();
+        let mut matching = objects
             .iter()
-            .filter(|((b, k), _)| b == bucket && k.starts_with(prefix))
-            .map(|((_, k), (d, _, _))| ListedObject { key: k.clone(), size: d.len() as u64 })
-            .collect())
+            .filter(|((b, k), _)| b == bucket && k.starts_with(prefix) && start_after.is_none_or(|a| k.as_str() > a));
+        let page: Vec<ListedObject> = matching
+            .by_ref()
+            .take(max_keys as usize)
+            .map(|((_, k), o)| ListedObject {
+                key: k.clone(),
+                size: o.data.len() as u64,
+                etag: o.etag.clone(),
+                last_modified: o.last_modified,
+            })
+            .collect();
+        let next_start_after = match matching.next() {
+            Some(_) => page.last().map(|o| o.key.clone()),
+            None => None,
+        };
+        Ok(ListPage { objects: without_tombstones(page), next_start_after })
     }
 
     fn describe(&self) -> String {
         "memory".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pages_cover_every_key_once_in_order_without_tombstones() {
+        let store = MemoryStore::default();
+        for i in 0..25 {
+            store.force("b", &format!("p/{i:03}"), b"x", 1);
+        }
+        store.force("b", ".blockproxy-tombstones/p/000", b"", 2);
+        store.force("b", "q/other", b"x", 1);
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.list_page("b", "", after.as_deref(), 10).await.unwrap();
+            seen.extend(page.objects.into_iter().map(|o| o.key));
+            match page.next_start_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let mut want: Vec<String> = (0..25).map(|i| format!("p/{i:03}")).collect();
+        want.push("q/other".into());
+        assert_eq!(seen, want);
+        assert_eq!(store.list("b", "p/").await.unwrap().len(), 25);
+    }
+
+    #[tokio::test]
+    async fn ranged_reads_are_pinned_to_an_etag() {
+        let store = MemoryStore::default();
+        store.force("b", "k", b"0123456789", 1);
+        let etag = store.head("b", "k").await.unwrap().unwrap().etag;
+        let got = store.get_range("b", "k", 2..5, Some(&etag)).await.unwrap().unwrap();
+        assert_eq!((&got.data[..], got.info.size), (&b"234"[..], 10));
+        assert!(matches!(store.get_range("b", "k", 8..11, None).await, Err(StoreError::InvalidRange { .. })));
+        store.force("b", "k", b"9876543210", 2);
+        let stale = store.get_range("b", "k", 2..5, Some(&etag)).await.unwrap_err();
+        assert!(matches!(stale, StoreError::PreconditionFailed { .. }), "{stale}");
+        assert!(store.get_range("b", "missing", 0..1, None).await.unwrap().is_none());
     }
 }

@@ -1,11 +1,16 @@
 //! Object-store backends behind one trait. The store knows nothing of the cache: it moves whole
-//! blocks, each tagged with the write version that produced it and the CRC32C its writer computed
-//! (see the consistency ADR).
+//! objects and byte ranges of them, each object tagged with the write version that produced it,
+//! the CRC32C its writer computed (see the consistency ADR) and its attributes
+//! (docs/adr/0004-object-model.md).
 //!
-//! Writes that must not overtake a newer version go through [`put_unless_newer`] and
-//! [`delete_unless_newer`] ([`conditional`]), the one place that decides, from what the store
-//! holds, whether a version may be written; the write itself is conditional at the store
-//! ([`Precondition`]), so a concurrent writer in between makes it fail instead of being overwritten.
+//! Writes that must not overtake a newer version go through [`put_unless_newer`],
+//! [`put_file_unless_newer`] and [`delete_unless_newer`] ([`conditional`]), the one place that
+//! decides, from what the store holds, whether a version may be written; the write itself is
+//! conditional at the store ([`Precondition`]), so a concurrent writer in between makes it fail
+//! instead of being overwritten.
+//!
+//! ETags are kept exactly as the store answers them: quoted (`"…"`), as S3 sends them in
+//! headers. Every backend answers quoted ETags and accepts them back in conditions.
 
 mod conditional;
 mod local;
@@ -13,15 +18,24 @@ mod local;
 pub(crate) mod memory;
 mod s3;
 
-pub use conditional::{Conditional, TOMBSTONE_PREFIX, delete_unless_newer, is_tombstone_key, put_unless_newer};
+pub use blockproxy_protocol::ObjectAttrs;
+pub use conditional::{
+    Conditional, TOMBSTONE_PREFIX, delete_unless_newer, is_tombstone_key, put_file_unless_newer, put_unless_newer,
+};
 pub use local::LocalDirStore;
 pub use s3::{S3Store, S3StoreConfig};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-/// A block as the store holds it.
+/// Page size of [`Store::list`] (S3's own maximum).
+pub const LIST_PAGE_SIZE: u32 = 1000;
+
+/// A whole object as the store holds it.
 #[derive(Debug, Clone)]
 pub struct StoredBlock {
     pub data: Bytes,
@@ -30,6 +44,33 @@ pub struct StoredBlock {
     /// The CRC32C of `data`: the writer's, verified against the bytes, or computed on fetch for an
     /// object written by another tool.
     pub crc32c: u32,
+    /// The store's ETag of this object (quoted).
+    pub etag: String,
+    pub last_modified: SystemTime,
+    pub attrs: ObjectAttrs,
+}
+
+/// What the store holds under a key, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    /// Identifies this exact object (quoted: the S3 ETag; the local store's own token). A
+    /// conditional write or a pinned ranged read names it to fail when the object changed.
+    pub etag: String,
+    /// The recorded write version; 0 for objects written by something else.
+    pub version: u64,
+    pub last_modified: SystemTime,
+    pub attrs: ObjectAttrs,
+    /// The writer's checksum of the whole object; `None` for objects written by another tool.
+    pub crc32c: Option<u32>,
+}
+
+/// A byte range of an object, and the object it was cut from.
+#[derive(Debug, Clone)]
+pub struct StoredRange {
+    /// Exactly the requested bytes.
+    pub data: Bytes,
+    pub info: ObjectInfo,
 }
 
 /// What a writer records with an object.
@@ -43,16 +84,6 @@ impl ObjectMeta {
     pub fn for_data(version: u64, data: &[u8]) -> Self {
         Self { version, crc32c: crc32c::crc32c(data) }
     }
-}
-
-/// What the store holds under a key, as far as ordering is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectState {
-    /// 0 for objects written by something else.
-    pub version: u64,
-    /// Identifies this exact object (the S3 ETag; the local store's own token). A conditional
-    /// write names it to fail when the object changed since it was read.
-    pub etag: String,
 }
 
 /// The condition a store write is made under.
@@ -69,6 +100,18 @@ pub enum Precondition<'a> {
 pub struct ListedObject {
     pub key: String,
     pub size: u64,
+    /// Quoted, as [`ObjectInfo::etag`].
+    pub etag: String,
+    pub last_modified: SystemTime,
+}
+
+/// One page of a listing, in key order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub objects: Vec<ListedObject>,
+    /// Where the next page starts (its `start_after`) when the listing is truncated. A page may be
+    /// short, even empty, and still truncated (tombstones are left out of pages).
+    pub next_start_after: Option<String>,
 }
 
 /// How the caller should treat a failure.
@@ -101,6 +144,12 @@ pub enum StoreError {
     /// The fetched bytes do not match the checksum their writer recorded.
     #[error("object {bucket}/{key} is corrupt in the store: recorded crc32c {expected:08x}, data has {actual:08x}")]
     Corrupt { bucket: String, key: String, expected: u32, actual: u32 },
+    /// A ranged read reaching past the end of the object (or starting at it).
+    #[error("object {bucket}/{key}: range {start}..{end} is beyond its end (size {size:?})")]
+    InvalidRange { bucket: String, key: String, start: u64, end: u64, size: Option<u64> },
+    /// Part sizes of a file upload that do not add up to the file, or a part too small.
+    #[error("upload of {bucket}/{key}: {message}")]
+    InvalidParts { bucket: String, key: String, message: String },
     /// Local-directory store I/O failure.
     #[error("local store {op} {path}: {source}")]
     Io {
@@ -120,6 +169,8 @@ impl StoreError {
             Self::PreconditionFailed { .. } => "precondition_failed",
             Self::Contended { .. } => "contended",
             Self::Corrupt { .. } => "corrupt",
+            Self::InvalidRange { .. } => "invalid_range",
+            Self::InvalidParts { .. } => "invalid_parts",
             Self::Io { source, .. } if io_class(source) == ErrorClass::Permanent => "io_permanent",
             Self::Io { .. } => "io",
         }
@@ -128,7 +179,9 @@ impl StoreError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Request { .. } | Self::Contended { .. } => ErrorClass::Transient,
-            Self::Refused { .. } | Self::Corrupt { .. } => ErrorClass::Permanent,
+            Self::Refused { .. } | Self::Corrupt { .. } | Self::InvalidRange { .. } | Self::InvalidParts { .. } => {
+                ErrorClass::Permanent
+            }
             Self::PreconditionFailed { .. } => ErrorClass::PreconditionFailed,
             Self::Io { source, .. } => io_class(source),
         }
@@ -149,12 +202,23 @@ fn io_class(e: &std::io::Error) -> ErrorClass {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The block, or `None` when the object does not exist. Verifies the writer's checksum when
+    /// The whole object, or `None` when it does not exist. Verifies the writer's checksum when
     /// the object carries one: a mismatch is [`StoreError::Corrupt`], never data.
     async fn get(&self, bucket: &str, key: &str) -> Result<Option<StoredBlock>, StoreError>;
-    /// The object's version and ETag, or `None` when it does not exist.
-    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectState>, StoreError>;
-    /// Writes the whole block with `meta`, only if `cond` still holds; otherwise
+    /// Exactly the bytes `range` of the object (fetching only them), or `None` when the object
+    /// does not exist. With `if_match`, [`StoreError::PreconditionFailed`] when the object is no
+    /// longer the one with that ETag; [`StoreError::InvalidRange`] when the range reaches past
+    /// its end. The writer's checksum covers the whole object and is not checked here.
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Option<StoredRange>, StoreError>;
+    /// The object's size, ETag, version, attributes..., or `None` when it does not exist.
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
+    /// Writes the whole object with `meta` and `attrs`, only if `cond` still holds; otherwise
     /// [`StoreError::PreconditionFailed`]. Use [`put_unless_newer`] rather than calling this.
     async fn put_if(
         &self,
@@ -162,14 +226,51 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         data: Bytes,
         meta: ObjectMeta,
+        attrs: &ObjectAttrs,
+        cond: Precondition<'_>,
+    ) -> Result<(), StoreError>;
+    /// Writes the file at `path` as one object, uploaded in parts of `part_sizes` (which add up
+    /// to the file's size; one part is a plain conditional PUT), with `meta` and `attrs`, only if
+    /// `cond` still holds when the object is published; otherwise
+    /// [`StoreError::PreconditionFailed`] and nothing is published. Never holds more than one
+    /// part in memory. Use [`put_file_unless_newer`] rather than calling this.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_file_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        part_sizes: &[u64],
+        meta: ObjectMeta,
+        attrs: &ObjectAttrs,
         cond: Precondition<'_>,
     ) -> Result<(), StoreError>;
     /// Deletes the object only if it is still the one with `etag` (where the store supports
     /// conditional deletes, see the backend); deleting a missing object succeeds. Use
     /// [`delete_unless_newer`] rather than calling this.
     async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError>;
-    /// Every object whose key starts with `prefix`, in key order.
-    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError>;
+    /// Up to `max_keys` objects whose key starts with `prefix` and sorts after `start_after`, in
+    /// key order; delete tombstones are never listed.
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: u32,
+    ) -> Result<ListPage, StoreError>;
+    /// Every object whose key starts with `prefix`, in key order (page by page).
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list_page(bucket, prefix, after.as_deref(), LIST_PAGE_SIZE).await?;
+            out.extend(page.objects);
+            match page.next_start_after {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
     /// Human-readable description for logs (never contains credentials).
     fn describe(&self) -> String;
 }
@@ -188,6 +289,49 @@ pub(crate) fn verify_fetched(bucket: &str, key: &str, data: &[u8], recorded: Opt
     }
 }
 
+/// Checks that `part_sizes` cut a file of `file_len` bytes into parts S3 accepts: at least one,
+/// adding up to the file, every part but the last at least [`MIN_PART_SIZE`] (one part may be
+/// anything up to S3's single-PUT limit), at most [`MAX_PARTS`].
+///
+/// [`MIN_PART_SIZE`]: blockproxy_protocol::MIN_PART_SIZE
+/// [`MAX_PARTS`]: blockproxy_protocol::MAX_PARTS
+pub(crate) fn check_parts(bucket: &str, key: &str, file_len: u64, part_sizes: &[u64]) -> Result<(), StoreError> {
+    use blockproxy_protocol::{MAX_PARTS, MIN_PART_SIZE};
+    let sum: u64 = part_sizes.iter().sum();
+    let problem = if part_sizes.is_empty() || part_sizes.len() > MAX_PARTS as usize {
+        Some(format!("{} parts (1 to {MAX_PARTS} allowed)", part_sizes.len()))
+    } else if sum != file_len {
+        Some(format!("part sizes add up to {sum} bytes, the file has {file_len}"))
+    } else if part_sizes.len() > 1 && part_sizes[..part_sizes.len() - 1].iter().any(|&p| p < MIN_PART_SIZE) {
+        Some(format!("a part other than the last is below {MIN_PART_SIZE} bytes"))
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => Err(StoreError::InvalidParts { bucket: bucket.to_owned(), key: key.to_owned(), message }),
+        None => Ok(()),
+    }
+}
+
+/// Checks a requested range against the object's size.
+pub(crate) fn check_range(bucket: &str, key: &str, range: &Range<u64>, size: u64) -> Result<(), StoreError> {
+    if range.start > range.end || range.end > size || (range.start == size && size > 0) {
+        return Err(StoreError::InvalidRange {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            start: range.start,
+            end: range.end,
+            size: Some(size),
+        });
+    }
+    Ok(())
+}
+
+/// Leaves delete tombstones out of a listing.
+pub(crate) fn without_tombstones(objects: Vec<ListedObject>) -> Vec<ListedObject> {
+    objects.into_iter().filter(|o| !is_tombstone_key(&o.key)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +346,34 @@ mod tests {
         assert_eq!(io(std::io::ErrorKind::IsADirectory).metric_label(), "io_permanent");
         let pf = StoreError::PreconditionFailed { op: "PUT", bucket: "b".into(), key: "k".into() };
         assert_eq!(pf.class(), ErrorClass::PreconditionFailed);
+        let range = StoreError::InvalidRange { bucket: "b".into(), key: "k".into(), start: 5, end: 9, size: Some(6) };
+        assert_eq!((range.class(), range.metric_label()), (ErrorClass::Permanent, "invalid_range"));
+    }
+
+    #[test]
+    fn part_sizes_must_cut_the_file_as_s3_accepts() {
+        let min = blockproxy_protocol::MIN_PART_SIZE;
+        assert!(check_parts("b", "k", 0, &[0]).is_ok());
+        assert!(check_parts("b", "k", 3, &[3]).is_ok());
+        assert!(check_parts("b", "k", 2 * min + 1, &[min, min, 1]).is_ok());
+        for (len, parts) in [(3, vec![]), (3, vec![2]), (4, vec![2, 2]), (min + 1, vec![min, 2])] {
+            let err = check_parts("b", "k", len, &parts).unwrap_err();
+            assert!(
+                matches!(err, StoreError::InvalidParts { .. }) && err.class() == ErrorClass::Permanent,
+                "{parts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ranges_must_lie_within_the_object() {
+        assert!(check_range("b", "k", &(0..10), 10).is_ok());
+        assert!(check_range("b", "k", &(9..10), 10).is_ok());
+        assert!(check_range("b", "k", &(0..0), 0).is_ok(), "an empty range of an empty object");
+        #[allow(clippy::reversed_empty_ranges)]
+        for r in [0..11, 10..10, 10..12, 5..4] {
+            assert!(matches!(check_range("b", "k", &r, 10), Err(StoreError::InvalidRange { .. })), "{r:?}");
+        }
     }
 
     #[test]

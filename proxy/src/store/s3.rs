@@ -1,15 +1,32 @@
 //! S3 and S3-compatible stores (AWS, MinIO, Ceph RGW, OCI, GCS XML) through aws-sdk-s3.
 
-use super::{ListedObject, ObjectMeta, ObjectState, Precondition, Store, StoreError, StoredBlock, verify_fetched};
+//!
+//! Attributes are the object's real headers (`Content-Type`, `Content-Encoding`, `Cache-Control`,
+//! `Content-Disposition`) and `x-amz-meta-*` user metadata; our own version and checksum metadata
+//! ride along as `x-amz-meta-blockproxy-*` and are never part of the user metadata.
+//!
+//! A file is uploaded as one conditional PutObject, or as a multipart upload whose
+//! CompleteMultipartUpload carries the condition (`If-Match` / `If-None-Match: *`), so the object
+//! is published only if nothing changed it meanwhile; any failure aborts the upload. AWS S3 and
+//! MinIO honour both conditions there (proxy/tests/store_s3.rs checks it against MinIO). The parts
+//! are streamed from the file, and the store's ETag is then `md5(part md5s)-N`.
+
+use super::{
+    ListPage, ListedObject, ObjectAttrs, ObjectInfo, ObjectMeta, Precondition, Store, StoreError, StoredBlock,
+    StoredRange, check_parts, check_range, verify_fetched, without_tombstones,
+};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::ServerSideEncryption;
+use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use blockproxy_protocol::{STORE_CRC32C_METADATA, STORE_VERSION_METADATA};
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+use std::time::SystemTime;
 
 #[derive(Debug, Clone, Default)]
 pub struct S3StoreConfig {
@@ -110,8 +127,136 @@ fn parse_crc32c(meta: Option<&HashMap<String, String>>) -> Option<u32> {
     meta.and_then(|m| m.get(STORE_CRC32C_METADATA)).and_then(|v| u32::from_str_radix(v, 16).ok())
 }
 
+/// Our own metadata, kept out of the user's (and never taken from it).
+fn is_ours(name: &str) -> bool {
+    name.eq_ignore_ascii_case(STORE_VERSION_METADATA) || name.eq_ignore_ascii_case(STORE_CRC32C_METADATA)
+}
+
+fn user_metadata(meta: Option<&HashMap<String, String>>) -> std::collections::BTreeMap<String, String> {
+    meta.into_iter().flatten().filter(|(k, _)| !is_ours(k)).map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect()
+}
+
+fn system_time(t: Option<&DateTime>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok()).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// The object's size from `Content-Range: bytes a-b/size`.
+fn total_size(content_range: Option<&str>) -> Option<u64> {
+    content_range?.rsplit_once('/')?.1.parse().ok()
+}
+
+/// The attributes of a HeadObject or GetObject answer (both have the same accessors).
+macro_rules! attrs_of {
+    ($out:expr) => {
+        ObjectAttrs {
+            content_type: $out.content_type().map(str::to_owned),
+            content_encoding: $out.content_encoding().map(str::to_owned),
+            cache_control: $out.cache_control().map(str::to_owned),
+            content_disposition: $out.content_disposition().map(str::to_owned),
+            user_metadata: user_metadata($out.metadata()),
+        }
+    };
+}
+
+/// Sets the attributes, our metadata and SSE on a PutObject or CreateMultipartUpload request
+/// (their builders have the same setters).
+macro_rules! with_attrs {
+    ($req:expr, $meta:expr, $attrs:expr, $sse:expr) => {{
+        let mut req = $req
+            .set_content_type($attrs.content_type.clone())
+            .set_content_encoding($attrs.content_encoding.clone())
+            .set_cache_control($attrs.cache_control.clone())
+            .set_content_disposition($attrs.content_disposition.clone());
+        for (k, v) in $attrs.user_metadata.iter().filter(|(k, _)| !is_ours(k)) {
+            req = req.metadata(k, v);
+        }
+        req = req
+            .metadata(STORE_VERSION_METADATA, $meta.version.to_string())
+            .metadata(STORE_CRC32C_METADATA, format!("{:08x}", $meta.crc32c));
+        if $sse {
+            req = req.server_side_encryption(ServerSideEncryption::Aes256);
+        }
+        req
+    }};
+}
+
 fn is_not_found<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
     status_of(e) == Some(404) && e.code() != Some("NoSuchBucket")
+}
+
+fn body_err(
+    op: &'static str,
+    bucket: &str,
+    key: &str,
+) -> impl FnOnce(aws_smithy_types::byte_stream::error::Error) -> StoreError {
+    let (bucket, key) = (bucket.to_owned(), key.to_owned());
+    move |e| StoreError::Request { op, bucket, key, message: DisplayErrorContext(e).to_string() }
+}
+
+impl S3Store {
+    /// A stream of `len` bytes of the file from `offset`, re-readable for retries.
+    async fn file_body(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteStream, StoreError> {
+        ByteStream::read_from().path(path).offset(offset).length(Length::Exact(len)).build().await.map_err(|e| {
+            StoreError::Io {
+                op: "read",
+                path: path.display().to_string(),
+                source: std::io::Error::other(format!("{bucket}/{key}: {e}")),
+            }
+        })
+    }
+
+    /// Uploads the parts of an already created multipart upload and completes it under `cond`.
+    async fn upload_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        path: &Path,
+        part_sizes: &[u64],
+        cond: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let mut completed = Vec::with_capacity(part_sizes.len());
+        let mut offset = 0;
+        for (i, &len) in part_sizes.iter().enumerate() {
+            let number = i as i32 + 1;
+            let body = self.file_body(bucket, key, path, offset, len).await?;
+            let out = self
+                .client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_length(len as i64)
+                .body(body)
+                .send()
+                .await
+                .map_err(request_err("UploadPart", bucket, key))?;
+            completed
+                .push(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_owned)).build());
+            offset += len;
+        }
+        let req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build());
+        let req = match cond {
+            Precondition::Absent => req.if_none_match("*"),
+            Precondition::Matches(etag) => req.if_match(etag),
+        };
+        req.send().await.map_err(request_err("CompleteMultipartUpload", bucket, key))?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -124,23 +269,78 @@ impl Store for S3Store {
         };
         let version = parse_version(out.metadata());
         let recorded = parse_crc32c(out.metadata());
-        let data = out.body.collect().await.map_err(|e| StoreError::Request {
-            op: "GET body",
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-            message: DisplayErrorContext(e).to_string(),
-        })?;
-        let data = data.into_bytes();
+        let attrs = attrs_of!(out);
+        let etag = out.e_tag().unwrap_or("*").to_owned();
+        let last_modified = system_time(out.last_modified());
+        let data = out.body.collect().await.map_err(body_err("GET body", bucket, key))?.into_bytes();
         let crc32c = verify_fetched(bucket, key, &data, recorded)?;
-        Ok(Some(StoredBlock { data, version, crc32c }))
+        Ok(Some(StoredBlock { data, version, crc32c, etag, last_modified, attrs }))
     }
 
-    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectState>, StoreError> {
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Option<StoredRange>, StoreError> {
+        if range.is_empty() {
+            // No byte range to ask for: check the object (and the pin) by its attributes.
+            let Some(info) = self.head(bucket, key).await? else { return Ok(None) };
+            if if_match.is_some_and(|e| e != info.etag) {
+                return Err(StoreError::PreconditionFailed { op: "GET", bucket: bucket.into(), key: key.into() });
+            }
+            check_range(bucket, key, &range, info.size)?;
+            return Ok(Some(StoredRange { data: Bytes::new(), info }));
+        }
+        let req =
+            self.client.get_object().bucket(bucket).key(key).range(format!("bytes={}-{}", range.start, range.end - 1));
+        let out = match req.set_if_match(if_match.map(str::to_owned)).send().await {
+            Ok(out) => out,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) if status_of(&e) == Some(416) => {
+                let size = match &e {
+                    SdkError::ServiceError(s) => total_size(s.raw().headers().get("content-range")),
+                    _ => None,
+                };
+                let (bucket, key) = (bucket.to_owned(), key.to_owned());
+                return Err(StoreError::InvalidRange { bucket, key, start: range.start, end: range.end, size });
+            }
+            Err(e) => return Err(request_err("GET range", bucket, key)(e)),
+        };
+        let size = total_size(out.content_range()).unwrap_or(0);
+        let info = ObjectInfo {
+            size,
+            etag: out.e_tag().unwrap_or("*").to_owned(),
+            version: parse_version(out.metadata()),
+            last_modified: system_time(out.last_modified()),
+            attrs: attrs_of!(out),
+            crc32c: parse_crc32c(out.metadata()),
+        };
+        // The store cuts a range that reaches past the end short: that is the caller's error.
+        check_range(bucket, key, &range, size)?;
+        let data = out.body.collect().await.map_err(body_err("GET range body", bucket, key))?.into_bytes();
+        if data.len() as u64 != range.end - range.start {
+            return Err(StoreError::Request {
+                op: "GET range body",
+                bucket: bucket.into(),
+                key: key.into(),
+                message: format!("asked for {} bytes, got {}", range.end - range.start, data.len()),
+            });
+        }
+        Ok(Some(StoredRange { data, info }))
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         match self.client.head_object().bucket(bucket).key(key).send().await {
-            Ok(out) => Ok(Some(ObjectState {
-                version: parse_version(out.metadata()),
+            Ok(out) => Ok(Some(ObjectInfo {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
                 // Every S3 store answers with an ETag; "*" (any object) is the safe fallback.
                 etag: out.e_tag().unwrap_or("*").to_owned(),
+                version: parse_version(out.metadata()),
+                last_modified: system_time(out.last_modified()),
+                attrs: attrs_of!(out),
+                crc32c: parse_crc32c(out.metadata()),
             })),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(request_err("HEAD", bucket, key)(e)),
@@ -153,25 +353,61 @@ impl Store for S3Store {
         key: &str,
         data: Bytes,
         meta: ObjectMeta,
+        attrs: &ObjectAttrs,
         cond: Precondition<'_>,
     ) -> Result<(), StoreError> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .metadata(STORE_VERSION_METADATA, meta.version.to_string())
-            .metadata(STORE_CRC32C_METADATA, format!("{:08x}", meta.crc32c))
-            .body(ByteStream::from(data));
-        req = match cond {
+        let req = self.client.put_object().bucket(bucket).key(key).body(ByteStream::from(data));
+        let req = with_attrs!(req, meta, attrs, self.sse);
+        let req = match cond {
             Precondition::Absent => req.if_none_match("*"),
             Precondition::Matches(etag) => req.if_match(etag),
         };
-        if self.sse {
-            req = req.server_side_encryption(ServerSideEncryption::Aes256);
-        }
         req.send().await.map_err(request_err("PUT", bucket, key))?;
         Ok(())
+    }
+
+    async fn put_file_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        part_sizes: &[u64],
+        meta: ObjectMeta,
+        attrs: &ObjectAttrs,
+        cond: Precondition<'_>,
+    ) -> Result<(), StoreError> {
+        let len = tokio::fs::metadata(path)
+            .await
+            .map_err(|source| StoreError::Io { op: "stat", path: path.display().to_string(), source })?
+            .len();
+        check_parts(bucket, key, len, part_sizes)?;
+        if let [only] = part_sizes {
+            let body = self.file_body(bucket, key, path, 0, *only).await?;
+            let req = self.client.put_object().bucket(bucket).key(key).content_length(*only as i64).body(body);
+            let req = with_attrs!(req, meta, attrs, self.sse);
+            let req = match cond {
+                Precondition::Absent => req.if_none_match("*"),
+                Precondition::Matches(etag) => req.if_match(etag),
+            };
+            req.send().await.map_err(request_err("PUT", bucket, key))?;
+            return Ok(());
+        }
+        let req = self.client.create_multipart_upload().bucket(bucket).key(key);
+        let created = with_attrs!(req, meta, attrs, self.sse).send().await.map_err(request_err(
+            "CreateMultipartUpload",
+            bucket,
+            key,
+        ))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        let done = self.upload_parts(bucket, key, &upload_id, path, part_sizes, cond).await;
+        if done.is_err() {
+            // Nothing of a failed upload may linger (parts cost storage until aborted).
+            let abort = self.client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
+            if let Err(e) = abort {
+                tracing::warn!(bucket, key, error = %DisplayErrorContext(e), "aborting a failed multipart upload failed; the bucket's lifecycle rule must remove it");
+            }
+        }
+        done
     }
 
     /// Sends `If-Match`. AWS S3 honours it on DELETE; MinIO (as tested here) ignores it, so on
@@ -185,21 +421,63 @@ impl Store for S3Store {
         }
     }
 
-    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
-        let mut out = Vec::new();
-        let mut pages = self.client.list_objects_v2().bucket(bucket).prefix(prefix).into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(request_err("LIST", bucket, prefix))?;
-            for obj in page.contents() {
-                if let Some(key) = obj.key() {
-                    out.push(ListedObject { key: key.to_owned(), size: obj.size().unwrap_or(0).max(0) as u64 });
-                }
-            }
-        }
-        Ok(out)
+    /// One ListObjectsV2 request, starting after `start_after`.
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: u32,
+    ) -> Result<ListPage, StoreError> {
+        let req = self.client.list_objects_v2().bucket(bucket).prefix(prefix).max_keys(max_keys.min(1000) as i32);
+        let page = req
+            .set_start_after(start_after.map(str::to_owned))
+            .send()
+            .await
+            .map_err(request_err("LIST", bucket, prefix))?;
+        let objects: Vec<ListedObject> = page
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ListedObject {
+                    key: o.key()?.to_owned(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().unwrap_or("*").to_owned(),
+                    last_modified: system_time(o.last_modified()),
+                })
+            })
+            .collect();
+        let next_start_after = match page.is_truncated() {
+            Some(true) => objects.last().map(|o| o.key.clone()),
+            _ => None,
+        };
+        Ok(ListPage { objects: without_tombstones(objects), next_start_after })
     }
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_object_size_comes_from_content_range() {
+        assert_eq!(total_size(Some("bytes 0-9/1234")), Some(1234));
+        assert_eq!(total_size(Some("bytes */77")), Some(77));
+        assert_eq!(total_size(Some("bytes 0-9/*")), None);
+        assert_eq!(total_size(None), None);
+    }
+
+    #[test]
+    fn our_metadata_is_not_user_metadata() {
+        let meta: HashMap<String, String> =
+            [(STORE_VERSION_METADATA, "3"), ("Owner", "me"), (STORE_CRC32C_METADATA, "0000abcd")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        assert_eq!(user_metadata(Some(&meta)).into_iter().collect::<Vec<_>>(), [("owner".to_owned(), "me".to_owned())]);
     }
 }

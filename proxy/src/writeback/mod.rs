@@ -206,7 +206,7 @@ impl Writeback {
             delete_unless_newer(self.store.as_ref(), bucket, key, header.version).await
         } else {
             let meta = ObjectMeta { version: header.version, crc32c: header.data_crc32c };
-            put_unless_newer(self.store.as_ref(), bucket, key, data, meta).await
+            put_unless_newer(self.store.as_ref(), bucket, key, data, meta, &Default::default()).await
         }
         .map_err(failed)?;
         let outcome = match done {
@@ -256,10 +256,12 @@ mod tests {
     use super::*;
     use crate::cache::DirtyWrite;
     use crate::store::memory::MemoryStore;
-    use crate::store::{ListedObject, ObjectState, Precondition, Store, StoredBlock};
+    use crate::store::{ListPage, ObjectAttrs, ObjectInfo, Precondition, Store, StoredBlock, StoredRange};
     use async_trait::async_trait;
     use blockproxy_protocol::{BlockKey, VolumeId};
     use bytes::Bytes;
+    use std::ops::Range;
+    use std::path::Path;
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -283,7 +285,16 @@ mod tests {
         async fn get(&self, bucket: &str, key: &str) -> Result<Option<StoredBlock>, StoreError> {
             self.0.get(bucket, key).await
         }
-        async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectState>, StoreError> {
+        async fn get_range(
+            &self,
+            bucket: &str,
+            key: &str,
+            range: Range<u64>,
+            if_match: Option<&str>,
+        ) -> Result<Option<StoredRange>, StoreError> {
+            self.0.get_range(bucket, key, range, if_match).await
+        }
+        async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
             self.0.head(bucket, key).await
         }
         async fn put_if(
@@ -292,6 +303,7 @@ mod tests {
             key: &str,
             data: Bytes,
             meta: ObjectMeta,
+            attrs: &ObjectAttrs,
             cond: Precondition<'_>,
         ) -> Result<(), StoreError> {
             let (b, k) = (bucket.to_owned(), key.to_owned());
@@ -302,13 +314,31 @@ mod tests {
                 let message = "KeyTooLongError".into();
                 return Err(StoreError::Refused { op: "PUT", bucket: b, key: k, status: 400, message });
             }
-            self.0.put_if(bucket, key, data, meta, cond).await
+            self.0.put_if(bucket, key, data, meta, attrs, cond).await
+        }
+        async fn put_file_if(
+            &self,
+            bucket: &str,
+            key: &str,
+            path: &Path,
+            part_sizes: &[u64],
+            meta: ObjectMeta,
+            attrs: &ObjectAttrs,
+            cond: Precondition<'_>,
+        ) -> Result<(), StoreError> {
+            self.0.put_file_if(bucket, key, path, part_sizes, meta, attrs, cond).await
         }
         async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError> {
             self.0.delete_if(bucket, key, etag).await
         }
-        async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
-            self.0.list(bucket, prefix).await
+        async fn list_page(
+            &self,
+            bucket: &str,
+            prefix: &str,
+            start_after: Option<&str>,
+            max_keys: u32,
+        ) -> Result<ListPage, StoreError> {
+            self.0.list_page(bucket, prefix, start_after, max_keys).await
         }
         fn describe(&self) -> String {
             "refusing".into()
