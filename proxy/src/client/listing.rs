@@ -139,23 +139,25 @@ impl Client {
                 let p = loc.prefix.trim_matches('/');
                 if p.is_empty() { 0 } else { p.len() + 1 }
             };
-            let listed = store.list(&loc.bucket, &store_key(&loc.prefix, prefix)).await.map_err(ClientError::Store)?;
-            let mut entries: Vec<ListEntry> = listed
+            // The store's keys carry the volume's prefix; pages resume after a full store key.
+            let after = (!start_after.is_empty()).then(|| store_key(&loc.prefix, start_after));
+            let page = store
+                .list_page(&loc.bucket, &store_key(&loc.prefix, prefix), after.as_deref(), max_keys as u32)
+                .await
+                .map_err(ClientError::Store)?;
+            let entries = page
+                .objects
                 .into_iter()
-                .filter(|o| o.key.len() > strip && !crate::store::is_tombstone_key(&o.key))
+                .filter(|o| o.key.len() > strip)
                 .map(|o| ListEntry {
                     key: o.key[strip..].to_owned(),
                     size: o.size,
                     unflushed: false,
-                    last_modified: None,
-                    etag: None,
+                    last_modified: Some(o.last_modified),
+                    etag: Some(o.etag),
                 })
-                .filter(|e| e.key.as_str() > start_after)
-                .take(max_keys + 1)
                 .collect();
-            let truncated = entries.len() > max_keys;
-            entries.truncate(max_keys);
-            return Ok((entries, truncated));
+            return Ok((entries, page.next_start_after.is_some()));
         }
         let mut last = String::from("no proxy is known");
         let mut attempts = 0;

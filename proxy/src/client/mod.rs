@@ -21,6 +21,7 @@ pub mod transport;
 pub mod version;
 
 mod calls;
+mod direct;
 mod listing;
 mod objects;
 mod ops;

@@ -56,7 +56,7 @@ impl Upload {
 }
 
 /// `[start, end)` of an HTTP `Range` value on `size` bytes; the whole object without one.
-fn resolve_range(range: Option<&str>, size: u64) -> Result<(u64, u64), ClientError> {
+pub(super) fn resolve_range(range: Option<&str>, size: u64) -> Result<(u64, u64), ClientError> {
     let Some(r) = range else { return Ok((0, size)) };
     let parsed = http_range_header::parse_range_header(r)
         .map_err(|e| ClientError::Rejected { status: 400, message: format!("malformed Range {r:?}: {e}") })?;
@@ -108,7 +108,7 @@ impl Client {
             .map(move |i| {
                 let (client, key, etag) = (client.clone(), key.clone(), etag.clone());
                 async move {
-                    let block = client.get_block(&key, i, bs, &etag).await?;
+                    let block = client.get_block(&key, i, bs, size, &etag).await?;
                     let first = i * bs;
                     // A block of another length belongs to another object, whatever its ETag said.
                     if block.len() as u64 != bs.min(size - first) {

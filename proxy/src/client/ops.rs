@@ -7,7 +7,6 @@ use super::recent::{self, Judgement};
 use super::transport::{AttemptError, Fetched, WriteMeta, Written};
 use super::{Client, ClientError, Inner, Topology, rendezvous};
 use crate::protocol::{BlockKey, ObjectAttrs};
-use crate::store::{Conditional, ObjectMeta, delete_unless_newer, put_unless_newer};
 use bytes::Bytes;
 
 /// Where one attempt goes.
@@ -17,7 +16,7 @@ enum Target {
     Store,
 }
 
-enum Op<'a> {
+pub(super) enum Op<'a> {
     /// `repair`: install exactly `version` (a copy read elsewhere), never a newer one.
     Put {
         key: &'a BlockKey,
@@ -38,6 +37,8 @@ enum Op<'a> {
         key: &'a BlockKey,
         index: u64,
         block_size: u64,
+        /// The object's size (the store needs the range's end).
+        size: u64,
         store_etag: &'a str,
     },
     Delete {
@@ -58,7 +59,7 @@ impl Op<'_> {
     }
 }
 
-enum Outcome {
+pub(super) enum Outcome {
     Written(Written),
     Fetched(Option<Fetched>),
     Head(Option<ObjectInfo>),
@@ -68,14 +69,6 @@ enum Outcome {
 pub(super) fn store_key(prefix: &str, key: &str) -> String {
     let p = prefix.trim_matches('/');
     if p.is_empty() { key.to_owned() } else { format!("{p}/{key}") }
-}
-
-/// A direct store write that the store's newer version superseded is refused like a proxy's 409.
-fn not_superseded(done: Conditional, version: u64) -> Result<Outcome, AttemptError> {
-    match done {
-        Conditional::Applied => Ok(Outcome::Written(Written { version, etag: None })),
-        Conditional::StoreNewer { store_version } => Err(AttemptError::Superseded(store_version)),
-    }
 }
 
 /// Cuts `range` (an HTTP `Range` value) out of a whole object.
@@ -153,7 +146,7 @@ impl Inner {
                     }
                     Op::Get { key, range } => call.get(key, *range).await.map(Outcome::Fetched),
                     Op::Head { key } => call.head(key).await.map(Outcome::Head),
-                    Op::GetBlock { key, index, block_size, store_etag } => {
+                    Op::GetBlock { key, index, block_size, store_etag, .. } => {
                         call.get_block(key, *index, *block_size, store_etag).await.map(Outcome::Block)
                     }
                     Op::Delete { key, version } => call
@@ -168,51 +161,7 @@ impl Inner {
                     .direct_store
                     .as_ref()
                     .ok_or_else(|| AttemptError::Unavailable("no direct store".into()))?;
-                let loc = &topo.doc.store;
-                let err = |e: crate::store::StoreError| AttemptError::Unavailable(e.to_string());
-                match op {
-                    Op::Put { key, data, version, .. } => {
-                        let meta = ObjectMeta::for_data(*version, data);
-                        let k = store_key(&loc.prefix, key.as_str());
-                        let done =
-                            put_unless_newer(store.as_ref(), &loc.bucket, &k, data.clone(), meta, &Default::default())
-                                .await;
-                        not_superseded(done.map_err(err)?, *version)
-                    }
-                    Op::Get { key, range } => {
-                        match store.get(&loc.bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(err)? {
-                            None => Ok(Outcome::Fetched(None)),
-                            Some(b) => {
-                                let info = ObjectInfo { version: b.version, ..Default::default() };
-                                slice_range(b.data, info, *range)
-                                    .map(|f| Outcome::Fetched(Some(f)))
-                                    .map_err(AttemptError::Rejected)
-                            }
-                        }
-                    }
-                    Op::Head { key } => {
-                        let b = store.get(&loc.bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(err)?;
-                        Ok(Outcome::Head(b.map(|b| ObjectInfo {
-                            size: b.data.len() as u64,
-                            version: b.version,
-                            ..Default::default()
-                        })))
-                    }
-                    Op::GetBlock { key, index, block_size, .. } => {
-                        let b = store.get(&loc.bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(err)?;
-                        let data = b
-                            .ok_or_else(|| AttemptError::Rejected(ClientError::Changed { key: key.to_string() }))?
-                            .data;
-                        let start = (index * block_size).min(data.len() as u64) as usize;
-                        let end = ((index + 1) * block_size).min(data.len() as u64) as usize;
-                        Ok(Outcome::Block(data.slice(start..end)))
-                    }
-                    Op::Delete { key, version } => {
-                        let k = store_key(&loc.prefix, key.as_str());
-                        let done = delete_unless_newer(store.as_ref(), &loc.bucket, &k, *version).await;
-                        not_superseded(done.map_err(err)?, *version)
-                    }
-                }
+                super::direct::attempt(store.as_ref(), &topo.doc.store, op).await
             }
         }
     }
@@ -507,10 +456,11 @@ impl Client {
         key: &BlockKey,
         index: u64,
         block_size: u64,
+        size: u64,
         store_etag: &str,
     ) -> Result<Bytes, ClientError> {
         let route = crate::protocol::block_route_key(key.as_str(), index);
-        match self.inner.run(&route, Op::GetBlock { key, index, block_size, store_etag }).await? {
+        match self.inner.run(&route, Op::GetBlock { key, index, block_size, size, store_etag }).await? {
             Outcome::Block(b) => Ok(b),
             _ => unreachable!("a block read yields bytes"),
         }
