@@ -66,6 +66,9 @@ pub(super) enum Outcome {
     Block(Bytes),
 }
 
+/// The largest object a read repair copies (the proxies' default `--max-block-size`).
+const MAX_REPAIR_SIZE: u64 = 64 << 20;
+
 pub(super) fn store_key(prefix: &str, key: &str) -> String {
     let p = prefix.trim_matches('/');
     if p.is_empty() { key.to_owned() } else { format!("{p}/{key}") }
@@ -293,6 +296,14 @@ impl Inner {
         let best =
             heads.iter().enumerate().skip(1).filter_map(|(i, r)| version(r).map(|v| (i, v))).max_by_key(|(_, v)| *v);
         let (bi, bv) = best.filter(|(_, v)| *v > owner_v)?;
+        // A repair copies the whole object through this client: only for objects that fit in one
+        // PUT. A larger newer copy is left where it is (it is flushed from there), and logged.
+        if let Ok(Outcome::Head(Some(info))) = &heads[bi]
+            && info.size > MAX_REPAIR_SIZE
+        {
+            tracing::warn!(key = %key, size = info.size, newer = %Self::target_label(topo, &candidates[bi]), "a newer copy is too large to repair the owner with; serving the owner's");
+            return None;
+        }
         let Ok(Outcome::Fetched(Some(newest))) =
             self.attempt(topo, &candidates[bi], &Op::Get { key, range: None }).await
         else {
