@@ -65,7 +65,7 @@ async fn quickstart_serves_s3_on_local_proxies_and_stops_cleanly_on_ctrl_c() -> 
     let stdout = quickstart.log_text();
     assert!(status.success(), "quickstart exited with {status}");
     assert!(stdout.contains("aws --endpoint-url") && stdout.contains("stopped"), "{stdout}");
-    let store = LocalDirStore::open(&dir.path().join("store"))?;
+    let store = LocalDirStore::open(dir.path().join("store"))?;
     let stored = store.get("quickstart-bucket", "volumes/demo/hello.txt").await?.expect("hello.txt in the store");
     assert_eq!(&stored.data[..], b"hello, blockproxy\n");
     let stored =
