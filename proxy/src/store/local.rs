@@ -342,7 +342,7 @@ fn read_xattr(file: &File, name: &str) -> io::Result<Option<String>> {
 
 /// The object's attributes (none when not recorded or unreadable as ours).
 fn read_attrs(file: &File) -> io::Result<ObjectAttrs> {
-    let size = match rustix::fs::fgetxattr(file, ATTRS_XATTR, &mut [0u8; 0][..]) {
+    let size = match rustix::fs::fgetxattr_query(file, ATTRS_XATTR) {
         Ok(n) => n,
         Err(e) if e == rustix::io::Errno::NODATA => return Ok(ObjectAttrs::default()),
         Err(e) => return Err(e.into()),
@@ -488,6 +488,12 @@ impl Store for LocalDirStore {
         blocking(move || this.list_page_sync(&bucket, &prefix, after.as_deref(), max_keys)).await
     }
 
+    /// One walk of the folder rather than one per page.
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
+        let (this, bucket, prefix) = (self.clone(), bucket.to_owned(), prefix.to_owned());
+        blocking(move || Ok(this.list_page_sync(&bucket, &prefix, None, u32::MAX)?.objects)).await
+    }
+
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
     }
@@ -625,5 +631,120 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(&store.get("b", &key).await.unwrap().unwrap().data[..], b"long name");
+    }
+
+    fn attrs() -> ObjectAttrs {
+        ObjectAttrs {
+            content_type: Some("text/csv".into()),
+            content_encoding: Some("gzip".into()),
+            cache_control: Some("no-cache".into()),
+            content_disposition: Some("inline".into()),
+            user_metadata: [("owner".to_owned(), "team a".to_owned())].into(),
+        }
+    }
+
+    /// A file of `len` bytes of varied content.
+    fn file_of(dir: &Path, name: &str, len: usize) -> (PathBuf, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+        let path = dir.join(name);
+        std::fs::write(&path, &data).unwrap();
+        (path, data)
+    }
+
+    #[tokio::test]
+    async fn attributes_round_trip_through_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path().join("store")).unwrap();
+        let data = Bytes::from_static(b"a,b");
+        store
+            .put_if("b", "one", data.clone(), ObjectMeta::for_data(1, &data), &attrs(), Precondition::Absent)
+            .await
+            .unwrap();
+        let min = blockproxy_protocol::MIN_PART_SIZE;
+        let (path, bytes) = file_of(dir.path(), "f", min as usize + 10);
+        let meta = ObjectMeta::for_data(2, &bytes);
+        store.put_file_if("b", "two", &path, &[min, 10], meta, &attrs(), Precondition::Absent).await.unwrap();
+        for key in ["one", "two"] {
+            let head = store.head("b", key).await.unwrap().unwrap();
+            assert_eq!(head.attrs, attrs(), "{key}");
+            let got = store.get("b", key).await.unwrap().unwrap();
+            assert_eq!((got.attrs, got.etag, got.last_modified), (attrs(), head.etag, head.last_modified), "{key}");
+        }
+        // No attributes: nothing recorded, none read back.
+        put(&store, "plain", b"x", 3).await;
+        assert_eq!(store.head("b", "plain").await.unwrap().unwrap().attrs, ObjectAttrs::default());
+    }
+
+    #[tokio::test]
+    async fn ranged_reads_are_pinned_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        put(&store, "k", b"0123456789", 1).await;
+        let info = store.head("b", "k").await.unwrap().unwrap();
+        assert!(info.etag.starts_with('"') && info.etag.ends_with('"') && info.size == 10, "{info:?}");
+        let got = store.get_range("b", "k", 3..7, Some(&info.etag)).await.unwrap().unwrap();
+        assert_eq!((&got.data[..], got.info), (&b"3456"[..], info.clone()));
+        for beyond in [8..11, 10..11] {
+            let err = store.get_range("b", "k", beyond.clone(), None).await.unwrap_err();
+            assert!(matches!(err, StoreError::InvalidRange { .. }), "{beyond:?}: {err}");
+        }
+        put(&store, "k", b"abcdefghij", 2).await;
+        let err = store.get_range("b", "k", 3..7, Some(&info.etag)).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::PreconditionFailed, "{err}");
+        assert!(store.get_range("b", "missing", 0..1, None).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_file_upload_is_byte_identical_and_published_only_under_its_condition() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path().join("store")).unwrap();
+        let min = blockproxy_protocol::MIN_PART_SIZE;
+        let parts = [min, min + 1, 1000];
+        let (path, data) = file_of(dir.path(), "f", parts.iter().sum::<u64>() as usize);
+        let meta = ObjectMeta::for_data(4, &data);
+        let none = ObjectAttrs::default();
+        put(&store, "k", b"old", 1).await;
+        let read = store.head("b", "k").await.unwrap().unwrap().etag;
+        put(&store, "k", b"newer", 2).await;
+        let lost = store.put_file_if("b", "k", &path, &parts, meta, &none, Precondition::Matches(&read)).await;
+        assert_eq!(lost.unwrap_err().class(), ErrorClass::PreconditionFailed);
+        let absent = store.put_file_if("b", "k", &path, &parts, meta, &none, Precondition::Absent).await;
+        assert_eq!(absent.unwrap_err().class(), ErrorClass::PreconditionFailed);
+        assert_eq!(&store.get("b", "k").await.unwrap().unwrap().data[..], b"newer");
+        assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "no temporary file left");
+
+        let bad = store.put_file_if("b", "k", &path, &[min, 1000], meta, &none, Precondition::Absent).await;
+        assert!(matches!(bad, Err(StoreError::InvalidParts { .. })), "{bad:?}");
+        let current = store.head("b", "k").await.unwrap().unwrap().etag;
+        store.put_file_if("b", "k", &path, &parts, meta, &none, Precondition::Matches(&current)).await.unwrap();
+        let got = store.get("b", "k").await.unwrap().unwrap();
+        assert!(got.data[..] == data[..] && got.version == 4, "the stored object differs from the file");
+    }
+
+    #[tokio::test]
+    async fn listing_pages_cover_every_key_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        let mut keys: Vec<String> = (0..25).map(|i| format!("p/{}/{i}", i % 3)).collect();
+        for k in &keys {
+            put(&store, k, b"x", 1).await;
+        }
+        put(&store, ".blockproxy-tombstones/p/0/0", b"", 2).await;
+        keys.sort();
+        let (mut listed, mut after) = (Vec::new(), None);
+        loop {
+            let page = store.list_page("b", "", after.as_deref(), 10).await.unwrap();
+            listed.extend(page.objects);
+            match page.next_start_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(listed.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), keys);
+        for o in &listed {
+            let head = store.head("b", &o.key).await.unwrap().unwrap();
+            assert_eq!((o.size, &o.etag, o.last_modified), (1, &head.etag, head.last_modified), "{}", o.key);
+        }
+        assert_eq!(store.list("b", "p/1/").await.unwrap().len(), keys.iter().filter(|k| k.starts_with("p/1/")).count());
     }
 }
