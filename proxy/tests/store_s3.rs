@@ -9,7 +9,8 @@ use anyhow::{Context, Result, ensure};
 use aws_sdk_s3::primitives::ByteStream;
 use blockproxy::protocol::{MIN_PART_SIZE, STORE_CRC32C_METADATA, STORE_VERSION_METADATA, multipart_etag};
 use blockproxy::store::{
-    ObjectAttrs, ObjectMeta, Precondition, S3Store, S3StoreConfig, Store, StoreError, TOMBSTONE_PREFIX,
+    Conditional, ObjectAttrs, ObjectMeta, Precondition, S3Store, S3StoreConfig, Store, StoreError, TOMBSTONE_PREFIX,
+    put_file_unless_newer,
 };
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -207,6 +208,15 @@ async fn a_multipart_upload_that_lost_its_condition_publishes_nothing() -> Resul
     let current = store.head(bucket, key).await?.context("head")?.etag;
     store.put_file_if(bucket, key, &path, &parts, meta, &none, Precondition::Matches(&current)).await?;
     ensure!(store.get(bucket, key).await?.context("gone")?.data[..] == data[..], "not published");
+
+    // Through the ordering decision: an older version is skipped, a newer one replaces it.
+    let older = ObjectMeta::for_data(4, b"older");
+    let skipped = put_file_unless_newer(&store, bucket, key, &path, &parts, older, &none).await?;
+    ensure!(skipped == Conditional::StoreNewer { store_version: 5 }, "{skipped:?}");
+    let newer = ObjectMeta::for_data(6, &data);
+    let applied = put_file_unless_newer(&store, bucket, key, &path, &parts, newer, &none).await?;
+    ensure!(applied == Conditional::Applied, "{applied:?}");
+    ensure!(store.head(bucket, key).await?.context("gone")?.version == 6, "version 6 not written");
     Ok(())
 }
 
