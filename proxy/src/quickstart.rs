@@ -151,7 +151,7 @@ pub async fn run(args: QuickstartArgs, shutdown: impl Future<Output = ()> + Send
         r#"
 blockproxy quickstart is running.
 
-  S3 endpoint  {ep}   (bucket = volume id "{volume}", keys: letters, digits, '.', '-', '_', '/')
+  S3 endpoint  {ep}   (bucket = volume id "{volume}", any S3 key, objects of any size)
   proxies      (one group, rendezvous-hashed, writeback to the local store)
 {proxies}
   store        {store}/{bucket}/{prefix}/
@@ -165,7 +165,12 @@ Try it (in another terminal):
   aws --endpoint-url {ep} s3 cp hello.txt s3://{volume}/hello.txt
   aws --endpoint-url {ep} s3 ls s3://{volume}/
   aws --endpoint-url {ep} s3 cp s3://{volume}/hello.txt back.txt && cat back.txt
-  find {store} -type f          # the flushed blocks (versions under .versions/)
+
+  # A large file: written whole to its home proxy, read back in 4 MiB blocks from every proxy
+  head -c 300M /dev/urandom > big.bin
+  aws --endpoint-url {ep} s3 cp big.bin "s3://{volume}/data/a big file.bin"
+  aws --endpoint-url {ep} s3 cp "s3://{volume}/data/a big file.bin" big.back && cmp big.bin big.back && echo identical
+  find {store} -type f          # the flushed objects, one file each
 
 Press Ctrl-C to stop; the proxies flush their dirty blocks first.
 "#,

@@ -217,7 +217,7 @@ async fn consistency_contract_failover_writes_win_and_a_returning_owner_is_repai
     // Case 1, stable membership: another client reads the acknowledged write at once.
     toxi.set_down("store", true).await?;
     let v1 = writer.put(&k, Bytes::from_static(b"v1")).await?;
-    assert_eq!(reader.get(&k, None).await?.map(|f| (f.data, f.version)), Some((Bytes::from_static(b"v1"), v1)));
+    assert_eq!(reader.get(&k, None).await?.map(|f| (f.data, f.info.version)), Some((Bytes::from_static(b"v1"), v1)));
 
     // Case 2, failover: the owner is cut; the write goes to the next proxy in rendezvous order
     // and readers see it there.

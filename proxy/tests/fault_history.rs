@@ -104,8 +104,9 @@ async fn acknowledged_writes_survive_a_seeded_nemesis_and_no_read_goes_back_in_t
         finals.push(final_read(&name, "store".into(), at_ns, Ok(stored), &written));
         for (c, client) in clients.iter().enumerate() {
             let at_ns = recorder.now_ns();
-            let got =
-                bounded(client.get(&client_support::key(&name), None)).await.map(|f| f.map(|f| (f.data, f.version)));
+            let got = bounded(client.get(&client_support::key(&name), None))
+                .await
+                .map(|f| f.map(|f| (f.data, f.info.version)));
             finals.push(final_read(&name, format!("client{c}"), at_ns, got, &written));
         }
     }

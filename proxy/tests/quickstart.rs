@@ -4,6 +4,7 @@
 mod client_support;
 
 use anyhow::Result;
+use blockproxy::store::{LocalDirStore, Store};
 use blockproxy_testenv::{Blockproxy, BlockproxyCommand, Tool, tool_path};
 use client_support::free_port;
 use std::process::Command;
@@ -46,12 +47,29 @@ async fn quickstart_serves_s3_on_local_proxies_and_stops_cleanly_on_ctrl_c() -> 
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&back)?, "hello, blockproxy\n");
 
+    // The README's large file: 100 MiB under a key with spaces, up (the CLI's multipart upload)
+    // and back (striped block reads once flushed, from the home before).
+    let big: Vec<u8> = (0..100u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big_file = dir.path().join("big.bin");
+    std::fs::write(&big_file, &big)?;
+    let big_key = "data/a big file.bin";
+    let out = aws(&["s3", "cp", "--only-show-errors", big_file.to_str().unwrap(), &format!("s3://demo/{big_key}")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let big_back = dir.path().join("big.back");
+    let out = aws(&["s3", "cp", "--only-show-errors", &format!("s3://demo/{big_key}"), big_back.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&big_back)? == big, "the large file came back different");
+
     // Ctrl-C: the proxies flush, the process exits 0, and the block is in the local store.
     let status = quickstart.stop_with("INT", Duration::from_secs(60)).await?;
     let stdout = quickstart.log_text();
     assert!(status.success(), "quickstart exited with {status}");
     assert!(stdout.contains("aws --endpoint-url") && stdout.contains("stopped"), "{stdout}");
-    let stored = dir.path().join("store/quickstart-bucket/volumes/demo/hello.txt");
-    assert_eq!(std::fs::read_to_string(&stored)?, "hello, blockproxy\n");
+    let store = LocalDirStore::open(dir.path().join("store"))?;
+    let stored = store.get("quickstart-bucket", "volumes/demo/hello.txt").await?.expect("hello.txt in the store");
+    assert_eq!(&stored.data[..], b"hello, blockproxy\n");
+    let stored =
+        store.get("quickstart-bucket", &format!("volumes/demo/{big_key}")).await?.expect("the large file in the store");
+    assert!(stored.data[..] == big[..], "the large file in the store differs");
     Ok(())
 }

@@ -88,7 +88,11 @@ async fn after_a_5xx_failover_the_writer_reads_its_write_and_others_within_the_t
 
     // Read your writes, at once.
     let mine = writer.get(&key, None).await?.expect("written");
-    assert_eq!((&mine.data[..], mine.version), (&b"two"[..], v2), "the writer read an older value than its own write");
+    assert_eq!(
+        (&mine.data[..], mine.info.version),
+        (&b"two"[..], v2),
+        "the writer read an older value than its own write"
+    );
 
     // Everyone else: once B flushed it, within A's --metadata-ttl (1 s by default) plus slack.
     b.wait_flushed(Duration::from_secs(30)).await?;

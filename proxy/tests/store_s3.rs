@@ -9,7 +9,8 @@ use anyhow::{Context, Result, ensure};
 use aws_sdk_s3::primitives::ByteStream;
 use blockproxy::protocol::{MIN_PART_SIZE, STORE_CRC32C_METADATA, STORE_VERSION_METADATA, multipart_etag};
 use blockproxy::store::{
-    ObjectAttrs, ObjectMeta, Precondition, S3Store, S3StoreConfig, Store, StoreError, TOMBSTONE_PREFIX,
+    Conditional, ObjectAttrs, ObjectMeta, Precondition, S3Store, S3StoreConfig, Store, StoreError, TOMBSTONE_PREFIX,
+    put_file_unless_newer,
 };
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -207,6 +208,15 @@ async fn a_multipart_upload_that_lost_its_condition_publishes_nothing() -> Resul
     let current = store.head(bucket, key).await?.context("head")?.etag;
     store.put_file_if(bucket, key, &path, &parts, meta, &none, Precondition::Matches(&current)).await?;
     ensure!(store.get(bucket, key).await?.context("gone")?.data[..] == data[..], "not published");
+
+    // Through the ordering decision: an older version is skipped, a newer one replaces it.
+    let older = ObjectMeta::for_data(4, b"older");
+    let skipped = put_file_unless_newer(&store, bucket, key, &path, &parts, older, &none).await?;
+    ensure!(skipped == Conditional::StoreNewer { store_version: 5 }, "{skipped:?}");
+    let newer = ObjectMeta::for_data(6, &data);
+    let applied = put_file_unless_newer(&store, bucket, key, &path, &parts, newer, &none).await?;
+    ensure!(applied == Conditional::Applied, "{applied:?}");
+    ensure!(store.head(bucket, key).await?.context("gone")?.version == 6, "version 6 not written");
     Ok(())
 }
 
@@ -259,5 +269,56 @@ async fn listing_pages_over_every_key_once_in_order_with_real_times() -> Result<
         ensure!(o.size == 1 && o.etag == quoted(&hex::encode(Md5::digest(b"x"))), "{o:?}");
     }
     ensure!(store.list(bucket, "list/3/").await?.len() == keys.iter().filter(|k| k.starts_with("list/3/")).count());
+    Ok(())
+}
+
+/// Store requests from the S3 store arrive this late (toxiproxy), so another writer's change fits
+/// between its parts and its CompleteMultipartUpload.
+const SLOW_LINK_MS: u64 = 2000;
+
+#[tokio::test]
+async fn an_object_replaced_during_a_multipart_upload_is_not_overwritten() -> Result<()> {
+    let backend = Backend::start().await?;
+    let bucket = backend.minio.bucket().to_owned();
+    let toxic = serde_json::json!({
+        "name": "latency_upstream",
+        "type": "latency",
+        "stream": "upstream",
+        "toxicity": 1.0,
+        "attributes": { "latency": SLOW_LINK_MS, "jitter": 0 },
+    });
+    backend.toxi.add_toxic(support::STORE_PROXY, toxic).await?;
+    let slow = S3Store::from_client(backend.minio.s3_client_for(&format!("http://{}", backend.store_addr)));
+    let s3 = backend.minio.s3_client();
+    let key = "during/k";
+    s3.put_object().bucket(&bucket).key(key).body(ByteStream::from_static(b"read")).send().await?;
+    let read = store_for(&backend).await.head(&bucket, key).await?.context("head")?.etag;
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("object");
+    let parts = [MIN_PART_SIZE, MIN_PART_SIZE, 10];
+    let (data, _) = part_file(&path, &parts)?;
+    let parts_before = backend.store_api_count("PutObjectPart").await?;
+    let upload = tokio::spawn({
+        let (bucket, path) = (bucket.clone(), path.clone());
+        async move {
+            let meta = ObjectMeta::for_data(3, &data);
+            let cond = Precondition::Matches(&read);
+            slow.put_file_if(&bucket, key, &path, &parts, meta, &ObjectAttrs::default(), cond).await
+        }
+    });
+    // The upload is under way (its first part has landed): another writer replaces the object.
+    blockproxy_testenv::eventually(Duration::from_secs(60), Duration::from_millis(20), || async {
+        let n = backend.store_api_count("PutObjectPart").await? - parts_before;
+        ensure!(n >= 1, "no part uploaded yet");
+        Ok(())
+    })
+    .await?;
+    s3.put_object().bucket(&bucket).key(key).body(ByteStream::from_static(b"newer")).send().await?;
+    let err = upload.await?.unwrap_err();
+    ensure!(matches!(err, StoreError::PreconditionFailed { .. }), "the upload completed over a newer object: {err}");
+    let now = s3.get_object().bucket(&bucket).key(key).send().await?.body.collect().await?.into_bytes();
+    ensure!(now[..] == b"newer"[..], "the newer object was replaced");
+    ensure!(open_uploads(&backend, key).await? == 0, "the failed upload was not aborted");
     Ok(())
 }

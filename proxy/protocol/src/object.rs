@@ -73,6 +73,51 @@ pub struct ObjectAttrs {
     pub user_metadata: BTreeMap<String, String>,
 }
 
+impl ObjectAttrs {
+    /// The standard headers and their fields, in one place for both directions.
+    const STANDARD: [&'static str; 4] = ["content-type", "content-encoding", "cache-control", "content-disposition"];
+
+    fn standard_mut(&mut self, name: &str) -> Option<&mut Option<String>> {
+        match name {
+            "content-type" => Some(&mut self.content_type),
+            "content-encoding" => Some(&mut self.content_encoding),
+            "cache-control" => Some(&mut self.cache_control),
+            "content-disposition" => Some(&mut self.content_disposition),
+            _ => None,
+        }
+    }
+
+    /// The attributes as HTTP headers (lower-case names): the standard ones, and each user
+    /// metadata entry as `x-amz-meta-{name}`.
+    pub fn to_headers(&self) -> Vec<(String, String)> {
+        let standard = [&self.content_type, &self.content_encoding, &self.cache_control, &self.content_disposition];
+        let mut out: Vec<(String, String)> = Self::STANDARD
+            .iter()
+            .zip(standard)
+            .filter_map(|(n, v)| v.as_ref().map(|v| ((*n).to_owned(), v.clone())))
+            .collect();
+        out.extend(self.user_metadata.iter().map(|(k, v)| (format!("{USER_METADATA_PREFIX}{k}"), v.clone())));
+        out
+    }
+
+    /// Collects the attributes from HTTP headers (names compared case-insensitively); other
+    /// headers are ignored, and so is blockproxy's own metadata (`blockproxy-*`).
+    pub fn from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut attrs = Self::default();
+        for (name, value) in headers {
+            let name = name.to_ascii_lowercase();
+            if let Some(field) = attrs.standard_mut(&name) {
+                *field = Some(value.to_owned());
+            } else if let Some(meta) = name.strip_prefix(USER_METADATA_PREFIX)
+                && !meta.starts_with("blockproxy-")
+            {
+                attrs.user_metadata.insert(meta.to_owned(), value.to_owned());
+            }
+        }
+        attrs
+    }
+}
+
 /// `/v1/volumes/{volume}/uploads/{key}`: multipart staging at the object's home proxy.
 /// - `POST` (attributes as headers) creates an upload: [`UploadCreated`].
 /// - `PUT ?uploadId=&partNumber=` stages a part (streamed to disk, needs `x-blockproxy-checksum`),
@@ -85,6 +130,13 @@ pub struct ObjectAttrs {
 /// An upload id belongs to its key: any other key gets `404 NoSuchUpload`. Uploads left unfinished
 /// are removed after the proxy's `--upload-expiry`.
 pub const UPLOADS_SEGMENT: &str = "uploads";
+
+/// `/v1/volumes/{volume}/uploads/{key}`, the key encoded exactly as in [`block_path`].
+///
+/// [`block_path`]: crate::block_path
+pub fn upload_path(volume: &crate::VolumeId, key: &crate::BlockKey) -> String {
+    crate::block_path(volume, key).replacen("/blocks/", &format!("/{UPLOADS_SEGMENT}/"), 1)
+}
 pub const UPLOAD_ID_QUERY: &str = "uploadId";
 pub const PART_NUMBER_QUERY: &str = "partNumber";
 
@@ -171,6 +223,18 @@ mod tests {
         let mut cat = a.to_vec();
         cat.extend_from_slice(&b);
         assert_eq!(multipart_etag(&[a, b]), format!("{}-2", hex::encode(Md5::digest(&cat))));
+    }
+
+    #[test]
+    fn attributes_round_trip_through_headers() {
+        let mut a = ObjectAttrs { content_type: Some("text/plain".into()), ..Default::default() };
+        a.cache_control = Some("no-cache".into());
+        a.user_metadata.insert("md5chksum".into(), "abc".into());
+        let headers = a.to_headers();
+        let back = ObjectAttrs::from_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        assert_eq!(back, a);
+        let ours = ObjectAttrs::from_headers([("X-Amz-Meta-Blockproxy-Version", "7"), ("Content-Type", "a/b")]);
+        assert!(ours.user_metadata.is_empty() && ours.content_type.as_deref() == Some("a/b"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! The consistency contract it keeps is docs/adr/0002-consistency-contract.md.
 
 pub mod discovery;
+pub mod info;
 pub mod metrics;
 pub mod probe;
 pub mod recent;
@@ -19,10 +20,16 @@ pub mod selection;
 pub mod transport;
 pub mod version;
 
+mod calls;
+mod direct;
+mod listing;
+mod objects;
 mod ops;
 
-pub use ops::ListEntry;
-pub use transport::Fetched;
+pub use info::ObjectInfo;
+pub use listing::{ListEntry, ListPage};
+pub use objects::{ObjectRead, Upload};
+pub use transport::{Fetched, Written};
 
 use crate::protocol::{DiscoveryDocument, DiscoveryEndpoint, VolumeId};
 use crate::store::{DynStore, StoreError};
@@ -47,6 +54,13 @@ pub enum ClientError {
     Rejected { status: u16, message: String },
     #[error("range not satisfiable: {0}")]
     RangeNotSatisfiable(String),
+    /// The object changed while it was being read (its blocks no longer match the version the
+    /// read started with); a new read sees the new version. Never served as a mix.
+    #[error("{key} changed while it was being read; read it again")]
+    Changed { key: String },
+    /// The multipart upload does not exist (finished, aborted, expired, or another key's).
+    #[error("no such upload: {0}")]
+    NoSuchUpload(String),
     #[error(
         "{op} failed: no proxy of any group answered after {attempts} attempts, and there are no direct object-store \
          credentials to fall back on; last error: {last}"
@@ -75,6 +89,8 @@ impl ClientError {
             Self::Tls { .. } => "tls",
             Self::Rejected { .. } => "rejected",
             Self::RangeNotSatisfiable(_) => "range",
+            Self::Changed { .. } => "changed",
+            Self::NoSuchUpload(_) => "no_such_upload",
             Self::Unreachable { .. } => "unreachable",
             Self::Store(_) => "store",
             Self::Superseded { .. } => "superseded",

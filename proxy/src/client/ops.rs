@@ -2,14 +2,12 @@
 //! rendezvous order, then to the other groups, then to the object store; check reads served by a
 //! recovering proxy against the other places a newer version may live, and repair the owner.
 
-use super::recent::{Judgement, Written};
-use super::transport::{AttemptError, Fetched};
+use super::info::ObjectInfo;
+use super::recent::{self, Judgement};
+use super::transport::{AttemptError, Fetched, WriteMeta, Written};
 use super::{Client, ClientError, Inner, Topology, rendezvous};
-use crate::protocol::BlockKey;
-use crate::store::{Conditional, ObjectMeta, delete_unless_newer, put_unless_newer};
+use crate::protocol::{BlockKey, ObjectAttrs};
 use bytes::Bytes;
-use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// Where one attempt goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,13 +16,14 @@ enum Target {
     Store,
 }
 
-enum Op<'a> {
+pub(super) enum Op<'a> {
     /// `repair`: install exactly `version` (a copy read elsewhere), never a newer one.
     Put {
         key: &'a BlockKey,
         data: Bytes,
         version: u64,
         repair: bool,
+        meta: WriteMeta<'a>,
     },
     Get {
         key: &'a BlockKey,
@@ -32,6 +31,15 @@ enum Op<'a> {
     },
     Head {
         key: &'a BlockKey,
+    },
+    /// Block `index` of a clean object, pinned to its store ETag (ADR 0004).
+    GetBlock {
+        key: &'a BlockKey,
+        index: u64,
+        block_size: u64,
+        /// The object's size (the store needs the range's end).
+        size: u64,
+        store_etag: &'a str,
     },
     Delete {
         key: &'a BlockKey,
@@ -45,44 +53,33 @@ impl Op<'_> {
             Op::Put { .. } => "put",
             Op::Get { .. } => "get",
             Op::Head { .. } => "head",
+            Op::GetBlock { .. } => "get_block",
             Op::Delete { .. } => "delete",
         }
     }
 }
 
-enum Outcome {
-    Version(u64),
+pub(super) enum Outcome {
+    Written(Written),
     Fetched(Option<Fetched>),
-    Head(Option<(u64, u64)>),
+    Head(Option<ObjectInfo>),
+    Block(Bytes),
 }
 
-/// One object in a listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListEntry {
-    pub key: String,
-    pub size: u64,
-    /// True when the newest version is acknowledged but not yet in the store.
-    pub unflushed: bool,
-}
+/// The largest object a read repair copies (the proxies' default `--max-block-size`).
+const MAX_REPAIR_SIZE: u64 = 64 << 20;
 
-fn store_key(prefix: &str, key: &str) -> String {
+pub(super) fn store_key(prefix: &str, key: &str) -> String {
     let p = prefix.trim_matches('/');
     if p.is_empty() { key.to_owned() } else { format!("{p}/{key}") }
 }
 
-/// A direct store write that the store's newer version superseded is refused like a proxy's 409.
-fn not_superseded(done: Conditional, version: u64) -> Result<Outcome, AttemptError> {
-    match done {
-        Conditional::Applied => Ok(Outcome::Version(version)),
-        Conditional::StoreNewer { store_version } => Err(AttemptError::Superseded(store_version)),
-    }
-}
-
-/// Cuts `range` (an HTTP `Range` value) out of a whole block.
-pub(crate) fn slice_range(data: Bytes, version: u64, range: Option<&str>) -> Result<Fetched, ClientError> {
+/// Cuts `range` (an HTTP `Range` value) out of a whole object.
+pub(crate) fn slice_range(data: Bytes, mut info: ObjectInfo, range: Option<&str>) -> Result<Fetched, ClientError> {
     let total = data.len() as u64;
+    info.size = total;
     let Some(r) = range else {
-        return Ok(Fetched { data, version, total });
+        return Ok(Fetched { data, info });
     };
     let parsed = http_range_header::parse_range_header(r)
         .map_err(|e| ClientError::Rejected { status: 400, message: format!("malformed Range {r:?}: {e}") })?;
@@ -91,10 +88,23 @@ pub(crate) fn slice_range(data: Bytes, version: u64, range: Option<&str>) -> Res
     let [range] = ranges.as_slice() else {
         return Err(ClientError::RangeNotSatisfiable("only a single byte range is supported".into()));
     };
-    Ok(Fetched { data: data.slice(*range.start() as usize..=*range.end() as usize), version, total })
+    Ok(Fetched { data: data.slice(*range.start() as usize..=*range.end() as usize), info })
 }
 
 impl Inner {
+    /// The proxies (group index, address) to try for `route_key`, in order, down ones last.
+    pub(super) fn proxy_targets(&self, topo: &Topology, route_key: &str) -> Vec<(usize, String)> {
+        let mut out: Vec<(usize, String)> = Vec::new();
+        for t in self.plan(topo, route_key, false).into_iter().chain(self.plan(topo, route_key, true)) {
+            if let Target::Proxy { group, address } = t
+                && !out.iter().any(|(g, a)| *g == group && *a == address)
+            {
+                out.push((group, address));
+            }
+        }
+        out
+    }
+
     /// Targets in the order to try them for `route_key`: per group (chosen first), the group's
     /// proxies in rendezvous order, skipping those marked down; then the store when configured.
     /// With `include_down`, down proxies are included (last resort when nothing else is left).
@@ -134,12 +144,18 @@ impl Inner {
                 let g = &topo.groups[*group];
                 let call = self.proxy_call(g, address, self.cfg.request_timeout);
                 match op {
-                    Op::Put { key, data, version, repair } => {
-                        call.put(key, data.clone(), *version, *repair).await.map(Outcome::Version)
+                    Op::Put { key, data, version, repair, meta } => {
+                        call.put(key, data.clone(), *version, *repair, *meta).await.map(Outcome::Written)
                     }
                     Op::Get { key, range } => call.get(key, *range).await.map(Outcome::Fetched),
                     Op::Head { key } => call.head(key).await.map(Outcome::Head),
-                    Op::Delete { key, version } => call.delete(key, *version).await.map(Outcome::Version),
+                    Op::GetBlock { key, index, block_size, store_etag, .. } => {
+                        call.get_block(key, *index, *block_size, store_etag).await.map(Outcome::Block)
+                    }
+                    Op::Delete { key, version } => call
+                        .delete(key, *version)
+                        .await
+                        .map(|version| Outcome::Written(Written { version, etag: None })),
                 }
             }
             Target::Store => {
@@ -148,35 +164,7 @@ impl Inner {
                     .direct_store
                     .as_ref()
                     .ok_or_else(|| AttemptError::Unavailable("no direct store".into()))?;
-                let loc = &topo.doc.store;
-                let err = |e: crate::store::StoreError| AttemptError::Unavailable(e.to_string());
-                match op {
-                    Op::Put { key, data, version, .. } => {
-                        let meta = ObjectMeta::for_data(*version, data);
-                        let k = store_key(&loc.prefix, key.as_str());
-                        let done =
-                            put_unless_newer(store.as_ref(), &loc.bucket, &k, data.clone(), meta, &Default::default())
-                                .await;
-                        not_superseded(done.map_err(err)?, *version)
-                    }
-                    Op::Get { key, range } => {
-                        match store.get(&loc.bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(err)? {
-                            None => Ok(Outcome::Fetched(None)),
-                            Some(b) => slice_range(b.data, b.version, *range)
-                                .map(|f| Outcome::Fetched(Some(f)))
-                                .map_err(AttemptError::Rejected),
-                        }
-                    }
-                    Op::Head { key } => {
-                        let b = store.get(&loc.bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(err)?;
-                        Ok(Outcome::Head(b.map(|b| (b.data.len() as u64, b.version))))
-                    }
-                    Op::Delete { key, version } => {
-                        let k = store_key(&loc.prefix, key.as_str());
-                        let done = delete_unless_newer(store.as_ref(), &loc.bucket, &k, *version).await;
-                        not_superseded(done.map_err(err)?, *version)
-                    }
-                }
+                super::direct::attempt(store.as_ref(), &topo.doc.store, op).await
             }
         }
     }
@@ -298,16 +286,24 @@ impl Inner {
         let head = Op::Head { key };
         let heads = futures::future::join_all(candidates.iter().map(|t| self.attempt(topo, t, &head))).await;
         let version = |r: &Result<Outcome, AttemptError>| match r {
-            Ok(Outcome::Head(Some((_, v)))) => Some(*v),
+            Ok(Outcome::Head(Some(info))) => Some(info.version),
             _ => None,
         };
         let owner_v = match heads.first()? {
-            Ok(Outcome::Head(h)) => h.map_or(0, |(_, v)| v),
+            Ok(Outcome::Head(h)) => h.as_ref().map_or(0, |i| i.version),
             _ => 0,
         };
         let best =
             heads.iter().enumerate().skip(1).filter_map(|(i, r)| version(r).map(|v| (i, v))).max_by_key(|(_, v)| *v);
         let (bi, bv) = best.filter(|(_, v)| *v > owner_v)?;
+        // A repair copies the whole object through this client: only for objects that fit in one
+        // PUT. A larger newer copy is left where it is (it is flushed from there), and logged.
+        if let Ok(Outcome::Head(Some(info))) = &heads[bi]
+            && info.size > MAX_REPAIR_SIZE
+        {
+            tracing::warn!(key = %key, size = info.size, newer = %Self::target_label(topo, &candidates[bi]), "a newer copy is too large to repair the owner with; serving the owner's");
+            return None;
+        }
         let Ok(Outcome::Fetched(Some(newest))) =
             self.attempt(topo, &candidates[bi], &Op::Get { key, range: None }).await
         else {
@@ -322,14 +318,11 @@ impl Inner {
             "{why}; serving the newer one and repairing the owner"
         );
         self.metrics.read_repairs_total.inc();
-        if let Err(e) = self
-            .attempt(
-                topo,
-                &candidates[0],
-                &Op::Put { key, data: newest.data.clone(), version: newest.version, repair: true },
-            )
-            .await
-        {
+        // The repair carries the object as it was written (attributes, and one part: repairs
+        // only happen for objects small enough to be read in one GET).
+        let meta = WriteMeta { attrs: &newest.info.attrs, parts: &[] };
+        let repair = Op::Put { key, data: newest.data.clone(), version: newest.version(), repair: true, meta };
+        if let Err(e) = self.attempt(topo, &candidates[0], &repair).await {
             tracing::warn!(key = %key, error = ?e, "read repair of the owner failed");
         }
         Some(Some(newest))
@@ -347,46 +340,58 @@ impl Inner {
             candidates.push(store);
         }
         match self.newest_and_repair(&topo, key, &candidates, "a read was older than this client's last write").await {
-            Some(Some(f)) if f.version >= want => Ok(f),
+            Some(Some(f)) if f.version() >= want => Ok(f),
             _ => Err(ClientError::Stale { key: key.to_string(), want }),
         }
     }
 }
 
 impl Client {
-    /// Writes a block; returns its version.
+    /// Writes an object of one part (no attributes); returns its version.
     pub async fn put(&self, key: &BlockKey, data: Bytes) -> Result<u64, ClientError> {
-        self.put_routed(key, key.as_str(), data).await
+        let meta = WriteMeta { attrs: &ObjectAttrs::default(), parts: &[] };
+        Ok(self.write(key, key.as_str(), Some((data, meta))).await?.version)
     }
 
-    /// Writes `key` on the proxy that owns `route_key` (multipart parts live with their object).
-    pub async fn put_routed(&self, key: &BlockKey, route_key: &str, data: Bytes) -> Result<u64, ClientError> {
-        self.write(key, route_key, Some(data)).await
+    /// Writes an object in one request (at most the proxies' `--max-block-size`), with its
+    /// attributes and the part sizes its store upload will use (empty: one part).
+    pub async fn put_object(
+        &self,
+        key: &BlockKey,
+        data: Bytes,
+        attrs: &ObjectAttrs,
+        parts: &[u64],
+    ) -> Result<Written, ClientError> {
+        self.write(key, key.as_str(), Some((data, WriteMeta { attrs, parts }))).await
     }
 
     /// A put (`Some`) or delete (`None`). A write that a concurrent one overtook (409) is sent
     /// again with a newer version, so an acknowledged write is always the newest when acknowledged.
-    async fn write(&self, key: &BlockKey, route_key: &str, data: Option<Bytes>) -> Result<u64, ClientError> {
+    async fn write(
+        &self,
+        key: &BlockKey,
+        route_key: &str,
+        data: Option<(Bytes, WriteMeta<'_>)>,
+    ) -> Result<Written, ClientError> {
         const ATTEMPTS: usize = 5;
         let inner = &self.inner;
         let mut current = 0;
         for _ in 0..ATTEMPTS {
             let version = inner.clock.next();
             let op = match &data {
-                Some(d) => Op::Put { key, data: d.clone(), version, repair: false },
+                Some((d, meta)) => Op::Put { key, data: d.clone(), version, repair: false, meta: *meta },
                 None => Op::Delete { key, version },
             };
             match inner.run(route_key, op).await {
-                Ok(Outcome::Version(v)) => {
-                    inner.clock.observe(v);
-                    inner.recent.record(key.as_str(), Written { version: v, deleted: data.is_none() });
-                    return Ok(v);
+                Ok(Outcome::Written(w)) => {
+                    self.record_write(key, w.version, data.is_none());
+                    return Ok(w);
                 }
                 Ok(_) => unreachable!("writes yield a version"),
                 // Our own earlier attempt (answered too late, retried) already holds this version.
                 Err(ClientError::Superseded { current }) if current == version => {
-                    inner.recent.record(key.as_str(), Written { version, deleted: data.is_none() });
-                    return Ok(version);
+                    self.record_write(key, version, data.is_none());
+                    return Ok(Written { version, etag: None });
                 }
                 Err(ClientError::Superseded { current: c }) => {
                     current = c;
@@ -398,152 +403,81 @@ impl Client {
         Err(ClientError::Superseded { current })
     }
 
-    /// Reads a block, or a byte range of it (`range` is an HTTP `Range` value).
-    pub async fn get(&self, key: &BlockKey, range: Option<&str>) -> Result<Option<Fetched>, ClientError> {
-        self.get_routed(key, key.as_str(), range).await
+    /// Remembers an acknowledged write for read-your-writes (ADR 0002).
+    pub(super) fn record_write(&self, key: &BlockKey, version: u64, deleted: bool) {
+        self.inner.clock.observe(version);
+        self.inner.recent.record(key.as_str(), recent::Written { version, deleted });
     }
 
-    pub async fn get_routed(
-        &self,
-        key: &BlockKey,
-        route_key: &str,
-        range: Option<&str>,
-    ) -> Result<Option<Fetched>, ClientError> {
+    /// Reads a whole object, or a byte range of it (`range` is an HTTP `Range` value), in one
+    /// request to its home proxy: for objects up to one block, and for tests.
+    pub async fn get(&self, key: &BlockKey, range: Option<&str>) -> Result<Option<Fetched>, ClientError> {
         let mut out = None;
-        if route_key == key.as_str()
-            && let Some(found) = self.inner.read_newest_if_recovering(key).await?
-        {
+        if let Some(found) = self.inner.read_newest_if_recovering(key).await? {
             out = Some(match found {
-                Some(f) => Some(slice_range(f.data, f.version, range)?),
+                Some(f) => Some(slice_range(f.data, f.info, range)?),
                 None => None,
             });
         }
         let out = match out {
             Some(out) => out,
-            None => match self.inner.run(route_key, Op::Get { key, range }).await? {
+            None => match self.inner.run(key.as_str(), Op::Get { key, range }).await? {
                 Outcome::Fetched(f) => f,
                 _ => unreachable!("get yields a block"),
             },
         };
-        let out = match self.inner.recent.judge(key.as_str(), out.as_ref().map(|f| f.version)) {
+        let out = match self.inner.recent.judge(key.as_str(), out.as_ref().map(|f| f.version())) {
             Judgement::Fresh => out,
             Judgement::Deleted => None,
             Judgement::Stale { want } => {
                 self.inner.metrics.stale_reads_total.inc();
                 let newest = self.inner.read_own_write(key, want).await?;
-                Some(slice_range(newest.data, newest.version, range)?)
+                Some(slice_range(newest.data, newest.info, range)?)
             }
         };
         if let Some(f) = &out {
-            self.inner.clock.observe(f.version);
+            self.inner.clock.observe(f.version());
         }
         Ok(out)
     }
 
-    /// `(size, version)`, or `None` when the block does not exist.
-    pub async fn head(&self, key: &BlockKey) -> Result<Option<(u64, u64)>, ClientError> {
+    /// The object's current version as its home proxy knows it, or `None` when it does not exist.
+    pub async fn head(&self, key: &BlockKey) -> Result<Option<ObjectInfo>, ClientError> {
         let found = match self.inner.read_newest_if_recovering(key).await? {
-            Some(found) => found.map(|f| (f.total, f.version)),
+            Some(found) => found.map(|f| f.info),
             None => match self.inner.run(key.as_str(), Op::Head { key }).await? {
                 Outcome::Head(h) => h,
                 _ => unreachable!("head yields a size"),
             },
         };
-        match self.inner.recent.judge(key.as_str(), found.map(|(_, v)| v)) {
+        match self.inner.recent.judge(key.as_str(), found.as_ref().map(|i| i.version)) {
             Judgement::Fresh => Ok(found),
             Judgement::Deleted => Ok(None),
             Judgement::Stale { want } => {
                 self.inner.metrics.stale_reads_total.inc();
-                let newest = self.inner.read_own_write(key, want).await?;
-                Ok(Some((newest.total, newest.version)))
+                Ok(Some(self.inner.read_own_write(key, want).await?.info))
             }
+        }
+    }
+
+    /// Block `index` of a clean object, from the proxy that owns that block (ADR 0004), failing
+    /// over like any read. [`ClientError::Changed`] when the store object is no longer `store_etag`.
+    pub async fn get_block(
+        &self,
+        key: &BlockKey,
+        index: u64,
+        block_size: u64,
+        size: u64,
+        store_etag: &str,
+    ) -> Result<Bytes, ClientError> {
+        let route = crate::protocol::block_route_key(key.as_str(), index);
+        match self.inner.run(&route, Op::GetBlock { key, index, block_size, size, store_etag }).await? {
+            Outcome::Block(b) => Ok(b),
+            _ => unreachable!("a block read yields bytes"),
         }
     }
 
     pub async fn delete(&self, key: &BlockKey) -> Result<u64, ClientError> {
-        self.delete_routed(key, key.as_str()).await
-    }
-
-    pub async fn delete_routed(&self, key: &BlockKey, route_key: &str) -> Result<u64, ClientError> {
-        self.write(key, route_key, None).await
-    }
-
-    /// Every object under `prefix`: the store's listing, merged with every reachable proxy's
-    /// unflushed keys (newest version wins; pending deletes hide the object).
-    pub async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>, ClientError> {
-        let inner = &self.inner;
-        let topo = inner.topology();
-        let mut calls = Vec::new();
-        for g in &topo.groups {
-            for e in &g.endpoints {
-                if !inner.is_down(&g.name, &e.address) {
-                    calls.push(inner.proxy_call(g, &e.address, Duration::from_secs(10).min(inner.cfg.request_timeout)));
-                }
-            }
-        }
-        let (listed, dirty) = tokio::join!(
-            self.store_listing(&topo, prefix),
-            futures::future::join_all(calls.iter().map(|c| c.dirty(prefix)))
-        );
-        let mut out: BTreeMap<String, ListEntry> = BTreeMap::new();
-        for (key, size) in listed? {
-            out.insert(key.clone(), ListEntry { key, size, unflushed: false });
-        }
-        let mut newest: BTreeMap<String, crate::protocol::DirtyKey> = BTreeMap::new();
-        for (call, d) in calls.iter().zip(dirty) {
-            match d {
-                Ok(d) => {
-                    for k in d.keys {
-                        if newest.get(&k.key).is_none_or(|cur| cur.version < k.version) {
-                            newest.insert(k.key.clone(), k);
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(proxy = %call.base, error = ?e, "listing unflushed keys failed; the listing may miss them")
-                }
-            }
-        }
-        for (key, d) in newest {
-            if d.deleted {
-                out.remove(&key);
-            } else {
-                out.insert(key.clone(), ListEntry { key, size: d.size, unflushed: true });
-            }
-        }
-        Ok(out.into_values().collect())
-    }
-
-    /// The store's objects under `prefix` (keys relative to the volume): read directly with store
-    /// credentials, otherwise through a proxy of the chosen group (failing over like a read).
-    async fn store_listing(&self, topo: &Topology, prefix: &str) -> Result<Vec<(String, u64)>, ClientError> {
-        let inner = &self.inner;
-        let loc = &topo.doc.store;
-        if let Some(store) = &inner.cfg.direct_store {
-            let strip = {
-                let p = loc.prefix.trim_matches('/');
-                if p.is_empty() { 0 } else { p.len() + 1 }
-            };
-            let listed = store.list(&loc.bucket, &store_key(&loc.prefix, prefix)).await.map_err(ClientError::Store)?;
-            return Ok(listed
-                .into_iter()
-                .filter(|o| o.key.len() > strip && !crate::store::is_tombstone_key(&o.key))
-                .map(|o| (o.key[strip..].to_owned(), o.size))
-                .collect());
-        }
-        let mut last = String::from("no proxy is known");
-        let mut attempts = 0;
-        for target in inner.plan(topo, prefix, false).into_iter().chain(inner.plan(topo, prefix, true)) {
-            let Target::Proxy { group, address } = &target else { continue };
-            attempts += 1;
-            let call = inner.proxy_call(&topo.groups[*group], address, inner.cfg.request_timeout);
-            match call.store_objects(prefix).await {
-                Ok(o) => return Ok(o.objects.into_iter().map(|o| (o.key, o.size)).collect()),
-                Err(AttemptError::Rejected(e)) => return Err(e),
-                Err(AttemptError::Unreachable(e) | AttemptError::Unavailable(e)) => last = e,
-                Err(AttemptError::Superseded(v)) => last = format!("unexpected 409 (version {v}) to a listing"),
-            }
-        }
-        Err(ClientError::Unreachable { op: "list", attempts, last })
+        Ok(self.write(key, key.as_str(), None).await?.version)
     }
 }

@@ -2,7 +2,8 @@
 //! CA bundle when one is published (the public web PKI otherwise), and the block requests.
 
 use super::ClientError;
-use crate::protocol::{self, BlockKey, CHECKSUM_HEADER, Checksum, DirtyKeys, VERSION_HEADER, VolumeId};
+use super::info::{ObjectInfo, version_of};
+use crate::protocol::{self, BlockKey, CHECKSUM_HEADER, Checksum, DirtyKeys, ObjectAttrs, VERSION_HEADER, VolumeId};
 use bytes::Bytes;
 use reqwest::StatusCode;
 use std::sync::Arc;
@@ -109,11 +110,11 @@ pub enum AttemptError {
     Superseded(u64),
 }
 
-fn classify(e: reqwest::Error) -> AttemptError {
+pub(super) fn classify(e: reqwest::Error) -> AttemptError {
     AttemptError::Unreachable(if e.is_timeout() { format!("timed out: {e}") } else { format!("{e:#}") })
 }
 
-async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, AttemptError> {
+pub(super) async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, AttemptError> {
     let status = resp.status();
     if status.is_success() || status == StatusCode::NOT_FOUND {
         return Ok(resp);
@@ -127,17 +128,41 @@ async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response,
     }
 }
 
-fn version_of(h: &reqwest::header::HeaderMap) -> u64 {
-    h.get(VERSION_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
-/// A block read from somewhere.
+/// Bytes read from somewhere, with what was said about their object version.
 #[derive(Debug, Clone)]
 pub struct Fetched {
     pub data: Bytes,
+    /// `info.size` is the size of the whole object (differs from `data.len()` for a range).
+    pub info: ObjectInfo,
+}
+
+impl Fetched {
+    pub fn version(&self) -> u64 {
+        self.info.version
+    }
+
+    pub fn total(&self) -> u64 {
+        self.info.size
+    }
+}
+
+/// What a write carries besides its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteMeta<'a> {
+    pub attrs: &'a ObjectAttrs,
+    /// Part sizes for the store upload; empty for one part.
+    pub parts: &'a [u64],
+}
+
+/// An applied write: the version the proxy stamped, and the object's S3 ETag when it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
     pub version: u64,
-    /// Size of the whole block (differs from `data.len()` for a range).
-    pub total: u64,
+    pub etag: Option<String>,
+}
+
+pub(crate) fn etag_of(h: &reqwest::header::HeaderMap) -> Option<String> {
+    h.get(protocol::ETAG_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 /// The block API of one proxy.
@@ -150,15 +175,29 @@ pub struct ProxyCall<'a> {
 }
 
 impl ProxyCall<'_> {
-    fn url(&self, key: &BlockKey) -> String {
+    pub(super) fn url(&self, key: &BlockKey) -> String {
         format!("{}{}", self.base, protocol::block_path(self.volume, key))
     }
 
     /// With `repair`, the proxy installs exactly `version` or refuses with 409.
-    pub async fn put(&self, key: &BlockKey, data: Bytes, version: u64, repair: bool) -> Result<u64, AttemptError> {
+    pub async fn put(
+        &self,
+        key: &BlockKey,
+        data: Bytes,
+        version: u64,
+        repair: bool,
+        meta: WriteMeta<'_>,
+    ) -> Result<Written, AttemptError> {
         let mut req = self.http.put(self.url(key));
         if repair {
             req = req.header(protocol::REPAIR_HEADER, "1");
+        }
+        for (name, value) in meta.attrs.to_headers() {
+            req = req.header(name, value);
+        }
+        if !meta.parts.is_empty() {
+            let parts: Vec<String> = meta.parts.iter().map(u64::to_string).collect();
+            req = req.header(protocol::PARTS_HEADER, parts.join(","));
         }
         let resp = req
             .bearer_auth(self.token)
@@ -179,7 +218,7 @@ impl ProxyCall<'_> {
                 message: "PUT: the proxy does not serve this volume".into(),
             }));
         }
-        Ok(version_of(resp.headers()).max(version))
+        Ok(Written { version: version_of(resp.headers()).max(version), etag: etag_of(resp.headers()) })
     }
 
     pub async fn get(&self, key: &BlockKey, range: Option<&str>) -> Result<Option<Fetched>, AttemptError> {
@@ -199,7 +238,7 @@ impl ProxyCall<'_> {
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let version = version_of(resp.headers());
+        let headers = resp.headers().clone();
         let total = resp
             .headers()
             .get(reqwest::header::CONTENT_RANGE)
@@ -217,12 +256,12 @@ impl ProxyCall<'_> {
         {
             return Err(AttemptError::Unavailable(format!("GET body failed verification: {e}")));
         }
-        let total = total.unwrap_or(data.len() as u64);
-        Ok(Some(Fetched { data, version, total }))
+        let info = ObjectInfo::from_headers(&headers, total.unwrap_or(data.len() as u64));
+        Ok(Some(Fetched { data, info }))
     }
 
-    /// `(size, version)` of the block, or `None` when it does not exist (or is deleted).
-    pub async fn head(&self, key: &BlockKey) -> Result<Option<(u64, u64)>, AttemptError> {
+    /// The object's current version, or `None` when it does not exist (or is deleted).
+    pub async fn head(&self, key: &BlockKey) -> Result<Option<ObjectInfo>, AttemptError> {
         let resp = self
             .http
             .head(self.url(key))
@@ -241,7 +280,7 @@ impl ProxyCall<'_> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        Ok(Some((size, version_of(resp.headers()))))
+        Ok(Some(ObjectInfo::from_headers(resp.headers(), size)))
     }
 
     pub async fn delete(&self, key: &BlockKey, version: u64) -> Result<u64, AttemptError> {

@@ -5,7 +5,11 @@
 //! Admin endpoints on the same port (bucket names cannot start with `_`, so they never clash):
 //! `/_blockproxy/healthz`, `/_blockproxy/readyz`, `/_blockproxy/metrics`, `/_blockproxy/status`.
 
+mod conditions;
+mod errors;
+mod listing;
 pub mod s3;
+mod writes;
 
 use crate::client::{Client, ClientConfig, selection::Hysteresis};
 use crate::config::{StoreArgs, parse_size};
@@ -50,9 +54,11 @@ pub struct MountArgs {
     #[arg(long, env = "BLOCKPROXY_S3_SECRET_KEY", default_value = "blockproxy", hide_env_values = true)]
     pub s3_secret_key: String,
 
-    /// Largest object (= block) accepted ("64Mi"); match the proxies' --max-block-size.
-    #[arg(long, env = "BLOCKPROXY_MAX_OBJECT_SIZE", default_value = "64Mi", value_parser = parse_size)]
-    pub max_object_size: u64,
+    /// Largest part an S3 client may send in one UploadPart ("64Mi"): a part is held in memory
+    /// until its home proxy has it (the proxies' --max-block-size must allow it too). Objects
+    /// themselves may be up to 5 TiB; single PUTs up to 5 GiB, sent on as 8 MiB parts.
+    #[arg(long, env = "BLOCKPROXY_MAX_PART_SIZE", default_value = "64Mi", value_parser = parse_size)]
+    pub max_part_size: u64,
 
     /// Go directly to the object store when no proxy is reachable (and list it directly),
     /// using the AWS default credential chain. Without it, listings go through a proxy. Implied by --store-credentials-file and by a
@@ -138,8 +144,8 @@ pub async fn client_from_args(args: &MountArgs) -> anyhow::Result<Client> {
 }
 
 /// The HTTP app: admin routes plus the S3 service for everything else.
-pub fn app(client: Client, access_key: &str, secret_key: &str, max_object_size: u64) -> Router {
-    let mut builder = s3s::service::S3ServiceBuilder::new(s3::VolumeS3::new(client.clone(), max_object_size));
+pub fn app(client: Client, access_key: &str, secret_key: &str, max_part_size: u64) -> Router {
+    let mut builder = s3s::service::S3ServiceBuilder::new(s3::VolumeS3::new(client.clone(), max_part_size));
     builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
     let service = builder.build();
     let service = axum::error_handling::HandleError::new(service, |e: s3s::HttpError| async move {
@@ -178,7 +184,7 @@ pub async fn run(args: MountArgs, shutdown: impl Future<Output = ()> + Send + 's
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the S3 endpoint on {}", args.listen))?;
-    serve(listener, client, &args.s3_access_key, &args.s3_secret_key, args.max_object_size, shutdown).await
+    serve(listener, client, &args.s3_access_key, &args.s3_secret_key, args.max_part_size, shutdown).await
 }
 
 /// Serves an already-built client on `listener` (the quickstart uses this).
@@ -187,7 +193,7 @@ pub async fn serve(
     client: Client,
     access_key: &str,
     secret_key: &str,
-    max_object_size: u64,
+    max_part_size: u64,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
@@ -199,7 +205,7 @@ pub async fn serve(
         direct_store = status.direct_store,
         "S3 endpoint serving; the bucket name is the volume id"
     );
-    let app = app(client, access_key, secret_key, max_object_size);
+    let app = app(client, access_key, secret_key, max_part_size);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the S3 endpoint")?;
     Ok(())
 }

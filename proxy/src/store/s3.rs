@@ -401,7 +401,15 @@ impl Store for S3Store {
             bucket,
             key,
         ))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        let Some(upload_id) = created.upload_id().map(str::to_owned) else {
+            let message = "CreateMultipartUpload answered without an upload id".to_owned();
+            return Err(StoreError::Request {
+                op: "CreateMultipartUpload",
+                bucket: bucket.into(),
+                key: key.into(),
+                message,
+            });
+        };
         let done = self.upload_parts(bucket, key, &upload_id, path, start, part_sizes, cond).await;
         if done.is_err() {
             // Nothing of a failed upload may linger (parts cost storage until aborted).

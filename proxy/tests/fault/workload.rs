@@ -76,7 +76,7 @@ pub async fn run_client(
             match bounded(client.get(&k, None)).await {
                 Ok(Some(fetched)) => {
                     let (read, intact) = identify(&name, &fetched.data, written);
-                    (op.ok, op.version, op.read, op.intact) = (true, Some(fetched.version), Some(read), intact);
+                    (op.ok, op.version, op.read, op.intact) = (true, Some(fetched.info.version), Some(read), intact);
                 }
                 Ok(None) => (op.ok, op.intact) = (true, true),
                 Err(e) => op.error = Some(e),
