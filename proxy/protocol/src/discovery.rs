@@ -69,6 +69,13 @@ fn default_weight() -> u32 {
     1
 }
 
+impl StoreLocation {
+    /// The longest key this volume holds (see [`crate::max_key_len_under`]).
+    pub fn max_key_len(&self) -> usize {
+        crate::max_key_len_under(&self.prefix)
+    }
+}
+
 impl DiscoveryDocument {
     /// The ConfigMap data key (and file name when mounted) holding the JSON document.
     pub const CONFIGMAP_KEY: &'static str = "discovery.json";

@@ -7,6 +7,13 @@ pub const MAX_VOLUME_ID_LEN: usize = 63;
 /// S3's limit on an object key, in bytes of UTF-8.
 pub const MAX_KEY_LEN: usize = 1024;
 
+/// The longest key a volume with this store prefix can hold: the store key `{prefix}/{key}` is
+/// what S3 limits to [`MAX_KEY_LEN`].
+pub fn max_key_len_under(prefix: &str) -> usize {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() { MAX_KEY_LEN } else { MAX_KEY_LEN.saturating_sub(prefix.len() + 1) }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     #[error("{what} is empty")]
@@ -123,7 +130,8 @@ mod tests {
     #[test]
     fn accepts_any_s3_key() {
         let long = "k".repeat(MAX_KEY_LEN);
-        for k in ["a", "a b", "a+b=c@d%e:f~g#h", "é/日本", "/abs", "a//b", "a/", "a/../b", "./x", "...", "a\\b", &long] {
+        for k in ["a", "a b", "a+b=c@d%e:f~g#h", "é/日本", "/abs", "a//b", "a/", "a/../b", "./x", "...", "a\\b", &long]
+        {
             assert_eq!(BlockKey::parse(k).unwrap().as_str(), k);
         }
     }
@@ -135,6 +143,13 @@ mod tests {
         }
         let err = BlockKey::parse(&"é".repeat(MAX_KEY_LEN / 2 + 1)).unwrap_err();
         assert_eq!(err, NameError::TooLong { what: "block key", len: MAX_KEY_LEN + 2, max: MAX_KEY_LEN });
+    }
+
+    #[test]
+    fn the_prefix_takes_its_share_of_the_key_length() {
+        assert_eq!(max_key_len_under(""), MAX_KEY_LEN);
+        assert_eq!(max_key_len_under("/"), MAX_KEY_LEN);
+        assert_eq!(max_key_len_under("blocks/"), MAX_KEY_LEN - "blocks/".len());
     }
 
     #[test]

@@ -92,6 +92,11 @@ impl VolumeConfig {
         hex::encode(sha2::Sha256::digest(token.as_bytes()))
     }
 
+    /// The longest key this volume holds (see [`crate::max_key_len_under`]).
+    pub fn max_key_len(&self) -> usize {
+        crate::max_key_len_under(&self.prefix)
+    }
+
     /// The object-store key of a block: `{prefix}/{key}`, or `{key}` without a prefix.
     pub fn store_key(&self, key: &super::BlockKey) -> String {
         let prefix = self.prefix.trim_matches('/');

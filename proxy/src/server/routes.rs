@@ -185,6 +185,12 @@ async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> 
         }
     };
     let cfg = authorize(s, &volume, auth.as_deref())?;
+    if key.as_str().len() > cfg.max_key_len() {
+        let max = cfg.max_key_len();
+        return Err(ApiError::bad_request(format!(
+            "key is longer than this volume's {max} bytes (S3's 1024 with its prefix)"
+        )));
+    }
     let id = BlockId { volume, key };
     let _permit = s.bops.acquire().await.map_err(|_| ApiError::unavailable("shutting down", 5))?;
     match *req.method() {

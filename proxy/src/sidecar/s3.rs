@@ -45,6 +45,14 @@ impl VolumeS3 {
 
     fn user_key(&self, bucket: &str, key: &str) -> S3Result<BlockKey> {
         self.check_bucket(bucket)?;
+        let max = self.client.max_key_len();
+        if key.len() > max {
+            return Err(s3_error!(
+                KeyTooLongError,
+                "object key is {} bytes; this volume's keys are at most {max} (1024 with its store prefix)",
+                key.len()
+            ));
+        }
         // The protocol takes any S3 key; the few it refuses answer S3's own error codes.
         BlockKey::parse(key).map_err(|e| match e {
             NameError::TooLong { .. } => s3_error!(KeyTooLongError, "object key: {e}"),
