@@ -520,7 +520,7 @@ async fn get_block(
     // The checksum of the whole block, verified on the way from disk or from the store.
     let mut lookup = s.cache.read(&id).await.map_err(|e| cache_error(s, e))?;
     if let Lookup::Hit { dirty: false, version, validated, .. } = &lookup
-        && validated.is_none_or(|t| t.elapsed() >= s.metadata_ttl)
+        && validated.is_none_or(|t| t.elapsed() >= cfg.metadata_ttl(s.metadata_ttl))
         && !still_in_store(s, cfg, &id, *version).await
     {
         lookup = Lookup::Miss;

@@ -134,6 +134,8 @@ pub fn discovery(bucket: &str, store_endpoint: Option<String>, groups: &[GroupSp
     DiscoveryDocument {
         volume_id: VolumeId::parse(VOLUME).unwrap(),
         store: StoreLocation { bucket: bucket.into(), prefix: PREFIX.into(), endpoint: store_endpoint, region: None },
+        block_size: blockproxy::protocol::DEFAULT_BLOCK_SIZE,
+        metadata_ttl_ms: blockproxy::protocol::DEFAULT_METADATA_TTL_MS,
         groups: groups
             .iter()
             .map(|g| DiscoveryGroup {
