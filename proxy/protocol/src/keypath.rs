@@ -6,7 +6,7 @@
 //! borders a `.` or `..` segment of the key is sent as `%2F` (a parser removes dot segments, even
 //! escaped ones, but never looks inside one), so `a/../b` travels as `a%2F..%2Fb`.
 //! Decoding is strict: a `%` not followed by two hex digits, or bytes that are not UTF-8, is an
-//! error (`400` at the proxy), never a guess.
+//! error (`400` at the proxy), never a guess, and so is a raw dot segment in the path.
 
 use super::{BlockKey, NameError};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -31,6 +31,12 @@ pub fn encode_key(key: &BlockKey) -> String {
 
 /// The key an encoded path tail stands for.
 pub fn decode_key(encoded: &str) -> Result<BlockKey, NameError> {
+    // A dot segment in the path is never what a client meant: its URL library would have removed
+    // it (and `encode_key` never makes one), so it is refused instead of guessed at.
+    let dot = |s: &str| matches!(s.to_ascii_lowercase().as_str(), "." | "%2e" | ".." | ".%2e" | "%2e." | "%2e%2e");
+    if encoded.split('/').any(dot) {
+        return Err(NameError::DotSegmentInPath);
+    }
     let bytes = encoded.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -79,6 +85,9 @@ mod tests {
         }
         assert_eq!(decode_key("%C3"), Err(NameError::NotUtf8));
         assert_eq!(decode_key("%00"), Err(NameError::Nul));
+        for dots in ["..", "a/../b", "%2e%2E/x", "x/.", ".%2e"] {
+            assert_eq!(decode_key(dots), Err(NameError::DotSegmentInPath), "{dots:?}");
+        }
         // Unescaped characters that survived the transport are taken as they are.
         assert_eq!(decode_key("a+b:c").unwrap(), key("a+b:c"));
     }

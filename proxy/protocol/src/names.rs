@@ -30,6 +30,8 @@ pub enum NameError {
     BadEscape,
     #[error("block key in the path does not decode to UTF-8")]
     NotUtf8,
+    #[error("the path has a '.' or '..' segment; send a '/' next to one as %2F")]
+    DotSegmentInPath,
     #[error("volume id must start and end with a letter or digit")]
     VolumeEdge,
 }
