@@ -129,8 +129,8 @@ async fn bad_requests_get_the_right_4xx_and_write_nothing() -> Result<()> {
     };
     let cases = vec![
         case(
-            "empty segment",
-            format!("{base}/{VOLUME}/blocks/a//b"),
+            "key longer than the volume holds",
+            format!("{base}/{VOLUME}/blocks/{}", "k".repeat(1024)),
             Some(TOKEN),
             Some(good_sum.clone()),
             body.clone(),
@@ -206,7 +206,6 @@ async fn bad_requests_get_the_right_4xx_and_write_nothing() -> Result<()> {
         format!("/v1/volumes/{VOLUME}/blocks/a%zz"),
         format!("/v1/volumes/{VOLUME}/blocks/%FF"),
         format!("/v1/volumes/{VOLUME}/blocks/a%00b"),
-        format!("/v1/volumes/{VOLUME}/blocks/{}", "k".repeat(1024)),
         "/v1/volumes/../blocks/x".to_string(),
     ] {
         assert_eq!(raw_status(proxy.addr, "PUT", &path, &headers, &body).await?, 400, "PUT {path}");
