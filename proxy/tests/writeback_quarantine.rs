@@ -13,14 +13,6 @@ use support::*;
 const VOLUME2: &str = "vol2";
 const TOKEN2: &str = "volume-token-2";
 
-/// Where the local-directory store keeps a key made of plain segments (no `%`, no leading `.`):
-/// every directory's name ends in `%` (`proxy/src/store/local_path.rs`).
-fn local_store_path(key: &str) -> std::path::PathBuf {
-    let segments: Vec<&str> = key.split('/').collect();
-    let (file, dirs) = segments.split_last().unwrap_or((&"", &[]));
-    dirs.iter().map(|d| format!("{d}%")).chain([file.to_string()]).collect()
-}
-
 fn files_in(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.count())
 }
