@@ -14,7 +14,9 @@ use super::errors::map_err;
 use super::listing::{self, Listed};
 use super::writes::{PartReader, part_size_for, write_object};
 use crate::client::{Client, ObjectInfo, ObjectRead, Upload};
-use crate::protocol::{BlockKey, CompletePart, NameError, CompleteUpload, MAX_OBJECT_SIZE, MAX_SINGLE_PUT_SIZE, ObjectAttrs};
+use crate::protocol::{
+    BlockKey, CompletePart, CompleteUpload, MAX_OBJECT_SIZE, MAX_SINGLE_PUT_SIZE, NameError, ObjectAttrs,
+};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use s3s::dto::*;
