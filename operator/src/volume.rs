@@ -154,6 +154,7 @@ pub fn volumes_file(
             prefix: v.spec.prefix.trim_matches('/').to_owned(),
             token: String::new(),
             token_sha256: Vec::new(),
+            metadata_ttl_ms: Some(v.spec.metadata_ttl_ms()),
         });
         if !entry.token_sha256.contains(&digest) {
             entry.token_sha256.push(digest);
@@ -220,6 +221,9 @@ pub fn discovery(
         volume_id: VolumeId::parse(volume_id).ok()?,
         store,
         groups: doc_groups.into_values().collect(),
+        // The oldest association's settings, as for the store location.
+        block_size: first.spec.block_size_bytes(),
+        metadata_ttl_ms: first.spec.metadata_ttl_ms(),
     })
 }
 
@@ -239,6 +243,8 @@ mod tests {
                 proxy_group: g.into(),
                 bucket: bucket.into(),
                 prefix: "p".into(),
+                block_size: "1Mi".into(),
+                metadata_ttl: "250ms".into(),
             },
         );
         v.metadata.namespace = Some(ns.into());
@@ -350,6 +356,20 @@ mod tests {
         assert_eq!(doc.store.bucket, "b1");
         assert_eq!(doc.store.endpoint.as_deref(), Some("http://minio:9000"));
         assert_eq!(volumes_file("us", &vpgs, &d, b"k").volumes.len(), 1);
+    }
+
+    #[test]
+    fn volume_settings_reach_the_sidecar_and_the_proxies() {
+        let groups = [pg("eu", "eu", &["*"], &["10.0.0.1:8443"])];
+        let mut newer = vpg("t2", "b", "v", "eu", "b1", 2);
+        newer.spec.metadata_ttl = "2s".into();
+        let vpgs = [vpg("t", "a", "v", "eu", "b1", 1), newer];
+        let d = decide(&vpgs, &groups);
+        let doc = discovery("t", "v", &vpgs, &groups, &d).unwrap();
+        assert_eq!((doc.block_size, doc.metadata_ttl_ms), (1 << 20, 250));
+        // One volume on one group from two namespaces: the oldest association's TTL.
+        let f = volumes_file("eu", &vpgs, &d, b"k");
+        assert_eq!(f.volumes[0].metadata_ttl_ms, Some(250));
     }
 
     #[test]

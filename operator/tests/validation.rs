@@ -127,16 +127,28 @@ async fn invalid_specs_are_refused_with_clear_messages() -> Result<()> {
 
     ensure_namespace(&client, "team-a").await?;
     let vpgs: Api<VolumeProxyGroup> = Api::namespaced(client.clone(), "team-a");
-    let vpg = |vol: &str, bucket: &str, prefix: &str| -> Result<VolumeProxyGroup> {
+    let vpg_with = |vol: &str, bucket: &str, prefix: &str, extra: Value| -> Result<VolumeProxyGroup> {
+        let mut spec = json!({"volumeID": vol, "proxyGroup": "g", "bucket": bucket, "prefix": prefix});
+        if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
+            spec.extend(extra);
+        }
         Ok(serde_json::from_value(json!({
             "apiVersion": "blockproxy.io/v1alpha1", "kind": "VolumeProxyGroup",
             "metadata": {"name": "v"},
-            "spec": {"volumeID": vol, "proxyGroup": "g", "bucket": bucket, "prefix": prefix},
+            "spec": spec,
         }))?)
     };
+    let vpg = |vol: &str, bucket: &str, prefix: &str| vpg_with(vol, bucket, prefix, json!({}));
+    let settings = |extra: Value| vpg_with("ok", "bucket", "", extra);
     for (v, expected) in [
         (vpg("-bad", "bucket", "")?, "volumeID must be 1-63 letters"),
         (vpg("ok", "B", "")?, "bucket must be a valid bucket name"),
+        (settings(json!({"blockSize": "4MB"}))?, "blockSize must be a quantity of bytes"),
+        (settings(json!({"blockSize": "32Ki"}))?, "blockSize must be between 64Ki and 64Mi"),
+        (settings(json!({"blockSize": "128Mi"}))?, "blockSize must be between 64Ki and 64Mi"),
+        (settings(json!({"blockSize": "65537"}))?, "blockSize must be a multiple of 4Ki"),
+        (settings(json!({"metadataTTL": "1 second"}))?, "metadataTTL must be a duration"),
+        (settings(json!({"metadataTTL": "61m"}))?, "metadataTTL must be at most 1h"),
         (vpg("ok", "bucket", "../up")?, "prefix must be relative"),
     ] {
         match vpgs.create(&PostParams::default(), &v).await {
@@ -146,6 +158,27 @@ async fn invalid_specs_are_refused_with_clear_messages() -> Result<()> {
             other => panic!("not refused: {other:?}"),
         }
     }
+    // The bounds themselves are accepted.
+    for (i, extra) in
+        [json!({"blockSize": "64Ki", "metadataTTL": "1h"}), json!({"blockSize": "64Mi", "metadataTTL": "0s"})]
+            .into_iter()
+            .enumerate()
+    {
+        let mut v = settings(extra)?;
+        v.metadata.name = Some(format!("bounds-{i}"));
+        vpgs.create(&PostParams::default(), &v).await?;
+    }
+    // Omitted settings get their defaults from the API server (a raw body, so that the client's
+    // serde defaults do not fill them in first).
+    let raw = json!({
+        "apiVersion": "blockproxy.io/v1alpha1", "kind": "VolumeProxyGroup",
+        "metadata": {"name": "defaults"},
+        "spec": {"volumeID": "ok", "proxyGroup": "g", "bucket": "bucket"},
+    });
+    let created = vpgs.patch("defaults", &PatchParams::apply("validation-test"), &Patch::Apply(&raw)).await?;
+    assert_eq!((created.spec.block_size.as_str(), created.spec.metadata_ttl.as_str()), ("4Mi", "1s"));
+    assert_eq!(created.spec.block_size_bytes(), blockproxy_protocol::DEFAULT_BLOCK_SIZE);
+    assert_eq!(created.spec.metadata_ttl_ms(), blockproxy_protocol::DEFAULT_METADATA_TTL_MS);
     vpgs.create(&PostParams::default(), &vpg("vol-1", "bucket", "p")?).await?;
     let change = json!({"spec": {"volumeID": "vol-2"}});
     match vpgs.patch("v", &PatchParams::default(), &Patch::Merge(&change)).await {

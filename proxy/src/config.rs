@@ -61,6 +61,7 @@ pub struct ProxyArgs {
     /// A clean cached block is served for this long after the proxy last saw it match the store;
     /// the next read then asks the store (one HEAD) whether it changed. This bounds how long a
     /// write made through another proxy (failover) or behind the cache stays invisible here.
+    /// A volume's `metadataTtlMs` in the volumes file (VolumeProxyGroup `metadataTTL`) overrides it.
     #[arg(long, env = "BLOCKPROXY_METADATA_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub metadata_ttl: Duration,
 

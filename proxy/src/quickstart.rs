@@ -116,6 +116,8 @@ pub async fn run(args: QuickstartArgs, shutdown: impl Future<Output = ()> + Send
             endpoint: Some(store_url.clone()),
             region: None,
         },
+        block_size: crate::protocol::DEFAULT_BLOCK_SIZE,
+        metadata_ttl_ms: crate::protocol::DEFAULT_METADATA_TTL_MS,
         groups: vec![DiscoveryGroup {
             name: "quickstart".into(),
             provider_code: "local".into(),

@@ -19,6 +19,8 @@ fn discovery(bucket: &str, addresses: &[String]) -> DiscoveryDocument {
     DiscoveryDocument {
         volume_id: VolumeId::parse(VOLUME).unwrap(),
         store: StoreLocation { bucket: bucket.into(), prefix: PREFIX.into(), endpoint: None, region: None },
+        block_size: blockproxy::protocol::DEFAULT_BLOCK_SIZE,
+        metadata_ttl_ms: blockproxy::protocol::DEFAULT_METADATA_TTL_MS,
         groups: vec![DiscoveryGroup {
             name: "g1".into(),
             provider_code: "s3".into(),

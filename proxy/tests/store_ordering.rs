@@ -112,7 +112,9 @@ async fn two_proxies_on_the_local_store_leave_the_newest_version_of_every_key() 
     let backend = Backend::start().await?;
     let root = tempfile::tempdir()?;
     let store = root.path().join("store");
-    let object = |key: &str| std::fs::read(store.join(backend.minio.bucket()).join(PREFIX).join(key)).ok();
+    let object = |key: &str| {
+        std::fs::read(store.join(backend.minio.bucket()).join(local_store_path(&format!("{PREFIX}/{key}")))).ok()
+    };
     let mut proxies = Vec::new();
     for name in ["a", "b"] {
         std::fs::create_dir_all(root.path().join(name))?;

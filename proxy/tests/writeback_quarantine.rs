@@ -1,5 +1,6 @@
 //! A block that can never be flushed does not stall writeback: with one flush worker, a key the
-//! store refuses for good (`x` and `x/y` on a `file://` store) is quarantined, kept on disk,
+//! store refuses for good (`x/y` on a `file://` store where another tool left a file in the way
+//! of its directory) is quarantined, kept on disk,
 //! counted in a metric and in the drain status, and every other key and volume still flushes.
 
 mod support;
@@ -27,11 +28,14 @@ async fn a_block_that_can_never_be_flushed_is_quarantined_and_blocks_nothing() -
         ProxyProcess::start_with_store(&backend, &root.path().join("proxy"), opts, file_store_endpoint(&store)).await?;
     let bucket = backend.minio.bucket().to_owned();
     std::fs::write(proxy.volumes_file(), volumes_yaml(&[(VOLUME, &bucket, TOKEN), (VOLUME2, &bucket, TOKEN2)]))?;
-    let object = |key: &str| std::fs::read(store.join(&bucket).join(PREFIX).join(key)).ok();
+    let object = |key: &str| std::fs::read(store.join(&bucket).join(local_store_path(&format!("{PREFIX}/{key}")))).ok();
 
     proxy.put_ok("q/x", b"an object named x").await?;
     proxy.wait_flushed(Duration::from_secs(30)).await?;
-    // `q/x` is a file in the store, so `q/x/y` can never be stored there.
+    // Another tool left a file where `q/x/y` needs its directory, so it can never be stored.
+    let needed = local_store_path(&format!("{PREFIX}/q/x/y"));
+    let in_the_way = store.join(&bucket).join(needed.parent().unwrap_or(&needed));
+    std::fs::write(&in_the_way, b"not ours")?;
     proxy.put_ok("q/x/y", b"can never be flushed").await?;
     let mut expected = Vec::new();
     for i in 0..20 {

@@ -235,6 +235,8 @@ pub async fn create_vpg(
         proxy_group: group.into(),
         bucket: bucket.into(),
         prefix: "vols/a".into(),
+        block_size: "4Mi".into(),
+        metadata_ttl: "1s".into(),
     };
     Ok(api.create(&PostParams::default(), &VolumeProxyGroup::new(name, spec)).await?)
 }

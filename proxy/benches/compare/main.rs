@@ -423,6 +423,8 @@ async fn main() -> Result<()> {
     let discovery = DiscoveryDocument {
         volume_id: VolumeId::parse(VOLUME)?,
         store: StoreLocation { bucket: bucket.clone(), prefix: PREFIX.into(), endpoint: None, region: None },
+        block_size: blockproxy::protocol::DEFAULT_BLOCK_SIZE,
+        metadata_ttl_ms: blockproxy::protocol::DEFAULT_METADATA_TTL_MS,
         groups: vec![DiscoveryGroup {
             name: "bench".into(),
             provider_code: "s3".into(),

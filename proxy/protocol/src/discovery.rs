@@ -1,7 +1,7 @@
 //! The discovery document: every group that serves one volume, as the operator publishes it in a
 //! ConfigMap (key [`DiscoveryDocument::CONFIGMAP_KEY`]) and the mount sidecar reads it from a file.
 
-use super::VolumeId;
+use super::{DEFAULT_BLOCK_SIZE, DEFAULT_METADATA_TTL_MS, VolumeId};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,6 +12,22 @@ pub struct DiscoveryDocument {
     pub store: StoreLocation,
     #[serde(default)]
     pub groups: Vec<DiscoveryGroup>,
+    /// The volume's block size in bytes: the unit clean objects are cached and striped in
+    /// (VolumeProxyGroup `blockSize`).
+    #[serde(default = "default_block_size")]
+    pub block_size: u64,
+    /// How long a clean object's attributes are trusted before the store is asked again
+    /// (VolumeProxyGroup `metadataTTL`).
+    #[serde(default = "default_metadata_ttl_ms")]
+    pub metadata_ttl_ms: u64,
+}
+
+fn default_block_size() -> u64 {
+    DEFAULT_BLOCK_SIZE
+}
+
+fn default_metadata_ttl_ms() -> u64 {
+    DEFAULT_METADATA_TTL_MS
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +85,13 @@ fn default_weight() -> u32 {
     1
 }
 
+impl StoreLocation {
+    /// The longest key this volume holds (see [`crate::max_key_len_under`]).
+    pub fn max_key_len(&self) -> usize {
+        crate::max_key_len_under(&self.prefix)
+    }
+}
+
 impl DiscoveryDocument {
     /// The ConfigMap data key (and file name when mounted) holding the JSON document.
     pub const CONFIGMAP_KEY: &'static str = "discovery.json";
@@ -95,8 +118,20 @@ mod tests {
         .unwrap();
         assert_eq!(doc.groups[0].scheme, "https");
         assert_eq!(doc.groups[0].endpoints[0].weight, 1);
+        // Documents from before per-volume settings still parse, with the defaults.
+        assert_eq!((doc.block_size, doc.metadata_ttl_ms), (DEFAULT_BLOCK_SIZE, DEFAULT_METADATA_TTL_MS));
         let again = DiscoveryDocument::from_json(doc.to_json_pretty().as_bytes()).unwrap();
         assert_eq!(again, doc);
+    }
+
+    #[test]
+    fn carries_the_volume_settings() {
+        let doc = DiscoveryDocument::from_json(
+            br#"{"volumeId":"v1","store":{"bucket":"b"},"blockSize":1048576,"metadataTtlMs":250}"#,
+        )
+        .unwrap();
+        assert_eq!((doc.block_size, doc.metadata_ttl_ms), (1 << 20, 250));
+        assert!(doc.to_json_pretty().contains("\"metadataTtlMs\": 250"));
     }
 
     #[test]

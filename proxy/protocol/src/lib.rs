@@ -5,6 +5,7 @@
 mod checksum;
 mod discovery;
 mod drain;
+mod keypath;
 mod names;
 mod object;
 mod volumes;
@@ -12,7 +13,8 @@ mod volumes;
 pub use checksum::{Checksum, ChecksumError};
 pub use discovery::{DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation};
 pub use drain::{DirtyKey, DirtyKeys, DrainStatus, StoreObject, StoreObjects};
-pub use names::{BlockKey, MAX_KEY_LEN, MAX_VOLUME_ID_LEN, NameError, VolumeId};
+pub use keypath::{decode_key, encode_key};
+pub use names::{BlockKey, MAX_KEY_LEN, MAX_VOLUME_ID_LEN, NameError, VolumeId, max_key_len_under};
 pub use object::*;
 pub use volumes::{VolumeConfig, VolumesFile, VolumesFileError};
 
@@ -48,9 +50,18 @@ pub const STORE_VERSION_METADATA: &str = "blockproxy-version";
 /// every fetch verifies it, so corruption in the store is never served as valid.
 pub const STORE_CRC32C_METADATA: &str = "blockproxy-crc32c";
 
-/// `/v1/volumes/{volume}/blocks/{key}`
+/// `/v1/volumes/{volume}/blocks/{key}`, the key percent-encoded ([`encode_key`]).
 pub fn block_path(volume: &VolumeId, key: &BlockKey) -> String {
-    format!("{API_V1}/volumes/{}/blocks/{}", volume.as_str(), key.as_str())
+    key_path(volume, "blocks", key)
+}
+
+/// `/v1/volumes/{volume}/uploads/{key}`: multipart staging ([`UPLOADS_SEGMENT`]).
+pub fn upload_path(volume: &VolumeId, key: &BlockKey) -> String {
+    key_path(volume, UPLOADS_SEGMENT, key)
+}
+
+fn key_path(volume: &VolumeId, segment: &str, key: &BlockKey) -> String {
+    format!("{API_V1}/volumes/{}/{segment}/{}", volume.as_str(), encode_key(key))
 }
 
 /// `/v1/volumes/{volume}/dirty?prefix=...`: keys acknowledged but not yet flushed, as [`DirtyKeys`].
@@ -63,13 +74,24 @@ pub fn store_objects_path(volume: &VolumeId) -> String {
     format!("{API_V1}/volumes/{}/objects", volume.as_str())
 }
 
-/// Splits a request path of the form `/v1/volumes/{volume}/blocks/{key}` into validated parts.
+/// Splits a raw (still percent-encoded) request path of the form
+/// `/v1/volumes/{volume}/blocks/{key}` into validated parts, decoding the key ([`decode_key`]).
 /// Returns `None` when the path is not a block path at all, and an error when it is one with an
 /// invalid volume or key.
 pub fn parse_block_path(path: &str) -> Option<Result<(VolumeId, BlockKey), NameError>> {
+    parse_key_path(path, "blocks")
+}
+
+/// [`parse_block_path`] for `/v1/volumes/{volume}/uploads/{key}`.
+pub fn parse_upload_path(path: &str) -> Option<Result<(VolumeId, BlockKey), NameError>> {
+    parse_key_path(path, UPLOADS_SEGMENT)
+}
+
+fn parse_key_path(path: &str, segment: &str) -> Option<Result<(VolumeId, BlockKey), NameError>> {
     let rest = path.strip_prefix("/v1/volumes/")?;
-    let (volume, key) = rest.split_once("/blocks/")?;
-    Some(VolumeId::parse(volume).and_then(|v| BlockKey::parse(key).map(|k| (v, k))))
+    // Volume ids have no '/', so the first "/{segment}/" ends the volume.
+    let (volume, key) = rest.split_once(&format!("/{segment}/"))?;
+    Some(VolumeId::parse(volume).and_then(|v| decode_key(key).map(|k| (v, k))))
 }
 
 #[cfg(test)]
@@ -79,11 +101,15 @@ mod tests {
     #[test]
     fn block_paths_round_trip() {
         let v = VolumeId::parse("vol-1").unwrap();
-        let k = BlockKey::parse("chunks/0/1_0_4194304").unwrap();
+        let k = BlockKey::parse("chunks/0/1_0_4194304 é+").unwrap();
         let p = block_path(&v, &k);
-        assert_eq!(p, "/v1/volumes/vol-1/blocks/chunks/0/1_0_4194304");
+        assert_eq!(p, "/v1/volumes/vol-1/blocks/chunks/0/1_0_4194304%20%C3%A9%2B");
         let (v2, k2) = parse_block_path(&p).unwrap().unwrap();
-        assert_eq!((v2, k2), (v, k));
+        assert_eq!((v2, k2), (v.clone(), k.clone()));
+        let u = upload_path(&v, &k);
+        assert_eq!(u, "/v1/volumes/vol-1/uploads/chunks/0/1_0_4194304%20%C3%A9%2B");
+        assert_eq!(parse_upload_path(&u).unwrap().unwrap(), (v, k));
+        assert!(parse_block_path(&u).is_none());
     }
 
     #[test]
@@ -92,13 +118,21 @@ mod tests {
         assert!(parse_block_path("/v1/volumes/x").is_none());
     }
 
+    #[test]
+    fn bad_keys_in_paths_are_errors() {
+        assert_eq!(parse_block_path("/v1/volumes/v/blocks/a%zz").unwrap(), Err(NameError::BadEscape));
+        assert_eq!(parse_block_path("/v1/volumes/v/blocks/%FF").unwrap(), Err(NameError::NotUtf8));
+        assert!(parse_block_path("/v1/volumes/../blocks/k").unwrap().is_err());
+        assert!(parse_block_path("/v1/volumes/v/blocks/").unwrap().is_err());
+    }
+
     proptest::proptest! {
-        /// Any request path: never panics, and whatever parses is a path that escapes nothing and
-        /// rebuilds to the same string.
+        /// Any key and valid volume: the path parses back to exactly them.
         #[test]
-        fn block_path_parsing_is_total_and_faithful(path in "/v1/volumes/[a-z0-9./%-]{0,12}/blocks/[A-Za-z0-9./%_-]{0,40}") {
-            if let Some(Ok((v, k))) = parse_block_path(&path) {
-                proptest::prop_assert_eq!(block_path(&v, &k), path);
+        fn block_paths_round_trip_any_key(v in "[a-z0-9]([a-z0-9.-]{0,10}[a-z0-9])?", k in "(\\PC|/){1,80}") {
+            if let (Ok(v), Ok(k)) = (VolumeId::parse(&v), BlockKey::parse(&k)) {
+                let parsed = parse_block_path(&block_path(&v, &k));
+                proptest::prop_assert_eq!(parsed, Some(Ok((v, k))));
             }
         }
 
@@ -106,11 +140,5 @@ mod tests {
         fn arbitrary_paths_never_panic(path in "\\PC{0,80}") {
             let _ = parse_block_path(&path);
         }
-    }
-
-    #[test]
-    fn traversal_in_block_path_is_an_error() {
-        assert!(parse_block_path("/v1/volumes/v/blocks/../etc/passwd").unwrap().is_err());
-        assert!(parse_block_path("/v1/volumes/../blocks/k").unwrap().is_err());
     }
 }

@@ -1,11 +1,18 @@
-//! Volume ids and block keys. Both end up in file names on the proxy's disk and in object-store
-//! keys, so they are validated once, here, and carried as types afterwards.
+//! Volume ids and block keys, validated once, here, and carried as types afterwards. Volume ids
+//! end up in file names and URLs unescaped, so they are strict; keys are any S3 key.
 
 use std::fmt;
 
 pub const MAX_VOLUME_ID_LEN: usize = 63;
-pub const MAX_KEY_LEN: usize = 512;
-const MAX_SEGMENT_LEN: usize = 255;
+/// S3's limit on an object key, in bytes of UTF-8.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// The longest key a volume with this store prefix can hold: the store key `{prefix}/{key}` is
+/// what S3 limits to [`MAX_KEY_LEN`].
+pub fn max_key_len_under(prefix: &str) -> usize {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() { MAX_KEY_LEN } else { MAX_KEY_LEN.saturating_sub(prefix.len() + 1) }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -15,12 +22,16 @@ pub enum NameError {
     TooLong { what: &'static str, len: usize, max: usize },
     #[error("{what} contains {ch:?}; allowed are ASCII letters, digits and {allowed}")]
     BadChar { what: &'static str, ch: char, allowed: &'static str },
-    #[error("block key must not start or end with '/' or contain an empty segment")]
-    EmptySegment,
-    #[error("block key must not contain a '.' or '..' segment")]
-    DotSegment,
-    #[error("block key segment is longer than {MAX_SEGMENT_LEN} bytes")]
-    SegmentTooLong,
+    #[error("block key contains a NUL character")]
+    Nul,
+    #[error("the keys '.' and '..' cannot travel in a URL path")]
+    DotKey,
+    #[error("block key in the path has an invalid percent-escape (a '%' must be followed by two hex digits)")]
+    BadEscape,
+    #[error("block key in the path does not decode to UTF-8")]
+    NotUtf8,
+    #[error("the path has a '.' or '..' segment; send a '/' next to one as %2F")]
+    DotSegmentInPath,
     #[error("volume id must start and end with a letter or digit")]
     VolumeEdge,
 }
@@ -68,9 +79,11 @@ impl fmt::Display for VolumeId {
     }
 }
 
-/// A block key: a relative, `/`-separated path of 1-512 bytes of `[A-Za-z0-9._-]` segments, with
-/// no empty, `.` or `..` segment. It maps one-to-one onto a file below the cache folder and onto
-/// `{prefix}/{key}` in the store, and can never escape either.
+/// A block key: any S3 object key, 1-1024 bytes of UTF-8 without NUL (the protocol uses NUL to
+/// separate a key from a block index in [`crate::block_route_key`]). It is never a file name: the
+/// cache names files by hash and the local-directory store has its own encoding. The keys `.` and
+/// `..` alone are refused: no URL can carry them (every URL parser, reqwest's included, removes
+/// such a path segment, escaped or not), and S3 tools mishandle them too.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct BlockKey(String);
@@ -84,16 +97,11 @@ impl BlockKey {
         if s.len() > MAX_KEY_LEN {
             return Err(NameError::TooLong { what: WHAT, len: s.len(), max: MAX_KEY_LEN });
         }
-        if let Some(ch) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))) {
-            return Err(NameError::BadChar { what: WHAT, ch, allowed: "'-', '_', '.', '/'" });
+        if s.contains('\0') {
+            return Err(NameError::Nul);
         }
-        for segment in s.split('/') {
-            match segment {
-                "" => return Err(NameError::EmptySegment),
-                "." | ".." => return Err(NameError::DotSegment),
-                seg if seg.len() > MAX_SEGMENT_LEN => return Err(NameError::SegmentTooLong),
-                _ => {}
-            }
+        if matches!(s, "." | "..") {
+            return Err(NameError::DotKey);
         }
         Ok(Self(s.to_owned()))
     }
@@ -122,19 +130,28 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn accepts_typical_keys() {
-        for k in ["a", "chunks/0/0/1_0_4194304", "x.y-z_1", "dir/.hidden"] {
-            BlockKey::parse(k).unwrap();
+    fn accepts_any_s3_key() {
+        let long = "k".repeat(MAX_KEY_LEN);
+        for k in ["a", "a b", "a+b=c@d%e:f~g#h", "é/日本", "/abs", "a//b", "a/", "a/../b", "./x", "...", "a\\b", &long]
+        {
+            assert_eq!(BlockKey::parse(k).unwrap().as_str(), k);
         }
     }
 
     #[test]
-    fn rejects_escaping_keys() {
-        for k in ["", "/abs", "a//b", "a/", "..", "a/../b", ".", "a/./b", "a\\b", "a b", "é"] {
+    fn refuses_what_cannot_travel() {
+        for k in ["", ".", "..", "a\0b"] {
             assert!(BlockKey::parse(k).is_err(), "{k:?} was accepted");
         }
-        assert!(BlockKey::parse(&"a".repeat(MAX_KEY_LEN + 1)).is_err());
-        assert!(BlockKey::parse(&"a".repeat(256)).is_err());
+        let err = BlockKey::parse(&"é".repeat(MAX_KEY_LEN / 2 + 1)).unwrap_err();
+        assert_eq!(err, NameError::TooLong { what: "block key", len: MAX_KEY_LEN + 2, max: MAX_KEY_LEN });
+    }
+
+    #[test]
+    fn the_prefix_takes_its_share_of_the_key_length() {
+        assert_eq!(max_key_len_under(""), MAX_KEY_LEN);
+        assert_eq!(max_key_len_under("/"), MAX_KEY_LEN);
+        assert_eq!(max_key_len_under("blocks/"), MAX_KEY_LEN - "blocks/".len());
     }
 
     #[test]
@@ -146,20 +163,11 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever is accepted is a safe relative path: no component can leave its root.
+        /// Every string of 1..=1024 bytes without NUL is a key, other than '.' and '..'.
         #[test]
-        fn accepted_keys_never_escape(s in "\\PC{0,40}") {
-            if let Ok(k) = BlockKey::parse(&s) {
-                let p = std::path::Path::new(k.as_str());
-                prop_assert!(p.is_relative());
-                prop_assert!(p.components().all(|c| matches!(c, std::path::Component::Normal(_))));
-            }
-        }
-
-        #[test]
-        fn key_shaped_strings_round_trip(s in "[a-z0-9]{1,8}(/[a-z0-9_.-]{1,8}){0,4}") {
-            let ok = s.split('/').all(|seg| seg != "." && seg != "..");
-            prop_assert_eq!(BlockKey::parse(&s).is_ok(), ok);
+        fn keys_are_any_utf8_without_nul(s in "(\\PC|\\x00){0,400}") {
+            let expected = !s.is_empty() && s.len() <= MAX_KEY_LEN && !s.contains('\0') && s != "." && s != "..";
+            prop_assert_eq!(BlockKey::parse(&s).is_ok(), expected);
         }
     }
 }

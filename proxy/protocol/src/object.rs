@@ -131,12 +131,6 @@ impl ObjectAttrs {
 /// are removed after the proxy's `--upload-expiry`.
 pub const UPLOADS_SEGMENT: &str = "uploads";
 
-/// `/v1/volumes/{volume}/uploads/{key}`, the key encoded exactly as in [`block_path`].
-///
-/// [`block_path`]: crate::block_path
-pub fn upload_path(volume: &crate::VolumeId, key: &crate::BlockKey) -> String {
-    crate::block_path(volume, key).replacen("/blocks/", &format!("/{UPLOADS_SEGMENT}/"), 1)
-}
 pub const UPLOAD_ID_QUERY: &str = "uploadId";
 pub const PART_NUMBER_QUERY: &str = "partNumber";
 

@@ -28,6 +28,10 @@ pub struct VolumeConfig {
     /// the operator gives proxies these instead of the tokens themselves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub token_sha256: Vec<String>,
+    /// The volume's metadata TTL (VolumeProxyGroup `metadataTTL`), in milliseconds; absent: the
+    /// proxy's `--metadata-ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_ttl_ms: Option<u64>,
 }
 
 // The token must never reach a log, so Debug redacts it.
@@ -39,6 +43,7 @@ impl fmt::Debug for VolumeConfig {
             .field("prefix", &self.prefix)
             .field("token", &"<redacted>")
             .field("token_sha256", &self.token_sha256.len())
+            .field("metadata_ttl_ms", &self.metadata_ttl_ms)
             .finish()
     }
 }
@@ -92,6 +97,17 @@ impl VolumeConfig {
         hex::encode(sha2::Sha256::digest(token.as_bytes()))
     }
 
+    /// How long this volume trusts a clean object's attributes: its own TTL, or `default` (the
+    /// proxy's `--metadata-ttl`).
+    pub fn metadata_ttl(&self, default: std::time::Duration) -> std::time::Duration {
+        self.metadata_ttl_ms.map_or(default, std::time::Duration::from_millis)
+    }
+
+    /// The longest key this volume holds (see [`crate::max_key_len_under`]).
+    pub fn max_key_len(&self) -> usize {
+        crate::max_key_len_under(&self.prefix)
+    }
+
     /// The object-store key of a block: `{prefix}/{key}`, or `{key}` without a prefix.
     pub fn store_key(&self, key: &super::BlockKey) -> String {
         let prefix = self.prefix.trim_matches('/');
@@ -113,6 +129,17 @@ mod tests {
             VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: a}\n- {id: v1, bucket: b, token: a}\n").is_err()
         );
         assert!(VolumesFile::parse("volumes:\n- {id: v1, bucket: b, token: a, extra: 1}\n").is_err());
+    }
+
+    #[test]
+    fn a_volume_ttl_overrides_the_proxy_default() {
+        let f = VolumesFile::parse(
+            "volumes:\n- {id: v1, bucket: b, token: t, metadataTtlMs: 250}\n- {id: v2, bucket: b, token: t}\n",
+        )
+        .unwrap();
+        let default = std::time::Duration::from_secs(7);
+        assert_eq!(f.volumes[0].metadata_ttl(default), std::time::Duration::from_millis(250));
+        assert_eq!(f.volumes[1].metadata_ttl(default), default);
     }
 
     #[test]

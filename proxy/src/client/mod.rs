@@ -301,6 +301,11 @@ impl Client {
         &self.inner.metrics
     }
 
+    /// The longest key the volume's store prefix leaves room for.
+    pub fn max_key_len(&self) -> usize {
+        self.inner.topology().doc.store.max_key_len()
+    }
+
     /// True once a group is chosen, or direct store access is possible.
     pub fn ready(&self) -> bool {
         self.inner.selector_current().is_some() || self.inner.cfg.direct_store.is_some()

@@ -71,7 +71,11 @@ pub(super) fn resolve_range(range: Option<&str>, size: u64) -> Result<(u64, u64)
 impl Inner {
     /// The volume's block size, as the discovery document gives it.
     pub(super) fn block_size(&self) -> u64 {
-        crate::protocol::DEFAULT_BLOCK_SIZE
+        use crate::protocol::{DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+        // The operator validates it; a hand-written document with a wild value gets the default.
+        Some(self.topology().doc.block_size)
+            .filter(|b| (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(b))
+            .unwrap_or(DEFAULT_BLOCK_SIZE)
     }
 }
 

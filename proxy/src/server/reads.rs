@@ -37,8 +37,8 @@ pub struct BlockQuery {
 }
 
 /// How long this volume's clean objects are trusted before the store is asked again.
-pub fn metadata_ttl(s: &AppState, _cfg: &VolumeConfig) -> Duration {
-    s.metadata_ttl
+pub fn metadata_ttl(s: &AppState, cfg: &VolumeConfig) -> Duration {
+    cfg.metadata_ttl(s.metadata_ttl)
 }
 
 /// The requested byte range of an object of `total` bytes: `None` for all of it.

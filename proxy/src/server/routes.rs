@@ -179,10 +179,9 @@ async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> 
             Listing::Store => list_store(s, &cfg, prefix, &q).await,
         };
     }
-    // Upload paths carry the key exactly as block paths do: parse them the same way.
     let uploads = path.contains(UPLOADS_INFIX);
-    let block_path = if uploads { path.replacen(UPLOADS_INFIX, "/blocks/", 1) } else { path.clone() };
-    let (volume, key) = match protocol::parse_block_path(&block_path) {
+    let parsed = if uploads { protocol::parse_upload_path(&path) } else { protocol::parse_block_path(&path) };
+    let (volume, key) = match parsed {
         Some(Ok(parts)) => parts,
         Some(Err(e)) => return Err(ApiError::bad_request(e.to_string())),
         None => {
@@ -193,6 +192,12 @@ async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> 
         }
     };
     let cfg = authorize(s, &volume, auth.as_deref())?;
+    if key.as_str().len() > cfg.max_key_len() {
+        let max = cfg.max_key_len();
+        return Err(ApiError::bad_request(format!(
+            "key is longer than this volume's {max} bytes (S3's 1024 with its prefix)"
+        )));
+    }
     let id = BlockId::object(volume, key);
     let _permit = s.bops.acquire().await.map_err(|_| ApiError::unavailable("shutting down", 5))?;
     if uploads {

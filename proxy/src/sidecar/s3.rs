@@ -14,7 +14,9 @@ use super::errors::map_err;
 use super::listing::{self, Listed};
 use super::writes::{PartReader, part_size_for, write_object};
 use crate::client::{Client, ObjectInfo, ObjectRead, Upload};
-use crate::protocol::{BlockKey, CompletePart, CompleteUpload, MAX_OBJECT_SIZE, MAX_SINGLE_PUT_SIZE, ObjectAttrs};
+use crate::protocol::{
+    BlockKey, CompletePart, CompleteUpload, MAX_OBJECT_SIZE, MAX_SINGLE_PUT_SIZE, NameError, ObjectAttrs,
+};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use s3s::dto::*;
@@ -45,12 +47,18 @@ impl VolumeS3 {
 
     fn user_key(&self, bucket: &str, key: &str) -> S3Result<BlockKey> {
         self.check_bucket(bucket)?;
-        BlockKey::parse(key).map_err(|e| {
-            if key.len() > crate::protocol::MAX_KEY_LEN {
-                s3_error!(KeyTooLongError, "object key: {e}")
-            } else {
-                s3_error!(InvalidArgument, "object key {key:?} is not valid: {e}")
-            }
+        let max = self.client.max_key_len();
+        if key.len() > max {
+            return Err(s3_error!(
+                KeyTooLongError,
+                "object key is {} bytes; this volume's keys are at most {max} (1024 with its store prefix)",
+                key.len()
+            ));
+        }
+        // The protocol takes any S3 key; the few it refuses answer S3's own error codes.
+        BlockKey::parse(key).map_err(|e| match e {
+            NameError::TooLong { .. } => s3_error!(KeyTooLongError, "object key: {e}"),
+            e => s3_error!(InvalidArgument, "object key {key:?} is not supported: {e}"),
         })
     }
 

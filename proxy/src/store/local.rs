@@ -2,7 +2,9 @@
 //! tests of pure data-plane logic).
 //!
 //! On-disk format:
-//! - `<root>/<bucket>/<key>`: the object's bytes, a plain file that any tool can read.
+//! - `<root>/<bucket>/<path of key>`: the object's bytes, a plain file that any tool can read.
+//!   Any S3 key has a path of its own, safe and readable (`photos/img 1.jpg` is
+//!   `photos%/img 1.jpg`): see `local_path` for the encoding.
 //! - Two user extended attributes on that file: `user.blockproxy.version` (the write version, in
 //!   decimal) and `user.blockproxy.crc32c` (the writer's checksum, 8 hex digits). A file without
 //!   them was written by something else: version 0, accepted as it is. A third,
@@ -23,8 +25,8 @@
 //! only S3 stores give S3-compatible ETags. A file upload copies the file into a temporary file
 //! (its parts are only checked, the local store has no parts) and installs it like any write.
 //!
-//! Like MinIO in FS mode, a key cannot be both an object and a "directory" of other objects
-//! (`a` and `a/b`); that conflict is a permanent error. The filesystem must support user xattrs
+//! A key can be both an object and a "directory" of other objects (`a` and `a/b`): directories
+//! have names of their own (`a%`). The filesystem must support user xattrs
 //! (ext4, xfs, btrfs, and tmpfs since Linux 6.6 do); [`LocalDirStore::open`] checks it.
 
 use super::{
@@ -103,7 +105,7 @@ impl LocalDirStore {
     }
 
     fn data_path(&self, bucket: &str, key: &str) -> PathBuf {
-        self.root.join(bucket).join(key)
+        self.root.join(bucket).join(super::local_path::key_path(key))
     }
 
     /// Holds an exclusive lock for `bucket/key` until dropped (the lock dies with the file).
@@ -255,17 +257,11 @@ impl LocalDirStore {
                 let ft = entry.file_type().map_err(io_err("stat", &path))?;
                 if ft.is_dir() {
                     stack.push(path);
-                } else if let Ok(rel) = path.strip_prefix(&root) {
-                    let key = rel.to_string_lossy().into_owned();
-                    if key.starts_with(prefix) {
-                        let size = entry.metadata().map_err(io_err("stat", &path))?.len();
-                        out.push(ListedObject {
-                            key,
-                            size,
-                            etag: String::new(),
-                            last_modified: SystemTime::UNIX_EPOCH,
-                        });
-                    }
+                } else if let Some(key) = path.strip_prefix(&root).ok().and_then(super::local_path::path_key)
+                    && key.starts_with(prefix)
+                {
+                    let size = entry.metadata().map_err(io_err("stat", &path))?.len();
+                    out.push(ListedObject { key, size, etag: String::new(), last_modified: SystemTime::UNIX_EPOCH });
                 }
             }
         }
@@ -607,34 +603,60 @@ mod tests {
         assert_eq!(store.get("b", "k").await.unwrap().unwrap().version, 5);
     }
 
-    #[tokio::test]
-    async fn an_object_and_a_directory_of_the_same_name_is_a_permanent_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalDirStore::open(dir.path()).unwrap();
-        put(&store, "x", b"file", 1).await;
-        let data = Bytes::from_static(b"below");
-        let err =
-            put_unless_newer(&store, "b", "x/y", data, ObjectMeta::for_data(2, b"below"), &ObjectAttrs::default())
-                .await
-                .unwrap_err();
-        assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
-        assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "the temporary file is removed");
-        // Once `a/b` is deleted, `a` can be an object again.
-        put(&store, "a/b", b"below", 1).await;
-        delete_unless_newer(&store, "b", "a/b", 2).await.unwrap();
-        assert_eq!(put(&store, "a", b"now a file", 3).await, Conditional::Applied);
+    /// The key names of issue 10: every one is stored, read and listed as itself, next to the
+    /// others (`a` and `a/b` both).
+    fn issue_10_keys() -> Vec<String> {
+        let mut keys: Vec<String> =
+            ["with space", "plus+sign", "eq=sign", "at@sign", "100%", "co:lon", "ti~lde", "hash#tag", "ünï/日本語"]
+                .map(String::from)
+                .into();
+        keys.push(format!("long/{}", "k".repeat(crate::protocol::MAX_KEY_LEN - 5)));
+        keys.extend(["a".to_owned(), "a/b".to_owned()]);
+        keys
     }
 
     #[tokio::test]
-    async fn key_segments_of_the_longest_valid_length_are_stored() {
+    async fn any_s3_key_round_trips_and_lists_as_itself() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalDirStore::open(dir.path()).unwrap();
-        let key = format!("p/{}", "s".repeat(255));
-        let data = Bytes::from_static(b"long name");
-        put_unless_newer(&store, "b", &key, data, ObjectMeta::for_data(1, b"long name"), &ObjectAttrs::default())
-            .await
-            .unwrap();
-        assert_eq!(&store.get("b", &key).await.unwrap().unwrap().data[..], b"long name");
+        let mut keys = issue_10_keys();
+        keys.extend(["./x", "a/../b", "a//b", "/lead", "trail/", ".hidden"].map(String::from));
+        for (i, key) in keys.iter().enumerate() {
+            let data = Bytes::from(format!("object {i}: {key}"));
+            let meta = ObjectMeta::for_data(i as u64 + 1, &data);
+            let put = put_unless_newer(&store, "b", key, data, meta, &ObjectAttrs::default()).await.unwrap();
+            assert_eq!(put, Conditional::Applied, "{key}");
+        }
+        for (i, key) in keys.iter().enumerate() {
+            let got = store.get("b", key).await.unwrap().unwrap_or_else(|| panic!("{key:?} is missing"));
+            assert_eq!(got.data, format!("object {i}: {key}").as_bytes(), "{key:?}");
+        }
+        let mut sorted = keys.clone();
+        sorted.sort();
+        let listed: Vec<String> = store.list("b", "").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(listed, sorted);
+        let under_a: Vec<String> = store.list("b", "a/").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(under_a, sorted.iter().filter(|k| k.starts_with("a/")).cloned().collect::<Vec<_>>());
+        // Nothing escaped the bucket's folder.
+        let mut top: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        top.sort();
+        assert_eq!(top, [".blockproxy", "b"]);
+    }
+
+    #[tokio::test]
+    async fn deleting_an_object_keeps_its_namesake_directory_and_the_reverse() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        put(&store, "a", b"file", 1).await;
+        put(&store, "a/b", b"below", 2).await;
+        delete_unless_newer(&store, "b", "a/b", 3).await.unwrap();
+        assert_eq!(&store.get("b", "a").await.unwrap().unwrap().data[..], b"file");
+        put(&store, "a/b", b"again", 4).await;
+        delete_unless_newer(&store, "b", "a", 5).await.unwrap();
+        assert_eq!(&store.get("b", "a/b").await.unwrap().unwrap().data[..], b"again");
+        let listed = store.list("b", "").await.unwrap().into_iter().map(|o| o.key);
+        let objects: Vec<String> = listed.filter(|k| !crate::store::is_tombstone_key(k)).collect();
+        assert_eq!(objects, ["a/b"]);
     }
 
     fn attrs() -> ObjectAttrs {

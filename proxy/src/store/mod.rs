@@ -14,6 +14,7 @@
 
 mod conditional;
 mod local;
+mod local_path;
 #[cfg(test)]
 pub(crate) mod memory;
 mod s3;

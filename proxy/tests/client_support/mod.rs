@@ -134,6 +134,8 @@ pub fn discovery(bucket: &str, store_endpoint: Option<String>, groups: &[GroupSp
     DiscoveryDocument {
         volume_id: VolumeId::parse(VOLUME).unwrap(),
         store: StoreLocation { bucket: bucket.into(), prefix: PREFIX.into(), endpoint: store_endpoint, region: None },
+        block_size: blockproxy::protocol::DEFAULT_BLOCK_SIZE,
+        metadata_ttl_ms: blockproxy::protocol::DEFAULT_METADATA_TTL_MS,
         groups: groups
             .iter()
             .map(|g| DiscoveryGroup {
@@ -223,4 +225,47 @@ pub async fn link(toxi: &Toxiproxy, name: &str, upstream: SocketAddr) -> Result<
 
 pub fn arc_store(s: S3Store) -> Arc<dyn blockproxy::store::Store> {
     Arc::new(s)
+}
+
+/// A `blockproxy-mount` sidecar (the S3 endpoint) on a free loopback port, in front of the
+/// groups of `discovery_file`, with MinIO as its direct store. Killed on drop.
+pub struct Sidecar(std::process::Child);
+
+impl Sidecar {
+    /// Starts it (its log goes to `<root>/sidecar.log`) and returns it with its endpoint URL;
+    /// the caller waits for `/_blockproxy/readyz`.
+    pub fn start(root: &Path, discovery_file: &Path, minio: &Minio) -> Result<(Self, String)> {
+        use anyhow::Context;
+        let token = root.join("token");
+        std::fs::write(&token, TOKEN)?;
+        let creds = root.join("creds.yaml");
+        std::fs::write(
+            &creds,
+            format!("access_key_id: {}\nsecret_access_key: {}\n", minio.access_key(), minio.secret_key()),
+        )?;
+        let port = free_port();
+        let log = std::fs::File::create(root.join("sidecar.log"))?;
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_blockproxy-mount"))
+            .args(["--volume-id", VOLUME, "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--probe-interval", "250ms", "--store-path-style"])
+            .arg("--discovery-file")
+            .arg(discovery_file)
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--store-credentials-file")
+            .arg(&creds)
+            .env("BLOCKPROXY_LOG_FORMAT", "text")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning blockproxy-mount")?;
+        Ok((Self(child), format!("http://127.0.0.1:{port}")))
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -503,3 +503,11 @@ impl Backend {
         }
     }
 }
+
+/// Where the local-directory store keeps a key made of plain segments (no `%`, no leading `.`):
+/// every directory's name ends in `%` (`proxy/src/store/local_path.rs`).
+pub fn local_store_path(key: &str) -> std::path::PathBuf {
+    let segments: Vec<&str> = key.split('/').collect();
+    let (file, dirs) = segments.split_last().unwrap_or((&"", &[]));
+    dirs.iter().map(|d| format!("{d}%")).chain([file.to_string()]).collect()
+}
