@@ -270,7 +270,8 @@ async fn list_store(s: &AppState, cfg: &VolumeConfig, prefix: &str, q: &ListQuer
     };
     s.metrics.store_requests_total.with_label_values(&["list"]).inc();
     // startAfter is relative to the volume, as the keys listed are.
-    let start_after = q.start_after.as_deref().map(|k| format!("{}{k}", &store_prefix[..strip]));
+    let start_after =
+        q.start_after.as_deref().filter(|k| !k.is_empty()).map(|k| format!("{}{k}", &store_prefix[..strip]));
     let max_keys = q.max_keys.unwrap_or(crate::store::LIST_PAGE_SIZE).clamp(1, crate::store::LIST_PAGE_SIZE);
     let page = s
         .store
