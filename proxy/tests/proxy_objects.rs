@@ -382,3 +382,58 @@ fn tokio_stream_of(
 ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_parts_count_against_the_disk_quota_like_dirty_data() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let opts = ProxyOptions { quota: "20Mi".into(), ..Default::default() };
+    let proxy = ProxyProcess::start(&backend, dir.path(), opts).await?;
+    let upload = proxy.create_upload("quota", &[]).await?;
+    let part = random_bytes(8 * MIB);
+    assert_eq!(proxy.put_part("quota", &upload, 1, &part).await?.status(), 200);
+    assert_eq!(proxy.put_part("quota", &upload, 2, &part).await?.status(), 200);
+    let full = proxy.put_part("quota", &upload, 3, &part).await?;
+    assert_eq!(full.status(), 503, "a third part would exceed the quota");
+    assert!(full.headers().contains_key("retry-after"));
+    // Aborting gives the staged bytes back.
+    let r = proxy.http.delete(proxy.upload_url("quota")).query(&[("uploadId", &upload)]).bearer_auth(TOKEN).send().await?;
+    assert_eq!(r.status(), 204);
+    let again = proxy.create_upload("quota", &[]).await?;
+    for n in 1..=2 {
+        assert_eq!(proxy.put_part("quota", &again, n, &part).await?.status(), 200, "part {n} after the abort");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unflushed_object_is_listed_and_read_at_its_home_with_its_etag_and_no_store_etag() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    backend.toxi.set_down(STORE_PROXY, true).await?;
+    let data = random_bytes(3 * MIB);
+    let r = proxy.put("held/one", &data).await?;
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str()?.to_owned();
+    let listed: blockproxy::protocol::DirtyKeys = proxy
+        .http
+        .get(proxy.url(&format!("/v1/volumes/{VOLUME}/dirty")))
+        .query(&[("prefix", "held/")])
+        .bearer_auth(TOKEN)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let [entry] = listed.keys.as_slice() else { bail!("{listed:?}") };
+    assert_eq!((entry.key.as_str(), entry.size, entry.etag.as_deref()), ("held/one", data.len() as u64, Some(etag.as_str())));
+    assert!(entry.last_modified_ms.is_some());
+    let head = proxy.head("held/one").await?;
+    assert_eq!(head.headers()["etag"].to_str()?, etag);
+    assert!(head.headers().get("x-blockproxy-store-etag").is_none(), "dirty: not in the store");
+    let r = proxy.http.get(proxy.block_url("held/one")).bearer_auth(TOKEN).header("range", "bytes=1000-1999").send().await?;
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await?.as_ref(), &data[1000..2000]);
+    Ok(())
+}

@@ -29,7 +29,7 @@ async fn add_other_volume(backend: &Backend, proxy: &ProxyProcess) -> Result<()>
     let url = proxy.url(&format!("/v1/volumes/{OTHER_VOLUME}/blocks/probe"));
     eventually(Duration::from_secs(20), Duration::from_millis(100), || async {
         let r = proxy.http.get(&url).bearer_auth(OTHER_TOKEN).send().await?;
-        ensure!(r.status() == 404 && r.text().await?.contains("no such block"), "volume not served yet");
+        ensure!(r.status() == 404 && r.text().await?.contains("no such object"), "volume not served yet");
         Ok(())
     })
     .await

@@ -515,6 +515,49 @@ mod tests {
     }
 
     #[test]
+    fn format_1_headers_written_before_the_object_model_still_decode() {
+        // Encoded as format 1 did: no ETag, write time, attributes, parts or stripe.
+        let mut body = BytesMut::new();
+        body.put_u16_le(FORMAT_V1);
+        body.put_u16_le(0);
+        body.put_u64_le(42);
+        body.put_u32_le(crc32c::crc32c(b"data"));
+        body.put_u64_le(4);
+        for s in ["v", "a/b", "bucket", "pfx/a/b"] {
+            body.put_u16_le(s.len() as u16);
+            body.put_slice(s.as_bytes());
+        }
+        let mut enc = BytesMut::new();
+        enc.put_slice(MAGIC);
+        enc.put_u32_le((4 + 4 + body.len() + 4) as u32);
+        enc.put_slice(&body);
+        let crc = crc32c::crc32c(&enc);
+        enc.put_u32_le(crc);
+        let (h, len) = BlockHeader::decode(&enc).unwrap();
+        assert_eq!(len, enc.len());
+        let expected = BlockHeader {
+            etag: String::new(),
+            attrs: ObjectAttrs::default(),
+            parts: Vec::new(),
+            ..header()
+        };
+        assert_eq!(h, expected, "format 1 decodes with no ETag, attributes or parts; written at its version");
+    }
+
+    #[test]
+    fn large_headers_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), false).unwrap();
+        let mut h = header();
+        h.parts = vec![1; 2000];
+        h.data_len = 4;
+        let tmp = layout.write_tmp(&h, b"data", false).unwrap();
+        let (read, offset, size) = read_header_len(&tmp).unwrap().unwrap();
+        assert!(offset > 4096, "the header spans more than the first read");
+        assert_eq!((read, size), (h, offset + 4));
+    }
+
+    #[test]
     fn block_files_verify_data() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path(), false).unwrap();
