@@ -397,7 +397,8 @@ async fn staged_parts_count_against_the_disk_quota_like_dirty_data() -> Result<(
     assert_eq!(full.status(), 503, "a third part would exceed the quota");
     assert!(full.headers().contains_key("retry-after"));
     // Aborting gives the staged bytes back.
-    let r = proxy.http.delete(proxy.upload_url("quota")).query(&[("uploadId", &upload)]).bearer_auth(TOKEN).send().await?;
+    let r =
+        proxy.http.delete(proxy.upload_url("quota")).query(&[("uploadId", &upload)]).bearer_auth(TOKEN).send().await?;
     assert_eq!(r.status(), 204);
     let again = proxy.create_upload("quota", &[]).await?;
     for n in 1..=2 {
@@ -427,12 +428,21 @@ async fn an_unflushed_object_is_listed_and_read_at_its_home_with_its_etag_and_no
         .json()
         .await?;
     let [entry] = listed.keys.as_slice() else { bail!("{listed:?}") };
-    assert_eq!((entry.key.as_str(), entry.size, entry.etag.as_deref()), ("held/one", data.len() as u64, Some(etag.as_str())));
+    assert_eq!(
+        (entry.key.as_str(), entry.size, entry.etag.as_deref()),
+        ("held/one", data.len() as u64, Some(etag.as_str()))
+    );
     assert!(entry.last_modified_ms.is_some());
     let head = proxy.head("held/one").await?;
     assert_eq!(head.headers()["etag"].to_str()?, etag);
     assert!(head.headers().get("x-blockproxy-store-etag").is_none(), "dirty: not in the store");
-    let r = proxy.http.get(proxy.block_url("held/one")).bearer_auth(TOKEN).header("range", "bytes=1000-1999").send().await?;
+    let r = proxy
+        .http
+        .get(proxy.block_url("held/one"))
+        .bearer_auth(TOKEN)
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await?;
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await?.as_ref(), &data[1000..2000]);
     Ok(())

@@ -535,12 +535,8 @@ mod tests {
         enc.put_u32_le(crc);
         let (h, len) = BlockHeader::decode(&enc).unwrap();
         assert_eq!(len, enc.len());
-        let expected = BlockHeader {
-            etag: String::new(),
-            attrs: ObjectAttrs::default(),
-            parts: Vec::new(),
-            ..header()
-        };
+        let expected =
+            BlockHeader { etag: String::new(), attrs: ObjectAttrs::default(), parts: Vec::new(), ..header() };
         assert_eq!(h, expected, "format 1 decodes with no ETag, attributes or parts; written at its version");
     }
 

@@ -162,7 +162,7 @@ pub struct OpenBlock {
 
 #[derive(Debug)]
 pub enum Opened {
-    Block(OpenBlock),
+    Block(Box<OpenBlock>),
     /// A delete is pending writeback.
     Deleted,
     /// Not cached (or its clean copy failed verification and was dropped).
@@ -637,14 +637,14 @@ impl Cache {
                     if size != data_offset + header.data_len {
                         return self.on_corrupt(id, &entry, FormatError::DataChecksum).map(|_| Opened::Miss);
                     }
-                    return Ok(Opened::Block(OpenBlock {
+                    return Ok(Opened::Block(Box::new(OpenBlock {
                         header,
                         file,
                         data_offset,
                         dirty: entry.is_dirty(),
                         validated: entry.validated,
                         store_etag: entry.store_etag,
-                    }));
+                    })));
                 }
                 Ok(Ok(_)) => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

@@ -177,7 +177,7 @@ pub async fn get_object(
                 } else {
                     ob
                 };
-                if let Some(resp) = serve_cached(s, &id, ob, headers, with_body).await? {
+                if let Some(resp) = serve_cached(s, &id, *ob, headers, with_body).await? {
                     return Ok(resp);
                 }
             }
@@ -427,6 +427,7 @@ pub async fn get_stripe(
         && ob.store_etag.as_deref() == Some(pinned.as_str())
         && ob.validated.is_some_and(|t| t.elapsed() < metadata_ttl(s, cfg))
     {
+        let ob = *ob;
         let size = ob.header.data_len;
         let range = block_range(start, block_size, size)?;
         s.metrics.cache_hits_total.inc();

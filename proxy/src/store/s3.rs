@@ -212,7 +212,9 @@ impl S3Store {
         })
     }
 
-    /// Uploads the parts of an already created multipart upload and completes it under `cond`.
+    /// Uploads the parts of an already created multipart upload (read from `start` of the file)
+    /// and completes it under `cond`.
+    #[allow(clippy::too_many_arguments)]
     async fn upload_parts(
         &self,
         bucket: &str,
