@@ -261,8 +261,9 @@ async fn serve_cached(
         let len = range.as_ref().map_or(total, |r| r.end - r.start);
         return Ok(Some(respond(answer(range), None, len)));
     }
-    if range.is_none() && total <= s.max_block_size {
-        // Small enough to verify whole before serving, as every block was before objects.
+    if total <= s.max_block_size {
+        // Small enough to verify whole before serving (a range too), as every block was before
+        // objects.
         let _reserved = reserve_bytes(s, total).await?;
         let (file, offset) = (ob.file, ob.data_offset);
         let read = tokio::task::spawn_blocking(move || {
@@ -286,8 +287,13 @@ async fn serve_cached(
                 _ => return Err(ApiError::unavailable("the object changed while it was read; retry", 0)),
             }
         };
-        s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(data.len() as u64);
-        return Ok(Some(respond(answer(None), Some(Body::from(data)), total)));
+        let body = match &range {
+            Some(r) => data.slice(r.start as usize..r.end as usize),
+            None => data,
+        };
+        let len = body.len() as u64;
+        s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(len);
+        return Ok(Some(respond(answer(range), Some(Body::from(body)), len)));
     }
     let r = range.clone().unwrap_or(0..total);
     s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(r.end - r.start);
