@@ -447,3 +447,24 @@ async fn an_unflushed_object_is_listed_and_read_at_its_home_with_its_etag_and_no
     assert_eq!(r.bytes().await?.as_ref(), &data[1000..2000]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_writeback_a_completed_upload_is_in_the_store_when_acknowledged() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let opts = ProxyOptions { no_writeback: true, ..Default::default() };
+    let proxy = ProxyProcess::start(&backend, dir.path(), opts).await?;
+    let data = random_bytes(MIN_PART_SIZE as usize + 1000);
+    let upload = proxy.create_upload("through", &[("content-type", "text/csv")]).await?;
+    let etags = proxy.put_parts("through", &upload, &data, MIN_PART_SIZE as usize).await?;
+    let r = proxy.complete_upload("through", &upload, &etags).await?;
+    ensure!(r.status() == 200, "complete: {} {}", r.status(), r.text().await?);
+    let done: UploadCompleted = r.json().await?;
+    // No waiting: the acknowledgement came after the store's.
+    let got = backend.object("through").await?.context("in the store when acknowledged")?;
+    assert_eq!(sha(&got), sha(&data));
+    let head = backend.head_object("through").await?.context("in the store")?;
+    assert_eq!(head.e_tag(), Some(done.etag.as_str()));
+    assert_eq!(head.content_type(), Some("text/csv"));
+    Ok(())
+}

@@ -14,6 +14,7 @@ use super::routes::{cache_error, enter_gate, superseded, write_version};
 use super::state::AppState;
 use crate::cache::staging::{PartRecord, Staging, UploadMeta};
 use crate::cache::{BlockHeader, BlockId, WriteOutcome};
+use crate::store::{Conditional, ObjectMeta, put_file_at_unless_newer};
 use axum::body::Body;
 use axum::extract::{Query, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -283,9 +284,19 @@ async fn complete(
     let tmp = s.cache.tmp_path();
     let (st, u, h, t, p) = (s.staging.clone(), upload.to_owned(), header.clone(), tmp.clone(), parts.clone());
     let file_size = blocking(move || st.assemble(&u, &p, &h, &t)).await?;
-    match s.cache.commit_dirty_file(&id, tmp, &header, file_size).await.map_err(|e| cache_error(s, e))? {
-        WriteOutcome::Committed => s.writeback.enqueue(id.clone()),
-        WriteOutcome::Superseded { current } => return Err(superseded(s, &id, version, current)),
+    if s.write_through {
+        // --no-writeback: acknowledged only once the store holds it, uploaded from the file.
+        let through = write_through(s, &header, &tmp, file_size - total).await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        if let Conditional::StoreNewer { store_version } = through? {
+            return Err(superseded(s, &id, version, store_version));
+        }
+        s.cache.invalidate(&id);
+    } else {
+        match s.cache.commit_dirty_file(&id, tmp, &header, file_size).await.map_err(|e| cache_error(s, e))? {
+            WriteOutcome::Committed => s.writeback.enqueue(id.clone()),
+            WriteOutcome::Superseded { current } => return Err(superseded(s, &id, version, current)),
+        }
     }
     s.meta.forget(&id);
     let done = UploadCompleted { version, etag: quote(&header.etag), size: total };
@@ -296,6 +307,30 @@ async fn complete(
         Err(e) => tracing::warn!(upload, error = %e.message, "could not record a completed upload; it expires later"),
     }
     Ok(completed_response(&done))
+}
+
+/// Uploads an assembled object straight to the store (`--no-writeback`), conditional like every
+/// store write.
+async fn write_through(
+    s: &AppState,
+    header: &BlockHeader,
+    file: &std::path::Path,
+    data_offset: u64,
+) -> Result<Conditional, ApiError> {
+    let meta = ObjectMeta { version: header.version, crc32c: header.data_crc32c };
+    let store = s.store.as_ref();
+    put_file_at_unless_newer(
+        store,
+        &header.bucket,
+        &header.store_key,
+        file,
+        data_offset,
+        &header.parts,
+        meta,
+        &header.attrs,
+    )
+    .await
+    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("write-through to the store failed: {e}")))
 }
 
 /// The staged parts a Complete names, checked as S3 does: ascending part numbers, each staged,
