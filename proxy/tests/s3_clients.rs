@@ -120,7 +120,9 @@ fn rclone(group: &Group) -> Result<Command> {
         .env("RCLONE_CONFIG_BP_ENDPOINT", &group.endpoint)
         .env("RCLONE_CONFIG_BP_ACCESS_KEY_ID", SIDECAR_KEY)
         .env("RCLONE_CONFIG_BP_SECRET_ACCESS_KEY", SIDECAR_KEY)
-        .env("LC_ALL", "C.UTF-8");
+        .env("LC_ALL", "C.UTF-8")
+        // rclone cannot use a custom CA bundle with its own HTTP transport (and needs none here).
+        .env_remove("AWS_CA_BUNDLE");
     Ok(cmd)
 }
 
@@ -200,25 +202,21 @@ impl S3fsMount {
             .kill_on_drop(true)
             .spawn()
             .context("spawning s3fs")?;
-        let mut mount = Self { mount_point, log, child, mounted: true };
+        let mut mount = Self { mount_point, log, child, mounted: false };
         let wanted = mount.mount_point.to_string_lossy().into_owned();
-        let waited = eventually(Duration::from_secs(30), Duration::from_millis(100), || {
-            let exited = mount.child.try_wait();
-            let wanted = wanted.clone();
-            async move {
-                if let Some(status) = exited? {
-                    bail!("s3fs exited ({status})");
-                }
-                let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
-                ensure!(mounts.lines().any(|l| l.split(' ').nth(4) == Some(&wanted)), "{wanted} is not mounted yet");
-                Ok(())
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+            if mounts.lines().any(|l| l.split(' ').nth(4) == Some(&wanted)) {
+                mount.mounted = true;
+                return Ok(mount);
             }
-        })
-        .await;
-        if let Err(e) = waited {
-            bail!("s3fs did not mount the sidecar's endpoint: {e:#}\ns3fs log:\n{}", mount.log_text());
+            if let Some(status) = mount.child.try_wait()? {
+                bail!("s3fs exited ({status}) without mounting the sidecar's endpoint; its log:\n{}", mount.log_text());
+            }
+            ensure!(Instant::now() < deadline, "s3fs did not mount within 30 s; its log:\n{}", mount.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(mount)
     }
 
     fn log_text(&self) -> String {
