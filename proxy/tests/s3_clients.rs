@@ -338,6 +338,9 @@ async fn a_5_gib_object_goes_up_with_the_aws_cli_and_down_with_boto3_byte_identi
     let quota = format!("{}Mi", size / MIB * 5 / 2 + 1024);
     within(Duration::from_secs(1800), "the 5 GiB test", async {
         let group = Group::start(&quota, &[]).await?;
+        // The home proxy's copy, MinIO's and the downloaded file, plus cached blocks.
+        let why = format!("BLOCKPROXY_TEST_HUGE_MIB={}", size / MIB);
+        ensure_free_space(group.path(), 3 * size + 2 * GIB, &why)?;
         let key = "huge/object.bin";
         println!("object of {size} bytes ({:.2} GiB)", size as f64 / GIB as f64);
 
@@ -449,6 +452,9 @@ async fn a_2_gib_object_written_by_another_tool_is_read_through_every_proxy_of_t
     let size = size_mib_from_env("BLOCKPROXY_TEST_STRIPED_MIB", 2 * 1024);
     within(Duration::from_secs(900), "the striped read test", async {
         let group = Group::start("3Gi", &[]).await?;
+        // MinIO's copy and the blocks cached by the proxies.
+        let why = format!("BLOCKPROXY_TEST_STRIPED_MIB={}", size / MIB);
+        ensure_free_space(group.path(), 2 * size + GIB, &why)?;
         let key = "striped/object.bin";
         let bucket = group.minio.bucket().to_owned();
         let t = Instant::now();
@@ -675,6 +681,9 @@ async fn acknowledged_uploads_survive_kill_9_of_each_proxy_and_unacknowledged_on
     );
     within(Duration::from_secs(1200), "the kill -9 test", async {
         let mut group = Group::start("3Gi", &[]).await?;
+        // Each upload staged on its home and its copy in MinIO.
+        let why = format!("BLOCKPROXY_TEST_CRASH_MIB={}", size / MIB);
+        ensure_free_space(group.path(), 2 * CRASH_KEYS as u64 * size + GIB, &why)?;
         let keys: Vec<String> = (0..CRASH_KEYS).map(|k| format!("crash/obj-{k}")).collect();
         let (v0_len, v0_seed, v1_seed) = (MIB + 7, |k: usize| 400 + k as u64, |k: usize| 500 + k as u64);
         // A complete older version of every key first: an unacknowledged upload may leave it.

@@ -242,6 +242,20 @@ pub fn metric_sum(text: &str, metric: &str) -> f64 {
     sum
 }
 
+/// Fails with a clear message, instead of a client failing on a full disk halfway, when the
+/// folder's file system has less than `need` bytes free.
+pub fn ensure_free_space(dir: &Path, need: u64, why: &str) -> Result<()> {
+    let free = fs4::available_space(dir).with_context(|| format!("free space of {}", dir.display()))?;
+    ensure!(
+        free >= need,
+        "{why} needs about {} MiB free under {}, only {} MiB are (lower the size with the variable named above)",
+        need / data::MIB,
+        dir.display(),
+        free / data::MIB
+    );
+    Ok(())
+}
+
 /// A fresh folder under the group's root.
 pub fn fresh_dir(root: &Path, name: &str) -> Result<PathBuf> {
     let dir = root.join(name);
