@@ -271,7 +271,7 @@ fn exercise_mount(mnt: &Path) -> Result<String> {
             got.len()
         );
     }
-    let ls = std::process::Command::new("ls").arg("-R").arg(mnt.join("nested")).output()?;
+    let ls = std::process::Command::new("ls").env("LC_ALL", "C.UTF-8").arg("-R").arg(mnt.join("nested")).output()?;
     let listing = String::from_utf8_lossy(&ls.stdout).into_owned();
     ensure!(ls.status.success(), "ls -R failed: {}", String::from_utf8_lossy(&ls.stderr));
     let mut names = BTreeSet::new();
