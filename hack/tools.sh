@@ -8,6 +8,8 @@
 # The cluster tools (nodepkgs, kubenode, coredns) are what kind-tests' real multi-node cluster
 # needs: containerd, runc and the CNI plugins from Debian's packages (apt-get, root only), and
 # kubelet, kube-proxy, kubectl, a pause binary and CoreDNS built at the pinned versions.
+# clientpkgs are the S3 clients nobody here wrote that judge the S3 endpoint (rclone, s3fs-fuse
+# with the FUSE userspace, fio), Debian's packages at pinned versions.
 #
 # usage: hack/tools.sh [tool ...]        (default: all)
 #        hack/tools.sh --print-env       (prints BLOCKPROXY_* variables for the tests, builds nothing)
@@ -25,9 +27,12 @@ COREDNS_VERSION=v1.15.0
 # Debian packages a cluster node needs (containerd 1.6, runc, CNI plugins), the tools the
 # cluster's network setup and kube-proxy call, and busybox-static for small test images.
 NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 util-linux busybox-static socat openssl)
+# Real S3 clients for proxy/tests/s3_clients.rs, pinned to Debian bookworm's versions: rclone,
+# s3fs-fuse with fuse3 (fusermount3, /etc/fuse.conf) and fio (for the mount's I/O tests).
+CLIENT_PACKAGES=(rclone=1.60.1+dfsg-2+b5 s3fs=1.90-1 fuse3=3.14.0-4 fio=3.33-3)
 
 CACHE="${BLOCKPROXY_CACHE:-$HOME/.cache/blockproxy}"
-ALL_TOOLS=(etcd kube toxiproxy helm minio kwok pytools checker nodepkgs kubenode coredns)
+ALL_TOOLS=(etcd kube toxiproxy helm minio kwok pytools checker nodepkgs clientpkgs kubenode coredns)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # The fault test's history checker is our own code (hack/checker): it is keyed by a hash of its
@@ -48,7 +53,7 @@ tool_dir() {
     toxiproxy) echo "$CACHE/toxiproxy-$TOXIPROXY_VERSION" ;;
     helm) echo "$CACHE/helm-$HELM_VERSION" ;;
     pytools) echo "$CACHE/pytools-awscli$AWSCLI_VERSION-boto3$BOTO3_VERSION" ;;
-    nodepkgs) echo "/usr/bin" ;;
+    nodepkgs|clientpkgs) echo "/usr/bin" ;;
     kubenode) echo "$CACHE/kubenode-$K8S_VERSION" ;;
     coredns) echo "$CACHE/coredns-$COREDNS_VERSION" ;;
     checker) echo "$CACHE/checker-$(checker_hash)" ;;
@@ -69,6 +74,10 @@ print_env() {
   echo "export BLOCKPROXY_AWS=$(tool_dir pytools)/venv/bin/aws"
   echo "export BLOCKPROXY_PYTHON=$(tool_dir pytools)/venv/bin/python"
   echo "export BLOCKPROXY_CHECKER=$(tool_dir checker)/bin/checker"
+  echo "export BLOCKPROXY_RCLONE=/usr/bin/rclone"
+  echo "export BLOCKPROXY_S3FS=/usr/bin/s3fs"
+  echo "export BLOCKPROXY_FUSERMOUNT=/usr/bin/fusermount3"
+  echo "export BLOCKPROXY_FIO=/usr/bin/fio"
   print_cluster_env
 }
 
@@ -182,24 +191,41 @@ build_pytools() {
 
 # ---- cluster tools (kind-tests' real multi-node cluster) ----------------------------------
 
-# containerd, runc and the CNI plugins from Debian's packages. Idempotent and quiet when they are
-# installed; without root it only says what is missing (the cluster tests then skip, saying why).
+# containerd, runc and the CNI plugins from Debian's packages (see ensure_debpkgs).
 ensure_nodepkgs() {
-  local missing=() p
-  for p in "${NODE_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  ensure_debpkgs nodepkgs "the cluster tests" "${NODE_PACKAGES[@]}"
+}
+
+# rclone, s3fs, fuse3 and fio at their pinned versions (see ensure_debpkgs).
+ensure_clientpkgs() {
+  ensure_debpkgs clientpkgs "the S3 client tests (proxy/tests/s3_clients.rs)" "${CLIENT_PACKAGES[@]}"
+}
+
+# Installs Debian packages (`name` or `name=version`) with apt-get. Idempotent and quiet when they
+# are installed at that version; without root it only says what is missing (the tests that need
+# them then fail saying which binary is missing). $1 = lock/log name, $2 = who needs them.
+ensure_debpkgs() {
+  local name=$1 who=$2; shift 2
+  local missing=() p pkg want have
+  for p in "$@"; do
+    pkg=${p%%=*}; want=${p#*=}; [ "$want" = "$p" ] && want=
+    have=$(dpkg-query -W -f='${Status} ${Version}' "$pkg" 2>/dev/null || true)
+    case "$have" in
+      "install ok installed ${want:-}"*) [ -z "$want" ] || [ "$have" = "install ok installed $want" ] || missing+=("$p") ;;
+      *) missing+=("$p") ;;
+    esac
   done
   [ ${#missing[@]} -gt 0 ] || return 0
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    log "warning: the cluster tests need these Debian packages: ${missing[*]} (run as root: apt-get install ${missing[*]})"
+    log "warning: $who need these Debian packages: ${missing[*]} (run as root: apt-get install ${missing[*]})"
     return 0
   fi
   log "installing ${missing[*]} (apt-get)"
   local start=$SECONDS
-  mkdir -p "$CACHE"; exec {aptfd}>"$CACHE/nodepkgs.lock"; flock "$aptfd"
+  mkdir -p "$CACHE"; exec {aptfd}>"$CACHE/$name.lock"; flock "$aptfd"
   # Debian's containerd package only ships a systemd unit: installing it starts nothing.
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      "${missing[@]}"; } >"$CACHE/nodepkgs.log" 2>&1 || { tail -n 20 "$CACHE/nodepkgs.log" >&2; die "apt-get install failed"; }
+      "${missing[@]}"; } >"$CACHE/$name.log" 2>&1 || { tail -n 20 "$CACHE/$name.log" >&2; die "apt-get install failed"; }
   flock -u "$aptfd"
   log "installed ${missing[*]} in $((SECONDS - start))s"
 }
@@ -253,6 +279,7 @@ build_coredns() {
 ensure() {
   local tool=$1 final
   if [ "$tool" = nodepkgs ]; then ensure_nodepkgs; return; fi
+  if [ "$tool" = clientpkgs ]; then ensure_clientpkgs; return; fi
   final=$(tool_dir "$tool")
   [ -f "$final/.complete" ] && return 0
   mkdir -p "$CACHE"

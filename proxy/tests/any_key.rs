@@ -108,12 +108,8 @@ async fn any_s3_key_lands_in_minio_at_prefix_slash_key() -> Result<()> {
     }
 
     // Through the S3 endpoint, with boto3.
-    let (_sidecar, endpoint) = Sidecar::start(root.path(), &disc, &minio)?;
-    let http = reqwest::Client::new();
-    wait_until("the sidecar is ready", Duration::from_secs(20), || async {
-        http.get(format!("{endpoint}/_blockproxy/readyz")).send().await.is_ok_and(|r| r.status().is_success())
-    })
-    .await?;
+    let sidecar = start_sidecar(root.path(), &disc, &minio, &[]).await?;
+    let endpoint = sidecar_endpoint(&sidecar);
     let s3_keys = issue_keys("s3");
     let mut py = Command::new(tool_path(Tool::Python)?)
         .args(["-c", BOTO3, &endpoint])

@@ -1,5 +1,7 @@
-//! The `blockproxy` binary as every test and benchmark starts it: one builder
-//! ([`BlockproxyCommand`]) and one running handle ([`Blockproxy`]).
+//! The `blockproxy` binaries as every test and benchmark starts them: one builder
+//! ([`BlockproxyCommand`]) and one running handle ([`Blockproxy`]), for the proxy (`blockproxy
+//! serve`, [`BlockproxyCommand::serve`]) and for the mount sidecar's S3 endpoint
+//! (`blockproxy-mount`, [`BlockproxyCommand::mount`]).
 //!
 //! The binary's path is given by the caller, because `env!("CARGO_BIN_EXE_blockproxy")` exists
 //! only in the proxy crate's own test targets. The process runs under the [`Process`] watchdog, so
@@ -47,6 +49,8 @@ pub struct BlockproxyCommand {
     env: Vec<(String, String)>,
     addr: Option<SocketAddr>,
     tls: Tls,
+    /// Whether [`BlockproxyCommand::tls`] turns into `serve`'s TLS flags.
+    tls_flags: bool,
     readiness: Readiness,
     ready_timeout: Duration,
     poll_interval: Duration,
@@ -64,9 +68,32 @@ impl BlockproxyCommand {
     pub fn serve_at(binary: impl Into<PathBuf>, name: &str, addr: SocketAddr, disk_folder: &Path) -> Self {
         let mut command = Self::new(binary, name, ["serve"]);
         command.addr = Some(addr);
+        command.tls_flags = true;
         command.readiness = Readiness::Path("/readyz".to_owned());
         command = command.arg("--bind-addr").arg(addr.to_string()).arg("--disk-folder").arg(disk_folder);
         command.args(["--log-format", "text"])
+    }
+
+    /// `blockproxy-mount` (the sidecar's S3 endpoint, plain HTTP) for `volume` on a free loopback
+    /// port, logging as text, ready when `/_blockproxy/readyz` answers 200 (a group was chosen or
+    /// the store is reachable). Add the discovery file, the token file and any other flag.
+    pub fn mount(binary: impl Into<PathBuf>, name: &str, volume: &str) -> Result<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        Ok(Self::mount_at(binary, name, volume, addr))
+    }
+
+    /// [`BlockproxyCommand::mount`] on a given address (e.g. the one a stopped sidecar had).
+    pub fn mount_at(binary: impl Into<PathBuf>, name: &str, volume: &str, addr: SocketAddr) -> Self {
+        let mut command = Self::new(binary, name, ["--volume-id", volume]);
+        command.addr = Some(addr);
+        command.tls = Tls::Off;
+        command.readiness = Readiness::Path("/_blockproxy/readyz".to_owned());
+        command.arg("--listen").arg(addr.to_string()).env("BLOCKPROXY_LOG_FORMAT", "text")
+    }
+
+    /// `--discovery-file` and `--token-file` of [`BlockproxyCommand::mount`].
+    pub fn discovery(self, discovery_file: &Path, token_file: &Path) -> Self {
+        self.arg("--discovery-file").arg(discovery_file).arg("--token-file").arg(token_file)
     }
 
     /// Any subcommand, with `args` as given; ready as soon as it started, unless
@@ -83,6 +110,7 @@ impl BlockproxyCommand {
             env: Vec::new(),
             addr: None,
             tls: Tls::SelfSigned,
+            tls_flags: false,
             readiness: Readiness::Url(String::new()),
             ready_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(50),
@@ -153,7 +181,7 @@ impl BlockproxyCommand {
         self
     }
 
-    /// The address `serve` listens on.
+    /// The address `serve` (or `blockproxy-mount`) listens on.
     pub fn addr(&self) -> Option<SocketAddr> {
         self.addr
     }
@@ -161,7 +189,7 @@ impl BlockproxyCommand {
     /// The full argument list, with the TLS flags.
     fn full_args(&self) -> Vec<OsString> {
         let mut args = self.args.clone();
-        if self.addr.is_some() {
+        if self.tls_flags {
             match &self.tls {
                 Tls::Off => args.push("--no-tls".into()),
                 Tls::SelfSigned => {}
@@ -221,7 +249,7 @@ impl Blockproxy {
         self.command = command;
     }
 
-    /// The address `serve` listens on.
+    /// The address `serve` (or `blockproxy-mount`) listens on.
     pub fn addr(&self) -> SocketAddr {
         self.command.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
     }

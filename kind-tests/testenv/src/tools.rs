@@ -50,6 +50,14 @@ pub enum Tool {
     Containerd,
     /// The fault test's history checker (`hack/checker`, porcupine).
     Checker,
+    /// rclone (Debian's package).
+    Rclone,
+    /// s3fs-fuse (Debian's package).
+    S3fs,
+    /// fusermount3 (Debian's fuse3 package), to unmount FUSE file systems.
+    Fusermount,
+    /// fio, the I/O tester (Debian's package).
+    Fio,
 }
 
 impl Tool {
@@ -74,6 +82,21 @@ impl Tool {
             Tool::Coredns => "BLOCKPROXY_COREDNS",
             Tool::Containerd => "BLOCKPROXY_CONTAINERD",
             Tool::Checker => "BLOCKPROXY_CHECKER",
+            Tool::Rclone => "BLOCKPROXY_RCLONE",
+            Tool::S3fs => "BLOCKPROXY_S3FS",
+            Tool::Fusermount => "BLOCKPROXY_FUSERMOUNT",
+            Tool::Fio => "BLOCKPROXY_FIO",
+        }
+    }
+
+    /// How `make tools` provides it, for the error when it is missing.
+    fn install_hint(self) -> &'static str {
+        match self {
+            Tool::Rclone | Tool::S3fs | Tool::Fusermount | Tool::Fio => {
+                "run `hack/tools.sh clientpkgs` as root (apt-get install of rclone, s3fs, fuse3 and fio)"
+            }
+            Tool::Containerd => "run `hack/tools.sh nodepkgs` as root (apt-get install of containerd and friends)",
+            _ => "run `make tools` (hack/tools.sh) to build the test components",
         }
     }
 }
@@ -99,10 +122,7 @@ pub fn tool_path(tool: Tool) -> Result<PathBuf> {
         },
     };
     if !path.is_file() {
-        bail!(
-            "{tool:?} not found at {} ({var}); run `make tools` (hack/tools.sh) to build the test components",
-            path.display()
-        );
+        bail!("{tool:?} not found at {} ({var}); {}", path.display(), tool.install_hint());
     }
     Ok(path)
 }

@@ -74,11 +74,40 @@ impl Proxy {
         minio: &Minio,
         tls: Tls,
     ) -> Result<Self> {
+        Self::start_full(name, root, volumes_file, store_endpoint, minio, tls, "2Gi", &[]).await
+    }
+
+    /// Plain HTTP, with the given `--disk-quota` and extra flags.
+    pub async fn start_with_args(
+        name: &str,
+        root: &Path,
+        volumes_file: &Path,
+        store_endpoint: &str,
+        minio: &Minio,
+        quota: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        Self::start_full(name, root, volumes_file, store_endpoint, minio, Tls::Off, quota, extra).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_full(
+        name: &str,
+        root: &Path,
+        volumes_file: &Path,
+        store_endpoint: &str,
+        minio: &Minio,
+        tls: Tls,
+        quota: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir)?;
         let command = BlockproxyCommand::serve(env!("CARGO_BIN_EXE_blockproxy"), name, &dir.join("cache"))?
             .tls(tls)
-            .args(["--disk-quota=2Gi", "--shutdown-grace=2s"])
+            .arg(format!("--disk-quota={quota}"))
+            .arg("--shutdown-grace=2s")
+            .args(extra)
             .volumes_file(volumes_file)
             .s3_store(store_endpoint, minio.access_key(), minio.secret_key())
             .ready_path("/v1/ping")
@@ -97,6 +126,17 @@ impl Proxy {
         self.proc.kill();
     }
 
+    /// The process id while it runs (for /proc/<pid>/status).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    /// The proxy's Prometheus metrics (plain HTTP proxies only).
+    pub async fn metrics(&self) -> Result<String> {
+        let url = format!("http://{}/metrics", self.addr);
+        Ok(reqwest::get(&url).await?.error_for_status()?.text().await?)
+    }
+
     /// GETs a block straight from this proxy (no client routing).
     pub async fn get_direct(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
         let url = format!("http://{}/v1/volumes/{VOLUME}/blocks/{key}", self.addr);
@@ -113,6 +153,33 @@ impl Proxy {
             .unwrap_or(0);
         Ok(Some((r.bytes().await?.to_vec(), v)))
     }
+}
+
+/// The mount sidecar (`blockproxy-mount`, the S3 endpoint for [`VOLUME`]) in front of the groups
+/// of `discovery_file`, through the testenv's [`Blockproxy`]; with MinIO's credentials it goes
+/// directly to the store when no proxy answers. S3 clients sign with `blockproxy`/`blockproxy`.
+/// Killed on drop.
+pub async fn start_sidecar(root: &Path, discovery_file: &Path, minio: &Minio, extra: &[&str]) -> Result<Blockproxy> {
+    let token = root.join("sidecar-token");
+    std::fs::write(&token, TOKEN)?;
+    let creds = root.join("sidecar-store-creds.yaml");
+    std::fs::write(
+        &creds,
+        format!("access_key_id: {}\nsecret_access_key: {}\n", minio.access_key(), minio.secret_key()),
+    )?;
+    let command = BlockproxyCommand::mount(env!("CARGO_BIN_EXE_blockproxy-mount"), "sidecar", VOLUME)?
+        .discovery(discovery_file, &token)
+        .args(["--probe-interval", "250ms", "--store-path-style"])
+        .arg("--store-credentials-file")
+        .arg(&creds)
+        .args(extra)
+        .ready_within(Duration::from_secs(20), Duration::from_millis(50));
+    Blockproxy::start(command).await
+}
+
+/// The sidecar's S3 endpoint URL.
+pub fn sidecar_endpoint(sidecar: &Blockproxy) -> String {
+    format!("http://{}", sidecar.addr())
 }
 
 pub fn write_volumes_file(root: &Path, bucket: &str) -> Result<PathBuf> {
@@ -225,47 +292,4 @@ pub async fn link(toxi: &Toxiproxy, name: &str, upstream: SocketAddr) -> Result<
 
 pub fn arc_store(s: S3Store) -> Arc<dyn blockproxy::store::Store> {
     Arc::new(s)
-}
-
-/// A `blockproxy-mount` sidecar (the S3 endpoint) on a free loopback port, in front of the
-/// groups of `discovery_file`, with MinIO as its direct store. Killed on drop.
-pub struct Sidecar(std::process::Child);
-
-impl Sidecar {
-    /// Starts it (its log goes to `<root>/sidecar.log`) and returns it with its endpoint URL;
-    /// the caller waits for `/_blockproxy/readyz`.
-    pub fn start(root: &Path, discovery_file: &Path, minio: &Minio) -> Result<(Self, String)> {
-        use anyhow::Context;
-        let token = root.join("token");
-        std::fs::write(&token, TOKEN)?;
-        let creds = root.join("creds.yaml");
-        std::fs::write(
-            &creds,
-            format!("access_key_id: {}\nsecret_access_key: {}\n", minio.access_key(), minio.secret_key()),
-        )?;
-        let port = free_port();
-        let log = std::fs::File::create(root.join("sidecar.log"))?;
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_blockproxy-mount"))
-            .args(["--volume-id", VOLUME, "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--probe-interval", "250ms", "--store-path-style"])
-            .arg("--discovery-file")
-            .arg(discovery_file)
-            .arg("--token-file")
-            .arg(&token)
-            .arg("--store-credentials-file")
-            .arg(&creds)
-            .env("BLOCKPROXY_LOG_FORMAT", "text")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("spawning blockproxy-mount")?;
-        Ok((Self(child), format!("http://127.0.0.1:{port}")))
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
