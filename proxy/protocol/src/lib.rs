@@ -14,7 +14,9 @@ pub use checksum::{Checksum, ChecksumError};
 pub use discovery::{DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation};
 pub use drain::{DirtyKey, DirtyKeys, DrainStatus, StoreObject, StoreObjects};
 pub use keypath::{decode_key, encode_key};
-pub use names::{BlockKey, MAX_KEY_LEN, MAX_VOLUME_ID_LEN, NameError, VolumeId, max_key_len_under};
+pub use names::{
+    BlockKey, MAX_KEY_LEN, MAX_VOLUME_ID_LEN, NameError, RESERVED_KEY_PREFIX, VolumeId, max_key_len_under,
+};
 pub use object::*;
 pub use volumes::{VolumeConfig, VolumesFile, VolumesFileError};
 

@@ -3,6 +3,10 @@
 
 use std::fmt;
 
+/// Where deletes leave their tombstones in the bucket (outside every volume's prefix, but the
+/// same place as a user key of a volume whose prefix is empty): no key may start with it.
+pub const RESERVED_KEY_PREFIX: &str = ".blockproxy-tombstones/";
+
 pub const MAX_VOLUME_ID_LEN: usize = 63;
 /// S3's limit on an object key, in bytes of UTF-8.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -24,6 +28,8 @@ pub enum NameError {
     BadChar { what: &'static str, ch: char, allowed: &'static str },
     #[error("block key contains a NUL character")]
     Nul,
+    #[error("keys under {RESERVED_KEY_PREFIX} are reserved: blockproxy keeps its delete markers there")]
+    Reserved,
     #[error("the keys '.' and '..' cannot travel in a URL path")]
     DotKey,
     #[error("block key in the path has an invalid percent-escape (a '%' must be followed by two hex digits)")]
@@ -103,6 +109,9 @@ impl BlockKey {
         if matches!(s, "." | "..") {
             return Err(NameError::DotKey);
         }
+        if s.starts_with(RESERVED_KEY_PREFIX) {
+            return Err(NameError::Reserved);
+        }
         Ok(Self(s.to_owned()))
     }
 
@@ -140,7 +149,7 @@ mod tests {
 
     #[test]
     fn refuses_what_cannot_travel() {
-        for k in ["", ".", "..", "a\0b"] {
+        for k in ["", ".", "..", "a\0b", ".blockproxy-tombstones/x"] {
             assert!(BlockKey::parse(k).is_err(), "{k:?} was accepted");
         }
         let err = BlockKey::parse(&"é".repeat(MAX_KEY_LEN / 2 + 1)).unwrap_err();

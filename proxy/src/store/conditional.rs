@@ -14,7 +14,7 @@ const MAX_CONDITIONAL_ATTEMPTS: u32 = 8;
 /// every volume's prefix). Without it, an older write of the key that reaches the store after the
 /// delete (held dirty by a proxy that was cut off while the delete went elsewhere) would find the
 /// key absent and bring it back; with it, that write is recognised as older and skipped.
-pub const TOMBSTONE_PREFIX: &str = ".blockproxy-tombstones/";
+pub const TOMBSTONE_PREFIX: &str = blockproxy_protocol::RESERVED_KEY_PREFIX;
 
 fn tombstone_key(key: &str) -> String {
     format!("{TOMBSTONE_PREFIX}{key}")
