@@ -23,8 +23,9 @@ AWSCLI_VERSION=1.46.2
 BOTO3_VERSION=1.44.5
 COREDNS_VERSION=v1.15.0
 # Debian packages a cluster node needs (containerd 1.6, runc, CNI plugins), the tools the
-# cluster's network setup and kube-proxy call, and busybox-static for small test images.
-NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 util-linux busybox-static socat openssl)
+# cluster's network setup and kube-proxy call, busybox-static for small test images, and rclone,
+# the real S3 client of the workload Pod in the cluster scenarios.
+NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 util-linux busybox-static socat openssl rclone)
 
 CACHE="${BLOCKPROXY_CACHE:-$HOME/.cache/blockproxy}"
 ALL_TOOLS=(etcd kube toxiproxy helm minio kwok pytools checker nodepkgs kubenode coredns)
@@ -78,6 +79,7 @@ print_cluster_env() {
   echo "export BLOCKPROXY_KUBECTL=$(tool_dir kubenode)/bin/kubectl"
   echo "export BLOCKPROXY_PAUSE=$(tool_dir kubenode)/bin/pause"
   echo "export BLOCKPROXY_COREDNS=$(tool_dir coredns)/bin/coredns"
+  echo "export BLOCKPROXY_RCLONE=/usr/bin/rclone"
   echo "export BLOCKPROXY_CONTAINERD=/usr/bin/containerd"
   echo "export BLOCKPROXY_CNI_BIN_DIR=/usr/lib/cni"
 }

@@ -40,7 +40,20 @@ async fn blockproxy_on_a_real_multi_node_cluster() -> Result<()> {
     report
         .time("scenario 3: ProxyGroup on 3 of 4 nodes", scenario_3_proxy_group_on_3_of_4_nodes(&cluster, &store))
         .await?;
+    report
+        .time(
+            "scenario 4: workload Pod with a real S3 client",
+            scenario_4_workload_pod_with_a_real_s3_client(&cluster, &store),
+        )
+        .await?;
+    report
+        .time(
+            "scenario 5: proxy killed and Pod deleted while the store is cut",
+            scenario_5_proxy_restarts_while_the_store_is_cut(&cluster, &store),
+        )
+        .await?;
     report.print();
+    report.print_memory(&cluster);
     Ok(())
 }
 
@@ -240,6 +253,10 @@ struct Store {
     endpoint: String,
     access_key: String,
     secret_key: String,
+    /// MinIO itself (no toxiproxy), to check what landed in the bucket.
+    minio: aws_sdk_s3::Client,
+    /// toxiproxy's API, to cut the store off.
+    toxiproxy: blockproxy_testenv::ToxiproxyApi,
     _forwards: Vec<blockproxy_testenv::cluster::Forward>,
 }
 
@@ -362,6 +379,8 @@ spec: {{selector: {{app: toxiproxy}}, ports: [{{port: 9000}}]}}
         endpoint: format!("http://s3.{STORE_NS}.svc.cluster.local:9000"),
         access_key,
         secret_key,
+        minio,
+        toxiproxy,
         _forwards: vec![minio_forward, toxiproxy_forward, s3_forward],
     })
 }
@@ -471,5 +490,349 @@ spec:
         assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some(node), "{pod_name}");
         assert_eq!(proxy["persistentVolume"].as_str(), Some(format!("local-nvme-{node}").as_str()), "{proxy}");
     }
+    Ok(())
+}
+
+/// The rclone remote `bp:` from the environment the webhook injected (endpoint and credentials).
+const RCLONE_ENV: &str = r#"set -eu
+export HOME=/tmp RCLONE_CONFIG=/tmp/rclone.conf
+: > /tmp/rclone.conf
+export RCLONE_CONFIG_BP_TYPE=s3 RCLONE_CONFIG_BP_PROVIDER=Other RCLONE_CONFIG_BP_ENV_AUTH=true
+export RCLONE_CONFIG_BP_ENDPOINT="$AWS_ENDPOINT_URL_S3" RCLONE_CONFIG_BP_NO_CHECK_BUCKET=true"#;
+const RCLONE_IMAGE: &str = "example.local/rclone:test";
+
+const TEAM: &str = "team-a";
+const VOLUME: &str = "team-a-data";
+const PREFIX: &str = "volumes/team-a";
+
+/// Scenario 4: in namespace `team-a`, which enforces PodSecurity `restricted`, a compliant Pod
+/// annotated for a volume *before* its VolumeProxyGroup exists. The sidecar waits (no restart)
+/// and holds the app back (startup probe); once the VolumeProxyGroup is accepted, the app
+/// container runs rclone, a real S3 client, with only what the webhook injected (the endpoint in
+/// `AWS_ENDPOINT_URL_S3`, the Pod's own credentials): it writes objects of several sizes, reads
+/// them back and compares, and a wrong secret is refused. The objects land in MinIO at
+/// `{prefix}/{key}`, byte-identical (their SHA-256 as the app computed it).
+async fn scenario_4_workload_pod_with_a_real_s3_client(cluster: &Cluster, store: &Store) -> Result<()> {
+    use blockproxy_testenv::{Tool, tool_path};
+    cluster
+        .import_binaries(
+            RCLONE_IMAGE,
+            "/usr/local/bin/rclone",
+            &[&tool_path(Tool::Rclone)?, std::path::Path::new("/bin/busybox")],
+        )
+        .await?;
+    const SIZES: [u64; 4] = [1, 65_537, 3 * 1024 * 1024 + 5, 17 * 1024 * 1024 + 9];
+    let sizes = SIZES.map(|s| s.to_string()).join(" ");
+    let script = format!(
+        r#"{RCLONE_ENV}
+for size in {sizes}; do
+  head -c "$size" /dev/urandom > /tmp/obj
+  rclone copyto /tmp/obj "bp:{VOLUME}/app/obj-$size"
+  rclone copyto "bp:{VOLUME}/app/obj-$size" /tmp/back
+  cmp /tmp/obj /tmp/back
+  echo "object app/obj-$size $(sha256sum < /tmp/obj | cut -d' ' -f1)"
+done
+if AWS_SECRET_ACCESS_KEY=wrong rclone cat --retries 1 --low-level-retries 1 "bp:{VOLUME}/app/obj-1" > /dev/null 2>&1; then
+  echo "a wrong secret key was accepted"; exit 1
+fi
+echo "wrong secret refused"
+"#
+    );
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "app", "namespace": TEAM, "annotations": {"blockproxy.io/volume": VOLUME}},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 2,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "app",
+                "image": RCLONE_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", script],
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    });
+    cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {TEAM}\n  labels:\n    \
+             pod-security.kubernetes.io/enforce: restricted\n"
+        ))
+        .await?;
+    // The webhook answers only once its Service is programmed (failurePolicy Ignore); scenario 1
+    // waited for that. A refused Pod (PodSecurity) fails here.
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), TEAM);
+    pods.create(&PostParams::default(), &serde_json::from_value(pod)?).await.context("creating the app Pod")?;
+    let created = pods.get("app").await?;
+    let spec = created.spec.clone().context("no spec")?;
+    let app_env = spec.containers[0].env.clone().unwrap_or_default();
+    let env = |name: &str| app_env.iter().find(|e| e.name == name).and_then(|e| e.value.clone());
+    assert_eq!(env("AWS_ENDPOINT_URL_S3").as_deref(), Some("http://127.0.0.1:9000"), "{app_env:?}");
+    assert!(env("AWS_ENDPOINT_URL").is_none(), "the global AWS endpoint is set: {app_env:?}");
+    let access_key = env("AWS_ACCESS_KEY_ID").context("no AWS_ACCESS_KEY_ID injected")?;
+    assert_ne!(access_key, "blockproxy", "a public default key");
+
+    // The sidecar starts and waits, the app does not start: no VolumeProxyGroup yet.
+    let sidecar_status = |pod: &Pod| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .and_then(|c| c.iter().find(|c| c.name == "blockproxy-mount").cloned())
+    };
+    eventually(WAIT, POLL, || async {
+        let pod = pods.get("app").await?;
+        let sidecar = sidecar_status(&pod).context("no sidecar status yet")?;
+        anyhow::ensure!(
+            sidecar.restart_count > 0 || sidecar.state.as_ref().is_some_and(|s| s.running.is_some()),
+            "sidecar not started: {sidecar:?}"
+        );
+        Ok(())
+    })
+    .await?;
+
+    cluster
+        .apply(&format!(
+            r#"apiVersion: blockproxy.io/v1alpha1
+kind: VolumeProxyGroup
+metadata: {{name: data-{GROUP}, namespace: {TEAM}}}
+spec: {{volumeID: {VOLUME}, proxyGroup: {GROUP}, bucket: {BUCKET}, prefix: {PREFIX}}}
+"#
+        ))
+        .await?;
+    // The kubelet refreshes the optional ConfigMap and Secret volumes on its sync period (~1 min).
+    let finished = eventually(Duration::from_secs(300), Duration::from_secs(1), || async {
+        let pod = pods.get("app").await?;
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        match phase.as_str() {
+            "Succeeded" => Ok(Ok(pod)),
+            "Failed" => Ok(Err(pod)),
+            _ => anyhow::bail!("app Pod {phase}: {:?}", pod.status.as_ref().map(|s| &s.container_statuses)),
+        }
+    })
+    .await;
+    let logs = |container: &'static str| async move {
+        cluster.kubectl(&["-n", TEAM, "logs", "app", "-c", container]).await.unwrap_or_else(|e| format!("{e:#}"))
+    };
+    let pod = match finished {
+        Ok(Ok(pod)) => pod,
+        Ok(Err(_)) | Err(_) => {
+            anyhow::bail!(
+                "the app Pod did not succeed: {finished:?}\napp logs:\n{}\nsidecar logs:\n{}",
+                logs("app").await,
+                logs("blockproxy-mount").await
+            )
+        }
+    };
+    let sidecar = sidecar_status(&pod).context("no sidecar status")?;
+    assert_eq!(sidecar.restart_count, 0, "the sidecar restarted while it waited for its volume: {sidecar:?}");
+
+    let out = logs("app").await;
+    assert!(out.lines().any(|l| l == "wrong secret refused"), "app output:\n{out}");
+    let objects: Vec<(&str, &str)> =
+        out.lines().filter_map(|l| l.strip_prefix("object ")).filter_map(|l| l.split_once(' ')).collect();
+    assert_eq!(objects.len(), SIZES.len(), "app output:\n{out}");
+    for (key, sha) in objects {
+        let size: u64 = key.rsplit('-').next().unwrap_or_default().parse()?;
+        let stored = format!("{PREFIX}/{key}");
+        // Written back in the background: wait for the flush.
+        let bytes = eventually(WAIT, POLL, || async {
+            let object = store.minio.get_object().bucket(BUCKET).key(&stored).send().await?;
+            Ok(object.body.collect().await?.into_bytes())
+        })
+        .await
+        .with_context(|| format!("{stored} never reached MinIO"))?;
+        assert_eq!(bytes.len() as u64, size, "{stored}");
+        assert_eq!(sha256_hex(&bytes), sha, "{stored} in MinIO differs from what the app wrote");
+    }
+    Ok(())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A long-running workload Pod in `team-a` (sidecar injected) for `kubectl exec`.
+async fn start_workload(cluster: &Cluster, name: &str) -> Result<()> {
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": TEAM, "annotations": {"blockproxy.io/volume": VOLUME}},
+        "spec": {
+            "terminationGracePeriodSeconds": 2,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "app",
+                "image": RCLONE_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    });
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), TEAM);
+    pods.create(&PostParams::default(), &serde_json::from_value(pod)?).await?;
+    eventually(WAIT, POLL, || async {
+        let pod = pods.get(name).await?;
+        anyhow::ensure!(pod_ready(&pod), "{name} not Ready: {:?}", pod.status.as_ref().map(|s| &s.conditions));
+        Ok(())
+    })
+    .await
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Runs a shell script in the app container of a workload Pod (with [`RCLONE_ENV`] first).
+async fn in_workload(cluster: &Cluster, pod: &str, script: &str) -> Result<String> {
+    let script = format!("{RCLONE_ENV}\n{script}");
+    cluster.kubectl(&["-n", TEAM, "exec", pod, "-c", "app", "--", "/bin/sh", "-c", &script]).await
+}
+
+/// The proxy Pods of the group, by node.
+async fn proxy_pods(cluster: &Cluster) -> Result<std::collections::BTreeMap<String, Pod>> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), SYSTEM_NS);
+    let list = pods.list(&ListParams::default().labels(&format!("blockproxy.io/proxy-group={GROUP}"))).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| Some((p.spec.as_ref()?.node_name.clone()?, p)))
+        .collect())
+}
+
+/// Scenario 5: with MinIO cut off (toxiproxy down) and objects acknowledged but not flushed,
+/// one proxy's process is killed (the kubelet restarts its container) and another proxy's Pod
+/// is deleted (the operator recreates it: same node, same PVC, a new Pod IP). Every object
+/// still reads back, from the proxies alone, once discovery has the new address: a proxy keeps
+/// its place in rendezvous across restarts (it is ranked by node, not by IP). MinIO comes back,
+/// everything is flushed, and the test counts the acknowledged objects: none is lost.
+async fn scenario_5_proxy_restarts_while_the_store_is_cut(cluster: &Cluster, store: &Store) -> Result<()> {
+    const OBJECTS: usize = 30;
+    start_workload(cluster, "writer").await?;
+    store.toxiproxy.set_down("minio", true).await?;
+    let result = async {
+        let out = in_workload(
+            cluster,
+            "writer",
+            &format!(
+                r#"for i in $(seq 1 {OBJECTS}); do
+  head -c $((1000 + i * 7919)) /dev/urandom > /tmp/o
+  if rclone copyto --no-check-dest --retries 1 --low-level-retries 1 /tmp/o "bp:{VOLUME}/s5/obj-$i"; then
+    echo "acked s5/obj-$i $(sha256sum < /tmp/o | cut -d' ' -f1)"
+  else
+    echo "failed s5/obj-$i"
+  fi
+done"#
+            ),
+        )
+        .await?;
+        let acked: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("acked "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        // The proxies acknowledge writes while the store is down (up to their dirty quota).
+        assert_eq!(acked.len(), OBJECTS, "writes refused while the store is cut:\n{out}");
+
+        let pvcs = |p: &Pod| -> Vec<String> {
+            p.spec
+                .iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()))
+                .collect()
+        };
+        let before = proxy_pods(cluster).await?;
+        let nodes: Vec<String> = before.keys().cloned().collect();
+        anyhow::ensure!(nodes.len() >= 2, "proxy Pods: {nodes:?}");
+        let pods: Api<Pod> = Api::namespaced(cluster.client(), SYSTEM_NS);
+
+        // A crash: kill -9 the proxy process of the first node's Pod.
+        let crashed = &before[&nodes[0]];
+        let crashed_name = crashed.metadata.name.clone().context("no name")?;
+        let restarts = |p: &Pod| {
+            p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, |c| c.iter().map(|c| c.restart_count).sum())
+        };
+        let restarts_before = restarts(crashed);
+        cluster.kill_in_pod(crashed.metadata.uid.as_deref().context("no uid")?, "blockproxy").await?;
+        eventually(WAIT, POLL, || async {
+            let pod = pods.get(&crashed_name).await?;
+            anyhow::ensure!(pod.metadata.uid == crashed.metadata.uid, "{crashed_name} was replaced, not restarted");
+            anyhow::ensure!(restarts(&pod) > restarts_before && pod_ready(&pod), "{crashed_name} not restarted and Ready yet");
+            Ok(())
+        })
+        .await?;
+
+        // A deleted Pod: recreated by the operator on the same node and PVC, with a new IP.
+        let deleted = &before[&nodes[1]];
+        let deleted_name = deleted.metadata.name.clone().context("no name")?;
+        pods.delete(&deleted_name, &Default::default()).await?;
+        let recreated = eventually(WAIT, POLL, || async {
+            let now = proxy_pods(cluster).await?;
+            let pod = now.get(&nodes[1]).with_context(|| format!("no proxy Pod on {}", nodes[1]))?;
+            anyhow::ensure!(pod.metadata.uid != deleted.metadata.uid && pod_ready(pod), "{deleted_name} not back yet");
+            Ok(pod.clone())
+        })
+        .await
+        .map_err(|e| e.context(format!("{deleted_name} was not recreated")))?;
+        assert_eq!(pvcs(&recreated), pvcs(deleted), "the recreated proxy has another PVC");
+
+        // Still cut off: every object reads back from the proxies (the sidecar picks up the new
+        // address when the kubelet refreshes its discovery file).
+        let check: String = acked
+            .iter()
+            .map(|(key, sha)| {
+                format!(
+                    "got=$(rclone cat --retries 1 --low-level-retries 1 bp:{VOLUME}/{key} | sha256sum | cut -d' ' -f1) || got=error\n\
+                     [ \"$got\" = {sha} ] || {{ echo \"{key}: $got\"; bad=1; }}\n"
+                )
+            })
+            .collect();
+        eventually(Duration::from_secs(240), Duration::from_secs(2), || async {
+            let out = in_workload(cluster, "writer", &format!("bad=0\n{check}exit $bad")).await?;
+            Ok(out)
+        })
+        .await
+        .context("the acknowledged objects do not all read back while the store is cut")?;
+        Ok::<_, anyhow::Error>(acked)
+    }
+    .await;
+    store.toxiproxy.set_down("minio", false).await?;
+    let acked = match result {
+        Ok(acked) => acked,
+        Err(e) => return Err(e.context(pod_logs(cluster, SYSTEM_NS, "blockproxy.io/proxy-group").await)),
+    };
+
+    // The store is back: every acknowledged object is flushed, byte-identical.
+    let missing = || async {
+        let mut missing = Vec::new();
+        for (key, sha) in &acked {
+            let stored = format!("{PREFIX}/{key}");
+            let same = match store.minio.get_object().bucket(BUCKET).key(&stored).send().await {
+                Ok(object) => object.body.collect().await.is_ok_and(|b| sha256_hex(&b.into_bytes()) == *sha),
+                Err(_) => false,
+            };
+            if !same {
+                missing.push(key.clone());
+            }
+        }
+        missing
+    };
+    let flushed = eventually(Duration::from_secs(300), Duration::from_secs(1), || async {
+        let missing = missing().await;
+        anyhow::ensure!(missing.is_empty(), "not (yet) in MinIO: {missing:?}");
+        Ok(())
+    })
+    .await;
+    let lost = if flushed.is_ok() { Vec::new() } else { missing().await };
+    eprintln!("real-cluster: scenario 5: {} acknowledged objects, {} lost {lost:?}", acked.len(), lost.len());
+    assert!(lost.is_empty(), "acknowledged objects lost: {lost:?}");
     Ok(())
 }

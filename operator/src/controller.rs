@@ -265,6 +265,15 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
         publish(ctx, &reference, ev.warning, ev.reason, ev.note.clone()).await;
     }
     apply::apply_all(client, &plan.apply).await?;
+    for r in &plan.rebind {
+        // Point the PV's claimRef at the new claim (same name, new uid); the PV controller
+        // then binds the two. resourceVersion goes: it named the old claim's.
+        let patch = serde_json::json!({"spec": {"claimRef": {"uid": r.pvc_uid, "resourceVersion": null}}});
+        Api::<PersistentVolume>::all(client.clone())
+            .patch(&r.pv, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| Error::Apply { kind: "PersistentVolume".into(), name: r.pv.clone(), source: e })?;
+    }
     for (pod, _) in &plan.delete_pods {
         apply::delete_one::<Pod>(client, ns, pod).await?;
     }
@@ -276,6 +285,8 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
     let mut keep = plan.keep.clone();
     for t in &plan.drain {
         let state = match &t.address {
+            // It never ran, so it never acknowledged a write: nothing to wait for.
+            _ if t.never_started => DrainState::Done,
             None => DrainState::Blocked { why: "its Pod is not running".into() },
             Some(address) => {
                 let target = tls::AdminTarget {
@@ -311,10 +322,17 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
                     &reference,
                     false,
                     "Drained",
-                    format!(
-                        "Proxy on node {} flushed every dirty block; removing its Pod and PVC (the PV is kept)",
-                        t.node
-                    ),
+                    if t.never_started {
+                        format!(
+                            "Proxy on node {} never started, so there is nothing to drain; removing its Pod and PVC (the PV is kept)",
+                            t.node
+                        )
+                    } else {
+                        format!(
+                            "Proxy on node {} flushed every dirty block; removing its Pod and PVC (the PV is kept)",
+                            t.node
+                        )
+                    },
                 )
                 .await;
                 true
@@ -512,7 +530,11 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
     let live: Vec<VolumeProxyGroup> = all.iter().filter(|v| v.metadata.deletion_timestamp.is_none()).cloned().collect();
     let groups: Vec<ProxyGroup> = list(Api::all(client.clone()), &ListParams::default()).await?;
     let decisions = volume::decide(&live, &groups);
-    let doc = volume::discovery(&ns, &volume_id, &live, &groups, &decisions);
+    let mut doc = volume::discovery(&ns, &volume_id, &live, &groups, &decisions);
+    let waiting = match doc.as_mut() {
+        Some(doc) => only_serving_endpoints(doc, &volume::volume_token(&ctx.token_key, &ns, &volume_id)).await,
+        None => Vec::new(),
+    };
     let cm_name = meta::discovery_config_map_name(&volume_id);
     let secret_name = meta::token_secret_name(&volume_id);
     let siblings: Vec<&VolumeProxyGroup> = live
@@ -569,7 +591,19 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
                     c::REASON_ACCEPTED,
                     format!("served by ProxyGroup {:?}", v.spec.proxy_group),
                 ),
-                Cond::new(c::PUBLISHED, true, c::REASON_PUBLISHED, format!("listed in ConfigMap {cm_name}")),
+                Cond::new(
+                    c::PUBLISHED,
+                    true,
+                    c::REASON_PUBLISHED,
+                    if waiting.is_empty() {
+                        format!("listed in ConfigMap {cm_name}")
+                    } else {
+                        format!(
+                            "listed in ConfigMap {cm_name}; proxies not serving the volume yet (left out until they do): {}",
+                            waiting.join(", ")
+                        )
+                    },
+                ),
             ],
             Err(r) => vec![
                 Cond::new(c::ACCEPTED, false, r.reason, r.message.clone()),
@@ -595,7 +629,40 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
         };
         patch_status(&api, &v.name_any(), serde_json::to_value(&status).map_err(Error::Serialize)?).await?;
     }
+    if !waiting.is_empty() {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
     Ok(Action::requeue(ctx.config.resync))
+}
+
+/// Leaves out of `doc` the endpoints whose proxy does not serve the volume yet (their volumes
+/// file, a mounted Secret, is refreshed by the kubelet up to a minute after a change), so that
+/// a sidecar never sends the volume to a proxy that answers "unknown volume" or "unknown token".
+/// A proxy the operator cannot ask stays listed: clients fail over from it on their own.
+/// Returns the proxies left out.
+async fn only_serving_endpoints(doc: &mut blockproxy_protocol::DiscoveryDocument, token: &str) -> Vec<String> {
+    let mut waiting = Vec::new();
+    let volume = doc.volume_id.clone();
+    for g in &mut doc.groups {
+        let tls = match (g.scheme.as_str(), &g.ca_bundle, &g.server_name) {
+            ("https", Some(ca), Some(name)) => Some((ca.clone(), name.clone())),
+            _ => None,
+        };
+        let mut kept = Vec::new();
+        for e in std::mem::take(&mut g.endpoints) {
+            let target = tls::AdminTarget {
+                address: &e.address,
+                token,
+                tls: tls.as_ref().map(|(ca, name)| (ca.as_str(), name.as_str())),
+            };
+            match tls::serves_volume(&target, &volume).await {
+                Ok(false) => waiting.push(format!("{} ({})", e.address, g.name)),
+                Ok(true) | Err(_) => kept.push(e),
+            }
+        }
+        g.endpoints = kept;
+    }
+    waiting
 }
 
 pub fn error_policy_vpg(vpg: Arc<VolumeProxyGroup>, err: &Error, ctx: Arc<Context>) -> Action {

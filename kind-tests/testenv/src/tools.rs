@@ -50,6 +50,8 @@ pub enum Tool {
     Containerd,
     /// The fault test's history checker (`hack/checker`, porcupine).
     Checker,
+    /// rclone (Debian's package): a real S3 client for workload Pods.
+    Rclone,
 }
 
 impl Tool {
@@ -74,6 +76,7 @@ impl Tool {
             Tool::Coredns => "BLOCKPROXY_COREDNS",
             Tool::Containerd => "BLOCKPROXY_CONTAINERD",
             Tool::Checker => "BLOCKPROXY_CHECKER",
+            Tool::Rclone => "BLOCKPROXY_RCLONE",
         }
     }
 }
