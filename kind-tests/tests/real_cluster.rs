@@ -52,6 +52,12 @@ async fn blockproxy_on_a_real_multi_node_cluster() -> Result<()> {
             scenario_5_proxy_restarts_while_the_store_is_cut(&cluster, &store),
         )
         .await?;
+    report
+        .time(
+            "scenario 9: deleting the group drains first, then a new group reuses the PVs",
+            scenario_9_deleting_the_group_drains_first(&cluster, &store),
+        )
+        .await?;
     report.print();
     report.print_memory(&cluster);
     Ok(())
@@ -417,13 +423,10 @@ fn s3_client(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3::
 
 const GROUP: &str = "dc1";
 
-/// Scenario 3: a ProxyGroup on the 3 of 4 nodes that have a `local-nvme` PV: three proxy Pods
-/// run, one per node, each on its node's PV; `kubectl get pg` shows 3 ready and the status lists
-/// the endpoints.
-async fn scenario_3_proxy_group_on_3_of_4_nodes(cluster: &Cluster, store: &Store) -> Result<()> {
-    cluster
-        .apply(&format!(
-            r#"apiVersion: v1
+/// The store credentials Secret and the ProxyGroup of scenario 3 (applied again by scenario 9).
+fn proxy_group_yaml(store: &Store) -> String {
+    format!(
+        r#"apiVersion: v1
 kind: Secret
 metadata: {{name: store-credentials, namespace: {SYSTEM_NS}}}
 stringData: {{accessKeyId: "{ak}", secretAccessKey: "{sk}"}}
@@ -448,12 +451,18 @@ spec:
   imagePullPolicy: Never
   resources: {{requests: {{cpu: 10m, memory: 32Mi}}}}
 "#,
-            ak = store.access_key,
-            sk = store.secret_key,
-            endpoint = store.endpoint,
-            image = common::IMAGE,
-        ))
-        .await?;
+        ak = store.access_key,
+        sk = store.secret_key,
+        endpoint = store.endpoint,
+        image = common::IMAGE
+    )
+}
+
+/// Scenario 3: a ProxyGroup on the 3 of 4 nodes that have a `local-nvme` PV: three proxy Pods
+/// run, one per node, each on its node's PV; `kubectl get pg` shows 3 ready and the status lists
+/// the endpoints.
+async fn scenario_3_proxy_group_on_3_of_4_nodes(cluster: &Cluster, store: &Store) -> Result<()> {
+    cluster.apply(&proxy_group_yaml(store)).await?;
     let groups = cluster.kubectl(&["get", "crd", "proxygroups.blockproxy.io", "-o", "jsonpath={.spec.scope}"]).await?;
     let ns_flag: Vec<&str> = if groups == "Namespaced" { vec!["-n", SYSTEM_NS] } else { vec![] };
     let status = eventually(Duration::from_secs(300), Duration::from_secs(1), || async {
@@ -532,7 +541,8 @@ for size in {sizes}; do
   cmp /tmp/obj /tmp/back
   echo "object app/obj-$size $(sha256sum < /tmp/obj | cut -d' ' -f1)"
 done
-if AWS_SECRET_ACCESS_KEY=wrong rclone cat --retries 1 --low-level-retries 1 "bp:{VOLUME}/app/obj-1" > /dev/null 2>&1; then
+# The same download that worked above, with a wrong secret.
+if AWS_SECRET_ACCESS_KEY=wrong rclone copyto --retries 1 --low-level-retries 1 "bp:{VOLUME}/app/obj-1" /tmp/wrong 2>/dev/null; then
   echo "a wrong secret key was accepted"; exit 1
 fi
 echo "wrong secret refused"
@@ -718,29 +728,9 @@ async fn scenario_5_proxy_restarts_while_the_store_is_cut(cluster: &Cluster, sto
     start_workload(cluster, "writer").await?;
     store.toxiproxy.set_down("minio", true).await?;
     let result = async {
-        let out = in_workload(
-            cluster,
-            "writer",
-            &format!(
-                r#"for i in $(seq 1 {OBJECTS}); do
-  head -c $((1000 + i * 7919)) /dev/urandom > /tmp/o
-  if rclone copyto --no-check-dest --retries 1 --low-level-retries 1 /tmp/o "bp:{VOLUME}/s5/obj-$i"; then
-    echo "acked s5/obj-$i $(sha256sum < /tmp/o | cut -d' ' -f1)"
-  else
-    echo "failed s5/obj-$i"
-  fi
-done"#
-            ),
-        )
-        .await?;
-        let acked: Vec<(String, String)> = out
-            .lines()
-            .filter_map(|l| l.strip_prefix("acked "))
-            .filter_map(|l| l.split_once(' '))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
+        let acked = write_objects(cluster, "s5", OBJECTS).await?;
         // The proxies acknowledge writes while the store is down (up to their dirty quota).
-        assert_eq!(acked.len(), OBJECTS, "writes refused while the store is cut:\n{out}");
+        assert_eq!(acked.len(), OBJECTS, "writes refused while the store is cut: only {acked:?}");
 
         let pvcs = |p: &Pod| -> Vec<String> {
             p.spec
@@ -758,14 +748,20 @@ done"#
         let crashed = &before[&nodes[0]];
         let crashed_name = crashed.metadata.name.clone().context("no name")?;
         let restarts = |p: &Pod| {
-            p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, |c| c.iter().map(|c| c.restart_count).sum())
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map_or(0, |c| c.iter().map(|c| c.restart_count).sum())
         };
         let restarts_before = restarts(crashed);
         cluster.kill_in_pod(crashed.metadata.uid.as_deref().context("no uid")?, "blockproxy").await?;
         eventually(WAIT, POLL, || async {
             let pod = pods.get(&crashed_name).await?;
             anyhow::ensure!(pod.metadata.uid == crashed.metadata.uid, "{crashed_name} was replaced, not restarted");
-            anyhow::ensure!(restarts(&pod) > restarts_before && pod_ready(&pod), "{crashed_name} not restarted and Ready yet");
+            anyhow::ensure!(
+                restarts(&pod) > restarts_before && pod_ready(&pod),
+                "{crashed_name} not restarted and Ready yet"
+            );
             Ok(())
         })
         .await?;
@@ -785,12 +781,15 @@ done"#
         assert_eq!(pvcs(&recreated), pvcs(deleted), "the recreated proxy has another PVC");
 
         // Still cut off: every object reads back from the proxies (the sidecar picks up the new
-        // address when the kubelet refreshes its discovery file).
+        // address when the kubelet refreshes its discovery file, and reads from a proxy that came
+        // back or was added are checked against the others for the recovery window, ADR 0002).
+        // (copyto, not cat: `rclone cat` of a file lists its parent directory.)
         let check: String = acked
             .iter()
             .map(|(key, sha)| {
                 format!(
-                    "got=$(rclone cat --retries 1 --low-level-retries 1 bp:{VOLUME}/{key} | sha256sum | cut -d' ' -f1) || got=error\n\
+                    "rm -f /tmp/r; rclone copyto --retries 1 --low-level-retries 1 bp:{VOLUME}/{key} /tmp/r || true\n\
+                     got=$(sha256sum < /tmp/r | cut -d' ' -f1) || got=error\n\
                      [ \"$got\" = {sha} ] || {{ echo \"{key}: $got\"; bad=1; }}\n"
                 )
             })
@@ -811,9 +810,43 @@ done"#
     };
 
     // The store is back: every acknowledged object is flushed, byte-identical.
+    let lost = lost_objects(store, &acked).await;
+    eprintln!("real-cluster: scenario 5: {} acknowledged objects, {} lost {lost:?}", acked.len(), lost.len());
+    assert!(lost.is_empty(), "acknowledged objects lost: {lost:?}");
+    Ok(())
+}
+
+/// Writes `count` objects of different sizes under `prefix/` from the writer Pod, returning the
+/// acknowledged ones with their SHA-256 (a refused write is not acknowledged, so not counted).
+async fn write_objects(cluster: &Cluster, prefix: &str, count: usize) -> Result<Vec<(String, String)>> {
+    let out = in_workload(
+        cluster,
+        "writer",
+        &format!(
+            r#"for i in $(seq 1 {count}); do
+  head -c $((1000 + i * 7919)) /dev/urandom > /tmp/o
+  if rclone copyto --no-check-dest --retries 1 --low-level-retries 1 /tmp/o "bp:{VOLUME}/{prefix}/obj-$i"; then
+    echo "acked {prefix}/obj-$i $(sha256sum < /tmp/o | cut -d' ' -f1)"
+  else
+    echo "failed {prefix}/obj-$i"
+  fi
+done"#
+        ),
+    )
+    .await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.strip_prefix("acked "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+/// The acknowledged objects that do not reach MinIO byte-identical within 5 minutes.
+async fn lost_objects(store: &Store, acked: &[(String, String)]) -> Vec<String> {
     let missing = || async {
         let mut missing = Vec::new();
-        for (key, sha) in &acked {
+        for (key, sha) in acked {
             let stored = format!("{PREFIX}/{key}");
             let same = match store.minio.get_object().bucket(BUCKET).key(&stored).send().await {
                 Ok(object) => object.body.collect().await.is_ok_and(|b| sha256_hex(&b.into_bytes()) == *sha),
@@ -831,8 +864,86 @@ done"#
         Ok(())
     })
     .await;
-    let lost = if flushed.is_ok() { Vec::new() } else { missing().await };
-    eprintln!("real-cluster: scenario 5: {} acknowledged objects, {} lost {lost:?}", acked.len(), lost.len());
+    if flushed.is_ok() { Vec::new() } else { missing().await }
+}
+
+/// Scenario 9: deleting the ProxyGroup while it holds unflushed writes (MinIO cut) drains every
+/// proxy first: the group stays (finalizer) with its proxies and says Draining; once MinIO is
+/// back, every acknowledged object is in MinIO and everything the operator created for the
+/// group is gone, but not the PVs. Then the same group is created again: its proxies run on the
+/// kept (Released) PVs of the first one (issue 11's "a kept local PV cannot be used again").
+async fn scenario_9_deleting_the_group_drains_first(cluster: &Cluster, store: &Store) -> Result<()> {
+    use blockproxy_operator::crd::ProxyGroup;
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret, Service};
+    const OBJECTS: usize = 10;
+    let groups: Api<ProxyGroup> = Api::all(cluster.client());
+    let selector = format!("blockproxy.io/proxy-group={GROUP}");
+    store.toxiproxy.set_down("minio", true).await?;
+    let drained = async {
+        let acked = write_objects(cluster, "s9", OBJECTS).await?;
+        assert_eq!(acked.len(), OBJECTS, "writes refused while the store is cut: only {acked:?}");
+        groups.delete(GROUP, &Default::default()).await?;
+        eventually(WAIT, POLL, || async {
+            let g = groups.get(GROUP).await?;
+            let draining = g
+                .status
+                .as_ref()
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Draining" && c.status == "True"));
+            anyhow::ensure!(g.metadata.deletion_timestamp.is_some() && draining, "not draining: {:?}", g.status);
+            Ok(())
+        })
+        .await?;
+        let proxies = proxy_pods(cluster).await?;
+        assert_eq!(proxies.len(), 3, "proxies removed before they drained: {:?}", proxies.keys());
+        Ok::<_, anyhow::Error>(acked)
+    }
+    .await;
+    store.toxiproxy.set_down("minio", false).await?;
+    let acked = drained?;
+
+    // Drained: the group goes, and with it everything the operator made for it.
+    eventually(Duration::from_secs(300), Duration::from_secs(1), || async {
+        anyhow::ensure!(groups.get_opt(GROUP).await?.is_none(), "the group is still there");
+        let lp = ListParams::default().labels(&selector);
+        let ns = |c| Api::<Pod>::namespaced(c, SYSTEM_NS);
+        let pods = ns(cluster.client()).list(&lp).await?.items.len();
+        let pvcs = Api::<PersistentVolumeClaim>::namespaced(cluster.client(), SYSTEM_NS).list(&lp).await?.items.len();
+        let secrets = Api::<Secret>::namespaced(cluster.client(), SYSTEM_NS).list(&lp).await?.items.len();
+        let services = Api::<Service>::namespaced(cluster.client(), SYSTEM_NS).list(&lp).await?.items.len();
+        anyhow::ensure!(
+            pods + pvcs + secrets + services == 0,
+            "left: {pods} Pods, {pvcs} PVCs, {secrets} Secrets, {services} Services"
+        );
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.context(format!("group {GROUP} was not removed")))?;
+    let lost = lost_objects(store, &acked).await;
+    eprintln!("real-cluster: scenario 9: {} acknowledged objects, {} lost {lost:?}", acked.len(), lost.len());
     assert!(lost.is_empty(), "acknowledged objects lost: {lost:?}");
+    // Kept, and Released: the claims that bound them are gone, and their claimRef still names them.
+    let pvs = eventually(WAIT, POLL, || async {
+        let pvs = Api::<PersistentVolume>::all(cluster.client()).list(&ListParams::default()).await?.items;
+        let phases: Vec<Option<String>> = pvs.iter().map(|p| p.status.as_ref().and_then(|s| s.phase.clone())).collect();
+        anyhow::ensure!(phases.iter().all(|p| p.as_deref() == Some("Released")), "PV phases {phases:?}");
+        Ok(pvs)
+    })
+    .await?;
+    assert_eq!(pvs.len(), cluster.pv_nodes().len(), "the PVs are kept");
+
+    // The same group again, on the same (now Released) PVs.
+    cluster.apply(&proxy_group_yaml(store)).await?;
+    let ready = eventually(Duration::from_secs(300), Duration::from_secs(1), || async {
+        let g = groups.get(GROUP).await?;
+        let ready = g.status.as_ref().map_or(0, |s| s.ready_proxies);
+        anyhow::ensure!(ready == 3, "{ready} proxies ready: {:?}", g.status);
+        Ok(())
+    })
+    .await;
+    if let Err(e) = ready {
+        let pvcs = cluster.kubectl(&["-n", SYSTEM_NS, "get", "pvc", "-o", "wide"]).await.unwrap_or_default();
+        let pvs = cluster.kubectl(&["get", "pv", "-o", "wide"]).await.unwrap_or_default();
+        return Err(e.context(format!("the group did not come back on its kept PVs\n{pvcs}\n{pvs}")));
+    }
     Ok(())
 }

@@ -49,6 +49,8 @@ pub struct Context {
     pub token_key: Vec<u8>,
     /// Consecutive failures per object, for exponential backoff.
     pub failures: Backoff,
+    /// Rate limit of progress Events.
+    pub progress_events: Throttle,
 }
 
 /// Capped exponential backoff per object: 1s, 2s, 4s, ... up to 5 minutes; reset on success.
@@ -68,6 +70,28 @@ impl Backoff {
 
     pub fn reset(&self, key: &str) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+/// At most one progress Event (Draining, DrainBlocked) per proxy this often.
+pub const PROGRESS_EVENT_EVERY: Duration = Duration::from_secs(60);
+
+/// Lets a keyed action happen at most once per period. The lock is never held across an await.
+#[derive(Default)]
+pub struct Throttle(std::sync::Mutex<BTreeMap<String, Instant>>);
+
+impl Throttle {
+    /// True (and remembered) when `key` was not allowed within the last `every`.
+    pub fn allow(&self, key: &str, every: Duration) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match m.get(key) {
+            Some(last) if now.duration_since(*last) < every => false,
+            _ => {
+                m.insert(key.to_owned(), now);
+                true
+            }
+        }
     }
 }
 
@@ -121,19 +145,31 @@ pub async fn load_token_key(client: &Client, ns: &str) -> Result<Vec<u8>, Error>
     generated_secret(client, ns, TOKEN_KEY_SECRET, "key", labels, None).await.map(String::into_bytes)
 }
 
+/// Publishes an Event about `reference`. `pod` names the proxy Pod it concerns (in the
+/// operator's namespace), set as the related object: the recorder folds events with the same
+/// reason, action and objects into one series that keeps its first note, so events about
+/// different proxies must differ in their related object.
 async fn publish(
     ctx: &Context,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
     warning: bool,
     reason: &str,
     note: String,
+    pod: Option<&str>,
 ) {
+    let secondary = pod.map(|name| k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(ctx.config.namespace.clone()),
+        name: Some(name.to_owned()),
+        ..Default::default()
+    });
     let ev = Event {
         type_: if warning { EventType::Warning } else { EventType::Normal },
         reason: reason.to_owned(),
         note: Some(note),
         action: "Reconcile".into(),
-        secondary: None,
+        secondary,
     };
     if let Err(e) = ctx.recorder.publish(&ev, reference).await {
         warn!(error = %e, reason, "could not publish Event");
@@ -230,7 +266,7 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
         let problems = referenced_secret_problems(pg, ns, client, tls_material.is_some()).await?;
         if !problems.is_empty() {
             let message = problems.join("; ");
-            publish(ctx, &pg.object_ref(&()), true, c::REASON_INVALID_SPEC, message.clone()).await;
+            publish(ctx, &pg.object_ref(&()), true, c::REASON_INVALID_SPEC, message.clone(), None).await;
             let mut status = pg.status.clone().unwrap_or_default();
             let conds = [
                 Cond::new(c::READY, false, c::REASON_INVALID_SPEC, message.clone()),
@@ -262,7 +298,7 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
     let plan = build::plan(&inputs);
     let reference = pg.object_ref(&());
     for ev in &plan.events {
-        publish(ctx, &reference, ev.warning, ev.reason, ev.note.clone()).await;
+        publish(ctx, &reference, ev.warning, ev.reason, ev.note.clone(), ev.pod.as_deref()).await;
     }
     apply::apply_all(client, &plan.apply).await?;
     for r in &plan.rebind {
@@ -333,6 +369,7 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
                             t.node
                         )
                     },
+                    t.pod.as_deref(),
                 )
                 .await;
                 true
@@ -348,30 +385,25 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
                         t.node,
                         meta::SKIP_DRAIN_ANNOTATION
                     ),
+                    t.pod.as_deref(),
                 )
                 .await;
                 true
             }
+            // Progress is polled every few seconds: its events at most once a minute per proxy
+            // (the Draining condition has the current figures).
             DrainState::Blocked { why } => {
-                publish(
-                    ctx,
-                    &reference,
-                    true,
-                    "DrainBlocked",
-                    format!("Proxy on node {} cannot be drained: {why}", t.node),
-                )
-                .await;
+                if ctx.progress_events.allow(&format!("{name}/{}/blocked", t.node), PROGRESS_EVENT_EVERY) {
+                    let note = format!("Proxy on node {} cannot be drained: {why}", t.node);
+                    publish(ctx, &reference, true, "DrainBlocked", note, t.pod.as_deref()).await;
+                }
                 false
             }
             DrainState::InProgress { dirty_bytes } => {
-                publish(
-                    ctx,
-                    &reference,
-                    false,
-                    "Draining",
-                    format!("Proxy on node {} is draining: {dirty_bytes} dirty bytes left", t.node),
-                )
-                .await;
+                if ctx.progress_events.allow(&format!("{name}/{}/draining", t.node), PROGRESS_EVENT_EVERY) {
+                    let note = format!("Proxy on node {} is draining: {dirty_bytes} dirty bytes left", t.node);
+                    publish(ctx, &reference, false, "Draining", note, t.pod.as_deref()).await;
+                }
                 false
             }
         };
@@ -616,7 +648,7 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
                 .as_ref()
                 .is_some_and(|s| s.conditions.iter().any(|x| x.type_ == c::ACCEPTED && x.reason == r.reason));
             if changed {
-                publish(ctx, &v.object_ref(&()), true, r.reason, r.message.clone()).await;
+                publish(ctx, &v.object_ref(&()), true, r.reason, r.message.clone(), None).await;
             }
         }
         let old = v.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
@@ -697,6 +729,7 @@ pub async fn run_controllers(
         recorder,
         token_key,
         failures: Backoff::default(),
+        progress_events: Throttle::default(),
     });
     let shutdown = shutdown.shared();
     let ns = config.namespace.as_str();
@@ -753,6 +786,15 @@ pub async fn run_controllers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_allows_once_per_period_and_key() {
+        let t = Throttle::default();
+        assert!(t.allow("a", Duration::from_secs(60)));
+        assert!(!t.allow("a", Duration::from_secs(60)));
+        assert!(t.allow("b", Duration::from_secs(60)));
+        assert!(t.allow("a", Duration::ZERO));
+    }
 
     #[test]
     fn backoff_doubles_caps_and_resets() {

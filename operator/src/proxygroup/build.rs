@@ -80,6 +80,9 @@ pub struct PlannedEvent {
     pub warning: bool,
     pub reason: &'static str,
     pub note: String,
+    /// The proxy Pod the event is about (its `related` object): events that differ only in
+    /// their Pod are never folded into one series that keeps the first one's note.
+    pub pod: Option<String>,
 }
 
 /// What to do. Pods and PVCs that are neither desired nor draining are pruned along with every
@@ -525,6 +528,7 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
                     "PV {} on node {} was left Released by an earlier claim {}; binding it to the new claim (its cache and any unflushed writes are used again)",
                     r.pv, sel.node, r.pvc
                 ),
+                pod: Some(meta::pod_name(&group, &sel.node)),
             });
             plan.rebind.push(r);
         }
@@ -539,6 +543,7 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
                     warning: false,
                     reason: "ProxyCreated",
                     note: format!("Creating proxy {name} on node {} with cache on PV {}", sel.node, sel.pv),
+                    pod: Some(name.clone()),
                 });
                 all_current_ready = false;
             }
@@ -553,6 +558,7 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
                         p.name_any(),
                         sel.node
                     ),
+                    pod: Some(p.name_any()),
                 });
                 all_current_ready = false;
             }
@@ -573,6 +579,7 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
             warning: false,
             reason: "RollingUpdate",
             note: format!("Restarting proxy {} with the new spec ({} outdated)", p.name_any(), outdated.len()),
+            pod: Some(p.name_any()),
         });
     }
 
@@ -812,6 +819,7 @@ pub(crate) mod tests {
             port: 8443,
             tls: Default::default(),
             allowed_namespaces: vec!["*".into()],
+            allow_store_sharing: false,
             image: None,
             image_pull_policy: None,
             resources: None,
@@ -1273,6 +1281,16 @@ pub(crate) mod tests {
         assert!(plan.apply.is_empty());
         assert_eq!(plan.drain.len(), 3);
         assert!(plan.drain.iter().all(|t| t.address.is_some()));
+    }
+
+    #[test]
+    fn events_name_their_proxy_pod() {
+        let mut w = World::new();
+        let plan = w.step();
+        let pods: BTreeSet<Option<String>> =
+            plan.events.iter().filter(|e| e.reason == "ProxyCreated").map(|e| e.pod.clone()).collect();
+        let want: BTreeSet<Option<String>> = ["a", "b", "c"].iter().map(|n| Some(meta::pod_name("eu", n))).collect();
+        assert_eq!(pods, want, "one event per proxy, each naming its own Pod");
     }
 
     #[test]
