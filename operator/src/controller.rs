@@ -342,7 +342,7 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
                     }
                     Ok(s) => {
                         ctx.metrics.drains.with_label_values(&["in_progress"]).inc();
-                        DrainState::InProgress { dirty_bytes: s.dirty_bytes }
+                        DrainState::InProgress { dirty_bytes: s.dirty_bytes, flush_error: s.last_flush_error }
                     }
                     Err(why) => {
                         ctx.metrics.drains.with_label_values(&["failed"]).inc();
@@ -399,9 +399,10 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
                 }
                 false
             }
-            DrainState::InProgress { dirty_bytes } => {
+            DrainState::InProgress { dirty_bytes, flush_error } => {
                 if ctx.progress_events.allow(&format!("{name}/{}/draining", t.node), PROGRESS_EVENT_EVERY) {
-                    let note = format!("Proxy on node {} is draining: {dirty_bytes} dirty bytes left", t.node);
+                    let why = flush_error.as_ref().map(|e| format!("; flushing fails: {e}")).unwrap_or_default();
+                    let note = format!("Proxy on node {} is draining: {dirty_bytes} dirty bytes left{why}", t.node);
                     publish(ctx, &reference, false, "Draining", note, t.pod.as_deref()).await;
                 }
                 false

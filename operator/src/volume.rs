@@ -69,7 +69,14 @@ pub fn decide(vpgs: &[VolumeProxyGroup], groups: &[ProxyGroup]) -> BTreeMap<VpgK
                 reason: c::REASON_GROUP_NOT_FOUND,
                 message: format!("ProxyGroup {:?} does not exist", spec.proxy_group),
             })?;
-            if group.metadata.deletion_timestamp.is_some() {
+            // A group being deleted drains its proxies first, which can take long (the store may
+            // be down): associations it already serves stay published meanwhile (new Pods still
+            // get their discovery file and token), only new ones are refused.
+            let accepted = v
+                .status
+                .as_ref()
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == c::ACCEPTED && c.status == "True"));
+            if group.metadata.deletion_timestamp.is_some() && !accepted {
                 return Err(Rejection {
                     reason: c::REASON_GROUP_DELETING,
                     message: format!("ProxyGroup {:?} is being deleted", spec.proxy_group),
@@ -315,6 +322,28 @@ mod tests {
         assert_eq!(reason(&d, "team-b", "no"), Some(c::REASON_NAMESPACE_NOT_ALLOWED));
         assert_eq!(reason(&d, "team-a", "x"), Some(c::REASON_GROUP_NOT_FOUND));
         assert!(discovery("team-b", "v", &vpgs, &groups, &d).is_none());
+    }
+
+    #[test]
+    fn a_group_being_deleted_keeps_what_it_serves_and_takes_nothing_new() {
+        let mut g = pg("eu", "eu", &["*"], &[]);
+        g.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(9).unwrap()));
+        let groups = [g];
+        let mut old = vpg("t", "old", "v", "eu", "b1", 1);
+        old.status = Some(crate::crd::VolumeProxyGroupStatus {
+            conditions: crate::crd::conditions::merge(
+                &[],
+                &[crate::crd::conditions::Cond::new(c::ACCEPTED, true, c::REASON_ACCEPTED, "")],
+                None,
+                Timestamp::UNIX_EPOCH,
+            ),
+            ..Default::default()
+        });
+        let vpgs = [old, vpg("t", "new", "w", "eu", "b1", 2)];
+        let d = decide(&vpgs, &groups);
+        assert_eq!(reason(&d, "t", "old"), None);
+        assert_eq!(reason(&d, "t", "new"), Some(c::REASON_GROUP_DELETING));
+        assert!(discovery("t", "v", &vpgs, &groups, &d).is_some(), "the discovery document stays while it drains");
     }
 
     #[test]

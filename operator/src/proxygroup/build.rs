@@ -642,8 +642,9 @@ fn rebind(inp: &Inputs<'_>, sel: &Selected, claim: &str) -> Option<Rebind> {
 /// Drain progress of one leaving proxy, as observed by the controller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DrainState {
-    /// Drain requested; `dirty_bytes` still to flush.
-    InProgress { dirty_bytes: u64 },
+    /// Drain requested; `dirty_bytes` still to flush; `flush_error`: why flushing fails, if it
+    /// does (the proxy's newest flush error since its last successful flush).
+    InProgress { dirty_bytes: u64, flush_error: Option<String> },
     /// Nothing dirty is left; Pod and PVC can go.
     Done,
     /// The proxy cannot be reached (no running Pod, or the call failed).
@@ -686,7 +687,7 @@ pub fn status(
     }
     for t in &plan.drain {
         let (state, dirty) = match drains.get(&t.node) {
-            Some(DrainState::InProgress { dirty_bytes }) => ("Draining", Some(*dirty_bytes)),
+            Some(DrainState::InProgress { dirty_bytes, .. }) => ("Draining", Some(*dirty_bytes)),
             Some(DrainState::Done) => ("Draining", Some(0)),
             Some(DrainState::Blocked { .. }) | None => ("Unreachable", None),
         };
@@ -715,7 +716,12 @@ pub fn status(
     let draining: Vec<String> = drains
         .iter()
         .filter_map(|(n, s)| match s {
-            DrainState::InProgress { dirty_bytes } => Some(format!("{n} ({dirty_bytes} dirty bytes left)")),
+            DrainState::InProgress { dirty_bytes, flush_error: None } => {
+                Some(format!("{n} ({dirty_bytes} dirty bytes left)"))
+            }
+            DrainState::InProgress { dirty_bytes, flush_error: Some(e) } => {
+                Some(format!("{n} ({dirty_bytes} dirty bytes left; flushing fails: {e})"))
+            }
             _ => None,
         })
         .collect();
@@ -1116,12 +1122,19 @@ pub(crate) mod tests {
         assert!(plan.keep.contains(&(KIND_PVC, meta::pvc_name("eu", "b"))));
         assert!(plan.delete_pods.is_empty(), "a leaving proxy is never deleted before it drained");
         // The draining proxy is no longer published.
-        let drains = BTreeMap::from([("b".to_owned(), DrainState::InProgress { dirty_bytes: 42 })]);
+        let drains = BTreeMap::from([(
+            "b".to_owned(),
+            DrainState::InProgress { dirty_bytes: 42, flush_error: Some("k: NoSuchBucket".into()) },
+        )]);
         let (st, conds) = status(&w.inputs(), &plan, &drains);
         assert_eq!(st.endpoints.len(), 2);
         assert!(st.endpoints.iter().all(|e| e.node != "b"));
         assert_eq!(st.proxies.iter().find(|p| p.node == "b").unwrap().dirty_bytes, Some(42));
         assert!(conds.iter().any(|c| c.type_ == c::DRAINING && c.status && c.message.contains("42")));
+        assert!(
+            conds.iter().any(|c| c.type_ == c::DRAINING && c.message.contains("flushing fails: k: NoSuchBucket")),
+            "why the drain stalls: {conds:?}"
+        );
     }
 
     #[test]
