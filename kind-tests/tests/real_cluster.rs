@@ -52,6 +52,7 @@ async fn blockproxy_on_a_real_multi_node_cluster() -> Result<()> {
             scenario_5_proxy_restarts_while_the_store_is_cut(&cluster, &store),
         )
         .await?;
+    report.time("scenario 10: security on the real cluster", scenario_10_security(&cluster)).await?;
     report
         .time(
             "scenario 9: deleting the group drains first, then a new group reuses the PVs",
@@ -947,5 +948,112 @@ async fn scenario_9_deleting_the_group_drains_first(cluster: &Cluster, store: &S
         let pvs = cluster.kubectl(&["get", "pv", "-o", "wide"]).await.unwrap_or_default();
         return Err(e.context(format!("the group did not come back on its kept PVs\n{pvcs}\n{pvs}")));
     }
+    Ok(())
+}
+
+/// Scenario 10: security on the real cluster (the sidecar's endpoint variable and per-Pod
+/// credentials are checked by scenario 4).
+/// - The operator's ServiceAccount (impersonated) cannot read a workload Secret, nor change or
+///   delete a Secret or ConfigMap it did not create (RBAC, and the chart's admission policy).
+/// - Namespace `team-b`, allowed by the group, cannot attach team-a's bucket and prefix: its
+///   VolumeProxyGroup is refused (StoreInUse) and gets no token or discovery document.
+async fn scenario_10_security(cluster: &Cluster) -> Result<()> {
+    use blockproxy_operator::crd::VolumeProxyGroup;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let operator = format!("system:serviceaccount:{SYSTEM_NS}:{RELEASE}");
+    cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: app-secret, namespace: {TEAM}}}\nstringData: {{k: v}}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app-config, namespace: {TEAM}}}\ndata: {{k: v}}\n"
+        ))
+        .await?;
+    let as_operator = |args: &[&str]| {
+        let mut full = vec!["--as", operator.as_str()];
+        full.extend_from_slice(args);
+        let full: Vec<String> = full.into_iter().map(str::to_owned).collect();
+        async move {
+            let args: Vec<&str> = full.iter().map(String::as_str).collect();
+            cluster.kubectl(&args).await
+        }
+    };
+    // What it may do, it can (so the refusals below are about the objects, not the identity).
+    as_operator(&["-n", TEAM, "auth", "can-i", "create", "secrets"])
+        .await
+        .context("the operator cannot create Secrets at all")?;
+    // RBAC refuses reads; its ClusterRole allows patch and delete by name, which the chart's
+    // admission policy refuses for objects the operator did not create (direct requests, so
+    // no read comes first).
+    let own = r#"{"metadata":{"labels":{"app.kubernetes.io/managed-by":"blockproxy-operator"}}}"#;
+    let refused: [(&str, Vec<&str>, &str); 6] = [
+        (
+            "read the volume's token Secret",
+            vec!["-n", TEAM, "get", "secret", "blockproxy-token-team-a-data"],
+            "forbidden",
+        ),
+        ("list Secrets", vec!["-n", TEAM, "get", "secrets"], "forbidden"),
+        (
+            "label a foreign Secret as its own",
+            vec!["-n", TEAM, "patch", "secret", "app-secret", "--type", "merge", "-p", own],
+            "ValidatingAdmissionPolicy",
+        ),
+        (
+            "change a foreign ConfigMap",
+            vec!["-n", TEAM, "patch", "configmap", "app-config", "--type", "merge", "-p", own],
+            "ValidatingAdmissionPolicy",
+        ),
+        (
+            "delete a foreign Secret",
+            vec!["delete", "--raw", "/api/v1/namespaces/team-a/secrets/app-secret"],
+            "ValidatingAdmissionPolicy",
+        ),
+        (
+            "delete a foreign ConfigMap",
+            vec!["delete", "--raw", "/api/v1/namespaces/team-a/configmaps/app-config"],
+            "ValidatingAdmissionPolicy",
+        ),
+    ];
+    for (what, args, why) in refused {
+        let out = as_operator(&args).await;
+        let text = format!("{out:?}");
+        assert!(out.is_err() && text.contains(why), "the operator could {what} (expected {why:?}): {text}");
+    }
+    Api::<Secret>::namespaced(cluster.client(), TEAM).get("app-secret").await.context("app-secret is gone")?;
+    Api::<ConfigMap>::namespaced(cluster.client(), TEAM).get("app-config").await.context("app-config is gone")?;
+
+    // Another namespace, allowed by the group, names team-a's place in the store.
+    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: team-b}\n").await?;
+    cluster
+        .kubectl(&[
+            "patch",
+            "pg",
+            GROUP,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"allowedNamespaces":["team-a","team-b"]}}"#,
+        ])
+        .await?;
+    cluster
+        .apply(&format!(
+            r#"apiVersion: blockproxy.io/v1alpha1
+kind: VolumeProxyGroup
+metadata: {{name: takeover, namespace: team-b}}
+spec: {{volumeID: mine, proxyGroup: {GROUP}, bucket: {BUCKET}, prefix: {PREFIX}/app}}
+"#
+        ))
+        .await?;
+    let vpgs: Api<VolumeProxyGroup> = Api::namespaced(cluster.client(), "team-b");
+    let reason = eventually(WAIT, POLL, || async {
+        let v = vpgs.get("takeover").await?;
+        let accepted = v.status.and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Accepted"));
+        let c = accepted.context("no Accepted condition yet")?;
+        Ok((c.status, c.reason, c.message))
+    })
+    .await?;
+    assert_eq!((reason.0.as_str(), reason.1.as_str()), ("False", "StoreInUse"), "{reason:?}");
+    assert!(reason.2.contains(TEAM), "{reason:?}");
+    let token = Api::<Secret>::namespaced(cluster.client(), "team-b").get_opt("blockproxy-token-mine").await?;
+    assert!(token.is_none(), "team-b got a token for team-a's data");
+    vpgs.delete("takeover", &Default::default()).await?;
     Ok(())
 }

@@ -202,7 +202,7 @@ async fn wait_for_files(args: &MountArgs) {
     };
     let mut waited = Duration::ZERO;
     while !present() {
-        if waited.as_secs() % 60 == 0 {
+        if waited.as_secs().is_multiple_of(60) {
             tracing::warn!(
                 token_file = %args.token_file.display(),
                 discovery_file = %args.discovery_file.display(),
