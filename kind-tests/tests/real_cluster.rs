@@ -52,6 +52,12 @@ async fn blockproxy_on_a_real_multi_node_cluster() -> Result<()> {
             scenario_5_proxy_restarts_while_the_store_is_cut(&cluster, &store),
         )
         .await?;
+    report
+        .time(
+            "scenario 6: a node leaves the group (drained while a client writes and reads) and comes back",
+            scenario_6_a_node_leaves_and_comes_back(&cluster, &store),
+        )
+        .await?;
     report.time("scenario 10: security on the real cluster", scenario_10_security(&cluster)).await?;
     report
         .time(
@@ -1055,5 +1061,85 @@ spec: {{volumeID: mine, proxyGroup: {GROUP}, bucket: {BUCKET}, prefix: {PREFIX}/
     let token = Api::<Secret>::namespaced(cluster.client(), "team-b").get_opt("blockproxy-token-mine").await?;
     assert!(token.is_none(), "team-b got a token for team-a's data");
     vpgs.delete("takeover", &Default::default()).await?;
+    Ok(())
+}
+
+/// Scenario 6: a node leaves the group (the group's `nodeSelector` no longer matches it) while a
+/// client writes and reads back, object after object: its proxy is drained before its Pod and PVC
+/// go, no request of the client fails, and every acknowledged object is in MinIO. Then the node
+/// matches again: a proxy runs there again, on the PV the first one left Released.
+async fn scenario_6_a_node_leaves_and_comes_back(cluster: &Cluster, store: &Store) -> Result<()> {
+    const OBJECTS: usize = 40;
+    const LABEL: &str = "blockproxy-test/storage";
+    let leaving = cluster.pv_nodes().last().context("no PV nodes")?.clone();
+    for node in cluster.pv_nodes().iter().filter(|n| **n != leaving) {
+        cluster.kubectl(&["label", "node", node, &format!("{LABEL}=yes"), "--overwrite"]).await?;
+    }
+    let before = proxy_pods(cluster).await?;
+    let old_pod = before.get(&leaving).context("no proxy on the leaving node")?.clone();
+    let script = format!(
+        r#"for i in $(seq 1 {OBJECTS}); do
+  head -c $((500 + i * 4099)) /dev/urandom > /tmp/o
+  if ! rclone copyto --no-check-dest --retries 1 --low-level-retries 1 /tmp/o "bp:{VOLUME}/s6/obj-$i"; then
+    echo "writefail s6/obj-$i"; continue
+  fi
+  echo "acked s6/obj-$i $(sha256sum < /tmp/o | cut -d' ' -f1)"
+  rm -f /tmp/r
+  rclone copyto --retries 1 --low-level-retries 1 "bp:{VOLUME}/s6/obj-$i" /tmp/r || true
+  cmp -s /tmp/o /tmp/r || echo "readfail s6/obj-$i"
+  sleep 0.5
+done"#
+    );
+    let client = in_workload(cluster, "writer", &script);
+    let leave = async {
+        let selector = format!(r#"{{"spec":{{"placement":{{"nodeSelector":{{"{LABEL}":"yes"}}}}}}}}"#);
+        cluster.kubectl(&["patch", "pg", GROUP, "--type", "merge", "-p", &selector]).await?;
+        eventually(WAIT, POLL, || async {
+            let pods = proxy_pods(cluster).await?;
+            anyhow::ensure!(!pods.contains_key(&leaving) && pods.len() == 2, "proxies on {:?}", pods.keys());
+            Ok(())
+        })
+        .await
+    };
+    let (out, left) = tokio::join!(client, leave);
+    let out = out?;
+    left.map_err(|e| e.context(format!("the proxy on {leaving} was not removed")))?;
+    // It was drained first: the operator says so.
+    let events = cluster.kubectl(&["get", "events", "-A", "--field-selector", "reason=Drained", "-o", "json"]).await?;
+    assert!(events.contains(&leaving), "no Drained event for {leaving}: {events}");
+
+    let failed: Vec<&str> = out.lines().filter(|l| l.starts_with("writefail") || l.starts_with("readfail")).collect();
+    let acked: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("acked "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    eprintln!(
+        "real-cluster: scenario 6: {} objects written and read back, {} failed requests",
+        acked.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "the client saw failures while the proxy left: {failed:?}");
+    assert_eq!(acked.len(), OBJECTS);
+    let lost = lost_objects(store, &acked).await;
+    assert!(lost.is_empty(), "acknowledged objects lost: {lost:?}");
+
+    // Back in the group: a new proxy on the same node and (Released, handed over) PV.
+    cluster
+        .kubectl(&["patch", "pg", GROUP, "--type", "merge", "-p", r#"{"spec":{"placement":{"nodeSelector":null}}}"#])
+        .await?;
+    let back = eventually(Duration::from_secs(300), Duration::from_secs(1), || async {
+        let pods = proxy_pods(cluster).await?;
+        let pod = pods.get(&leaving).context("no proxy on the node yet")?;
+        anyhow::ensure!(pod.metadata.uid != old_pod.metadata.uid && pod_ready(pod), "not ready yet");
+        Ok(pod.clone())
+    })
+    .await;
+    if let Err(e) = back {
+        let pvcs = cluster.kubectl(&["-n", SYSTEM_NS, "get", "pvc", "-o", "wide"]).await.unwrap_or_default();
+        let pvs = cluster.kubectl(&["get", "pv", "-o", "wide"]).await.unwrap_or_default();
+        return Err(e.context(format!("no proxy back on {leaving}\n{pvcs}\n{pvs}")));
+    }
     Ok(())
 }
