@@ -902,8 +902,10 @@ async fn scenario_9_deleting_the_group_drains_first(cluster: &Cluster, store: &S
             Ok(())
         })
         .await?;
+        // A proxy without unflushed writes drains at once and goes; those holding some cannot
+        // flush while MinIO is cut, so they stay (with 10 objects, at least one holds some).
         let proxies = proxy_pods(cluster).await?;
-        assert_eq!(proxies.len(), 3, "proxies removed before they drained: {:?}", proxies.keys());
+        assert!(!proxies.is_empty(), "every proxy removed while MinIO is cut");
         Ok::<_, anyhow::Error>(acked)
     }
     .await;
