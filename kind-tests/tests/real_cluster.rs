@@ -387,7 +387,11 @@ spec: {{selector: {{app: toxiproxy}}, ports: [{{port: 9000}}]}}
     let s3_forward = cluster.forward(service_ip(cluster, STORE_NS, "s3").await?, 9000).await?;
     let through = s3_client(&format!("http://{}", s3_forward.addr()), &access_key, &secret_key);
     let body: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    through.put_object().bucket(BUCKET).key("scenario-2/probe").body(body.clone().into()).send().await?;
+    // (Retried: under load a forwarded connection was seen closing before the answer.)
+    eventually(WAIT, POLL, || async {
+        Ok(through.put_object().bucket(BUCKET).key("scenario-2/probe").body(body.clone().into()).send().await?)
+    })
+    .await?;
     let back = minio.get_object().bucket(BUCKET).key("scenario-2/probe").send().await?.body.collect().await?;
     assert!(back.into_bytes() == body, "the object read from MinIO differs from what was written through toxiproxy");
     minio.delete_object().bucket(BUCKET).key("scenario-2/probe").send().await?;
