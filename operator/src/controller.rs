@@ -49,6 +49,8 @@ pub struct Context {
     pub token_key: Vec<u8>,
     /// Consecutive failures per object, for exponential backoff.
     pub failures: Backoff,
+    /// Rate limit of progress Events.
+    pub progress_events: Throttle,
 }
 
 /// Capped exponential backoff per object: 1s, 2s, 4s, ... up to 5 minutes; reset on success.
@@ -68,6 +70,28 @@ impl Backoff {
 
     pub fn reset(&self, key: &str) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+/// At most one progress Event (Draining, DrainBlocked) per proxy this often.
+pub const PROGRESS_EVENT_EVERY: Duration = Duration::from_secs(60);
+
+/// Lets a keyed action happen at most once per period. The lock is never held across an await.
+#[derive(Default)]
+pub struct Throttle(std::sync::Mutex<BTreeMap<String, Instant>>);
+
+impl Throttle {
+    /// True (and remembered) when `key` was not allowed within the last `every`.
+    pub fn allow(&self, key: &str, every: Duration) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match m.get(key) {
+            Some(last) if now.duration_since(*last) < every => false,
+            _ => {
+                m.insert(key.to_owned(), now);
+                true
+            }
+        }
     }
 }
 
@@ -121,19 +145,31 @@ pub async fn load_token_key(client: &Client, ns: &str) -> Result<Vec<u8>, Error>
     generated_secret(client, ns, TOKEN_KEY_SECRET, "key", labels, None).await.map(String::into_bytes)
 }
 
+/// Publishes an Event about `reference`. `pod` names the proxy Pod it concerns (in the
+/// operator's namespace), set as the related object: the recorder folds events with the same
+/// reason, action and objects into one series that keeps its first note, so events about
+/// different proxies must differ in their related object.
 async fn publish(
     ctx: &Context,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
     warning: bool,
     reason: &str,
     note: String,
+    pod: Option<&str>,
 ) {
+    let secondary = pod.map(|name| k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(ctx.config.namespace.clone()),
+        name: Some(name.to_owned()),
+        ..Default::default()
+    });
     let ev = Event {
         type_: if warning { EventType::Warning } else { EventType::Normal },
         reason: reason.to_owned(),
         note: Some(note),
         action: "Reconcile".into(),
-        secondary: None,
+        secondary,
     };
     if let Err(e) = ctx.recorder.publish(&ev, reference).await {
         warn!(error = %e, reason, "could not publish Event");
@@ -230,7 +266,7 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
         let problems = referenced_secret_problems(pg, ns, client, tls_material.is_some()).await?;
         if !problems.is_empty() {
             let message = problems.join("; ");
-            publish(ctx, &pg.object_ref(&()), true, c::REASON_INVALID_SPEC, message.clone()).await;
+            publish(ctx, &pg.object_ref(&()), true, c::REASON_INVALID_SPEC, message.clone(), None).await;
             let mut status = pg.status.clone().unwrap_or_default();
             let conds = [
                 Cond::new(c::READY, false, c::REASON_INVALID_SPEC, message.clone()),
@@ -262,9 +298,18 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
     let plan = build::plan(&inputs);
     let reference = pg.object_ref(&());
     for ev in &plan.events {
-        publish(ctx, &reference, ev.warning, ev.reason, ev.note.clone()).await;
+        publish(ctx, &reference, ev.warning, ev.reason, ev.note.clone(), ev.pod.as_deref()).await;
     }
     apply::apply_all(client, &plan.apply).await?;
+    for r in &plan.rebind {
+        // Point the PV's claimRef at the new claim (same name, new uid); the PV controller
+        // then binds the two. resourceVersion goes: it named the old claim's.
+        let patch = serde_json::json!({"spec": {"claimRef": {"uid": r.pvc_uid, "resourceVersion": null}}});
+        Api::<PersistentVolume>::all(client.clone())
+            .patch(&r.pv, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| Error::Apply { kind: "PersistentVolume".into(), name: r.pv.clone(), source: e })?;
+    }
     for (pod, _) in &plan.delete_pods {
         apply::delete_one::<Pod>(client, ns, pod).await?;
     }
@@ -276,6 +321,8 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
     let mut keep = plan.keep.clone();
     for t in &plan.drain {
         let state = match &t.address {
+            // It never ran, so it never acknowledged a write: nothing to wait for.
+            _ if t.never_started => DrainState::Done,
             None => DrainState::Blocked { why: "its Pod is not running".into() },
             Some(address) => {
                 let target = tls::AdminTarget {
@@ -295,7 +342,7 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
                     }
                     Ok(s) => {
                         ctx.metrics.drains.with_label_values(&["in_progress"]).inc();
-                        DrainState::InProgress { dirty_bytes: s.dirty_bytes }
+                        DrainState::InProgress { dirty_bytes: s.dirty_bytes, flush_error: s.last_flush_error }
                     }
                     Err(why) => {
                         ctx.metrics.drains.with_label_values(&["failed"]).inc();
@@ -311,10 +358,18 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
                     &reference,
                     false,
                     "Drained",
-                    format!(
-                        "Proxy on node {} flushed every dirty block; removing its Pod and PVC (the PV is kept)",
-                        t.node
-                    ),
+                    if t.never_started {
+                        format!(
+                            "Proxy on node {} never started, so there is nothing to drain; removing its Pod and PVC (the PV is kept)",
+                            t.node
+                        )
+                    } else {
+                        format!(
+                            "Proxy on node {} flushed every dirty block; removing its Pod and PVC (the PV is kept)",
+                            t.node
+                        )
+                    },
+                    t.pod.as_deref(),
                 )
                 .await;
                 true
@@ -330,30 +385,26 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
                         t.node,
                         meta::SKIP_DRAIN_ANNOTATION
                     ),
+                    t.pod.as_deref(),
                 )
                 .await;
                 true
             }
+            // Progress is polled every few seconds: its events at most once a minute per proxy
+            // (the Draining condition has the current figures).
             DrainState::Blocked { why } => {
-                publish(
-                    ctx,
-                    &reference,
-                    true,
-                    "DrainBlocked",
-                    format!("Proxy on node {} cannot be drained: {why}", t.node),
-                )
-                .await;
+                if ctx.progress_events.allow(&format!("{name}/{}/blocked", t.node), PROGRESS_EVENT_EVERY) {
+                    let note = format!("Proxy on node {} cannot be drained: {why}", t.node);
+                    publish(ctx, &reference, true, "DrainBlocked", note, t.pod.as_deref()).await;
+                }
                 false
             }
-            DrainState::InProgress { dirty_bytes } => {
-                publish(
-                    ctx,
-                    &reference,
-                    false,
-                    "Draining",
-                    format!("Proxy on node {} is draining: {dirty_bytes} dirty bytes left", t.node),
-                )
-                .await;
+            DrainState::InProgress { dirty_bytes, flush_error } => {
+                if ctx.progress_events.allow(&format!("{name}/{}/draining", t.node), PROGRESS_EVENT_EVERY) {
+                    let why = flush_error.as_ref().map(|e| format!("; flushing fails: {e}")).unwrap_or_default();
+                    let note = format!("Proxy on node {} is draining: {dirty_bytes} dirty bytes left{why}", t.node);
+                    publish(ctx, &reference, false, "Draining", note, t.pod.as_deref()).await;
+                }
                 false
             }
         };
@@ -512,7 +563,11 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
     let live: Vec<VolumeProxyGroup> = all.iter().filter(|v| v.metadata.deletion_timestamp.is_none()).cloned().collect();
     let groups: Vec<ProxyGroup> = list(Api::all(client.clone()), &ListParams::default()).await?;
     let decisions = volume::decide(&live, &groups);
-    let doc = volume::discovery(&ns, &volume_id, &live, &groups, &decisions);
+    let mut doc = volume::discovery(&ns, &volume_id, &live, &groups, &decisions);
+    let waiting = match doc.as_mut() {
+        Some(doc) => only_serving_endpoints(doc, &volume::volume_token(&ctx.token_key, &ns, &volume_id)).await,
+        None => Vec::new(),
+    };
     let cm_name = meta::discovery_config_map_name(&volume_id);
     let secret_name = meta::token_secret_name(&volume_id);
     let siblings: Vec<&VolumeProxyGroup> = live
@@ -569,7 +624,19 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
                     c::REASON_ACCEPTED,
                     format!("served by ProxyGroup {:?}", v.spec.proxy_group),
                 ),
-                Cond::new(c::PUBLISHED, true, c::REASON_PUBLISHED, format!("listed in ConfigMap {cm_name}")),
+                Cond::new(
+                    c::PUBLISHED,
+                    true,
+                    c::REASON_PUBLISHED,
+                    if waiting.is_empty() {
+                        format!("listed in ConfigMap {cm_name}")
+                    } else {
+                        format!(
+                            "listed in ConfigMap {cm_name}; proxies not serving the volume yet (left out until they do): {}",
+                            waiting.join(", ")
+                        )
+                    },
+                ),
             ],
             Err(r) => vec![
                 Cond::new(c::ACCEPTED, false, r.reason, r.message.clone()),
@@ -582,7 +649,7 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
                 .as_ref()
                 .is_some_and(|s| s.conditions.iter().any(|x| x.type_ == c::ACCEPTED && x.reason == r.reason));
             if changed {
-                publish(ctx, &v.object_ref(&()), true, r.reason, r.message.clone()).await;
+                publish(ctx, &v.object_ref(&()), true, r.reason, r.message.clone(), None).await;
             }
         }
         let old = v.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
@@ -595,7 +662,40 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
         };
         patch_status(&api, &v.name_any(), serde_json::to_value(&status).map_err(Error::Serialize)?).await?;
     }
+    if !waiting.is_empty() {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
     Ok(Action::requeue(ctx.config.resync))
+}
+
+/// Leaves out of `doc` the endpoints whose proxy does not serve the volume yet (their volumes
+/// file, a mounted Secret, is refreshed by the kubelet up to a minute after a change), so that
+/// a sidecar never sends the volume to a proxy that answers "unknown volume" or "unknown token".
+/// A proxy the operator cannot ask stays listed: clients fail over from it on their own.
+/// Returns the proxies left out.
+async fn only_serving_endpoints(doc: &mut blockproxy_protocol::DiscoveryDocument, token: &str) -> Vec<String> {
+    let mut waiting = Vec::new();
+    let volume = doc.volume_id.clone();
+    for g in &mut doc.groups {
+        let tls = match (g.scheme.as_str(), &g.ca_bundle, &g.server_name) {
+            ("https", Some(ca), Some(name)) => Some((ca.clone(), name.clone())),
+            _ => None,
+        };
+        let mut kept = Vec::new();
+        for e in std::mem::take(&mut g.endpoints) {
+            let target = tls::AdminTarget {
+                address: &e.address,
+                token,
+                tls: tls.as_ref().map(|(ca, name)| (ca.as_str(), name.as_str())),
+            };
+            match tls::serves_volume(&target, &volume).await {
+                Ok(false) => waiting.push(format!("{} ({})", e.address, g.name)),
+                Ok(true) | Err(_) => kept.push(e),
+            }
+        }
+        g.endpoints = kept;
+    }
+    waiting
 }
 
 pub fn error_policy_vpg(vpg: Arc<VolumeProxyGroup>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -630,6 +730,7 @@ pub async fn run_controllers(
         recorder,
         token_key,
         failures: Backoff::default(),
+        progress_events: Throttle::default(),
     });
     let shutdown = shutdown.shared();
     let ns = config.namespace.as_str();
@@ -686,6 +787,15 @@ pub async fn run_controllers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_allows_once_per_period_and_key() {
+        let t = Throttle::default();
+        assert!(t.allow("a", Duration::from_secs(60)));
+        assert!(!t.allow("a", Duration::from_secs(60)));
+        assert!(t.allow("b", Duration::from_secs(60)));
+        assert!(t.allow("a", Duration::ZERO));
+    }
 
     #[test]
     fn backoff_doubles_caps_and_resets() {

@@ -3,7 +3,7 @@
 
 use crate::Error;
 use crate::proxygroup::build::TlsMaterial;
-use blockproxy_protocol::{DRAIN_PATH, DrainStatus};
+use blockproxy_protocol::{DRAIN_PATH, DrainStatus, VolumeId, dirty_keys_path};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -47,22 +47,28 @@ pub struct AdminTarget<'a> {
     pub tls: Option<(&'a str, &'a str)>,
 }
 
-/// Starts (idempotently) a drain and returns the proxy's progress.
-pub async fn drain(target: &AdminTarget<'_>) -> Result<DrainStatus, String> {
+/// An HTTP client for one proxy and the base URL to use with it (`https://<server name>:port`
+/// resolved to the proxy's IP, so the certificate is checked against the group's name).
+fn client_for(target: &AdminTarget<'_>) -> Result<(reqwest::Client, String), String> {
     let addr: SocketAddr = target.address.parse().map_err(|e| format!("bad address {}: {e}", target.address))?;
     let mut builder =
         reqwest::Client::builder().timeout(Duration::from_secs(10)).connect_timeout(Duration::from_secs(3));
-    let url = match target.tls {
+    let base = match target.tls {
         Some((ca, name)) => {
             let cert = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| format!("bad CA bundle: {e}"))?;
             builder = builder.tls_built_in_root_certs(false).add_root_certificate(cert).resolve(name, addr);
-            format!("https://{name}:{}{DRAIN_PATH}", addr.port())
+            format!("https://{name}:{}", addr.port())
         }
-        None => format!("http://{addr}{DRAIN_PATH}"),
+        None => format!("http://{addr}"),
     };
-    let client = builder.build().map_err(|e| format!("building HTTP client: {e}"))?;
+    Ok((builder.build().map_err(|e| format!("building HTTP client: {e}"))?, base))
+}
+
+/// Starts (idempotently) a drain and returns the proxy's progress.
+pub async fn drain(target: &AdminTarget<'_>) -> Result<DrainStatus, String> {
+    let (client, base) = client_for(target)?;
     let status: DrainStatus = client
-        .post(&url)
+        .post(format!("{base}{DRAIN_PATH}"))
         .bearer_auth(target.token)
         .send()
         .await
@@ -73,6 +79,26 @@ pub async fn drain(target: &AdminTarget<'_>) -> Result<DrainStatus, String> {
         .await
         .map_err(|e| format!("drain answer from {}: {e}", target.address))?;
     Ok(status)
+}
+
+/// Whether the proxy serves `volume` for `target.token` (a volume token) yet: it loads its
+/// volumes file from a mounted Secret, which the kubelet refreshes up to a minute after the
+/// operator wrote it. Asks for the volume's dirty keys under a prefix nobody uses: 200 yes, 404
+/// (unknown volume) or 401 (unknown token) not yet.
+pub async fn serves_volume(target: &AdminTarget<'_>, volume: &VolumeId) -> Result<bool, String> {
+    let (client, base) = client_for(target)?;
+    let response = client
+        .get(format!("{base}{}", dirty_keys_path(volume)))
+        .query(&[("prefix", "blockproxy-operator-volume-check/")])
+        .bearer_auth(target.token)
+        .send()
+        .await
+        .map_err(|e| format!("volume check at {}: {e}", target.address))?;
+    match response.status().as_u16() {
+        200 => Ok(true),
+        401 | 404 => Ok(false),
+        other => Err(format!("volume check at {}: HTTP {other}", target.address)),
+    }
 }
 
 #[cfg(test)]

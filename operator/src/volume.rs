@@ -38,15 +38,28 @@ pub fn namespace_allowed(group: &ProxyGroup, namespace: &str) -> bool {
     group.spec.allowed_namespaces.iter().any(|n| n == "*" || n == namespace)
 }
 
+/// Whether two prefixes of one bucket overlap: equal, or one is a folder of the other (the
+/// empty prefix, the bucket root, overlaps every prefix).
+fn prefixes_overlap(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_matches('/'), b.trim_matches('/'));
+    let inside =
+        |inner: &str, outer: &str| outer.is_empty() || inner == outer || inner.starts_with(&format!("{outer}/"));
+    inside(a, b) || inside(b, a)
+}
+
 /// Decides every association. VolumeProxyGroups being deleted must be left out by the caller.
 /// Rules, in order: the group exists and is not being deleted; it allows the namespace; the
 /// volume's associations in one namespace agree on bucket and prefix (the oldest one sets them);
-/// within one group, a volume id belongs to one namespace (the one that attached it first).
+/// a bucket and prefix (and every prefix nested in or around it) belong to the namespace that
+/// attached them first, unless every group involved allows store sharing; within one group, a
+/// volume id belongs to one namespace (the one that attached it first).
 pub fn decide(vpgs: &[VolumeProxyGroup], groups: &[ProxyGroup]) -> BTreeMap<VpgKey, Result<(), Rejection>> {
     let mut sorted: Vec<&VolumeProxyGroup> = vpgs.iter().collect();
     sorted.sort_by_key(|v| age(v));
     let mut store_of: BTreeMap<(String, String), (&str, &str, String)> = BTreeMap::new();
     let mut owner_of: BTreeMap<(String, String), (String, String, String)> = BTreeMap::new();
+    // Accepted places in the store: (bucket, prefix, namespace, its group shares).
+    let mut places: Vec<(String, String, String, bool)> = Vec::new();
     let mut out = BTreeMap::new();
     for v in sorted {
         let ns = v.namespace().unwrap_or_default();
@@ -56,7 +69,14 @@ pub fn decide(vpgs: &[VolumeProxyGroup], groups: &[ProxyGroup]) -> BTreeMap<VpgK
                 reason: c::REASON_GROUP_NOT_FOUND,
                 message: format!("ProxyGroup {:?} does not exist", spec.proxy_group),
             })?;
-            if group.metadata.deletion_timestamp.is_some() {
+            // A group being deleted drains its proxies first, which can take long (the store may
+            // be down): associations it already serves stay published meanwhile (new Pods still
+            // get their discovery file and token), only new ones are refused.
+            let accepted = v
+                .status
+                .as_ref()
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == c::ACCEPTED && c.status == "True"));
+            if group.metadata.deletion_timestamp.is_some() && !accepted {
                 return Err(Rejection {
                     reason: c::REASON_GROUP_DELETING,
                     message: format!("ProxyGroup {:?} is being deleted", spec.proxy_group),
@@ -83,6 +103,18 @@ pub fn decide(vpgs: &[VolumeProxyGroup], groups: &[ProxyGroup]) -> BTreeMap<VpgK
                     ),
                 });
             }
+            let shares = group.spec.allow_store_sharing;
+            if let Some((_, o_prefix, owner, _)) = places.iter().find(|(b, p, owner, owner_shares)| {
+                *owner != ns && *b == spec.bucket && prefixes_overlap(p, &spec.prefix) && !(shares && *owner_shares)
+            }) {
+                return Err(Rejection {
+                    reason: c::REASON_STORE_IN_USE,
+                    message: format!(
+                        "bucket {:?} prefix {o_prefix:?} is already attached by namespace {owner:?}; a namespace can use another's data only when every ProxyGroup involved sets allowStoreSharing",
+                        spec.bucket
+                    ),
+                });
+            }
             // One volume id on one group is one place in the store; namespaces may share it
             // (each with its own token) only when they agree on that place.
             let (owner, o_bucket, o_prefix) = owner_of
@@ -98,6 +130,12 @@ pub fn decide(vpgs: &[VolumeProxyGroup], groups: &[ProxyGroup]) -> BTreeMap<VpgK
                     ),
                 });
             }
+            places.push((
+                spec.bucket.clone(),
+                spec.prefix.trim_matches('/').to_owned(),
+                ns.clone(),
+                group.spec.allow_store_sharing,
+            ));
             Ok(())
         })();
         out.insert(key(v), decision);
@@ -287,6 +325,28 @@ mod tests {
     }
 
     #[test]
+    fn a_group_being_deleted_keeps_what_it_serves_and_takes_nothing_new() {
+        let mut g = pg("eu", "eu", &["*"], &[]);
+        g.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(9).unwrap()));
+        let groups = [g];
+        let mut old = vpg("t", "old", "v", "eu", "b1", 1);
+        old.status = Some(crate::crd::VolumeProxyGroupStatus {
+            conditions: crate::crd::conditions::merge(
+                &[],
+                &[crate::crd::conditions::Cond::new(c::ACCEPTED, true, c::REASON_ACCEPTED, "")],
+                None,
+                Timestamp::UNIX_EPOCH,
+            ),
+            ..Default::default()
+        });
+        let vpgs = [old, vpg("t", "new", "w", "eu", "b1", 2)];
+        let d = decide(&vpgs, &groups);
+        assert_eq!(reason(&d, "t", "old"), None);
+        assert_eq!(reason(&d, "t", "new"), Some(c::REASON_GROUP_DELETING));
+        assert!(discovery("t", "v", &vpgs, &groups, &d).is_some(), "the discovery document stays while it drains");
+    }
+
+    #[test]
     fn conflicting_store_rejects_the_newer_association() {
         let groups = [pg("eu", "eu", &["*"], &[]), pg("us", "us", &["*"], &[])];
         let vpgs = [vpg("t", "new", "v", "us", "other", 2), vpg("t", "old", "v", "eu", "b1", 1)];
@@ -317,8 +377,32 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_share_a_volume_id_of_a_group_only_at_the_same_place() {
+    fn another_namespace_cannot_take_over_a_bucket_and_prefix() {
         let groups = [pg("eu", "eu", &["*"], &[])];
+        let mut nested = vpg("c", "v", "other", "eu", "b1", 7);
+        nested.spec.prefix = "p/inner".into();
+        let vpgs = [
+            vpg("a", "v", "vol", "eu", "b1", 1),
+            vpg("b", "v", "vol", "eu", "b1", 5),
+            nested,
+            vpg("a", "w", "vol2", "eu", "b1", 8),
+            vpg("d", "v", "vol3", "eu", "b2", 9),
+        ];
+        let d = decide(&vpgs, &groups);
+        assert_eq!(reason(&d, "a", "v"), None);
+        assert_eq!(reason(&d, "b", "v"), Some(c::REASON_STORE_IN_USE), "same place, other namespace");
+        assert_eq!(reason(&d, "c", "v"), Some(c::REASON_STORE_IN_USE), "a prefix inside another's");
+        assert_eq!(reason(&d, "a", "w"), None, "a namespace may reuse its own place");
+        assert_eq!(reason(&d, "d", "v"), None, "another bucket");
+        assert!(d[&("b".to_owned(), "v".to_owned())].as_ref().unwrap_err().message.contains("\"a\""));
+        assert!(prefixes_overlap("", "x") && prefixes_overlap("x/y/", "x") && !prefixes_overlap("x", "xy"));
+    }
+
+    #[test]
+    fn namespaces_share_a_volume_id_of_a_group_only_at_the_same_place() {
+        let mut sharing = pg("eu", "eu", &["*"], &[]);
+        sharing.spec.allow_store_sharing = true;
+        let groups = [sharing];
         let vpgs = [
             vpg("b", "v", "vol", "eu", "b1", 5),
             vpg("a", "v", "vol", "eu", "b1", 1),

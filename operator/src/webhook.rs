@@ -37,8 +37,49 @@ pub struct SidecarConfig {
     pub image: String,
 }
 
-/// The sidecar container (a native sidecar: an init container that keeps running).
-pub fn sidecar(volume: &VolumeId, cfg: &SidecarConfig) -> Value {
+/// The S3 credentials of one Pod: the sidecar accepts only these, and the app containers get
+/// them as `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`. Random per admitted Pod (never a public
+/// default); they only open the sidecar's loopback endpoint, inside that Pod's network namespace.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PodCredentials {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl PodCredentials {
+    pub fn random() -> Self {
+        let key: [u8; 10] = rand::random();
+        let secret: [u8; 20] = rand::random();
+        Self { access_key: format!("BP{}", hex::encode_upper(key)), secret_key: hex::encode(secret) }
+    }
+}
+
+impl std::fmt::Debug for PodCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodCredentials").field("access_key", &self.access_key).finish_non_exhaustive()
+    }
+}
+
+/// The environment variable pointing S3 clients at the sidecar. `AWS_ENDPOINT_URL_S3`, not
+/// `AWS_ENDPOINT_URL`: the global one would also send STS, KMS and every other AWS service there.
+pub const ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL_S3";
+/// The sidecar's readiness URL (on the Pod's loopback, so probed from inside the container).
+pub const READY_URL: &str = "http://127.0.0.1:9000/_blockproxy/readyz";
+
+/// The exec probe of the sidecar: the image has no shell or curl, `blockproxy probe` does the GET.
+fn probe(period: u32, failures: u32) -> Value {
+    json!({
+        "exec": {"command": ["blockproxy", "probe", READY_URL]},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    })
+}
+
+/// The sidecar container (a native sidecar: an init container that keeps running). Its startup
+/// probe holds the app containers back until it serves (it waits for the volume's token and
+/// discovery files, which appear once a VolumeProxyGroup is accepted: up to an hour here).
+pub fn sidecar(volume: &VolumeId, cfg: &SidecarConfig, creds: &PodCredentials) -> Value {
     json!({
         "name": SIDECAR_NAME,
         "image": cfg.image,
@@ -49,7 +90,13 @@ pub fn sidecar(volume: &VolumeId, cfg: &SidecarConfig) -> Value {
             "--token-file", format!("{TOKEN_DIR}/token"),
             "--listen", LISTEN,
         ],
+        "env": [
+            {"name": "BLOCKPROXY_S3_ACCESS_KEY", "value": creds.access_key},
+            {"name": "BLOCKPROXY_S3_SECRET_KEY", "value": creds.secret_key},
+        ],
         "restartPolicy": "Always",
+        "startupProbe": probe(1, 3600),
+        "readinessProbe": probe(10, 3),
         "volumeMounts": [
             {"name": "blockproxy-discovery", "mountPath": DISCOVERY_DIR, "readOnly": true},
             {"name": "blockproxy-token", "mountPath": TOKEN_DIR, "readOnly": true},
@@ -60,6 +107,8 @@ pub fn sidecar(volume: &VolumeId, cfg: &SidecarConfig) -> Value {
             "runAsNonRoot": true,
             "runAsUser": 65532,
             "capabilities": {"drop": ["ALL"]},
+            // PodSecurity "restricted" requires it; without it a compliant Pod is refused once annotated.
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
     })
@@ -67,7 +116,7 @@ pub fn sidecar(volume: &VolumeId, cfg: &SidecarConfig) -> Value {
 
 /// The JSON patch for `pod`, `Ok(None)` when nothing is to be done, or an error message that
 /// refuses the Pod (an invalid volume id).
-pub fn mutate(pod: &Pod, cfg: &SidecarConfig) -> Result<Option<Value>, String> {
+pub fn mutate(pod: &Pod, cfg: &SidecarConfig, creds: &PodCredentials) -> Result<Option<Value>, String> {
     let Some(raw) = pod.metadata.annotations.as_ref().and_then(|a| a.get(VOLUME_ANNOTATION)) else {
         return Ok(None);
     };
@@ -92,19 +141,30 @@ pub fn mutate(pod: &Pod, cfg: &SidecarConfig) -> Result<Option<Value>, String> {
     }
     // First init container, so it runs before any other init container and the app.
     if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar(&volume, cfg)]}));
+        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar(&volume, cfg, creds)]}));
     } else {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar(&volume, cfg)}));
+        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar(&volume, cfg, creds)}));
     }
-    // Point S3 clients of every app container at the sidecar, unless they set it themselves.
+    // Point S3 clients of every app container at the sidecar with the Pod's credentials, unless
+    // they set them themselves (the key pair only as a pair).
     for (i, c) in spec.map(|s| s.containers.as_slice()).unwrap_or_default().iter().enumerate() {
-        let env = json!({"name": "AWS_ENDPOINT_URL", "value": format!("http://{LISTEN}")});
-        match &c.env {
-            None => ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/env"), "value": [env]})),
-            Some(e) if !e.iter().any(|v| v.name == "AWS_ENDPOINT_URL") => {
-                ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/env/-"), "value": env}))
+        let has = |name: &str| c.env.iter().flatten().any(|v| v.name == name);
+        let mut add = Vec::new();
+        if !has(ENDPOINT_ENV) {
+            add.push(json!({"name": ENDPOINT_ENV, "value": format!("http://{LISTEN}")}));
+        }
+        if !has("AWS_ACCESS_KEY_ID") && !has("AWS_SECRET_ACCESS_KEY") {
+            add.push(json!({"name": "AWS_ACCESS_KEY_ID", "value": creds.access_key}));
+            add.push(json!({"name": "AWS_SECRET_ACCESS_KEY", "value": creds.secret_key}));
+        }
+        if c.env.is_none() {
+            if !add.is_empty() {
+                ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/env"), "value": add}));
             }
-            Some(_) => {}
+        } else {
+            for env in add {
+                ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/env/-"), "value": env}));
+            }
         }
     }
     Ok(Some(Value::Array(ops)))
@@ -118,7 +178,7 @@ pub fn review(body: AdmissionReview<Pod>, cfg: &SidecarConfig) -> AdmissionRevie
     };
     let resp = AdmissionResponse::from(&req);
     let Some(pod) = req.object.as_ref() else { return resp.into_review() };
-    match mutate(pod, cfg) {
+    match mutate(pod, cfg, &PodCredentials::random()) {
         Ok(None) => resp.into_review(),
         Ok(Some(ops)) => match serde_json::from_value::<json_patch::Patch>(ops) {
             Ok(patch) => match resp.clone().with_patch(patch) {
@@ -241,6 +301,10 @@ mod tests {
         SidecarConfig { image: "blockproxy:test".into() }
     }
 
+    fn creds() -> PodCredentials {
+        PodCredentials::random()
+    }
+
     fn apply(pod: &Pod, ops: Value) -> Pod {
         let mut doc = serde_json::to_value(pod).unwrap();
         let patch: json_patch::Patch = serde_json::from_value(ops).unwrap();
@@ -250,13 +314,14 @@ mod tests {
 
     #[test]
     fn unannotated_pods_are_left_alone() {
-        assert_eq!(mutate(&pod(None), &cfg()), Ok(None));
+        assert_eq!(mutate(&pod(None), &cfg(), &creds()), Ok(None));
     }
 
     #[test]
     fn annotated_pod_gets_sidecar_volumes_and_endpoint() {
         let p = pod(Some("vol-1"));
-        let out = apply(&p, mutate(&p, &cfg()).unwrap().unwrap());
+        let creds = creds();
+        let out = apply(&p, mutate(&p, &cfg(), &creds).unwrap().unwrap());
         let spec = out.spec.as_ref().unwrap();
         let side = &spec.init_containers.as_ref().unwrap()[0];
         assert_eq!(side.name, SIDECAR_NAME);
@@ -268,16 +333,47 @@ mod tests {
         let vols = spec.volumes.as_ref().unwrap();
         assert_eq!(vols[0].config_map.as_ref().unwrap().name, "blockproxy-discovery-vol-1");
         assert_eq!(vols[1].secret.as_ref().unwrap().secret_name.as_deref(), Some("blockproxy-token-vol-1"));
+        let value = |env: &[k8s_openapi::api::core::v1::EnvVar], name: &str| {
+            env.iter().find(|e| e.name == name).and_then(|e| e.value.clone())
+        };
+        let sidecar_env = side.env.as_ref().unwrap();
+        assert_eq!(value(sidecar_env, "BLOCKPROXY_S3_ACCESS_KEY").as_ref(), Some(&creds.access_key));
+        assert_eq!(value(sidecar_env, "BLOCKPROXY_S3_SECRET_KEY").as_ref(), Some(&creds.secret_key));
         for c in &spec.containers {
-            assert!(c.env.as_ref().unwrap().iter().any(|e| e.name == "AWS_ENDPOINT_URL"));
+            let env = c.env.as_ref().unwrap();
+            assert_eq!(value(env, ENDPOINT_ENV).as_deref(), Some("http://127.0.0.1:9000"));
+            assert!(value(env, "AWS_ENDPOINT_URL").is_none(), "the global endpoint would redirect every AWS service");
+            assert_eq!(value(env, "AWS_ACCESS_KEY_ID").as_ref(), Some(&creds.access_key));
+            assert_eq!(value(env, "AWS_SECRET_ACCESS_KEY").as_ref(), Some(&creds.secret_key));
         }
+        let security = side.security_context.as_ref().unwrap();
+        assert_eq!(security.seccomp_profile.as_ref().map(|p| p.type_.as_str()), Some("RuntimeDefault"));
+        let startup = side.startup_probe.as_ref().unwrap().exec.as_ref().unwrap().command.clone().unwrap();
+        assert_eq!(startup, ["blockproxy", "probe", READY_URL]);
         // Idempotent: a second pass (reinvocation) changes nothing.
-        assert_eq!(mutate(&out, &cfg()), Ok(None));
+        assert_eq!(mutate(&out, &cfg(), &creds), Ok(None));
+    }
+
+    #[test]
+    fn credentials_are_random_per_pod_and_an_app_s_own_pair_is_kept() {
+        let (a, b) = (creds(), creds());
+        assert_ne!(a, b);
+        assert_ne!(a.secret_key, "blockproxy");
+        assert!(!format!("{a:?}").contains(&a.secret_key), "Debug must not print the secret");
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"annotations": {VOLUME_ANNOTATION: "v"}},
+            "spec": {"containers": [{"name": "app", "image": "app", "env": [{"name": "AWS_ACCESS_KEY_ID", "value": "mine"}]}]},
+        }))
+        .unwrap();
+        let out = apply(&p, mutate(&p, &cfg(), &a).unwrap().unwrap());
+        let env = out.spec.unwrap().containers[0].env.clone().unwrap();
+        let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["AWS_ACCESS_KEY_ID", ENDPOINT_ENV]);
     }
 
     #[test]
     fn invalid_volume_id_is_refused() {
-        let err = mutate(&pod(Some("../etc")), &cfg()).unwrap_err();
+        let err = mutate(&pod(Some("../etc")), &cfg(), &creds()).unwrap_err();
         assert!(err.contains(VOLUME_ANNOTATION), "{err}");
     }
 }

@@ -198,5 +198,45 @@ async fn chart_installs_and_its_rbac_is_enough_and_no_more() -> Result<()> {
     .await?;
     forbidden("read other CRDs", Api::<CustomResourceDefinition>::all(sa.clone()).list(&ListParams::default()).await)
         .await?;
+
+    // Secrets and ConfigMaps it did not create: RBAC lets it create, patch and delete them by
+    // name anywhere, the chart's ValidatingAdmissionPolicy refuses all but its own.
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "app-secret"}, "stringData": {"k": "v"}}))?;
+    Api::<Secret>::namespaced(admin.clone(), "team-a").create(&PostParams::default(), &secret).await?;
+    let config: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "app-config"}, "data": {"k": "v"}}))?;
+    Api::<ConfigMap>::namespaced(admin.clone(), "team-a").create(&PostParams::default(), &config).await?;
+    let secrets = Api::<Secret>::namespaced(sa.clone(), "team-a");
+    let configs = Api::<ConfigMap>::namespaced(sa.clone(), "team-a");
+    let owned = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "blockproxy-operator"}}});
+    // The policy takes effect once the API server has loaded it.
+    wait("the admission policy to refuse a foreign Secret patch", || async {
+        match secrets.patch("app-secret", &PatchParams::default(), &Patch::Merge(&owned)).await {
+            Err(kube::Error::Api(s)) if s.code == 403 => Ok(()),
+            other => Err(anyhow!("patching a foreign Secret: {other:?}")),
+        }
+    })
+    .await?;
+    forbidden("delete a foreign Secret", secrets.delete("app-secret", &DeleteParams::default()).await).await?;
+    forbidden(
+        "patch a foreign ConfigMap",
+        configs.patch("app-config", &PatchParams::default(), &Patch::Merge(&owned)).await,
+    )
+    .await?;
+    forbidden("delete a foreign ConfigMap", configs.delete("app-config", &DeleteParams::default()).await).await?;
+    let unlabelled: Secret = serde_json::from_value(json!({"metadata": {"name": "mine"}, "stringData": {"k": "v"}}))?;
+    forbidden("create an unlabelled Secret", secrets.create(&PostParams::default(), &unlabelled).await).await?;
+    let sa_token: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "steal", "labels": {"app.kubernetes.io/managed-by": "blockproxy-operator"},
+                     "annotations": {"kubernetes.io/service-account.name": "default"}},
+        "type": "kubernetes.io/service-account-token",
+    }))?;
+    forbidden("create a ServiceAccount token Secret", secrets.create(&PostParams::default(), &sa_token).await).await?;
+    // What it does create (labelled, Opaque) still works.
+    let own: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "mine", "labels": {"app.kubernetes.io/managed-by": "blockproxy-operator"}},
+        "stringData": {"k": "v"},
+    }))?;
+    secrets.create(&PostParams::default(), &own).await?;
+    secrets.delete("mine", &DeleteParams::default()).await?;
     Ok(())
 }

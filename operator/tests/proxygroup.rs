@@ -166,9 +166,25 @@ async fn unreachable_proxy_blocks_removal_and_says_why() -> Result<()> {
     nvme_cluster(&client, "u", "local-nvme", 2, 0).await?;
     let op = Operator::start(client.clone(), "op-0", false);
     create_group(&client, "g", group_spec("local-nvme", 1, &[])?).await?;
-    wait("2 pods", || async { ensure(group_pods(&client, "g").await?.len() == 2, || "not yet".into()) }).await?;
-    // The node goes away with its proxy never having run: nothing can drain it.
-    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()).delete("u-nvme-0", &DeleteParams::default()).await?;
+    let pods = wait("2 pods", || async {
+        let pods = group_pods(&client, "g").await?;
+        ensure(pods.len() == 2, || "not yet".into())?;
+        Ok(pods)
+    })
+    .await?;
+    // Both nodes go away. The proxy on u-nvme-0 ran (it has an address, which answers nothing):
+    // nothing can drain it. The one on u-nvme-1 never ran (Pending, claim never bound): there is
+    // nothing to drain, it is removed at once.
+    let ran = pods.iter().find(|p| node_of(*p) == "u-nvme-0").expect("a proxy on u-nvme-0");
+    mark_ready(&client, &ran.name_any(), "10.9.9.9").await?;
+    for node in ["u-nvme-0", "u-nvme-1"] {
+        Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()).delete(node, &DeleteParams::default()).await?;
+    }
+    wait("the proxy that never ran to go", || async {
+        let left: Vec<String> = group_pods(&client, "g").await?.iter().map(node_of).collect();
+        ensure(!left.iter().any(|n| n == "u-nvme-1"), || format!("proxies on {left:?}"))
+    })
+    .await?;
     let groups: Api<ProxyGroup> = Api::all(client.clone());
     let cond = wait("a DrainBlocked condition", || async {
         let st = groups.get("g").await?.status.unwrap_or_default();
@@ -179,6 +195,7 @@ async fn unreachable_proxy_blocks_removal_and_says_why() -> Result<()> {
     })
     .await?;
     assert!(cond.message.contains("u-nvme-0") && cond.message.contains("skip-unreachable-drain"), "{}", cond.message);
+    assert!(!cond.message.contains("u-nvme-1"), "{}", cond.message);
     assert!(group_pods(&client, "g").await?.iter().any(|p| node_of(p) == "u-nvme-0"), "kept until drained");
     op.stop().await?;
     Ok(())

@@ -74,6 +74,13 @@ impl Report {
         result.with_context(|| format!("step {name:?}"))
     }
 
+    /// Prints the cluster's resident memory (local clusters only).
+    pub fn print_memory(&self, cluster: &Cluster) {
+        if let Some((bytes, processes)) = cluster.memory() {
+            eprintln!("real-cluster: memory: {} MiB RSS in {processes} processes", bytes / (1024 * 1024));
+        }
+    }
+
     /// Prints every step's wall time.
     pub fn print(&self) {
         for (name, took, ok) in &self.steps {

@@ -31,6 +31,7 @@ pub const REASON_GROUP_NOT_FOUND: &str = "GroupNotFound";
 pub const REASON_NAMESPACE_NOT_ALLOWED: &str = "NamespaceNotAllowed";
 pub const REASON_CONFLICTING_STORE: &str = "ConflictingStore";
 pub const REASON_VOLUME_ID_IN_USE: &str = "VolumeIDInUse";
+pub const REASON_STORE_IN_USE: &str = "StoreInUse";
 pub const REASON_GROUP_DELETING: &str = "GroupDeleting";
 pub const REASON_PUBLISHED: &str = "Published";
 pub const REASON_NOT_PUBLISHED: &str = "NotPublished";

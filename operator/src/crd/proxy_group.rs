@@ -70,6 +70,13 @@ pub struct ProxyGroupSpec {
     #[schemars(length(max = 256), inner(length(max = 63)))]
     pub allowed_namespaces: Vec<String>,
 
+    /// Whether VolumeProxyGroups of different namespaces may name the same (or nested) bucket
+    /// and prefix through this group. Off by default: a place in the store belongs to the
+    /// namespace that attached it first, so no namespace can read or overwrite another's data by
+    /// naming its bucket and prefix. Sharing needs it on every group involved.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_store_sharing: bool,
+
     /// Container image of the proxy. Defaults to the image the operator was started with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]

@@ -60,6 +60,19 @@ pub struct DrainTarget {
     pub pvc: Option<String>,
     /// `ip:port` when the Pod has an IP and is running.
     pub address: Option<String>,
+    /// The proxy never ran: its claim is not bound and its Pod (if any) is Pending. There is
+    /// nothing to drain (what its PV may hold from an earlier proxy stays there: PVs are kept).
+    pub never_started: bool,
+}
+
+/// A kept local PV that an earlier claim of this group on its node left `Released`: the new
+/// claim of the same name (`pvc_uid`) takes it over, so its cache and unflushed writes are used
+/// again instead of the claim staying Pending ("already bound to a different claim").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rebind {
+    pub pv: String,
+    pub pvc: String,
+    pub pvc_uid: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +80,9 @@ pub struct PlannedEvent {
     pub warning: bool,
     pub reason: &'static str,
     pub note: String,
+    /// The proxy Pod the event is about (its `related` object): events that differ only in
+    /// their Pod are never folded into one series that keeps the first one's note.
+    pub pod: Option<String>,
 }
 
 /// What to do. Pods and PVCs that are neither desired nor draining are pruned along with every
@@ -79,6 +95,8 @@ pub struct Plan {
     /// Pods to delete now (dead, or the one being rolled), with the reason.
     pub delete_pods: Vec<(String, &'static str)>,
     pub drain: Vec<DrainTarget>,
+    /// Released PVs of this group to bind to the group's new claims.
+    pub rebind: Vec<Rebind>,
     pub events: Vec<PlannedEvent>,
     /// Nodes chosen for a proxy, in pick order.
     pub selected: Vec<Selected>,
@@ -502,6 +520,18 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
     let mut outdated: Vec<&Pod> = Vec::new();
     for sel in &selected {
         let claim = pvc(inp, sel);
+        if let Some(r) = rebind(inp, sel, &claim.name_any()) {
+            plan.events.push(PlannedEvent {
+                warning: false,
+                reason: "VolumeReused",
+                note: format!(
+                    "PV {} on node {} was left Released by an earlier claim {}; binding it to the new claim (its cache and any unflushed writes are used again)",
+                    r.pv, sel.node, r.pvc
+                ),
+                pod: Some(meta::pod_name(&group, &sel.node)),
+            });
+            plan.rebind.push(r);
+        }
         keep(&mut plan, KIND_PVC, claim.name_any());
         plan.apply.push(Desired::Pvc(claim));
         let name = meta::pod_name(&group, &sel.node);
@@ -513,6 +543,7 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
                     warning: false,
                     reason: "ProxyCreated",
                     note: format!("Creating proxy {name} on node {} with cache on PV {}", sel.node, sel.pv),
+                    pod: Some(name.clone()),
                 });
                 all_current_ready = false;
             }
@@ -527,6 +558,7 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
                         p.name_any(),
                         sel.node
                     ),
+                    pod: Some(p.name_any()),
                 });
                 all_current_ready = false;
             }
@@ -547,6 +579,7 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
             warning: false,
             reason: "RollingUpdate",
             note: format!("Restarting proxy {} with the new spec ({} outdated)", p.name_any(), outdated.len()),
+            pod: Some(p.name_any()),
         });
     }
 
@@ -570,22 +603,48 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
         if let Some(c) = pvc {
             keep(&mut plan, KIND_PVC, c.name_any());
         }
+        let pod_pending =
+            pod.is_none_or(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|ph| ph == "Pending"));
+        let claim_bound = pvc.is_some_and(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"));
         plan.drain.push(DrainTarget {
             node,
             pod: pod.map(|p| p.name_any()),
             pvc: pvc.map(|c| c.name_any()),
             address: pod.and_then(|p| pod_address(p, spec.port)),
+            never_started: pod_pending && !claim_bound,
         });
     }
     plan.selected = selected;
     plan
 }
 
+/// The rebind of `sel.pv` to the claim `claim`, when an earlier claim of that name (same
+/// namespace and name, another uid: this group's, on this node) left it Released and the new
+/// claim exists. A Released PV of any other claim is never touched (`select_nodes` skips it).
+fn rebind(inp: &Inputs<'_>, sel: &Selected, claim: &str) -> Option<Rebind> {
+    let pv = inp.pvs.iter().find(|p| p.name_any() == sel.pv)?;
+    if pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released") {
+        return None;
+    }
+    let cr = pv.spec.as_ref()?.claim_ref.as_ref()?;
+    if cr.namespace.as_deref() != Some(inp.namespace) || cr.name.as_deref() != Some(claim) {
+        return None;
+    }
+    let current = inp.pvcs.iter().find(|c| c.name_any() == claim && c.metadata.deletion_timestamp.is_none())?;
+    let uid = current.metadata.uid.clone()?;
+    (cr.uid.as_deref() != Some(uid.as_str())).then(|| Rebind {
+        pv: sel.pv.clone(),
+        pvc: claim.to_owned(),
+        pvc_uid: uid,
+    })
+}
+
 /// Drain progress of one leaving proxy, as observed by the controller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DrainState {
-    /// Drain requested; `dirty_bytes` still to flush.
-    InProgress { dirty_bytes: u64 },
+    /// Drain requested; `dirty_bytes` still to flush; `flush_error`: why flushing fails, if it
+    /// does (the proxy's newest flush error since its last successful flush).
+    InProgress { dirty_bytes: u64, flush_error: Option<String> },
     /// Nothing dirty is left; Pod and PVC can go.
     Done,
     /// The proxy cannot be reached (no running Pod, or the call failed).
@@ -628,7 +687,7 @@ pub fn status(
     }
     for t in &plan.drain {
         let (state, dirty) = match drains.get(&t.node) {
-            Some(DrainState::InProgress { dirty_bytes }) => ("Draining", Some(*dirty_bytes)),
+            Some(DrainState::InProgress { dirty_bytes, .. }) => ("Draining", Some(*dirty_bytes)),
             Some(DrainState::Done) => ("Draining", Some(0)),
             Some(DrainState::Blocked { .. }) | None => ("Unreachable", None),
         };
@@ -657,7 +716,12 @@ pub fn status(
     let draining: Vec<String> = drains
         .iter()
         .filter_map(|(n, s)| match s {
-            DrainState::InProgress { dirty_bytes } => Some(format!("{n} ({dirty_bytes} dirty bytes left)")),
+            DrainState::InProgress { dirty_bytes, flush_error: None } => {
+                Some(format!("{n} ({dirty_bytes} dirty bytes left)"))
+            }
+            DrainState::InProgress { dirty_bytes, flush_error: Some(e) } => {
+                Some(format!("{n} ({dirty_bytes} dirty bytes left; flushing fails: {e})"))
+            }
             _ => None,
         })
         .collect();
@@ -761,6 +825,7 @@ pub(crate) mod tests {
             port: 8443,
             tls: Default::default(),
             allowed_namespaces: vec!["*".into()],
+            allow_store_sharing: false,
             image: None,
             image_pull_policy: None,
             resources: None,
@@ -1057,12 +1122,19 @@ pub(crate) mod tests {
         assert!(plan.keep.contains(&(KIND_PVC, meta::pvc_name("eu", "b"))));
         assert!(plan.delete_pods.is_empty(), "a leaving proxy is never deleted before it drained");
         // The draining proxy is no longer published.
-        let drains = BTreeMap::from([("b".to_owned(), DrainState::InProgress { dirty_bytes: 42 })]);
+        let drains = BTreeMap::from([(
+            "b".to_owned(),
+            DrainState::InProgress { dirty_bytes: 42, flush_error: Some("k: NoSuchBucket".into()) },
+        )]);
         let (st, conds) = status(&w.inputs(), &plan, &drains);
         assert_eq!(st.endpoints.len(), 2);
         assert!(st.endpoints.iter().all(|e| e.node != "b"));
         assert_eq!(st.proxies.iter().find(|p| p.node == "b").unwrap().dirty_bytes, Some(42));
         assert!(conds.iter().any(|c| c.type_ == c::DRAINING && c.status && c.message.contains("42")));
+        assert!(
+            conds.iter().any(|c| c.type_ == c::DRAINING && c.message.contains("flushing fails: k: NoSuchBucket")),
+            "why the drain stalls: {conds:?}"
+        );
     }
 
     #[test]
@@ -1091,6 +1163,71 @@ pub(crate) mod tests {
         let (_, conds) = status(&w.inputs(), &plan, &drains);
         let d = conds.iter().find(|c| c.type_ == c::DEGRADED).unwrap();
         assert!(d.status && d.reason == c::REASON_DRAIN_BLOCKED && d.message.contains("c: no running Pod"));
+    }
+
+    #[test]
+    fn a_released_pv_of_this_group_is_bound_to_the_new_claim() {
+        let mut w = World::new();
+        w.step();
+        // The group was deleted and created again: pv-a is Released, still naming the old claim.
+        let claim = meta::pvc_name("eu", "a");
+        let pv = w.pvs.iter_mut().find(|p| p.name_any() == "pv-a").unwrap();
+        pv.spec.as_mut().unwrap().claim_ref = Some(ObjectReference {
+            namespace: Some("blockproxy-system".into()),
+            name: Some(claim.clone()),
+            uid: Some("old-uid".into()),
+            ..Default::default()
+        });
+        pv.status.as_mut().unwrap().phase = Some("Released".into());
+        for c in &mut w.pvcs {
+            c.metadata.uid = Some(format!("new-{}", c.name_any()));
+        }
+        let plan = w.step();
+        assert_eq!(plan.rebind, [Rebind { pv: "pv-a".into(), pvc: claim.clone(), pvc_uid: format!("new-{claim}") }]);
+        assert!(plan.events.iter().any(|e| e.reason == "VolumeReused" && e.note.contains("pv-a")));
+        assert!(pod_nodes(&w).contains(&"a".to_owned()));
+        // Once bound to the new claim, nothing more to do.
+        w.pvs[0].spec.as_mut().unwrap().claim_ref.as_mut().unwrap().uid = Some(format!("new-{claim}"));
+        w.pvs[0].status.as_mut().unwrap().phase = Some("Bound".into());
+        assert!(w.step().rebind.is_empty());
+    }
+
+    #[test]
+    fn a_released_pv_of_another_claim_is_left_alone() {
+        let mut w = World::new();
+        let pv = w.pvs.iter_mut().find(|p| p.name_any() == "pv-a").unwrap();
+        pv.spec.as_mut().unwrap().claim_ref = Some(ObjectReference {
+            namespace: Some("team-x".into()),
+            name: Some("data".into()),
+            uid: Some("u".into()),
+            ..Default::default()
+        });
+        pv.status.as_mut().unwrap().phase = Some("Released".into());
+        let plan = w.step();
+        assert!(plan.rebind.is_empty());
+        assert!(!pod_nodes(&w).contains(&"a".to_owned()));
+    }
+
+    #[test]
+    fn a_proxy_that_never_started_needs_no_drain() {
+        let mut w = World::new();
+        w.step();
+        w.set_ready(1);
+        // The Pod on "c" never ran: Pending, its claim never bound.
+        for p in w.pods.iter_mut().filter(|p| p.labels()[meta::NODE_LABEL] == "c") {
+            p.status = Some(PodStatus { phase: Some("Pending".into()), ..Default::default() });
+        }
+        for c in &mut w.pvcs {
+            let phase = if c.labels()[meta::NODE_LABEL] == "c" { "Pending" } else { "Bound" };
+            c.status = Some(k8s_openapi::api::core::v1::PersistentVolumeClaimStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            });
+        }
+        w.deleting = true;
+        let plan = w.step();
+        let never: Vec<&str> = plan.drain.iter().filter(|t| t.never_started).map(|t| t.node.as_str()).collect();
+        assert_eq!(never, ["c"]);
     }
 
     #[test]
@@ -1157,6 +1294,16 @@ pub(crate) mod tests {
         assert!(plan.apply.is_empty());
         assert_eq!(plan.drain.len(), 3);
         assert!(plan.drain.iter().all(|t| t.address.is_some()));
+    }
+
+    #[test]
+    fn events_name_their_proxy_pod() {
+        let mut w = World::new();
+        let plan = w.step();
+        let pods: BTreeSet<Option<String>> =
+            plan.events.iter().filter(|e| e.reason == "ProxyCreated").map(|e| e.pod.clone()).collect();
+        let want: BTreeSet<Option<String>> = ["a", "b", "c"].iter().map(|n| Some(meta::pod_name("eu", n))).collect();
+        assert_eq!(pods, want, "one event per proxy, each naming its own Pod");
     }
 
     #[test]

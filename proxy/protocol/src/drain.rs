@@ -21,6 +21,9 @@ pub struct DrainStatus {
     /// recovered them (README, "Recovering quarantined blocks").
     #[serde(default)]
     pub quarantined_blocks: u64,
+    /// The newest flush error since the last successful flush (why a drain stalls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_flush_error: Option<String>,
 }
 
 /// Answer of `GET /v1/volumes/{volume}/dirty?prefix=`: keys acknowledged but not yet in the store.

@@ -23,6 +23,29 @@ enum Command {
     Serve(Box<ProxyArgs>),
     /// Start 3 proxies on the local store and an S3 endpoint in front, all on this machine.
     Quickstart(blockproxy::quickstart::QuickstartArgs),
+    /// GET a health URL and exit 0 on a 2xx answer, 1 otherwise: an exec probe for images with
+    /// no shell or curl (the injected sidecar's startup probe uses it on its loopback endpoint).
+    Probe(Probe),
+}
+
+#[derive(clap::Args)]
+struct Probe {
+    /// The URL to GET, e.g. http://127.0.0.1:9000/_blockproxy/readyz.
+    url: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+/// Runs a probe: the answer's status line goes to stdout (kubelet shows it on failure).
+async fn probe(p: Probe) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().timeout(p.timeout).build()?;
+    let response = client.get(&p.url).send().await?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    println!("{status} {}", body.trim());
+    anyhow::ensure!(status.is_success(), "{} answered {status}", p.url);
+    Ok(())
 }
 
 #[tokio::main]
@@ -32,5 +55,6 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => blockproxy::server::run(*args, blockproxy::telemetry::shutdown_signal()).await,
         Command::Quickstart(args) => blockproxy::quickstart::run(args, blockproxy::telemetry::shutdown_signal()).await,
+        Command::Probe(p) => probe(p).await,
     }
 }

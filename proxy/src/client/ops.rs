@@ -123,8 +123,14 @@ impl Inner {
         let mut out = Vec::new();
         for gi in group_idx {
             let g = &topo.groups[gi];
-            let nodes: Vec<rendezvous::Node<'_>> =
-                g.endpoints.iter().map(|e| rendezvous::Node { address: &e.address, weight: e.weight }).collect();
+            // Rank on the proxy's stable identity (its node: one proxy per node and group), not
+            // its address: a Pod recreated on the same node and disk gets a new IP but must keep
+            // its keys, which it may still hold dirty.
+            let nodes: Vec<rendezvous::Node<'_>> = g
+                .endpoints
+                .iter()
+                .map(|e| rendezvous::Node { address: e.node.as_deref().unwrap_or(&e.address), weight: e.weight })
+                .collect();
             for i in rendezvous::rank(self.cfg.volume.as_str(), route_key, &nodes) {
                 let address = &g.endpoints[i].address;
                 if include_down || !self.is_down(&g.name, address) {

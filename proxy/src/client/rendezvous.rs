@@ -38,7 +38,8 @@ pub fn key_hash(volume: &str, key: &str) -> u64 {
     hash_parts(&[volume.as_bytes(), key.as_bytes()])
 }
 
-/// The hash of a proxy (its `host:port` address as published in discovery).
+/// The hash of a proxy: of its stable identity, the node published in discovery (or its
+/// `host:port` address when no node is published).
 pub fn node_hash(address: &str) -> u64 {
     hash_parts(&[address.as_bytes()])
 }
@@ -51,9 +52,10 @@ pub fn score(key_hash: u64, node_hash: u64, weight: u32) -> f64 {
     -f64::from(weight) / u.ln()
 }
 
-/// A node to rank: its address and weight.
+/// A node to rank: its identity and weight.
 #[derive(Debug, Clone, Copy)]
 pub struct Node<'a> {
+    /// What the rank hashes: the proxy's node name, or its address when it has none.
     pub address: &'a str,
     pub weight: u32,
 }

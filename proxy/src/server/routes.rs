@@ -66,6 +66,7 @@ fn drain_report(s: &AppState) -> DrainStatus {
         // reported done would let the operator delete the disk with them.
         done: draining && in_flight_writes == 0 && u.dirty_blocks == 0 && quarantined_blocks == 0,
         quarantined_blocks,
+        last_flush_error: s.writeback.last_error(),
     }
 }
 

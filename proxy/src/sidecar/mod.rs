@@ -180,11 +180,40 @@ async fn status(State(c): State<Client>) -> Response {
 
 /// Runs the sidecar until `shutdown` resolves.
 pub async fn run(args: MountArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let mut shutdown = Box::pin(shutdown);
+    tokio::select! {
+        () = wait_for_files(&args) => {}
+        () = &mut shutdown => return Ok(()),
+    }
     let client = client_from_args(&args).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the S3 endpoint on {}", args.listen))?;
     serve(listener, client, &args.s3_access_key, &args.s3_secret_key, args.max_part_size, shutdown).await
+}
+
+/// Waits until the token file has a token and the discovery file exists. In a Pod they are the
+/// volume's Secret and ConfigMap, mounted optional: a Pod started before its VolumeProxyGroup was
+/// accepted gets them later, and waiting (not serving, so the startup probe holds the app back)
+/// beats crash-looping on a missing file.
+async fn wait_for_files(args: &MountArgs) {
+    let present = || {
+        std::fs::read_to_string(&args.token_file).is_ok_and(|t| !t.trim().is_empty()) && args.discovery_file.exists()
+    };
+    let mut waited = Duration::ZERO;
+    while !present() {
+        if waited.as_secs().is_multiple_of(60) {
+            tracing::warn!(
+                token_file = %args.token_file.display(),
+                discovery_file = %args.discovery_file.display(),
+                volume = %args.volume_id,
+                waited_s = waited.as_secs(),
+                "waiting for the volume's token and discovery files (is a VolumeProxyGroup for this volume accepted in this namespace?)"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        waited += Duration::from_secs(1);
+    }
 }
 
 /// Serves an already-built client on `listener` (the quickstart uses this).

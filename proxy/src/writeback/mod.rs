@@ -55,6 +55,9 @@ pub struct Writeback {
     wake: Notify,
     /// Signalled on every finished flush, for waiters on progress (drain, shutdown).
     progress: Notify,
+    /// The newest failed flush since the last successful one (the drain status shows it, so
+    /// whoever waits for a drain sees why it stalls).
+    last_error: Mutex<Option<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +101,13 @@ impl Writeback {
             queue: Mutex::default(),
             wake: Notify::new(),
             progress: Notify::new(),
+            last_error: Mutex::default(),
         })
+    }
+
+    /// The newest flush error since the last successful flush, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, FlushQueue> {
@@ -154,6 +163,7 @@ impl Writeback {
             let next = match self.flush_once(&id).await {
                 Ok(still_dirty) => {
                     self.metrics.writeback_flush_seconds.observe(started.elapsed().as_secs_f64());
+                    *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     if still_dirty { Next::Again } else { Next::Done }
                 }
                 Err(failed) => self.on_failure(&id, failed),
@@ -193,6 +203,9 @@ impl Writeback {
                 }
             }
         }
+        // Bounded: it travels in Events and conditions.
+        let error: String = format!("{}: {e}", id.key).chars().take(400).collect();
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
         let attempt = self.queue().record_failure(id);
         let wait = backoff(attempt - 1, self.cfg.backoff_base, self.cfg.backoff_max);
         tracing::warn!(volume = %id.volume, key = %id.key, attempt, retry_in = ?wait, error = %e, "flush failed; will retry");

@@ -485,3 +485,43 @@ pub(super) async fn run(program: &str, args: &[String]) -> Result<String> {
 pub(super) fn image_script() -> PathBuf {
     workspace_root().join("hack/image.sh")
 }
+
+/// Sum of VmRSS (bytes) and count of the processes in `ns_pid`'s PID namespace and of their
+/// descendants (containers live in nested namespaces, children of the shims).
+pub(super) fn tree_rss(ns_pid: u32) -> (u64, usize) {
+    let ns_of = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let Some(ns) = ns_of(&ns_pid.to_string()) else { return (0, 0) };
+    let mut procs = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{name}/status")) else { continue };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        };
+        let rss_kib = field("VmRSS:").unwrap_or(0);
+        let ppid = field("PPid:").unwrap_or(0);
+        let inside = ns_of(&name).as_ref() == Some(&ns);
+        procs.push((name.parse::<u64>().unwrap_or(0), ppid, rss_kib, inside));
+    }
+    let mut members: std::collections::HashSet<u64> = procs.iter().filter(|p| p.3).map(|p| p.0).collect();
+    // Descendants: repeat until no process joins (the tree is shallow).
+    loop {
+        let before = members.len();
+        for p in &procs {
+            if members.contains(&p.1) {
+                members.insert(p.0);
+            }
+        }
+        if members.len() == before {
+            break;
+        }
+    }
+    let bytes = procs.iter().filter(|p| members.contains(&p.0)).map(|p| p.2 * 1024).sum();
+    (bytes, members.len())
+}

@@ -234,6 +234,37 @@ impl Cluster {
         self.local.as_ref().map(|l| l.logs.path())
     }
 
+    /// The resident memory of a local cluster: the sum of VmRSS over every process in its PID
+    /// namespace (control plane, kubelets, containerd, shims) and their descendants (the
+    /// containers), with the number of processes. `None` for an external cluster.
+    pub fn memory(&self) -> Option<(u64, usize)> {
+        let local = self.local.as_ref()?;
+        Some(local::tree_rss(local.ns_pid))
+    }
+
+    /// Kills (SIGKILL) the processes named `command` in the Pod `pod_uid`, as a crash would: the
+    /// kubelet then restarts the container in the same Pod. Local clusters only (the processes
+    /// are found through their cgroup, which names the Pod). Returns the pids killed.
+    pub async fn kill_in_pod(&self, pod_uid: &str, command: &str) -> Result<Vec<u32>> {
+        anyhow::ensure!(self.local.is_some(), "killing a container's process needs a local cluster");
+        let marks = [format!("pod{pod_uid}"), format!("pod{}", pod_uid.replace('-', "_"))];
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(pid) = name.parse::<u32>() else { continue };
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            if comm.trim() == command && marks.iter().any(|m| cgroups.contains(m.as_str())) {
+                pids.push(pid);
+            }
+        }
+        anyhow::ensure!(!pids.is_empty(), "no process {command:?} in Pod {pod_uid}");
+        for pid in &pids {
+            run("kill", &["-KILL".to_owned(), pid.to_string()]).await?;
+        }
+        Ok(pids)
+    }
+
     /// Runs kubectl with the admin kubeconfig; a failure carries its output.
     pub async fn kubectl(&self, args: &[&str]) -> Result<String> {
         let mut full = vec!["--kubeconfig".to_owned(), self.kubeconfig.display().to_string()];

@@ -1,0 +1,112 @@
+//! The contract between the operator and the binaries it starts, as one typed thing: every
+//! command line the operator (proxy Pods) and the webhook (sidecar) can write parses with the
+//! binaries' own argument definitions (`blockproxy serve`'s `ProxyArgs`, `blockproxy-mount`'s
+//! `MountArgs`), and means what the spec says. No cluster needed.
+
+use blockproxy::config::ProxyArgs;
+use blockproxy::sidecar::MountArgs;
+use blockproxy_operator::crd::ProxyGroupSpec;
+use blockproxy_operator::proxygroup::build::pod_spec;
+use blockproxy_operator::webhook::{self, PodCredentials, SidecarConfig};
+use clap::{CommandFactory, Parser};
+use k8s_openapi::api::core::v1::Container;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(name = "blockproxy")]
+enum ProxyCli {
+    Serve(Box<ProxyArgs>),
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "blockproxy-mount")]
+struct MountCli {
+    #[command(flatten)]
+    mount: Box<MountArgs>,
+}
+
+/// Specs that cover every setting `proxy_args` turns into a flag.
+fn specs() -> Vec<ProxyGroupSpec> {
+    let base = json!({
+        "providerCode": "minio",
+        "regionCode": "dc1",
+        "placement": {"storageClassName": "local-nvme"},
+        "objectStore": {"provider": "s3Compatible", "endpoint": "http://minio:9000", "region": "eu-west-1",
+                        "pathStyle": true, "credentialsSecret": {"name": "store"}},
+    });
+    let variants = [
+        json!({}),
+        json!({"port": 9443, "cache": {"diskQuota": "500Gi"}, "tls": {"enabled": false}}),
+        json!({"writeback": {"enabled": false, "sync": true}}),
+        json!({"writeback": {"enabled": true, "active": 8, "delay": "2s"}, "cache": {"diskQuota": "75%"}}),
+        json!({"writeback": {"delay": "250ms"}, "objectStore": {"provider": "s3", "region": "us-east-2", "sse": true}}),
+        json!({"objectStore": {"provider": "file", "endpoint": "file:///data"}}),
+    ];
+    variants
+        .into_iter()
+        .map(|v| {
+            let mut spec = base.clone();
+            merge(&mut spec, v);
+            serde_json::from_value(spec).expect("a valid ProxyGroup spec")
+        })
+        .collect()
+}
+
+fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+    match (into, from) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+fn argv(c: &Container) -> Vec<String> {
+    c.command.iter().flatten().chain(c.args.iter().flatten()).cloned().collect()
+}
+
+#[test]
+fn every_proxy_pod_command_line_parses_as_blockproxy_serve() {
+    for spec in specs() {
+        let pod = pod_spec(&spec, "dc1", "example.local/blockproxy:test");
+        let container = &pod.containers[0];
+        let argv = argv(container);
+        assert_eq!(argv.first().map(String::as_str), Some("blockproxy"), "{argv:?}");
+        let ProxyCli::Serve(args) = ProxyCli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}:\n{e}"));
+        assert_eq!(i32::from(args.bind_addr.port()), spec.port, "{argv:?}");
+        assert_eq!(args.writeback_delay, spec.writeback.delay_millis(), "{argv:?}");
+        // Every environment variable the Pod sets is one the proxy reads.
+        let known: Vec<String> = ProxyCli::command()
+            .find_subcommand("serve")
+            .map(|s| s.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        for env in container.env.iter().flatten() {
+            let aws = env.name.starts_with("AWS_");
+            assert!(aws || known.contains(&env.name), "{} is not a blockproxy serve variable", env.name);
+        }
+    }
+}
+
+#[test]
+fn the_injected_sidecar_command_line_parses_as_blockproxy_mount() {
+    let volume = blockproxy_protocol::VolumeId::parse("team-a-data").expect("volume id");
+    let cfg = SidecarConfig { image: "example.local/blockproxy:test".into() };
+    let creds = PodCredentials::random();
+    let container: Container = serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds)).expect("a container");
+    let argv = argv(&container);
+    let parsed = MountCli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}:\n{e}"));
+    assert_eq!(parsed.mount.volume_id, volume);
+    assert_eq!(parsed.mount.listen.to_string(), webhook::LISTEN);
+    let known: Vec<String> = MountCli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    let names: Vec<&str> = container.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert!(names.contains(&"BLOCKPROXY_S3_ACCESS_KEY") && names.contains(&"BLOCKPROXY_S3_SECRET_KEY"), "{names:?}");
+    for name in names {
+        assert!(known.iter().any(|k| k == name), "{name} is not a blockproxy-mount variable");
+    }
+}
