@@ -24,6 +24,9 @@ HELM_VERSION=v3.21.4
 AWSCLI_VERSION=1.46.2
 BOTO3_VERSION=1.44.5
 COREDNS_VERSION=v1.15.0
+# Cloud store emulators (issue 14). Azurite 3.35.0 is the last release that runs on Node 20.
+AZURITE_VERSION=3.35.0
+FAKEGCS_VERSION=v1.56.1
 # Debian packages a cluster node needs (containerd 1.6, runc, CNI plugins), the tools the
 # cluster's network setup and kube-proxy call, and busybox-static for small test images.
 NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 util-linux busybox-static socat openssl)
@@ -32,7 +35,7 @@ NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack ip
 CLIENT_PACKAGES=(rclone=1.60.1+dfsg-2+b5 s3fs=1.90-1 fuse3=3.14.0-4 fio=3.33-3)
 
 CACHE="${BLOCKPROXY_CACHE:-$HOME/.cache/blockproxy}"
-ALL_TOOLS=(etcd kube toxiproxy helm minio kwok pytools checker nodepkgs clientpkgs kubenode coredns)
+ALL_TOOLS=(etcd kube toxiproxy helm minio kwok pytools checker azurite fakegcs nodepkgs clientpkgs kubenode coredns)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # The fault test's history checker is our own code (hack/checker): it is keyed by a hash of its
@@ -56,6 +59,8 @@ tool_dir() {
     nodepkgs|clientpkgs) echo "/usr/bin" ;;
     kubenode) echo "$CACHE/kubenode-$K8S_VERSION" ;;
     coredns) echo "$CACHE/coredns-$COREDNS_VERSION" ;;
+    azurite) echo "$CACHE/azurite-$AZURITE_VERSION" ;;
+    fakegcs) echo "$CACHE/fakegcs-$FAKEGCS_VERSION" ;;
     checker) echo "$CACHE/checker-$(checker_hash)" ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
   esac
@@ -78,6 +83,8 @@ print_env() {
   echo "export BLOCKPROXY_S3FS=/usr/bin/s3fs"
   echo "export BLOCKPROXY_FUSERMOUNT=/usr/bin/fusermount3"
   echo "export BLOCKPROXY_FIO=/usr/bin/fio"
+  echo "export BLOCKPROXY_AZURITE=$(tool_dir azurite)/bin/azurite-blob"
+  echo "export BLOCKPROXY_FAKEGCS=$(tool_dir fakegcs)/bin/fake-gcs-server"
   print_cluster_env
 }
 
@@ -171,6 +178,20 @@ build_helm() {
   go_wrapper_build "$out" "helm.sh/helm/v3@$HELM_VERSION" \
     -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
     -o "$out/bin/helm" helm.sh/helm/v3/cmd/helm
+}
+
+build_fakegcs() {
+  local out=$1; go_env
+  go_wrapper_build "$out" "github.com/fsouza/fake-gcs-server@$FAKEGCS_VERSION" -ldflags "-s -w" \
+    -o "$out/bin/fake-gcs-server" github.com/fsouza/fake-gcs-server
+}
+
+# Azurite from npm, pinned, into its own prefix; bin/azurite-blob runs only the Blob service.
+build_azurite() {
+  local out=$1
+  need npm "install Node.js 20 and npm"
+  npm install --prefix "$out/pkg" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >&2
+  ln -s ../pkg/node_modules/.bin/azurite-blob "$out/bin/azurite-blob"
 }
 
 # Unit tests first (they prove the checker finds each kind of anomaly), then the binary.

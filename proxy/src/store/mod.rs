@@ -12,7 +12,10 @@
 //! ETags are kept exactly as the store answers them: quoted (`"…"`), as S3 sends them in
 //! headers. Every backend answers quoted ETags and accepts them back in conditions.
 
+mod azure;
 mod conditional;
+mod gcs;
+mod http;
 mod local;
 mod local_path;
 #[cfg(test)]
@@ -24,6 +27,8 @@ pub use conditional::{
     Conditional, TOMBSTONE_PREFIX, delete_unless_newer, is_tombstone_key, put_file_at_unless_newer,
     put_file_unless_newer, put_unless_newer,
 };
+pub use azure::{AzureCredentials, AzureStore, AzureStoreConfig};
+pub use gcs::{GCS_ENDPOINT, GcsCredentials, GcsStore, GcsStoreConfig};
 pub use local::LocalDirStore;
 pub use s3::{S3Store, S3StoreConfig};
 
