@@ -4,6 +4,7 @@
 //! - [`ControlPlane`]: etcd + kube-apiserver (optionally kube-controller-manager and
 //!   kube-scheduler), with an admin client, ServiceAccount clients and CRD installation;
 //! - [`Minio`]: an S3 server with a bucket and an `aws-sdk-s3` client;
+//! - [`Azurite`] and [`FakeGcs`]: the Azure Blob and GCS emulators, each with a bucket;
 //! - [`Toxiproxy`]: latency, bandwidth limits and cuts between two endpoints;
 //! - [`Helm`]: the helm binary, pointed at a control plane;
 //! - [`Cluster`]: a real multi-node cluster (kubelets, containerd, CNI, kube-proxy, CoreDNS) in
@@ -16,6 +17,7 @@
 
 pub mod blockproxy;
 pub mod certs;
+pub mod clouds;
 pub mod cluster;
 pub mod control_plane;
 pub mod eventually;
@@ -28,6 +30,7 @@ pub mod tools;
 pub mod toxiproxy;
 
 pub use blockproxy::{Blockproxy, BlockproxyCommand, Tls};
+pub use clouds::{Azurite, FakeGcs};
 pub use cluster::{Cluster, ClusterBuilder};
 pub use control_plane::{ControlPlane, ControlPlaneBuilder};
 pub use eventually::eventually;

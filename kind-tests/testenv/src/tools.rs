@@ -58,6 +58,10 @@ pub enum Tool {
     Fusermount,
     /// fio, the I/O tester (Debian's package).
     Fio,
+    /// Azurite's Blob service (`azurite-blob`, Node).
+    Azurite,
+    /// fake-gcs-server.
+    FakeGcs,
 }
 
 impl Tool {
@@ -86,6 +90,8 @@ impl Tool {
             Tool::S3fs => "BLOCKPROXY_S3FS",
             Tool::Fusermount => "BLOCKPROXY_FUSERMOUNT",
             Tool::Fio => "BLOCKPROXY_FIO",
+            Tool::Azurite => "BLOCKPROXY_AZURITE",
+            Tool::FakeGcs => "BLOCKPROXY_FAKEGCS",
         }
     }
 

@@ -131,6 +131,7 @@ impl GcsStore {
             .post(self.upload_url(bucket))
             .query(&[("uploadType", "resumable"), ("name", key), ("ifGenerationMatch", &if_gen)])
             .header("x-upload-content-length", len)
+            .header("x-upload-content-type", attrs.content_type.as_deref().unwrap_or("application/octet-stream"))
             .json(&resource_for(key, meta, attrs));
         let resp = check("start upload", bucket, key, self.send("start upload", bucket, key, req).await?).await?;
         resp.headers().get("location").and_then(|l| l.to_str().ok()).map(str::to_owned).ok_or_else(|| {
@@ -394,7 +395,9 @@ impl Store for GcsStore {
         let mut body = Vec::with_capacity(data.len() + 1024);
         body.extend_from_slice(format!("--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n").as_bytes());
         body.extend_from_slice(resource_for(key, meta, attrs).to_string().as_bytes());
-        body.extend_from_slice(format!("\r\n--{boundary}\r\ncontent-type: application/octet-stream\r\n\r\n").as_bytes());
+        // The media part's type too: some servers (fake-gcs-server) take it from there.
+        let media_type = attrs.content_type.as_deref().unwrap_or("application/octet-stream");
+        body.extend_from_slice(format!("\r\n--{boundary}\r\ncontent-type: {media_type}\r\n\r\n").as_bytes());
         body.extend_from_slice(&data);
         body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
         let req = self
@@ -444,7 +447,11 @@ impl Store for GcsStore {
             .query(&[("generation", g.as_str()), ("ifGenerationMatch", g.as_str())]);
         let resp = self.send("DELETE", bucket, key, req).await?;
         if resp.status() == 404 {
-            return Ok(());
+            // That generation is gone: deleted (done), or replaced by a newer one (which stays).
+            return match self.resource(bucket, key).await? {
+                Some(now) if now.generation != generation => Err(lost("DELETE", bucket, key)),
+                _ => Ok(()),
+            };
         }
         check("DELETE", bucket, key, resp).await?;
         Ok(())
