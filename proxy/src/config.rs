@@ -117,10 +117,28 @@ pub struct ProxyArgs {
     pub reload_interval: Duration,
 }
 
+/// Which kind of object store the proxy writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreProvider {
+    /// S3 or an S3-compatible store (MinIO, Ceph RGW, OCI and GCS through their S3 endpoints).
+    S3,
+    /// Google Cloud Storage through its JSON API.
+    Gcs,
+    /// Azure Blob Storage (block blobs).
+    Azure,
+    /// A local directory (`--store-endpoint file:///path`).
+    Local,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// Object store endpoint: an S3-compatible URL (http(s)://minio:9000), or file:///path for
-    /// the embedded local-directory store. Empty means AWS S3.
+    /// The kind of store. Without it: `local` for a file:// endpoint, `s3` otherwise.
+    #[arg(long, env = "BLOCKPROXY_STORE_PROVIDER", value_enum)]
+    pub store_provider: Option<StoreProvider>,
+
+    /// Object store endpoint: an S3-compatible URL (http(s)://minio:9000), file:///path for the
+    /// embedded local-directory store, or an emulator's URL for gcs/azure. Empty means the
+    /// provider's public endpoint (AWS S3, storage.googleapis.com, <account>.blob.core.windows.net).
     #[arg(long, env = "BLOCKPROXY_STORE_ENDPOINT")]
     pub store_endpoint: Option<String>,
 
@@ -132,8 +150,10 @@ pub struct StoreArgs {
     #[arg(long, env = "BLOCKPROXY_STORE_PATH_STYLE")]
     pub store_path_style: bool,
 
-    /// File with `access_key_id` and `secret_access_key` (YAML). Without it the AWS default
-    /// chain is used (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profile, instance role).
+    /// The store's credentials. s3: YAML with `access_key_id` and `secret_access_key` (without
+    /// it the AWS default chain: environment, profile, instance role). gcs: a service-account JSON
+    /// key (without it the metadata server, i.e. workload identity; with a custom endpoint and no
+    /// file, no credentials). azure: YAML with `account_name` and `account_key` or `sas_token`.
     #[arg(long, env = "BLOCKPROXY_STORE_CREDENTIALS_FILE")]
     pub store_credentials_file: Option<PathBuf>,
 

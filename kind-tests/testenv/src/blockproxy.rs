@@ -151,6 +151,18 @@ impl BlockproxyCommand {
             .env("AWS_SECRET_ACCESS_KEY", secret_key)
     }
 
+    /// A GCS store at `endpoint` (an emulator such as fake-gcs-server: no credentials).
+    pub fn gcs_store(self, endpoint: &str) -> Self {
+        self.args(["--store-provider", "gcs", "--store-endpoint", endpoint])
+    }
+
+    /// An Azure Blob store at `endpoint` (`http://host:port/<account>` for Azurite), with the
+    /// account and its key or SAS in `credentials_file` (see [`crate::Azurite::credentials_yaml`]).
+    pub fn azure_store(self, endpoint: &str, credentials_file: &Path) -> Self {
+        self.args(["--store-provider", "azure", "--store-endpoint", endpoint, "--store-credentials-file"])
+            .arg(credentials_file)
+    }
+
     /// How clients reach it (default: [`Tls::SelfSigned`], as the binary does).
     pub fn tls(mut self, tls: Tls) -> Self {
         self.tls = tls;

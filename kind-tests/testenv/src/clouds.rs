@@ -107,6 +107,11 @@ impl Azurite {
         &self.key
     }
 
+    /// The proxy's `--store-credentials-file` for this account (YAML).
+    pub fn credentials_yaml(&self) -> String {
+        format!("account_name: {}\naccount_key: {}\n", self.account, self.key)
+    }
+
     /// The container created at start.
     pub fn bucket(&self) -> &str {
         BUCKET

@@ -2,6 +2,7 @@
 //! until shutdown. See [`run`].
 
 mod budget;
+mod build_store;
 mod clock;
 mod errors;
 mod gate;
@@ -19,9 +20,8 @@ mod volumes;
 pub use volumes::bearer;
 
 use crate::cache::Cache;
-use crate::config::{ProxyArgs, StoreArgs};
+use crate::config::ProxyArgs;
 use crate::metrics::Metrics;
-use crate::store::{DynStore, LocalDirStore, S3Store, S3StoreConfig};
 use crate::writeback::{Writeback, WritebackConfig};
 use anyhow::Context;
 use state::AppState;
@@ -31,47 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Builds the object store from the command line.
-pub async fn build_store(args: &StoreArgs) -> anyhow::Result<DynStore> {
-    if let Some(path) = args.store_endpoint.as_deref().and_then(|e| e.strip_prefix("file://")) {
-        anyhow::ensure!(
-            path.starts_with('/'),
-            "--store-endpoint file:// needs an absolute path, like file:///var/lib/blockproxy-store"
-        );
-        let store = LocalDirStore::open(path).with_context(|| format!("opening the local store folder {path}"))?;
-        return Ok(Arc::new(store));
-    }
-    if let Some(ep) = &args.store_endpoint {
-        anyhow::ensure!(
-            ep.starts_with("http://") || ep.starts_with("https://"),
-            "--store-endpoint {ep:?} must be an http(s):// URL or file:///path"
-        );
-    }
-    let credentials = match &args.store_credentials_file {
-        None => None,
-        Some(path) => {
-            #[derive(serde::Deserialize)]
-            struct Creds {
-                access_key_id: String,
-                secret_access_key: String,
-            }
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let c: Creds = serde_yaml::from_str(&text)
-                .with_context(|| format!("{} must hold access_key_id and secret_access_key", path.display()))?;
-            Some((c.access_key_id, c.secret_access_key))
-        }
-    };
-    Ok(Arc::new(
-        S3Store::new(S3StoreConfig {
-            endpoint: args.store_endpoint.clone(),
-            region: args.store_region.clone(),
-            path_style: args.store_path_style,
-            credentials,
-            sse: args.store_sse,
-        })
-        .await,
-    ))
-}
+pub use build_store::build_store;
 
 fn auto_parallelism(per_cpu: usize, max: usize) -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).saturating_mul(per_cpu).min(max)

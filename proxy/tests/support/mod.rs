@@ -86,8 +86,18 @@ pub struct ProxyProcess {
     pub opts: ProxyOptions,
     pub dir: PathBuf,
     pub http: reqwest::Client,
-    store_endpoint: String,
-    minio_keys: (String, String),
+    store: StoreFlags,
+}
+
+/// How the proxy reaches its store.
+#[derive(Clone)]
+pub enum StoreFlags {
+    /// MinIO (or a toxiproxy link to it, or `file:///...`) with MinIO's keys.
+    S3 { endpoint: String, keys: (String, String) },
+    /// A GCS emulator.
+    Gcs { endpoint: String },
+    /// An Azure emulator, the account's credentials in a file.
+    Azure { endpoint: String, credentials_file: PathBuf },
 }
 
 impl ProxyProcess {
@@ -103,15 +113,19 @@ impl ProxyProcess {
         opts: ProxyOptions,
         store_endpoint: String,
     ) -> Result<Self> {
-        let minio_keys = (backend.minio.access_key().to_owned(), backend.minio.secret_key().to_owned());
-        std::fs::write(dir.join("volumes.yaml"), volumes_yaml(&[(VOLUME, backend.minio.bucket(), TOKEN)]))?;
+        let keys = (backend.minio.access_key().to_owned(), backend.minio.secret_key().to_owned());
+        Self::start_on(dir, opts, backend.minio.bucket(), StoreFlags::S3 { endpoint: store_endpoint, keys }).await
+    }
+
+    /// The proxy on any store (`bucket` in it).
+    pub async fn start_on(dir: &Path, opts: ProxyOptions, bucket: &str, store: StoreFlags) -> Result<Self> {
+        std::fs::write(dir.join("volumes.yaml"), volumes_yaml(&[(VOLUME, bucket, TOKEN)]))?;
         std::fs::write(dir.join("admin-token"), ADMIN_TOKEN)?;
         let command = serve_command(
             BlockproxyCommand::serve(env!("CARGO_BIN_EXE_blockproxy"), "blockproxy", &dir.join("cache"))?,
             dir,
             &opts,
-            &store_endpoint,
-            &minio_keys,
+            &store,
         );
         let proc = Blockproxy::start(command).await?;
         Ok(Self {
@@ -120,8 +134,7 @@ impl ProxyProcess {
             dir: dir.to_path_buf(),
             http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
             opts,
-            store_endpoint,
-            minio_keys,
+            store,
         })
     }
 
@@ -156,7 +169,7 @@ impl ProxyProcess {
         // Same address as before: clients and tests keep talking to it.
         let base =
             BlockproxyCommand::serve_at(env!("CARGO_BIN_EXE_blockproxy"), "blockproxy", self.addr, &self.cache_dir());
-        self.proc.set_command(serve_command(base, &self.dir, &self.opts, &self.store_endpoint, &self.minio_keys));
+        self.proc.set_command(serve_command(base, &self.dir, &self.opts, &self.store));
         self.proc.restart().await?;
         Ok(())
     }
@@ -275,8 +288,7 @@ fn serve_command(
     base: BlockproxyCommand,
     dir: &Path,
     opts: &ProxyOptions,
-    store_endpoint: &str,
-    (access_key, secret_key): &(String, String),
+    store: &StoreFlags,
 ) -> BlockproxyCommand {
     let mut command = base
         .no_tls()
@@ -284,10 +296,14 @@ fn serve_command(
         .volumes_file(&dir.join("volumes.yaml"))
         .arg("--admin-token-file")
         .arg(dir.join("admin-token"))
-        .s3_store(store_endpoint, access_key, secret_key)
         .args(["--reload-interval", "200ms"])
         .args(&opts.extra)
         .env("RUST_LOG", "info,blockproxy=debug");
+    command = match store {
+        StoreFlags::S3 { endpoint, keys: (access_key, secret_key) } => command.s3_store(endpoint, access_key, secret_key),
+        StoreFlags::Gcs { endpoint } => command.gcs_store(endpoint),
+        StoreFlags::Azure { endpoint, credentials_file } => command.azure_store(endpoint, credentials_file),
+    };
     if opts.sync {
         command = command.arg("--sync");
     }
