@@ -479,11 +479,7 @@ async fn referenced_secret_problems(
                 .push(format!("objectStore.credentialsSecret {:?} does not exist in namespace {ns}", creds.name)),
             Some(s) => {
                 let data = s.data.unwrap_or_default();
-                for key in [&creds.access_key_id_key, &creds.secret_access_key_key] {
-                    if !data.contains_key(key) {
-                        problems.push(format!("objectStore.credentialsSecret {:?} has no key {key:?}", creds.name));
-                    }
-                }
+                problems.extend(missing_credentials(pg.spec.object_store.provider, creds, |k| data.contains_key(k)));
             }
         }
     }
@@ -806,5 +802,64 @@ mod tests {
         assert_eq!(b.next("y").as_secs(), 1);
         b.reset("x");
         assert_eq!(b.next("x").as_secs(), 1);
+    }
+}
+
+/// What the provider needs from the credentials Secret that `has` says is missing.
+fn missing_credentials(
+    provider: crate::crd::ObjectStoreProvider,
+    creds: &crate::crd::CredentialsSecretRef,
+    has: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    use crate::crd::ObjectStoreProvider as P;
+    let name = &creds.name;
+    let need = |keys: &[&String]| -> Vec<String> {
+        keys.iter()
+            .filter(|k| !has(k))
+            .map(|k| format!("objectStore.credentialsSecret {name:?} has no key {k:?}"))
+            .collect()
+    };
+    match provider {
+        P::S3 | P::S3Compatible => need(&[&creds.access_key_id_key, &creds.secret_access_key_key]),
+        P::Gcs => need(&[&creds.service_account_key_key]),
+        P::Azure => {
+            let mut out = need(&[&creds.account_name_key]);
+            match (has(&creds.account_key_key), has(&creds.sas_token_key)) {
+                (true, false) | (false, true) => {}
+                (false, false) => out.push(format!(
+                    "objectStore.credentialsSecret {name:?} needs key {:?} (the account key) or {:?} (a SAS token)",
+                    creds.account_key_key, creds.sas_token_key
+                )),
+                (true, true) => out.push(format!(
+                    "objectStore.credentialsSecret {name:?} holds both {:?} and {:?}; keep one",
+                    creds.account_key_key, creds.sas_token_key
+                )),
+            }
+            out
+        }
+        P::File => vec![],
+    }
+}
+
+#[cfg(test)]
+mod credentials_tests {
+    use super::missing_credentials;
+    use crate::crd::{CredentialsSecretRef, ObjectStoreProvider as P};
+
+    #[test]
+    fn each_provider_needs_its_own_secret_keys() {
+        let creds: CredentialsSecretRef = serde_json::from_value(serde_json::json!({"name": "s"})).unwrap();
+        let with = |keys: &'static [&'static str]| move |k: &str| keys.contains(&k);
+        assert!(missing_credentials(P::S3Compatible, &creds, with(&["accessKeyId", "secretAccessKey"])).is_empty());
+        assert_eq!(missing_credentials(P::S3, &creds, with(&["accessKeyId"])).len(), 1);
+        assert!(missing_credentials(P::Gcs, &creds, with(&["serviceAccount.json"])).is_empty());
+        assert_eq!(missing_credentials(P::Gcs, &creds, with(&["accessKeyId"])).len(), 1);
+        assert!(missing_credentials(P::Azure, &creds, with(&["accountName", "sasToken"])).is_empty());
+        assert!(missing_credentials(P::Azure, &creds, with(&["accountName", "accountKey"])).is_empty());
+        let none = missing_credentials(P::Azure, &creds, with(&["accountName"]));
+        assert!(none.len() == 1 && none[0].contains("or"), "{none:?}");
+        let both = missing_credentials(P::Azure, &creds, with(&["accountName", "accountKey", "sasToken"]));
+        assert!(both.len() == 1 && both[0].contains("keep one"), "{both:?}");
+        assert_eq!(missing_credentials(P::Azure, &creds, with(&["accountKey"])).len(), 1);
     }
 }

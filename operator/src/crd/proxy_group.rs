@@ -206,6 +206,11 @@ pub enum ObjectStoreProvider {
     S3,
     /// An S3-compatible store (MinIO, Ceph RGW, OCI, GCS XML API); `endpoint` is required.
     S3Compatible,
+    /// Google Cloud Storage (JSON API). Credentials: a service-account JSON key in the Secret, or
+    /// none (workload identity).
+    Gcs,
+    /// Azure Blob Storage. Credentials: the account name and its key or a SAS token, in the Secret.
+    Azure,
     /// A directory on the proxy's node (`endpoint: file:///path`); for development and tests.
     File,
 }
@@ -214,13 +219,18 @@ pub enum ObjectStoreProvider {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.provider != 's3Compatible' || has(self.endpoint)").message("objectStore.endpoint is required when objectStore.provider is s3Compatible"))]
-#[x_kube(validation = Rule::new("self.provider == 'file' || has(self.credentialsSecret)").message("objectStore.credentialsSecret is required unless objectStore.provider is file"))]
+#[x_kube(validation = Rule::new("self.provider in ['file', 'gcs'] || has(self.credentialsSecret)").message("objectStore.credentialsSecret is required when objectStore.provider is s3, s3Compatible or azure"))]
 #[x_kube(validation = Rule::new("self.provider != 'file' || (has(self.endpoint) && self.endpoint.startsWith('file:///'))").message("objectStore.endpoint must be a file:/// URL when objectStore.provider is file"))]
+#[x_kube(validation = Rule::new("self.provider == 'file' || !has(self.endpoint) || !self.endpoint.startsWith('file:')").message("objectStore.endpoint may only be a file:/// URL when objectStore.provider is file"))]
+#[x_kube(validation = Rule::new("!self.pathStyle || self.provider in ['s3', 's3Compatible']").message("objectStore.pathStyle only applies to objectStore.provider s3 and s3Compatible"))]
+#[x_kube(validation = Rule::new("!self.sse || self.provider in ['s3', 's3Compatible']").message("objectStore.sse only applies to objectStore.provider s3 and s3Compatible (GCS and Azure encrypt at rest always)"))]
 pub struct ObjectStoreSpec {
-    /// `s3`, `s3Compatible` or `file`.
+    /// `s3`, `s3Compatible`, `gcs`, `azure` or `file`.
     pub provider: ObjectStoreProvider,
 
-    /// Store URL, for example `https://minio.storage.svc:9000`. Defaults to AWS for `s3`.
+    /// Store URL, for example `https://minio.storage.svc:9000`. Defaults to AWS for `s3`,
+    /// `https://storage.googleapis.com` for `gcs` and `https://<account>.blob.core.windows.net`
+    /// for `azure`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://') || self.startsWith('file:///')").message("objectStore.endpoint must be an http(s):// or file:/// URL"))]
     #[schemars(length(max = 2048))]
@@ -240,12 +250,14 @@ pub struct ObjectStoreSpec {
     #[serde(default)]
     pub sse: bool,
 
-    /// Secret with the store's access keys, in the operator's namespace.
+    /// Secret with the store's credentials, in the operator's namespace: access keys (`s3`,
+    /// `s3Compatible`), a service-account JSON key (`gcs`), or the account name and its key or a
+    /// SAS token (`azure`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<CredentialsSecretRef>,
 }
 
-/// Reference to a Secret holding AWS-style access keys.
+/// Reference to a Secret holding the store's credentials (which keys depends on the provider).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsSecretRef {
@@ -261,6 +273,38 @@ pub struct CredentialsSecretRef {
     /// Key holding the secret access key.
     #[serde(default = "default_secret_access_key_key")]
     pub secret_access_key_key: String,
+
+    /// `gcs`: key holding the service-account JSON key.
+    #[serde(default = "default_service_account_key_key")]
+    pub service_account_key_key: String,
+
+    /// `azure`: key holding the storage account's name.
+    #[serde(default = "default_account_name_key")]
+    pub account_name_key: String,
+
+    /// `azure`: key holding the account key (base64); the Secret holds it or `sasTokenKey`.
+    #[serde(default = "default_account_key_key")]
+    pub account_key_key: String,
+
+    /// `azure`: key holding a SAS token (`sv=...&sig=...`).
+    #[serde(default = "default_sas_token_key")]
+    pub sas_token_key: String,
+}
+
+fn default_service_account_key_key() -> String {
+    "serviceAccount.json".into()
+}
+
+fn default_account_name_key() -> String {
+    "accountName".into()
+}
+
+fn default_account_key_key() -> String {
+    "accountKey".into()
+}
+
+fn default_sas_token_key() -> String {
+    "sasToken".into()
 }
 
 fn default_access_key_id_key() -> String {

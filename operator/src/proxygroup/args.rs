@@ -11,6 +11,8 @@ pub const ADMIN_TOKEN_FILE: &str = "/etc/blockproxy/admin/token";
 pub const TLS_DIR: &str = "/etc/blockproxy/tls";
 pub const TLS_CERT_FILE: &str = "/etc/blockproxy/tls/tls.crt";
 pub const TLS_KEY_FILE: &str = "/etc/blockproxy/tls/tls.key";
+/// The store's credentials Secret, for providers that read a file (`gcs`).
+pub const STORE_CREDENTIALS_DIR: &str = "/etc/blockproxy/store";
 
 /// The proxy binary in the image.
 pub const PROXY_COMMAND: &str = "blockproxy";
@@ -50,13 +52,26 @@ pub fn proxy_args(spec: &ProxyGroupSpec) -> Vec<String> {
         args.push("--no-tls".into());
     }
     let store = &spec.object_store;
+    let provider = match store.provider {
+        ObjectStoreProvider::S3 | ObjectStoreProvider::S3Compatible => "s3",
+        ObjectStoreProvider::Gcs => "gcs",
+        ObjectStoreProvider::Azure => "azure",
+        ObjectStoreProvider::File => "local",
+    };
+    args.extend(["--store-provider".into(), provider.into()]);
+    if let (ObjectStoreProvider::Gcs, Some(creds)) = (store.provider, &store.credentials_secret) {
+        args.extend([
+            "--store-credentials-file".into(),
+            format!("{STORE_CREDENTIALS_DIR}/{}", creds.service_account_key_key),
+        ]);
+    }
     if let Some(endpoint) = &store.endpoint {
         args.extend(["--store-endpoint".into(), endpoint.clone()]);
     }
     if let Some(region) = &store.region {
         args.extend(["--store-region".into(), region.clone()]);
     }
-    if store.path_style && store.provider != ObjectStoreProvider::File {
+    if store.path_style && matches!(store.provider, ObjectStoreProvider::S3 | ObjectStoreProvider::S3Compatible) {
         args.push("--store-path-style".into());
     }
     if store.sse {

@@ -5,7 +5,7 @@
 use super::args::{self, proxy_args};
 use crate::apply::Desired;
 use crate::crd::conditions::{self as c, Cond};
-use crate::crd::{ProxyEndpoint, ProxyGroup, ProxyGroupSpec, ProxyStatus};
+use crate::crd::{ObjectStoreProvider, ProxyEndpoint, ProxyGroup, ProxyGroupSpec, ProxyStatus};
 use crate::meta::{self, SPEC_HASH_ANNOTATION};
 use blockproxy_protocol::{HEALTHZ_PATH, READYZ_PATH, VolumesFile};
 use k8s_openapi::ByteString;
@@ -258,18 +258,28 @@ fn probe(path: &str, port: i32, https: bool, period: i32) -> Probe {
 /// The proxy Pod's spec for one node (without the node pin, which does not change the hash).
 pub fn pod_spec(spec: &ProxyGroupSpec, group: &str, default_image: &str) -> PodSpec {
     let mut env = Vec::new();
-    if let Some(creds) = &spec.object_store.credentials_secret {
-        for (var, key) in
-            [("AWS_ACCESS_KEY_ID", &creds.access_key_id_key), ("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key_key)]
-        {
+    // Credentials only ever by reference to the Secret: environment variables for keys, a mounted
+    // file for a GCS service-account key (below).
+    let creds = spec.object_store.credentials_secret.as_ref();
+    let from_secret: Vec<(&str, &String, bool)> = match (spec.object_store.provider, creds) {
+        (_, None) | (ObjectStoreProvider::File | ObjectStoreProvider::Gcs, _) => vec![],
+        (ObjectStoreProvider::S3 | ObjectStoreProvider::S3Compatible, Some(c)) => vec![
+            ("AWS_ACCESS_KEY_ID", &c.access_key_id_key, false),
+            ("AWS_SECRET_ACCESS_KEY", &c.secret_access_key_key, false),
+        ],
+        // The Secret holds the key or a SAS token (the controller checks that it holds one).
+        (ObjectStoreProvider::Azure, Some(c)) => vec![
+            ("AZURE_STORAGE_ACCOUNT", &c.account_name_key, false),
+            ("AZURE_STORAGE_KEY", &c.account_key_key, true),
+            ("AZURE_STORAGE_SAS_TOKEN", &c.sas_token_key, true),
+        ],
+    };
+    if let Some(c) = creds {
+        for (var, key, optional) in from_secret {
             env.push(EnvVar {
                 name: var.to_owned(),
                 value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: creds.name.clone(),
-                        key: key.clone(),
-                        optional: Some(false),
-                    }),
+                    secret_key_ref: Some(SecretKeySelector { name: c.name.clone(), key: key.clone(), optional: Some(optional) }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -293,6 +303,10 @@ pub fn pod_spec(spec: &ProxyGroupSpec, group: &str, default_image: &str) -> PodS
         mount("volumes", args::VOLUMES_DIR, true),
         mount("admin", args::ADMIN_DIR, true),
     ];
+    if let (ObjectStoreProvider::Gcs, Some(c)) = (spec.object_store.provider, creds) {
+        volumes.push(secret_volume("store-credentials", c.name.clone()));
+        mounts.push(mount("store-credentials", args::STORE_CREDENTIALS_DIR, true));
+    }
     if spec.tls.enabled {
         let secret = spec.tls.certificate_secret.clone().unwrap_or_else(|| meta::tls_secret_name(group));
         volumes.push(secret_volume("tls", secret));
@@ -796,7 +810,7 @@ pub fn status(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::crd::{CredentialsSecretRef, ObjectStoreProvider, ObjectStoreSpec, Placement};
+    use crate::crd::{ObjectStoreSpec, Placement};
     use k8s_openapi::api::core::v1::{
         LocalVolumeSource, ObjectReference, PersistentVolumeSpec, PersistentVolumeStatus, PodCondition, PodStatus,
         VolumeNodeAffinity,
@@ -816,11 +830,7 @@ pub(crate) mod tests {
                 region: Some("us-east-1".into()),
                 path_style: true,
                 sse: false,
-                credentials_secret: Some(CredentialsSecretRef {
-                    name: "store".into(),
-                    access_key_id_key: "accessKeyId".into(),
-                    secret_access_key_key: "secretAccessKey".into(),
-                }),
+                credentials_secret: Some(serde_json::from_value(serde_json::json!({"name": "store"})).unwrap()),
             },
             port: 8443,
             tls: Default::default(),
@@ -1324,5 +1334,56 @@ pub(crate) mod tests {
         let env: Vec<&str> = c.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
         assert_eq!(env, ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
         assert!(c.env.as_ref().unwrap().iter().all(|e| e.value.is_none()), "credentials only by secretKeyRef");
+    }
+
+    #[test]
+    fn cloud_stores_get_their_credentials_from_the_secret() {
+        let mut s = spec();
+        s.object_store = serde_json::from_value(serde_json::json!({
+            "provider": "azure", "credentialsSecret": {"name": "az"}
+        }))
+        .unwrap();
+        let pod = pod_spec(&s, "eu", "img");
+        let c = &pod.containers[0];
+        let env: Vec<(&str, &str, Option<bool>)> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let r = e.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+                (e.name.as_str(), r.key.as_str(), r.optional)
+            })
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("AZURE_STORAGE_ACCOUNT", "accountName", Some(false)),
+                ("AZURE_STORAGE_KEY", "accountKey", Some(true)),
+                ("AZURE_STORAGE_SAS_TOKEN", "sasToken", Some(true)),
+            ]
+        );
+        assert!(c.args.as_ref().unwrap().join(" ").contains("--store-provider azure"));
+
+        s.object_store = serde_json::from_value(serde_json::json!({
+            "provider": "gcs", "credentialsSecret": {"name": "sa", "serviceAccountKeyKey": "key.json"}
+        }))
+        .unwrap();
+        let pod = pod_spec(&s, "eu", "img");
+        let c = &pod.containers[0];
+        assert!(c.env.is_none(), "a GCS key is a mounted file, not a variable");
+        let args = c.args.as_ref().unwrap().join(" ");
+        assert!(args.contains("--store-provider gcs --store-credentials-file /etc/blockproxy/store/key.json"), "{args}");
+        assert!(!args.contains("--store-path-style"), "{args}");
+        let vol = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "store-credentials").unwrap();
+        assert_eq!(vol.secret.as_ref().unwrap().secret_name.as_deref(), Some("sa"));
+        let mounted = c.volume_mounts.as_ref().unwrap().iter().any(|m| m.mount_path == args::STORE_CREDENTIALS_DIR);
+        assert!(mounted);
+
+        // Workload identity: no Secret, nothing mounted.
+        s.object_store.credentials_secret = None;
+        let pod = pod_spec(&s, "eu", "img");
+        assert!(!pod.volumes.as_ref().unwrap().iter().any(|v| v.name == "store-credentials"));
+        assert!(!pod.containers[0].args.as_ref().unwrap().join(" ").contains("--store-credentials-file"));
     }
 }

@@ -77,10 +77,10 @@ pub async fn build_store(args: &StoreArgs) -> anyhow::Result<DynStore> {
             Arc::new(GcsStore::new(GcsStoreConfig { endpoint: endpoint.map(str::to_owned), credentials }))
         }
         StoreProvider::Azure => {
-            let text = creds_text.as_deref().with_context(|| {
-                "the azure store needs --store-credentials-file (account_name and account_key or sas_token)"
-            })?;
-            let (account, credentials) = azure_credentials(text).map_err(|e| anyhow::anyhow!("{}: {e}", file_name()))?;
+            let (account, credentials) = match creds_text.as_deref() {
+                Some(text) => azure_credentials(text).map_err(|e| anyhow::anyhow!("{}: {e}", file_name()))?,
+                None => azure_env_credentials().map_err(anyhow::Error::msg)?,
+            };
             Arc::new(AzureStore::new(AzureStoreConfig { account, endpoint: endpoint.map(str::to_owned), credentials })?)
         }
     })
@@ -106,6 +106,21 @@ fn azure_credentials(text: &str) -> Result<(String, AzureCredentials), String> {
         _ => return Err("needs exactly one of account_key and sas_token".into()),
     };
     Ok((c.account_name, creds))
+}
+
+/// Without a file: the Azure CLI's variables (`AZURE_STORAGE_ACCOUNT` and `AZURE_STORAGE_KEY` or
+/// `AZURE_STORAGE_SAS_TOKEN`), as the operator sets them from the ProxyGroup's Secret.
+fn azure_env_credentials() -> Result<(String, AzureCredentials), String> {
+    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
+    let account = var("AZURE_STORAGE_ACCOUNT").ok_or(
+        "the azure store needs --store-credentials-file (account_name and account_key or sas_token) or AZURE_STORAGE_ACCOUNT",
+    )?;
+    let creds = match (var("AZURE_STORAGE_KEY"), var("AZURE_STORAGE_SAS_TOKEN")) {
+        (Some(key), None) => AzureCredentials::shared_key(&key)?,
+        (None, Some(sas)) => AzureCredentials::sas(&sas)?,
+        _ => return Err("the azure store needs exactly one of AZURE_STORAGE_KEY and AZURE_STORAGE_SAS_TOKEN".into()),
+    };
+    Ok((account, creds))
 }
 
 #[cfg(test)]
