@@ -78,7 +78,23 @@ async fn invalid_specs_are_refused_with_clear_messages() -> Result<()> {
         ),
         (
             with(base(), &["spec", "objectStore"], json!({"provider": "s3"})),
-            "objectStore.credentialsSecret is required unless objectStore.provider is file",
+            "objectStore.credentialsSecret is required when objectStore.provider is s3, s3Compatible or azure",
+        ),
+        (
+            with(base(), &["spec", "objectStore"], json!({"provider": "azure"})),
+            "objectStore.credentialsSecret is required when objectStore.provider is s3, s3Compatible or azure",
+        ),
+        (
+            with(base(), &["spec", "objectStore"], json!({"provider": "gcs", "pathStyle": true})),
+            "objectStore.pathStyle only applies to objectStore.provider s3 and s3Compatible",
+        ),
+        (
+            with(base(), &["spec", "objectStore"], json!({"provider": "azure", "sse": true, "credentialsSecret": {"name": "c"}})),
+            "objectStore.sse only applies to objectStore.provider s3 and s3Compatible",
+        ),
+        (
+            with(base(), &["spec", "objectStore"], json!({"provider": "gcs", "endpoint": "file:///data"})),
+            "objectStore.endpoint may only be a file:/// URL when objectStore.provider is file",
         ),
         (
             with(base(), &["spec", "objectStore"], json!({"provider": "file", "endpoint": "http://x"})),
@@ -119,6 +135,16 @@ async fn invalid_specs_are_refused_with_clear_messages() -> Result<()> {
             seen += 1;
         }
         assert_eq!(seen, count, "{file}");
+    }
+
+    // GCS and Azure, as the README shows them; GCS without a Secret uses workload identity.
+    for (name, store) in [
+        ("gcs", json!({"provider": "gcs", "credentialsSecret": {"name": "gcs-key"}})),
+        ("gcs-wi", json!({"provider": "gcs"})),
+        ("azure", json!({"provider": "azure", "credentialsSecret": {"name": "azure-account"}})),
+    ] {
+        let pg = with(with(base(), &["metadata", "name"], json!(name)), &["spec", "objectStore"], store);
+        api.create(&PostParams::default(), &serde_json::from_value(pg)?).await?;
     }
 
     // The file provider needs no credentials.
