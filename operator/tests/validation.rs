@@ -89,7 +89,11 @@ async fn invalid_specs_are_refused_with_clear_messages() -> Result<()> {
             "objectStore.pathStyle only applies to objectStore.provider s3 and s3Compatible",
         ),
         (
-            with(base(), &["spec", "objectStore"], json!({"provider": "azure", "sse": true, "credentialsSecret": {"name": "c"}})),
+            with(
+                base(),
+                &["spec", "objectStore"],
+                json!({"provider": "azure", "sse": true, "credentialsSecret": {"name": "c"}}),
+            ),
             "objectStore.sse only applies to objectStore.provider s3 and s3Compatible",
         ),
         (

@@ -19,7 +19,8 @@ const FLUSHED: Duration = Duration::from_secs(60);
 #[tokio::test]
 async fn writes_through_a_proxy_land_in_fake_gcs() -> Result<()> {
     let gcs = FakeGcs::start().await?;
-    let store = GcsStore::new(GcsStoreConfig { endpoint: Some(gcs.endpoint()), credentials: GcsCredentials::Anonymous });
+    let store =
+        GcsStore::new(GcsStoreConfig { endpoint: Some(gcs.endpoint()), credentials: GcsCredentials::Anonymous });
     writeback_lands(&store, gcs.bucket(), StoreFlags::Gcs { endpoint: gcs.endpoint() }).await
 }
 
@@ -42,22 +43,18 @@ async fn writes_through_a_proxy_land_in_azurite() -> Result<()> {
 async fn writeback_lands(store: &dyn Store, bucket: &str, flags: StoreFlags) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut proxy = ProxyProcess::start_on(dir.path(), ProxyOptions::default(), bucket, flags).await?;
-    let objects: Vec<(String, Vec<u8>)> = [
-        ("a", 1),
-        ("dir/b-c", 4096),
-        ("dir/d_e.f", 100_000),
-        ("big", 9 << 20),
-    ]
-    .into_iter()
-    .map(|(k, n)| (k.to_owned(), random_bytes(n)))
-    .collect();
+    let objects: Vec<(String, Vec<u8>)> = [("a", 1), ("dir/b-c", 4096), ("dir/d_e.f", 100_000), ("big", 9 << 20)]
+        .into_iter()
+        .map(|(k, n)| (k.to_owned(), random_bytes(n)))
+        .collect();
     let mut versions = Vec::new();
     for (key, data) in &objects {
         versions.push(proxy.put_ok(&percent(key), data).await?);
     }
     proxy.wait_flushed(FLUSHED).await?;
     for ((key, data), version) in objects.iter().zip(&versions) {
-        let got = store.get(bucket, &format!("{PREFIX}/{key}")).await?.with_context(|| format!("{key} not in the store"))?;
+        let got =
+            store.get(bucket, &format!("{PREFIX}/{key}")).await?.with_context(|| format!("{key} not in the store"))?;
         ensure!(got.data[..] == data[..], "{key}: the store holds other bytes");
         ensure!(got.version == *version, "{key}: version {} in the store, {version} acknowledged", got.version);
     }

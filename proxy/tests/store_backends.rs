@@ -7,9 +7,9 @@
 use anyhow::{Context, Result, ensure};
 use blockproxy::protocol::{MIN_PART_SIZE, STORE_VERSION_METADATA};
 use blockproxy::store::{
-    AzureCredentials, AzureStore, AzureStoreConfig, Conditional, GcsCredentials, GcsStore, GcsStoreConfig,
-    ObjectAttrs, ObjectMeta, Precondition, S3Store, S3StoreConfig, Store, StoreError, TOMBSTONE_PREFIX,
-    delete_unless_newer, put_file_unless_newer, put_unless_newer,
+    AzureCredentials, AzureStore, AzureStoreConfig, Conditional, GcsCredentials, GcsStore, GcsStoreConfig, ObjectAttrs,
+    ObjectMeta, Precondition, S3Store, S3StoreConfig, Store, StoreError, TOMBSTONE_PREFIX, delete_unless_newer,
+    put_file_unless_newer, put_unless_newer,
 };
 use blockproxy_testenv::{Azurite, FakeGcs, Minio};
 use bytes::Bytes;
@@ -47,7 +47,8 @@ async fn azurite_keeps_the_store_contract() -> Result<()> {
 #[tokio::test]
 async fn fake_gcs_keeps_the_store_contract() -> Result<()> {
     let gcs = FakeGcs::start().await?;
-    let store = GcsStore::new(GcsStoreConfig { endpoint: Some(gcs.endpoint()), credentials: GcsCredentials::Anonymous });
+    let store =
+        GcsStore::new(GcsStoreConfig { endpoint: Some(gcs.endpoint()), credentials: GcsCredentials::Anonymous });
     contract(&store, gcs.bucket(), true).await
 }
 
@@ -197,7 +198,8 @@ async fn files_go_up_in_parts_under_their_condition(store: &dyn Store, bucket: &
     let other = dir.path().join("other");
     let other_data = random_file(&other, parts.iter().sum())?;
     let meta = ObjectMeta::for_data(6, &other_data);
-    let err = store.put_file_if(bucket, key, &other, &parts, meta, &none, Precondition::Matches(&read)).await.unwrap_err();
+    let err =
+        store.put_file_if(bucket, key, &other, &parts, meta, &none, Precondition::Matches(&read)).await.unwrap_err();
     ensure!(matches!(err, StoreError::PreconditionFailed { .. }), "If-Match a replaced object: {err}");
     let err = store.put_file_if(bucket, key, &other, &parts, meta, &none, Precondition::Absent).await.unwrap_err();
     ensure!(matches!(err, StoreError::PreconditionFailed { .. }), "absent, but it exists: {err}");
@@ -210,13 +212,16 @@ async fn files_go_up_in_parts_under_their_condition(store: &dyn Store, bucket: &
     ensure!(applied == Conditional::Applied, "{applied:?}");
     let now = store.get(bucket, key).await?.context("gone")?;
     ensure!(now.version == 6 && now.data[..] == other_data[..], "version 6 not written");
-    let skipped = put_file_unless_newer(store, bucket, key, &path, &parts, ObjectMeta::for_data(5, &data), &none).await?;
+    let skipped =
+        put_file_unless_newer(store, bucket, key, &path, &parts, ObjectMeta::for_data(5, &data), &none).await?;
     ensure!(skipped == Conditional::StoreNewer { store_version: 6 }, "{skipped:?}");
 
     // One part is a plain conditional write.
     let one = dir.path().join("one");
     let small = random_file(&one, 1234)?;
-    store.put_file_if(bucket, "file/one", &one, &[1234], ObjectMeta::for_data(1, &small), &none, Precondition::Absent).await?;
+    store
+        .put_file_if(bucket, "file/one", &one, &[1234], ObjectMeta::for_data(1, &small), &none, Precondition::Absent)
+        .await?;
     ensure!(store.get(bucket, "file/one").await?.context("get")?.data[..] == small[..], "one part differs");
     Ok(())
 }
@@ -288,7 +293,10 @@ async fn deletes_leave_tombstones_that_stop_older_writes(
     ensure!(store.list(bucket, "del/").await?.is_empty(), "listed");
     // A newer one is written; an older delete then leaves it.
     ensure!(write(5).await? == Conditional::Applied, "v5");
-    ensure!(delete_unless_newer(store, bucket, key, 4).await? == Conditional::StoreNewer { store_version: 5 }, "older delete");
+    ensure!(
+        delete_unless_newer(store, bucket, key, 4).await? == Conditional::StoreNewer { store_version: 5 },
+        "older delete"
+    );
     ensure!(store.get(bucket, key).await?.context("gone")?.data[..] == b"v5"[..], "v5 removed");
     // A stale ETag never deletes the newer object.
     let stale = store.head(bucket, key).await?.context("head")?.etag;

@@ -279,7 +279,11 @@ pub fn pod_spec(spec: &ProxyGroupSpec, group: &str, default_image: &str) -> PodS
             env.push(EnvVar {
                 name: var.to_owned(),
                 value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector { name: c.name.clone(), key: key.clone(), optional: Some(optional) }),
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: c.name.clone(),
+                        key: key.clone(),
+                        optional: Some(optional),
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -1373,7 +1377,10 @@ pub(crate) mod tests {
         let c = &pod.containers[0];
         assert!(c.env.is_none(), "a GCS key is a mounted file, not a variable");
         let args = c.args.as_ref().unwrap().join(" ");
-        assert!(args.contains("--store-provider gcs --store-credentials-file /etc/blockproxy/store/key.json"), "{args}");
+        assert!(
+            args.contains("--store-provider gcs --store-credentials-file /etc/blockproxy/store/key.json"),
+            "{args}"
+        );
         assert!(!args.contains("--store-path-style"), "{args}");
         let vol = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "store-credentials").unwrap();
         assert_eq!(vol.secret.as_ref().unwrap().secret_name.as_deref(), Some("sa"));

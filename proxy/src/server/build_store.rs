@@ -37,8 +37,7 @@ pub async fn build_store(args: &StoreArgs) -> anyhow::Result<DynStore> {
                 path.starts_with('/'),
                 "the local store needs --store-endpoint file:///absolute/path, like file:///var/lib/blockproxy-store"
             );
-            let store =
-                LocalDirStore::open(path).with_context(|| format!("opening the local store folder {path}"))?;
+            let store = LocalDirStore::open(path).with_context(|| format!("opening the local store folder {path}"))?;
             Arc::new(store)
         }
         StoreProvider::S3 => {
@@ -133,7 +132,9 @@ mod tests {
         assert_eq!((account.as_str(), creds.kind()), ("acct", "shared-key"));
         let (_, creds) = azure_credentials("account_name: acct\nsas_token: \"sv=1&sig=x\"\n").unwrap();
         assert_eq!(creds.kind(), "sas");
-        for bad in ["account_name: a\n", "account_name: a\naccount_key: c2VjcmV0\nsas_token: sig=x\n", "account_key: x\n"] {
+        for bad in
+            ["account_name: a\n", "account_name: a\naccount_key: c2VjcmV0\nsas_token: sig=x\n", "account_key: x\n"]
+        {
             assert!(azure_credentials(bad).is_err(), "{bad}");
         }
     }

@@ -209,7 +209,10 @@ fn write_headers(
     ] {
         if let Some(v) = value {
             let value = HeaderValue::from_str(v).map_err(|_| bad(name))?;
-            h.insert(reqwest::header::HeaderName::from_bytes(format!("{prefix}{name}").as_bytes()).expect("static"), value);
+            h.insert(
+                reqwest::header::HeaderName::from_bytes(format!("{prefix}{name}").as_bytes()).expect("static"),
+                value,
+            );
         }
     }
     for (name, value) in metadata::encode(meta, &attrs.user_metadata) {
@@ -323,9 +326,15 @@ impl Store for AzureStore {
             return Ok(Some(StoredRange { data: Bytes::new(), info }));
         }
         let mut headers = HeaderMap::new();
-        headers.insert("x-ms-range", HeaderValue::from_str(&format!("bytes={}-{}", range.start, range.end - 1)).expect("ascii"));
+        headers.insert(
+            "x-ms-range",
+            HeaderValue::from_str(&format!("bytes={}-{}", range.start, range.end - 1)).expect("ascii"),
+        );
         if let Some(etag) = if_match {
-            headers.insert("if-match", HeaderValue::from_str(etag).map_err(|_| op_err("GET", bucket, key, "bad ETag".into()))?);
+            headers.insert(
+                "if-match",
+                HeaderValue::from_str(etag).map_err(|_| op_err("GET", bucket, key, "bad ETag".into()))?,
+            );
         }
         let url = self.url(bucket, Some(key), &[]);
         let resp = self.send("GET range", bucket, key, reqwest::Method::GET, url, headers, None).await?;
@@ -364,8 +373,7 @@ impl Store for AzureStore {
         attrs: &ObjectAttrs,
         cond: Precondition<'_>,
     ) -> Result<(), StoreError> {
-        let mut headers = write_headers(meta, attrs, cond, "x-ms-blob-")
-            .map_err(|e| with_key(e, bucket, key))?;
+        let mut headers = write_headers(meta, attrs, cond, "x-ms-blob-").map_err(|e| with_key(e, bucket, key))?;
         headers.insert("x-ms-blob-type", HeaderValue::from_static("BlockBlob"));
         let url = self.url(bucket, Some(key), &[]);
         let len = data.len() as u64;
@@ -403,7 +411,9 @@ impl Store for AzureStore {
             let id = block_id(upload, i);
             let url = self.url(bucket, Some(key), &[("comp", "block"), ("blockid", &id)]);
             let body = file_body(path, offset, n).await?;
-            let resp = self.send("PutBlock", bucket, key, reqwest::Method::PUT, url, HeaderMap::new(), Some((body, n))).await?;
+            let resp = self
+                .send("PutBlock", bucket, key, reqwest::Method::PUT, url, HeaderMap::new(), Some((body, n)))
+                .await?;
             check_azure("PutBlock", bucket, key, resp).await?;
             ids.push(id);
             offset += n;
@@ -413,7 +423,10 @@ impl Store for AzureStore {
 
     async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError> {
         let mut headers = HeaderMap::new();
-        headers.insert("if-match", HeaderValue::from_str(etag).map_err(|_| op_err("DELETE", bucket, key, "bad ETag".into()))?);
+        headers.insert(
+            "if-match",
+            HeaderValue::from_str(etag).map_err(|_| op_err("DELETE", bucket, key, "bad ETag".into()))?,
+        );
         let url = self.url(bucket, Some(key), &[]);
         let resp = self.send("DELETE", bucket, key, reqwest::Method::DELETE, url, headers, None).await?;
         Self::found("DELETE", bucket, key, resp).await.map(drop)
@@ -434,7 +447,8 @@ impl Store for AzureStore {
         });
         let max = max_keys.clamp(1, 5000).to_string();
         loop {
-            let mut query = vec![("restype", "container"), ("comp", "list"), ("prefix", prefix), ("maxresults", max.as_str())];
+            let mut query =
+                vec![("restype", "container"), ("comp", "list"), ("prefix", prefix), ("maxresults", max.as_str())];
             if let Some(m) = &marker {
                 query.push(("marker", m));
             }
@@ -454,12 +468,16 @@ impl Store for AzureStore {
                     key: b.name,
                     size: b.properties.content_length,
                     etag: quoted(&b.properties.etag),
-                    last_modified: httpdate::parse_http_date(&b.properties.last_modified).unwrap_or(SystemTime::UNIX_EPOCH),
+                    last_modified: httpdate::parse_http_date(&b.properties.last_modified)
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
                 })
                 .collect();
             let next = page.next_marker.filter(|m| !m.is_empty());
             // Skipping towards an unknown start key: a page wholly before it is not worth returning.
-            if objects.is_empty() && next.is_some() && start_after.is_some_and(|s| last.as_deref().is_some_and(|l| l <= s)) {
+            if objects.is_empty()
+                && next.is_some()
+                && start_after.is_some_and(|s| last.as_deref().is_some_and(|l| l <= s))
+            {
                 marker = next;
                 continue;
             }

@@ -145,7 +145,14 @@ impl GcsStore {
     }
 
     /// Sends the file in chunks; the last one finalises the object (and checks the precondition).
-    async fn upload_chunks(&self, bucket: &str, key: &str, session: &str, path: &Path, len: u64) -> Result<(), StoreError> {
+    async fn upload_chunks(
+        &self,
+        bucket: &str,
+        key: &str,
+        session: &str,
+        path: &Path,
+        len: u64,
+    ) -> Result<(), StoreError> {
         let mut offset = 0;
         loop {
             let n = CHUNK_SIZE.min(len - offset);
@@ -393,7 +400,9 @@ impl Store for GcsStore {
         let Some(if_gen) = if_generation(cond) else { return Err(lost("PUT", bucket, key)) };
         let boundary = format!("blockproxy-{:016x}", rand::random::<u64>());
         let mut body = Vec::with_capacity(data.len() + 1024);
-        body.extend_from_slice(format!("--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n").as_bytes(),
+        );
         body.extend_from_slice(resource_for(key, meta, attrs).to_string().as_bytes());
         // The media part's type too: some servers (fake-gcs-server) take it from there.
         let media_type = attrs.content_type.as_deref().unwrap_or("application/octet-stream");
@@ -472,14 +481,20 @@ impl Store for GcsStore {
         if let Some(s) = start_after {
             query.push(("startOffset", s));
         }
-        let req = self.http.get(format!("{}/storage/v1/b/{}/o", self.endpoint, encode_key(bucket, false))).query(&query);
+        let req =
+            self.http.get(format!("{}/storage/v1/b/{}/o", self.endpoint, encode_key(bucket, false))).query(&query);
         let resp = check("LIST", bucket, prefix, self.send("LIST", bucket, prefix, req).await?).await?;
         let answer: ListAnswer = resp.json().await.map_err(send_err("LIST body", bucket, prefix))?;
         let mut objects: Vec<ListedObject> = answer
             .items
             .iter()
             .filter(|r| Some(r.name.as_str()) != start_after)
-            .map(|r| ListedObject { key: r.name.clone(), size: r.size, etag: r.etag(), last_modified: r.last_modified() })
+            .map(|r| ListedObject {
+                key: r.name.clone(),
+                size: r.size,
+                etag: r.etag(),
+                last_modified: r.last_modified(),
+            })
             .collect();
         let mut truncated = answer.next_page_token.is_some();
         if objects.len() > max_keys as usize {

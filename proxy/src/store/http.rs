@@ -49,7 +49,9 @@ pub(crate) fn status_err(op: &'static str, bucket: &str, key: &str, status: u16,
     let (bucket, key) = (bucket.to_owned(), key.to_owned());
     match status {
         412 => StoreError::PreconditionFailed { op, bucket, key },
-        400..=499 if !matches!(status, 403 | 404 | 408 | 429) => StoreError::Refused { op, bucket, key, status, message },
+        400..=499 if !matches!(status, 403 | 404 | 408 | 429) => {
+            StoreError::Refused { op, bucket, key, status, message }
+        }
         _ => StoreError::Request { op, bucket, key, message: format!("HTTP {status}: {message}") },
     }
 }

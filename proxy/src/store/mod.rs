@@ -22,12 +22,12 @@ mod local_path;
 pub(crate) mod memory;
 mod s3;
 
+pub use azure::{AzureCredentials, AzureStore, AzureStoreConfig};
 pub use blockproxy_protocol::ObjectAttrs;
 pub use conditional::{
     Conditional, TOMBSTONE_PREFIX, delete_unless_newer, is_tombstone_key, put_file_at_unless_newer,
     put_file_unless_newer, put_unless_newer,
 };
-pub use azure::{AzureCredentials, AzureStore, AzureStoreConfig};
 pub use gcs::{GCS_ENDPOINT, GcsCredentials, GcsStore, GcsStoreConfig};
 pub use local::LocalDirStore;
 pub use s3::{S3Store, S3StoreConfig};

@@ -284,12 +284,7 @@ pub async fn raw_status(
 }
 
 /// The `serve` flags of these tests: the volumes file, the admin token, MinIO through toxiproxy.
-fn serve_command(
-    base: BlockproxyCommand,
-    dir: &Path,
-    opts: &ProxyOptions,
-    store: &StoreFlags,
-) -> BlockproxyCommand {
+fn serve_command(base: BlockproxyCommand, dir: &Path, opts: &ProxyOptions, store: &StoreFlags) -> BlockproxyCommand {
     let mut command = base
         .no_tls()
         .args(["--disk-quota", opts.quota.as_str()])
@@ -300,7 +295,9 @@ fn serve_command(
         .args(&opts.extra)
         .env("RUST_LOG", "info,blockproxy=debug");
     command = match store {
-        StoreFlags::S3 { endpoint, keys: (access_key, secret_key) } => command.s3_store(endpoint, access_key, secret_key),
+        StoreFlags::S3 { endpoint, keys: (access_key, secret_key) } => {
+            command.s3_store(endpoint, access_key, secret_key)
+        }
         StoreFlags::Gcs { endpoint } => command.gcs_store(endpoint),
         StoreFlags::Azure { endpoint, credentials_file } => command.azure_store(endpoint, credentials_file),
     };

@@ -17,7 +17,9 @@ fn is_identifier(name: &str) -> bool {
 
 fn is_ours(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    n == VERSION || n == CRC32C || n == blockproxy_protocol::STORE_VERSION_METADATA
+    n == VERSION
+        || n == CRC32C
+        || n == blockproxy_protocol::STORE_VERSION_METADATA
         || n == blockproxy_protocol::STORE_CRC32C_METADATA
 }
 
@@ -48,7 +50,9 @@ pub(super) fn encode(meta: ObjectMeta, user: &BTreeMap<String, String>) -> Vec<(
 }
 
 /// (version, writer's checksum, user metadata) from a blob's metadata.
-pub(super) fn decode<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> (u64, Option<u32>, BTreeMap<String, String>) {
+pub(super) fn decode<'a>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) -> (u64, Option<u32>, BTreeMap<String, String>) {
     let (mut version, mut crc, mut user) = (0, None, BTreeMap::new());
     for (k, v) in pairs {
         match k.to_ascii_lowercase().as_str() {
