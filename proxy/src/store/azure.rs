@@ -94,7 +94,8 @@ impl AzureStore {
         url
     }
 
-    /// Signs and sends one request. `len`: the body's length (Shared Key signs it).
+    /// Signs and sends one request. `body`: with its length (Shared Key signs it).
+    #[allow(clippy::too_many_arguments)] // op, bucket and key only label errors
     async fn send(
         &self,
         op: &'static str,

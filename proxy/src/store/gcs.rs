@@ -166,7 +166,7 @@ impl GcsStore {
             let req = self.http.put(session).header("content-range", range).header("content-length", n).body(body);
             let resp = self.send("upload chunk", bucket, key, req).await?;
             // 308: the chunk was taken, more expected.
-            if !(resp.status() == 308 && !last) {
+            if resp.status() != 308 || last {
                 check("upload chunk", bucket, key, resp).await?;
             }
             offset += n;
