@@ -77,11 +77,38 @@ pub(crate) fn total_size(content_range: Option<&str>) -> Option<u64> {
     content_range?.rsplit_once('/')?.1.parse().ok()
 }
 
-/// Percent-encodes an object key for a URL path: everything but RFC 3986's unreserved characters,
-/// keeping `/` when `keep_slash`.
+/// Percent-encodes an object key for a URL path: everything but RFC 3986's unreserved characters.
+/// With `keep_slash`, a `/` stays readable unless it borders a `.` or `..` segment: URL parsers
+/// remove dot segments (escaped ones too), so such a `/` is sent as `%2F` (as the proxy's own
+/// paths do, `blockproxy_protocol::encode_key`).
 pub(crate) fn encode_key(key: &str, keep_slash: bool) -> String {
     use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
     const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-    const PATH: &AsciiSet = &UNRESERVED.remove(b'/');
-    utf8_percent_encode(key, if keep_slash { PATH } else { UNRESERVED }).to_string()
+    if !keep_slash {
+        return utf8_percent_encode(key, UNRESERVED).to_string();
+    }
+    let is_dot = |s: &str| matches!(s, "." | "..");
+    let segments: Vec<&str> = key.split('/').collect();
+    let mut out = String::with_capacity(key.len());
+    for (i, seg) in segments.iter().enumerate() {
+        if i > 0 {
+            out.push_str(if is_dot(segments[i - 1]) || is_dot(seg) { "%2F" } else { "/" });
+        }
+        out.extend(utf8_percent_encode(seg, UNRESERVED));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_survive_url_parsers() {
+        assert_eq!(encode_key("a b/ü+&", true), "a%20b/%C3%BC%2B%26");
+        assert_eq!(encode_key("a b/ü", false), "a%20b%2F%C3%BC");
+        assert_eq!(encode_key("x/../y/./z", true), "x%2F..%2Fy%2F.%2Fz");
+        let url = reqwest::Url::parse(&format!("http://h/c/{}", encode_key("x/../y", true))).unwrap();
+        assert_eq!(url.path(), "/c/x%2F..%2Fy", "the parser left the key alone");
+    }
 }
