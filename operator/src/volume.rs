@@ -3,7 +3,7 @@
 //! proxy serves exactly the volumes whose discovery document lists its group.
 
 use crate::crd::conditions as c;
-use crate::crd::{ProxyGroup, VolumeProxyGroup};
+use crate::crd::{ObjectStoreProvider, ProxyGroup, VolumeProxyGroup};
 use blockproxy_protocol::{
     DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation, VolumeConfig, VolumeId, VolumesFile,
 };
@@ -226,6 +226,7 @@ pub fn discovery(
         prefix: first.spec.prefix.trim_matches('/').to_owned(),
         endpoint: None,
         region: None,
+        provider: None,
     };
     let mut named: Vec<&ProxyGroup> =
         accepted.iter().filter_map(|v| groups.iter().find(|g| g.name_any() == v.spec.proxy_group)).collect();
@@ -234,6 +235,11 @@ pub fn discovery(
         if store.endpoint.is_none() && store.region.is_none() {
             store.endpoint = g.spec.object_store.endpoint.clone().filter(|e| !e.starts_with("file://"));
             store.region = g.spec.object_store.region.clone();
+            store.provider = match g.spec.object_store.provider {
+                ObjectStoreProvider::Gcs => Some("gcs".into()),
+                ObjectStoreProvider::Azure => Some("azure".into()),
+                _ => None,
+            };
         }
         let status = g.status.clone().unwrap_or_default();
         let mut endpoints: Vec<DiscoveryEndpoint> = status
@@ -439,7 +445,20 @@ mod tests {
         assert_eq!(doc.groups[0].scheme, "https");
         assert_eq!(doc.store.bucket, "b1");
         assert_eq!(doc.store.endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(doc.store.provider, None, "S3 needs no provider");
         assert_eq!(volumes_file("us", &vpgs, &d, b"k").volumes.len(), 1);
+    }
+
+    #[test]
+    fn the_store_provider_reaches_the_sidecar() {
+        let mut groups = [pg("eu", "eu", &["*"], &["10.0.0.1:8443"])];
+        groups[0].spec.object_store =
+            serde_json::from_value(serde_json::json!({"provider": "azure", "credentialsSecret": {"name": "c"}}))
+                .unwrap();
+        let vpgs = [vpg("t", "a", "v", "eu", "b1", 1)];
+        let d = decide(&vpgs, &groups);
+        let doc = discovery("t", "v", &vpgs, &groups, &d).unwrap();
+        assert_eq!((doc.store.provider.as_deref(), doc.store.endpoint.as_deref()), (Some("azure"), None));
     }
 
     #[test]

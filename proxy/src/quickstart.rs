@@ -115,6 +115,7 @@ pub async fn run(args: QuickstartArgs, shutdown: impl Future<Output = ()> + Send
             prefix: prefix.clone(),
             endpoint: Some(store_url.clone()),
             region: None,
+            provider: None,
         },
         block_size: crate::protocol::DEFAULT_BLOCK_SIZE,
         metadata_ttl_ms: crate::protocol::DEFAULT_METADATA_TTL_MS,

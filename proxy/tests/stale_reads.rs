@@ -18,7 +18,13 @@ use support::{ADMIN_TOKEN, Backend, PREFIX, ProxyOptions, ProxyProcess, TOKEN, V
 fn discovery(bucket: &str, addresses: &[String]) -> DiscoveryDocument {
     DiscoveryDocument {
         volume_id: VolumeId::parse(VOLUME).unwrap(),
-        store: StoreLocation { bucket: bucket.into(), prefix: PREFIX.into(), endpoint: None, region: None },
+        store: StoreLocation {
+            bucket: bucket.into(),
+            prefix: PREFIX.into(),
+            endpoint: None,
+            region: None,
+            provider: None,
+        },
         block_size: blockproxy::protocol::DEFAULT_BLOCK_SIZE,
         metadata_ttl_ms: blockproxy::protocol::DEFAULT_METADATA_TTL_MS,
         groups: vec![DiscoveryGroup {

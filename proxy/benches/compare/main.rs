@@ -422,7 +422,13 @@ async fn main() -> Result<()> {
     // The client library, pointed at the group by a discovery file (plain HTTP on loopback).
     let discovery = DiscoveryDocument {
         volume_id: VolumeId::parse(VOLUME)?,
-        store: StoreLocation { bucket: bucket.clone(), prefix: PREFIX.into(), endpoint: None, region: None },
+        store: StoreLocation {
+            bucket: bucket.clone(),
+            prefix: PREFIX.into(),
+            endpoint: None,
+            region: None,
+            provider: None,
+        },
         block_size: blockproxy::protocol::DEFAULT_BLOCK_SIZE,
         metadata_ttl_ms: blockproxy::protocol::DEFAULT_METADATA_TTL_MS,
         groups: vec![DiscoveryGroup {

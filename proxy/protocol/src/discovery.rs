@@ -40,6 +40,10 @@ pub struct StoreLocation {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// The kind of store (`s3`, `gcs`, `azure`; the proxy's `--store-provider`), for clients that
+    /// reach it directly; absent means S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

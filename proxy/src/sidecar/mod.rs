@@ -125,6 +125,13 @@ pub async fn client_from_args(args: &MountArgs) -> anyhow::Result<Client> {
     {
         store_args.store_region = region.clone();
     }
+    if store_args.store_provider.is_none()
+        && let Some(p) = &doc.store.provider
+    {
+        let provider = <crate::config::StoreProvider as clap::ValueEnum>::from_str(p, true)
+            .map_err(|_| anyhow::anyhow!("the discovery document's store provider {p:?} is unknown"))?;
+        store_args.store_provider = Some(provider);
+    }
     let local = store_args.store_endpoint.as_deref().is_some_and(|e| e.starts_with("file://"));
     let direct = if args.direct_store || store_args.store_credentials_file.is_some() || local {
         Some(crate::server::build_store(&store_args).await.context("setting up direct object-store access")?)

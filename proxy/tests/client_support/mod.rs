@@ -200,7 +200,13 @@ pub struct GroupSpec {
 pub fn discovery(bucket: &str, store_endpoint: Option<String>, groups: &[GroupSpec]) -> DiscoveryDocument {
     DiscoveryDocument {
         volume_id: VolumeId::parse(VOLUME).unwrap(),
-        store: StoreLocation { bucket: bucket.into(), prefix: PREFIX.into(), endpoint: store_endpoint, region: None },
+        store: StoreLocation {
+            bucket: bucket.into(),
+            prefix: PREFIX.into(),
+            endpoint: store_endpoint,
+            region: None,
+            provider: None,
+        },
         block_size: blockproxy::protocol::DEFAULT_BLOCK_SIZE,
         metadata_ttl_ms: blockproxy::protocol::DEFAULT_METADATA_TTL_MS,
         groups: groups
