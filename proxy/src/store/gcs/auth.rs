@@ -138,3 +138,83 @@ impl Auth {
         Ok(Some(answer.access_token))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An RSA key made by openssl (a node package the test tools install): the PKCS#8 PEM and
+    /// the PKCS#1 public key (DER) that verifies its signatures.
+    fn openssl_rsa_key(dir: &std::path::Path) -> (String, Vec<u8>) {
+        let key = dir.join("key.pem");
+        let public = dir.join("public.der");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl").args(args).output().expect("openssl runs");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let (k, p) = (key.to_str().unwrap(), public.to_str().unwrap());
+        run(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", k]);
+        run(&["rsa", "-in", k, "-RSAPublicKey_out", "-outform", "DER", "-out", p]);
+        (std::fs::read_to_string(&key).unwrap(), std::fs::read(&public).unwrap())
+    }
+
+    /// A token endpoint that checks the assertion's signature and claims, as Google's does.
+    async fn token_endpoint(public: Vec<u8>, calls: Arc<AtomicUsize>) -> String {
+        let app = axum::Router::new().route(
+            "/token",
+            axum::routing::post(move |body: String| {
+                let (public, calls) = (public.clone(), calls.clone());
+                async move {
+                    let form: std::collections::HashMap<String, String> = body
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| {
+                            (k.to_owned(), percent_encoding::percent_decode_str(v).decode_utf8_lossy().into())
+                        })
+                        .collect();
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    assert_eq!(form["grant_type"], "urn:ietf:params:oauth:grant-type:jwt-bearer");
+                    let jwt = &form["assertion"];
+                    let (signed, sig) = jwt.rsplit_once('.').unwrap();
+                    let key =
+                        ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, public);
+                    let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+                    if key.verify(signed.as_bytes(), &sig).is_err() {
+                        return (axum::http::StatusCode::UNAUTHORIZED, "bad signature".to_owned());
+                    }
+                    let claims: serde_json::Value =
+                        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(signed.split('.').nth(1).unwrap()).unwrap())
+                            .unwrap();
+                    assert_eq!(claims["iss"], "sa@project.iam.gserviceaccount.com");
+                    assert_eq!(claims["scope"], SCOPE);
+                    assert!(claims["aud"].as_str().unwrap().ends_with("/token"));
+                    (axum::http::StatusCode::OK, r#"{"access_token":"token-1","expires_in":3600}"#.to_owned())
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}/token")
+    }
+
+    #[tokio::test]
+    async fn a_service_account_key_signs_a_token_request_and_the_token_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pem, public) = openssl_rsa_key(dir.path());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let token_uri = token_endpoint(public, calls.clone()).await;
+        let json = serde_json::json!({
+            "type": "service_account", "client_email": "sa@project.iam.gserviceaccount.com",
+            "private_key": pem, "token_uri": token_uri,
+        });
+        let creds = GcsCredentials::from_service_account_json(&json.to_string()).unwrap();
+        assert_eq!(creds.describe(), "service-account:sa@project.iam.gserviceaccount.com", "never the key");
+        let auth = Auth::new(creds, reqwest::Client::new());
+        assert_eq!(auth.token().await.unwrap().as_deref(), Some("token-1"));
+        assert_eq!(auth.token().await.unwrap().as_deref(), Some("token-1"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a valid token is reused");
+        assert!(GcsCredentials::from_service_account_json(r#"{"client_email":"x","private_key":"nope"}"#).is_err());
+    }
+}
