@@ -98,6 +98,11 @@ impl Azurite {
         format!("http://{}/{}", self.addr, self.account)
     }
 
+    /// The server's address (for a toxiproxy link in front of it).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn account(&self) -> &str {
         &self.account
     }
@@ -169,6 +174,11 @@ impl FakeGcs {
             bail!("creating the fake-gcs-server bucket: {} {}", resp.status(), resp.text().await.unwrap_or_default());
         }
         Ok(gcs)
+    }
+
+    /// The server's address (for a toxiproxy link in front of it).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// `http://127.0.0.1:<port>` (JSON API at `/storage/v1`, uploads at `/upload/storage/v1`).
