@@ -216,6 +216,19 @@ async fn files_go_up_in_parts_under_their_condition(store: &dyn Store, bucket: &
         put_file_unless_newer(store, bucket, key, &path, &parts, ObjectMeta::for_data(5, &data), &none).await?;
     ensure!(skipped == Conditional::StoreNewer { store_version: 6 }, "{skipped:?}");
 
+    // From an offset (the cache's files start with a header), in parts and as one part.
+    let headed = dir.path().join("headed");
+    let mut bytes = b"HEADER-not-part-of-the-object".to_vec();
+    let start = bytes.len() as u64;
+    bytes.extend_from_slice(&other_data);
+    std::fs::write(&headed, &bytes)?;
+    let m = ObjectMeta::for_data(1, &other_data);
+    store.put_file_at_if(bucket, "file/at", &headed, start, &parts, m, &none, Precondition::Absent).await?;
+    ensure!(store.get(bucket, "file/at").await?.context("get")?.data[..] == other_data[..], "parts from an offset");
+    let one_len = [other_data.len() as u64];
+    store.put_file_at_if(bucket, "file/at1", &headed, start, &one_len, m, &none, Precondition::Absent).await?;
+    ensure!(store.get(bucket, "file/at1").await?.context("get")?.data[..] == other_data[..], "one part from an offset");
+
     // One part is a plain conditional write.
     let one = dir.path().join("one");
     let small = random_file(&one, 1234)?;

@@ -382,11 +382,12 @@ impl Store for AzureStore {
         check_azure("PUT", bucket, key, resp).await.map(drop)
     }
 
-    async fn put_file_if(
+    async fn put_file_at_if(
         &self,
         bucket: &str,
         key: &str,
         path: &Path,
+        start: u64,
         part_sizes: &[u64],
         meta: ObjectMeta,
         attrs: &ObjectAttrs,
@@ -395,19 +396,20 @@ impl Store for AzureStore {
         let len = tokio::fs::metadata(path)
             .await
             .map_err(|source| StoreError::Io { op: "stat", path: path.display().to_string(), source })?
-            .len();
+            .len()
+            .saturating_sub(start);
         check_parts(bucket, key, len, part_sizes)?;
         if let [only] = part_sizes {
             let mut headers = write_headers(meta, attrs, cond, "x-ms-blob-").map_err(|e| with_key(e, bucket, key))?;
             headers.insert("x-ms-blob-type", HeaderValue::from_static("BlockBlob"));
             let url = self.url(bucket, Some(key), &[]);
-            let body = file_body(path, 0, *only).await?;
+            let body = file_body(path, start, *only).await?;
             let resp = self.send("PUT", bucket, key, reqwest::Method::PUT, url, headers, Some((body, *only))).await?;
             return check_azure("PUT", bucket, key, resp).await.map(drop);
         }
         let upload = rand::random::<u64>();
         let mut ids = Vec::with_capacity(part_sizes.len());
-        let mut offset = 0;
+        let mut offset = start;
         for (i, &n) in part_sizes.iter().enumerate() {
             let id = block_id(upload, i);
             let url = self.url(bucket, Some(key), &[("comp", "block"), ("blockid", &id)]);

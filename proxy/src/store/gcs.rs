@@ -145,12 +145,15 @@ impl GcsStore {
     }
 
     /// Sends the file in chunks; the last one finalises the object (and checks the precondition).
+    /// `len` bytes of the file from `start`.
+    #[allow(clippy::too_many_arguments)] // bucket and key only label errors
     async fn upload_chunks(
         &self,
         bucket: &str,
         key: &str,
         session: &str,
         path: &Path,
+        start: u64,
         len: u64,
     ) -> Result<(), StoreError> {
         let mut offset = 0;
@@ -162,7 +165,7 @@ impl GcsStore {
                 (_, true) => format!("bytes {}-{}/{len}", offset, offset + n - 1),
                 (_, false) => format!("bytes {}-{}/*", offset, offset + n - 1),
             };
-            let body = file_body(path, offset, n).await?;
+            let body = file_body(path, start + offset, n).await?;
             let req = self.http.put(session).header("content-range", range).header("content-length", n).body(body);
             let resp = self.send("upload chunk", bucket, key, req).await?;
             // 308: the chunk was taken, more expected.
@@ -419,11 +422,12 @@ impl Store for GcsStore {
         Ok(())
     }
 
-    async fn put_file_if(
+    async fn put_file_at_if(
         &self,
         bucket: &str,
         key: &str,
         path: &Path,
+        start: u64,
         part_sizes: &[u64],
         meta: ObjectMeta,
         attrs: &ObjectAttrs,
@@ -432,11 +436,12 @@ impl Store for GcsStore {
         let len = tokio::fs::metadata(path)
             .await
             .map_err(|source| StoreError::Io { op: "stat", path: path.display().to_string(), source })?
-            .len();
+            .len()
+            .saturating_sub(start);
         check_parts(bucket, key, len, part_sizes)?;
         // GCS has no parts: the whole file goes through one resumable upload in fixed chunks.
         let session = self.start_resumable(bucket, key, len, meta, attrs, cond).await?;
-        let done = self.upload_chunks(bucket, key, &session, path, len).await;
+        let done = self.upload_chunks(bucket, key, &session, path, start, len).await;
         if done.is_err() {
             // An unfinished session holds nothing visible; cancelling frees it now rather than in
             // a week.
