@@ -102,7 +102,7 @@ fn with_logs<T>(root: &Path, r: Result<T>) -> Result<T> {
             if name.starts_with("sidecar-") {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 let notable =
-                    text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("config"));
+                    text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR"));
                 logs += &format!("--- {name}\n{}\n", notable.collect::<Vec<_>>().join("\n"));
             }
         }
