@@ -6,9 +6,8 @@
 mod client_support;
 
 use anyhow::{Context, Result};
-use blockproxy_testenv::Minio;
+use blockproxy_testenv::{Blockproxy, Minio};
 use client_support::*;
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -56,7 +55,7 @@ async fn group(root: &Path) -> Result<Group> {
 /// A sidecar serving a mount point; dropping it detaches the mount, then kills the process.
 struct Pod {
     _unmount: Unmount,
-    sidecar: Sidecar,
+    sidecar: Blockproxy,
 }
 
 /// Starts `blockproxy-mount --mount-point dir` and waits until the directory is served.
@@ -66,18 +65,27 @@ async fn mount(root: &Path, g: &Group, dir: &Path) -> Result<Pod> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         r => r?,
     }
-    let extra = [OsStr::new("--mount-point"), dir.as_os_str()];
-    let (sidecar, endpoint) = Sidecar::start_with(root, &g.discovery, &g.minio, &extra)?;
+    let dir_arg = dir.to_str().context("a UTF-8 temporary path")?;
+    let sidecar = start_sidecar(root, &g.discovery, &g.minio, &["--mount-point", dir_arg]).await?;
     let pod = Pod { _unmount: Unmount(dir.to_owned()), sidecar };
     let mounted =
         wait_until(&format!("{} is mounted", dir.display()), Duration::from_secs(30), || async { is_mounted(dir) })
             .await;
-    if let Err(e) = mounted {
-        let port = endpoint.rsplit(':').next().unwrap_or_default();
-        let log = std::fs::read_to_string(root.join(format!("sidecar-{port}.log"))).unwrap_or_default();
-        anyhow::bail!("{e}; the sidecar's log:\n{log}");
-    }
+    with_logs(&[&pod], mounted)?;
     Ok(pod)
+}
+
+/// On failure, the sidecars' warnings and errors are part of the error.
+fn with_logs<T>(pods: &[&Pod], r: Result<T>) -> Result<T> {
+    r.map_err(|e| {
+        let mut logs = String::new();
+        for (i, pod) in pods.iter().enumerate() {
+            let text = pod.sidecar.log_text();
+            let notable: Vec<&str> = text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+            logs += &format!("--- sidecar {i} ({})\n{}\n", pod.sidecar.log_dir().display(), notable.join("\n"));
+        }
+        e.context(logs)
+    })
 }
 
 /// Runs a bash script (`set -euo pipefail`) with `vars` in its environment; fails with its output.
@@ -91,23 +99,6 @@ fn bash(script: &str, vars: &[(&str, &Path)]) -> Result<String> {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     anyhow::ensure!(out.status.success(), "the script failed ({}):\n{text}", out.status);
     Ok(text)
-}
-
-/// On failure, the sidecars' warnings and errors are part of the error.
-fn with_logs<T>(root: &Path, r: Result<T>) -> Result<T> {
-    r.map_err(|e| {
-        let mut logs = String::new();
-        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("sidecar-") {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let notable =
-                    text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR"));
-                logs += &format!("--- {name}\n{}\n", notable.collect::<Vec<_>>().join("\n"));
-            }
-        }
-        e.context(logs)
-    })
 }
 
 fn tmp_root() -> Result<tempfile::TempDir> {
@@ -227,10 +218,10 @@ async fn posix_tools_work_through_the_mount_and_files_land_in_minio_byte_identic
     let g = group(root.path()).await?;
     let (m1, m2, work) = (root.path().join("mnt1"), root.path().join("mnt2"), root.path().join("work"));
     std::fs::create_dir_all(&work)?;
-    let _pod1 = mount(root.path(), &g, &m1).await?;
-    let _pod2 = mount(root.path(), &g, &m2).await?;
+    let pod1 = mount(root.path(), &g, &m1).await?;
+    let pod2 = mount(root.path(), &g, &m2).await?;
 
-    with_logs(root.path(), bash(BATTERY, &[("M", &m1), ("W", &work)]))?;
+    with_logs(&[&pod1, &pod2], bash(BATTERY, &[("M", &m1), ("W", &work)]))?;
     let py = Command::new("python3").arg("-c").arg(PYTHON).arg(&m1).output()?;
     assert!(
         py.status.success(),
@@ -281,7 +272,7 @@ async fn after_a_sidecar_crash_the_mount_fails_with_enotconn_until_the_restarted
     let err = std::fs::metadata(m.join("kept.txt")).expect_err("a dead mount answers nothing");
     assert_eq!(err.raw_os_error(), Some(107), "ENOTCONN: {err}");
 
-    let _pod = mount(root.path(), &g, &m).await?;
+    pod.sidecar.restart().await?;
     wait_until("the restarted sidecar serves the mount", Duration::from_secs(30), || async {
         std::fs::read(m.join("kept.txt")).is_ok_and(|d| d == b"closed before the crash")
     })

@@ -147,7 +147,6 @@ impl Shared {
         let k = key(path)?;
         let prefix = format!("{path}/");
         let (head, below) = tokio::join!(self.client.head(&k), self.client.list_page(&prefix, "", 1));
-        tracing::debug!(path, head = ?head.as_ref().map(|h| h.as_ref().map(|i| (i.size, i.version))), below = ?below.as_ref().map(|b| b.entries.iter().map(|e| e.key.clone()).collect::<Vec<_>>()), "stat");
         if !below.map_err(|e| errno::client(&e))?.entries.is_empty() {
             return Ok(Some(self.dir_stat()));
         }
