@@ -204,6 +204,16 @@ try:
     raise SystemExit("in-place update accepted")
 except OSError as e:
     assert e.errno == errno.EPERM, e
+# A directory of more than one listing page (1000 keys) with a subdirectory in the middle.
+big = os.path.join(m, "many")
+os.mkdir(big)
+names = ["f%05d" % i for i in range(1100)]
+for n in names:
+    open(os.path.join(big, n), "wb").close()
+os.makedirs(os.path.join(big, "f00500.d", "deep"))
+open(os.path.join(big, "f00500.d", "deep", "x"), "wb").close()
+listed = sorted(os.listdir(big))
+assert listed == sorted(names + ["f00500.d"]), (len(listed), listed[:3], listed[-3:])
 os.rename(p, p + ".2")
 assert not os.path.exists(p) and open(p + ".2").read() == "text"
 os.remove(p + ".2")
@@ -316,5 +326,42 @@ async fn large_files_are_written_as_multipart_uploads_and_read_back_striped() ->
         in_minio(&g.minio, "big.bin").await.ok().flatten().is_some_and(|(d, _)| d == want)
     })
     .await?;
+    Ok(())
+}
+
+/// `blockproxy quickstart --mount DIR`, as the README runs it: a file written in the directory
+/// is the volume's object, in the local store after Ctrl-C, and the mount is gone after exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_mounts_the_demo_volume() -> Result<()> {
+    use blockproxy::store::{LocalDirStore, Store};
+    use blockproxy_testenv::BlockproxyCommand;
+    let root = tmp_root()?;
+    let m = root.path().join("demo");
+    std::fs::create_dir(&m)?;
+    let _unmount = Unmount(m.clone());
+    let port = free_port();
+    let mut quickstart = Blockproxy::start(
+        BlockproxyCommand::new(env!("CARGO_BIN_EXE_blockproxy"), "quickstart", ["quickstart", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--dir")
+            .arg(root.path().join("qs"))
+            .arg("--mount")
+            .arg(&m)
+            .ready_url(&format!("http://127.0.0.1:{port}/_blockproxy/readyz")),
+    )
+    .await?;
+    wait_until("the quickstart volume is mounted", Duration::from_secs(30), || async {
+        std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|t| t.contains(" blockproxy:demo "))
+    })
+    .await?;
+    std::fs::create_dir(m.join("docs"))?;
+    std::fs::write(m.join("docs/hi.txt"), "hi from the mount\n")?;
+    assert_eq!(std::fs::read_to_string(m.join("docs/hi.txt"))?, "hi from the mount\n");
+    let status = quickstart.stop_with("INT", Duration::from_secs(60)).await?;
+    assert!(status.success(), "quickstart exited with {status}: {}", quickstart.log_text());
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo")?.contains(&format!(" {} ", m.display())), "still mounted");
+    let store = LocalDirStore::open(root.path().join("qs/store"))?;
+    let stored = store.get("quickstart-bucket", "volumes/demo/docs/hi.txt").await?.context("hi.txt in the store")?;
+    assert_eq!(&stored.data[..], b"hi from the mount\n");
     Ok(())
 }
