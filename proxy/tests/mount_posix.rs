@@ -6,7 +6,7 @@
 mod client_support;
 
 use anyhow::{Context, Result};
-use blockproxy_testenv::{Blockproxy, Minio};
+use blockproxy_testenv::{Blockproxy, Minio, Tool, tool_path};
 use client_support::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +17,8 @@ struct Unmount(PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
-        let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.0).output();
+        let bin = tool_path(Tool::Fusermount).unwrap_or_else(|_| "fusermount3".into());
+        let _ = Command::new(bin).arg("-u").arg("-z").arg(&self.0).output();
     }
 }
 
@@ -60,6 +61,8 @@ struct Pod {
 
 /// Starts `blockproxy-mount --mount-point dir` and waits until the directory is served.
 async fn mount(root: &Path, g: &Group, dir: &Path) -> Result<Pod> {
+    // The sidecar mounts through fusermount3 (Debian fuse3); without it, say how to get it.
+    tool_path(Tool::Fusermount)?;
     // A dead mount answers ENOTCONN to stat, and then EEXIST to mkdir.
     match std::fs::create_dir(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
