@@ -6,7 +6,7 @@
 //! - [`writeback`]: the durable flush queue and its bounded, retrying workers.
 //! - [`server`]: the HTTP API over TLS, and [`server::run`], which wires everything together.
 //! - [`client`]: discovery, RTT group selection, rendezvous routing and failover (the mount side).
-//! - [`sidecar`]: the `blockproxy-mount` S3-compatible endpoint; [`quickstart`]: a one-machine demo.
+//! - [`sidecar`]: the `blockproxy-mount` S3-compatible endpoint; [`mount`]: its FUSE frontend; [`quickstart`]: a one-machine demo.
 //! - [`config`], [`metrics`], [`telemetry`]: flags, Prometheus metrics, logging and signals.
 
 pub use blockproxy_protocol as protocol;
@@ -14,6 +14,7 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod mount;
 pub mod quickstart;
 pub mod server;
 pub mod sidecar;

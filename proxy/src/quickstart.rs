@@ -34,6 +34,10 @@ pub struct QuickstartArgs {
     /// The volume id, which is also the S3 bucket name.
     #[arg(long, default_value = "demo")]
     pub volume: String,
+
+    /// Also mount the volume at this directory through FUSE (docs/SEMANTICS.md).
+    #[arg(long)]
+    pub mount: Option<PathBuf>,
 }
 
 pub const ACCESS_KEY: &str = "blockproxy";
@@ -183,7 +187,26 @@ Press Ctrl-C to stop; the proxies flush their dirty blocks first.
         ak = ACCESS_KEY,
         sk = SECRET_KEY,
     );
-    crate::sidecar::serve(listener, client, ACCESS_KEY, SECRET_KEY, 64 << 20, shutdown).await?;
+    let mounted = match &args.mount {
+        Some(dir) => {
+            let fuse = crate::mount::FuseArgs {
+                mount_point: Some(dir.clone()),
+                fuse_threads: 4,
+                allow_other: false,
+                uid: None,
+                gid: None,
+            };
+            let m = crate::mount::mount(client.clone(), &fuse, dir)?;
+            println!("  mount        {} (try: echo hi > {0}/hi.txt; ls -l {0})\n", dir.display());
+            Some(m)
+        }
+        None => None,
+    };
+    let served = crate::sidecar::serve(listener, client, ACCESS_KEY, SECRET_KEY, 64 << 20, shutdown).await;
+    if let Some(m) = mounted {
+        m.unmount().await;
+    }
+    served?;
     tracing::info!("stopping the proxies (flushing dirty blocks)");
     let _ = stop_tx.send(true);
     for p in proxies {

@@ -1,6 +1,7 @@
 //! `blockproxy-mount`: the sidecar beside the app container. It reads the discovery file, chooses
 //! the lowest-RTT group, routes blocks by rendezvous hashing with failover ([`crate::client`]), and
-//! serves the volume as an S3-compatible endpoint on localhost ([`s3`]).
+//! serves the volume as an S3-compatible endpoint on localhost ([`s3`]), and with `--mount-point`
+//! also as a directory through FUSE ([`crate::mount`]).
 //!
 //! Admin endpoints on the same port (bucket names cannot start with `_`, so they never clash):
 //! `/_blockproxy/healthz`, `/_blockproxy/readyz`, `/_blockproxy/metrics`, `/_blockproxy/status`.
@@ -68,6 +69,9 @@ pub struct MountArgs {
 
     #[command(flatten)]
     pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub fuse: crate::mount::FuseArgs,
 
     /// How often every proxy is probed.
     #[arg(long, env = "BLOCKPROXY_PROBE_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -196,7 +200,15 @@ pub async fn run(args: MountArgs, shutdown: impl Future<Output = ()> + Send + 's
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the S3 endpoint on {}", args.listen))?;
-    serve(listener, client, &args.s3_access_key, &args.s3_secret_key, args.max_part_size, shutdown).await
+    let mounted = match &args.fuse.mount_point {
+        Some(dir) => Some(crate::mount::mount(client.clone(), &args.fuse, dir)?),
+        None => None,
+    };
+    let served = serve(listener, client, &args.s3_access_key, &args.s3_secret_key, args.max_part_size, shutdown).await;
+    if let Some(m) = mounted {
+        m.unmount().await;
+    }
+    served
 }
 
 /// Waits until the token file has a token and the discovery file exists. In a Pod they are the

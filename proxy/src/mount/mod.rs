@@ -1,0 +1,112 @@
+//! The volume as a directory through FUSE (issue 13): `blockproxy-mount --mount-point DIR`
+//! serves it next to the S3 endpoint, on the same client. The library choice is ADR 0006; what
+//! each file operation means is docs/SEMANTICS.md.
+//!
+//! - [`fs`]: the FUSE adapter (each kernel request becomes a task on the tokio runtime);
+//! - [`inodes`], [`dirs`], [`reader`], [`writer`], [`errno`]: the parts, tested without a kernel.
+
+mod dirs;
+mod errno;
+mod fs;
+mod inodes;
+mod reader;
+mod writer;
+
+use crate::client::Client;
+use anyhow::Context;
+use clap::Args;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// ENOTCONN: what a FUSE mount whose server died answers.
+const ENOTCONN: i32 = 107;
+
+#[derive(Debug, Clone, Args)]
+pub struct FuseArgs {
+    /// Also serve the volume as a directory here, through FUSE (see docs/SEMANTICS.md).
+    #[arg(long, env = "BLOCKPROXY_MOUNT_POINT")]
+    pub mount_point: Option<PathBuf>,
+
+    /// Threads reading FUSE requests from the kernel (each with its own /dev/fuse descriptor).
+    #[arg(long, env = "BLOCKPROXY_FUSE_THREADS", default_value_t = 4)]
+    pub fuse_threads: usize,
+
+    /// Let other users (the app container's) use the mount (needs `user_allow_other` in
+    /// /etc/fuse.conf unless run as root).
+    #[arg(long, env = "BLOCKPROXY_ALLOW_OTHER")]
+    pub allow_other: bool,
+
+    /// Owner shown for every file and directory; default: the mount point's owner.
+    #[arg(long, env = "BLOCKPROXY_MOUNT_UID")]
+    pub uid: Option<u32>,
+
+    /// Group shown for every file and directory; default: the mount point's group.
+    #[arg(long, env = "BLOCKPROXY_MOUNT_GID")]
+    pub gid: Option<u32>,
+}
+
+/// A mounted volume; [`Mounted::unmount`] detaches it.
+pub struct Mounted {
+    session: fuser::BackgroundSession,
+    mount_point: PathBuf,
+}
+
+/// Mounts the volume at `args.mount_point`. A dead mount left there by a previous process
+/// (ENOTCONN) is detached first, so a restarted sidecar serves the same directory again.
+pub fn mount(client: Client, args: &FuseArgs, mount_point: &Path) -> anyhow::Result<Mounted> {
+    if std::fs::metadata(mount_point).is_err_and(|e| e.raw_os_error() == Some(ENOTCONN)) {
+        tracing::warn!(mount_point = %mount_point.display(), "a dead mount is in the way (its server exited): detaching it");
+        lazy_unmount(mount_point)?;
+    }
+    let meta = std::fs::metadata(mount_point)
+        .with_context(|| format!("the mount point {} (--mount-point)", mount_point.display()))?;
+    anyhow::ensure!(meta.is_dir(), "the mount point {} is not a directory", mount_point.display());
+    let uid = args.uid.unwrap_or(meta.uid());
+    let gid = args.gid.unwrap_or(meta.gid());
+    let fs = fs::VolumeFs::new(client.clone(), tokio::runtime::Handle::current(), uid, gid);
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("blockproxy:{}", client.volume())),
+        fuser::MountOption::Subtype("blockproxy".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoAtime,
+    ];
+    if args.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(args.fuse_threads.max(1));
+    config.clone_fd = true;
+    let session = fuser::spawn_mount(fs, mount_point, &config)
+        .with_context(|| format!("mounting the volume at {}", mount_point.display()))?;
+    tracing::info!(mount_point = %mount_point.display(), threads = args.fuse_threads, "volume mounted");
+    Ok(Mounted { session, mount_point: mount_point.to_owned() })
+}
+
+impl Mounted {
+    /// Unmounts; when files are still open (busy), detaches lazily so the process can exit.
+    pub async fn unmount(self) {
+        let mp = self.mount_point.clone();
+        let session = self.session;
+        let done = tokio::task::spawn_blocking(move || session.umount_and_join()).await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::warn!(mount_point = %mp.display(), result = ?done, "unmount failed: detaching lazily");
+            if let Err(e) = lazy_unmount(&mp) {
+                tracing::warn!(error = %e, "lazy unmount failed");
+            }
+        }
+    }
+}
+
+/// `fusermount3 -u -z` (or `fusermount` where only FUSE 2 is installed).
+fn lazy_unmount(mount_point: &Path) -> anyhow::Result<()> {
+    for bin in ["fusermount3", "fusermount"] {
+        match std::process::Command::new(bin).arg("-u").arg("-z").arg(mount_point).output() {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => anyhow::bail!("{bin} -u -z {}: {}", mount_point.display(), String::from_utf8_lossy(&out.stderr)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).context(format!("running {bin}")),
+        }
+    }
+    anyhow::bail!("neither fusermount3 nor fusermount is installed")
+}

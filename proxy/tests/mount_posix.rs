@@ -1,0 +1,370 @@
+//! The FUSE frontend (`blockproxy-mount --mount-point`) as a real process over a real group of
+//! proxies and MinIO, judged by tools nobody here wrote: cp, dd, sha256sum, cmp, diff, ls -R, rm,
+//! mkdir, rmdir, mv, tar, git and Python. The contract is docs/SEMANTICS.md. Every mount is
+//! detached at the end, also when a test fails.
+
+mod client_support;
+
+use anyhow::{Context, Result};
+use blockproxy_testenv::{Blockproxy, Minio, Tool, tool_path};
+use client_support::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Detaches a mount point when dropped (declare it after the sidecar: it is dropped first).
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let bin = tool_path(Tool::Fusermount).unwrap_or_else(|_| "fusermount3".into());
+        let _ = Command::new(bin).arg("-u").arg("-z").arg(&self.0).output();
+    }
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let want = dir.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*want) && l.contains(" blockproxy:vol1 ")))
+}
+
+/// A group of three proxies in front of MinIO, and its discovery file.
+struct Group {
+    minio: Minio,
+    _proxies: Vec<Proxy>,
+    discovery: PathBuf,
+}
+
+async fn group(root: &Path) -> Result<Group> {
+    let minio = Minio::start().await?;
+    let volumes = write_volumes_file(root, minio.bucket())?;
+    let mut proxies = Vec::new();
+    let mut addrs = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        let p = Proxy::start(name, root, &volumes, &minio.endpoint(), &minio).await?;
+        addrs.push(p.addr.to_string());
+        proxies.push(p);
+    }
+    let file = root.join("discovery.json");
+    write_discovery(
+        &file,
+        &discovery(minio.bucket(), Some(minio.endpoint()), &[GroupSpec { name: "g".into(), addresses: addrs }]),
+    )?;
+    Ok(Group { minio, _proxies: proxies, discovery: file })
+}
+
+/// A sidecar serving a mount point; dropping it detaches the mount, then kills the process.
+struct Pod {
+    _unmount: Unmount,
+    sidecar: Blockproxy,
+}
+
+/// Starts `blockproxy-mount --mount-point dir` and waits until the directory is served.
+async fn mount(root: &Path, g: &Group, dir: &Path) -> Result<Pod> {
+    // The sidecar mounts through fusermount3 (Debian fuse3); without it, say how to get it.
+    tool_path(Tool::Fusermount)?;
+    // A dead mount answers ENOTCONN to stat, and then EEXIST to mkdir.
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        r => r?,
+    }
+    let dir_arg = dir.to_str().context("a UTF-8 temporary path")?;
+    let sidecar = start_sidecar(root, &g.discovery, &g.minio, &["--mount-point", dir_arg]).await?;
+    let pod = Pod { _unmount: Unmount(dir.to_owned()), sidecar };
+    let mounted =
+        wait_until(&format!("{} is mounted", dir.display()), Duration::from_secs(30), || async { is_mounted(dir) })
+            .await;
+    with_logs(&[&pod], mounted)?;
+    Ok(pod)
+}
+
+/// On failure, the sidecars' warnings and errors are part of the error.
+fn with_logs<T>(pods: &[&Pod], r: Result<T>) -> Result<T> {
+    r.map_err(|e| {
+        let mut logs = String::new();
+        for (i, pod) in pods.iter().enumerate() {
+            let text = pod.sidecar.log_text();
+            let notable: Vec<&str> = text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+            logs += &format!("--- sidecar {i} ({})\n{}\n", pod.sidecar.log_dir().display(), notable.join("\n"));
+        }
+        e.context(logs)
+    })
+}
+
+/// Runs a bash script (`set -euo pipefail`) with `vars` in its environment; fails with its output.
+fn bash(script: &str, vars: &[(&str, &Path)]) -> Result<String> {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", script]);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().context("running bash")?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(out.status.success(), "the script failed ({}):\n{text}", out.status);
+    Ok(text)
+}
+
+fn tmp_root() -> Result<tempfile::TempDir> {
+    // Canonical, so that the mount table shows the same path.
+    let t = tempfile::tempdir()?;
+    anyhow::ensure!(t.path().canonicalize()? == t.path(), "the temporary directory is a symlink");
+    Ok(t)
+}
+
+const BATTERY: &str = r#"
+cd "$W"
+mkdir -p src/tree/a/b src/tree/c
+head -c 3000000 /dev/urandom > src/tree/a/b/blob.bin
+echo hello > src/tree/c/hello.txt
+for i in $(seq 1 30); do echo "file $i" > "src/tree/a/f$i.txt"; done
+
+# cp and sha256sum; stat shows the real size.
+cp src/tree/a/b/blob.bin "$M/blob.bin"
+[ "$(sha256sum < src/tree/a/b/blob.bin)" = "$(sha256sum < "$M/blob.bin")" ]
+[ "$(stat -c %s "$M/blob.bin")" = 3000000 ]
+
+# dd in 64 KiB writes; a random read in the middle.
+dd if=/dev/urandom of=dd.want bs=65536 count=80 status=none
+dd if=dd.want of="$M/dd.bin" bs=65536 status=none
+cmp dd.want "$M/dd.bin"
+dd if="$M/dd.bin" of=part.got bs=4096 skip=300 count=10 status=none
+dd if=dd.want of=part.want bs=4096 skip=300 count=10 status=none
+cmp part.want part.got
+
+# mkdir, tar x of a tree, diff -r and ls -R against the source.
+mkdir "$M/made"
+[ -d "$M/made" ]
+tar -C src -cf tree.tar tree
+tar -C "$M/made" -xf tree.tar
+diff -r src/tree "$M/made/tree"
+diff <(cd src && ls -R tree) <(cd "$M/made" && ls -R tree)
+
+# mv of a file (copy + delete) and of a directory (EXDEV: mv copies the tree itself).
+mv "$M/blob.bin" "$M/made/moved.bin"
+[ ! -e "$M/blob.bin" ]
+cmp src/tree/a/b/blob.bin "$M/made/moved.bin"
+mv "$M/made/tree/c" "$M/made/c2"
+[ "$(cat "$M/made/c2/hello.txt")" = hello ]
+[ ! -e "$M/made/tree/c" ]
+
+# Overwrite with O_TRUNC; appending to existing data and links are refused.
+echo new > "$M/made/c2/hello.txt"
+[ "$(cat "$M/made/c2/hello.txt")" = new ]
+if echo more >> "$M/made/c2/hello.txt"; then echo "append accepted"; exit 1; fi
+if ln -s target "$M/link" 2>/dev/null; then echo "symlink accepted"; exit 1; fi
+
+# rm, rmdir (refused while not empty).
+mkdir "$M/empty"
+rmdir "$M/empty"
+[ ! -e "$M/empty" ]
+if rmdir "$M/made" 2> rmdir.err; then echo "rmdir of a full directory"; exit 1; fi
+grep -q "not empty" rmdir.err
+rm "$M/dd.bin"
+[ ! -e "$M/dd.bin" ]
+rm -r "$M/made/tree/a/b"
+[ ! -e "$M/made/tree/a/b" ]
+[ -e "$M/made/tree/a/f1.txt" ]
+
+# git clone of a local repository into the mount.
+git init -q -b main repo
+git -C repo -c user.email=t@example.com -c user.name=t commit -q --allow-empty -m empty
+echo content > repo/r.txt
+mkdir repo/sub
+echo deep > repo/sub/d.txt
+git -C repo add .
+git -C repo -c user.email=t@example.com -c user.name=t commit -q -m init
+git clone -q "file://$W/repo" "$M/clone"
+[ "$(cat "$M/clone/sub/d.txt")" = deep ]
+[ -z "$(git -C "$M/clone" status --porcelain)" ]
+git -C "$M/clone" log --oneline > log.txt
+grep -q init log.txt
+git -C "$M/clone" fsck --no-progress
+"#;
+
+const PYTHON: &str = r#"
+import errno, os, sys
+m = sys.argv[1]
+d = os.path.join(m, "py")
+p = os.path.join(d, "data.bin")
+os.makedirs(d)
+data = os.urandom(1_000_000)
+with open(p, "wb") as f:
+    f.write(data[:500_000])
+    f.write(data[500_000:])
+    f.flush()
+    os.fsync(f.fileno())
+with open(p, "rb") as f:
+    assert f.read() == data
+    f.seek(123_456)
+    assert f.read(1000) == data[123_456:124_456]
+assert os.path.getsize(p) == len(data)
+assert os.listdir(d) == ["data.bin"], os.listdir(d)
+with open(p, "w") as f:
+    f.write("text")
+assert open(p).read() == "text"
+try:
+    open(p, "r+b")
+    raise SystemExit("in-place update accepted")
+except OSError as e:
+    assert e.errno == errno.EPERM, e
+# A directory of more than one listing page (1000 keys) with a subdirectory in the middle.
+big = os.path.join(m, "many")
+os.mkdir(big)
+names = ["f%05d" % i for i in range(1100)]
+for n in names:
+    open(os.path.join(big, n), "wb").close()
+os.makedirs(os.path.join(big, "f00500.d", "deep"))
+open(os.path.join(big, "f00500.d", "deep", "x"), "wb").close()
+listed = sorted(os.listdir(big))
+assert listed == sorted(names + ["f00500.d"]), (len(listed), listed[:3], listed[-3:])
+os.rename(p, p + ".2")
+assert not os.path.exists(p) and open(p + ".2").read() == "text"
+os.remove(p + ".2")
+os.rmdir(d)
+assert not os.path.exists(d)
+print("python ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posix_tools_work_through_the_mount_and_files_land_in_minio_byte_identical() -> Result<()> {
+    let root = tmp_root()?;
+    let g = group(root.path()).await?;
+    let (m1, m2, work) = (root.path().join("mnt1"), root.path().join("mnt2"), root.path().join("work"));
+    std::fs::create_dir_all(&work)?;
+    let pod1 = mount(root.path(), &g, &m1).await?;
+    let pod2 = mount(root.path(), &g, &m2).await?;
+
+    with_logs(&[&pod1, &pod2], bash(BATTERY, &[("M", &m1), ("W", &work)]))?;
+    let py = Command::new("python3").arg("-c").arg(PYTHON).arg(&m1).output()?;
+    assert!(
+        py.status.success(),
+        "python: {}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
+
+    // Read-after-write across pods of the group: a close on one mount, then a read on the other.
+    bash(
+        r#"for i in 1 2 3; do echo "round $i" > "$M/cross.txt"; [ "$(cat "$N/cross.txt")" = "round $i" ]; done"#,
+        &[("M", &m1), ("N", &m2)],
+    )?;
+
+    // Files written through the mount land in MinIO byte-identical at {prefix}/{path}.
+    let src = work.join("src/tree");
+    for (key, local) in [
+        ("made/moved.bin", src.join("a/b/blob.bin")),
+        ("made/tree/a/f7.txt", src.join("a/f7.txt")),
+        ("clone/sub/d.txt", work.join("repo/sub/d.txt")),
+    ] {
+        let want = std::fs::read(&local)?;
+        wait_until(&format!("{key} is in MinIO as written"), Duration::from_secs(60), || async {
+            in_minio(&g.minio, key).await.ok().flatten().is_some_and(|(d, _)| d == want)
+        })
+        .await?;
+    }
+    wait_until("mkdir's marker is in MinIO and deleted files are gone", Duration::from_secs(60), || async {
+        in_minio(&g.minio, "made/").await.ok().flatten().is_some()
+            && in_minio(&g.minio, "dd.bin").await.is_ok_and(|o| o.is_none())
+            && in_minio(&g.minio, "blob.bin").await.is_ok_and(|o| o.is_none())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sidecar_crash_the_mount_fails_with_enotconn_until_the_restarted_sidecar_serves_it_again() -> Result<()>
+{
+    let root = tmp_root()?;
+    let g = group(root.path()).await?;
+    let m = root.path().join("mnt");
+    let mut pod = mount(root.path(), &g, &m).await?;
+
+    std::fs::write(m.join("kept.txt"), b"closed before the crash")?;
+    let open_before = std::fs::File::open(m.join("kept.txt"))?;
+    pod.sidecar.kill();
+    let err = std::fs::metadata(m.join("kept.txt")).expect_err("a dead mount answers nothing");
+    assert_eq!(err.raw_os_error(), Some(107), "ENOTCONN: {err}");
+
+    pod.sidecar.restart().await?;
+    wait_until("the restarted sidecar serves the mount", Duration::from_secs(30), || async {
+        std::fs::read(m.join("kept.txt")).is_ok_and(|d| d == b"closed before the crash")
+    })
+    .await?;
+    std::fs::write(m.join("after.txt"), b"written after the restart")?;
+    let mut names: Vec<String> = std::fs::read_dir(&m)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    assert_eq!(names, ["after.txt", "kept.txt"]);
+    // A descriptor of the dead mount stays dead: the app must open the file again.
+    use std::io::Read;
+    let mut buf = Vec::new();
+    assert!((&open_before).read_to_end(&mut buf).is_err(), "a descriptor of the old mount still read");
+    Ok(())
+}
+
+/// Files over one 8 MiB part go up as multipart uploads staged on their home proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_are_written_as_multipart_uploads_and_read_back_striped() -> Result<()> {
+    let root = tmp_root()?;
+    let g = group(root.path()).await?;
+    let (m, work) = (root.path().join("mnt"), root.path().join("work"));
+    std::fs::create_dir_all(&work)?;
+    let _pod = mount(root.path(), &g, &m).await?;
+    bash(
+        r#"
+        cd "$W"
+        head -c 41943040 /dev/urandom > big.want
+        dd if=big.want of="$M/big.bin" bs=1M status=none
+        [ "$(stat -c %s "$M/big.bin")" = 41943040 ]
+        [ "$(sha256sum < big.want)" = "$(sha256sum < "$M/big.bin")" ]
+        dd if="$M/big.bin" of=tail.got bs=1M skip=37 status=none
+        dd if=big.want of=tail.want bs=1M skip=37 status=none
+        cmp tail.want tail.got
+        "#,
+        &[("M", &m), ("W", &work)],
+    )?;
+    let want = std::fs::read(work.join("big.want"))?;
+    wait_until("big.bin is in MinIO as written", Duration::from_secs(90), || async {
+        in_minio(&g.minio, "big.bin").await.ok().flatten().is_some_and(|(d, _)| d == want)
+    })
+    .await?;
+    Ok(())
+}
+
+/// `blockproxy quickstart --mount DIR`, as the README runs it: a file written in the directory
+/// is the volume's object, in the local store after Ctrl-C, and the mount is gone after exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_mounts_the_demo_volume() -> Result<()> {
+    use blockproxy::store::{LocalDirStore, Store};
+    use blockproxy_testenv::BlockproxyCommand;
+    let root = tmp_root()?;
+    let m = root.path().join("demo");
+    std::fs::create_dir(&m)?;
+    let _unmount = Unmount(m.clone());
+    let port = free_port();
+    let mut quickstart = Blockproxy::start(
+        BlockproxyCommand::new(env!("CARGO_BIN_EXE_blockproxy"), "quickstart", ["quickstart", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--dir")
+            .arg(root.path().join("qs"))
+            .arg("--mount")
+            .arg(&m)
+            .ready_url(&format!("http://127.0.0.1:{port}/_blockproxy/readyz")),
+    )
+    .await?;
+    wait_until("the quickstart volume is mounted", Duration::from_secs(30), || async {
+        std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|t| t.contains(" blockproxy:demo "))
+    })
+    .await?;
+    std::fs::create_dir(m.join("docs"))?;
+    std::fs::write(m.join("docs/hi.txt"), "hi from the mount\n")?;
+    assert_eq!(std::fs::read_to_string(m.join("docs/hi.txt"))?, "hi from the mount\n");
+    let status = quickstart.stop_with("INT", Duration::from_secs(60)).await?;
+    assert!(status.success(), "quickstart exited with {status}: {}", quickstart.log_text());
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo")?.contains(&format!(" {} ", m.display())), "still mounted");
+    let store = LocalDirStore::open(root.path().join("qs/store"))?;
+    let stored = store.get("quickstart-bucket", "volumes/demo/docs/hi.txt").await?.context("hi.txt in the store")?;
+    assert_eq!(&stored.data[..], b"hi from the mount\n");
+    Ok(())
+}
