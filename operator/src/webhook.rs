@@ -89,6 +89,7 @@ pub fn sidecar(volume: &VolumeId, cfg: &SidecarConfig, creds: &PodCredentials) -
             "--discovery-file", format!("{DISCOVERY_DIR}/{}", DiscoveryDocument::CONFIGMAP_KEY),
             "--token-file", format!("{TOKEN_DIR}/token"),
             "--listen", LISTEN,
+            "--wait-for-files", "1h",
         ],
         "env": [
             {"name": "BLOCKPROXY_S3_ACCESS_KEY", "value": creds.access_key},
@@ -328,7 +329,7 @@ mod tests {
         assert_eq!(side.restart_policy.as_deref(), Some("Always"));
         assert_eq!(
             side.args.as_ref().unwrap().join(" "),
-            "--volume-id vol-1 --discovery-file /etc/blockproxy/discovery/discovery.json --token-file /etc/blockproxy/token/token --listen 127.0.0.1:9000"
+            "--volume-id vol-1 --discovery-file /etc/blockproxy/discovery/discovery.json --token-file /etc/blockproxy/token/token --listen 127.0.0.1:9000 --wait-for-files 1h"
         );
         let vols = spec.volumes.as_ref().unwrap();
         assert_eq!(vols[0].config_map.as_ref().unwrap().name, "blockproxy-discovery-vol-1");

@@ -101,6 +101,12 @@ pub struct MountArgs {
     /// elsewhere (see docs/adr/0002-consistency-contract.md).
     #[arg(long, env = "BLOCKPROXY_RECOVERY_WINDOW", default_value = "120s", value_parser = humantime::parse_duration)]
     pub recovery_window: Duration,
+
+    /// How long to wait for the token and discovery files to appear before giving up ("0s": fail
+    /// at once with the reason). The webhook sets an hour: a Pod may start before its
+    /// VolumeProxyGroup is accepted, and its files appear then.
+    #[arg(long, env = "BLOCKPROXY_WAIT_FOR_FILES", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub wait_for_files: Duration,
 }
 
 fn parse_volume(s: &str) -> Result<VolumeId, String> {
@@ -211,7 +217,8 @@ pub async fn run(args: MountArgs, shutdown: impl Future<Output = ()> + Send + 's
     served
 }
 
-/// Waits until the token file has a token and the discovery file exists. In a Pod they are the
+/// Waits (at most `--wait-for-files`) until the token file has a token and the discovery file
+/// exists; past that, starting fails with the reason. In a Pod they are the
 /// volume's Secret and ConfigMap, mounted optional: a Pod started before its VolumeProxyGroup was
 /// accepted gets them later, and waiting (not serving, so the startup probe holds the app back)
 /// beats crash-looping on a missing file.
@@ -220,7 +227,7 @@ async fn wait_for_files(args: &MountArgs) {
         std::fs::read_to_string(&args.token_file).is_ok_and(|t| !t.trim().is_empty()) && args.discovery_file.exists()
     };
     let mut waited = Duration::ZERO;
-    while !present() {
+    while !present() && waited < args.wait_for_files {
         if waited.as_secs().is_multiple_of(60) {
             tracing::warn!(
                 token_file = %args.token_file.display(),
