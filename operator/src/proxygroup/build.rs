@@ -624,12 +624,16 @@ pub fn plan(inp: &Inputs<'_>) -> Plan {
         let pod_pending =
             pod.is_none_or(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|ph| ph == "Pending"));
         let claim_bound = pvc.is_some_and(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"));
+        let address = pod.and_then(|p| pod_address(p, spec.port));
+        // A Pod that has an address may have run and taken writes: only one that never got one
+        // (and whose claim never bound) can go without a drain.
+        let never_started = pod_pending && !claim_bound && address.is_none();
         plan.drain.push(DrainTarget {
             node,
             pod: pod.map(|p| p.name_any()),
             pvc: pvc.map(|c| c.name_any()),
-            address: pod.and_then(|p| pod_address(p, spec.port)),
-            never_started: pod_pending && !claim_bound,
+            address,
+            never_started,
         });
     }
     plan.selected = selected;
