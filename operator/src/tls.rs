@@ -83,8 +83,9 @@ pub async fn drain(target: &AdminTarget<'_>) -> Result<DrainStatus, String> {
 
 /// Whether the proxy serves `volume` for `target.token` (a volume token) yet: it loads its
 /// volumes file from a mounted Secret, which the kubelet refreshes up to a minute after the
-/// operator wrote it. Asks for the volume's dirty keys under a prefix nobody uses: 200 yes, 404
-/// (unknown volume) or 401 (unknown token) not yet.
+/// operator wrote it. Asks for the volume's dirty keys under a prefix nobody uses: 200 yes, a
+/// refusal marked `x-blockproxy-refusal` (unknown volume or token) not yet. Any other answer,
+/// such as a 404 from something else on the address, is an error: the operator could not ask.
 pub async fn serves_volume(target: &AdminTarget<'_>, volume: &VolumeId) -> Result<bool, String> {
     let (client, base) = client_for(target)?;
     let response = client
@@ -94,10 +95,11 @@ pub async fn serves_volume(target: &AdminTarget<'_>, volume: &VolumeId) -> Resul
         .send()
         .await
         .map_err(|e| format!("volume check at {}: {e}", target.address))?;
+    let refused = response.headers().contains_key(blockproxy_protocol::REFUSAL_HEADER);
     match response.status().as_u16() {
         200 => Ok(true),
-        401 | 404 => Ok(false),
-        other => Err(format!("volume check at {}: HTTP {other}", target.address)),
+        401 | 404 if refused => Ok(false),
+        other => Err(format!("volume check at {}: HTTP {other} without a proxy's refusal", target.address)),
     }
 }
 

@@ -190,8 +190,17 @@ async fn bad_requests_get_the_right_4xx_and_write_nothing() -> Result<()> {
         }
         let r = req.send().await?;
         let status = r.status().as_u16();
+        // Only the refusals for "not your volume or token" carry the marker the operator's
+        // readiness check relies on; other 4xx answers must not.
+        let refusal = r.headers().get(blockproxy_protocol::REFUSAL_HEADER).cloned();
         let msg = r.text().await?;
         assert_eq!(status, c.expect, "{}: {msg}", c.name);
+        let expected_refusal = match c.name {
+            "unknown volume" => Some(blockproxy_protocol::REFUSAL_UNKNOWN_VOLUME),
+            "missing token" | "wrong token" => Some(blockproxy_protocol::REFUSAL_TOKEN),
+            _ => None,
+        };
+        assert_eq!(refusal.as_ref().map(|v| v.to_str().unwrap()), expected_refusal, "{}", c.name);
         assert!(msg.contains("error"), "{}: the answer says why: {msg}", c.name);
     }
     // Dot segments exactly as sent (an HTTP client library would normalise them away, so they are

@@ -44,6 +44,14 @@ pub const VERSION_HEADER: &str = "x-blockproxy-version";
 /// exactly its `x-blockproxy-version` (never a newer one), or refused with 409 when the proxy
 /// already holds that version or a newer one.
 pub const REPAIR_HEADER: &str = "x-blockproxy-repair";
+/// Set on a request the proxy refuses because it does not serve the volume (`unknown-volume`)
+/// or not for this token (`token`), so a caller can tell "this proxy does not serve you (yet)"
+/// from a 404 or 401 of anything else that answers on the address.
+pub const REFUSAL_HEADER: &str = "x-blockproxy-refusal";
+/// [`REFUSAL_HEADER`] value: the proxy's volumes file does not list the volume.
+pub const REFUSAL_UNKNOWN_VOLUME: &str = "unknown-volume";
+/// [`REFUSAL_HEADER`] value: the token is missing or not the volume's.
+pub const REFUSAL_TOKEN: &str = "token";
 /// Where a GET was served from: `cache` or `store`.
 pub const SOURCE_HEADER: &str = "x-blockproxy-source";
 /// Object metadata key (S3 user metadata) carrying the write version in the store.

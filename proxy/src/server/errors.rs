@@ -11,11 +11,13 @@ pub struct ApiError {
     pub retry_after_secs: Option<u32>,
     /// The block's current version, for a write refused as superseded (409).
     pub version: Option<u64>,
+    /// Why the proxy does not serve this caller, sent as `x-blockproxy-refusal`.
+    pub refusal: Option<&'static str>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), retry_after_secs: None, version: None }
+        Self { status, message: message.into(), retry_after_secs: None, version: None, refusal: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -28,7 +30,13 @@ impl ApiError {
             message: message.into(),
             retry_after_secs: Some(retry_after_secs),
             version: None,
+            refusal: None,
         }
+    }
+
+    /// A refusal for a volume this proxy does not serve, or not for this token.
+    pub fn refused(status: StatusCode, refusal: &'static str, message: impl Into<String>) -> Self {
+        Self { refusal: Some(refusal), ..Self::new(status, message) }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -45,6 +53,9 @@ impl IntoResponse for ApiError {
         }
         if let Some(v) = self.version {
             resp.headers_mut().insert(blockproxy_protocol::VERSION_HEADER, HeaderValue::from(v));
+        }
+        if let Some(r) = self.refusal {
+            resp.headers_mut().insert(blockproxy_protocol::REFUSAL_HEADER, HeaderValue::from_static(r));
         }
         resp
     }

@@ -15,8 +15,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use blockproxy_protocol::{
-    self as protocol, CHECKSUM_HEADER, Checksum, DirtyKey, DirtyKeys, DrainStatus, StoreObject, StoreObjects,
-    VERSION_HEADER, VolumeConfig, VolumeId,
+    self as protocol, CHECKSUM_HEADER, Checksum, DirtyKey, DirtyKeys, DrainStatus, REFUSAL_TOKEN,
+    REFUSAL_UNKNOWN_VOLUME, StoreObject, StoreObjects, VERSION_HEADER, VolumeConfig, VolumeId,
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -235,11 +235,17 @@ const UPLOADS_INFIX: &str = "/uploads/";
 
 fn authorize(s: &AppState, volume: &VolumeId, auth: Option<&str>) -> Result<VolumeConfig, ApiError> {
     s.volumes.authorize(volume, auth).map_err(|e| match e {
-        AuthError::UnknownVolume => {
-            ApiError::new(StatusCode::NOT_FOUND, format!("volume {volume} is not served by this proxy"))
+        AuthError::UnknownVolume => ApiError::refused(
+            StatusCode::NOT_FOUND,
+            REFUSAL_UNKNOWN_VOLUME,
+            format!("volume {volume} is not served by this proxy"),
+        ),
+        AuthError::MissingToken => {
+            ApiError::refused(StatusCode::UNAUTHORIZED, REFUSAL_TOKEN, "missing 'Authorization: Bearer <token>'")
         }
-        AuthError::MissingToken => ApiError::new(StatusCode::UNAUTHORIZED, "missing 'Authorization: Bearer <token>'"),
-        AuthError::BadToken => ApiError::new(StatusCode::UNAUTHORIZED, "wrong token for this volume"),
+        AuthError::BadToken => {
+            ApiError::refused(StatusCode::UNAUTHORIZED, REFUSAL_TOKEN, "wrong token for this volume")
+        }
     })
 }
 
