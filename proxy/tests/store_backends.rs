@@ -8,7 +8,7 @@ use anyhow::{Context, Result, ensure};
 use blockproxy::protocol::{MIN_PART_SIZE, STORE_VERSION_METADATA};
 use blockproxy::store::{
     AzureCredentials, AzureStore, AzureStoreConfig, Conditional, GcsCredentials, GcsStore, GcsStoreConfig, ObjectAttrs,
-    ObjectMeta, Precondition, S3Store, S3StoreConfig, Store, StoreError, TOMBSTONE_PREFIX, delete_unless_newer,
+    ObjectMeta, Precondition, S3ETag, S3Store, S3StoreConfig, Store, StoreError, TOMBSTONE_PREFIX, delete_unless_newer,
     put_file_unless_newer, put_unless_newer,
 };
 use blockproxy_testenv::{Azurite, FakeGcs, Minio};
@@ -123,6 +123,17 @@ async fn attributes_round_trip(store: &dyn Store, bucket: &str) -> Result<()> {
         ensure!(got.attrs == want && got.etag == head.etag && got.version == version, "{key}: get gave {got:?}");
         ensure!(got.data[..] == bytes[..], "{key}: other bytes");
     }
+    // S3 clients are answered the object's S3 ETag (its MD5 for one part) on every store, also
+    // where the store's own ETag is a generation or a token.
+    let md5 = S3ETag::of_data(&data).quoted();
+    let one = store.head(bucket, "attrs/one").await?.context("head")?;
+    let got = store.get(bucket, "attrs/one").await?.context("get")?;
+    ensure!(
+        one.client_etag() == md5 && got.client_etag() == md5,
+        "S3 ETags {} / {}, not {md5}",
+        one.client_etag(),
+        got.client_etag()
+    );
     ensure!(store.head(bucket, "attrs/missing").await?.is_none(), "a missing object has no head");
     ensure!(store.get(bucket, "attrs/missing").await?.is_none(), "a missing object has no data");
     Ok(())

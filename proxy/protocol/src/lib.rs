@@ -59,6 +59,9 @@ pub const STORE_VERSION_METADATA: &str = "blockproxy-version";
 /// Object metadata key carrying the CRC32C (8 hex digits) of the object as its writer computed it;
 /// every fetch verifies it, so corruption in the store is never served as valid.
 pub const STORE_CRC32C_METADATA: &str = "blockproxy-crc32c";
+/// Object metadata key carrying the object's S3 ETag (unquoted), on stores whose own ETag is
+/// something else (GCS, Azure): what S3 clients are answered when the object is read back.
+pub const STORE_S3_ETAG_METADATA: &str = "blockproxy-etag";
 
 /// `/v1/volumes/{volume}/blocks/{key}`, the key percent-encoded ([`encode_key`]).
 pub fn block_path(volume: &VolumeId, key: &BlockKey) -> String {

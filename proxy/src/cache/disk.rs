@@ -4,11 +4,14 @@
 //! magic "BPXB" | header_len u32 | format u16 | flags u16 | version u64 | data_crc32c u32 |
 //! data_len u64 | 4 x (u16 len + bytes): volume, key, bucket, store_key |
 //! (format 2:) u16 len + etag | modified_ns u64 | u32 len + attributes JSON | u32 n + n x u64 part sizes |
-//! u8 striped + (index u64, block size u64, object size u64) | header_crc32c u32 | data
+//! u8 striped + (index u64, block size u64, object size u64) |
+//! (optional:) u16 len + store ETag | header_crc32c u32 | data
 //! ```
 //!
 //! Format 1 files (written before the object model) still decode, with no ETag, attributes or
-//! parts. The header is the commit record of an object version (ADR 0004): the data, its part
+//! parts. The store ETag is an optional trailing field of format 2 (older files have none, older
+//! binaries ignore it): it is written only for a fetched copy whose S3 ETag, recorded with the
+//! object, is not the store's own ETag (GCS, Azure). The header is the commit record of an object version (ADR 0004): the data, its part
 //! sizes (the store upload repeats them, so the store's ETag equals `etag`), its attributes and
 //! its version become visible together, by the rename of the complete file.
 //!
@@ -45,9 +48,9 @@ pub struct BlockHeader {
     pub data_len: u64,
     /// A pending delete: no data, flushing it deletes the object.
     pub tombstone: bool,
-    /// The S3 ETag of this version, unquoted: `multipart_etag` of the parts' MD5s for our writes,
-    /// the store's ETag for a block fetched from the store (the ETag it is pinned to). Empty for
-    /// tombstones and format 1 files.
+    /// The S3 ETag of this version, unquoted: `multipart_etag` of the parts' MD5s for our writes;
+    /// for a block fetched from the store, the S3 ETag recorded with it, else the store's ETag.
+    /// Empty for tombstones and format 1 files.
     pub etag: String,
     /// When this version was written, in nanoseconds since the Unix epoch: the version itself for
     /// our writes (versions are clock readings), the store's Last-Modified for fetched blocks.
@@ -57,6 +60,9 @@ pub struct BlockHeader {
     pub parts: Vec<u64>,
     /// Set when the file holds one striped block of a clean object rather than the object.
     pub stripe: Option<StripeHeader>,
+    /// The store's ETag (unquoted) a fetched copy is pinned to, when it is not `etag` (a GCS
+    /// generation, an Azure token: see `store::S3ETag`).
+    pub store_etag: Option<String>,
 }
 
 /// Which block of a clean store object a file holds (ADR 0004, striped reads).
@@ -109,6 +115,10 @@ impl BlockHeader {
                 body.put_u64_le(st.object_size);
             }
         }
+        if let Some(e) = &self.store_etag {
+            body.put_u16_le(e.len() as u16);
+            body.put_slice(e.as_bytes());
+        }
         let header_len = (4 + 4 + body.len() + 4) as u32;
         let mut out = BytesMut::with_capacity(header_len as usize);
         out.put_slice(MAGIC);
@@ -158,6 +168,7 @@ impl BlockHeader {
         let etag = if format == FORMAT_V1 { String::new() } else { strings.pop().ok_or(FormatError::Corrupt)? };
         let [volume, key, bucket, store_key]: [String; 4] = strings.try_into().map_err(|_| FormatError::Corrupt)?;
         let (mut attrs, mut parts, mut stripe, mut modified_ns) = (ObjectAttrs::default(), Vec::new(), None, version);
+        let mut store_etag = None;
         if format != FORMAT_V1 {
             if b.remaining() < 8 {
                 return Err(FormatError::Corrupt);
@@ -187,6 +198,13 @@ impl BlockHeader {
                     object_size: b.get_u64_le(),
                 });
             }
+            if b.remaining() >= 2 {
+                let len = b.get_u16_le() as usize;
+                if b.remaining() < len {
+                    return Err(FormatError::Corrupt);
+                }
+                store_etag = Some(std::str::from_utf8(&b[..len]).map_err(|_| FormatError::Corrupt)?.to_owned());
+            }
         }
         let header = Self {
             volume,
@@ -202,8 +220,14 @@ impl BlockHeader {
             attrs,
             parts,
             stripe,
+            store_etag,
         };
         Ok((header, header_len))
+    }
+
+    /// The store ETag this copy is pinned to (unquoted).
+    pub fn pinned_etag(&self) -> &str {
+        self.store_etag.as_deref().unwrap_or(&self.etag)
     }
 }
 
@@ -498,6 +522,7 @@ mod tests {
             },
             parts: vec![4],
             stripe: None,
+            store_etag: None,
         }
     }
 
@@ -512,6 +537,15 @@ mod tests {
             assert!(BlockHeader::decode(&bad).is_err(), "flip at {i} undetected");
         }
         assert!(BlockHeader::decode(&enc[..enc.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_fetched_copy_keeps_its_store_etag_apart_from_its_s3_etag() {
+        let h = BlockHeader { store_etag: Some("1795718556636854".into()), ..header() };
+        let enc = h.encode();
+        let (back, len) = BlockHeader::decode(&enc).unwrap();
+        assert_eq!((back.pinned_etag(), back.etag.as_str(), len), ("1795718556636854", h.etag.as_str(), enc.len()));
+        assert_eq!(header().pinned_etag(), header().etag, "without one, the copy is pinned to its ETag");
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub struct DirtyWrite {
 pub struct FetchedMeta {
     /// The store's ETag (unquoted) the block is pinned to.
     pub etag: String,
+    /// The S3 ETag (unquoted) recorded with the object, where it is not the store's ETag.
+    pub s3_etag: Option<String>,
     pub attrs: ObjectAttrs,
     /// The whole object's size, for a striped block.
     pub object_size: u64,
@@ -329,6 +331,7 @@ impl Cache {
             attrs: w.attrs,
             parts: w.parts,
             stripe: None,
+            store_etag: None,
         };
         let file_size = header.encode().len() as u64 + data.len() as u64;
         if let Some(current) = self.superseding_version(&w.id, w.version) {
@@ -535,7 +538,9 @@ impl Cache {
             data_crc32c: crc32c::crc32c(&data),
             data_len: data.len() as u64,
             tombstone: false,
-            etag: meta.etag,
+            // What S3 clients are answered, and what the copy is pinned to when that differs.
+            etag: meta.s3_etag.clone().unwrap_or_else(|| meta.etag.clone()),
+            store_etag: meta.s3_etag.as_ref().filter(|e| **e != meta.etag).map(|_| meta.etag.clone()),
             modified_ns: meta.modified_ns,
             attrs: meta.attrs,
             parts: Vec::new(),
@@ -570,7 +575,7 @@ impl Cache {
             Ok(_) => {
                 let mut entry = Entry::new(name, file_size, header.data_len, version, EntryState::Clean)
                     .with_etag(header.etag.clone());
-                entry.store_etag = Some(header.etag.clone());
+                entry.store_etag = Some(header.pinned_etag().to_owned());
                 index.insert(id, entry.validated_at(Instant::now()), file_size);
             }
             Err(e) => {

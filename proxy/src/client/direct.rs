@@ -15,7 +15,7 @@ impl From<store::ObjectInfo> for ObjectInfo {
         Self {
             size: i.size,
             version: i.version,
-            etag: Some(i.etag.clone()),
+            etag: Some(i.client_etag().to_owned()),
             store_etag: Some(i.etag),
             last_modified: Some(i.last_modified),
             attrs: i.attrs,
@@ -53,7 +53,7 @@ pub(super) async fn attempt(store: &dyn Store, loc: &StoreLocation, op: &Op<'_>)
                 let info = ObjectInfo {
                     size: b.data.len() as u64,
                     version: b.version,
-                    etag: Some(b.etag.clone()),
+                    etag: Some(b.client_etag().to_owned()),
                     store_etag: Some(b.etag),
                     last_modified: Some(b.last_modified),
                     attrs: b.attrs,

@@ -167,7 +167,7 @@ pub async fn get_object(
         Opened::Block(ob) => {
             let stale = !ob.dirty
                 && (ob.store_etag.is_none() || ob.validated.is_none_or(|t| t.elapsed() >= metadata_ttl(s, cfg)));
-            if !stale || still_in_store(s, cfg, &id, ob.header.version, &ob.header.etag).await {
+            if !stale || still_in_store(s, cfg, &id, ob.header.version, ob.header.pinned_etag()).await {
                 // Reopen after a revalidation: it recorded the store's ETag.
                 let ob = if stale {
                     match s.cache.open_block(&id).await.map_err(|e| cache_error(s, e))? {
@@ -195,13 +195,20 @@ pub async fn get_object(
     s.clocks.observe(&id.volume, info.version);
     let range = requested_range(headers, info.size)?;
     let attrs = info.attrs.clone();
-    let etag = unquote(&info.etag).to_owned();
+    // S3 clients see the object's S3 ETag; block reads pin the store's.
+    let (etag, store_etag) = (unquote(info.client_etag()).to_owned(), unquote(&info.etag).to_owned());
     let modified_ns = info.last_modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let answer = |range: Option<Range<u64>>, crc32c: Option<u32>, source| Answer {
         version: info.version,
         source,
         crc32c,
-        object: ObjectHeaders { etag: &etag, modified_ns, size: info.size, store_etag: Some(&etag), attrs: &attrs },
+        object: ObjectHeaders {
+            etag: &etag,
+            modified_ns,
+            size: info.size,
+            store_etag: Some(&store_etag),
+            attrs: &attrs,
+        },
         range,
     };
     if !with_body {
@@ -224,7 +231,7 @@ pub async fn get_object(
     match range {
         Some(r) if r.end - r.start <= s.max_block_size => {
             let _reserved = reserve_bytes(s, r.end - r.start).await?;
-            let got = fetch_range(s, cfg, &id, r.clone(), &etag).await?;
+            let got = fetch_range(s, cfg, &id, r.clone(), &store_etag).await?;
             let len = got.len() as u64;
             Ok(respond(answer(Some(r), None, "store"), Some(Body::from(got)), len))
         }
@@ -343,6 +350,7 @@ async fn fetch_whole(
                         metrics.store_read_bytes_total.inc_by(b.data.len() as u64);
                         let meta = FetchedMeta {
                             etag: unquote(&b.etag).to_owned(),
+                            s3_etag: b.s3_etag.as_deref().map(|e| unquote(e).to_owned()),
                             attrs: b.attrs.clone(),
                             object_size: b.data.len() as u64,
                             modified_ns: b.last_modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
@@ -460,7 +468,7 @@ pub async fn get_stripe(
     let id = BlockId { stripe: Some(Stripe { index, block_size }), ..object };
     let _reserved = reserve_bytes(s, block_size).await?;
     if let Lookup::Hit { header, data, version, .. } = s.cache.read(&id).await.map_err(|e| cache_error(s, e))? {
-        if header.etag == pinned
+        if header.pinned_etag() == pinned
             && let Some(st) = header.stripe
         {
             s.metrics.cache_hits_total.inc();
@@ -610,6 +618,7 @@ async fn fetch_stripe(
                 };
                 let meta = FetchedMeta {
                     etag: etag_owned.clone(),
+                    s3_etag: r.info.s3_etag.as_deref().map(|e| unquote(e).to_owned()),
                     attrs: r.info.attrs.clone(),
                     object_size: r.info.size,
                     modified_ns,

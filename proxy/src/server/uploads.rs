@@ -14,7 +14,7 @@ use super::routes::{cache_error, enter_gate, superseded, write_version};
 use super::state::AppState;
 use crate::cache::staging::{PartRecord, Staging, UploadMeta};
 use crate::cache::{BlockHeader, BlockId, WriteOutcome};
-use crate::store::{Conditional, ObjectMeta, put_file_at_unless_newer};
+use crate::store::{Conditional, ObjectMeta, S3ETag, put_file_at_unless_newer};
 use axum::body::Body;
 use axum::extract::{Query, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -280,6 +280,7 @@ async fn complete(
         attrs: meta.attrs,
         parts: sizes,
         stripe: None,
+        store_etag: None,
     };
     let tmp = s.cache.tmp_path();
     let (st, u, h, t, p) = (s.staging.clone(), upload.to_owned(), header.clone(), tmp.clone(), parts.clone());
@@ -317,7 +318,7 @@ async fn write_through(
     file: &std::path::Path,
     data_offset: u64,
 ) -> Result<Conditional, ApiError> {
-    let meta = ObjectMeta { version: header.version, crc32c: header.data_crc32c };
+    let meta = ObjectMeta { version: header.version, crc32c: header.data_crc32c, s3_etag: S3ETag::parse(&header.etag) };
     let store = s.store.as_ref();
     put_file_at_unless_newer(
         store,

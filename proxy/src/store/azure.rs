@@ -239,12 +239,13 @@ fn quoted(etag: &str) -> String {
 
 /// What a Get Blob or Get Blob Properties answer says of the blob. `size`: the whole blob's.
 fn info_of(h: &HeaderMap, size: u64) -> ObjectInfo {
-    let (version, crc32c, user_metadata) = metadata::decode(
+    let metadata::Ours { version, crc32c, s3_etag, user: user_metadata } = metadata::decode(
         h.iter().filter_map(|(k, v)| Some((k.as_str().strip_prefix("x-ms-meta-")?, v.to_str().ok()?))),
     );
     ObjectInfo {
         size,
         etag: quoted(header(h, "etag").unwrap_or("*")),
+        s3_etag: s3_etag.map(|e| e.quoted()),
         version,
         last_modified: header(h, "last-modified")
             .and_then(|t| httpdate::parse_http_date(t).ok())
@@ -307,8 +308,8 @@ impl Store for AzureStore {
         let info = info_of(resp.headers(), size);
         let data = resp.bytes().await.map_err(send_err("GET body", bucket, key))?;
         let crc32c = verify_fetched(bucket, key, &data, info.crc32c)?;
-        let ObjectInfo { version, etag, last_modified, attrs, .. } = info;
-        Ok(Some(StoredBlock { data, version, crc32c, etag, last_modified, attrs }))
+        let ObjectInfo { version, etag, s3_etag, last_modified, attrs, .. } = info;
+        Ok(Some(StoredBlock { data, version, crc32c, etag, s3_etag, last_modified, attrs }))
     }
 
     async fn get_range(

@@ -13,11 +13,11 @@
 
 use super::http::{check, client, encode_key, file_body, send_err, status_err};
 use super::{
-    ListPage, ListedObject, ObjectAttrs, ObjectInfo, ObjectMeta, Precondition, Store, StoreError, StoredBlock,
+    ListPage, ListedObject, ObjectAttrs, ObjectInfo, ObjectMeta, Precondition, S3ETag, Store, StoreError, StoredBlock,
     StoredRange, check_parts, check_range, verify_fetched, without_tombstones,
 };
 use async_trait::async_trait;
-use blockproxy_protocol::{STORE_CRC32C_METADATA, STORE_VERSION_METADATA};
+use blockproxy_protocol::{STORE_CRC32C_METADATA, STORE_S3_ETAG_METADATA, STORE_VERSION_METADATA};
 use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -259,6 +259,10 @@ impl Resource {
         ObjectInfo {
             size: self.size,
             etag: self.etag(),
+            s3_etag: meta
+                .and_then(|m| m.get(STORE_S3_ETAG_METADATA))
+                .and_then(|e| S3ETag::parse(e))
+                .map(|e| e.quoted()),
             version: meta.and_then(|m| m.get(STORE_VERSION_METADATA)).and_then(|v| v.parse().ok()).unwrap_or(0),
             last_modified: self.last_modified(),
             attrs: ObjectAttrs {
@@ -283,7 +287,7 @@ impl Resource {
 }
 
 fn is_ours(name: &str) -> bool {
-    name.eq_ignore_ascii_case(STORE_VERSION_METADATA) || name.eq_ignore_ascii_case(STORE_CRC32C_METADATA)
+    [STORE_VERSION_METADATA, STORE_CRC32C_METADATA, STORE_S3_ETAG_METADATA].iter().any(|o| name.eq_ignore_ascii_case(o))
 }
 
 /// The object resource a write sends: attributes, user metadata and ours.
@@ -292,6 +296,9 @@ fn resource_for(key: &str, meta: ObjectMeta, attrs: &ObjectAttrs) -> serde_json:
         attrs.user_metadata.iter().filter(|(k, _)| !is_ours(k)).map(|(k, v)| (k.clone(), v.clone().into())).collect();
     metadata.insert(STORE_VERSION_METADATA.into(), meta.version.to_string().into());
     metadata.insert(STORE_CRC32C_METADATA.into(), format!("{:08x}", meta.crc32c).into());
+    if let Some(etag) = meta.s3_etag {
+        metadata.insert(STORE_S3_ETAG_METADATA.into(), etag.to_string().into());
+    }
     let mut res = serde_json::json!({ "name": key, "metadata": metadata });
     for (field, value) in [
         ("contentType", &attrs.content_type),
@@ -334,6 +341,7 @@ impl Store for GcsStore {
                 version: info.version,
                 crc32c,
                 etag: info.etag,
+                s3_etag: info.s3_etag,
                 last_modified: info.last_modified,
                 attrs: info.attrs,
             }));

@@ -30,7 +30,7 @@
 //! (ext4, xfs, btrfs, and tmpfs since Linux 6.6 do); [`LocalDirStore::open`] checks it.
 
 use super::{
-    ListPage, ListedObject, ObjectAttrs, ObjectInfo, ObjectMeta, Precondition, Store, StoreError, StoredBlock,
+    ListPage, ListedObject, ObjectAttrs, ObjectInfo, ObjectMeta, Precondition, S3ETag, Store, StoreError, StoredBlock,
     StoredRange, check_parts, check_range, verify_fetched, without_tombstones,
 };
 use async_trait::async_trait;
@@ -45,6 +45,7 @@ use std::time::{Duration, SystemTime};
 const VERSION_XATTR: &str = "user.blockproxy.version";
 const CRC32C_XATTR: &str = "user.blockproxy.crc32c";
 const ATTRS_XATTR: &str = "user.blockproxy.attrs";
+const S3_ETAG_XATTR: &str = "user.blockproxy.etag";
 /// Lock files; writers of different keys rarely wait for each other.
 const LOCK_STRIPES: u32 = 64;
 /// Temporary files older than this at open are leftovers of a crash (a live writer is faster).
@@ -132,8 +133,8 @@ impl LocalDirStore {
         let mut data = Vec::new();
         file.read_to_end(&mut data).map_err(io_err("read", &path))?;
         let crc32c = verify_fetched(bucket, key, &data, info.crc32c)?;
-        let (version, etag, last_modified, attrs) = (info.version, info.etag, info.last_modified, info.attrs);
-        Ok(Some(StoredBlock { data: data.into(), version, crc32c, etag, last_modified, attrs }))
+        let ObjectInfo { version, etag, s3_etag, last_modified, attrs, .. } = info;
+        Ok(Some(StoredBlock { data: data.into(), version, crc32c, etag, s3_etag, last_modified, attrs }))
     }
 
     fn get_range_sync(
@@ -365,6 +366,7 @@ fn info_of(file: &File) -> io::Result<ObjectInfo> {
     Ok(ObjectInfo {
         size: stat.len(),
         etag: format!("\"{}-{version}-{:08x}\"", stat.ino(), crc32c.unwrap_or(0)),
+        s3_etag: read_xattr(file, S3_ETAG_XATTR)?.and_then(|e| S3ETag::parse(&e)).map(|e| e.quoted()),
         version,
         last_modified: stat.modified()?,
         attrs: read_attrs(file)?,
@@ -388,6 +390,9 @@ fn write_tmp(tmp: &Path, data: &mut impl Read, meta: ObjectMeta, attrs: &ObjectA
     let flags = rustix::fs::XattrFlags::empty();
     rustix::fs::fsetxattr(&f, VERSION_XATTR, meta.version.to_string().as_bytes(), flags)?;
     rustix::fs::fsetxattr(&f, CRC32C_XATTR, format!("{:08x}", meta.crc32c).as_bytes(), flags)?;
+    if let Some(etag) = meta.s3_etag {
+        rustix::fs::fsetxattr(&f, S3_ETAG_XATTR, etag.to_string().as_bytes(), flags)?;
+    }
     if *attrs != ObjectAttrs::default() {
         let json = serde_json::to_vec(attrs).map_err(io::Error::other)?;
         rustix::fs::fsetxattr(&f, ATTRS_XATTR, &json, flags)?;

@@ -32,6 +32,8 @@ impl Object {
         ObjectInfo {
             size: self.data.len() as u64,
             etag: self.etag.clone(),
+            // Its ETags are not S3's, so it records the writer's, as GCS and Azure do.
+            s3_etag: self.meta.s3_etag.map(|e| e.quoted()),
             version: self.meta.version,
             last_modified: self.last_modified,
             attrs: self.attrs.clone(),
@@ -106,6 +108,7 @@ impl Store for MemoryStore {
             version: o.meta.version,
             crc32c,
             etag: o.etag,
+            s3_etag: o.meta.s3_etag.map(|e| e.quoted()),
             last_modified: o.last_modified,
             attrs: o.attrs,
         }))

@@ -21,6 +21,7 @@ mod local_path;
 #[cfg(test)]
 pub(crate) mod memory;
 mod s3;
+mod s3_etag;
 
 pub use azure::{AzureCredentials, AzureStore, AzureStoreConfig};
 pub use blockproxy_protocol::ObjectAttrs;
@@ -31,6 +32,7 @@ pub use conditional::{
 pub use gcs::{GCS_ENDPOINT, GcsCredentials, GcsStore, GcsStoreConfig};
 pub use local::LocalDirStore;
 pub use s3::{S3Store, S3StoreConfig};
+pub use s3_etag::S3ETag;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -53,8 +55,18 @@ pub struct StoredBlock {
     pub crc32c: u32,
     /// The store's ETag of this object (quoted).
     pub etag: String,
+    /// The S3 ETag its writer recorded (quoted), where the store's own ETag is another thing
+    /// ([`S3ETag`]); `None` on S3 and for objects written by another tool.
+    pub s3_etag: Option<String>,
     pub last_modified: SystemTime,
     pub attrs: ObjectAttrs,
+}
+
+impl StoredBlock {
+    /// The ETag to answer S3 clients.
+    pub fn client_etag(&self) -> &str {
+        self.s3_etag.as_deref().unwrap_or(&self.etag)
+    }
 }
 
 /// What the store holds under a key, without its bytes.
@@ -64,12 +76,22 @@ pub struct ObjectInfo {
     /// Identifies this exact object (quoted: the S3 ETag; the local store's own token). A
     /// conditional write or a pinned ranged read names it to fail when the object changed.
     pub etag: String,
+    /// The S3 ETag its writer recorded (quoted), where the store's own ETag is another thing
+    /// ([`S3ETag`]); `None` on S3 and for objects written by another tool.
+    pub s3_etag: Option<String>,
     /// The recorded write version; 0 for objects written by something else.
     pub version: u64,
     pub last_modified: SystemTime,
     pub attrs: ObjectAttrs,
     /// The writer's checksum of the whole object; `None` for objects written by another tool.
     pub crc32c: Option<u32>,
+}
+
+impl ObjectInfo {
+    /// The ETag to answer S3 clients.
+    pub fn client_etag(&self) -> &str {
+        self.s3_etag.as_deref().unwrap_or(&self.etag)
+    }
 }
 
 /// A byte range of an object, and the object it was cut from.
@@ -85,11 +107,13 @@ pub struct StoredRange {
 pub struct ObjectMeta {
     pub version: u64,
     pub crc32c: u32,
+    /// Recorded by stores whose own ETag is not the S3 one; `None` when unknown.
+    pub s3_etag: Option<S3ETag>,
 }
 
 impl ObjectMeta {
     pub fn for_data(version: u64, data: &[u8]) -> Self {
-        Self { version, crc32c: crc32c::crc32c(data) }
+        Self { version, crc32c: crc32c::crc32c(data), s3_etag: Some(S3ETag::of_data(data)) }
     }
 }
 

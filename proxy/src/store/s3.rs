@@ -277,7 +277,8 @@ impl Store for S3Store {
         let last_modified = system_time(out.last_modified());
         let data = out.body.collect().await.map_err(body_err("GET body", bucket, key))?.into_bytes();
         let crc32c = verify_fetched(bucket, key, &data, recorded)?;
-        Ok(Some(StoredBlock { data, version, crc32c, etag, last_modified, attrs }))
+        // S3 keeps the S3 ETag as its own.
+        Ok(Some(StoredBlock { data, version, crc32c, etag, s3_etag: None, last_modified, attrs }))
     }
 
     async fn get_range(
@@ -315,6 +316,7 @@ impl Store for S3Store {
         let info = ObjectInfo {
             size,
             etag: out.e_tag().unwrap_or("*").to_owned(),
+            s3_etag: None,
             version: parse_version(out.metadata()),
             last_modified: system_time(out.last_modified()),
             attrs: attrs_of!(out),
@@ -340,6 +342,7 @@ impl Store for S3Store {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 // Every S3 store answers with an ETag; "*" (any object) is the safe fallback.
                 etag: out.e_tag().unwrap_or("*").to_owned(),
+                s3_etag: None,
                 version: parse_version(out.metadata()),
                 last_modified: system_time(out.last_modified()),
                 attrs: attrs_of!(out),

@@ -13,7 +13,7 @@ mod queue;
 use crate::cache::{BlockId, Cache, CacheError, FlushOutcome};
 use crate::metrics::Metrics;
 use crate::store::{
-    Conditional, DynStore, ErrorClass, ObjectMeta, StoreError, delete_unless_newer, put_file_at_unless_newer,
+    Conditional, DynStore, ErrorClass, ObjectMeta, S3ETag, StoreError, delete_unless_newer, put_file_at_unless_newer,
     put_unless_newer,
 };
 use queue::{FlushQueue, Next};
@@ -224,7 +224,8 @@ impl Writeback {
         let failed = |e: StoreError| Failed { version: Some(header.version), error: e.into() };
         let (bucket, key) = (&header.bucket, &header.store_key);
         let len = header.data_len;
-        let meta = ObjectMeta { version: header.version, crc32c: header.data_crc32c };
+        let meta =
+            ObjectMeta { version: header.version, crc32c: header.data_crc32c, s3_etag: S3ETag::parse(&header.etag) };
         let store = self.store.as_ref();
         let done = match &dirty.data {
             _ if header.tombstone => delete_unless_newer(store, bucket, key, header.version).await,

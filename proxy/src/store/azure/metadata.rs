@@ -1,12 +1,13 @@
-//! Azure metadata names must be C# identifiers. Ours are `blockproxy_version` and
-//! `blockproxy_crc32c`; a user name that is not an identifier (S3 allows `-`, for one) or that
+//! Azure metadata names must be C# identifiers. Ours are `blockproxy_version`,
+//! `blockproxy_crc32c` and `blockproxy_etag` (the S3 ETag, see [`S3ETag`]); a user name that is not an identifier (S3 allows `-`, for one) or that
 //! could be mistaken for an encoded one is stored as `bpx_<hex of its bytes>`, and decoded back.
 
-use crate::store::ObjectMeta;
+use crate::store::{ObjectMeta, S3ETag};
 use std::collections::BTreeMap;
 
 const VERSION: &str = "blockproxy_version";
 const CRC32C: &str = "blockproxy_crc32c";
+const S3_ETAG: &str = "blockproxy_etag";
 const ENCODED: &str = "bpx_";
 
 fn is_identifier(name: &str) -> bool {
@@ -19,8 +20,10 @@ fn is_ours(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     n == VERSION
         || n == CRC32C
+        || n == S3_ETAG
         || n == blockproxy_protocol::STORE_VERSION_METADATA
         || n == blockproxy_protocol::STORE_CRC32C_METADATA
+        || n == blockproxy_protocol::STORE_S3_ETAG_METADATA
 }
 
 fn encode_name(name: &str) -> String {
@@ -46,24 +49,35 @@ pub(super) fn encode(meta: ObjectMeta, user: &BTreeMap<String, String>) -> Vec<(
         user.iter().filter(|(k, _)| !is_ours(k)).map(|(k, v)| (encode_name(k), v.clone())).collect();
     out.push((VERSION.into(), meta.version.to_string()));
     out.push((CRC32C.into(), format!("{:08x}", meta.crc32c)));
+    if let Some(etag) = meta.s3_etag {
+        out.push((S3_ETAG.into(), etag.to_string()));
+    }
     out
 }
 
-/// (version, writer's checksum, user metadata) from a blob's metadata.
-pub(super) fn decode<'a>(
-    pairs: impl Iterator<Item = (&'a str, &'a str)>,
-) -> (u64, Option<u32>, BTreeMap<String, String>) {
-    let (mut version, mut crc, mut user) = (0, None, BTreeMap::new());
+/// What a blob's metadata says: ours, and the user's.
+#[derive(Debug, Default)]
+pub(super) struct Ours {
+    /// 0 when not recorded (a blob of another tool).
+    pub version: u64,
+    pub crc32c: Option<u32>,
+    pub s3_etag: Option<S3ETag>,
+    pub user: BTreeMap<String, String>,
+}
+
+pub(super) fn decode<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Ours {
+    let mut ours = Ours::default();
     for (k, v) in pairs {
         match k.to_ascii_lowercase().as_str() {
-            VERSION => version = v.parse().unwrap_or(0),
-            CRC32C => crc = u32::from_str_radix(v, 16).ok(),
+            VERSION => ours.version = v.parse().unwrap_or(0),
+            CRC32C => ours.crc32c = u32::from_str_radix(v, 16).ok(),
+            S3_ETAG => ours.s3_etag = S3ETag::parse(v),
             _ => {
-                user.insert(decode_name(k), v.to_owned());
+                ours.user.insert(decode_name(k), v.to_owned());
             }
         }
     }
-    (version, crc, user)
+    ours
 }
 
 #[cfg(test)]
@@ -77,12 +91,13 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect();
-        let sent = encode(ObjectMeta { version: 7, crc32c: 0xabcd }, &user);
+        let etag = S3ETag::of_data(b"x");
+        let sent = encode(ObjectMeta { version: 7, crc32c: 0xabcd, s3_etag: Some(etag) }, &user);
         assert!(sent.iter().all(|(k, _)| is_identifier(k)), "{sent:?}");
-        let (version, crc, back) = decode(sent.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        assert_eq!((version, crc), (7, Some(0xabcd)));
+        let ours = decode(sent.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        assert_eq!((ours.version, ours.crc32c, ours.s3_etag), (7, Some(0xabcd), Some(etag)));
         let mut want = user.clone();
         want.remove("blockproxy-version");
-        assert_eq!(back, want);
+        assert_eq!(ours.user, want);
     }
 }
