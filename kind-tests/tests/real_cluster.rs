@@ -7,6 +7,8 @@
 //! `hack/image.sh`; `cargo test --workspace` has built those binaries before any test runs.
 
 mod common;
+#[path = "real_cluster/gcs.rs"]
+mod gcs;
 
 use std::time::Duration;
 
@@ -64,6 +66,9 @@ async fn blockproxy_on_a_real_multi_node_cluster() -> Result<()> {
             "scenario 9: deleting the group drains first, then a new group reuses the PVs",
             scenario_9_deleting_the_group_drains_first(&cluster, &store),
         )
+        .await?;
+    report
+        .time("scenario 11: a ProxyGroup on GCS (fake-gcs-server)", gcs::scenario_11_a_group_on_gcs(&cluster))
         .await?;
     report.print();
     report.print_memory(&cluster);

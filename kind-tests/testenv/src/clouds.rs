@@ -127,6 +127,21 @@ fn httpdate_now() -> String {
     httpdate::fmt_http_date(std::time::SystemTime::now())
 }
 
+/// Creates `bucket` in the fake-gcs-server at `endpoint` (JSON API); one that exists already
+/// (409) is fine, so a timed-out attempt can be repeated.
+pub async fn create_gcs_bucket(endpoint: &str, bucket: &str) -> Result<()> {
+    let resp = reqwest::Client::new()
+        .post(format!("{endpoint}/storage/v1/b?project=blockproxy-test"))
+        .json(&serde_json::json!({ "name": bucket }))
+        .send()
+        .await
+        .context("creating the fake-gcs-server bucket")?;
+    if !resp.status().is_success() && resp.status() != reqwest::StatusCode::CONFLICT {
+        bail!("creating the fake-gcs-server bucket: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
 /// A running fake-gcs-server (plain HTTP, in memory) with one bucket.
 #[derive(Debug)]
 pub struct FakeGcs {
@@ -164,15 +179,7 @@ impl FakeGcs {
         let gcs = Self { process, addr, logs };
         wait_answers(&gcs.process, &gcs.logs, "fake-gcs-server", &format!("{}/_internal/healthcheck", gcs.endpoint()))
             .await?;
-        let resp = reqwest::Client::new()
-            .post(format!("{}/storage/v1/b?project=blockproxy-test", gcs.endpoint()))
-            .json(&serde_json::json!({ "name": BUCKET }))
-            .send()
-            .await
-            .context("creating the fake-gcs-server bucket")?;
-        if !resp.status().is_success() {
-            bail!("creating the fake-gcs-server bucket: {} {}", resp.status(), resp.text().await.unwrap_or_default());
-        }
+        create_gcs_bucket(&gcs.endpoint(), BUCKET).await?;
         Ok(gcs)
     }
 

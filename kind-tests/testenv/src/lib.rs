@@ -30,7 +30,7 @@ pub mod tools;
 pub mod toxiproxy;
 
 pub use blockproxy::{Blockproxy, BlockproxyCommand, Tls};
-pub use clouds::{Azurite, FakeGcs};
+pub use clouds::{Azurite, FakeGcs, create_gcs_bucket};
 pub use cluster::{Cluster, ClusterBuilder};
 pub use control_plane::{ControlPlane, ControlPlaneBuilder};
 pub use eventually::eventually;

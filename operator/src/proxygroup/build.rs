@@ -152,26 +152,9 @@ pub fn select_nodes(inp: &Inputs<'_>) -> Vec<Selected> {
     let group = inp.group.name_any();
     let spec = &inp.group.spec;
     let mut per_node: BTreeMap<String, Vec<&PersistentVolume>> = BTreeMap::new();
-    for pv in inp.pvs {
-        let Some(pv_spec) = pv.spec.as_ref() else {
-            continue;
-        };
-        if pv_spec.storage_class_name.as_deref() != Some(spec.placement.storage_class_name.as_str())
-            || pv.metadata.deletion_timestamp.is_some()
-        {
-            continue;
-        }
-        let Some(node_name) = pv_node(pv, inp.nodes) else {
-            continue;
-        };
-        let Some(node) = inp.nodes.iter().find(|n| n.name_any() == node_name) else {
-            continue;
-        };
-        if !node_matches(node, &spec.placement.node_selector) {
-            continue;
-        }
+    for (node_name, pv) in placeable_pvs(inp) {
         let ours = meta::pvc_name(&group, &node_name);
-        let available = match &pv_spec.claim_ref {
+        let available = match pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) {
             Some(cr) => cr.namespace.as_deref() == Some(inp.namespace) && cr.name.as_deref() == Some(ours.as_str()),
             None => matches!(
                 pv.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -204,6 +187,43 @@ pub fn select_nodes(inp: &Inputs<'_>) -> Vec<Selected> {
     picks.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.node.cmp(&b.1.node)));
     let cap = spec.placement.max_proxies.map(|m| m.max(0) as usize).unwrap_or(usize::MAX);
     picks.into_iter().take(cap).map(|(_, s)| s).collect()
+}
+
+/// The PVs of the group's StorageClass on nodes its selector matches, with their node, whoever
+/// holds them.
+fn placeable_pvs<'a>(inp: &Inputs<'a>) -> Vec<(String, &'a PersistentVolume)> {
+    let spec = &inp.group.spec;
+    inp.pvs
+        .iter()
+        .filter(|pv| {
+            pv.metadata.deletion_timestamp.is_none()
+                && pv.spec.as_ref().and_then(|s| s.storage_class_name.as_deref())
+                    == Some(spec.placement.storage_class_name.as_str())
+        })
+        .filter_map(|pv| {
+            let node_name = pv_node(pv, inp.nodes)?;
+            let node = inp.nodes.iter().find(|n| n.name_any() == node_name)?;
+            node_matches(node, &spec.placement.node_selector).then_some((node_name, pv))
+        })
+        .collect()
+}
+
+/// Placeable PVs that another claim (another group's, or anyone's) left `Released`: never taken,
+/// since their cache may hold someone else's data, but named in the Ready condition with the
+/// administrator's step that frees them.
+fn released_by_other_claims(inp: &Inputs<'_>) -> Vec<String> {
+    let group = inp.group.name_any();
+    placeable_pvs(inp)
+        .into_iter()
+        .filter(|(_, pv)| pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released"))
+        .filter(|(node, pv)| {
+            let ours = meta::pvc_name(&group, node);
+            pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_some_and(|cr| {
+                cr.namespace.as_deref() != Some(inp.namespace) || cr.name.as_deref() != Some(ours.as_str())
+            })
+        })
+        .map(|(_, pv)| pv.name_any())
+        .collect()
 }
 
 fn owner(group: &ProxyGroup) -> Vec<OwnerReference> {
@@ -755,12 +775,23 @@ pub fn status(
             "the group is being deleted; draining its proxies",
         ));
     } else if desired == 0 {
+        let released = released_by_other_claims(inp);
+        let hint = if released.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; PersistentVolumes {} are Released by another claim and may hold another group's cache: once it \
+                 is not needed, make each Available with `kubectl patch pv NAME --type json -p \
+                 '[{{\"op\":\"remove\",\"path\":\"/spec/claimRef\"}}]'`",
+                released.join(", ")
+            )
+        };
         conds.push(Cond::new(
             c::READY,
             false,
             c::REASON_NO_ELIGIBLE_NODES,
             format!(
-                "no node has an Available local PersistentVolume of StorageClass {:?} matching the node selector",
+                "no node has an Available local PersistentVolume of StorageClass {:?} matching the node selector{hint}",
                 spec.placement.storage_class_name
             ),
         ));
@@ -1224,6 +1255,29 @@ pub(crate) mod tests {
         let plan = w.step();
         assert!(plan.rebind.is_empty());
         assert!(!pod_nodes(&w).contains(&"a".to_owned()));
+    }
+
+    #[test]
+    fn with_only_pvs_released_by_other_claims_the_condition_says_how_to_free_them() {
+        let mut w = World::new();
+        for pv in &mut w.pvs {
+            pv.spec.as_mut().unwrap().claim_ref = Some(ObjectReference {
+                namespace: Some("blockproxy-system".into()),
+                name: Some(meta::pvc_name("another-group", "a")),
+                uid: Some("u".into()),
+                ..Default::default()
+            });
+            pv.status.as_mut().unwrap().phase = Some("Released".into());
+        }
+        let plan = w.step();
+        assert!(pod_nodes(&w).is_empty());
+        let (_, conds) = status(&w.inputs(), &plan, &BTreeMap::new());
+        let ready = conds.iter().find(|c| c.type_ == c::READY).unwrap();
+        assert_eq!(ready.reason, c::REASON_NO_ELIGIBLE_NODES);
+        for pv in &w.pvs {
+            assert!(ready.message.contains(&pv.name_any()), "{}", ready.message);
+        }
+        assert!(ready.message.contains("kubectl patch pv NAME"), "{}", ready.message);
     }
 
     #[test]
