@@ -570,23 +570,7 @@ fi
 echo "wrong secret refused"
 "#
     );
-    let pod = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "app", "namespace": TEAM, "annotations": {"blockproxy.io/volume": VOLUME}},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 2,
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "app",
-                "image": RCLONE_IMAGE,
-                "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", script],
-                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-            }],
-        },
-    });
+    let pod = app_pod("app", VOLUME, &script, "Never");
     cluster
         .apply(&format!(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {TEAM}\n  labels:\n    \
@@ -596,7 +580,7 @@ echo "wrong secret refused"
     // The webhook answers only once its Service is programmed (failurePolicy Ignore); scenario 1
     // waited for that. A refused Pod (PodSecurity) fails here.
     let pods: Api<Pod> = Api::namespaced(cluster.client(), TEAM);
-    pods.create(&PostParams::default(), &serde_json::from_value(pod)?).await.context("creating the app Pod")?;
+    pods.create(&PostParams::default(), &pod).await.context("creating the app Pod")?;
     let created = pods.get("app").await?;
     let spec = created.spec.clone().context("no spec")?;
     let app_env = spec.containers[0].env.clone().unwrap_or_default();
@@ -686,26 +670,34 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// A long-running workload Pod in `team-a` (sidecar injected) for `kubectl exec`.
-async fn start_workload(cluster: &Cluster, name: &str) -> Result<()> {
-    let pod = serde_json::json!({
+/// A Pod in `team-a` annotated for `volume` (so the webhook injects the sidecar), compliant with
+/// PodSecurity `restricted`, whose app container runs `script` with the rclone image.
+fn app_pod(name: &str, volume: &str, script: &str, restart_policy: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": TEAM, "annotations": {"blockproxy.io/volume": VOLUME}},
+        "metadata": {"name": name, "namespace": TEAM, "annotations": {"blockproxy.io/volume": volume}},
         "spec": {
+            "restartPolicy": restart_policy,
             "terminationGracePeriodSeconds": 2,
             "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": "app",
                 "image": RCLONE_IMAGE,
                 "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+                "command": ["/bin/sh", "-c", script],
                 "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
             }],
         },
-    });
+    }))
+    .expect("a valid Pod")
+}
+
+/// A long-running workload Pod in `team-a` (sidecar injected) for `kubectl exec`.
+async fn start_workload(cluster: &Cluster, name: &str) -> Result<()> {
+    let pod = app_pod(name, VOLUME, "trap 'exit 0' TERM; while true; do sleep 1; done", "Always");
     let pods: Api<Pod> = Api::namespaced(cluster.client(), TEAM);
-    pods.create(&PostParams::default(), &serde_json::from_value(pod)?).await?;
+    pods.create(&PostParams::default(), &pod).await?;
     eventually(WAIT, POLL, || async {
         let pod = pods.get(name).await?;
         anyhow::ensure!(pod_ready(&pod), "{name} not Ready: {:?}", pod.status.as_ref().map(|s| &s.conditions));

@@ -21,7 +21,7 @@ use md5::Md5;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::{PREFIX, ProxyOptions, ProxyProcess, StoreFlags, TOKEN, random_bytes, version_of};
+use support::{PREFIX, ProxyOptions, ProxyProcess, StoreFlags, random_bytes, version_of};
 
 const FLUSHED: Duration = Duration::from_secs(120);
 const MIB: usize = 1 << 20;
@@ -264,13 +264,7 @@ async fn large_objects_go_up_in_parts(cloud: Cloud) -> Result<()> {
     proxy.kill9();
     std::fs::remove_dir_all(proxy.cache_dir())?;
     proxy.restart().await?;
-    let r = proxy
-        .http
-        .get(proxy.block_url("media/big.bin"))
-        .bearer_auth(TOKEN)
-        .header("range", "bytes=66000000-67999999")
-        .send()
-        .await?;
+    let r = proxy.get_range("media/big.bin", 66_000_000..68_000_000).await?;
     ensure!(r.status() == 206, "ranged read from the store: {}", r.status());
     let etag = r.headers().get("etag").map(|v| v.to_str().unwrap_or_default().to_owned());
     ensure!(etag.as_deref() == Some(done.etag.as_str()), "ETag {etag:?} after the store, {} answered", done.etag);

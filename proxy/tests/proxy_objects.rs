@@ -72,13 +72,7 @@ async fn a_multipart_upload_staged_at_the_home_reaches_the_store_whole_with_its_
     assert_eq!(again, done);
 
     // Read back at the home while dirty: a range from the middle, and the object's identity.
-    let r = proxy
-        .http
-        .get(proxy.block_url("media/big.mp4"))
-        .bearer_auth(TOKEN)
-        .header("range", "bytes=100000000-100999999")
-        .send()
-        .await?;
+    let r = proxy.get_range("media/big.mp4", 100_000_000..101_000_000).await?;
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["etag"].to_str()?, done.etag);
     assert_eq!(r.headers()["content-type"].to_str()?, "video/mp4");
@@ -436,13 +430,7 @@ async fn an_unflushed_object_is_listed_and_read_at_its_home_with_its_etag_and_no
     let head = proxy.head("held/one").await?;
     assert_eq!(head.headers()["etag"].to_str()?, etag);
     assert!(head.headers().get("x-blockproxy-store-etag").is_none(), "dirty: not in the store");
-    let r = proxy
-        .http
-        .get(proxy.block_url("held/one"))
-        .bearer_auth(TOKEN)
-        .header("range", "bytes=1000-1999")
-        .send()
-        .await?;
+    let r = proxy.get_range("held/one", 1000..2000).await?;
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await?.as_ref(), &data[1000..2000]);
     Ok(())

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use std::time::Duration;
 
-use super::{BUCKET, GROUP, POLL, RCLONE_ENV, RCLONE_IMAGE, STORE_NS, SYSTEM_NS, TEAM, WAIT, service_ip, sha256_hex};
+use super::{BUCKET, GROUP, POLL, RCLONE_ENV, STORE_NS, SYSTEM_NS, TEAM, WAIT, service_ip, sha256_hex};
 
 const GCS_GROUP: &str = "gcs1";
 const GCS_VOLUME: &str = "team-a-gcs";
@@ -146,25 +146,9 @@ for size in {sizes}; do
 done
 "#
     );
-    let pod = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "gcs-app", "namespace": TEAM, "annotations": {"blockproxy.io/volume": GCS_VOLUME}},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 2,
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "app",
-                "image": RCLONE_IMAGE,
-                "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", script],
-                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-            }],
-        },
-    });
     let pods: Api<Pod> = Api::namespaced(cluster.client(), TEAM);
-    pods.create(&PostParams::default(), &serde_json::from_value(pod)?).await.context("creating the gcs-app Pod")?;
+    let pod = super::app_pod("gcs-app", GCS_VOLUME, &script, "Never");
+    pods.create(&PostParams::default(), &pod).await.context("creating the gcs-app Pod")?;
     let phase = eventually(Duration::from_secs(300), Duration::from_secs(1), || async {
         let pod = pods.get("gcs-app").await?;
         let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();

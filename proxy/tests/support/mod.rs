@@ -500,6 +500,12 @@ impl ProxyProcess {
             .await?)
     }
 
+    /// GET of the bytes `range` (inclusive end excluded) of an object at its home.
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<usize>) -> Result<reqwest::Response> {
+        let header = format!("bytes={}-{}", range.start, range.end - 1);
+        Ok(self.http.get(self.block_url(key)).bearer_auth(TOKEN).header("range", header).send().await?)
+    }
+
     pub async fn head(&self, key: &str) -> Result<reqwest::Response> {
         Ok(self.http.head(self.block_url(key)).bearer_auth(TOKEN).send().await?)
     }
