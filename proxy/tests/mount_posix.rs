@@ -329,8 +329,56 @@ async fn large_files_are_written_as_multipart_uploads_and_read_back_striped() ->
         in_minio(&g.minio, "big.bin").await.ok().flatten().is_some_and(|(d, _)| d == want)
     })
     .await?;
+
+    // docs/SEMANTICS.md: a handle reads the version it opened, never a mix. Once the file is
+    // replaced, that handle reads the old bytes while the old version is in the store (big.bin,
+    // striped reads), or fails with EIO (at once for a version only at its home: fresh.bin);
+    // opening it again reads the new one.
+    // Replaced through another pod's mount: through the same mount, the kernel's page cache of
+    // the file's one inode shows the new bytes to every handle, as on a local file system.
+    let other = root.path().join("mnt2");
+    let _pod2 = mount(root.path(), &g, &other).await?;
+    let py = Command::new("python3").arg("-c").arg(REPLACED_WHILE_OPEN).arg(&m).arg(&other).output()?;
+    let out = format!("{}{}", String::from_utf8_lossy(&py.stdout), String::from_utf8_lossy(&py.stderr));
+    assert!(py.status.success(), "{out}");
+    assert!(out.lines().any(|l| l == "fresh.bin: EIO after replace"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("big.bin: ")), "{out}");
     Ok(())
 }
+
+const REPLACED_WHILE_OPEN: &str = r#"
+import errno, os, sys
+m, other = sys.argv[1], sys.argv[2]
+def check(name, size):
+    path = os.path.join(m, name)
+    if not os.path.exists(path):
+        with open(path, "wb") as f:
+            f.write(os.urandom(size))
+    with open(path, "rb") as f:
+        before = f.read()
+    old = open(path, "rb", buffering=0)
+    old.read(4096)
+    new = os.urandom(size)
+    with open(os.path.join(other, name), "wb") as f:
+        f.write(new)
+    at = size - (1 << 20)
+    old.seek(at)
+    try:
+        got = old.read(4096)
+        if got != before[at:at + 4096]:
+            which = "the new version's" if got == new[at:at + 4096] else f"{len(got)} unknown"
+            sys.exit(f"{name}: the old handle read {which} bytes, not those of the version it opened")
+        print(f"{name}: the old version after replace")
+    except OSError as e:
+        if e.errno != errno.EIO:
+            raise
+        print(f"{name}: EIO after replace")
+    with open(path, "rb") as f:
+        f.seek(size - (1 << 20))
+        assert f.read(4096) == new[size - (1 << 20):size - (1 << 20) + 4096], f"{name}: reopened, not the new bytes"
+check("big.bin", 41943040)
+check("fresh.bin", 12 << 20)
+"#;
 
 /// `blockproxy quickstart --mount DIR`, as the README runs it: a file written in the directory
 /// is the volume's object, in the local store after Ctrl-C, and the mount is gone after exit.
