@@ -174,3 +174,57 @@ async fn aws_cli_and_boto3_work_through_the_sidecar_and_blocks_reach_minio() -> 
     assert!(metrics.contains("blockproxy_client_chosen_group{group=\"g\"} 1"), "{metrics}");
     Ok(())
 }
+
+/// `aws s3 sync` of a tree with empty files: an empty PUT carries `Expect: 100-continue` and is
+/// answered without `100 Continue`, after which botocore misreads the next response on the same
+/// connection (`MissingHeaderBodySeparatorDefect`: its status line taken for a header, its length
+/// lost) and waits for the connection to close. With one connection the next file shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_s3_sync_of_empty_files_never_leaves_botocore_misreading_the_next_response() -> Result<()> {
+    let minio = Minio::start().await?;
+    let root = tempfile::tempdir()?;
+    let volumes = write_volumes_file(root.path(), minio.bucket())?;
+    let p = Proxy::start("p1", root.path(), &volumes, &minio.endpoint(), &minio).await?;
+    let disc = root.path().join("discovery.json");
+    write_discovery(
+        &disc,
+        &discovery(
+            minio.bucket(),
+            Some(minio.endpoint()),
+            &[GroupSpec { name: "g".into(), addresses: vec![p.addr.to_string()] }],
+        ),
+    )?;
+    let sidecar = start_sidecar(root.path(), &disc, &minio, &[]).await?;
+    let endpoint = sidecar_endpoint(&sidecar);
+
+    let tree = root.path().join("tree");
+    std::fs::create_dir(&tree)?;
+    for (name, len) in [("a-empty", 0), ("b", 100), ("c-empty", 0), ("d", 5_000), ("e", 1)] {
+        std::fs::write(tree.join(name), vec![b'x'; len])?;
+    }
+    // One request at a time, so every file's PUT follows the previous one on the same connection.
+    let config = root.path().join("aws-config");
+    std::fs::write(&config, "[default]\ns3 =\n  max_concurrent_requests = 1\n")?;
+    let out = Command::new(tool_path(Tool::Aws)?)
+        .args(["--debug", "--endpoint-url", &endpoint, "--cli-read-timeout", "10", "s3", "sync"])
+        .arg(&tree)
+        .arg("s3://vol1/sync/")
+        .env("AWS_ACCESS_KEY_ID", "blockproxy")
+        .env("AWS_SECRET_ACCESS_KEY", "blockproxy")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "aws s3 sync failed: {}", &log[log.len().saturating_sub(4000)..]);
+    let puts = log.matches("Event needs-retry.s3.PutObject: calling handler <botocore.retryhandler").count();
+    assert_eq!(puts, 5, "every file is put once, without retries");
+    for line in log.lines().filter(|l| l.contains("Failed to parse headers")) {
+        panic!("botocore misread a response: {line}");
+    }
+    let listing = aws_ok(&endpoint, &["s3", "ls", "--recursive", "s3://vol1/sync/"])?;
+    for name in ["a-empty", "b", "c-empty", "d", "e"] {
+        assert!(listing.contains(&format!("sync/{name}")), "{name} missing: {listing}");
+    }
+    Ok(())
+}

@@ -8,6 +8,7 @@
 
 mod conditions;
 mod errors;
+mod expect;
 mod listing;
 pub mod s3;
 mod writes;
@@ -176,6 +177,7 @@ pub fn app(client: Client, access_key: &str, secret_key: &str, max_part_size: u6
         .route(&format!("{ADMIN_PREFIX}/status"), get(status))
         .with_state(client)
         .fallback_service(service)
+        .layer(axum::middleware::from_fn(expect::close_after_unanswered_expect))
 }
 
 async fn readyz(State(c): State<Client>) -> Response {
