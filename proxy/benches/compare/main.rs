@@ -184,6 +184,9 @@ fn uris(urls: impl Iterator<Item = String>) -> Result<Arc<Vec<Uri>>> {
     Ok(Arc::new(urls.map(|u| u.parse()).collect::<Result<Vec<Uri>, _>>()?))
 }
 
+/// The S3 credentials of the bench's mount sidecar.
+const SIDECAR_KEY: &str = "bench-sidecar";
+
 /// Closed-loop GETs over `targets` (key `i` → `targets[i % len]`), with the bearer token.
 async fn get_load(http: &Http, targets: &Arc<Vec<Uri>>, concurrency: usize, duration: Duration) -> LoadResult {
     let (http, targets) = (http.clone(), Arc::clone(targets));
@@ -202,6 +205,25 @@ async fn client_load(client: &Client, keys: &Arc<Vec<BlockKey>>, concurrency: us
         async move {
             let f = client.get(&keys[i as usize % keys.len()], None).await?.context("block not found")?;
             Ok(f.data.len() as u64)
+        }
+    })
+    .await
+}
+
+/// The same load as an application sees it: aws-sdk-s3 GetObject through the mount sidecar's S3
+/// endpoint (bucket = volume, the same keys).
+async fn s3_load(
+    s3: &aws_sdk_s3::Client,
+    keys: &Arc<Vec<String>>,
+    concurrency: usize,
+    duration: Duration,
+) -> LoadResult {
+    let (s3, keys) = (s3.clone(), Arc::clone(keys));
+    closed_loop(concurrency, duration, move |i| {
+        let (s3, keys) = (s3.clone(), Arc::clone(&keys));
+        async move {
+            let o = s3.get_object().bucket(VOLUME).key(&keys[i as usize % keys.len()]).send().await?;
+            Ok(o.body.collect().await?.into_bytes().len() as u64)
         }
     })
     .await
@@ -447,6 +469,20 @@ async fn main() -> Result<()> {
     let discovery_file = root.path().join("discovery.json");
     std::fs::write(&discovery_file, discovery.to_json_pretty())?;
     let client = Client::start(ClientConfig::new(VolumeId::parse(VOLUME)?, discovery_file, TOKEN.into())).await?;
+    // The application's path: the mount sidecar's S3 endpoint on that client (served in this
+    // process, as the client library peer is), read with aws-sdk-s3.
+    let sidecar_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sidecar_endpoint = format!("http://{}", sidecar_listener.local_addr()?);
+    tokio::spawn(blockproxy::sidecar::serve(
+        sidecar_listener,
+        client.clone(),
+        SIDECAR_KEY,
+        SIDECAR_KEY,
+        64 << 20,
+        std::future::pending(),
+    ));
+    let sidecar_s3 = wan.s3_client_with(&sidecar_endpoint, SIDECAR_KEY, SIDECAR_KEY);
+    let (s3_large, s3_small) = (Arc::new(large_keys.clone()), Arc::new(small_keys.clone()));
 
     let http = http_client(p.concurrency_small.max(p.concurrency_large) * 2);
     let targets = |keys: &[String]| -> Result<[Arc<Vec<Uri>>; 3]> {
@@ -497,6 +533,8 @@ async fn main() -> Result<()> {
             check("group of 3 4 MiB", &g)?;
             let l = client_load(&client, &lib_large, c, d).await;
             check("group of 3 (client library) 4 MiB", &l)?;
+            let a = s3_load(&sidecar_s3, &s3_large, c, d).await;
+            check("group of 3 (sidecar S3) 4 MiB", &a)?;
             let sampler = RssSampler::start(nginx.pid(), true);
             let n = get_load(&http, &nginx_large, c, d).await;
             r.push("rss_mib.nginx.large_load", sampler.finish().await);
@@ -504,16 +542,20 @@ async fn main() -> Result<()> {
             let cache_dir = bp.cache_dir();
             let raw = tokio::task::spawn_blocking(move || raw_read_mib_s(&cache_dir, LARGE as u64, d)).await??;
             eprintln!(
-                "  run {run}: blockproxy {:.0} MiB/s, group {:.0}, client lib {:.0}, nginx {:.0}, raw disk read {:.0}",
+                "  run {run}: blockproxy {:.0} MiB/s, group {:.0}, client lib {:.0}, sidecar S3 {:.0}, nginx {:.0}, raw disk read {:.0}",
                 b.mib_per_s(),
                 g.mib_per_s(),
                 l.mib_per_s(),
+                a.mib_per_s(),
                 n.mib_per_s(),
                 raw
             );
             r.push("f1.mib_s.blockproxy", b.mib_per_s());
             r.push("f1.mib_s.group3", g.mib_per_s());
             r.push("f1.mib_s.group3_client_lib", l.mib_per_s());
+            r.push("f1.mib_s.group3_sidecar_s3", a.mib_per_s());
+            r.push("f1.ratio.sidecar_s3_over_group3", a.mib_per_s() / g.mib_per_s());
+            r.push("f1.ratio.sidecar_s3_over_blockproxy", a.mib_per_s() / b.mib_per_s());
             r.push("f1.mib_s.nginx", n.mib_per_s());
             r.push("f1.mib_s.raw_disk_read", raw);
             r.push("f1.ratio.blockproxy_over_nginx", b.mib_per_s() / n.mib_per_s());
@@ -556,15 +598,18 @@ async fn main() -> Result<()> {
             check("group of 3 64 KiB", &g)?;
             let l = client_load(&client, &lib_small, c, d).await;
             check("group of 3 (client library) 64 KiB", &l)?;
+            let a = s3_load(&sidecar_s3, &s3_small, c, d).await;
+            check("group of 3 (sidecar S3) 64 KiB", &a)?;
             let sampler = RssSampler::start(nginx.pid(), true);
             let n = get_load(&http, &nginx_small, c, d).await;
             r.push("rss_mib.nginx.small_load", sampler.finish().await);
             check("nginx 64 KiB", &n)?;
             eprintln!(
-                "  run {run}: req/s blockproxy {:.0}, group {:.0}, client lib {:.0}, nginx {:.0}; p99 ms blockproxy {:.2}, nginx {:.2}",
+                "  run {run}: req/s blockproxy {:.0}, group {:.0}, client lib {:.0}, sidecar S3 {:.0}, nginx {:.0}; p99 ms blockproxy {:.2}, nginx {:.2}",
                 b.req_per_s(),
                 g.req_per_s(),
                 l.req_per_s(),
+                a.req_per_s(),
                 n.req_per_s(),
                 b.percentile_ms(99.0),
                 n.percentile_ms(99.0)
@@ -572,6 +617,9 @@ async fn main() -> Result<()> {
             r.push("f2.req_s.blockproxy", b.req_per_s());
             r.push("f2.req_s.group3", g.req_per_s());
             r.push("f2.req_s.group3_client_lib", l.req_per_s());
+            r.push("f2.req_s.group3_sidecar_s3", a.req_per_s());
+            r.push("f2.p99_ms.group3_sidecar_s3", a.percentile_ms(99.0));
+            r.push("f2.ratio.sidecar_s3_over_group3_req_s", a.req_per_s() / g.req_per_s());
             r.push("f2.req_s.nginx", n.req_per_s());
             r.push("f2.p99_ms.blockproxy", b.percentile_ms(99.0));
             r.push("f2.p99_ms.group3", g.percentile_ms(99.0));
@@ -797,19 +845,25 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("1 hit 4MiB c=CL", "blockproxy MiB/s", "f1.mib_s.blockproxy"),
         ("", "group of 3 (rendezvous) MiB/s", "f1.mib_s.group3"),
         ("", "group of 3 (client library) MiB/s", "f1.mib_s.group3_client_lib"),
+        ("", "group of 3 (sidecar, aws-sdk-s3) MiB/s", "f1.mib_s.group3_sidecar_s3"),
         ("", "nginx proxy_cache MiB/s", "f1.mib_s.nginx"),
         ("", "raw sequential disk read MiB/s", "f1.mib_s.raw_disk_read"),
         ("", "RATIO blockproxy / nginx", "f1.ratio.blockproxy_over_nginx"),
         ("", "RATIO group of 3 / nginx", "f1.ratio.group3_over_nginx"),
         ("", "RATIO blockproxy / raw read", "f1.ratio.blockproxy_over_raw"),
+        ("", "RATIO sidecar S3 / group of 3", "f1.ratio.sidecar_s3_over_group3"),
+        ("", "RATIO sidecar S3 / one proxy", "f1.ratio.sidecar_s3_over_blockproxy"),
         ("2 hit 64KiB c=CS", "blockproxy req/s", "f2.req_s.blockproxy"),
         ("", "group of 3 (rendezvous) req/s", "f2.req_s.group3"),
         ("", "group of 3 (client library) req/s", "f2.req_s.group3_client_lib"),
+        ("", "group of 3 (sidecar, aws-sdk-s3) req/s", "f2.req_s.group3_sidecar_s3"),
         ("", "nginx req/s", "f2.req_s.nginx"),
         ("", "blockproxy p99 ms", "f2.p99_ms.blockproxy"),
         ("", "nginx p99 ms", "f2.p99_ms.nginx"),
         ("", "RATIO blockproxy / nginx req/s", "f2.ratio.blockproxy_over_nginx_req_s"),
         ("", "RATIO blockproxy / nginx p99", "f2.ratio.blockproxy_over_nginx_p99"),
+        ("", "sidecar S3 p99 ms", "f2.p99_ms.group3_sidecar_s3"),
+        ("", "RATIO sidecar S3 / group of 3 req/s", "f2.ratio.sidecar_s3_over_group3_req_s"),
         ("3 miss 1MiB c=1", "blockproxy p50 ms", "f3.p50_ms.blockproxy"),
         ("", "direct aws-sdk-s3 p50 ms", "f3.p50_ms.direct"),
         ("", "nginx p50 ms", "f3.p50_ms.nginx"),

@@ -65,6 +65,19 @@ impl Wan {
         self.minio.s3_client()
     }
 
+    /// aws-sdk-s3 for another S3 endpoint (the mount sidecar's) with its own keys.
+    pub fn s3_client_with(&self, endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
+        use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new(access_key, secret_key, None, None, "bench"))
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
     /// A public-read bucket policy, so nginx fetches objects without SigV4.
     async fn allow_anonymous_reads(&self) -> Result<()> {
         let bucket = self.minio.bucket();
