@@ -230,7 +230,10 @@ async fn missing_credentials_secret_is_reported_until_it_exists() -> Result<()> 
     let cp = control_plane().await?;
     let client = cp.client();
     nvme_cluster(&client, "m", "local-nvme", 1, 0).await?;
-    let op = Operator::start(client.clone(), "op-0", false);
+    // No resync within the test: only watches reconcile the group.
+    let settings =
+        blockproxy_operator::controller::Config { resync: std::time::Duration::from_secs(3600), ..config("op-0") };
+    let op = Operator::start_with(client.clone(), settings, false);
     let mut spec = group_spec("local-nvme", 8443, &[])?;
     spec.object_store.credentials_secret.as_mut().unwrap().name = "not-yet".into();
     create_group(&client, "g", spec).await?;
@@ -245,6 +248,26 @@ async fn missing_credentials_secret_is_reported_until_it_exists() -> Result<()> 
     .await?;
     assert!(cond.message.contains("\"not-yet\" does not exist"), "{}", cond.message);
     assert!(group_pods(&client, "g").await?.is_empty());
+    // The Secret is watched: creating it reconciles the group (a missing key is reported the
+    // same way).
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let mut creds: Secret = secrets.get("store-credentials").await?;
+    creds.metadata = kube::api::ObjectMeta { name: Some("not-yet".into()), ..Default::default() };
+    creds.data.as_mut().unwrap().remove("secretAccessKey");
+    secrets.create(&kube::api::PostParams::default(), &creds).await?;
+    wait("a missing-key condition", || async {
+        let st = groups.get("g").await?.status.unwrap_or_default();
+        let message = st.conditions.into_iter().find(|c| c.type_ == "Ready").map(|c| c.message).unwrap_or_default();
+        ensure(message.contains("has no key \"secretAccessKey\""), || message.clone())
+    })
+    .await?;
+    // Adding the key (a change of the Secret) reconciles it again: the proxy is created.
+    let key = serde_json::json!({"stringData": {"secretAccessKey": "minioadmin"}});
+    secrets.patch("not-yet", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&key)).await?;
+    wait("the proxy once the Secret is complete", || async {
+        ensure(group_pods(&client, "g").await?.len() == 1, || "no pod".into())
+    })
+    .await?;
     // Pointing the group at an existing Secret is a change: it reconciles at once.
     let fix = serde_json::json!({"spec": {"objectStore": {"credentialsSecret": {"name": "store-credentials"}}}});
     groups.patch("g", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&fix)).await?;
