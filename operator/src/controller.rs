@@ -276,8 +276,7 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
             status.observed_generation = pg.metadata.generation;
             let api: Api<ProxyGroup> = Api::all(client.clone());
             patch_status(&api, &name, serde_json::to_value(&status).map_err(Error::Serialize)?).await?;
-            // Referenced Secrets are not watched: look again after the resync period (or at once
-            // when the group changes).
+            // Referenced Secrets are watched: their creation or change reconciles again at once.
             return Ok(Action::requeue(ctx.config.resync));
         }
     }
@@ -453,6 +452,14 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
         return Ok(Action::requeue(ctx.config.drain_poll));
     }
     Ok(Action::requeue(ctx.config.resync))
+}
+
+/// The Secrets (in the operator's namespace) a group reads but does not own: its store
+/// credentials and its user-provided TLS certificate.
+fn referenced_secrets(pg: &ProxyGroup) -> Vec<&str> {
+    let creds = pg.spec.object_store.credentials_secret.as_ref().map(|c| c.name.as_str());
+    let tls = pg.spec.tls.certificate_secret.as_deref().filter(|_| pg.spec.tls.enabled);
+    creds.into_iter().chain(tls).collect()
 }
 
 /// Problems with Secrets the group references (credentials, user TLS certificate).
@@ -735,6 +742,7 @@ pub async fn run_controllers(
     let pgs: Api<ProxyGroup> = Api::all(client.clone());
     let pg_controller = Controller::new(pgs.clone(), watcher::Config::default());
     let pg_store = pg_controller.store();
+    let secret_groups = pg_store.clone();
     let all_groups = move || pg_store.state().iter().map(|g| ObjectRef::from_obj(&**g)).collect::<Vec<_>>();
     let (all_for_nodes, all_for_pvs) = (all_groups.clone(), all_groups);
     let pg_run = pg_controller
@@ -744,6 +752,17 @@ pub async fn run_controllers(
         .watches(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default(), move |_| all_for_pvs())
         .watches(Api::<VolumeProxyGroup>::all(client.clone()), watcher::Config::default(), |v: VolumeProxyGroup| {
             Some(ObjectRef::<ProxyGroup>::new(&v.spec.proxy_group))
+        })
+        // A created, changed or deleted credentials (or user TLS) Secret re-reconciles the groups
+        // that reference it, instead of waiting for the resync.
+        .watches(Api::<Secret>::namespaced(client.clone(), ns), watcher::Config::default(), move |s: Secret| {
+            let name = s.name_any();
+            secret_groups
+                .state()
+                .iter()
+                .filter(|g| referenced_secrets(g).contains(&name.as_str()))
+                .map(|g| ObjectRef::from_obj(&**g))
+                .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile_pg, error_policy_pg, ctx.clone())

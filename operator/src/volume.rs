@@ -245,7 +245,12 @@ pub fn discovery(
         let mut endpoints: Vec<DiscoveryEndpoint> = status
             .endpoints
             .iter()
-            .map(|e| DiscoveryEndpoint { address: e.address.clone(), node: Some(e.node.clone()), weight: 1 })
+            .map(|e| DiscoveryEndpoint {
+                address: e.address.clone(),
+                node: Some(e.node.clone()),
+                weight: 1,
+                draining: e.draining,
+            })
             .collect();
         endpoints.sort();
         doc_groups.insert(
@@ -303,7 +308,10 @@ mod tests {
         let mut g = group(s);
         g.metadata.name = Some(name.into());
         g.status = Some(ProxyGroupStatus {
-            endpoints: endpoints.iter().map(|a| ProxyEndpoint { address: a.to_string(), node: "n".into() }).collect(),
+            endpoints: endpoints
+                .iter()
+                .map(|a| ProxyEndpoint { address: a.to_string(), node: "n".into(), draining: false })
+                .collect(),
             ca_bundle: Some("CA".into()),
             server_name: Some("pg-svc.blockproxy-system.svc".into()),
             ..Default::default()
@@ -447,6 +455,18 @@ mod tests {
         assert_eq!(doc.store.endpoint.as_deref(), Some("http://minio:9000"));
         assert_eq!(doc.store.provider, None, "S3 needs no provider");
         assert_eq!(volumes_file("us", &vpgs, &d, b"k").volumes.len(), 1);
+    }
+
+    #[test]
+    fn a_draining_proxy_is_published_as_draining() {
+        let mut groups = [pg("eu", "eu", &["*"], &["10.0.0.1:8443", "10.0.0.2:8443"])];
+        groups[0].status.as_mut().unwrap().endpoints[1].draining = true;
+        let vpgs = [vpg("t", "a", "v", "eu", "b1", 1)];
+        let d = decide(&vpgs, &groups);
+        let doc = discovery("t", "v", &vpgs, &groups, &d).unwrap();
+        let listed: Vec<(&str, bool)> =
+            doc.groups[0].endpoints.iter().map(|e| (e.address.as_str(), e.draining)).collect();
+        assert_eq!(listed, [("10.0.0.1:8443", false), ("10.0.0.2:8443", true)]);
     }
 
     #[test]

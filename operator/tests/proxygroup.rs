@@ -56,7 +56,8 @@ async fn proxies_run_on_nvme_nodes_only_and_leave_only_after_draining() -> Resul
     let client = cp.client();
     nvme_cluster(&client, "n", "local-nvme", 3, 2).await?;
     let drain = DrainServer::default();
-    *drain.remaining.lock().unwrap() = vec![3000, 1000, 0];
+    // The drain stops at 1000 dirty bytes until the test lets it finish.
+    *drain.remaining.lock().unwrap() = vec![3000, 1000];
     let port = serve_drain(drain.clone()).await?;
     let op = Operator::start(client.clone(), "op-0", false);
     create_group(&client, "eu", group_spec("local-nvme", port as i32, &["*"])?).await?;
@@ -125,6 +126,20 @@ async fn proxies_run_on_nvme_nodes_only_and_leave_only_after_draining() -> Resul
     let first_call = drain.calls.lock().unwrap()[0];
     assert_eq!(first_call, 3000);
     assert!(group_pods(&client, "eu").await?.iter().any(|p| node_of(p) == "n-nvme-1"), "deleted before drained");
+    // While it drains, the proxy stays published, marked draining (clients read what it still
+    // holds and write elsewhere), and is not counted as ready.
+    wait("the draining proxy listed as draining", || async {
+        let st = groups.get("eu").await?.status.unwrap_or_default();
+        let listed: Vec<(&str, bool)> = st.endpoints.iter().map(|e| (e.node.as_str(), e.draining)).collect();
+        ensure(
+            listed == [("n-nvme-0", false), ("n-nvme-1", true), ("n-nvme-2", false), ("n-nvme-3", false)]
+                && st.ready_proxies == 3,
+            || format!("{listed:?}, {} ready", st.ready_proxies),
+        )
+    })
+    .await?;
+    assert!(drain.calls.lock().unwrap().len() >= 2, "listed while the drain still reported dirty bytes");
+    *drain.remaining.lock().unwrap() = vec![0];
     wait("the drained proxy's Pod and PVC to go", || async {
         let pods = group_pods(&client, "eu").await?;
         // Deleted; without kube-controller-manager the pvc-protection finalizer keeps it Terminating.
@@ -136,9 +151,18 @@ async fn proxies_run_on_nvme_nodes_only_and_leave_only_after_draining() -> Resul
     // Deleted only after dirty bytes reached zero. (A retried reconcile, e.g. after a transient
     // API error, may ask a drained proxy again; drain calls are idempotent.)
     let calls = drain.calls.lock().unwrap().clone();
-    assert!(calls.starts_with(&[3000, 1000, 0]) && calls[2..].iter().all(|c| *c == 0), "{calls:?}");
-    let st = groups.get("eu").await?.status.unwrap();
-    assert!(st.endpoints.iter().all(|e| e.node != "n-nvme-1"));
+    let zero = calls.iter().position(|c| *c == 0).unwrap_or(calls.len());
+    assert!(
+        calls.starts_with(&[3000, 1000])
+            && calls[1..zero].iter().all(|c| *c == 1000)
+            && calls[zero..].iter().all(|c| *c == 0),
+        "{calls:?}"
+    );
+    wait("the drained proxy unpublished", || async {
+        let st = groups.get("eu").await?.status.unwrap_or_default();
+        ensure(st.endpoints.iter().all(|e| e.node != "n-nvme-1") && st.endpoints.len() == 3, || format!("{st:?}"))
+    })
+    .await?;
     // The operator never deletes a PV: the others are untouched, the removed one is only
     // Terminating because the test deleted it.
     let left: Vec<String> = pvs.list(&ListParams::default()).await?.items.iter().map(|p| p.name_any()).collect();
@@ -206,7 +230,10 @@ async fn missing_credentials_secret_is_reported_until_it_exists() -> Result<()> 
     let cp = control_plane().await?;
     let client = cp.client();
     nvme_cluster(&client, "m", "local-nvme", 1, 0).await?;
-    let op = Operator::start(client.clone(), "op-0", false);
+    // No resync within the test: only watches reconcile the group.
+    let settings =
+        blockproxy_operator::controller::Config { resync: std::time::Duration::from_secs(3600), ..config("op-0") };
+    let op = Operator::start_with(client.clone(), settings, false);
     let mut spec = group_spec("local-nvme", 8443, &[])?;
     spec.object_store.credentials_secret.as_mut().unwrap().name = "not-yet".into();
     create_group(&client, "g", spec).await?;
@@ -221,6 +248,26 @@ async fn missing_credentials_secret_is_reported_until_it_exists() -> Result<()> 
     .await?;
     assert!(cond.message.contains("\"not-yet\" does not exist"), "{}", cond.message);
     assert!(group_pods(&client, "g").await?.is_empty());
+    // The Secret is watched: creating it reconciles the group (a missing key is reported the
+    // same way).
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let mut creds: Secret = secrets.get("store-credentials").await?;
+    creds.metadata = kube::api::ObjectMeta { name: Some("not-yet".into()), ..Default::default() };
+    creds.data.as_mut().unwrap().remove("secretAccessKey");
+    secrets.create(&kube::api::PostParams::default(), &creds).await?;
+    wait("a missing-key condition", || async {
+        let st = groups.get("g").await?.status.unwrap_or_default();
+        let message = st.conditions.into_iter().find(|c| c.type_ == "Ready").map(|c| c.message).unwrap_or_default();
+        ensure(message.contains("has no key \"secretAccessKey\""), || message.clone())
+    })
+    .await?;
+    // Adding the key (a change of the Secret) reconciles it again: the proxy is created.
+    let key = serde_json::json!({"stringData": {"secretAccessKey": "minioadmin"}});
+    secrets.patch("not-yet", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&key)).await?;
+    wait("the proxy once the Secret is complete", || async {
+        ensure(group_pods(&client, "g").await?.len() == 1, || "no pod".into())
+    })
+    .await?;
     // Pointing the group at an existing Secret is a change: it reconciles at once.
     let fix = serde_json::json!({"spec": {"objectStore": {"credentialsSecret": {"name": "store-credentials"}}}});
     groups.patch("g", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&fix)).await?;

@@ -137,6 +137,7 @@ pub async fn run(args: QuickstartArgs, shutdown: impl Future<Output = ()> + Send
                     address: a.to_string(),
                     node: Some(format!("proxy-{i}")),
                     weight: 1,
+                    draining: false,
                 })
                 .collect(),
         }],

@@ -252,6 +252,85 @@ async fn consistency_contract_failover_writes_win_and_a_returning_owner_is_repai
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_proxy_serves_its_dirty_blocks_but_takes_no_new_writes() -> Result<()> {
+    let minio = Minio::start().await?;
+    let toxi = Toxiproxy::start().await?;
+    let root = tempfile::tempdir()?;
+    let volumes = write_volumes_file(root.path(), minio.bucket())?;
+    // The store is cut for the whole drain: what the draining proxy holds is only on its disk.
+    let store_link = toxi.create_proxy("store", &minio.addr().to_string()).await?;
+    let store_ep = format!("http://{store_link}");
+    let admin = root.path().join("admin-token");
+    std::fs::write(&admin, "admin-s3cr3t")?;
+    let admin_flag = format!("--admin-token-file={}", admin.display());
+    let p1 = Proxy::start_with_args("p1", root.path(), &volumes, &store_ep, &minio, "2Gi", &[&admin_flag]).await?;
+    let p2 = Proxy::start_with_args("p2", root.path(), &volumes, &store_ep, &minio, "2Gi", &[&admin_flag]).await?;
+    let (a1, a2) = (p1.addr.to_string(), p2.addr.to_string());
+    let disc = root.path().join("discovery.json");
+    let mut doc =
+        discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![a1.clone(), a2.clone()] }]);
+    write_discovery(&disc, &doc)?;
+    let writer = start_client(fast_config(&disc)).await?;
+    let nodes = [rendezvous::Node { address: &a1, weight: 1 }, rendezvous::Node { address: &a2, weight: 1 }];
+    let owned_by_p1: Vec<String> =
+        (0..).map(|i| format!("d/{i}")).filter(|k| rendezvous::owner("vol1", k, &nodes) == Some(0)).take(2).collect();
+    let (old, new) = (&owned_by_p1[0], &owned_by_p1[1]);
+
+    toxi.set_down("store", true).await?;
+    let v1 = writer.put(&key(old), Bytes::from_static(b"dirty on p1")).await?;
+    assert_eq!(p1.get_direct(old).await?, Some((b"dirty on p1".to_vec(), v1)));
+
+    // p1 drains (it refuses writes from now on) and the operator publishes it as draining.
+    let drain = reqwest::Client::new()
+        .post(format!("http://{a1}{}", blockproxy::protocol::DRAIN_PATH))
+        .bearer_auth("admin-s3cr3t")
+        .send()
+        .await?;
+    assert_eq!(drain.status(), reqwest::StatusCode::ACCEPTED);
+    doc.groups[0].endpoints[0].draining = true;
+    write_discovery(&disc, &doc)?;
+    let reader = start_client(fast_config(&disc)).await?;
+    wait_until("the writer sees p1 draining", Duration::from_secs(10), || async {
+        writer.status().groups[0].proxies.iter().any(|p| p.address == a1 && p.draining)
+    })
+    .await?;
+
+    // Another client (no memory of the write) reads p1's dirty block while the store is cut.
+    assert_eq!(
+        reader.get(&key(old), None).await?.map(|f| (f.data, f.info.version)),
+        Some((Bytes::from_static(b"dirty on p1"), v1))
+    );
+
+    // New writes of p1's keys go to p2, the next in rendezvous order, without trying p1 first.
+    let unavailable_before = writer.metrics().render();
+    let v2 = writer.put(&key(old), Bytes::from_static(b"newer on p2")).await?;
+    writer.put(&key(new), Bytes::from_static(b"new on p2")).await?;
+    assert_eq!(p2.get_direct(old).await?, Some((b"newer on p2".to_vec(), v2)));
+    assert_eq!(p2.get_direct(new).await?.map(|(d, _)| d), Some(b"new on p2".to_vec()));
+    assert_eq!(p1.get_direct(old).await?, Some((b"dirty on p1".to_vec(), v1)), "p1 took no write");
+    let unavailable = |m: &str| -> Vec<String> {
+        m.lines().filter(|l| l.contains(a1.as_str()) && l.contains("unavailable")).map(str::to_owned).collect()
+    };
+    assert_eq!(
+        unavailable(&writer.metrics().render()),
+        unavailable(&unavailable_before),
+        "no write was sent to the draining proxy"
+    );
+    // Readers see the newer write, not p1's older dirty copy.
+    assert_eq!(reader.get(&key(old), None).await?.map(|f| f.data), Some(Bytes::from_static(b"newer on p2")));
+    assert_eq!(reader.get(&key(new), None).await?.map(|f| f.data), Some(Bytes::from_static(b"new on p2")));
+
+    // The store comes back: everything lands there, at the newest version.
+    toxi.set_down("store", false).await?;
+    wait_until("MinIO holds the newest versions", Duration::from_secs(30), || async {
+        in_minio(&minio, old).await.ok().flatten() == Some((b"newer on p2".to_vec(), v2))
+            && in_minio(&minio, new).await.ok().flatten().is_some()
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_discovery_files_and_tokens_get_clear_errors() -> Result<()> {
     let root = tempfile::tempdir()?;
     let disc = root.path().join("discovery.json");

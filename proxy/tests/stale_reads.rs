@@ -36,7 +36,7 @@ fn discovery(bucket: &str, addresses: &[String]) -> DiscoveryDocument {
             server_name: None,
             endpoints: addresses
                 .iter()
-                .map(|a| DiscoveryEndpoint { address: a.clone(), node: None, weight: 1 })
+                .map(|a| DiscoveryEndpoint { address: a.clone(), node: None, weight: 1, draining: false })
                 .collect(),
         }],
     }

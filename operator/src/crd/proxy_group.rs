@@ -349,11 +349,11 @@ pub struct ProxyGroupStatus {
     #[serde(default)]
     pub desired_proxies: i32,
 
-    /// Number of proxies that are ready and published.
+    /// Number of proxies that are ready and published (draining ones not counted).
     #[serde(default)]
     pub ready_proxies: i32,
 
-    /// Ready proxies, as published to clients.
+    /// Ready proxies, and draining ones until their drain completes, as published to clients.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<ProxyEndpoint>,
 
@@ -387,6 +387,10 @@ pub struct ProxyEndpoint {
     pub address: String,
     /// The node the proxy runs on.
     pub node: String,
+    /// The proxy is draining: clients still read from it (it may hold writes the store does not
+    /// have yet) but send it no new writes. Listed until its drain completes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// One proxy of the group.

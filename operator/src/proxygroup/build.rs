@@ -709,7 +709,7 @@ pub fn status(
         let ready = pod.is_some_and(pod_ready);
         let address = pod.and_then(|p| pod_address(p, spec.port));
         if let (true, Some(a)) = (ready, &address) {
-            endpoints.push(ProxyEndpoint { address: a.clone(), node: sel.node.clone() });
+            endpoints.push(ProxyEndpoint { address: a.clone(), node: sel.node.clone(), draining: false });
         }
         let state = match pod {
             _ if ready && pod.and_then(pod_hash) != Some(plan.spec_hash.as_str()) => "Updating",
@@ -728,11 +728,19 @@ pub fn status(
         });
     }
     for t in &plan.drain {
-        let (state, dirty) = match drains.get(&t.node) {
+        let drain = drains.get(&t.node);
+        let (state, dirty) = match drain {
             Some(DrainState::InProgress { dirty_bytes, .. }) => ("Draining", Some(*dirty_bytes)),
             Some(DrainState::Done) => ("Draining", Some(0)),
             Some(DrainState::Blocked { .. }) | None => ("Unreachable", None),
         };
+        // Until its drain completes, a leaving proxy may hold acknowledged writes that are only
+        // on its disk: it stays published, marked draining, so clients read them but write
+        // elsewhere (ADR 0002). A proxy the operator cannot ask stays too (clients fail over
+        // from it on their own); a finished drain has no entry in `drains`.
+        if let (Some(DrainState::InProgress { .. } | DrainState::Blocked { .. }), Some(a)) = (drain, &t.address) {
+            endpoints.push(ProxyEndpoint { address: a.clone(), node: t.node.clone(), draining: true });
+        }
         proxies.push(ProxyStatus {
             node: t.node.clone(),
             pod: t.pod.clone().unwrap_or_default(),
@@ -746,7 +754,7 @@ pub fn status(
     }
     endpoints.sort();
     let desired = plan.selected.len() as i32;
-    let ready = endpoints.len() as i32;
+    let ready = endpoints.iter().filter(|e| !e.draining).count() as i32;
     let mut conds = Vec::new();
     let blocked: Vec<String> = drains
         .iter()
@@ -1046,7 +1054,10 @@ pub(crate) mod tests {
         let plan = w.step();
         let (st, conds) = status(&w.inputs(), &plan, &BTreeMap::new());
         assert_eq!(st.ready_proxies, 3);
-        assert_eq!(st.endpoints[0], ProxyEndpoint { address: "10.0.0.1:8443".into(), node: "a".into() });
+        assert_eq!(
+            st.endpoints[0],
+            ProxyEndpoint { address: "10.0.0.1:8443".into(), node: "a".into(), draining: false }
+        );
         assert!(conds.iter().any(|c| c.type_ == c::READY && c.status));
         assert!(conds.iter().any(|c| c.type_ == c::DEGRADED && !c.status));
     }
@@ -1170,14 +1181,18 @@ pub(crate) mod tests {
         assert!(plan.keep.contains(&(KIND_POD, meta::pod_name("eu", "b"))));
         assert!(plan.keep.contains(&(KIND_PVC, meta::pvc_name("eu", "b"))));
         assert!(plan.delete_pods.is_empty(), "a leaving proxy is never deleted before it drained");
-        // The draining proxy is no longer published.
+        // The draining proxy stays published, marked draining, until its drain completes: it
+        // may hold the only copy of acknowledged writes. It is not counted as ready.
         let drains = BTreeMap::from([(
             "b".to_owned(),
             DrainState::InProgress { dirty_bytes: 42, flush_error: Some("k: NoSuchBucket".into()) },
         )]);
         let (st, conds) = status(&w.inputs(), &plan, &drains);
-        assert_eq!(st.endpoints.len(), 2);
-        assert!(st.endpoints.iter().all(|e| e.node != "b"));
+        let listed: Vec<(&str, bool)> = st.endpoints.iter().map(|e| (e.node.as_str(), e.draining)).collect();
+        assert_eq!(listed, [("a", false), ("b", true), ("c", false)]);
+        assert_eq!(st.ready_proxies, 2);
+        let (done, _) = status(&w.inputs(), &plan, &BTreeMap::new());
+        assert!(done.endpoints.iter().all(|e| e.node != "b"), "a finished drain is no longer published");
         assert_eq!(st.proxies.iter().find(|p| p.node == "b").unwrap().dirty_bytes, Some(42));
         assert!(conds.iter().any(|c| c.type_ == c::DRAINING && c.status && c.message.contains("42")));
         assert!(

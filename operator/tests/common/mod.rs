@@ -81,12 +81,19 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(client: Client, identity: &str, leader_election: bool) -> Self {
+        Self::start_with(client, config(identity), leader_election)
+    }
+
+    /// With other controller settings (for example a resync too long to hide a missing watch).
+    pub fn start_with(client: Client, controllers: Config, leader_election: bool) -> Self {
+        let identity = controllers.instance.clone();
+        let identity = identity.as_str();
         let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "blockproxy_operator=info,kube_runtime=info".into());
         let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter(filter).try_init();
         let metrics = Metrics::default();
         let (tx, rx) = oneshot::channel::<()>();
         let settings = Settings {
-            controllers: config(identity),
+            controllers,
             lease: leader_election.then(|| LeaseConfig {
                 namespace: NS.into(),
                 name: "blockproxy-operator".into(),

@@ -462,7 +462,7 @@ async fn main() -> Result<()> {
             server_name: None,
             endpoints: group_addrs
                 .iter()
-                .map(|a| DiscoveryEndpoint { address: a.clone(), node: None, weight: 1 })
+                .map(|a| DiscoveryEndpoint { address: a.clone(), node: None, weight: 1, draining: false })
                 .collect(),
         }],
     };

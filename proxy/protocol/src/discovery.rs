@@ -79,6 +79,11 @@ pub struct DiscoveryEndpoint {
     /// Rendezvous weight (relative cache capacity); 1 when absent.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// The proxy is draining (leaving the group): it may still hold acknowledged writes that are
+    /// not in the store yet, so clients read from it, but they send no new writes to it (writes
+    /// go to the next proxy in rendezvous order). Absent means false (ADR 0002).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 fn default_scheme() -> String {
@@ -122,6 +127,7 @@ mod tests {
         .unwrap();
         assert_eq!(doc.groups[0].scheme, "https");
         assert_eq!(doc.groups[0].endpoints[0].weight, 1);
+        assert!(!doc.groups[0].endpoints[0].draining, "documents without the field list serving proxies");
         // Documents from before per-volume settings still parse, with the defaults.
         assert_eq!((doc.block_size, doc.metadata_ttl_ms), (DEFAULT_BLOCK_SIZE, DEFAULT_METADATA_TTL_MS));
         let again = DiscoveryDocument::from_json(doc.to_json_pretty().as_bytes()).unwrap();
@@ -136,6 +142,19 @@ mod tests {
         .unwrap();
         assert_eq!((doc.block_size, doc.metadata_ttl_ms), (1 << 20, 250));
         assert!(doc.to_json_pretty().contains("\"metadataTtlMs\": 250"));
+    }
+
+    #[test]
+    fn a_draining_endpoint_says_so_and_a_serving_one_stays_as_before() {
+        let doc = DiscoveryDocument::from_json(
+            br#"{"volumeId":"v1","store":{"bucket":"b"},"groups":[{"name":"g","providerCode":"s3","regionCode":"eu","endpoints":[{"address":"10.0.0.1:8443","draining":true},{"address":"10.0.0.2:8443"}]}]}"#,
+        )
+        .unwrap();
+        let e = &doc.groups[0].endpoints;
+        assert!(e[0].draining && !e[1].draining);
+        let json = doc.to_json_pretty();
+        assert_eq!(json.matches("draining").count(), 1, "only the draining endpoint carries the field: {json}");
+        assert_eq!(DiscoveryDocument::from_json(json.as_bytes()).unwrap(), doc);
     }
 
     #[test]

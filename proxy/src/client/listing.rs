@@ -161,7 +161,7 @@ impl Client {
         }
         let mut last = String::from("no proxy is known");
         let mut attempts = 0;
-        for (group, address) in inner.proxy_targets(topo, prefix) {
+        for (group, address) in inner.proxy_targets(topo, prefix, super::ops::Purpose::Read) {
             attempts += 1;
             let call = inner.proxy_call(&topo.groups[group], &address, inner.cfg.request_timeout);
             match call.store_objects_page(prefix, start_after, max_keys).await {

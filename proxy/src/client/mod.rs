@@ -232,6 +232,8 @@ pub struct GroupStatus {
 pub struct ProxyStatus {
     pub address: String,
     pub up: bool,
+    /// Published as draining: read from, never written to (ADR 0002).
+    pub draining: bool,
     pub recovering: bool,
     pub rtt_ms: Option<f64>,
     pub last_error: Option<String>,
@@ -454,6 +456,7 @@ impl Inner {
                             ProxyStatus {
                                 address: e.address.clone(),
                                 up: h.down_since.is_none(),
+                                draining: e.draining,
                                 recovering: h.recovering_since.is_some_and(|t| t.elapsed() < self.cfg.recovery_window),
                                 rtt_ms: h.rtt.map(ms),
                                 last_error: h.last_error,

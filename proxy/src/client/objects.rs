@@ -161,7 +161,7 @@ impl Client {
         let topo = inner.topology();
         let mut last = String::from("no proxy is configured");
         let mut attempts = 0;
-        for (group, address) in inner.proxy_targets(&topo, key.as_str()) {
+        for (group, address) in inner.proxy_targets(&topo, key.as_str(), super::ops::Purpose::Write) {
             attempts += 1;
             let call = inner.proxy_call(&topo.groups[group], &address, inner.cfg.request_timeout);
             match call.create_upload(key, attrs).await {

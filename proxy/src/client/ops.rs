@@ -91,11 +91,45 @@ pub(crate) fn slice_range(data: Bytes, mut info: ObjectInfo, range: Option<&str>
     Ok(Fetched { data: data.slice(*range.start() as usize..=*range.end() as usize), info })
 }
 
+/// What a request does, which decides whether draining proxies may take it (ADR 0002).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// Reads go to the serving proxies first, then to the draining ones, which may still hold
+    /// acknowledged writes that are not in the store yet.
+    Read,
+    /// Writes never go to a draining proxy (it refuses them): they go to the next proxy in
+    /// rendezvous order.
+    Write,
+}
+
+impl Op<'_> {
+    fn purpose(&self) -> Purpose {
+        match self {
+            Op::Put { .. } | Op::Delete { .. } => Purpose::Write,
+            Op::Get { .. } | Op::Head { .. } | Op::GetBlock { .. } => Purpose::Read,
+        }
+    }
+}
+
+/// Indices of `g`'s endpoints in rendezvous order for `route_key`, over every endpoint draining
+/// or not. Ranking on the proxy's stable identity (its node: one proxy per node and group), not
+/// its address: a Pod recreated on the same node and disk gets a new IP but must keep its keys,
+/// which it may still hold dirty.
+fn group_rank(volume: &str, g: &super::Group, route_key: &str) -> Vec<usize> {
+    let nodes: Vec<rendezvous::Node<'_>> = g
+        .endpoints
+        .iter()
+        .map(|e| rendezvous::Node { address: e.node.as_deref().unwrap_or(&e.address), weight: e.weight })
+        .collect();
+    rendezvous::rank(volume, route_key, &nodes)
+}
+
 impl Inner {
     /// The proxies (group index, address) to try for `route_key`, in order, down ones last.
-    pub(super) fn proxy_targets(&self, topo: &Topology, route_key: &str) -> Vec<(usize, String)> {
+    pub(super) fn proxy_targets(&self, topo: &Topology, route_key: &str, purpose: Purpose) -> Vec<(usize, String)> {
         let mut out: Vec<(usize, String)> = Vec::new();
-        for t in self.plan(topo, route_key, false).into_iter().chain(self.plan(topo, route_key, true)) {
+        for t in self.plan(topo, route_key, false, purpose).into_iter().chain(self.plan(topo, route_key, true, purpose))
+        {
             if let Target::Proxy { group, address } = t
                 && !out.iter().any(|(g, a)| *g == group && *a == address)
             {
@@ -106,9 +140,12 @@ impl Inner {
     }
 
     /// Targets in the order to try them for `route_key`: per group (chosen first), the group's
-    /// proxies in rendezvous order, skipping those marked down; then the store when configured.
-    /// With `include_down`, down proxies are included (last resort when nothing else is left).
-    fn plan(&self, topo: &Topology, route_key: &str, include_down: bool) -> Vec<Target> {
+    /// serving proxies in rendezvous order, then (reads only) its draining ones, skipping those
+    /// marked down; then the store when configured. With `include_down`, down proxies are
+    /// included (last resort when nothing else is left). Leaving the draining proxies out of a
+    /// rank keeps the others' order: the next proxy in rendezvous order takes the draining
+    /// one's writes.
+    fn plan(&self, topo: &Topology, route_key: &str, include_down: bool, purpose: Purpose) -> Vec<Target> {
         let order = {
             let round = self.last_round.lock().unwrap_or_else(|e| e.into_inner());
             self.selector.lock().unwrap_or_else(|e| e.into_inner()).order(&round)
@@ -123,15 +160,10 @@ impl Inner {
         let mut out = Vec::new();
         for gi in group_idx {
             let g = &topo.groups[gi];
-            // Rank on the proxy's stable identity (its node: one proxy per node and group), not
-            // its address: a Pod recreated on the same node and disk gets a new IP but must keep
-            // its keys, which it may still hold dirty.
-            let nodes: Vec<rendezvous::Node<'_>> = g
-                .endpoints
-                .iter()
-                .map(|e| rendezvous::Node { address: e.node.as_deref().unwrap_or(&e.address), weight: e.weight })
-                .collect();
-            for i in rendezvous::rank(self.cfg.volume.as_str(), route_key, &nodes) {
+            let (serving, draining): (Vec<usize>, Vec<usize>) =
+                group_rank(self.cfg.volume.as_str(), g, route_key).into_iter().partition(|i| !g.endpoints[*i].draining);
+            let draining = if purpose == Purpose::Read { draining } else { Vec::new() };
+            for i in serving.into_iter().chain(draining) {
                 let address = &g.endpoints[i].address;
                 if include_down || !self.is_down(&g.name, address) {
                     out.push(Target::Proxy { group: gi, address: address.clone() });
@@ -189,9 +221,9 @@ impl Inner {
         let mut attempts = 0u32;
         for pass in 0..passes {
             let topo = self.topology();
-            let mut targets = self.plan(&topo, route_key, false);
+            let mut targets = self.plan(&topo, route_key, false, op.purpose());
             if targets.is_empty() {
-                targets = self.plan(&topo, route_key, true);
+                targets = self.plan(&topo, route_key, true, op.purpose());
             }
             let first_group = match targets.first() {
                 Some(Target::Proxy { group, .. }) => Some(*group),
@@ -252,10 +284,19 @@ impl Inner {
     /// is newer than the owner's, after writing it back to the owner.
     async fn read_newest_if_recovering(&self, key: &BlockKey) -> Result<Option<Option<Fetched>>, ClientError> {
         let topo = self.topology();
-        let plan = self.plan(&topo, key.as_str(), false);
+        let plan = self.plan(&topo, key.as_str(), false, Purpose::Read);
         let Some(Target::Proxy { group: og, address: oa }) = plan.first().cloned() else {
             return Ok(None);
         };
+        if let Some(draining) = self.draining_owner(&topo, og, key.as_str()).filter(|d| *d != oa) {
+            // The key's owner is draining: it may hold an acknowledged write the store does not
+            // have yet, and the serving owner (plan[0]) takes the key's new writes. The newer of
+            // the two wins, and the serving owner is repaired with it.
+            let candidates = [plan[0].clone(), Target::Proxy { group: og, address: draining }];
+            return Ok(self
+                .newest_and_repair(&topo, key, &candidates, "the draining owner holds a newer version")
+                .await);
+        }
         if !self.is_recovering(&topo.groups[og].name, &oa) {
             return Ok(None);
         }
@@ -277,6 +318,14 @@ impl Inner {
             }
         }
         Ok(self.newest_and_repair(&topo, key, &candidates, "recovering owner holds an older version").await)
+    }
+
+    /// The address of the key's owner in group `gi` when that owner is draining and not down.
+    fn draining_owner(&self, topo: &Topology, gi: usize, route_key: &str) -> Option<String> {
+        let g = &topo.groups[gi];
+        let first = *group_rank(self.cfg.volume.as_str(), g, route_key).first()?;
+        let e = &g.endpoints[first];
+        (e.draining && !self.is_down(&g.name, &e.address)).then(|| e.address.clone())
     }
 
     /// Asks every candidate (the first is the key's owner) for its version of `key`. When one holds
@@ -339,7 +388,7 @@ impl Inner {
     /// least `want`. Fails rather than go back in time.
     async fn read_own_write(&self, key: &BlockKey, want: u64) -> Result<Fetched, ClientError> {
         let topo = self.topology();
-        let mut candidates = self.plan(&topo, key.as_str(), false);
+        let mut candidates = self.plan(&topo, key.as_str(), false, Purpose::Read);
         if let Some(pos) = candidates.iter().position(|t| matches!(t, Target::Store)) {
             // The store goes last: it is the slowest, and the plan already ends with it.
             let store = candidates.remove(pos);

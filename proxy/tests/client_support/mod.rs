@@ -221,7 +221,7 @@ pub fn discovery(bucket: &str, store_endpoint: Option<String>, groups: &[GroupSp
                 endpoints: g
                     .addresses
                     .iter()
-                    .map(|a| DiscoveryEndpoint { address: a.clone(), node: None, weight: 1 })
+                    .map(|a| DiscoveryEndpoint { address: a.clone(), node: None, weight: 1, draining: false })
                     .collect(),
             })
             .collect(),
