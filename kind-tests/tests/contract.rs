@@ -94,9 +94,17 @@ fn the_injected_sidecar_command_line_parses_as_blockproxy_mount() {
     let volume = blockproxy_protocol::VolumeId::parse("team-a-data").expect("volume id");
     let cfg = SidecarConfig { image: "example.local/blockproxy:test".into() };
     let creds = PodCredentials::random();
-    let container: Container = serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds)).expect("a container");
+    // With direct-store credentials (the Pod annotation) they reach the sidecar's flag.
+    let direct: Container = serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, true)).expect("a container");
+    let direct_argv = argv(&direct);
+    let parsed = MountCli::try_parse_from(&direct_argv).unwrap_or_else(|e| panic!("{direct_argv:?}:\n{e}"));
+    let file = parsed.mount.store.store_credentials_file.expect("no --store-credentials-file");
+    assert_eq!(file, std::path::Path::new(webhook::DIRECT_STORE_DIR).join(webhook::DIRECT_STORE_KEY));
+    let container: Container =
+        serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, false)).expect("a container");
     let argv = argv(&container);
     let parsed = MountCli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}:\n{e}"));
+    assert_eq!(parsed.mount.store.store_credentials_file, None);
     assert_eq!(parsed.mount.volume_id, volume);
     assert_eq!(parsed.mount.listen.to_string(), webhook::LISTEN);
     let known: Vec<String> = MountCli::command()

@@ -10,9 +10,12 @@ mod common;
 #[path = "real_cluster/gcs.rs"]
 mod gcs;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use blockproxy_operator::webhook;
+use blockproxy_protocol::DiscoveryDocument;
 use blockproxy_testenv::{Cluster, eventually};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -60,6 +63,7 @@ async fn blockproxy_on_a_real_multi_node_cluster() -> Result<()> {
             scenario_6_a_node_leaves_and_comes_back(&cluster, &store),
         )
         .await?;
+    report.time("scenario 8: two sites for one volume", scenario_8_two_sites(&cluster, &store)).await?;
     report.time("scenario 10: security on the real cluster", scenario_10_security(&cluster)).await?;
     report
         .time(
@@ -693,9 +697,12 @@ fn app_pod(name: &str, volume: &str, script: &str, restart_policy: &str) -> Pod 
     .expect("a valid Pod")
 }
 
-/// A long-running workload Pod in `team-a` (sidecar injected) for `kubectl exec`.
-async fn start_workload(cluster: &Cluster, name: &str) -> Result<()> {
-    let pod = app_pod(name, VOLUME, "trap 'exit 0' TERM; while true; do sleep 1; done", "Always");
+/// A long-running workload Pod in `team-a` (sidecar injected) for `kubectl exec`, with the volume
+/// annotation and `annotations`.
+async fn start_workload(cluster: &Cluster, name: &str, annotations: &[(&str, &str)]) -> Result<()> {
+    let mut pod = app_pod(name, VOLUME, "trap 'exit 0' TERM; while true; do sleep 1; done", "Always");
+    let all = pod.metadata.annotations.get_or_insert_default();
+    all.extend(annotations.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     let pods: Api<Pod> = Api::namespaced(cluster.client(), TEAM);
     pods.create(&PostParams::default(), &pod).await?;
     eventually(WAIT, POLL, || async {
@@ -739,7 +746,7 @@ async fn proxy_pods(cluster: &Cluster) -> Result<std::collections::BTreeMap<Stri
 /// everything is flushed, and the test counts the acknowledged objects: none is lost.
 async fn scenario_5_proxy_restarts_while_the_store_is_cut(cluster: &Cluster, store: &Store) -> Result<()> {
     const OBJECTS: usize = 30;
-    start_workload(cluster, "writer").await?;
+    start_workload(cluster, "writer", &[]).await?;
     store.toxiproxy.set_down("minio", true).await?;
     let result = async {
         let acked = write_objects(cluster, "s5", OBJECTS).await?;
@@ -1125,4 +1132,305 @@ done"#
         return Err(e.context(format!("no proxy back on {leaving}\n{pvcs}\n{pvs}")));
     }
     Ok(())
+}
+
+const FAR_GROUP: &str = "dc2";
+const FAR_CLASS: &str = "far-nvme";
+/// The far site's extra latency (toxiproxy between the workload Pod and its proxy).
+const FAR_LATENCY_MS: u64 = 40;
+const SITES_POD: &str = "sites";
+const DIRECT_STORE_SECRET: &str = "store-direct";
+
+/// Scenario 8: two sites for one volume. A second ProxyGroup `dc2` (one proxy, on the node
+/// without a `local-nvme` PV) serves the volume too, and the workload Pod `sites` reaches it
+/// through toxiproxy with extra latency (its connections to dc2 are redirected there by iptables
+/// in its own network namespace); the Pod is annotated with a Secret of direct-store credentials.
+/// A client in the Pod writes and reads back objects in each phase, and the sidecar's
+/// `blockproxy_client_served_total` says who answered:
+/// 1. both sites up: the sidecar picks the near one (dc1), which serves everything;
+/// 2. dc1 cut off from the Pod (iptables DROP): it fails over to dc2, which serves everything;
+/// 3. dc1 back: it returns to dc1;
+/// 4. both cut: it goes straight to the store (the objects are in MinIO while both are cut);
+/// 5. both back: dc1 again.
+///
+/// No request of the client fails, and every acknowledged object is in MinIO, byte-identical.
+/// The network faults need a local cluster (the test enters the Pod's network namespace).
+async fn scenario_8_two_sites(cluster: &Cluster, store: &Store) -> Result<()> {
+    if !cluster.is_local() {
+        eprintln!("SKIPPED scenario 8: cutting a site needs a local cluster (iptables in the Pod's network)");
+        return Ok(());
+    }
+    let far_node = cluster
+        .nodes()
+        .iter()
+        .find(|n| !cluster.pv_nodes().contains(n))
+        .or(cluster.nodes().last())
+        .context("no nodes")?
+        .clone();
+    cluster.add_pvs(FAR_CLASS, &[&far_node]).await?;
+    cluster.apply(&far_site_yaml(store)).await?;
+    let far = wait_for_site(cluster, FAR_GROUP, 1).await?;
+    let near = wait_for_site(cluster, GROUP, 3).await?;
+    start_workload(cluster, SITES_POD, &[(webhook::DIRECT_STORE_ANNOTATION, DIRECT_STORE_SECRET)]).await?;
+    let pod_uid = Api::<Pod>::namespaced(cluster.client(), TEAM)
+        .get(SITES_POD)
+        .await?
+        .metadata
+        .uid
+        .context("the sites Pod has no uid")?;
+    let iptables = |args: Vec<String>| {
+        let uid = pod_uid.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cluster.in_pod_network(&uid, "iptables", &args).await
+        }
+    };
+
+    // The far site, behind toxiproxy: one toxiproxy listener per far proxy, and the Pod's
+    // connections to that proxy redirected to it.
+    let toxiproxy_ip = pod_ip(cluster, STORE_NS, "app=toxiproxy").await?;
+    let mut far_proxies = Vec::new();
+    for (i, address) in far.iter().enumerate() {
+        let name = format!("far-{i}");
+        let port = 19_000 + i;
+        eventually(WAIT, POLL, || async {
+            if store.toxiproxy.toxics(&name).await.is_err() {
+                store.toxiproxy.create_proxy_on(&name, &format!("0.0.0.0:{port}"), address).await?;
+            }
+            if store.toxiproxy.toxics(&name).await?.as_array().is_some_and(Vec::is_empty) {
+                store.toxiproxy.add_latency(&name, FAR_LATENCY_MS, 0).await?;
+            }
+            Ok(())
+        })
+        .await?;
+        let (ip, proxy_port) = address.rsplit_once(':').context("an endpoint without a port")?;
+        iptables(
+            [
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "-d",
+                ip,
+                "--dport",
+                proxy_port,
+                "-j",
+                "DNAT",
+                "--to-destination",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("{toxiproxy_ip}:{port}")])
+            .collect(),
+        )
+        .await?;
+        far_proxies.push(name);
+    }
+    let cut_near = |cut: bool| {
+        let near = near.clone();
+        let iptables = &iptables;
+        async move {
+            for address in &near {
+                let (ip, port) = address.rsplit_once(':').context("an endpoint without a port")?;
+                let op = if cut { "-A" } else { "-D" };
+                iptables(
+                    [op, "OUTPUT", "-p", "tcp", "-d", ip, "--dport", port, "-j", "DROP"].map(String::from).to_vec(),
+                )
+                .await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    let cut_far = |cut: bool| {
+        let far_proxies = far_proxies.clone();
+        async move {
+            for name in &far_proxies {
+                store.toxiproxy.set_down(name, cut).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+
+    let mut acked = Vec::new();
+    let mut requests = 0;
+    let mut phase = async |name: &str, by: &str| -> Result<()> {
+        wait_for_choice(cluster, if by == "store" { None } else { Some(by) }).await?;
+        let before = served(cluster).await?;
+        let run = sites_client(cluster, name).await?;
+        let after = served(cluster).await?;
+        let delta: BTreeMap<String, u64> = after
+            .iter()
+            .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        eprintln!(
+            "real-cluster: scenario 8: {name}: {} requests, {} failed, served by {delta:?}",
+            run.requests,
+            run.failed.len()
+        );
+        anyhow::ensure!(run.failed.is_empty(), "{name}: the client saw failed requests: {:?}", run.failed);
+        anyhow::ensure!(
+            delta.get(by).is_some_and(|n| *n > 0) && delta.len() == 1,
+            "{name}: expected every request served by {by}, got {delta:?}"
+        );
+        requests += run.requests;
+        // Flushed before the next cut, so no phase depends on a site it cannot reach.
+        let lost = lost_objects(store, &run.acked).await;
+        anyhow::ensure!(lost.is_empty(), "{name}: acknowledged objects not in MinIO: {lost:?}");
+        acked.extend(run.acked);
+        Ok(())
+    };
+    let result = async {
+        phase("both sites up", GROUP).await?;
+        cut_near(true).await?;
+        phase("near site cut", FAR_GROUP).await?;
+        cut_near(false).await?;
+        phase("near site back", GROUP).await?;
+        cut_near(true).await?;
+        cut_far(true).await?;
+        phase("both sites cut", "store").await?;
+        cut_near(false).await?;
+        cut_far(false).await?;
+        phase("both sites back", GROUP).await
+    }
+    .await;
+    // Leave nothing cut for the next scenarios, whatever happened.
+    let _ = cut_far(false).await;
+    let _ = iptables(["-F", "OUTPUT"].map(String::from).to_vec()).await;
+    if let Err(e) = result {
+        let status = sidecar_get(cluster, "status").await.unwrap_or_else(|e| format!("{e:#}"));
+        let logs = cluster
+            .kubectl(&["-n", TEAM, "logs", SITES_POD, "-c", "blockproxy-mount", "--tail", "30"])
+            .await
+            .unwrap_or_default();
+        return Err(e.context(format!("sidecar status: {status}\nsidecar logs:\n{logs}")));
+    }
+    eprintln!("real-cluster: scenario 8: {requests} requests, 0 failed; {} acknowledged objects, 0 lost", acked.len());
+    Api::<Pod>::namespaced(cluster.client(), TEAM).delete(SITES_POD, &Default::default()).await?;
+    Ok(())
+}
+
+/// The far site's ProxyGroup (the near one's settings, on the `far-nvme` class), its
+/// VolumeProxyGroup for the same volume, and the direct-store Secret of the workload Pods.
+fn far_site_yaml(store: &Store) -> String {
+    let group = proxy_group_yaml(store).replace(&format!("name: {GROUP}}}"), &format!("name: {FAR_GROUP}}}"));
+    let group = group
+        .replace("regionCode: dc1", &format!("regionCode: {FAR_GROUP}"))
+        .replace("storageClassName: local-nvme", &format!("storageClassName: {FAR_CLASS}"));
+    let credentials = format!("access_key_id: {}\nsecret_access_key: {}\n", store.access_key, store.secret_key);
+    let secret = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": DIRECT_STORE_SECRET, "namespace": TEAM},
+        "stringData": {webhook::DIRECT_STORE_KEY: credentials},
+    });
+    format!(
+        r#"{group}---
+apiVersion: blockproxy.io/v1alpha1
+kind: VolumeProxyGroup
+metadata: {{name: data-{FAR_GROUP}, namespace: {TEAM}}}
+spec: {{volumeID: {VOLUME}, proxyGroup: {FAR_GROUP}, bucket: {BUCKET}, prefix: {PREFIX}}}
+---
+{secret}
+"#
+    )
+}
+
+/// The endpoints of `group` in the volume's discovery document, once it lists `count` of them.
+async fn wait_for_site(cluster: &Cluster, group: &str, count: usize) -> Result<Vec<String>> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let maps: Api<ConfigMap> = Api::namespaced(cluster.client(), TEAM);
+    let name = blockproxy_operator::meta::discovery_config_map_name(VOLUME);
+    eventually(Duration::from_secs(300), Duration::from_secs(1), || async {
+        let map = maps.get(&name).await?;
+        let json = map.data.and_then(|d| d.get(DiscoveryDocument::CONFIGMAP_KEY).cloned()).context("no document")?;
+        let doc = DiscoveryDocument::from_json(json.as_bytes())?;
+        let endpoints: Vec<String> = doc
+            .groups
+            .iter()
+            .filter(|g| g.name == group)
+            .flat_map(|g| g.endpoints.iter().map(|e| e.address.clone()))
+            .collect();
+        anyhow::ensure!(endpoints.len() == count, "{group} has {endpoints:?} in the discovery document");
+        Ok(endpoints)
+    })
+    .await
+}
+
+/// The IP of the first Pod matching `selector`.
+async fn pod_ip(cluster: &Cluster, namespace: &str, selector: &str) -> Result<String> {
+    let pods =
+        Api::<Pod>::namespaced(cluster.client(), namespace).list(&ListParams::default().labels(selector)).await?;
+    pods.items
+        .iter()
+        .find_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .with_context(|| format!("no Pod {selector} with an IP in {namespace}"))
+}
+
+/// GET of the sidecar's admin path in the `sites` Pod.
+async fn sidecar_get(cluster: &Cluster, path: &str) -> Result<String> {
+    let url = format!("http://127.0.0.1:9000/_blockproxy/{path}");
+    cluster.kubectl(&["-n", TEAM, "exec", SITES_POD, "-c", "app", "--", "wget", "-qO-", &url]).await
+}
+
+/// Waits until the sidecar has chosen `group` (`None`: no group, every proxy unreachable).
+async fn wait_for_choice(cluster: &Cluster, group: Option<&str>) -> Result<()> {
+    eventually(Duration::from_secs(120), Duration::from_secs(1), || async {
+        let status: serde_json::Value = serde_json::from_str(&sidecar_get(cluster, "status").await?)?;
+        let chosen = status["chosenGroup"].as_str();
+        anyhow::ensure!(chosen == group, "the sidecar chose {chosen:?}: {status}");
+        Ok(())
+    })
+    .await
+}
+
+/// The sidecar's `blockproxy_client_served_total`, summed over operations, by who served.
+async fn served(cluster: &Cluster) -> Result<BTreeMap<String, u64>> {
+    let text = sidecar_get(cluster, "metrics").await?;
+    let mut by = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("blockproxy_client_served_total{")) {
+        let (labels, value) = line.rsplit_once(' ').context("a metric line without a value")?;
+        let who = labels.split("by=\"").nth(1).and_then(|r| r.split('"').next()).context("no `by` label")?;
+        *by.entry(who.to_owned()).or_insert(0) += value.parse::<f64>()? as u64;
+    }
+    Ok(by)
+}
+
+/// What one run of the client in the `sites` Pod saw.
+struct ClientRun {
+    requests: usize,
+    failed: Vec<String>,
+    acked: Vec<(String, String)>,
+}
+
+/// Writes objects under `s8/<phase>/` from the `sites` Pod and reads each back.
+async fn sites_client(cluster: &Cluster, phase: &str) -> Result<ClientRun> {
+    const OBJECTS: usize = 5;
+    let dir = format!("s8/{}", phase.replace(' ', "-"));
+    let script = format!(
+        r#"for i in $(seq 1 {OBJECTS}); do
+  head -c $((700 + i * 5113)) /dev/urandom > /tmp/o
+  if ! rclone copyto --no-check-dest --retries 1 --low-level-retries 1 /tmp/o "bp:{VOLUME}/{dir}/obj-$i"; then
+    echo "writefail {dir}/obj-$i"; continue
+  fi
+  echo "acked {dir}/obj-$i $(sha256sum < /tmp/o | cut -d' ' -f1)"
+  rm -f /tmp/r
+  rclone copyto --retries 1 --low-level-retries 1 "bp:{VOLUME}/{dir}/obj-$i" /tmp/r || true
+  cmp -s /tmp/o /tmp/r && echo "read {dir}/obj-$i" || echo "readfail {dir}/obj-$i"
+done"#
+    );
+    let out = in_workload(cluster, SITES_POD, &script).await?;
+    let acked: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("acked "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let failed: Vec<String> =
+        out.lines().filter(|l| l.starts_with("writefail") || l.starts_with("readfail")).map(str::to_owned).collect();
+    let reads = out.lines().filter(|l| l.starts_with("read ")).count();
+    anyhow::ensure!(acked.len() + failed.len() + reads >= OBJECTS, "the client stopped early:\n{out}");
+    Ok(ClientRun { requests: acked.len() + reads + failed.len(), failed, acked })
 }

@@ -227,6 +227,7 @@ pub fn discovery(
         endpoint: None,
         region: None,
         provider: None,
+        path_style: false,
     };
     let mut named: Vec<&ProxyGroup> =
         accepted.iter().filter_map(|v| groups.iter().find(|g| g.name_any() == v.spec.proxy_group)).collect();
@@ -235,6 +236,7 @@ pub fn discovery(
         if store.endpoint.is_none() && store.region.is_none() {
             store.endpoint = g.spec.object_store.endpoint.clone().filter(|e| !e.starts_with("file://"));
             store.region = g.spec.object_store.region.clone();
+            store.path_style = g.spec.object_store.path_style;
             store.provider = match g.spec.object_store.provider {
                 ObjectStoreProvider::Gcs => Some("gcs".into()),
                 ObjectStoreProvider::Azure => Some("azure".into()),
@@ -479,6 +481,16 @@ mod tests {
         let d = decide(&vpgs, &groups);
         let doc = discovery("t", "v", &vpgs, &groups, &d).unwrap();
         assert_eq!((doc.store.provider.as_deref(), doc.store.endpoint.as_deref()), (Some("azure"), None));
+    }
+
+    #[test]
+    fn path_style_reaches_the_sidecar() {
+        let mut groups = [pg("eu", "eu", &["*"], &["10.0.0.1:8443"])];
+        let vpgs = [vpg("t", "a", "v", "eu", "b1", 1)];
+        let d = decide(&vpgs, &groups);
+        assert!(!discovery("t", "v", &vpgs, &groups, &d).unwrap().store.path_style);
+        groups[0].spec.object_store.path_style = true;
+        assert!(discovery("t", "v", &vpgs, &groups, &d).unwrap().store.path_style);
     }
 
     #[test]

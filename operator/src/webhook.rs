@@ -23,6 +23,14 @@ use tracing::{info, warn};
 
 /// Pod annotation naming the volume to mount.
 pub const VOLUME_ANNOTATION: &str = "blockproxy.io/volume";
+/// Pod annotation naming a Secret of the Pod's namespace with direct object-store credentials for
+/// the sidecar: with it, the sidecar goes straight to the store when no proxy of any group answers
+/// (and lists the store directly). The Secret's key [`DIRECT_STORE_KEY`] holds the sidecar's
+/// `--store-credentials-file` (S3: YAML with `access_key_id` and `secret_access_key`).
+pub const DIRECT_STORE_ANNOTATION: &str = "blockproxy.io/direct-store-credentials";
+/// The key of the direct-store Secret that the sidecar reads.
+pub const DIRECT_STORE_KEY: &str = "credentials";
+pub const DIRECT_STORE_DIR: &str = "/etc/blockproxy/store";
 /// Name of the injected container.
 pub const SIDECAR_NAME: &str = "blockproxy-mount";
 pub const DISCOVERY_DIR: &str = "/etc/blockproxy/discovery";
@@ -79,8 +87,8 @@ fn probe(period: u32, failures: u32) -> Value {
 /// The sidecar container (a native sidecar: an init container that keeps running). Its startup
 /// probe holds the app containers back until it serves (it waits for the volume's token and
 /// discovery files, which appear once a VolumeProxyGroup is accepted: up to an hour here).
-pub fn sidecar(volume: &VolumeId, cfg: &SidecarConfig, creds: &PodCredentials) -> Value {
-    json!({
+pub fn sidecar(volume: &VolumeId, cfg: &SidecarConfig, creds: &PodCredentials, direct_store: bool) -> Value {
+    let mut c = json!({
         "name": SIDECAR_NAME,
         "image": cfg.image,
         "command": ["blockproxy-mount"],
@@ -112,7 +120,31 @@ pub fn sidecar(volume: &VolumeId, cfg: &SidecarConfig, creds: &PodCredentials) -
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
-    })
+    });
+    if direct_store {
+        let file = format!("{DIRECT_STORE_DIR}/{DIRECT_STORE_KEY}");
+        c["args"].as_array_mut().into_iter().for_each(|a| a.extend([json!("--store-credentials-file"), json!(file)]));
+        let mount = json!({"name": "blockproxy-direct-store", "mountPath": DIRECT_STORE_DIR, "readOnly": true});
+        c["volumeMounts"].as_array_mut().into_iter().for_each(|m| m.push(mount.clone()));
+    }
+    c
+}
+
+/// The direct-store Secret's name from the Pod's annotation, if any; an error refuses the Pod.
+fn direct_store_secret(pod: &Pod) -> Result<Option<&str>, String> {
+    let Some(name) = pod.metadata.annotations.as_ref().and_then(|a| a.get(DIRECT_STORE_ANNOTATION)) else {
+        return Ok(None);
+    };
+    // A Secret's name is a DNS subdomain.
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid {
+        return Err(format!("annotation {DIRECT_STORE_ANNOTATION}: {name:?} is not a Secret name"));
+    }
+    Ok(Some(name))
 }
 
 /// The JSON patch for `pod`, `Ok(None)` when nothing is to be done, or an error message that
@@ -122,6 +154,7 @@ pub fn mutate(pod: &Pod, cfg: &SidecarConfig, creds: &PodCredentials) -> Result<
         return Ok(None);
     };
     let volume = VolumeId::parse(raw).map_err(|e| format!("annotation {VOLUME_ANNOTATION}: {e}"))?;
+    let direct_store = direct_store_secret(pod)?;
     let spec = pod.spec.as_ref();
     let already = spec
         .is_some_and(|s| s.containers.iter().chain(s.init_containers.iter().flatten()).any(|c| c.name == SIDECAR_NAME));
@@ -129,10 +162,14 @@ pub fn mutate(pod: &Pod, cfg: &SidecarConfig, creds: &PodCredentials) -> Result<
         return Ok(None);
     }
     let mut ops = Vec::new();
-    let volumes = [
+    let mut volumes = vec![
         json!({"name": "blockproxy-discovery", "configMap": {"name": meta::discovery_config_map_name(volume.as_str()), "optional": true}}),
         json!({"name": "blockproxy-token", "secret": {"secretName": meta::token_secret_name(volume.as_str()), "optional": true}}),
     ];
+    if let Some(secret) = direct_store {
+        // Not optional: the Pod waits for the Secret rather than running without its fallback.
+        volumes.push(json!({"name": "blockproxy-direct-store", "secret": {"secretName": secret, "items": [{"key": DIRECT_STORE_KEY, "path": DIRECT_STORE_KEY}]}}));
+    }
     if spec.and_then(|s| s.volumes.as_ref()).is_none() {
         ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
     } else {
@@ -142,9 +179,9 @@ pub fn mutate(pod: &Pod, cfg: &SidecarConfig, creds: &PodCredentials) -> Result<
     }
     // First init container, so it runs before any other init container and the app.
     if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar(&volume, cfg, creds)]}));
+        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar(&volume, cfg, creds, direct_store.is_some())]}));
     } else {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar(&volume, cfg, creds)}));
+        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar(&volume, cfg, creds, direct_store.is_some())}));
     }
     // Point S3 clients of every app container at the sidecar with the Pod's credentials, unless
     // they set them themselves (the key pair only as a pair).
@@ -370,6 +407,37 @@ mod tests {
         let env = out.spec.unwrap().containers[0].env.clone().unwrap();
         let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["AWS_ACCESS_KEY_ID", ENDPOINT_ENV]);
+    }
+
+    #[test]
+    fn a_direct_store_secret_is_mounted_and_passed_to_the_sidecar() {
+        let mut p = pod(Some("vol-1"));
+        let annotations = p.metadata.annotations.as_mut().unwrap();
+        annotations.insert(DIRECT_STORE_ANNOTATION.into(), "store-creds".into());
+        let out = apply(&p, mutate(&p, &cfg(), &creds()).unwrap().unwrap());
+        let spec = out.spec.as_ref().unwrap();
+        let side = &spec.init_containers.as_ref().unwrap()[0];
+        let args = side.args.as_ref().unwrap().join(" ");
+        assert!(args.ends_with("--store-credentials-file /etc/blockproxy/store/credentials"), "{args}");
+        let mount = side.volume_mounts.as_ref().unwrap().iter().find(|m| m.mount_path == DIRECT_STORE_DIR).unwrap();
+        let volume = spec.volumes.as_ref().unwrap().iter().find(|v| v.name == mount.name).unwrap();
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("store-creds"));
+        assert_eq!(secret.items.as_ref().unwrap()[0].key, DIRECT_STORE_KEY);
+        // Without the annotation, no store access at all.
+        let plain = pod(Some("vol-1"));
+        let out = apply(&plain, mutate(&plain, &cfg(), &creds()).unwrap().unwrap());
+        let side = &out.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
+        assert!(!side.args.as_ref().unwrap().join(" ").contains("--store-credentials-file"));
+        assert_eq!(out.spec.unwrap().volumes.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_invalid_direct_store_secret_name_is_refused() {
+        let mut p = pod(Some("vol-1"));
+        p.metadata.annotations.as_mut().unwrap().insert(DIRECT_STORE_ANNOTATION.into(), "../Creds".into());
+        let err = mutate(&p, &cfg(), &creds()).unwrap_err();
+        assert!(err.contains(DIRECT_STORE_ANNOTATION), "{err}");
     }
 
     #[test]

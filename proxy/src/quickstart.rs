@@ -120,6 +120,7 @@ pub async fn run(args: QuickstartArgs, shutdown: impl Future<Output = ()> + Send
             endpoint: Some(store_url.clone()),
             region: None,
             provider: None,
+            path_style: false,
         },
         block_size: crate::protocol::DEFAULT_BLOCK_SIZE,
         metadata_ttl_ms: crate::protocol::DEFAULT_METADATA_TTL_MS,

@@ -24,6 +24,7 @@ fn discovery(bucket: &str, addresses: &[String]) -> DiscoveryDocument {
             endpoint: None,
             region: None,
             provider: None,
+            path_style: false,
         },
         block_size: blockproxy::protocol::DEFAULT_BLOCK_SIZE,
         metadata_ttl_ms: blockproxy::protocol::DEFAULT_METADATA_TTL_MS,

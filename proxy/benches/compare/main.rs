@@ -450,6 +450,7 @@ async fn main() -> Result<()> {
             endpoint: None,
             region: None,
             provider: None,
+            path_style: false,
         },
         block_size: blockproxy::protocol::DEFAULT_BLOCK_SIZE,
         metadata_ttl_ms: blockproxy::protocol::DEFAULT_METADATA_TTL_MS,

@@ -44,6 +44,10 @@ pub struct StoreLocation {
     /// reach it directly; absent means S3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// Path-style bucket addressing (MinIO, Ceph RGW), as the proxies reach the store: a client
+    /// that falls back to the store directly must address it the same way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub path_style: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

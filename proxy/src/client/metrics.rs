@@ -13,6 +13,7 @@ pub struct ClientMetrics {
     pub group_switches_total: IntCounterVec,
     pub fallbacks_total: IntCounterVec,
     pub requests_total: IntCounterVec,
+    pub served_total: IntCounterVec,
     pub read_repairs_total: IntCounter,
     pub stale_reads_total: IntCounter,
     pub probe_rounds_total: IntCounter,
@@ -88,6 +89,17 @@ impl ClientMetrics {
                 IntCounterVec::new(
                     o("blockproxy_client_requests_total", "Block requests by operation and where they were served"),
                     &["op", "target"],
+                )
+                .expect("valid"),
+            ),
+            served_total: reg(
+                &r,
+                IntCounterVec::new(
+                    o(
+                        "blockproxy_client_served_total",
+                        "Requests answered, by operation and by whom: a group's name, or `store` (directly)",
+                    ),
+                    &["op", "by"],
                 )
                 .expect("valid"),
             ),

@@ -246,6 +246,11 @@ impl Inner {
                             .requests_total
                             .with_label_values(&[op.name(), if kind == "store" { "store" } else { "proxy" }])
                             .inc();
+                        let by = match t {
+                            Target::Proxy { group, .. } => topo.groups[*group].name.as_str(),
+                            Target::Store => "store",
+                        };
+                        self.metrics.served_total.with_label_values(&[op.name(), by]).inc();
                         return Ok(out);
                     }
                     Err(AttemptError::Rejected(e)) => return Err(e),

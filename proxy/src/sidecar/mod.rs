@@ -143,6 +143,8 @@ pub async fn client_from_args(args: &MountArgs) -> anyhow::Result<Client> {
             .map_err(|_| anyhow::anyhow!("the discovery document's store provider {p:?} is unknown"))?;
         store_args.store_provider = Some(provider);
     }
+    // Addressed as the proxies address it (MinIO needs path style).
+    store_args.store_path_style |= doc.store.path_style;
     let local = store_args.store_endpoint.as_deref().is_some_and(|e| e.starts_with("file://"));
     let direct = if args.direct_store || store_args.store_credentials_file.is_some() || local {
         Some(crate::server::build_store(&store_args).await.context("setting up direct object-store access")?)

@@ -206,6 +206,7 @@ pub fn discovery(bucket: &str, store_endpoint: Option<String>, groups: &[GroupSp
             endpoint: store_endpoint,
             region: None,
             provider: None,
+            path_style: false,
         },
         block_size: blockproxy::protocol::DEFAULT_BLOCK_SIZE,
         metadata_ttl_ms: blockproxy::protocol::DEFAULT_METADATA_TTL_MS,

@@ -247,22 +247,41 @@ impl Cluster {
     /// are found through their cgroup, which names the Pod). Returns the pids killed.
     pub async fn kill_in_pod(&self, pod_uid: &str, command: &str) -> Result<Vec<u32>> {
         anyhow::ensure!(self.local.is_some(), "killing a container's process needs a local cluster");
-        let marks = [format!("pod{pod_uid}"), format!("pod{}", pod_uid.replace('-', "_"))];
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc")?.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(pid) = name.parse::<u32>() else { continue };
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            if comm.trim() == command && marks.iter().any(|m| cgroups.contains(m.as_str())) {
-                pids.push(pid);
-            }
-        }
+        let pids = pod_pids(pod_uid, Some(command))?;
         anyhow::ensure!(!pids.is_empty(), "no process {command:?} in Pod {pod_uid}");
         for pid in &pids {
             run("kill", &["-KILL".to_owned(), pid.to_string()]).await?;
         }
         Ok(pids)
+    }
+
+    /// Runs `program args` (a host tool such as `iptables`) in the network namespace of the Pod
+    /// `pod_uid`, to cut or redirect that Pod's own traffic as a network fault would. Local
+    /// clusters only (the namespace is entered through one of the Pod's processes).
+    pub async fn in_pod_network(&self, pod_uid: &str, program: &str, args: &[&str]) -> Result<String> {
+        anyhow::ensure!(self.local.is_some(), "entering a Pod's network needs a local cluster");
+        let pid = *pod_pids(pod_uid, None)?.first().with_context(|| format!("no process in Pod {pod_uid}"))?;
+        let mut full = vec!["-t".to_owned(), pid.to_string(), "--net".into(), "--".into(), program.into()];
+        full.extend(args.iter().map(|a| (*a).to_owned()));
+        run("nsenter", &full).await
+    }
+
+    /// A StorageClass `class` with one static PV (`<class>-<node>`) on each of `nodes`, beside the
+    /// `local-nvme` ones: for a second ProxyGroup on nodes whose `local-nvme` PV is taken.
+    pub async fn add_pvs(&self, class: &str, nodes: &[&str]) -> Result<()> {
+        let mut pvs = Vec::new();
+        for node in nodes {
+            let path = match &self.local {
+                Some(local) => {
+                    let dir = local.dir.path().join("pv").join(format!("{class}-{node}"));
+                    std::fs::create_dir_all(&dir)?;
+                    dir.display().to_string()
+                }
+                None => format!("/var/lib/blockproxy-kind-tests/{class}-{node}"),
+            };
+            pvs.push(((*node).to_owned(), path));
+        }
+        self.apply(&config::local_pvs(class, &pvs, self.local.is_some(), "1Gi")).await
     }
 
     /// Runs kubectl with the admin kubeconfig; a failure carries its output.
@@ -382,4 +401,21 @@ async fn base_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let coredns = dir.join("coredns.tar");
     pack_binaries(COREDNS_IMAGE, &coredns, "/usr/local/bin/coredns", &[&tool_path(Tool::Coredns)?]).await?;
     Ok(vec![pause, busybox, coredns])
+}
+
+/// The host pids of the processes of the Pod `pod_uid` (named `command`, if given), found through
+/// their cgroup, which names the Pod.
+fn pod_pids(pod_uid: &str, command: Option<&str>) -> Result<Vec<u32>> {
+    let marks = [format!("pod{pod_uid}"), format!("pod{}", pod_uid.replace('-', "_"))];
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(pid) = name.parse::<u32>() else { continue };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if command.is_none_or(|c| comm.trim() == c) && marks.iter().any(|m| cgroups.contains(m.as_str())) {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
 }
