@@ -1309,6 +1309,33 @@ async fn scenario_8_two_sites(cluster: &Cluster, store: &Store) -> Result<()> {
     }
     eprintln!("real-cluster: scenario 8: {requests} requests, 0 failed; {} acknowledged objects, 0 lost", acked.len());
     Api::<Pod>::namespaced(cluster.client(), TEAM).delete(SITES_POD, &Default::default()).await?;
+    remove_far_site(cluster, &far_node).await
+}
+
+/// The far site goes again (drained first), and its PV and StorageClass with it, so the later
+/// scenarios see the near site alone.
+async fn remove_far_site(cluster: &Cluster, far_node: &str) -> Result<()> {
+    use blockproxy_operator::crd::{ProxyGroup, VolumeProxyGroup};
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let vpgs: Api<VolumeProxyGroup> = Api::namespaced(cluster.client(), TEAM);
+    vpgs.delete(&format!("data-{FAR_GROUP}"), &Default::default()).await?;
+    let groups: Api<ProxyGroup> = Api::all(cluster.client());
+    groups.delete(FAR_GROUP, &Default::default()).await?;
+    eventually(Duration::from_secs(300), Duration::from_secs(1), || async {
+        anyhow::ensure!(groups.get_opt(FAR_GROUP).await?.is_none(), "the group {FAR_GROUP} is still there");
+        Ok(())
+    })
+    .await?;
+    let pvs: Api<PersistentVolume> = Api::all(cluster.client());
+    let pv = format!("{FAR_CLASS}-{far_node}");
+    pvs.delete(&pv, &Default::default()).await?;
+    eventually(WAIT, POLL, || async {
+        anyhow::ensure!(pvs.get_opt(&pv).await?.is_none(), "the PV {pv} is still there");
+        Ok(())
+    })
+    .await?;
+    Api::<StorageClass>::all(cluster.client()).delete(FAR_CLASS, &Default::default()).await?;
     Ok(())
 }
 
