@@ -486,6 +486,7 @@ mod tests {
     #[test]
     fn path_style_reaches_the_sidecar() {
         let mut groups = [pg("eu", "eu", &["*"], &["10.0.0.1:8443"])];
+        groups[0].spec.object_store.path_style = false;
         let vpgs = [vpg("t", "a", "v", "eu", "b1", 1)];
         let d = decide(&vpgs, &groups);
         assert!(!discovery("t", "v", &vpgs, &groups, &d).unwrap().store.path_style);
