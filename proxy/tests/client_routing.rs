@@ -10,7 +10,29 @@ use blockproxy::client::rendezvous;
 use blockproxy_testenv::{Minio, Toxiproxy};
 use bytes::Bytes;
 use client_support::*;
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// MinIO behind a toxiproxy link named "store" (which a test cuts), and a volumes file for it.
+struct CutStore {
+    minio: Minio,
+    toxi: Toxiproxy,
+    root: tempfile::TempDir,
+    volumes: PathBuf,
+    /// The link's endpoint, for `--store-endpoint`.
+    store_ep: String,
+}
+
+impl CutStore {
+    async fn start() -> Result<Self> {
+        let minio = Minio::start().await?;
+        let toxi = Toxiproxy::start().await?;
+        let root = tempfile::tempdir()?;
+        let volumes = write_volumes_file(root.path(), minio.bucket())?;
+        let store_link = toxi.create_proxy("store", &minio.addr().to_string()).await?;
+        Ok(Self { minio, toxi, root, volumes, store_ep: format!("http://{store_link}") })
+    }
+}
 
 async fn set_latency(toxi: &Toxiproxy, proxies: &[&str], ms: u64) -> Result<()> {
     for p in proxies {
@@ -127,14 +149,9 @@ async fn client_picks_lowest_rtt_group_switches_with_hysteresis_fails_over_and_f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adding_a_proxy_moves_about_one_in_n_keys_and_reads_stay_correct() -> Result<()> {
-    let minio = Minio::start().await?;
-    let toxi = Toxiproxy::start().await?;
-    let root = tempfile::tempdir()?;
-    let volumes = write_volumes_file(root.path(), minio.bucket())?;
     // The proxies reach MinIO through a link that is cut below: every write stays dirty on its
     // owner, so correct reads after the change prove the data came from the previous owner.
-    let store_link = toxi.create_proxy("store", &minio.addr().to_string()).await?;
-    let store_ep = format!("http://{store_link}");
+    let CutStore { minio, toxi, root, volumes, store_ep } = CutStore::start().await?;
     let mut procs = Vec::new();
     for name in ["p1", "p2", "p3", "p4"] {
         procs.push(Proxy::start(name, root.path(), &volumes, &store_ep, &minio).await?);
@@ -193,12 +210,7 @@ async fn adding_a_proxy_moves_about_one_in_n_keys_and_reads_stay_correct() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistency_contract_failover_writes_win_and_a_returning_owner_is_repaired() -> Result<()> {
-    let minio = Minio::start().await?;
-    let toxi = Toxiproxy::start().await?;
-    let root = tempfile::tempdir()?;
-    let volumes = write_volumes_file(root.path(), minio.bucket())?;
-    let store_link = toxi.create_proxy("store", &minio.addr().to_string()).await?;
-    let store_ep = format!("http://{store_link}");
+    let CutStore { minio, toxi, root, volumes, store_ep } = CutStore::start().await?;
     let p1 = Proxy::start("p1", root.path(), &volumes, &store_ep, &minio).await?;
     let p2 = Proxy::start("p2", root.path(), &volumes, &store_ep, &minio).await?;
     let l1 = link(&toxi, "l1", p1.addr).await?;
@@ -253,13 +265,8 @@ async fn consistency_contract_failover_writes_win_and_a_returning_owner_is_repai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_proxy_serves_its_dirty_blocks_but_takes_no_new_writes() -> Result<()> {
-    let minio = Minio::start().await?;
-    let toxi = Toxiproxy::start().await?;
-    let root = tempfile::tempdir()?;
-    let volumes = write_volumes_file(root.path(), minio.bucket())?;
     // The store is cut for the whole drain: what the draining proxy holds is only on its disk.
-    let store_link = toxi.create_proxy("store", &minio.addr().to_string()).await?;
-    let store_ep = format!("http://{store_link}");
+    let CutStore { minio, toxi, root, volumes, store_ep } = CutStore::start().await?;
     let admin = root.path().join("admin-token");
     std::fs::write(&admin, "admin-s3cr3t")?;
     let admin_flag = format!("--admin-token-file={}", admin.display());
