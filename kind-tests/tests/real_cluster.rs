@@ -674,6 +674,25 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// A client script for a workload Pod: writes `objects` objects of growing sizes (`step` bytes
+/// apart) under `{dir}/` through the sidecar, reads each back, and pauses `pause` seconds after
+/// each. Prints `acked <key> <sha256>`, `read <key>`, `writefail <key>` or `readfail <key>`.
+fn write_read_script(dir: &str, objects: usize, step: u64, pause: &str) -> String {
+    format!(
+        r#"for i in $(seq 1 {objects}); do
+  head -c $((500 + i * {step})) /dev/urandom > /tmp/o
+  if ! rclone copyto --no-check-dest --retries 1 --low-level-retries 1 /tmp/o "bp:{VOLUME}/{dir}/obj-$i"; then
+    echo "writefail {dir}/obj-$i"; continue
+  fi
+  echo "acked {dir}/obj-$i $(sha256sum < /tmp/o | cut -d' ' -f1)"
+  rm -f /tmp/r
+  rclone copyto --retries 1 --low-level-retries 1 "bp:{VOLUME}/{dir}/obj-$i" /tmp/r || true
+  cmp -s /tmp/o /tmp/r && echo "read {dir}/obj-$i" || echo "readfail {dir}/obj-$i"
+  sleep {pause}
+done"#
+    )
+}
+
 /// A Pod in `team-a` annotated for `volume` (so the webhook injects the sidecar), compliant with
 /// PodSecurity `restricted`, whose app container runs `script` with the rclone image.
 fn app_pod(name: &str, volume: &str, script: &str, restart_policy: &str) -> Pod {
@@ -1067,19 +1086,7 @@ async fn scenario_6_a_node_leaves_and_comes_back(cluster: &Cluster, store: &Stor
     }
     let before = proxy_pods(cluster).await?;
     let old_pod = before.get(&leaving).context("no proxy on the leaving node")?.clone();
-    let script = format!(
-        r#"for i in $(seq 1 {OBJECTS}); do
-  head -c $((500 + i * 4099)) /dev/urandom > /tmp/o
-  if ! rclone copyto --no-check-dest --retries 1 --low-level-retries 1 /tmp/o "bp:{VOLUME}/s6/obj-$i"; then
-    echo "writefail s6/obj-$i"; continue
-  fi
-  echo "acked s6/obj-$i $(sha256sum < /tmp/o | cut -d' ' -f1)"
-  rm -f /tmp/r
-  rclone copyto --retries 1 --low-level-retries 1 "bp:{VOLUME}/s6/obj-$i" /tmp/r || true
-  cmp -s /tmp/o /tmp/r || echo "readfail s6/obj-$i"
-  sleep 0.5
-done"#
-    );
+    let script = write_read_script("s6", OBJECTS, 4099, "0.5");
     let client = in_workload(cluster, "writer", &script);
     let leave = async {
         let selector = format!(r#"{{"spec":{{"placement":{{"nodeSelector":{{"{LABEL}":"yes"}}}}}}}}"#);
@@ -1436,18 +1443,7 @@ struct ClientRun {
 async fn sites_client(cluster: &Cluster, phase: &str) -> Result<ClientRun> {
     const OBJECTS: usize = 5;
     let dir = format!("s8/{}", phase.replace(' ', "-"));
-    let script = format!(
-        r#"for i in $(seq 1 {OBJECTS}); do
-  head -c $((700 + i * 5113)) /dev/urandom > /tmp/o
-  if ! rclone copyto --no-check-dest --retries 1 --low-level-retries 1 /tmp/o "bp:{VOLUME}/{dir}/obj-$i"; then
-    echo "writefail {dir}/obj-$i"; continue
-  fi
-  echo "acked {dir}/obj-$i $(sha256sum < /tmp/o | cut -d' ' -f1)"
-  rm -f /tmp/r
-  rclone copyto --retries 1 --low-level-retries 1 "bp:{VOLUME}/{dir}/obj-$i" /tmp/r || true
-  cmp -s /tmp/o /tmp/r && echo "read {dir}/obj-$i" || echo "readfail {dir}/obj-$i"
-done"#
-    );
+    let script = write_read_script(&dir, OBJECTS, 5113, "0");
     let out = in_workload(cluster, SITES_POD, &script).await?;
     let acked: Vec<(String, String)> = out
         .lines()
