@@ -440,6 +440,49 @@ async fn listing_without_store_credentials_goes_through_a_proxy() -> Result<()> 
     Ok(())
 }
 
+/// A listing merges the store's page with the proxies' unflushed writes. A write or delete that
+/// is flushed between the two reads must still show: the proxy is asked first, then the store.
+/// Here the client reads the store directly and at once, while its requests reach the proxy a
+/// second late and the proxy's flushes take a few hundred milliseconds: each flush then completes
+/// after the store is read but before the proxy is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_shows_writes_and_deletes_that_are_flushed_while_it_is_taken() -> Result<()> {
+    let CutStore { minio, toxi, root, volumes, store_ep } = CutStore::start().await?;
+    toxi.add_latency("store", 150, 0).await?;
+    let p = Proxy::start("l1", root.path(), &volumes, &store_ep, &minio).await?;
+    let to_proxy = link(&toxi, "l1", p.addr).await?;
+    toxi.add_request_latency("l1", 1000).await?;
+    let disc = root.path().join("discovery.json");
+    write_discovery(
+        &disc,
+        &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![to_proxy] }]),
+    )?;
+    let mut cfg = fast_config(&disc);
+    cfg.probe_timeout = Duration::from_secs(3);
+    cfg.direct_store = Some(arc_store(minio_store(&minio).await));
+    let client = start_client(cfg).await?;
+    wait_until("the client uses the proxy", Duration::from_secs(30), || async {
+        client.status().chosen_group.is_some()
+    })
+    .await?;
+
+    let mut want: Vec<String> = Vec::new();
+    for i in 0..3 {
+        let k = format!("race/{i}");
+        client.put(&key(&k), Bytes::from(format!("object {i}"))).await?;
+        want.push(k);
+        let listed: Vec<String> = client.list("race/").await?.into_iter().map(|e| e.key).collect();
+        assert_eq!(listed, want, "listed right after writing race/{i}");
+    }
+    for i in 0..3 {
+        client.delete(&key(&format!("race/{i}"))).await?;
+        want.remove(0);
+        let listed: Vec<String> = client.list("race/").await?.into_iter().map(|e| e.key).collect();
+        assert_eq!(listed, want, "listed right after deleting race/{i}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_verifies_proxies_against_the_groups_server_name_not_their_ip() -> Result<()> {
     let minio = Minio::start().await?;

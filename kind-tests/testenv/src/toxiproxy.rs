@@ -138,6 +138,22 @@ impl ToxiproxyApi {
         .await
     }
 
+    /// Adds a latency toxic to the requests through `proxy`: they reach the upstream
+    /// `latency_ms` late, while its answers come back at once. Returns the toxic's name.
+    pub async fn add_request_latency(&self, proxy: &str, latency_ms: u64) -> Result<String> {
+        self.add_toxic(
+            proxy,
+            json!({
+                "name": "latency_upstream",
+                "type": "latency",
+                "stream": "upstream",
+                "toxicity": 1.0,
+                "attributes": { "latency": latency_ms, "jitter": 0 },
+            }),
+        )
+        .await
+    }
+
     /// Adds a bandwidth toxic to `proxy`: responses flow at no more than `kb_per_second`
     /// kilobytes per second. Returns the toxic's name.
     pub async fn add_bandwidth(&self, proxy: &str, kb_per_second: u64) -> Result<String> {

@@ -60,9 +60,12 @@ impl Client {
     pub async fn list_page(&self, prefix: &str, start_after: &str, max_keys: usize) -> Result<ListPage, ClientError> {
         let max_keys = max_keys.max(1);
         let topo = self.inner.topology();
-        let (stored, unflushed) =
-            tokio::join!(self.store_page(&topo, prefix, start_after, max_keys), self.unflushed(&topo, prefix));
-        let (stored, store_truncated) = stored?;
+        // The proxies first, then the store, never both at once: a write or delete acknowledged
+        // before this listing is then either still unflushed when the proxies answer, or flushed
+        // before the store is read. Read together, a flush landing between the two reads hid
+        // the key from both.
+        let unflushed = self.unflushed(&topo, prefix).await;
+        let (stored, store_truncated) = self.store_page(&topo, prefix, start_after, max_keys).await?;
         // Unflushed keys beyond the store page's last key belong to a later page (unless the
         // store has nothing more), so a key is never listed twice or skipped.
         let bound = if store_truncated { stored.last().map(|e| e.key.clone()) } else { None };
