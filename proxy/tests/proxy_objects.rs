@@ -92,6 +92,26 @@ async fn a_multipart_upload_staged_at_the_home_reaches_the_store_whole_with_its_
     Ok(())
 }
 
+/// The Complete turns the staged parts into the object's dirty file: those bytes are counted
+/// once, so an object of more than half the quota completes, and nothing stays counted after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_of_more_than_half_the_quota_complete_one_after_another() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let opts = ProxyOptions { quota: "64Mi".into(), ..ProxyOptions::default() };
+    let proxy = ProxyProcess::start(&backend, dir.path(), opts).await?;
+    for round in 0..2 {
+        let key = format!("big/{round}");
+        let data = random_bytes(40 * MIB + round);
+        let upload = proxy.create_upload(&key, &[]).await?;
+        let etags = proxy.put_parts(&key, &upload, &data, 8 * MIB).await?;
+        let r = proxy.complete_upload(&key, &upload, &etags).await?;
+        ensure!(r.status() == 200, "complete of {key}: {} {}", r.status(), r.text().await?);
+        flushed(&backend, &key, &data).await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completes_follow_s3_rules_and_an_abort_removes_the_upload() -> Result<()> {
     let backend = Backend::start().await?;
@@ -196,6 +216,17 @@ async fn a_block_read_pinned_to_an_etag_gets_412_once_the_object_is_replaced_beh
     let last = proxy.get_block("pinned", 3, block as u64, &etag).await?;
     assert_eq!(last.bytes().await?.as_ref(), &old[3 * block..], "the last block is cut at the end");
     assert_eq!(proxy.get_block("pinned", 4, block as u64, &etag).await?.status(), 416);
+    // A Range inside the block moves only its bytes: first from the store (the whole block is
+    // cached), then from the cache. A Range reaching into the next block is refused.
+    for source in ["store", "cache"] {
+        let r = proxy.get_block_part("pinned", 0, block as u64, &etag, 10..5000).await?;
+        assert_eq!(r.status(), 206);
+        assert_eq!(r.headers()["x-blockproxy-source"].to_str()?, source);
+        assert_eq!(r.headers()["content-range"].to_str()?, format!("bytes 10-4999/{}", old.len()));
+        assert_eq!(r.bytes().await?.as_ref(), &old[10..5000], "from the {source}");
+    }
+    let across = proxy.get_block_part("pinned", 0, block as u64, &etag, block - 10..block + 10).await?;
+    assert_eq!(across.status(), 416);
 
     // Replaced behind the cache: a block not read before, pinned to the old ETag, is refused.
     let new = random_bytes(3 * block + 100);

@@ -359,18 +359,30 @@ impl Cache {
     /// Commits a complete block file built in `tmp` (header then data, fsynced by the caller with
     /// `sync`) as the dirty version of `id`, like [`Cache::write_dirty`]: the rename into `dirty/`
     /// is the commit. The file is removed when it is not committed.
+    ///
+    /// `replaces_staged` staged bytes (the upload parts the file was assembled from) count as the
+    /// file's from now on, so an object is counted once, not twice, against the quota; the parts
+    /// stay counted when the file is not committed. Until the caller deletes the parts, the disk
+    /// holds both: at most one object's size above the quota.
     pub async fn commit_dirty_file(
         &self,
         id: &BlockId,
         tmp: PathBuf,
         header: &BlockHeader,
         file_size: u64,
+        replaces_staged: u64,
     ) -> Result<WriteOutcome, CacheError> {
-        let reserved = match self.reserve(file_size, true) {
-            Ok(evicted) => evicted,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.into());
+        let reserved = {
+            let mut index = self.index();
+            index.unstage(replaces_staged);
+            match index.reserve(file_size, true) {
+                Ok(evicted) => self.set_aside(&index, evicted),
+                Err(e) => {
+                    index.stage_found(replaces_staged);
+                    drop(index);
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e.into());
+                }
             }
         };
         self.delete_set_aside(reserved).await;
@@ -380,11 +392,18 @@ impl Cache {
             tokio::task::spawn_blocking(move || layout.ensure_fanout(Area::Dirty, &name)).await
         };
         if let Err(e) = fanout.map_err(io::Error::other).and_then(|r| r) {
-            self.index().release(file_size);
+            let mut index = self.index();
+            index.release(file_size);
+            index.stage_found(replaces_staged);
+            drop(index);
             let _ = std::fs::remove_file(&tmp);
             return Err(io_err("create directory")(e));
         }
-        self.install_dirty(id, tmp, header, file_size).await
+        let outcome = self.install_dirty(id, tmp, header, file_size).await;
+        if !matches!(outcome, Ok(WriteOutcome::Committed)) {
+            self.index().stage_found(replaces_staged);
+        }
+        outcome
     }
 
     /// Renames a complete dirty file into place unless a newer version is there already; `file_size`

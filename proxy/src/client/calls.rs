@@ -9,6 +9,7 @@ use crate::protocol::{
 };
 use bytes::Bytes;
 use reqwest::StatusCode;
+use std::ops::Range;
 
 fn changed(key: &BlockKey) -> AttemptError {
     AttemptError::Rejected(ClientError::Changed { key: key.to_string() })
@@ -19,7 +20,8 @@ impl ProxyCall<'_> {
         format!("{}{}", self.base, protocol::upload_path(self.volume, key))
     }
 
-    /// Block `index` of the clean object `key`, cut at `block_size`, as the store object with
+    /// Bytes `part` (object offsets, inside the block; the whole block when `None`) of block
+    /// `index` of the clean object `key`, cut at `block_size`, as the store object with
     /// `store_etag` holds it. A changed (or vanished) object is [`ClientError::Changed`].
     pub async fn get_block(
         &self,
@@ -27,17 +29,19 @@ impl ProxyCall<'_> {
         index: u64,
         block_size: u64,
         store_etag: &str,
+        part: Option<Range<u64>>,
     ) -> Result<Bytes, AttemptError> {
-        let resp = self
+        let mut req = self
             .http
             .get(self.url(key))
             .query(&[(BLOCK_QUERY, index), (BLOCK_SIZE_QUERY, block_size)])
             .header(reqwest::header::IF_MATCH, store_etag)
             .bearer_auth(self.token)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(classify)?;
+            .timeout(self.timeout);
+        if let Some(p) = part {
+            req = req.header(reqwest::header::RANGE, format!("bytes={}-{}", p.start, p.end - 1));
+        }
+        let resp = req.send().await.map_err(classify)?;
         match resp.status() {
             StatusCode::PRECONDITION_FAILED | StatusCode::NOT_FOUND => return Err(changed(key)),
             StatusCode::RANGE_NOT_SATISFIABLE => {

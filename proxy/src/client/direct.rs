@@ -75,11 +75,9 @@ pub(super) async fn attempt(store: &dyn Store, loc: &StoreLocation, op: &Op<'_>)
             let info = store.head(bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(unavailable)?;
             Ok(Outcome::Head(info.map(Into::into)))
         }
-        Op::GetBlock { key, index, block_size, size, store_etag } => {
+        Op::GetBlock { key, store_etag, part, .. } => {
             let k = store_key(&loc.prefix, key.as_str());
-            let start = index * block_size;
-            let end = (start + block_size).min(*size);
-            match store.get_range(bucket, &k, start..end, Some(store_etag)).await.map_err(unavailable)? {
+            match store.get_range(bucket, &k, part.clone(), Some(store_etag)).await.map_err(unavailable)? {
                 Some(r) => Ok(Outcome::Block(r.data)),
                 None => Err(AttemptError::Rejected(ClientError::Changed { key: key.to_string() })),
             }

@@ -8,6 +8,7 @@ use super::transport::{AttemptError, Fetched, WriteMeta, Written};
 use super::{Client, ClientError, Inner, Topology, rendezvous};
 use crate::protocol::{BlockKey, ObjectAttrs};
 use bytes::Bytes;
+use std::ops::Range;
 
 /// Where one attempt goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub(super) enum Op<'a> {
         /// The object's size (the store needs the range's end).
         size: u64,
         store_etag: &'a str,
+        /// The bytes wanted (object offsets inside the block).
+        part: Range<u64>,
     },
     Delete {
         key: &'a BlockKey,
@@ -187,8 +190,10 @@ impl Inner {
                     }
                     Op::Get { key, range } => call.get(key, *range).await.map(Outcome::Fetched),
                     Op::Head { key } => call.head(key).await.map(Outcome::Head),
-                    Op::GetBlock { key, index, block_size, store_etag, .. } => {
-                        call.get_block(key, *index, *block_size, store_etag).await.map(Outcome::Block)
+                    Op::GetBlock { key, index, block_size, size, store_etag, part } => {
+                        let whole = index * block_size..(index * block_size + block_size).min(*size);
+                        let cut = (*part != whole).then(|| part.clone());
+                        call.get_block(key, *index, *block_size, store_etag, cut).await.map(Outcome::Block)
                     }
                     Op::Delete { key, version } => call
                         .delete(key, *version)
@@ -522,6 +527,7 @@ impl Client {
 
     /// Block `index` of a clean object, from the proxy that owns that block (ADR 0004), failing
     /// over like any read. [`ClientError::Changed`] when the store object is no longer `store_etag`.
+    /// Bytes `part` (object offsets inside block `index`) of a clean object, from the block's owner.
     pub async fn get_block(
         &self,
         key: &BlockKey,
@@ -529,9 +535,10 @@ impl Client {
         block_size: u64,
         size: u64,
         store_etag: &str,
+        part: Range<u64>,
     ) -> Result<Bytes, ClientError> {
         let route = crate::protocol::block_route_key(key.as_str(), index);
-        match self.inner.run(&route, Op::GetBlock { key, index, block_size, size, store_etag }).await? {
+        match self.inner.run(&route, Op::GetBlock { key, index, block_size, size, store_etag, part }).await? {
             Outcome::Block(b) => Ok(b),
             _ => unreachable!("a block read yields bytes"),
         }

@@ -443,7 +443,7 @@ pub async fn get_stripe(
     {
         let ob = *ob;
         let size = ob.header.data_len;
-        let range = block_range(start, block_size, size)?;
+        let range = within_block(headers, block_range(start, block_size, size)?, size)?;
         s.metrics.cache_hits_total.inc();
         let h = &ob.header;
         let a = Answer {
@@ -472,7 +472,7 @@ pub async fn get_stripe(
             && let Some(st) = header.stripe
         {
             s.metrics.cache_hits_total.inc();
-            let range = start..start + data.len() as u64;
+            let (range, data) = cut(headers, start, data, st.object_size)?;
             return Ok(stripe_answer(
                 s,
                 version,
@@ -491,7 +491,7 @@ pub async fn get_stripe(
     }
     s.metrics.cache_misses_total.inc();
     let fetched = fetch_stripe(s, cfg, &id, start, &pinned).await?;
-    let range = start..start + fetched.data.len() as u64;
+    let (range, data) = cut(headers, start, fetched.data.clone(), fetched.object_size)?;
     Ok(stripe_answer(
         s,
         fetched.version,
@@ -501,9 +501,30 @@ pub async fn get_stripe(
         &fetched.attrs,
         fetched.modified_ns,
         range,
-        fetched.data.clone(),
+        data,
         with_body,
     ))
+}
+
+/// The bytes of `block` (object offsets) that the request's `Range` asks for: the whole block
+/// without one, `416` for a range reaching outside the block. A small random read then moves
+/// only its bytes, not the block's.
+fn within_block(headers: &HeaderMap, block: Range<u64>, object_size: u64) -> Result<Range<u64>, ApiError> {
+    match requested_range(headers, object_size)? {
+        None => Ok(block),
+        Some(r) if r.start >= block.start && r.end <= block.end => Ok(r),
+        Some(r) => Err(ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("bytes {}-{} reach outside block bytes {}-{}", r.start, r.end - 1, block.start, block.end - 1),
+        )),
+    }
+}
+
+/// [`within_block`] for a block held in memory, whose first byte is at `start`.
+fn cut(headers: &HeaderMap, start: u64, data: Bytes, object_size: u64) -> Result<(Range<u64>, Bytes), ApiError> {
+    let r = within_block(headers, start..start + data.len() as u64, object_size)?;
+    let bytes = data.slice((r.start - start) as usize..(r.end - start) as usize);
+    Ok((r, bytes))
 }
 
 /// Bytes `[start, start + block_size)` of an object of `size` bytes, cut at its end; `416` past it.

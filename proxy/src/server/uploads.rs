@@ -293,8 +293,10 @@ async fn complete(
             return Err(superseded(s, &id, version, store_version));
         }
         s.cache.invalidate(&id);
+        // The chosen parts are no longer needed: counted as staged until deleted below.
+        s.cache.unstage(total);
     } else {
-        match s.cache.commit_dirty_file(&id, tmp, &header, file_size).await.map_err(|e| cache_error(s, e))? {
+        match s.cache.commit_dirty_file(&id, tmp, &header, file_size, total).await.map_err(|e| cache_error(s, e))? {
             WriteOutcome::Committed => s.writeback.enqueue(id.clone()),
             WriteOutcome::Superseded { current } => return Err(superseded(s, &id, version, current)),
         }
@@ -303,8 +305,10 @@ async fn complete(
     let done = UploadCompleted { version, etag: quote(&header.etag), size: total };
     let (st, u, d) = (s.staging.clone(), upload.to_owned(), done.clone());
     // The object is committed (acknowledgeable) whatever happens to the staging from here on.
+    // The chosen parts' bytes are the object's now (or were given back, written through): only
+    // parts left out of the Complete are still counted as staged.
     match blocking(move || st.mark_completed(&u, &d)).await {
-        Ok(freed) => s.cache.unstage(freed),
+        Ok(freed) => s.cache.unstage(freed.saturating_sub(total)),
         Err(e) => tracing::warn!(upload, error = %e.message, "could not record a completed upload; it expires later"),
     }
     Ok(completed_response(&done))

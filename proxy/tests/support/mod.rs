@@ -500,6 +500,26 @@ impl ProxyProcess {
             .await?)
     }
 
+    /// Bytes `range` (object offsets) of block `index`, pinned to `etag`.
+    pub async fn get_block_part(
+        &self,
+        key: &str,
+        index: u64,
+        block_size: u64,
+        etag: &str,
+        range: std::ops::Range<usize>,
+    ) -> Result<reqwest::Response> {
+        Ok(self
+            .http
+            .get(self.block_url(key))
+            .query(&[("block", index), ("blockSize", block_size)])
+            .bearer_auth(TOKEN)
+            .header("if-match", etag)
+            .header("range", format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await?)
+    }
+
     /// GET of the bytes `range` (inclusive end excluded) of an object at its home.
     pub async fn get_range(&self, key: &str, range: std::ops::Range<usize>) -> Result<reqwest::Response> {
         let header = format!("bytes={}-{}", range.start, range.end - 1);
