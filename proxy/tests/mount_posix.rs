@@ -36,12 +36,17 @@ struct Group {
 }
 
 async fn group(root: &Path) -> Result<Group> {
+    group_with_quota(root, "2Gi").await
+}
+
+/// [`group`] with the given `--disk-quota` per proxy.
+async fn group_with_quota(root: &Path, quota: &str) -> Result<Group> {
     let minio = Minio::start().await?;
     let volumes = write_volumes_file(root, minio.bucket())?;
     let mut proxies = Vec::new();
     let mut addrs = Vec::new();
     for name in ["p1", "p2", "p3"] {
-        let p = Proxy::start(name, root, &volumes, &minio.endpoint(), &minio).await?;
+        let p = Proxy::start_with_args(name, root, &volumes, &minio.endpoint(), &minio, quota, &[]).await?;
         addrs.push(p.addr.to_string());
         proxies.push(p);
     }
@@ -382,6 +387,55 @@ check("fresh.bin", 12 << 20)
 
 /// `blockproxy quickstart --mount DIR`, as the README runs it: a file written in the directory
 /// is the volume's object, in the local store after Ctrl-C, and the mount is gone after exit.
+/// fio as the judge of a 2 GiB file: written sequentially through one mount with a checksum in
+/// every 64 KiB, then, once flushed, read through another pod's mount sequentially (the owners
+/// fetch their blocks from the store) and at random (from their caches), every byte verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fio_verifies_a_2_gib_file_written_through_one_mount_and_read_through_another() -> Result<()> {
+    const SIZE: u64 = 2 << 30;
+    let fio = tool_path(Tool::Fio)?;
+    let root = tmp_root()?;
+    // The home proxy holds the whole object until it is flushed.
+    let g = group_with_quota(root.path(), "4Gi").await?;
+    let (m1, m2, work) = (root.path().join("mnt1"), root.path().join("mnt2"), root.path().join("work"));
+    std::fs::create_dir_all(&work)?;
+    let pod1 = mount(root.path(), &g, &m1).await?;
+    let pod2 = mount(root.path(), &g, &m2).await?;
+    let job = |mount: &Path, jobs: &str| {
+        format!(
+            "[global]\nfilename={}/fio.bin\nsize={SIZE}\nioengine=psync\nverify=crc32c\nverify_interval=64k\n\
+             fallocate=none\n{jobs}",
+            mount.display()
+        )
+    };
+    let run = |name: &str, text: String, readonly: bool| -> Result<String> {
+        let file = work.join(name);
+        std::fs::write(&file, text)?;
+        let mut cmd = Command::new(&fio);
+        cmd.arg("--output-format=terse").arg(&file);
+        if readonly {
+            cmd.arg("--readonly");
+        }
+        let out = cmd.output()?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let ran = if out.status.success() { Ok(text) } else { Err(anyhow::anyhow!("fio {name} failed:\n{text}")) };
+        with_logs(&[&pod1, &pod2], ran)
+    };
+    run("write.fio", job(&m1, "[write]\nrw=write\nbs=1M\ndo_verify=0\n"), false)?;
+    let store = minio_store(&g.minio).await;
+    wait_until("fio.bin is in MinIO whole", Duration::from_secs(300), || async {
+        use blockproxy::store::Store;
+        store.head(g.minio.bucket(), &format!("{PREFIX}/fio.bin")).await.ok().flatten().is_some_and(|o| o.size == SIZE)
+    })
+    .await?;
+    let reads = "[seqread]\nrw=read\nbs=1M\n[randread]\nstonewall\nrw=randread\nbs=64k\nio_size=64M\n";
+    let out = run("read.fio", job(&m2, reads), true)?;
+    // Terse output: one line per job, field 5 is the job's error number.
+    let errors: Vec<&str> = out.lines().filter_map(|l| l.split(';').nth(4)).collect();
+    assert_eq!(errors, ["0", "0"], "both read jobs ran without error:\n{out}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_mounts_the_demo_volume() -> Result<()> {
     use blockproxy::store::{LocalDirStore, Store};

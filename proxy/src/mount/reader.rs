@@ -9,8 +9,10 @@ use crate::protocol::BlockKey;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt};
 
-/// How far a read at a new offset streams (unless the file ends first).
-const RANDOM_WINDOW: u64 = 1 << 20;
+/// How far a read at a new offset streams (unless the file ends first): two of the kernel's
+/// usual 128 KiB FUSE reads, so that a random read moves little more than it asks for, while a
+/// read that goes on from there turns into a stream to the end of the file.
+const RANDOM_WINDOW: u64 = 256 << 10;
 
 struct Stream {
     /// Offset of the next byte the stream yields (`carry` first).
@@ -96,15 +98,15 @@ async fn start(
 
 #[cfg(test)]
 mod tests {
-    use super::stream_range;
+    use super::{RANDOM_WINDOW, stream_range};
 
     #[test]
     fn sequential_reads_stream_to_the_end_and_random_ones_a_window() {
         let mib = 1u64 << 20;
         assert_eq!(stream_range(0, 4096, 100 * mib, false), (0, 100 * mib));
         assert_eq!(stream_range(5 * mib, 4096, 100 * mib, true), (5 * mib, 100 * mib));
-        assert_eq!(stream_range(5 * mib, 4096, 100 * mib, false), (5 * mib, 6 * mib));
+        assert_eq!(stream_range(5 * mib, 4096, 100 * mib, false), (5 * mib, 5 * mib + RANDOM_WINDOW));
         assert_eq!(stream_range(5 * mib, 2 * mib, 100 * mib, false), (5 * mib, 7 * mib));
-        assert_eq!(stream_range(99 * mib + 10, 4096, 100 * mib, false), (99 * mib + 10, 100 * mib));
+        assert_eq!(stream_range(100 * mib - 1000, 4096, 100 * mib, false), (100 * mib - 1000, 100 * mib));
     }
 }
