@@ -253,6 +253,11 @@ async fn drain_refuses_writes_and_reports_done_when_everything_is_flushed() -> R
     for i in 0..10 {
         proxy.put_ok(&format!("drain/{i}"), &random_bytes(8 << 10)).await?;
     }
+    // A GET reports without starting a drain, with the figures the operator shows per proxy.
+    let before = proxy.drain_status().await?;
+    assert!(!before.draining, "{before:?}");
+    assert!(before.dirty_bytes >= 10 * (8 << 10) && before.cache_bytes >= before.dirty_bytes, "{before:?}");
+    assert_eq!(before.quota_bytes, 1 << 30, "the --disk-quota of ProxyOptions::default()");
     let unauth = proxy.http.post(proxy.url("/v1/admin/drain")).bearer_auth(TOKEN).send().await?;
     assert_eq!(unauth.status(), 401, "a volume token is not an admin token");
     let started = proxy.http.post(proxy.url("/v1/admin/drain")).bearer_auth(ADMIN_TOKEN).send().await?;

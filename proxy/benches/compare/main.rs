@@ -14,6 +14,7 @@
 //! `target/bench/compare-<unix time>.json`.
 
 mod load;
+mod mount;
 mod peers;
 
 use std::collections::BTreeMap;
@@ -82,7 +83,7 @@ impl Params {
             one_way_ms: 25,
             // 500 Mbit/s per connection.
             bandwidth_kbps: 62_500,
-            figures: (1..=6).collect(),
+            figures: (1..=7).collect(),
             out: Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).join("target/bench"),
         };
         if let Some(v) = env("BLOCKPROXY_BENCH_BANDWIDTH_KBPS") {
@@ -469,7 +470,8 @@ async fn main() -> Result<()> {
     };
     let discovery_file = root.path().join("discovery.json");
     std::fs::write(&discovery_file, discovery.to_json_pretty())?;
-    let client = Client::start(ClientConfig::new(VolumeId::parse(VOLUME)?, discovery_file, TOKEN.into())).await?;
+    let client =
+        Client::start(ClientConfig::new(VolumeId::parse(VOLUME)?, discovery_file.clone(), TOKEN.into())).await?;
     // The application's path: the mount sidecar's S3 endpoint on that client (served in this
     // process, as the client library peer is), read with aws-sdk-s3.
     let sidecar_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -680,6 +682,46 @@ async fn main() -> Result<()> {
             r.push("f3.ratio.blockproxy_over_direct_p50", p50("blockproxy") / p50("direct"));
             r.push("f3.ratio.nginx_over_direct_p50", p50("nginx") / p50("direct"));
         }
+    }
+
+    // ---- figure 7: a large file through the mount, the sidecar's S3 endpoint, a local file ----
+    if want(7) {
+        let size: u64 = if p.quick { 512 << 20 } else { 2 << 30 };
+        eprintln!("figure 7: a {} MiB file read sequentially: mount vs sidecar S3 vs local file", size >> 20);
+        let m = mount::Mount::start(root.path(), &discovery_file).await?;
+        let (in_mount, local_file) = (m.dir.join("f7.bin"), root.path().join("f7-local.bin"));
+        let written = {
+            let (f, l) = (in_mount.clone(), local_file.clone());
+            tokio::task::spawn_blocking(move || {
+                Ok::<_, anyhow::Error>((mount::fio(&f, size, "write")?, mount::fio(&l, size, "write")?))
+            })
+            .await??
+        };
+        eprintln!("  written: mount {:.0} MiB/s, local file {:.0} MiB/s", written.0, written.1);
+        r.push("f7.write_mib_s.mount", written.0);
+        r.push("f7.write_mib_s.local_file", written.1);
+        mount::until_in_store(&local, &bucket, "f7.bin", size).await?;
+        // One pass caches every block on its owner (ranged GETs across the WAN).
+        let f = in_mount.clone();
+        let warm = tokio::task::spawn_blocking(move || mount::fio(&f, size, "read")).await??;
+        eprintln!("  first read through the mount (blocks fetched across the WAN): {warm:.0} MiB/s");
+        r.push("f7.first_read_mib_s.mount", warm);
+        for run in 0..p.runs {
+            let (f, l) = (in_mount.clone(), local_file.clone());
+            let (mnt, loc) = tokio::task::spawn_blocking(move || {
+                Ok::<_, anyhow::Error>((mount::fio(&f, size, "read")?, mount::fio(&l, size, "read")?))
+            })
+            .await??;
+            let s3 = mount::s3_read_mib_s(&sidecar_s3, "f7.bin", size).await?;
+            eprintln!("  run {run}: MiB/s mount {mnt:.0}, sidecar S3 {s3:.0}, local file {loc:.0}");
+            r.push("f7.read_mib_s.mount", mnt);
+            r.push("f7.read_mib_s.sidecar_s3", s3);
+            r.push("f7.read_mib_s.local_file", loc);
+            r.push("f7.ratio.mount_over_sidecar_s3", mnt / s3);
+            r.push("f7.ratio.mount_over_local_file", mnt / loc);
+        }
+        drop(m);
+        std::fs::remove_file(&local_file)?;
     }
 
     // ---- figure 4: write-ack latency, 1 MiB ----
@@ -894,6 +936,14 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "start-up ms, N cached blocks", "f6.startup_ms"),
         ("", "blocks in cache after start-up", "f6.startup.cached_blocks"),
         ("", "blockproxy RSS MiB after start-up", "rss_mib.blockproxy.after_startup"),
+        ("7 file, 1 MiB seq", "mount (fio) MiB/s", "f7.read_mib_s.mount"),
+        ("", "sidecar S3 (aws-sdk-s3) MiB/s", "f7.read_mib_s.sidecar_s3"),
+        ("", "local file (fio) MiB/s", "f7.read_mib_s.local_file"),
+        ("", "RATIO mount / sidecar S3", "f7.ratio.mount_over_sidecar_s3"),
+        ("", "RATIO mount / local file", "f7.ratio.mount_over_local_file"),
+        ("", "first read through the mount MiB/s", "f7.first_read_mib_s.mount"),
+        ("", "write through the mount MiB/s", "f7.write_mib_s.mount"),
+        ("", "write of the local file MiB/s", "f7.write_mib_s.local_file"),
     ];
     println!("{:<18} {:<38} median [min .. max]", "figure", "metric");
     for (fig, label, key) in rows {

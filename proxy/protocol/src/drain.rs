@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Answer of `GET|POST /v1/admin/drain`. `done` is true once a drain was requested, no write is
+/// Answer of `GET|POST /v1/admin/drain` (`GET` reports without starting a drain: the operator
+/// reads every proxy's cache figures from it). `done` is true once a drain was requested, no write is
 /// still running (none can be acknowledged any more), no dirty block is left, and none is
 /// quarantined: the proxy can then be removed without losing an acknowledged write.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +22,12 @@ pub struct DrainStatus {
     /// recovered them (README, "Recovering quarantined blocks").
     #[serde(default)]
     pub quarantined_blocks: u64,
+    /// Bytes of the cache disk in use (clean, dirty and staged upload parts), and the quota they
+    /// may reach: the operator shows them per proxy in the group's status.
+    #[serde(default)]
+    pub cache_bytes: u64,
+    #[serde(default)]
+    pub quota_bytes: u64,
     /// The newest flush error since the last successful flush (why a drain stalls).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_flush_error: Option<String>,

@@ -66,6 +66,8 @@ fn drain_report(s: &AppState) -> DrainStatus {
         // reported done would let the operator delete the disk with them.
         done: draining && in_flight_writes == 0 && u.dirty_blocks == 0 && quarantined_blocks == 0,
         quarantined_blocks,
+        cache_bytes: u.used_bytes + u.staged_bytes,
+        quota_bytes: u.quota,
         last_flush_error: s.writeback.last_error(),
     }
 }

@@ -1,0 +1,114 @@
+//! Figure 7: one large file as an application reads it, sequentially in 1 MiB reads, once its
+//! blocks are cached on the group's proxies:
+//! - through the FUSE mount (`blockproxy-mount --mount-point`, a real process on the group),
+//!   read by fio;
+//! - through the mount sidecar's S3 endpoint (aws-sdk-s3 GetObject, the body streamed);
+//! - as a local file of the same size on this machine's disk, read by fio.
+//!
+//! fio drops the file's pages from the page cache before each read (`invalidate=1`), so the
+//! mount and the local file are read from their sources, not from memory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use blockproxy_testenv::{Blockproxy, BlockproxyCommand, Tool, tool_path};
+use serde_json::Value;
+
+use crate::peers::{PREFIX, TOKEN, VOLUME};
+
+/// The mount process and where it serves the volume. The mount is detached when dropped.
+pub struct Mount {
+    pub dir: PathBuf,
+    _process: Blockproxy,
+}
+
+impl Mount {
+    pub async fn start(root: &Path, discovery_file: &Path) -> Result<Self> {
+        tool_path(Tool::Fusermount)?;
+        let dir = root.join("mnt");
+        std::fs::create_dir_all(&dir)?;
+        let token = root.join("mount-token");
+        std::fs::write(&token, TOKEN)?;
+        let dir_arg = dir.to_str().context("a UTF-8 bench directory")?;
+        let command = BlockproxyCommand::mount(env!("CARGO_BIN_EXE_blockproxy-mount"), "bench-mount", VOLUME)?
+            .discovery(discovery_file, &token)
+            .args(["--mount-point", dir_arg])
+            .ready_within(Duration::from_secs(30), Duration::from_millis(50));
+        let process = Blockproxy::start(command).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(&dir) {
+            if Instant::now() > deadline {
+                bail!("{} was not mounted within 30 s", dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self { dir, _process: process })
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let bin = tool_path(Tool::Fusermount).unwrap_or_else(|_| "fusermount3".into());
+        let _ = std::process::Command::new(bin).arg("-u").arg("-z").arg(&self.dir).output();
+    }
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let want = dir.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*want)))
+}
+
+/// Runs one fio job on `file` (`rw`: `write` or `read`, 1 MiB blocks, one thread) and returns
+/// its throughput in MiB/s.
+pub fn fio(file: &Path, size: u64, rw: &str) -> Result<f64> {
+    let out = std::process::Command::new(tool_path(Tool::Fio)?)
+        .arg("--name=f7")
+        .arg(format!("--filename={}", file.display()))
+        .arg(format!("--size={size}"))
+        .arg(format!("--rw={rw}"))
+        .args(["--bs=1M", "--ioengine=psync", "--invalidate=1", "--fallocate=none", "--output-format=json"])
+        .output()
+        .context("running fio")?;
+    if !out.status.success() {
+        bail!("fio {rw} of {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let doc: Value = serde_json::from_slice(&out.stdout).context("fio's JSON output")?;
+    let job = &doc["jobs"][0];
+    if job["error"].as_i64() != Some(0) {
+        bail!("fio {rw} of {}: error {}", file.display(), job["error"]);
+    }
+    let side = if rw == "write" { "write" } else { "read" };
+    let bw = job[side]["bw_bytes"].as_f64().context("fio reported no bandwidth")?;
+    Ok(bw / (1 << 20) as f64)
+}
+
+/// GETs the whole object through an S3 endpoint, streaming the body; returns MiB/s.
+pub async fn s3_read_mib_s(s3: &aws_sdk_s3::Client, key: &str, size: u64) -> Result<f64> {
+    let t0 = Instant::now();
+    let mut o = s3.get_object().bucket(VOLUME).key(key).send().await?;
+    let mut n = 0u64;
+    while let Some(chunk) = o.body.try_next().await? {
+        n += chunk.len() as u64;
+    }
+    if n != size {
+        bail!("GET {key} through the sidecar gave {n} of {size} bytes");
+    }
+    Ok(n as f64 / (1 << 20) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Waits until the store holds `key` whole (loopback client, not across the WAN).
+pub async fn until_in_store(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, size: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let head = s3.head_object().bucket(bucket).key(format!("{PREFIX}/{key}")).send().await;
+        if head.is_ok_and(|h| h.content_length() == Some(size as i64)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{key} did not reach the store within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
