@@ -523,6 +523,20 @@ async fn scenario_3_proxy_group_on_3_of_4_nodes(cluster: &Cluster, store: &Store
         assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some(node), "{pod_name}");
         assert_eq!(proxy["persistentVolume"].as_str(), Some(format!("local-nvme-{node}").as_str()), "{proxy}");
     }
+    // Every proxy's cache and dirty bytes, as the proxies report them, and the group's sums.
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.contains("CACHE") && header.contains("DIRTY"), "kubectl get pg: {table}");
+    eventually(Duration::from_secs(90), Duration::from_secs(2), || async {
+        let mut args = vec!["get", "pg", GROUP, "-o", "json"];
+        args.extend(&ns_flag);
+        let json: serde_json::Value = serde_json::from_str(&cluster.kubectl(&args).await?)?;
+        let st = &json["status"];
+        let proxies = st["proxies"].as_array().cloned().unwrap_or_default();
+        let reported = proxies.iter().filter(|p| p["cacheBytes"].is_u64() && p["dirtyBytes"].is_u64()).count();
+        anyhow::ensure!(reported == 3 && st["cacheBytes"].is_u64() && st["dirtyBytes"].is_u64(), "{st}");
+        Ok(())
+    })
+    .await?;
     Ok(())
 }
 

@@ -42,6 +42,9 @@ pub struct Args {
     /// Seconds between reconciles of an unchanged object.
     #[arg(long, env = "BLOCKPROXY_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(5..))]
     pub resync_seconds: u64,
+    /// Seconds between refreshes of each proxy's cache and dirty bytes in its group's status.
+    #[arg(long, env = "BLOCKPROXY_STATS_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(5..))]
+    pub stats_seconds: u64,
     /// Serve the mutating admission webhook that injects the blockproxy-mount sidecar.
     #[arg(long, env = "BLOCKPROXY_WEBHOOK", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook: bool,
@@ -68,6 +71,7 @@ impl Args {
                 instance: self.identity.clone(),
                 resync: Duration::from_secs(self.resync_seconds),
                 drain_poll: Duration::from_secs(2),
+                stats_interval: Duration::from_secs(self.stats_seconds),
             },
             lease: self.leader_elect.then(|| LeaseConfig {
                 namespace: self.namespace.clone(),

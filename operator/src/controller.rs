@@ -37,6 +37,8 @@ pub struct Config {
     pub resync: Duration,
     /// How often a draining group re-checks its proxies.
     pub drain_poll: Duration,
+    /// How often a group's status gets fresh cache figures from its proxies.
+    pub stats_interval: Duration,
 }
 
 /// Shared by every reconcile.
@@ -428,6 +430,11 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
     }
 
     let (mut status, conds) = build::status(&inputs, &plan, &drains);
+    let tls_target = tls_material.as_ref().map(|m| (m.ca_pem.as_str(), server_name.as_str()));
+    if !(pg.spec.tls.enabled && tls_target.is_none()) {
+        let figures = cache_figures(&status, &admin_token, tls_target).await;
+        build::add_cache_figures(&mut status, &figures);
+    }
     let old = pg.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     status.conditions = c::merge(&old, &conds, pg.metadata.generation, Timestamp::now());
     let api: Api<ProxyGroup> = Api::all(client.clone());
@@ -451,7 +458,34 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
     if pending > 0 || !blocked.is_empty() {
         return Ok(Action::requeue(ctx.config.drain_poll));
     }
-    Ok(Action::requeue(ctx.config.resync))
+    // The proxies' cache figures in the status are refreshed this often.
+    Ok(Action::requeue(ctx.config.resync.min(ctx.config.stats_interval)))
+}
+
+/// Asks every ready proxy of `status` for its cache figures, all at once; a proxy that does not
+/// answer is left without figures (its readiness is the health signal, not this call).
+async fn cache_figures(
+    status: &crate::crd::ProxyGroupStatus,
+    admin_token: &str,
+    tls: Option<(&str, &str)>,
+) -> BTreeMap<String, build::CacheFigures> {
+    let asks = status.proxies.iter().filter(|p| p.ready).filter_map(|p| {
+        let address = p.address.as_deref()?;
+        Some(async move {
+            let target = tls::AdminTarget { address, token: admin_token, tls };
+            match tls::report(&target).await {
+                Ok(r) => Some((
+                    p.node.clone(),
+                    build::CacheFigures { cache_bytes: r.cache_bytes, dirty_bytes: r.dirty_bytes },
+                )),
+                Err(e) => {
+                    tracing::debug!(node = %p.node, error = %e, "no cache figures from the proxy");
+                    None
+                }
+            }
+        })
+    });
+    futures::future::join_all(asks).await.into_iter().flatten().collect()
 }
 
 /// The Secrets (in the operator's namespace) a group reads but does not own: its store

@@ -66,18 +66,27 @@ fn client_for(target: &AdminTarget<'_>) -> Result<(reqwest::Client, String), Str
 
 /// Starts (idempotently) a drain and returns the proxy's progress.
 pub async fn drain(target: &AdminTarget<'_>) -> Result<DrainStatus, String> {
+    admin_status(target, reqwest::Method::POST).await
+}
+
+/// The proxy's cache and drain figures, without starting a drain.
+pub async fn report(target: &AdminTarget<'_>) -> Result<DrainStatus, String> {
+    admin_status(target, reqwest::Method::GET).await
+}
+
+async fn admin_status(target: &AdminTarget<'_>, method: reqwest::Method) -> Result<DrainStatus, String> {
     let (client, base) = client_for(target)?;
     let status: DrainStatus = client
-        .post(format!("{base}{DRAIN_PATH}"))
+        .request(method, format!("{base}{DRAIN_PATH}"))
         .bearer_auth(target.token)
         .send()
         .await
-        .map_err(|e| format!("drain call to {}: {e}", target.address))?
+        .map_err(|e| format!("admin call to {}: {e}", target.address))?
         .error_for_status()
-        .map_err(|e| format!("drain call to {}: {e}", target.address))?
+        .map_err(|e| format!("admin call to {}: {e}", target.address))?
         .json()
         .await
-        .map_err(|e| format!("drain answer from {}: {e}", target.address))?;
+        .map_err(|e| format!("admin answer from {}: {e}", target.address))?;
     Ok(status)
 }
 

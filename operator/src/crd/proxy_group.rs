@@ -23,6 +23,8 @@ use std::collections::BTreeMap;
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.regionCode"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyProxies"),
     printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredProxies"),
+    printcolumn(name = "Cache", type_ = "integer", json_path = ".status.cacheBytes"),
+    printcolumn(name = "Dirty", type_ = "integer", json_path = ".status.dirtyBytes"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -361,6 +363,15 @@ pub struct ProxyGroupStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub proxies: Vec<ProxyStatus>,
 
+    /// Bytes in the caches of the proxies that reported them at the last reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_bytes: Option<u64>,
+
+    /// Bytes acknowledged but not yet in the store, summed over the proxies that reported them:
+    /// what a loss of every proxy's disk would lose. Alert when it keeps growing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_bytes: Option<u64>,
+
     /// URL scheme clients use: `https`, or `http` when TLS is disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<String>,
@@ -411,10 +422,10 @@ pub struct ProxyStatus {
     pub ready: bool,
     /// `Running`, `Starting`, `Updating`, `Draining` or `Unreachable`.
     pub state: String,
-    /// Bytes in the cache, when known.
+    /// Bytes in the cache (clean, dirty and staged upload parts), as the proxy last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_bytes: Option<u64>,
-    /// Bytes acknowledged but not yet in the store, when known (reported while draining).
+    /// Bytes acknowledged but not yet in the store, as the proxy last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dirty_bytes: Option<u64>,
 }

@@ -693,6 +693,30 @@ pub enum DrainState {
     Blocked { why: String },
 }
 
+/// A serving proxy's cache, as it reported it (`GET /v1/admin/drain`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheFigures {
+    pub cache_bytes: u64,
+    pub dirty_bytes: u64,
+}
+
+/// Puts each reporting proxy's figures (by node) into its entry, and their sums into the
+/// group's. A draining proxy keeps the dirty bytes its drain reported.
+pub fn add_cache_figures(st: &mut crate::crd::ProxyGroupStatus, figures: &BTreeMap<String, CacheFigures>) {
+    for p in &mut st.proxies {
+        if let Some(f) = figures.get(&p.node) {
+            p.cache_bytes = Some(f.cache_bytes);
+            p.dirty_bytes = Some(f.dirty_bytes);
+        }
+    }
+    let sum = |f: fn(&ProxyStatus) -> Option<u64>| {
+        let known: Vec<u64> = st.proxies.iter().filter_map(f).collect();
+        (!known.is_empty()).then(|| known.iter().sum())
+    };
+    st.cache_bytes = sum(|p| p.cache_bytes);
+    st.dirty_bytes = sum(|p| p.dirty_bytes);
+}
+
 /// The group's status: proxies, endpoints and conditions.
 pub fn status(
     inp: &Inputs<'_>,
@@ -849,6 +873,8 @@ pub fn status(
         server_name: (spec.tls.enabled && spec.tls.certificate_secret.is_none())
             .then(|| crate::tls::server_name(&meta::service_name(&group), inp.namespace)),
         ca_bundle: if spec.tls.enabled { inp.tls.map(|t| t.ca_pem.clone()) } else { None },
+        cache_bytes: None,
+        dirty_bytes: None,
         conditions: Vec::new(),
     };
     (st, conds)
@@ -1465,5 +1491,36 @@ pub(crate) mod tests {
         let pod = pod_spec(&s, "eu", "img");
         assert!(!pod.volumes.as_ref().unwrap().iter().any(|v| v.name == "store-credentials"));
         assert!(!pod.containers[0].args.as_ref().unwrap().join(" ").contains("--store-credentials-file"));
+    }
+
+    #[test]
+    fn cache_figures_fill_the_reporting_proxies_and_the_group_sums() {
+        let proxy = |node: &str, dirty: Option<u64>| ProxyStatus {
+            node: node.into(),
+            pod: format!("pod-{node}"),
+            persistent_volume: None,
+            address: None,
+            ready: true,
+            state: "Running".into(),
+            cache_bytes: None,
+            dirty_bytes: dirty,
+        };
+        let mut st = crate::crd::ProxyGroupStatus {
+            proxies: vec![proxy("a", None), proxy("b", None), proxy("gone", Some(7))],
+            ..Default::default()
+        };
+        let figures = BTreeMap::from([
+            ("a".to_owned(), CacheFigures { cache_bytes: 100, dirty_bytes: 10 }),
+            ("b".to_owned(), CacheFigures { cache_bytes: 50, dirty_bytes: 0 }),
+        ]);
+        add_cache_figures(&mut st, &figures);
+        let a = &st.proxies[0];
+        assert_eq!((a.cache_bytes, a.dirty_bytes), (Some(100), Some(10)));
+        assert_eq!(st.proxies[2].dirty_bytes, Some(7), "a draining proxy keeps its drain's figure");
+        assert_eq!(st.cache_bytes, Some(150));
+        assert_eq!(st.dirty_bytes, Some(17));
+        let mut empty = crate::crd::ProxyGroupStatus::default();
+        add_cache_figures(&mut empty, &figures);
+        assert_eq!((empty.cache_bytes, empty.dirty_bytes), (None, None), "no proxy, no figure");
     }
 }

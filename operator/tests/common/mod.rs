@@ -69,6 +69,7 @@ pub fn config(identity: &str) -> Config {
         instance: identity.into(),
         resync: Duration::from_secs(30),
         drain_poll: Duration::from_millis(300),
+        stats_interval: Duration::from_secs(30),
     }
 }
 
