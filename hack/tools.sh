@@ -27,6 +27,8 @@ COREDNS_VERSION=v1.15.0
 # Cloud store emulators (issue 14). Azurite 3.35.0 is the last release that runs on Node 20.
 AZURITE_VERSION=3.35.0
 FAKEGCS_VERSION=v1.56.1
+# pjdfstest, the POSIX file system test suite (its Rust rewrite, from crates.io), judging the mount.
+PJDFSTEST_VERSION=0.2.2
 # Debian packages a cluster node needs (containerd 1.6, runc, CNI plugins), the tools the
 # cluster's network setup and kube-proxy call, and busybox-static for small test images.
 NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 util-linux busybox-static socat openssl)
@@ -35,7 +37,7 @@ NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack ip
 CLIENT_PACKAGES=(rclone=1.60.1+dfsg-2+b5 s3fs=1.90-1 fuse3=3.14.0-4 fio=3.33-3)
 
 CACHE="${BLOCKPROXY_CACHE:-$HOME/.cache/blockproxy}"
-ALL_TOOLS=(etcd kube toxiproxy helm minio kwok pytools checker azurite fakegcs nodepkgs clientpkgs kubenode coredns)
+ALL_TOOLS=(etcd kube toxiproxy helm minio kwok pytools checker azurite fakegcs pjdfstest nodepkgs clientpkgs kubenode coredns)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # The fault test's history checker is our own code (hack/checker): it is keyed by a hash of its
@@ -61,6 +63,7 @@ tool_dir() {
     coredns) echo "$CACHE/coredns-$COREDNS_VERSION" ;;
     azurite) echo "$CACHE/azurite-$AZURITE_VERSION" ;;
     fakegcs) echo "$CACHE/fakegcs-$FAKEGCS_VERSION" ;;
+    pjdfstest) echo "$CACHE/pjdfstest-$PJDFSTEST_VERSION" ;;
     checker) echo "$CACHE/checker-$(checker_hash)" ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
   esac
@@ -85,6 +88,7 @@ print_env() {
   echo "export BLOCKPROXY_FIO=/usr/bin/fio"
   echo "export BLOCKPROXY_AZURITE=$(tool_dir azurite)/bin/azurite-blob"
   echo "export BLOCKPROXY_FAKEGCS=$(tool_dir fakegcs)/bin/fake-gcs-server"
+  echo "export BLOCKPROXY_PJDFSTEST=$(tool_dir pjdfstest)/bin/pjdfstest"
   print_cluster_env
 }
 
@@ -192,6 +196,14 @@ build_azurite() {
   need npm "install Node.js 20 and npm"
   npm install --prefix "$out/pkg" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >&2
   ln -s ../pkg/node_modules/.bin/azurite-blob "$out/bin/azurite-blob"
+}
+
+# From crates.io at the pinned version, with its own lock file (--locked), into the cache.
+build_pjdfstest() {
+  local out=$1
+  need cargo "install Rust (rustup)"
+  CARGO_TARGET_DIR="$out/target" cargo install --locked --root "$out" "pjdfstest@$PJDFSTEST_VERSION" >&2
+  rm -rf "$out/target"
 }
 
 # Unit tests first (they prove the checker finds each kind of anomaly), then the binary.

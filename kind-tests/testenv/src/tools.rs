@@ -62,6 +62,8 @@ pub enum Tool {
     Azurite,
     /// fake-gcs-server.
     FakeGcs,
+    /// pjdfstest, the POSIX file system test suite (Rust rewrite, from crates.io).
+    Pjdfstest,
 }
 
 impl Tool {
@@ -92,6 +94,7 @@ impl Tool {
             Tool::Fio => "BLOCKPROXY_FIO",
             Tool::Azurite => "BLOCKPROXY_AZURITE",
             Tool::FakeGcs => "BLOCKPROXY_FAKEGCS",
+            Tool::Pjdfstest => "BLOCKPROXY_PJDFSTEST",
         }
     }
 
