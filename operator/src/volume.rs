@@ -250,7 +250,7 @@ pub fn discovery(
             .map(|e| DiscoveryEndpoint {
                 address: e.address.clone(),
                 node: Some(e.node.clone()),
-                weight: 1,
+                weight: e.weight,
                 draining: e.draining,
             })
             .collect();
@@ -312,7 +312,7 @@ mod tests {
         g.status = Some(ProxyGroupStatus {
             endpoints: endpoints
                 .iter()
-                .map(|a| ProxyEndpoint { address: a.to_string(), node: "n".into(), draining: false })
+                .map(|a| ProxyEndpoint { address: a.to_string(), node: "n".into(), weight: 7, draining: false })
                 .collect(),
             ca_bundle: Some("CA".into()),
             server_name: Some("pg-svc.blockproxy-system.svc".into()),
@@ -450,6 +450,7 @@ mod tests {
         let doc = discovery("t", "v", &vpgs, &groups, &d).unwrap();
         assert_eq!(doc.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["eu", "us"]);
         assert_eq!(doc.groups[0].endpoints[0].address, "10.0.0.1:8443");
+        assert_eq!(doc.groups[0].endpoints[0].weight, 7, "the weight the group's status gives");
         assert_eq!(doc.groups[0].ca_bundle.as_deref(), Some("CA"));
         assert_eq!(doc.groups[0].server_name.as_deref(), Some("pg-svc.blockproxy-system.svc"));
         assert_eq!(doc.groups[0].scheme, "https");

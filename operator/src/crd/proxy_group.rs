@@ -398,6 +398,10 @@ pub struct ProxyEndpoint {
     pub address: String,
     /// The node the proxy runs on.
     pub node: String,
+    /// Rendezvous weight: the GiB of the proxy's PersistentVolume (at least 1), so each proxy
+    /// owns keys in proportion to its cache.
+    #[serde(default = "one")]
+    pub weight: u32,
     /// The proxy is draining: clients still read from it (it may hold writes the store does not
     /// have yet) but send it no new writes. Listed until its drain completes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -428,4 +432,8 @@ pub struct ProxyStatus {
     /// Bytes acknowledged but not yet in the store, as the proxy last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dirty_bytes: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
 }

@@ -733,7 +733,8 @@ pub fn status(
         let ready = pod.is_some_and(pod_ready);
         let address = pod.and_then(|p| pod_address(p, spec.port));
         if let (true, Some(a)) = (ready, &address) {
-            endpoints.push(ProxyEndpoint { address: a.clone(), node: sel.node.clone(), draining: false });
+            let weight = super::weight::of_pv(inp.pvs, &sel.pv);
+            endpoints.push(ProxyEndpoint { address: a.clone(), node: sel.node.clone(), weight, draining: false });
         }
         let state = match pod {
             _ if ready && pod.and_then(pod_hash) != Some(plan.spec_hash.as_str()) => "Updating",
@@ -763,7 +764,8 @@ pub fn status(
         // elsewhere (ADR 0002). A proxy the operator cannot ask stays too (clients fail over
         // from it on their own); a finished drain has no entry in `drains`.
         if let (Some(DrainState::InProgress { .. } | DrainState::Blocked { .. }), Some(a)) = (drain, &t.address) {
-            endpoints.push(ProxyEndpoint { address: a.clone(), node: t.node.clone(), draining: true });
+            let weight = t.pvc.as_deref().map_or(1, |c| super::weight::of_claim(inp.pvs, inp.pvcs, c));
+            endpoints.push(ProxyEndpoint { address: a.clone(), node: t.node.clone(), weight, draining: true });
         }
         proxies.push(ProxyStatus {
             node: t.node.clone(),
@@ -1082,7 +1084,8 @@ pub(crate) mod tests {
         assert_eq!(st.ready_proxies, 3);
         assert_eq!(
             st.endpoints[0],
-            ProxyEndpoint { address: "10.0.0.1:8443".into(), node: "a".into(), draining: false }
+            // Weight 100: the fixture's PVs have 100Gi.
+            ProxyEndpoint { address: "10.0.0.1:8443".into(), node: "a".into(), weight: 100, draining: false }
         );
         assert!(conds.iter().any(|c| c.type_ == c::READY && c.status));
         assert!(conds.iter().any(|c| c.type_ == c::DEGRADED && !c.status));
