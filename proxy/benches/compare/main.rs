@@ -16,6 +16,7 @@
 mod load;
 mod mount;
 mod peers;
+mod scale;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -83,7 +84,7 @@ impl Params {
             one_way_ms: 25,
             // 500 Mbit/s per connection.
             bandwidth_kbps: 62_500,
-            figures: (1..=7).collect(),
+            figures: (1..=8).collect(),
             out: Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).join("target/bench"),
         };
         if let Some(v) = env("BLOCKPROXY_BENCH_BANDWIDTH_KBPS") {
@@ -724,6 +725,22 @@ async fn main() -> Result<()> {
         std::fs::remove_file(&local_file)?;
     }
 
+    // ---- figure 8: the group as it grows, on running proxies ----
+    if want(8) {
+        eprintln!("figure 8: a group growing from 1 to 4 proxies: hit rate after each join, 4 MiB hits");
+        let s = scale::Scale {
+            root: root.path(),
+            wan: &wan,
+            store_endpoint: &wan_endpoint,
+            http: &http,
+            large_keys: &large_keys,
+            small_keys: &small_keys,
+            concurrency: p.concurrency_large,
+            duration: d,
+        };
+        scale::figure8(s, &mut r).await?;
+    }
+
     // ---- figure 4: write-ack latency, 1 MiB ----
     drop(client);
     drop(group);
@@ -944,6 +961,15 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "first read through the mount MiB/s", "f7.first_read_mib_s.mount"),
         ("", "write through the mount MiB/s", "f7.write_mib_s.mount"),
         ("", "write of the local file MiB/s", "f7.write_mib_s.local_file"),
+        ("8 group grows", "1 proxy: 4 MiB hits MiB/s", "f8.mib_s.n1"),
+        ("", "2 proxies: MiB/s", "f8.mib_s.n2"),
+        ("", "3 proxies: MiB/s", "f8.mib_s.n3"),
+        ("", "4 proxies: MiB/s", "f8.mib_s.n4"),
+        ("", "4 proxies: MiB/s per proxy", "f8.mib_s_per_proxy.n4"),
+        ("", "hit rate right after the 2nd joins", "f8.hit_rate_after_join.n2"),
+        ("", "hit rate right after the 3rd joins", "f8.hit_rate_after_join.n3"),
+        ("", "hit rate right after the 4th joins", "f8.hit_rate_after_join.n4"),
+        ("", "RATIO hit rate / ideal, 4th joins", "f8.ratio.hit_rate_over_ideal.n4"),
     ];
     println!("{:<18} {:<38} median [min .. max]", "figure", "metric");
     for (fig, label, key) in rows {
