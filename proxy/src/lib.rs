@@ -13,6 +13,7 @@ pub use blockproxy_protocol as protocol;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod csi;
 pub mod metrics;
 pub mod mount;
 pub mod quickstart;
