@@ -193,6 +193,8 @@ Press Ctrl-C to stop; the proxies flush their dirty blocks first.
         Some(dir) => {
             let fuse = crate::mount::FuseArgs {
                 mount_point: Some(dir.clone()),
+                fuse_fd_socket: None,
+                fuse_fd_wait: std::time::Duration::ZERO,
                 fuse_threads: 4,
                 allow_other: false,
                 uid: None,

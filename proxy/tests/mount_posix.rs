@@ -596,3 +596,179 @@ async fn quickstart_mounts_the_demo_volume() -> Result<()> {
     assert_eq!(&stored.data[..], b"hi from the mount\n");
     Ok(())
 }
+
+// --- The CSI hand-over (ADR 0008): `blockproxy-csi` mounts, the sidecar serves the descriptor. ---
+
+mod csi {
+    use super::*;
+    use blockproxy::csi::proto::csi::{
+        GetPluginInfoRequest, NodeGetInfoRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest,
+        VolumeCapability, identity_client::IdentityClient, node_client::NodeClient, volume_capability,
+    };
+    use blockproxy::csi::proto::registration::{InfoRequest, registration_client::RegistrationClient};
+    use blockproxy_testenv::BlockproxyCommand;
+    use std::collections::HashMap;
+
+    /// A gRPC channel over a Unix socket, as the kubelet dials a CSI endpoint; retried until the
+    /// plugin listens.
+    async fn dial(socket: &Path) -> Result<tonic::transport::Channel> {
+        let mut last = None;
+        for _ in 0..200 {
+            let path = socket.to_owned();
+            let connector = tower::service_fn(move |_: http::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                }
+            });
+            match tonic::transport::Endpoint::try_from("http://localhost")?.connect_with_connector(connector).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(anyhow::anyhow!("dialing {}: {last:?}", socket.display()))
+    }
+
+    /// The kubelet's directory layout for one Pod with an inline volume `data` and the webhook's
+    /// hand-over emptyDir, which the kubelet creates before it publishes the volume.
+    struct KubeletPod {
+        kubelet: PathBuf,
+        uid: String,
+        target: PathBuf,
+        handover: PathBuf,
+    }
+
+    fn kubelet_pod(root: &Path) -> Result<KubeletPod> {
+        let kubelet = root.join("kubelet");
+        let uid = "6c1f0e2a-0000-4000-8000-000000000001".to_owned();
+        let pod = kubelet.join("pods").join(&uid).join("volumes");
+        let target = pod.join("kubernetes.io~csi/data/mount");
+        let handover = pod.join("kubernetes.io~empty-dir").join(blockproxy::csi::HANDOVER_VOLUME);
+        std::fs::create_dir_all(target.parent().context("a parent")?)?;
+        std::fs::create_dir_all(&handover)?;
+        Ok(KubeletPod { kubelet, uid, target, handover })
+    }
+
+    fn publish_request(pod: &KubeletPod) -> NodePublishVolumeRequest {
+        let ctx: HashMap<String, String> = [
+            ("volumeID", VOLUME),
+            ("csi.storage.k8s.io/ephemeral", "true"),
+            ("csi.storage.k8s.io/pod.uid", &pod.uid),
+            ("csi.storage.k8s.io/pod.name", "app"),
+            ("csi.storage.k8s.io/pod.namespace", "default"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        NodePublishVolumeRequest {
+            volume_id: format!("csi-{}", pod.uid),
+            target_path: pod.target.to_string_lossy().into_owned(),
+            volume_capability: Some(VolumeCapability {
+                access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+                access_mode: Some(volume_capability::AccessMode {
+                    mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+                }),
+            }),
+            volume_context: ctx,
+            ..Default::default()
+        }
+    }
+
+    /// The whole node path: the kubelet's calls to the plugin, the sidecar taking the descriptor,
+    /// an unprivileged app user writing and reading files that land in MinIO, a sidecar crash
+    /// (the documented ENOTCONN), and unpublish (idempotent).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_csi_plugin_mounts_and_the_sidecar_serves_the_handed_over_descriptor() -> Result<()> {
+        let root = tmp_root()?;
+        // The app runs as nobody: it must be able to walk to the mount.
+        std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let g = group(root.path()).await?;
+        let pod = kubelet_pod(root.path())?;
+        let _unmount = Unmount(pod.target.clone());
+        let csi_sock = root.path().join("plugins/blockproxy.io/csi.sock");
+        let reg_sock = root.path().join("plugins_registry/blockproxy.io-reg.sock");
+        let _plugin = Blockproxy::start(
+            BlockproxyCommand::new(env!("CARGO_BIN_EXE_blockproxy-csi"), "csi", ["--node-id", "node-a"])
+                .arg("--csi-socket")
+                .arg(&csi_sock)
+                .arg("--registration-socket")
+                .arg(&reg_sock)
+                .arg("--kubelet-dir")
+                .arg(&pod.kubelet),
+        )
+        .await?;
+
+        // Registration, as the kubelet's plugin watcher does it.
+        let info = RegistrationClient::new(dial(&reg_sock).await?).get_info(InfoRequest {}).await?.into_inner();
+        assert_eq!((info.r#type.as_str(), info.name.as_str()), ("CSIPlugin", blockproxy::csi::DRIVER_NAME));
+        assert_eq!(Path::new(&info.endpoint), csi_sock);
+        let channel = dial(&csi_sock).await?;
+        let name =
+            IdentityClient::new(channel.clone()).get_plugin_info(GetPluginInfoRequest {}).await?.into_inner().name;
+        assert_eq!(name, blockproxy::csi::DRIVER_NAME);
+        let mut node = NodeClient::new(channel);
+        assert_eq!(node.node_get_info(NodeGetInfoRequest {}).await?.into_inner().node_id, "node-a");
+
+        node.node_publish_volume(publish_request(&pod)).await?;
+        assert!(is_mounted(&pod.target), "published but not mounted");
+        // The kubelet retries: a second publish of a mounted target is success, not a new mount.
+        node.node_publish_volume(publish_request(&pod)).await?;
+
+        let socket = pod.handover.join(blockproxy::csi::socket_name(VOLUME));
+        let socket_arg = socket.to_str().context("a UTF-8 path")?;
+        let sidecar = start_sidecar(root.path(), &g.discovery, &g.minio, &["--fuse-fd-socket", socket_arg]).await?;
+        let work = root.path().join("work");
+        std::fs::create_dir(&work)?;
+        std::fs::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+        let app = r#"
+            [ "$(id -u)" = 65534 ]
+            head -c 2000000 /dev/urandom > "$W/blob.bin"
+            mkdir "$M/dir"
+            cp "$W/blob.bin" "$M/dir/blob.bin"
+            cmp "$W/blob.bin" "$M/dir/blob.bin"
+            echo "from an unprivileged app" > "$M/hello.txt"
+            [ "$(cat "$M/hello.txt")" = "from an unprivileged app" ]
+            ls "$M/dir" | grep -qx blob.bin
+        "#;
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-euo", "pipefail", "-c", app])
+            .env("M", &pod.target)
+            .env("W", &work)
+            .output()?;
+        let logs = format!(
+            "{}{}\nsidecar:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            sidecar.log_text()
+        );
+        anyhow::ensure!(out.status.success(), "the app's script failed: {logs}");
+
+        let want = std::fs::read(work.join("blob.bin"))?;
+        wait_until("dir/blob.bin is in MinIO as written", Duration::from_secs(60), || async {
+            in_minio(&g.minio, "dir/blob.bin").await.ok().flatten().is_some_and(|(d, _)| d == want)
+        })
+        .await?;
+
+        // The plugin keeps no copy of the descriptor: the sidecar gone, the mount answers ENOTCONN.
+        let mut sidecar = sidecar;
+        sidecar.kill();
+        let err = std::fs::metadata(pod.target.join("hello.txt")).expect_err("a dead mount answers nothing");
+        assert_eq!(err.raw_os_error(), Some(107), "ENOTCONN: {err}");
+
+        node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: format!("csi-{}", pod.uid),
+            target_path: pod.target.to_string_lossy().into_owned(),
+        })
+        .await?;
+        assert!(!is_mounted(&pod.target), "still mounted after unpublish");
+        assert!(!pod.target.exists(), "the target directory is left behind");
+        node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: format!("csi-{}", pod.uid),
+            target_path: pod.target.to_string_lossy().into_owned(),
+        })
+        .await
+        .context("a second unpublish (the kubelet retries) is success")?;
+        Ok(())
+    }
+}

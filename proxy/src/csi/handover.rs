@@ -26,16 +26,19 @@ pub async fn serve_once(dir: PathBuf, name: String, fd: OwnedFd, wait: Duration)
         );
         tokio::time::sleep(POLL).await;
     }
-    let path = dir.join(name);
+    let shown = dir.join(&name);
+    let dir_fd = std::fs::File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    let path = short_path(&dir_fd, &name);
     let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
+    let listener =
+        tokio::net::UnixListener::bind(&path).with_context(|| format!("listening on {}", shown.display()))?;
     // The sidecar runs as another, unprivileged user.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
     let accepted = tokio::time::timeout_at(deadline, listener.accept()).await;
     let _ = std::fs::remove_file(&path);
     let (stream, _) = accepted
-        .map_err(|_| anyhow::anyhow!("no sidecar connected to {} within {wait:?}", path.display()))?
-        .with_context(|| format!("accepting on {}", path.display()))?;
+        .map_err(|_| anyhow::anyhow!("no sidecar connected to {} within {wait:?}", shown.display()))?
+        .with_context(|| format!("accepting on {}", shown.display()))?;
     let stream = stream.into_std()?;
     stream.set_nonblocking(false)?;
     send_fd(&stream, fd.as_fd())?;
@@ -45,8 +48,16 @@ pub async fn serve_once(dir: PathBuf, name: String, fd: OwnedFd, wait: Duration)
 /// Waits (up to `wait`) for the plugin's socket at `path`, then receives the descriptor.
 pub async fn receive(path: &Path, wait: Duration) -> anyhow::Result<OwnedFd> {
     let deadline = tokio::time::Instant::now() + wait;
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) => (if d.as_os_str().is_empty() { Path::new(".") } else { d }, n),
+        _ => anyhow::bail!("{} is not a socket path", path.display()),
+    };
     let stream = loop {
-        match tokio::net::UnixStream::connect(path).await {
+        let attempt = match std::fs::File::open(dir) {
+            Ok(dir_fd) => tokio::net::UnixStream::connect(short_path(&dir_fd, name)).await,
+            Err(e) => Err(e),
+        };
+        match attempt {
             Ok(s) => break s,
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 return Err(e).with_context(|| {
@@ -59,6 +70,13 @@ pub async fn receive(path: &Path, wait: Duration) -> anyhow::Result<OwnedFd> {
     let stream = stream.into_std()?;
     stream.set_nonblocking(false)?;
     tokio::task::spawn_blocking(move || recv_fd(&stream)).await?
+}
+
+/// `/proc/self/fd/N/name` for `name` in the open directory `dir`: a socket's path must fit in
+/// 108 bytes, and the kubelet's pod directories (`/var/lib/kubelet/pods/<uid>/volumes/...`) do not.
+fn short_path(dir: &std::fs::File, name: impl AsRef<std::ffi::OsStr>) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name.as_ref())
 }
 
 fn send_fd(stream: &impl AsFd, fd: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<()> {
@@ -98,7 +116,9 @@ mod tests {
     async fn a_descriptor_crosses_the_socket() {
         let dir = tempfile::tempdir().unwrap();
         let mut file = tempfile::tempfile().unwrap();
-        let sock_dir = dir.path().join("later");
+        // Longer than a socket path may be, as the kubelet's pod directories are.
+        let sock_dir = dir.path().join("x".repeat(60)).join("later-".repeat(10));
+        std::fs::create_dir(sock_dir.parent().unwrap()).unwrap();
         let server = tokio::spawn(serve_once(
             sock_dir.clone(),
             "v.sock".into(),
@@ -122,7 +142,8 @@ mod tests {
     async fn no_directory_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let fd = OwnedFd::from(tempfile::tempfile().unwrap());
-        let err = serve_once(dir.path().join("never"), "v.sock".into(), fd, Duration::from_millis(10)).await.unwrap_err();
+        let err =
+            serve_once(dir.path().join("never"), "v.sock".into(), fd, Duration::from_millis(10)).await.unwrap_err();
         assert!(err.to_string().contains("did not appear"), "{err}");
     }
 }

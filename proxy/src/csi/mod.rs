@@ -80,7 +80,10 @@ pub struct CsiArgs {
 }
 
 /// Serves the CSI endpoint (and the registration socket) until `shutdown` resolves.
-pub async fn run(args: CsiArgs, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    args: CsiArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let csi = listen(&args.csi_socket)?;
     let node = node::NodeService::new(args.node_id.clone(), args.kubelet_dir.clone(), args.handover_timeout);
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));

@@ -20,7 +20,10 @@ pub struct IdentityService;
 
 #[tonic::async_trait]
 impl Identity for IdentityService {
-    async fn get_plugin_info(&self, _: Request<GetPluginInfoRequest>) -> Result<Response<GetPluginInfoResponse>, Status> {
+    async fn get_plugin_info(
+        &self,
+        _: Request<GetPluginInfoRequest>,
+    ) -> Result<Response<GetPluginInfoResponse>, Status> {
         Ok(Response::new(GetPluginInfoResponse {
             name: super::DRIVER_NAME.into(),
             vendor_version: env!("CARGO_PKG_VERSION").into(),
@@ -115,8 +118,13 @@ impl Node for NodeService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(format!("{e:#}")))?;
-        let dir =
-            self.kubelet_dir.join("pods").join(&pod_uid).join("volumes").join("kubernetes.io~empty-dir").join(HANDOVER_VOLUME);
+        let dir = self
+            .kubelet_dir
+            .join("pods")
+            .join(&pod_uid)
+            .join("volumes")
+            .join("kubernetes.io~empty-dir")
+            .join(HANDOVER_VOLUME);
         tracing::info!(socket_dir = %dir.display(), "mounted; waiting for the sidecar to take the descriptor");
         let (pending, timeout, t) = (self.pending.clone(), self.handover_timeout, target.clone());
         let task = tokio::spawn(async move {

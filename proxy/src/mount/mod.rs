@@ -24,8 +24,18 @@ const ENOTCONN: i32 = 107;
 #[derive(Debug, Clone, Args)]
 pub struct FuseArgs {
     /// Also serve the volume as a directory here, through FUSE (see docs/SEMANTICS.md).
-    #[arg(long, env = "BLOCKPROXY_MOUNT_POINT")]
+    #[arg(long, env = "BLOCKPROXY_MOUNT_POINT", conflicts_with = "fuse_fd_socket")]
     pub mount_point: Option<PathBuf>,
+
+    /// Serve the volume on a FUSE mount someone else made: take its /dev/fuse descriptor from the
+    /// blockproxy CSI plugin on this Unix socket (waits for it to appear). No privilege, no
+    /// fusermount3 needed. The mount dies with this process (ENOTCONN): see docs/SEMANTICS.md.
+    #[arg(long, env = "BLOCKPROXY_FUSE_FD_SOCKET")]
+    pub fuse_fd_socket: Option<PathBuf>,
+
+    /// How long `--fuse-fd-socket` waits for the plugin's socket.
+    #[arg(long, env = "BLOCKPROXY_FUSE_FD_WAIT", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub fuse_fd_wait: std::time::Duration,
 
     /// Threads reading FUSE requests from the kernel (each with its own /dev/fuse descriptor).
     #[arg(long, env = "BLOCKPROXY_FUSE_THREADS", default_value_t = 4)]
@@ -48,7 +58,48 @@ pub struct FuseArgs {
 /// A mounted volume; [`Mounted::unmount`] detaches it.
 pub struct Mounted {
     session: fuser::BackgroundSession,
-    mount_point: PathBuf,
+    /// None when the mount is the CSI plugin's (`--fuse-fd-socket`): only it can unmount.
+    mount_point: Option<PathBuf>,
+}
+
+/// The mount options both ways of mounting share.
+fn config(client: &Client, args: &FuseArgs) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("blockproxy:{}", client.volume())),
+        fuser::MountOption::Subtype("blockproxy".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoAtime,
+    ];
+    if args.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(args.fuse_threads.max(1));
+    config.clone_fd = true;
+    config
+}
+
+/// Serves the FUSE mount whose descriptor the CSI plugin offers at `socket` (ADR 0008).
+pub async fn serve_handed_over(client: Client, args: &FuseArgs, socket: &Path) -> anyhow::Result<Mounted> {
+    tracing::info!(socket = %socket.display(), "waiting for the CSI plugin's /dev/fuse descriptor");
+    let fd = crate::csi::handover::receive(socket, args.fuse_fd_wait).await?;
+    let uid = args.uid.unwrap_or_else(|| rustix::process::geteuid().as_raw());
+    let gid = args.gid.unwrap_or_else(|| rustix::process::getegid().as_raw());
+    let fs = fs::VolumeFs::new(client.clone(), tokio::runtime::Handle::current(), uid, gid);
+    let mut config = config(&client, args);
+    // The plugin mounted with allow_other; the app container runs as another user.
+    config.acl = fuser::SessionACL::All;
+    // Threads share the one descriptor: a clone would need /dev/fuse, which this container lacks.
+    config.clone_fd = false;
+    let acl = config.acl;
+    // The handshake reads the kernel's INIT, queued since the plugin's mount(2).
+    let session = tokio::task::spawn_blocking(move || fuser::Session::from_fd(fs, fd, acl, config))
+        .await?
+        .context("the FUSE handshake on the handed-over descriptor")?;
+    let session = session.spawn().context("starting the FUSE session threads")?;
+    tracing::info!(threads = args.fuse_threads, "serving the CSI plugin's mount");
+    Ok(Mounted { session, mount_point: None })
 }
 
 /// Mounts the volume at `args.mount_point`. A dead mount left there by a previous process
@@ -64,29 +115,21 @@ pub fn mount(client: Client, args: &FuseArgs, mount_point: &Path) -> anyhow::Res
     let uid = args.uid.unwrap_or(meta.uid());
     let gid = args.gid.unwrap_or(meta.gid());
     let fs = fs::VolumeFs::new(client.clone(), tokio::runtime::Handle::current(), uid, gid);
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        fuser::MountOption::FSName(format!("blockproxy:{}", client.volume())),
-        fuser::MountOption::Subtype("blockproxy".into()),
-        fuser::MountOption::NoDev,
-        fuser::MountOption::NoSuid,
-        fuser::MountOption::NoAtime,
-    ];
-    if args.allow_other {
-        config.acl = fuser::SessionACL::All;
-    }
-    config.n_threads = Some(args.fuse_threads.max(1));
-    config.clone_fd = true;
+    let config = config(&client, args);
     let session = fuser::spawn_mount(fs, mount_point, &config)
         .with_context(|| format!("mounting the volume at {}", mount_point.display()))?;
     tracing::info!(mount_point = %mount_point.display(), threads = args.fuse_threads, "volume mounted");
-    Ok(Mounted { session, mount_point: mount_point.to_owned() })
+    Ok(Mounted { session, mount_point: Some(mount_point.to_owned()) })
 }
 
 impl Mounted {
     /// Unmounts; when files are still open (busy), detaches lazily so the process can exit.
+    /// A handed-over mount is left to the plugin: the threads end with the process, and the
+    /// kernel then fails the app's calls with ENOTCONN.
     pub async fn unmount(self) {
-        let mp = self.mount_point.clone();
+        let Some(mp) = self.mount_point.clone() else {
+            return;
+        };
         let session = self.session;
         let done = tokio::task::spawn_blocking(move || session.umount_and_join()).await;
         if !matches!(done, Ok(Ok(()))) {

@@ -210,9 +210,10 @@ pub async fn run(args: MountArgs, shutdown: impl Future<Output = ()> + Send + 's
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the S3 endpoint on {}", args.listen))?;
-    let mounted = match &args.fuse.mount_point {
-        Some(dir) => Some(crate::mount::mount(client.clone(), &args.fuse, dir)?),
-        None => None,
+    let mounted = match (&args.fuse.mount_point, &args.fuse.fuse_fd_socket) {
+        (Some(dir), _) => Some(crate::mount::mount(client.clone(), &args.fuse, dir)?),
+        (None, Some(socket)) => Some(crate::mount::serve_handed_over(client.clone(), &args.fuse, socket).await?),
+        (None, None) => None,
     };
     let served = serve(listener, client, &args.s3_access_key, &args.s3_secret_key, args.max_part_size, shutdown).await;
     if let Some(m) = mounted {
