@@ -95,17 +95,31 @@ fn the_injected_sidecar_command_line_parses_as_blockproxy_mount() {
     let cfg = SidecarConfig { image: "example.local/blockproxy:test".into() };
     let creds = PodCredentials::random();
     // With direct-store credentials (the Pod annotation) they reach the sidecar's flag.
-    let direct: Container = serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, true)).expect("a container");
+    let direct: Container =
+        serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, true, false)).expect("a container");
     let direct_argv = argv(&direct);
     let parsed = MountCli::try_parse_from(&direct_argv).unwrap_or_else(|e| panic!("{direct_argv:?}:\n{e}"));
     let file = parsed.mount.store.store_credentials_file.expect("no --store-credentials-file");
     assert_eq!(file, std::path::Path::new(webhook::DIRECT_STORE_DIR).join(webhook::DIRECT_STORE_KEY));
     let container: Container =
-        serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, false)).expect("a container");
+        serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, false, false)).expect("a container");
     let argv = argv(&container);
     let parsed = MountCli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}:\n{e}"));
     assert_eq!(parsed.mount.store.store_credentials_file, None);
+    assert_eq!(parsed.mount.fuse.fuse_fd_socket, None);
     assert_eq!(parsed.mount.volume_id, volume);
+    // With the Pod's inline CSI volume, the sidecar takes the plugin's descriptor where the
+    // plugin offers it (the names are blockproxy_protocol's, shared with blockproxy-csi).
+    let fuse: Container =
+        serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, false, true)).expect("a container");
+    let fuse_argv = self::argv(&fuse);
+    let parsed = MountCli::try_parse_from(&fuse_argv).unwrap_or_else(|e| panic!("{fuse_argv:?}:\n{e}"));
+    let socket = parsed.mount.fuse.fuse_fd_socket.expect("no --fuse-fd-socket");
+    assert_eq!(
+        socket,
+        std::path::Path::new(blockproxy::csi::HANDOVER_MOUNT_PATH).join(blockproxy::csi::socket_name(volume.as_str()))
+    );
+    assert!(fuse.volume_mounts.iter().flatten().any(|m| m.mount_path == blockproxy::csi::HANDOVER_MOUNT_PATH));
     assert_eq!(parsed.mount.listen.to_string(), webhook::LISTEN);
     let known: Vec<String> = MountCli::command()
         .get_arguments()

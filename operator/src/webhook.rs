@@ -7,7 +7,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, http::StatusCode};
-use blockproxy_protocol::{DiscoveryDocument, VolumeId};
+use blockproxy_protocol::{
+    CSI_DRIVER_NAME, CSI_HANDOVER_MOUNT_PATH, CSI_HANDOVER_VOLUME, CSI_VOLUME_ID_ATTRIBUTE, DiscoveryDocument,
+    VolumeId, csi_socket_name,
+};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -87,7 +90,15 @@ fn probe(period: u32, failures: u32) -> Value {
 /// The sidecar container (a native sidecar: an init container that keeps running). Its startup
 /// probe holds the app containers back until it serves (it waits for the volume's token and
 /// discovery files, which appear once a VolumeProxyGroup is accepted: up to an hour here).
-pub fn sidecar(volume: &VolumeId, cfg: &SidecarConfig, creds: &PodCredentials, direct_store: bool) -> Value {
+/// With `fuse`, the sidecar also serves the CSI plugin's mount of the Pod's inline volume, on
+/// the descriptor the plugin hands over in the shared emptyDir (ADR 0008).
+pub fn sidecar(
+    volume: &VolumeId,
+    cfg: &SidecarConfig,
+    creds: &PodCredentials,
+    direct_store: bool,
+    fuse: bool,
+) -> Value {
     let mut c = json!({
         "name": SIDECAR_NAME,
         "image": cfg.image,
@@ -127,7 +138,34 @@ pub fn sidecar(volume: &VolumeId, cfg: &SidecarConfig, creds: &PodCredentials, d
         let mount = json!({"name": "blockproxy-direct-store", "mountPath": DIRECT_STORE_DIR, "readOnly": true});
         c["volumeMounts"].as_array_mut().into_iter().for_each(|m| m.push(mount.clone()));
     }
+    if fuse {
+        let socket = format!("{CSI_HANDOVER_MOUNT_PATH}/{}", csi_socket_name(volume.as_str()));
+        c["args"].as_array_mut().into_iter().for_each(|a| a.extend([json!("--fuse-fd-socket"), json!(socket)]));
+        let mount = json!({"name": CSI_HANDOVER_VOLUME, "mountPath": CSI_HANDOVER_MOUNT_PATH});
+        c["volumeMounts"].as_array_mut().into_iter().for_each(|m| m.push(mount.clone()));
+    }
     c
+}
+
+/// The blockproxy volume of the Pod's inline CSI volume (`csi: {driver: blockproxy.io,
+/// volumeAttributes: {volumeID: ...}}`), if it has one; an error refuses the Pod.
+fn csi_volume(pod: &Pod) -> Result<Option<VolumeId>, String> {
+    let inline: Vec<_> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.csi.as_ref().filter(|c| c.driver == CSI_DRIVER_NAME).map(|c| (&v.name, c)))
+        .collect();
+    match inline.as_slice() {
+        [] => Ok(None),
+        [(name, c)] => {
+            let id = c.volume_attributes.as_ref().and_then(|a| a.get(CSI_VOLUME_ID_ATTRIBUTE)).ok_or_else(|| {
+                format!("volume {name:?} (driver {CSI_DRIVER_NAME}) has no volumeAttributes.{CSI_VOLUME_ID_ATTRIBUTE}")
+            })?;
+            VolumeId::parse(id).map(Some).map_err(|e| format!("volume {name:?}: {CSI_VOLUME_ID_ATTRIBUTE}: {e}"))
+        }
+        _ => Err(format!("a Pod can have one {CSI_DRIVER_NAME} volume (one sidecar serves one volume)")),
+    }
 }
 
 /// The direct-store Secret's name from the Pod's annotation, if any; an error refuses the Pod.
@@ -150,10 +188,21 @@ fn direct_store_secret(pod: &Pod) -> Result<Option<&str>, String> {
 /// The JSON patch for `pod`, `Ok(None)` when nothing is to be done, or an error message that
 /// refuses the Pod (an invalid volume id).
 pub fn mutate(pod: &Pod, cfg: &SidecarConfig, creds: &PodCredentials) -> Result<Option<Value>, String> {
-    let Some(raw) = pod.metadata.annotations.as_ref().and_then(|a| a.get(VOLUME_ANNOTATION)) else {
-        return Ok(None);
+    let annotated = match pod.metadata.annotations.as_ref().and_then(|a| a.get(VOLUME_ANNOTATION)) {
+        Some(raw) => Some(VolumeId::parse(raw).map_err(|e| format!("annotation {VOLUME_ANNOTATION}: {e}"))?),
+        None => None,
     };
-    let volume = VolumeId::parse(raw).map_err(|e| format!("annotation {VOLUME_ANNOTATION}: {e}"))?;
+    let inline = csi_volume(pod)?;
+    let fuse = inline.is_some();
+    let volume = match (annotated, inline) {
+        (None, None) => return Ok(None),
+        (Some(a), Some(i)) if a != i => {
+            return Err(format!(
+                "annotation {VOLUME_ANNOTATION} says {a}, the {CSI_DRIVER_NAME} volume says {i}: one sidecar serves one volume"
+            ));
+        }
+        (Some(v), _) | (None, Some(v)) => v,
+    };
     let direct_store = direct_store_secret(pod)?;
     let spec = pod.spec.as_ref();
     let already = spec
@@ -170,6 +219,10 @@ pub fn mutate(pod: &Pod, cfg: &SidecarConfig, creds: &PodCredentials) -> Result<
         // Not optional: the Pod waits for the Secret rather than running without its fallback.
         volumes.push(json!({"name": "blockproxy-direct-store", "secret": {"secretName": secret, "items": [{"key": DIRECT_STORE_KEY, "path": DIRECT_STORE_KEY}]}}));
     }
+    if fuse {
+        // Only the hand-over socket lives there.
+        volumes.push(json!({"name": CSI_HANDOVER_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}}));
+    }
     if spec.and_then(|s| s.volumes.as_ref()).is_none() {
         ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
     } else {
@@ -179,9 +232,9 @@ pub fn mutate(pod: &Pod, cfg: &SidecarConfig, creds: &PodCredentials) -> Result<
     }
     // First init container, so it runs before any other init container and the app.
     if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar(&volume, cfg, creds, direct_store.is_some())]}));
+        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar(&volume, cfg, creds, direct_store.is_some(), fuse)]}));
     } else {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar(&volume, cfg, creds, direct_store.is_some())}));
+        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar(&volume, cfg, creds, direct_store.is_some(), fuse)}));
     }
     // Point S3 clients of every app container at the sidecar with the Pod's credentials, unless
     // they set them themselves (the key pair only as a pair).
@@ -444,5 +497,67 @@ mod tests {
     fn invalid_volume_id_is_refused() {
         let err = mutate(&pod(Some("../etc")), &cfg(), &creds()).unwrap_err();
         assert!(err.contains(VOLUME_ANNOTATION), "{err}");
+    }
+
+    fn csi_pod(annotation: Option<&str>, volumes: Value) -> Pod {
+        let mut p = serde_json::to_value(pod(annotation)).unwrap();
+        p["spec"]["volumes"] = volumes;
+        serde_json::from_value(p).unwrap()
+    }
+
+    fn inline(name: &str, volume: Option<&str>) -> Value {
+        let attrs = volume.map(|v| json!({CSI_VOLUME_ID_ATTRIBUTE: v})).unwrap_or(json!({}));
+        json!({"name": name, "csi": {"driver": CSI_DRIVER_NAME, "volumeAttributes": attrs}})
+    }
+
+    #[test]
+    fn an_inline_csi_volume_gets_the_sidecar_in_fuse_fd_mode_without_the_annotation() {
+        let p = csi_pod(None, json!([inline("data", Some("vol-1")), {"name": "other", "emptyDir": {}}]));
+        let out = apply(&p, mutate(&p, &cfg(), &creds()).unwrap().expect("a patch"));
+        let spec = out.spec.as_ref().unwrap();
+        let side = &spec.init_containers.as_ref().unwrap()[0];
+        let args = side.args.as_ref().unwrap().join(" ");
+        assert!(args.starts_with("--volume-id vol-1 "), "{args}");
+        assert!(args.ends_with(&format!("--fuse-fd-socket {CSI_HANDOVER_MOUNT_PATH}/vol-1.sock")), "{args}");
+        let handover =
+            spec.volumes.as_ref().unwrap().iter().find(|v| v.name == CSI_HANDOVER_VOLUME).expect("the emptyDir");
+        assert!(handover.empty_dir.is_some());
+        let mount =
+            side.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == CSI_HANDOVER_VOLUME).expect("mounted");
+        assert_eq!(mount.mount_path, CSI_HANDOVER_MOUNT_PATH);
+        // The app's own volumes stay, and a second pass changes nothing.
+        assert!(spec.volumes.as_ref().unwrap().iter().any(|v| v.name == "other"));
+        assert_eq!(mutate(&out, &cfg(), &creds()), Ok(None));
+        // An annotated Pod without the inline volume gets no hand-over.
+        let plain = pod(Some("vol-1"));
+        let out = apply(&plain, mutate(&plain, &cfg(), &creds()).unwrap().unwrap());
+        let spec = out.spec.as_ref().unwrap();
+        assert!(
+            !spec.init_containers.as_ref().unwrap()[0].args.as_ref().unwrap().iter().any(|a| a == "--fuse-fd-socket")
+        );
+        assert!(!spec.volumes.as_ref().unwrap().iter().any(|v| v.name == CSI_HANDOVER_VOLUME));
+    }
+
+    #[test]
+    fn inconsistent_inline_csi_volumes_are_refused_with_the_reason() {
+        let cases = [
+            (csi_pod(Some("vol-2"), json!([inline("data", Some("vol-1"))])), "one sidecar serves one volume"),
+            (
+                csi_pod(None, json!([inline("a", Some("vol-1")), inline("b", Some("vol-1"))])),
+                "one blockproxy.io volume",
+            ),
+            (csi_pod(None, json!([inline("data", None)])), "volumeAttributes.volumeID"),
+            (csi_pod(None, json!([inline("data", Some("../etc"))])), "volumeID"),
+        ];
+        for (p, want) in cases {
+            let err = mutate(&p, &cfg(), &creds()).unwrap_err();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        // The same volume named twice (annotation and inline volume) is fine.
+        assert!(
+            mutate(&csi_pod(Some("vol-1"), json!([inline("data", Some("vol-1"))])), &cfg(), &creds())
+                .unwrap()
+                .is_some()
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! depends on the wire format and nothing else of the data plane, and the format is defined once.
 
 mod checksum;
+mod csi;
 mod discovery;
 mod drain;
 mod keypath;
@@ -11,6 +12,7 @@ mod object;
 mod volumes;
 
 pub use checksum::{Checksum, ChecksumError};
+pub use csi::*;
 pub use discovery::{DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation};
 pub use drain::{DirtyKey, DirtyKeys, DrainStatus, StoreObject, StoreObjects};
 pub use keypath::{decode_key, encode_key};

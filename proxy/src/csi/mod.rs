@@ -29,25 +29,16 @@ pub mod proto {
     }
 }
 
-/// The CSI driver name: the `driver` of the Pod's inline volume and of the CSIDriver object.
-pub const DRIVER_NAME: &str = "blockproxy.io";
-/// The inline volume's attribute naming the blockproxy volume to serve.
-pub const VOLUME_ID_ATTRIBUTE: &str = "volumeID";
-/// The emptyDir the webhook adds to the Pod, shared by the plugin (through the kubelet's
-/// directory) and the sidecar (mounted at [`HANDOVER_MOUNT_PATH`]): the hand-over socket is there.
-pub const HANDOVER_VOLUME: &str = "blockproxy-fuse-handover";
-/// Where the sidecar sees [`HANDOVER_VOLUME`].
-pub const HANDOVER_MOUNT_PATH: &str = "/var/run/blockproxy-fuse";
+pub use blockproxy_protocol::{
+    CSI_DRIVER_NAME as DRIVER_NAME, CSI_HANDOVER_MOUNT_PATH as HANDOVER_MOUNT_PATH,
+    CSI_HANDOVER_VOLUME as HANDOVER_VOLUME, CSI_VOLUME_ID_ATTRIBUTE as VOLUME_ID_ATTRIBUTE,
+    csi_socket_name as socket_name,
+};
 /// The kubelet's pod information (CSIDriver `podInfoOnMount: true`).
 const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
 const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
 const POD_NAME: &str = "csi.storage.k8s.io/pod.name";
 const EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
-
-/// The hand-over socket's file name for a volume, in [`HANDOVER_VOLUME`].
-pub fn socket_name(volume: &str) -> String {
-    format!("{volume}.sock")
-}
 
 #[derive(Debug, Clone, Args)]
 pub struct CsiArgs {
