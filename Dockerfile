@@ -23,7 +23,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --target "${TARGET}" -p blockproxy -p blockproxy-operator \
  && mkdir -p /out \
- && for b in blockproxy blockproxy-mount blockproxy-operator; do \
+ && for b in blockproxy blockproxy-mount blockproxy-csi blockproxy-operator; do \
       cp "target/${TARGET}/release/${b}" /out/; \
     done
 

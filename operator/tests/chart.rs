@@ -81,6 +81,48 @@ async fn chart_lints_and_renders_with_default_and_custom_values() -> Result<()> 
     Ok(())
 }
 
+/// `csi.enabled` adds the CSIDriver the kubelet needs for the inline volume (ephemeral, with the
+/// pod's info) and the privileged node plugin with the kubelet's directory shared both ways.
+#[tokio::test]
+async fn the_csi_node_plugin_renders_only_when_enabled() -> Result<()> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::storage::v1::CSIDriver;
+    let helm = Helm::new()?;
+    let default = helm.run(["template", "bp", &chart()]).await?.stdout;
+    assert!(!kinds(&default)?.iter().any(|(x, _)| x == "CSIDriver" || x == "DaemonSet"), "the plugin is opt-in");
+    let lint = helm.run(["lint", "--strict", &chart(), "--set", "csi.enabled=true"]).await?;
+    assert!(lint.stdout.contains("0 chart(s) failed"), "{}", lint.stdout);
+    let on =
+        helm.run(["template", "bp", &chart(), "--set", "csi.enabled=true,csi.kubeletDir=/data/kubelet"]).await?.stdout;
+    let docs: Vec<serde_yaml::Value> = on.split("\n---").map(serde_yaml::from_str).collect::<Result<_, _>>()?;
+    let find = |kind: &str| {
+        docs.iter().find(|d| d["kind"].as_str() == Some(kind)).cloned().ok_or_else(|| anyhow!("no {kind}"))
+    };
+    let driver: CSIDriver = serde_yaml::from_value(find("CSIDriver")?)?;
+    assert_eq!(driver.metadata.name.as_deref(), Some(blockproxy_protocol::CSI_DRIVER_NAME));
+    assert_eq!(driver.spec.pod_info_on_mount, Some(true));
+    assert_eq!(driver.spec.volume_lifecycle_modes, Some(vec!["Ephemeral".to_owned()]));
+    assert_eq!(driver.spec.attach_required, Some(false));
+    let ds: DaemonSet = serde_yaml::from_value(find("DaemonSet")?)?;
+    let pod = ds.spec.as_ref().and_then(|s| s.template.spec.clone()).ok_or_else(|| anyhow!("no pod spec"))?;
+    let c = &pod.containers[0];
+    assert_eq!(c.command.as_deref(), Some(&["blockproxy-csi".to_owned()][..]));
+    assert_eq!(c.security_context.as_ref().and_then(|s| s.privileged), Some(true));
+    let args = c.args.clone().unwrap_or_default().join(" ");
+    assert!(args.contains("--kubelet-dir=/data/kubelet"), "{args}");
+    assert!(args.contains("--registration-socket=/data/kubelet/plugins_registry/"), "{args}");
+    let kubelet = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/data/kubelet")
+        .ok_or_else(|| anyhow!("no kubelet dir"))?;
+    assert_eq!(kubelet.mount_propagation.as_deref(), Some("Bidirectional"));
+    assert!(c.volume_mounts.iter().flatten().any(|m| m.mount_path == "/dev/fuse"));
+    assert!(c.env.iter().flatten().any(|e| e.name == "NODE_NAME"), "the node id comes from spec.nodeName");
+    Ok(())
+}
+
 async fn forbidden<T: std::fmt::Debug>(what: &str, r: Result<T, kube::Error>) -> Result<()> {
     match r {
         Err(kube::Error::Api(s)) if s.code == 403 => Ok(()),
