@@ -73,7 +73,7 @@ blockproxy_image() {
   esac
   dir=$target/$profile
   local rootfs b; rootfs=$(mktemp -d)
-  for b in blockproxy blockproxy-mount blockproxy-operator; do
+  for b in blockproxy blockproxy-mount blockproxy-csi blockproxy-operator; do
     [ -x "$dir/$b" ] || die "$dir/$b missing (cargo build -p blockproxy -p blockproxy-operator${profile/debug/})"
     add_binary "$dir/$b" "$rootfs" /usr/local/bin
   done
