@@ -755,6 +755,12 @@ mod csi {
         sidecar.kill();
         let err = std::fs::metadata(pod.target.join("hello.txt")).expect_err("a dead mount answers nothing");
         assert_eq!(err.raw_os_error(), Some(107), "ENOTCONN: {err}");
+        // The restarted sidecar cannot take over the dead connection: it fails at once, saying why.
+        let restarted = sidecar.restart().await;
+        assert!(restarted.is_err(), "a restarted sidecar claims to serve a dead mount");
+        assert!(sidecar.log_text().contains("until the Pod is recreated"), "{}", sidecar.log_text());
+        let err = std::fs::metadata(&pod.target).expect_err("still dead");
+        assert_eq!(err.raw_os_error(), Some(107), "ENOTCONN: {err}");
 
         node.node_unpublish_volume(NodeUnpublishVolumeRequest {
             volume_id: format!("csi-{}", pod.uid),

@@ -82,8 +82,18 @@ fn config(client: &Client, args: &FuseArgs) -> fuser::Config {
 
 /// Serves the FUSE mount whose descriptor the CSI plugin offers at `socket` (ADR 0008).
 pub async fn serve_handed_over(client: Client, args: &FuseArgs, socket: &Path) -> anyhow::Result<Mounted> {
+    // The plugin offers the descriptor once, and a FUSE connection cannot be taken over by a new
+    // server (the kernel's INIT handshake and inode numbers belonged to the old one): a restarted
+    // sidecar says so at once instead of waiting for a socket that will never come again.
+    let taken = taken_marker(socket);
+    anyhow::ensure!(
+        !taken.exists(),
+        "the CSI plugin handed this Pod's /dev/fuse descriptor to an earlier blockproxy-mount, which exited: \
+         the mount is dead (ENOTCONN) until the Pod is recreated (docs/SEMANTICS.md, \"When the sidecar restarts\")"
+    );
     tracing::info!(socket = %socket.display(), "waiting for the CSI plugin's /dev/fuse descriptor");
     let fd = crate::csi::handover::receive(socket, args.fuse_fd_wait).await?;
+    std::fs::write(&taken, b"").with_context(|| format!("writing {}", taken.display()))?;
     let uid = args.uid.unwrap_or_else(|| rustix::process::geteuid().as_raw());
     let gid = args.gid.unwrap_or_else(|| rustix::process::getegid().as_raw());
     let fs = fs::VolumeFs::new(client.clone(), tokio::runtime::Handle::current(), uid, gid);
@@ -139,6 +149,13 @@ impl Mounted {
             }
         }
     }
+}
+
+/// `<socket>.taken`, next to the hand-over socket (the Pod's emptyDir, which outlives the sidecar).
+fn taken_marker(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".taken");
+    PathBuf::from(name)
 }
 
 /// `fusermount3 -u -z` (or `fusermount` where only FUSE 2 is installed).
