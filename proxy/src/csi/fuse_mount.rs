@@ -58,7 +58,7 @@ fn unescape(field: &str) -> String {
     while i < b.len() {
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&field.get(i + 1..i + 4).unwrap_or(""), 8)
+            && let Ok(v) = u8::from_str_radix(field.get(i + 1..i + 4).unwrap_or(""), 8)
         {
             out.push(v);
             i += 4;
