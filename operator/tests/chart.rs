@@ -123,6 +123,32 @@ async fn the_csi_node_plugin_renders_only_when_enabled() -> Result<()> {
     Ok(())
 }
 
+/// The real API server accepts the plugin's objects as the chart renders them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csi_node_plugin_installs_into_a_real_api_server() -> Result<()> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::storage::v1::CSIDriver;
+    let cp = ControlPlane::start().await?;
+    let helm = Helm::for_control_plane(&cp)?;
+    helm.run([
+        "install",
+        "bp",
+        &chart(),
+        "--namespace",
+        "csi-system",
+        "--create-namespace",
+        "--set",
+        "csi.enabled=true",
+    ])
+    .await?;
+    let driver = Api::<CSIDriver>::all(cp.client()).get(blockproxy_protocol::CSI_DRIVER_NAME).await?;
+    assert_eq!(driver.spec.pod_info_on_mount, Some(true));
+    let ds = Api::<DaemonSet>::namespaced(cp.client(), "csi-system").get("bp-blockproxy-csi-node").await?;
+    let pod = ds.spec.and_then(|s| s.template.spec).ok_or_else(|| anyhow!("no pod spec"))?;
+    assert_eq!(pod.automount_service_account_token, Some(false), "the plugin needs no API access");
+    Ok(())
+}
+
 async fn forbidden<T: std::fmt::Debug>(what: &str, r: Result<T, kube::Error>) -> Result<()> {
     match r {
         Err(kube::Error::Api(s)) if s.code == 403 => Ok(()),
