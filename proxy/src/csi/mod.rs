@@ -47,13 +47,17 @@ pub struct CsiArgs {
     pub csi_socket: PathBuf,
 
     /// The kubelet plugin registration socket to create (the kubelet watches its directory and
-    /// then calls the CSI endpoint). Empty: do not register (tests, or a node-driver-registrar).
+    /// then calls the CSI endpoint).
     #[arg(
         long,
         env = "BLOCKPROXY_CSI_REGISTRATION_SOCKET",
         default_value = "/var/lib/kubelet/plugins_registry/blockproxy.io-reg.sock"
     )]
     pub registration_socket: PathBuf,
+
+    /// Do not create the registration socket (a node-driver-registrar registers the plugin).
+    #[arg(long, env = "BLOCKPROXY_CSI_NO_REGISTRATION")]
+    pub no_registration: bool,
 
     /// This node's name, reported to the kubelet (NodeGetInfo).
     #[arg(long, env = "NODE_NAME")]
@@ -83,7 +87,7 @@ pub async fn run(
         .add_service(proto::csi::node_server::NodeServer::new(node))
         .serve_with_incoming_shutdown(incoming(csi), shutdown.clone());
     tracing::info!(endpoint = %args.csi_socket.display(), node = %args.node_id, "CSI node plugin serving");
-    if args.registration_socket.as_os_str().is_empty() {
+    if args.no_registration {
         return csi_server.await.context("the CSI endpoint");
     }
     let reg = listen(&args.registration_socket)?;
