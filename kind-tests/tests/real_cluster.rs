@@ -64,6 +64,12 @@ async fn blockproxy_on_a_real_multi_node_cluster() -> Result<()> {
         )
         .await?;
     report.time("scenario 8: two sites for one volume", scenario_8_two_sites(&cluster, &store)).await?;
+    report
+        .time(
+            "scenario 7: helm upgrade to a new image tag rolls the proxies one at a time",
+            scenario_7_helm_upgrade_rolls_the_proxies(&cluster, &store, &image.reference),
+        )
+        .await?;
     report.time("scenario 10: security on the real cluster", scenario_10_security(&cluster)).await?;
     report
         .time(
@@ -471,14 +477,12 @@ spec:
     pathStyle: true
     credentialsSecret: {{name: store-credentials}}
   allowedNamespaces: [team-a]
-  image: {image}
   imagePullPolicy: Never
   resources: {{requests: {{cpu: 10m, memory: 32Mi}}}}
 "#,
         ak = store.access_key,
         sk = store.secret_key,
         endpoint = store.endpoint,
-        image = common::IMAGE
     )
 }
 
@@ -1470,4 +1474,133 @@ async fn sites_client(cluster: &Cluster, phase: &str) -> Result<ClientRun> {
     let reads = out.lines().filter(|l| l.starts_with("read ")).count();
     anyhow::ensure!(acked.len() + failed.len() + reads >= OBJECTS, "the client stopped early:\n{out}");
     Ok(ClientRun { requests: acked.len() + reads + failed.len(), failed, acked })
+}
+
+/// Scenario 7: `helm upgrade` to a new image tag (the same image, re-tagged). The group names no
+/// image of its own, so its proxies follow the operator's default: they are replaced one at a
+/// time, each new one Ready before the next goes (never more than one of the three missing or
+/// not Ready), while a client in a workload Pod writes and reads back objects throughout. No
+/// request of the client fails, and every acknowledged object is in MinIO.
+async fn scenario_7_helm_upgrade_rolls_the_proxies(cluster: &Cluster, store: &Store, image: &str) -> Result<()> {
+    const CLIENT_POD: &str = "roller";
+    let (repository, _) = image.rsplit_once(':').context("image reference without a tag")?;
+    let tag = "upgraded";
+    let upgraded = format!("{repository}:{tag}");
+    let packed = common::blockproxy_image_as(&upgraded).await?;
+    cluster.import_image(&packed.tarball).await?;
+    let before = proxy_pods(cluster).await?;
+    anyhow::ensure!(before.len() == 3, "proxies before the upgrade: {:?}", before.keys());
+    let image_of = |p: &Pod| p.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.clone());
+    anyhow::ensure!(before.values().all(|p| image_of(p).as_deref() == Some(image)), "the proxies run another image");
+    start_workload(cluster, CLIENT_POD, &[]).await?;
+
+    // Writes and reads back, object after object, until told to stop (after the roll).
+    let script = format!(
+        r#"i=0
+while [ ! -e /tmp/stop ]; do
+  i=$((i + 1))
+  head -c $((900 + i * 3001)) /dev/urandom > /tmp/o
+  if ! rclone copyto --no-check-dest --retries 1 --low-level-retries 1 /tmp/o "bp:{VOLUME}/s7/obj-$i" 2>/tmp/e; then
+    echo "writefail s7/obj-$i $(date -u +%T) $(grep -i error /tmp/e | tail -1)"; continue
+  fi
+  echo "acked s7/obj-$i $(sha256sum < /tmp/o | cut -d' ' -f1)"
+  rm -f /tmp/r
+  rclone copyto --retries 1 --low-level-retries 1 "bp:{VOLUME}/s7/obj-$i" /tmp/r || true
+  cmp -s /tmp/o /tmp/r && echo "read s7/obj-$i" || echo "readfail s7/obj-$i"
+done"#
+    );
+    let client = in_workload(cluster, CLIENT_POD, &script);
+    let roll = async {
+        // Let the client get going first, so its requests span the whole roll.
+        eventually(WAIT, POLL, || async {
+            let out = cluster.kubectl(&["-n", TEAM, "exec", CLIENT_POD, "-c", "app", "--", "ls", "/tmp"]).await?;
+            anyhow::ensure!(out.lines().any(|l| l == "r"), "the client has not read anything yet");
+            Ok(())
+        })
+        .await?;
+        let upgrade = async {
+            let helm = helm_for(cluster)?;
+            helm.run([
+                "upgrade",
+                RELEASE,
+                &common::chart_dir(),
+                "-n",
+                SYSTEM_NS,
+                "--reuse-values",
+                "--set",
+                &format!("image.tag={tag}"),
+                "--wait",
+                "--timeout",
+                "5m",
+            ])
+            .await
+        };
+        // Watch the group while it rolls: the most proxies missing or not Ready at once.
+        let watch = async {
+            let most_unavailable = std::sync::atomic::AtomicUsize::new(0);
+            let (most, upgraded) = (&most_unavailable, upgraded.as_str());
+            eventually(Duration::from_secs(400), POLL, || async move {
+                let pods = proxy_pods(cluster).await?;
+                let ready = pods.values().filter(|p| pod_ready(p)).count();
+                most.fetch_max(3usize.saturating_sub(ready), std::sync::atomic::Ordering::SeqCst);
+                let rolled = pods.values().filter(|p| image_of(p).as_deref() == Some(upgraded) && pod_ready(p)).count();
+                anyhow::ensure!(rolled == 3, "{rolled} of 3 proxies rolled");
+                Ok(())
+            })
+            .await?;
+            Ok::<_, anyhow::Error>(most_unavailable.into_inner())
+        };
+        let (done, most_unavailable) = tokio::join!(upgrade, watch);
+        done?;
+        let most_unavailable = most_unavailable?;
+        // Let the client run on the new proxies a little (read-back of what it wrote during the roll).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok::<_, anyhow::Error>(most_unavailable)
+    };
+    let stop = async {
+        let rolled = roll.await;
+        let stopped = cluster.kubectl(&["-n", TEAM, "exec", CLIENT_POD, "-c", "app", "--", "touch", "/tmp/stop"]).await;
+        (rolled, stopped)
+    };
+    let (out, (rolled, stopped)) = tokio::join!(client, stop);
+    let out = out?;
+    stopped?;
+    let most_unavailable = rolled.map_err(|e| e.context(format!("the proxies did not roll to {upgraded}")))?;
+    let after = proxy_pods(cluster).await?;
+    for (node, pod) in &after {
+        let old = before.get(node).with_context(|| format!("a proxy on a new node {node}"))?;
+        anyhow::ensure!(pod.metadata.uid != old.metadata.uid, "the proxy on {node} was not replaced");
+    }
+    let failed: Vec<&str> = out.lines().filter(|l| l.starts_with("writefail") || l.starts_with("readfail")).collect();
+    let acked: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("acked "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let reads = out.lines().filter(|l| l.starts_with("read ")).count();
+    eprintln!(
+        "real-cluster: scenario 7: at most {most_unavailable} of 3 proxies unavailable at once; {} requests \
+         ({} writes acknowledged, {reads} reads), {} failed",
+        acked.len() + reads + failed.len(),
+        acked.len(),
+        failed.len()
+    );
+    assert!(most_unavailable <= 1, "{most_unavailable} proxies were unavailable at once during the roll");
+    if !failed.is_empty() {
+        let logs = cluster
+            .kubectl(&["-n", TEAM, "logs", CLIENT_POD, "-c", "blockproxy-mount", "--tail", "40"])
+            .await
+            .unwrap_or_default();
+        let events = cluster.kubectl(&["-n", SYSTEM_NS, "get", "events", "--sort-by", ".lastTimestamp"]).await;
+        panic!(
+            "the client saw failed requests during the upgrade: {failed:?}\nsidecar logs:\n{logs}\nevents:\n{}",
+            events.unwrap_or_default()
+        );
+    }
+    assert!(!acked.is_empty(), "the client wrote nothing during the upgrade:\n{out}");
+    let lost = lost_objects(store, &acked).await;
+    assert!(lost.is_empty(), "acknowledged objects lost: {lost:?}");
+    Api::<Pod>::namespaced(cluster.client(), TEAM).delete(CLIENT_POD, &Default::default()).await?;
+    Ok(())
 }

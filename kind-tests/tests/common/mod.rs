@@ -26,11 +26,16 @@ pub struct Image {
 /// --workspace` (make test) builds every binary before it runs any test; for this crate alone,
 /// run `cargo build -p blockproxy -p blockproxy-operator` first.
 pub async fn blockproxy_image() -> Result<Image> {
+    blockproxy_image_as(IMAGE).await
+}
+
+/// The same image under another reference (a new tag for `helm upgrade`).
+pub async fn blockproxy_image_as(reference: &str) -> Result<Image> {
     let profile = std::env::var("BLOCKPROXY_IMAGE_PROFILE").unwrap_or_else(|_| "debug".into());
     let dir = tempfile::tempdir()?;
     let tarball = dir.path().join("blockproxy.tar");
     let output = tokio::process::Command::new(workspace_root().join("hack/image.sh"))
-        .args(["blockproxy", "--profile", &profile, "--ref", IMAGE])
+        .args(["blockproxy", "--profile", &profile, "--ref", reference])
         .arg(&tarball)
         .kill_on_drop(true)
         .output()
@@ -42,7 +47,7 @@ pub async fn blockproxy_image() -> Result<Image> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(Image { reference: IMAGE.into(), tarball, _dir: dir })
+    Ok(Image { reference: reference.into(), tarball, _dir: dir })
 }
 
 /// helm pointed at the cluster.
