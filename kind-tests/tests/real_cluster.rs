@@ -51,38 +51,62 @@ async fn blockproxy_on_a_real_multi_node_cluster() -> Result<()> {
             scenario_4_workload_pod_with_a_real_s3_client(&cluster, &store),
         )
         .await?;
-    report
-        .time(
-            "scenario 5: proxy killed and Pod deleted while the store is cut",
-            scenario_5_proxy_restarts_while_the_store_is_cut(&cluster, &store),
-        )
-        .await?;
-    report
-        .time(
-            "scenario 6: a node leaves the group (drained while a client writes and reads) and comes back",
-            scenario_6_a_node_leaves_and_comes_back(&cluster, &store),
-        )
-        .await?;
-    report.time("scenario 8: two sites for one volume", scenario_8_two_sites(&cluster, &store)).await?;
-    report
-        .time(
-            "scenario 7: helm upgrade to a new image tag rolls the proxies one at a time",
-            scenario_7_helm_upgrade_rolls_the_proxies(&cluster, &store, &image.reference),
-        )
-        .await?;
-    report.time("scenario 10: security on the real cluster", scenario_10_security(&cluster)).await?;
-    report
-        .time(
-            "scenario 9: deleting the group drains first, then a new group reuses the PVs",
-            scenario_9_deleting_the_group_drains_first(&cluster, &store),
-        )
-        .await?;
-    report
-        .time("scenario 11: a ProxyGroup on GCS (fake-gcs-server)", gcs::scenario_11_a_group_on_gcs(&cluster))
-        .await?;
+    if wanted(5) {
+        report
+            .time(
+                "scenario 5: proxy killed and Pod deleted while the store is cut",
+                scenario_5_proxy_restarts_while_the_store_is_cut(&cluster, &store),
+            )
+            .await?;
+    }
+    if wanted(6) {
+        report
+            .time(
+                "scenario 6: a node leaves the group (drained while a client writes and reads) and comes back",
+                scenario_6_a_node_leaves_and_comes_back(&cluster, &store),
+            )
+            .await?;
+    }
+    if wanted(8) {
+        report.time("scenario 8: two sites for one volume", scenario_8_two_sites(&cluster, &store)).await?;
+    }
+    if wanted(7) {
+        report
+            .time(
+                "scenario 7: helm upgrade to a new image tag rolls the proxies one at a time",
+                scenario_7_helm_upgrade_rolls_the_proxies(&cluster, &store, &image.reference),
+            )
+            .await?;
+    }
+    if wanted(10) {
+        report.time("scenario 10: security on the real cluster", scenario_10_security(&cluster)).await?;
+    }
+    if wanted(9) {
+        report
+            .time(
+                "scenario 9: deleting the group drains first, then a new group reuses the PVs",
+                scenario_9_deleting_the_group_drains_first(&cluster, &store),
+            )
+            .await?;
+    }
+    if wanted(11) {
+        report
+            .time("scenario 11: a ProxyGroup on GCS (fake-gcs-server)", gcs::scenario_11_a_group_on_gcs(&cluster))
+            .await?;
+    }
     report.print();
     report.print_memory(&cluster);
     Ok(())
+}
+
+/// Whether to run scenario `n`: every one, or only those listed in
+/// `BLOCKPROXY_REAL_CLUSTER_SCENARIOS` (comma-separated numbers; scenarios 1 to 4 set the cluster
+/// up and always run), to repeat one scenario without the whole run.
+fn wanted(n: u32) -> bool {
+    match std::env::var("BLOCKPROXY_REAL_CLUSTER_SCENARIOS") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').any(|s| s.trim().parse() == Ok(n)),
+        _ => true,
+    }
 }
 
 /// The cluster itself: every node runs a Pod, and a Service, found by its DNS name (CoreDNS),
@@ -1390,23 +1414,33 @@ spec: {{volumeID: {VOLUME}, proxyGroup: {FAR_GROUP}, bucket: {BUCKET}, prefix: {
     )
 }
 
-/// The endpoints of `group` in the volume's discovery document, once it lists `count` of them.
+/// The `ip:port` of each endpoint of `group` in the volume's discovery document, once it lists
+/// `count` of them (the document names each proxy by its stable DNS name; the group's status
+/// has the IP of the proxy on that node, which iptables needs).
 async fn wait_for_site(cluster: &Cluster, group: &str, count: usize) -> Result<Vec<String>> {
+    use blockproxy_operator::crd::ProxyGroup;
     use k8s_openapi::api::core::v1::ConfigMap;
     let maps: Api<ConfigMap> = Api::namespaced(cluster.client(), TEAM);
+    let groups: Api<ProxyGroup> = Api::all(cluster.client());
     let name = blockproxy_operator::meta::discovery_config_map_name(VOLUME);
     eventually(Duration::from_secs(300), Duration::from_secs(1), || async {
         let map = maps.get(&name).await?;
         let json = map.data.and_then(|d| d.get(DiscoveryDocument::CONFIGMAP_KEY).cloned()).context("no document")?;
         let doc = DiscoveryDocument::from_json(json.as_bytes())?;
-        let endpoints: Vec<String> = doc
-            .groups
-            .iter()
-            .filter(|g| g.name == group)
-            .flat_map(|g| g.endpoints.iter().map(|e| e.address.clone()))
-            .collect();
+        let endpoints: Vec<_> =
+            doc.groups.iter().filter(|g| g.name == group).flat_map(|g| g.endpoints.clone()).collect();
         anyhow::ensure!(endpoints.len() == count, "{group} has {endpoints:?} in the discovery document");
-        Ok(endpoints)
+        let proxies = groups.get(group).await?.status.unwrap_or_default().proxies;
+        endpoints
+            .iter()
+            .map(|e| {
+                proxies
+                    .iter()
+                    .find(|p| Some(&p.node) == e.node.as_ref())
+                    .and_then(|p| p.address.clone())
+                    .with_context(|| format!("no proxy address in {group}'s status for {e:?}"))
+            })
+            .collect()
     })
     .await
 }

@@ -82,6 +82,12 @@ pub fn pod_name(group: &str, node: &str) -> String {
     object_name(&[group, node], 253)
 }
 
+/// A proxy Pod's `hostname`: a DNS label, so its stable name below the group's headless Service
+/// is `<hostname>.<service>.<namespace>.svc` (ADR 0008).
+pub fn pod_hostname(group: &str, node: &str) -> String {
+    object_name(&[group, node], 63)
+}
+
 pub fn pvc_name(group: &str, node: &str) -> String {
     object_name(&[group, "cache", node], 253)
 }

@@ -40,17 +40,27 @@ pub fn issue(group: &str, server_name: &str) -> Result<TlsMaterial, Error> {
 
 /// How to reach one proxy's admin API.
 pub struct AdminTarget<'a> {
-    /// `ip:port`.
+    /// `ip:port` or `host:port` (a proxy's stable DNS name, resolved at each call).
     pub address: &'a str,
     pub token: &'a str,
     /// `Some((ca_pem, server_name))` for TLS, `None` for plain HTTP.
     pub tls: Option<(&'a str, &'a str)>,
 }
 
+/// The socket address of `ip:port`, or of `host:port` resolved now (a name that does not
+/// resolve, such as a proxy whose Pod is not Ready, is an error like a refused connection).
+async fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = address.parse() {
+        return Ok(addr);
+    }
+    let mut found = tokio::net::lookup_host(address).await.map_err(|e| format!("resolving {address}: {e}"))?;
+    found.next().ok_or_else(|| format!("resolving {address}: no address"))
+}
+
 /// An HTTP client for one proxy and the base URL to use with it (`https://<server name>:port`
 /// resolved to the proxy's IP, so the certificate is checked against the group's name).
-fn client_for(target: &AdminTarget<'_>) -> Result<(reqwest::Client, String), String> {
-    let addr: SocketAddr = target.address.parse().map_err(|e| format!("bad address {}: {e}", target.address))?;
+async fn client_for(target: &AdminTarget<'_>) -> Result<(reqwest::Client, String), String> {
+    let addr = resolve(target.address).await?;
     let mut builder =
         reqwest::Client::builder().timeout(Duration::from_secs(10)).connect_timeout(Duration::from_secs(3));
     let base = match target.tls {
@@ -75,7 +85,7 @@ pub async fn report(target: &AdminTarget<'_>) -> Result<DrainStatus, String> {
 }
 
 async fn admin_status(target: &AdminTarget<'_>, method: reqwest::Method) -> Result<DrainStatus, String> {
-    let (client, base) = client_for(target)?;
+    let (client, base) = client_for(target).await?;
     let status: DrainStatus = client
         .request(method, format!("{base}{DRAIN_PATH}"))
         .bearer_auth(target.token)
@@ -96,7 +106,7 @@ async fn admin_status(target: &AdminTarget<'_>, method: reqwest::Method) -> Resu
 /// refusal marked `x-blockproxy-refusal` (unknown volume or token) not yet. Any other answer,
 /// such as a 404 from something else on the address, is an error: the operator could not ask.
 pub async fn serves_volume(target: &AdminTarget<'_>, volume: &VolumeId) -> Result<bool, String> {
-    let (client, base) = client_for(target)?;
+    let (client, base) = client_for(target).await?;
     let response = client
         .get(format!("{base}{}", dirty_keys_path(volume)))
         .query(&[("prefix", "blockproxy-operator-volume-check/")])
@@ -115,6 +125,17 @@ pub async fn serves_volume(target: &AdminTarget<'_>, volume: &VolumeId) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn resolves_ips_and_names() {
+        assert_eq!(resolve("10.1.2.3:8443").await.unwrap(), "10.1.2.3:8443".parse().unwrap());
+        assert_eq!(resolve("[fd00::1]:8443").await.unwrap(), "[fd00::1]:8443".parse().unwrap());
+        let local = resolve("localhost:8443").await.unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 8443, "{local}");
+        // `.invalid` never resolves (RFC 6761).
+        assert!(resolve("proxy.blockproxy.invalid:8443").await.is_err());
+        assert!(resolve("no-port").await.is_err());
+    }
 
     #[test]
     fn issues_a_ca_and_a_serving_cert() {

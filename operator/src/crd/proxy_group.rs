@@ -394,7 +394,9 @@ pub struct ProxyGroupStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyEndpoint {
-    /// `ip:port`.
+    /// `host:port`: the proxy's stable DNS name below the group's headless Service
+    /// (`<hostname>.<service>.<namespace>.svc`, the same across Pod replacements), or `ip:port`
+    /// for a draining proxy or a Pod without a hostname.
     pub address: String,
     /// The node the proxy runs on.
     pub node: String,

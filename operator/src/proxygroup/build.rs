@@ -413,6 +413,10 @@ fn pod(inp: &Inputs<'_>, sel: &Selected, hash: &str) -> Pod {
         }),
         ..Default::default()
     });
+    // A stable DNS name below the headless Service: the discovery document lists it, so a
+    // replaced Pod (new IP) needs no new document in the sidecars (ADR 0008).
+    spec.hostname = Some(meta::pod_hostname(&group, &sel.node));
+    spec.subdomain = Some(meta::service_name(&group));
     let mut metadata = meta_for(inp, meta::pod_name(&group, &sel.node), "proxy");
     if let Some(l) = metadata.labels.as_mut() {
         l.insert(meta::NODE_LABEL.into(), sel.node.clone());
@@ -491,6 +495,21 @@ pub fn pod_address(pod: &Pod, port: i32) -> Option<String> {
     }
     let ip = pod.status.as_ref()?.pod_ip.as_deref().filter(|ip| !ip.is_empty())?;
     Some(if ip.contains(':') { format!("[{ip}]:{}", port) } else { format!("{ip}:{port}") })
+}
+
+/// `<hostname>.<subdomain>.<namespace>.svc:port` of a running Pod that has a hostname and
+/// subdomain (its headless Service's DNS name; it resolves while the Pod is Ready), else its
+/// `ip:port`. The name is relative to the cluster domain: Pods resolve it through their search
+/// path, whatever the cluster domain is.
+pub fn pod_stable_address(pod: &Pod, port: i32) -> Option<String> {
+    let ip_address = pod_address(pod, port)?;
+    let spec = pod.spec.as_ref();
+    let hostname = spec.and_then(|s| s.hostname.as_deref()).filter(|h| !h.is_empty());
+    let subdomain = spec.and_then(|s| s.subdomain.as_deref()).filter(|s| !s.is_empty());
+    Some(match (hostname, subdomain, pod.metadata.namespace.as_deref()) {
+        (Some(h), Some(s), Some(ns)) => format!("{h}.{s}.{ns}.svc:{port}"),
+        _ => ip_address,
+    })
 }
 
 fn pod_hash(pod: &Pod) -> Option<&str> {
@@ -732,9 +751,11 @@ pub fn status(
         let pod = inp.pods.iter().find(|p| p.name_any() == name);
         let ready = pod.is_some_and(pod_ready);
         let address = pod.and_then(|p| pod_address(p, spec.port));
-        if let (true, Some(a)) = (ready, &address) {
+        // Published by its stable name; a draining proxy below keeps its IP (it leaves, and a
+        // name resolves only while its Pod is Ready).
+        if let (true, Some(a)) = (ready, pod.and_then(|p| pod_stable_address(p, spec.port))) {
             let weight = super::weight::of_pv(inp.pvs, &sel.pv);
-            endpoints.push(ProxyEndpoint { address: a.clone(), node: sel.node.clone(), weight, draining: false });
+            endpoints.push(ProxyEndpoint { address: a, node: sel.node.clone(), weight, draining: false });
         }
         let state = match pod {
             _ if ready && pod.and_then(pod_hash) != Some(plan.spec_hash.as_str()) => "Updating",
@@ -1071,6 +1092,49 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn proxy_pods_get_a_stable_name_below_the_headless_service() {
+        let mut w = World::new();
+        w.step();
+        let service = match plan(&w.inputs()).apply.into_iter().find(|d| matches!(d, Desired::Service(_))) {
+            Some(Desired::Service(s)) => s,
+            _ => panic!("no Service planned"),
+        };
+        let spec = service.spec.as_ref().unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"), "headless");
+        assert_eq!(spec.publish_not_ready_addresses, Some(false), "a name resolves only while its Pod is Ready");
+        for p in &w.pods {
+            let s = p.spec.as_ref().unwrap();
+            let node = p.labels()[meta::NODE_LABEL].clone();
+            assert_eq!(s.hostname, Some(meta::pod_hostname("eu", &node)));
+            assert_eq!(s.subdomain.as_deref(), Some(service.name_any().as_str()));
+        }
+        // Long group and node names still give a DNS label.
+        let long = meta::pod_hostname(&"g".repeat(60), &"n".repeat(60));
+        assert!(long.len() <= 63 && !long.ends_with('-'), "{long}");
+        assert_ne!(long, meta::pod_hostname(&"g".repeat(60), &"n".repeat(61)));
+    }
+
+    #[test]
+    fn stable_address_falls_back_to_the_ip() {
+        let mut pod = Pod {
+            metadata: ObjectMeta { namespace: Some("ns".into()), ..Default::default() },
+            spec: Some(PodSpec::default()),
+            status: Some(k8s_openapi::api::core::v1::PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some("fd00::7".into()),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(pod_stable_address(&pod, 8443).as_deref(), Some("[fd00::7]:8443"), "no hostname");
+        pod.spec.as_mut().unwrap().hostname = Some("h".into());
+        assert_eq!(pod_stable_address(&pod, 8443).as_deref(), Some("[fd00::7]:8443"), "no subdomain");
+        pod.spec.as_mut().unwrap().subdomain = Some("svc".into());
+        assert_eq!(pod_stable_address(&pod, 8443).as_deref(), Some("h.svc.ns.svc:8443"));
+        pod.status.as_mut().unwrap().pod_ip = None;
+        assert_eq!(pod_stable_address(&pod, 8443), None, "not running yet");
+    }
+
+    #[test]
     fn status_publishes_only_ready_proxies() {
         let mut w = World::new();
         let plan = w.step();
@@ -1082,11 +1146,14 @@ pub(crate) mod tests {
         let plan = w.step();
         let (st, conds) = status(&w.inputs(), &plan, &BTreeMap::new());
         assert_eq!(st.ready_proxies, 3);
+        // The stable name below the headless Service, not the Pod's IP.
+        let name = format!("{}.{}.blockproxy-system.svc:8443", meta::pod_hostname("eu", "a"), meta::service_name("eu"));
         assert_eq!(
             st.endpoints[0],
             // Weight 100: the fixture's PVs have 100Gi.
-            ProxyEndpoint { address: "10.0.0.1:8443".into(), node: "a".into(), weight: 100, draining: false }
+            ProxyEndpoint { address: name, node: "a".into(), weight: 100, draining: false }
         );
+        assert_eq!(st.proxies[0].address.as_deref(), Some("10.0.0.1:8443"), "the proxy's own row keeps its IP");
         assert!(conds.iter().any(|c| c.type_ == c::READY && c.status));
         assert!(conds.iter().any(|c| c.type_ == c::DEGRADED && !c.status));
     }
