@@ -1284,8 +1284,12 @@ pub(crate) mod tests {
             DrainState::InProgress { dirty_bytes: 42, flush_error: Some("k: NoSuchBucket".into()) },
         )]);
         let (st, conds) = status(&w.inputs(), &plan, &drains);
-        let listed: Vec<(&str, bool)> = st.endpoints.iter().map(|e| (e.node.as_str(), e.draining)).collect();
+        let mut listed: Vec<(&str, bool)> = st.endpoints.iter().map(|e| (e.node.as_str(), e.draining)).collect();
+        listed.sort();
         assert_eq!(listed, [("a", false), ("b", true), ("c", false)]);
+        // It keeps its IP: a leaving Pod's name stops resolving once it is not Ready.
+        let b = st.endpoints.iter().find(|e| e.node == "b").unwrap();
+        assert_eq!(Some(&b.address), t.address.as_ref());
         assert_eq!(st.ready_proxies, 2);
         let (done, _) = status(&w.inputs(), &plan, &BTreeMap::new());
         assert!(done.endpoints.iter().all(|e| e.node != "b"), "a finished drain is no longer published");
