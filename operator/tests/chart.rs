@@ -195,10 +195,11 @@ async fn chart_installs_and_its_rbac_is_enough_and_no_more() -> Result<()> {
     })
     .await?;
     mark_ready(&admin, &pods[0].name_any(), "10.2.0.1").await?;
+    let stable = stable_address(&pods[0], 8443)?;
     wait("published discovery with the CA bundle", || async {
         let cm = Api::<ConfigMap>::namespaced(admin.clone(), "team-a").get_opt("blockproxy-discovery-vol1").await?;
         let json = cm.and_then(|c| c.data?.remove("discovery.json")).unwrap_or_default();
-        ensure(json.contains("10.2.0.1:8443") && json.contains("BEGIN CERTIFICATE"), || {
+        ensure(json.contains(&format!("\"{stable}\"")) && json.contains("BEGIN CERTIFICATE"), || {
             format!("{json}; errors {:?}", op.errors())
         })
     })

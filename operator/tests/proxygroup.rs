@@ -130,7 +130,9 @@ async fn proxies_run_on_nvme_nodes_only_and_leave_only_after_draining() -> Resul
     // holds and write elsewhere), and is not counted as ready.
     wait("the draining proxy listed as draining", || async {
         let st = groups.get("eu").await?.status.unwrap_or_default();
-        let listed: Vec<(&str, bool)> = st.endpoints.iter().map(|e| (e.node.as_str(), e.draining)).collect();
+        // Sorted by node: the named endpoints and the draining one's IP do not sort alike.
+        let mut listed: Vec<(&str, bool)> = st.endpoints.iter().map(|e| (e.node.as_str(), e.draining)).collect();
+        listed.sort();
         ensure(
             listed == [("n-nvme-0", false), ("n-nvme-1", true), ("n-nvme-2", false), ("n-nvme-3", false)]
                 && st.ready_proxies == 3,

@@ -113,11 +113,7 @@ async fn discovery_lists_every_group_follows_endpoints_and_refuses_forbidden_nam
     })
     .await?;
     mark_ready(&client, &kube::ResourceExt::name_any(&pods[0]), "10.1.0.7").await?;
-    // Published by the Pod's stable name below the group's headless Service (ADR 0008), not its IP.
-    let spec = pods[0].spec.clone().unwrap_or_default();
-    let (host, sub) = (spec.hostname.unwrap_or_default(), spec.subdomain.unwrap_or_default());
-    assert!(!host.is_empty() && !sub.is_empty(), "the proxy Pod has no hostname/subdomain: {host:?} {sub:?}");
-    let stable = format!("{host}.{sub}.{NS}.svc:8443");
+    let stable = stable_address(&pods[0], 8443)?;
     wait("the ready proxy in the discovery document", || async {
         let doc = discovery(&client, "team-a", "vol1").await?.ok_or_else(|| anyhow!("no ConfigMap"))?;
         let eps: Vec<String> = doc.groups[0].endpoints.iter().map(|e| e.address.clone()).collect();

@@ -274,6 +274,18 @@ pub async fn mark_ready(client: &Client, pod: &str, ip: &str) -> Result<()> {
     Ok(())
 }
 
+/// The name the operator publishes a ready proxy Pod by: `<hostname>.<subdomain>.<ns>.svc:port`
+/// from the Pod's spec, below the group's headless Service (ADR 0008), not its IP.
+pub fn stable_address(pod: &Pod, port: u16) -> Result<String> {
+    let spec = pod.spec.as_ref();
+    let host = spec.and_then(|s| s.hostname.clone()).unwrap_or_default();
+    let sub = spec.and_then(|s| s.subdomain.clone()).unwrap_or_default();
+    ensure(!host.is_empty() && !sub.is_empty(), || {
+        format!("the proxy Pod has no hostname/subdomain: {host:?} {sub:?}")
+    })?;
+    Ok(format!("{host}.{sub}.{NS}.svc:{port}"))
+}
+
 /// `eventually` with the suite's bounds.
 pub async fn wait<T, F, Fut>(what: &str, check: F) -> Result<T>
 where
