@@ -83,7 +83,7 @@ pub fn pod_name(group: &str, node: &str) -> String {
 }
 
 /// A proxy Pod's `hostname`: a DNS label, so its stable name below the group's headless Service
-/// is `<hostname>.<service>.<namespace>.svc` (ADR 0008).
+/// is `<hostname>.<service>.<namespace>.svc` (ADR 0009).
 pub fn pod_hostname(group: &str, node: &str) -> String {
     object_name(&[group, node], 63)
 }

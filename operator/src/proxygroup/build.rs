@@ -414,7 +414,7 @@ fn pod(inp: &Inputs<'_>, sel: &Selected, hash: &str) -> Pod {
         ..Default::default()
     });
     // A stable DNS name below the headless Service: the discovery document lists it, so a
-    // replaced Pod (new IP) needs no new document in the sidecars (ADR 0008).
+    // replaced Pod (new IP) needs no new document in the sidecars (ADR 0009).
     spec.hostname = Some(meta::pod_hostname(&group, &sel.node));
     spec.subdomain = Some(meta::service_name(&group));
     let mut metadata = meta_for(inp, meta::pod_name(&group, &sel.node), "proxy");

@@ -275,7 +275,7 @@ pub async fn mark_ready(client: &Client, pod: &str, ip: &str) -> Result<()> {
 }
 
 /// The name the operator publishes a ready proxy Pod by: `<hostname>.<subdomain>.<ns>.svc:port`
-/// from the Pod's spec, below the group's headless Service (ADR 0008), not its IP.
+/// from the Pod's spec, below the group's headless Service (ADR 0009), not its IP.
 pub fn stable_address(pod: &Pod, port: u16) -> Result<String> {
     let spec = pod.spec.as_ref();
     let host = spec.and_then(|s| s.hostname.clone()).unwrap_or_default();
