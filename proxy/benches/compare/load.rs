@@ -159,3 +159,12 @@ where
     use futures::stream::{self, StreamExt, TryStreamExt};
     stream::iter(0..count).map(&op).buffer_unordered(concurrency.max(1)).try_collect::<Vec<()>>().await.map(drop)
 }
+
+/// One GET of every URL in `uris`, 8 at a time, with the bearer `token` (warms caches).
+pub async fn get_each(http: &Http, uris: &Arc<Vec<Uri>>, token: &str) -> Result<()> {
+    for_each(uris.len() as u64, 8, |i| {
+        let uris = Arc::clone(uris);
+        async move { get(http, &uris[i as usize], Some(token)).await.map(drop) }
+    })
+    .await
+}

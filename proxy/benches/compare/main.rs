@@ -504,12 +504,7 @@ async fn main() -> Result<()> {
     // Warm every cache the same way: one read-through pass of every block across the WAN.
     eprintln!("warming the caches (one read-through pass per peer across the WAN)");
     for set in [&bp_large, &group_large, &nginx_large, &bp_small, &group_small, &nginx_small] {
-        let (http, set) = (&http, Arc::clone(set));
-        for_each(set.len() as u64, 8, |i| {
-            let set = Arc::clone(&set);
-            async move { load::get(http, &set[i as usize], Some(TOKEN)).await.map(drop) }
-        })
-        .await?;
+        load::get_each(&http, set, TOKEN).await?;
     }
     // nginx must now answer from its cache.
     let probe = http.get(nginx_large[0].clone()).await?;

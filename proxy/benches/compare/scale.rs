@@ -11,7 +11,7 @@ use anyhow::Result;
 use blockproxy::client::rendezvous::{self, Node};
 use http::Uri;
 
-use crate::load::{self, Http, for_each};
+use crate::load::{self, Http};
 use crate::peers::{BlockProxy, TOKEN, VOLUME, Wan};
 use crate::{Results, check, get_load};
 
@@ -46,15 +46,6 @@ async fn hits_and_misses(proxies: &[BlockProxy]) -> Result<(f64, f64)> {
     Ok((hits, misses))
 }
 
-/// One read of every URL, 8 at a time.
-async fn pass(http: &Http, uris: &Arc<Vec<Uri>>) -> Result<()> {
-    for_each(uris.len() as u64, 8, |i| {
-        let uris = Arc::clone(uris);
-        async move { load::get(http, &uris[i as usize], Some(TOKEN)).await.map(drop) }
-    })
-    .await
-}
-
 pub async fn figure8(s: Scale<'_>, r: &mut Results) -> Result<()> {
     let mut proxies = Vec::new();
     for i in 0..4 {
@@ -63,12 +54,12 @@ pub async fn figure8(s: Scale<'_>, r: &mut Results) -> Result<()> {
     for n in 1..=4 {
         let small = routed(&proxies, n, s.small_keys)?;
         let before = hits_and_misses(&proxies).await?;
-        pass(s.http, &small).await?;
+        load::get_each(s.http, &small, TOKEN).await?;
         let after = hits_and_misses(&proxies).await?;
         let (hits, misses) = (after.0 - before.0, after.1 - before.1);
         let hit_rate = hits / (hits + misses).max(1.0);
         let large = routed(&proxies, n, s.large_keys)?;
-        pass(s.http, &large).await?;
+        load::get_each(s.http, &large, TOKEN).await?;
         let g = get_load(s.http, &large, s.concurrency, s.duration).await;
         check(&format!("group of {n}, 4 MiB"), &g)?;
         eprintln!(

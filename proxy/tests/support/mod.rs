@@ -490,14 +490,7 @@ impl ProxyProcess {
 
     /// GET of a block of a clean object, pinned to the store's ETag.
     pub async fn get_block(&self, key: &str, index: u64, block_size: u64, etag: &str) -> Result<reqwest::Response> {
-        Ok(self
-            .http
-            .get(self.block_url(key))
-            .query(&[("block", index), ("blockSize", block_size)])
-            .bearer_auth(TOKEN)
-            .header("if-match", etag)
-            .send()
-            .await?)
+        Ok(self.block_request(key, index, block_size, etag).send().await?)
     }
 
     /// Bytes `range` (object offsets) of block `index`, pinned to `etag`.
@@ -509,15 +502,16 @@ impl ProxyProcess {
         etag: &str,
         range: std::ops::Range<usize>,
     ) -> Result<reqwest::Response> {
-        Ok(self
-            .http
+        let header = format!("bytes={}-{}", range.start, range.end - 1);
+        Ok(self.block_request(key, index, block_size, etag).header("range", header).send().await?)
+    }
+
+    fn block_request(&self, key: &str, index: u64, block_size: u64, etag: &str) -> reqwest::RequestBuilder {
+        self.http
             .get(self.block_url(key))
             .query(&[("block", index), ("blockSize", block_size)])
             .bearer_auth(TOKEN)
             .header("if-match", etag)
-            .header("range", format!("bytes={}-{}", range.start, range.end - 1))
-            .send()
-            .await?)
     }
 
     /// GET of the bytes `range` (inclusive end excluded) of an object at its home.
