@@ -140,7 +140,17 @@ async fn proxies_run_on_nvme_nodes_only_and_leave_only_after_draining() -> Resul
         )
     })
     .await?;
-    assert!(drain.calls.lock().unwrap().len() >= 2, "listed while the drain still reported dirty bytes");
+    // The operator keeps asking while dirty bytes remain, and neither unpublishes nor deletes
+    // the proxy meanwhile. (The status can be written right after the first call, so the second
+    // call is waited for, not assumed.)
+    wait("the drain asked again while dirty bytes remain", || async {
+        let calls = drain.calls.lock().unwrap().len();
+        ensure(calls >= 2, || format!("{calls} drain calls"))
+    })
+    .await?;
+    let st = groups.get("eu").await?.status.unwrap_or_default();
+    assert!(st.endpoints.iter().any(|e| e.node == "n-nvme-1" && e.draining), "unpublished before drained: {st:?}");
+    assert!(group_pods(&client, "eu").await?.iter().any(|p| node_of(p) == "n-nvme-1"), "deleted before drained");
     *drain.remaining.lock().unwrap() = vec![0];
     wait("the drained proxy's Pod and PVC to go", || async {
         let pods = group_pods(&client, "eu").await?;
