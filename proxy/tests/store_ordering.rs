@@ -105,6 +105,45 @@ async fn a_newer_flush_lands_even_when_an_older_one_slipped_in_after_its_read() 
     Ok(())
 }
 
+/// MinIO ignores `If-Match` on DeleteObject. The slow proxy's flush of a delete reads the key,
+/// then the fast proxy's newer write lands, then the slow proxy's DELETE arrives and removes it.
+/// The newer write, acknowledged after the delete, must be what the store ends with (ADR 0001;
+/// the fault test once ended with the key absent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_lands_after_a_newer_write_does_not_remove_it() -> Result<()> {
+    let backend = Backend::start().await?;
+    let root = tempfile::tempdir()?;
+    let (slow, fast) = two_proxies_one_slow(&backend, root.path()).await?;
+    let key = "race/deleted-then-written";
+    fast.put_ok(key, b"first").await?;
+    fast.wait_flushed(Duration::from_secs(30)).await?;
+
+    let heads = backend.store_api_count("HeadObject").await?;
+    let deleted = slow.delete(key).await?;
+    ensure!(deleted.status().is_success(), "DELETE through the slow proxy: {}", deleted.status());
+    let delete_version = version_of(&deleted)?;
+    // Its flush reads the tombstone, then (after writing it) the key: from then on its DELETE is
+    // decided, and on its way.
+    wait_for_heads(&backend, heads, 2).await?;
+    let newer = b"written after the delete was acknowledged";
+    let written_version = fast.put_ok(key, newer).await?;
+    ensure!(written_version > delete_version, "versions {delete_version} / {written_version}");
+    slow.wait_flushed(Duration::from_secs(60)).await.context("the slow proxy never flushed its delete")?;
+    fast.wait_flushed(Duration::from_secs(90)).await.context("the fast proxy never finished its flush")?;
+    assert_eq!(
+        backend.object(key).await?.as_deref(),
+        Some(newer.as_slice()),
+        "the store must end with version {written_version}, written after the delete {delete_version}"
+    );
+    // The interleaving this test is about did happen: the DELETE removed the newer write, which
+    // its proxy then wrote again.
+    ensure!(
+        fast.log_text().contains("an older delete removed this write"),
+        "the slow proxy's DELETE never landed on the newer write"
+    );
+    Ok(())
+}
+
 /// Two proxies sharing one `file://` store: in both orders, and with both flushing every key at
 /// once, each key ends with the data of its newest version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

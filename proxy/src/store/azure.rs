@@ -425,6 +425,11 @@ impl Store for AzureStore {
         self.put_block_list(bucket, key, &ids, meta, attrs, cond).await.map_err(|e| with_key(e, bucket, key))
     }
 
+    /// Azure honours `If-Match` on Delete Blob.
+    fn deletes_are_conditional(&self) -> bool {
+        true
+    }
+
     async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError> {
         let mut headers = HeaderMap::new();
         headers.insert(

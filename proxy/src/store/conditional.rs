@@ -6,9 +6,27 @@
 use super::{ErrorClass, ObjectAttrs, ObjectMeta, Precondition, Store, StoreError};
 use bytes::Bytes;
 use std::path::Path;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Lost races in a row before giving up on this attempt (the caller retries later).
 const MAX_CONDITIONAL_ATTEMPTS: u32 = 8;
+
+/// Where DELETE ignores its `If-Match` (MinIO), a delete sends its DELETE at most a deadline
+/// after its tombstone was written; later, it writes the tombstone again and reads the key again.
+/// The deadline is this, or four of the store's round trips when they are slower, and the
+/// tombstone records it ([`DEADLINE_METADATA`]) for the puts that watch for the delete.
+const MIN_DELETE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The tombstone's user metadata field holding its delete's deadline, in milliseconds.
+const DEADLINE_METADATA: &str = "blockproxy-delete-deadline-ms";
+
+/// How long after an older delete's tombstone was written (on the store's clock) a put watches
+/// for that delete's DELETE landing on it: twice the deadline (the DELETE's sending and its
+/// travel, each within the deadline) and 2 s for Last-Modified's one-second resolution.
+fn late_delete_window(deadline: Duration) -> Duration {
+    deadline * 2 + Duration::from_secs(2)
+}
 
 /// Where a delete leaves its version (an empty object at `.blockproxy-tombstones/{key}`, outside
 /// every volume's prefix). Without it, an older write of the key that reaches the store after the
@@ -48,7 +66,7 @@ pub async fn put_unless_newer(
     meta: ObjectMeta,
     attrs: &ObjectAttrs,
 ) -> Result<Conditional, StoreError> {
-    put_versioned(store, bucket, key, Payload::Bytes(&data), meta, attrs, true).await
+    put_versioned(store, bucket, key, Payload::Bytes(&data), meta, attrs).await
 }
 
 /// [`put_unless_newer`] for an object held in a file, uploaded in parts of `part_sizes`
@@ -77,7 +95,7 @@ pub async fn put_file_at_unless_newer(
     meta: ObjectMeta,
     attrs: &ObjectAttrs,
 ) -> Result<Conditional, StoreError> {
-    put_versioned(store, bucket, key, Payload::File { path, offset, part_sizes }, meta, attrs, true).await
+    put_versioned(store, bucket, key, Payload::File { path, offset, part_sizes }, meta, attrs).await
 }
 
 /// What a conditional write uploads.
@@ -87,7 +105,6 @@ enum Payload<'a> {
     File { path: &'a Path, offset: u64, part_sizes: &'a [u64] },
 }
 
-/// `tombstones`: whether an absent key's tombstone is consulted (not for tombstones themselves).
 async fn put_versioned(
     store: &dyn Store,
     bucket: &str,
@@ -95,40 +112,111 @@ async fn put_versioned(
     payload: Payload<'_>,
     meta: ObjectMeta,
     attrs: &ObjectAttrs,
-    tombstones: bool,
 ) -> Result<Conditional, StoreError> {
     for _ in 0..MAX_CONDITIONAL_ATTEMPTS {
         let current = store.head(bucket, key).await?;
         let cond = match &current {
             Some(s) if s.version > meta.version => return Ok(Conditional::StoreNewer { store_version: s.version }),
-            Some(s) if s.version == meta.version => return Ok(Conditional::Applied),
-            Some(s) => Precondition::Matches(&s.etag),
+            // Written already (a retry after a crash or a lost answer); it may still need watching.
+            Some(s) if s.version == meta.version => None,
+            Some(s) => Some(Precondition::Matches(&s.etag)),
             None => {
-                if tombstones
-                    && let Some(t) = store.head(bucket, &tombstone_key(key)).await?
+                if let Some(t) = store.head(bucket, &tombstone_key(key)).await?
                     && t.version > meta.version
                 {
                     return Ok(Conditional::StoreNewer { store_version: t.version });
                 }
-                Precondition::Absent
+                Some(Precondition::Absent)
             }
         };
-        let put = match payload {
-            Payload::Bytes(data) => store.put_if(bucket, key, data.clone(), meta, attrs, cond).await,
-            Payload::File { path, offset, part_sizes } => {
-                store.put_file_at_if(bucket, key, path, offset, part_sizes, meta, attrs, cond).await
+        if let Some(cond) = cond {
+            let put = match payload {
+                Payload::Bytes(data) => store.put_if(bucket, key, data.clone(), meta, attrs, cond).await,
+                Payload::File { path, offset, part_sizes } => {
+                    store.put_file_at_if(bucket, key, path, offset, part_sizes, meta, attrs, cond).await
+                }
+            };
+            match put {
+                Ok(()) => {}
+                Err(e) if e.class() == ErrorClass::PreconditionFailed => {
+                    lost_race("PUT", bucket, key, meta.version);
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
-        };
-        match put {
-            Ok(()) => return Ok(Conditional::Applied),
-            Err(e) if e.class() == ErrorClass::PreconditionFailed => lost_race("PUT", bucket, key, meta.version),
+        }
+        if store.deletes_are_conditional() || survives_older_deletes(store, bucket, key, meta.version).await? {
+            return Ok(Conditional::Applied);
+        }
+        tracing::warn!(
+            bucket,
+            key,
+            version = meta.version,
+            "an older delete removed this write after it landed (the store ignores If-Match on DELETE); writing it again"
+        );
+    }
+    Err(StoreError::Contended {
+        op: "PUT",
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        attempts: MAX_CONDITIONAL_ATTEMPTS,
+    })
+}
+
+/// After a put of `version` landed where DELETE ignores `If-Match`: whether it still stands once
+/// no older delete can land on it any more. A delete that read the key's previous ETag before
+/// this put would otherwise remove it (the fault test hit this on MinIO, ADR 0001). Such a delete
+/// wrote its tombstone before reading the key, and sends its DELETE within the deadline that the
+/// tombstone records, so once [`late_delete_window`] has passed since the tombstone was written,
+/// what is still there stays.
+async fn survives_older_deletes(store: &dyn Store, bucket: &str, key: &str, version: u64) -> Result<bool, StoreError> {
+    let Some(tombstone) = store.head(bucket, &tombstone_key(key)).await? else { return Ok(true) };
+    if tombstone.version > version {
+        // A newer delete: it is right to remove this write.
+        return Ok(true);
+    }
+    let deadline = tombstone
+        .attrs
+        .user_metadata
+        .get(DEADLINE_METADATA)
+        .and_then(|ms| ms.parse().ok())
+        .map_or(MIN_DELETE_DEADLINE, Duration::from_millis);
+    let stands = |o: Option<super::ObjectInfo>| o.is_some_and(|o| o.version >= version);
+    let Some(ours) = store.head(bucket, key).await? else { return Ok(false) };
+    let since = ours.last_modified.duration_since(tombstone.last_modified).unwrap_or_default();
+    if let Some(wait) = late_delete_window(deadline).checked_sub(since) {
+        tracing::debug!(bucket, key, version, ?wait, "a delete of this key is recent; watching for it to land");
+        tokio::time::sleep(wait).await;
+        return Ok(stands(store.head(bucket, key).await?));
+    }
+    Ok(stands(Some(ours)))
+}
+
+/// Writes the key's tombstone, now, with the newer of its version and `version`; returns the
+/// deadline it records for this delete.
+async fn write_tombstone(store: &dyn Store, bucket: &str, key: &str, version: u64) -> Result<Duration, StoreError> {
+    let tombstone = tombstone_key(key);
+    for _ in 0..MAX_CONDITIONAL_ATTEMPTS {
+        let asked = Instant::now();
+        let current = store.head(bucket, &tombstone).await?;
+        let deadline = MIN_DELETE_DEADLINE.max(asked.elapsed() * 4);
+        let mut attrs = ObjectAttrs::default();
+        attrs.user_metadata.insert(DEADLINE_METADATA.into(), deadline.as_millis().to_string());
+        // Never lowers a newer delete's version; rewriting an existing one dates it now, which
+        // the deadline below relies on.
+        let newest = current.as_ref().map_or(version, |t| t.version.max(version));
+        let cond = current.as_ref().map_or(Precondition::Absent, |t| Precondition::Matches(&t.etag));
+        let marker = ObjectMeta::for_data(newest, b"");
+        match store.put_if(bucket, &tombstone, Bytes::new(), marker, &attrs, cond).await {
+            Ok(()) => return Ok(deadline),
+            Err(e) if e.class() == ErrorClass::PreconditionFailed => lost_race("PUT", bucket, &tombstone, version),
             Err(e) => return Err(e),
         }
     }
     Err(StoreError::Contended {
         op: "PUT",
         bucket: bucket.to_owned(),
-        key: key.to_owned(),
+        key: tombstone,
         attempts: MAX_CONDITIONAL_ATTEMPTS,
     })
 }
@@ -141,16 +229,19 @@ pub async fn delete_unless_newer(
     key: &str,
     version: u64,
 ) -> Result<Conditional, StoreError> {
-    // The tombstone goes first: from then on no older write can recreate the key. A newer
-    // tombstone already there is fine (a newer delete); the object is still removed if older.
-    let marker = ObjectMeta::for_data(version, b"");
-    let empty = Bytes::new();
-    put_versioned(store, bucket, &tombstone_key(key), Payload::Bytes(&empty), marker, &ObjectAttrs::default(), false)
-        .await?;
     for _ in 0..MAX_CONDITIONAL_ATTEMPTS {
+        // The tombstone goes first: from then on no older write can recreate the key. A newer
+        // tombstone already there is fine (a newer delete); the object is still removed if older.
+        let deadline = write_tombstone(store, bucket, key, version).await?;
+        let written = Instant::now();
         let Some(current) = store.head(bucket, key).await? else { return Ok(Conditional::Applied) };
         if current.version > version {
             return Ok(Conditional::StoreNewer { store_version: current.version });
+        }
+        if !store.deletes_are_conditional() && written.elapsed() > deadline {
+            // A put may have landed since, and stopped watching for this delete: read again.
+            tracing::debug!(bucket, key, version, "delete slower than its deadline; writing its tombstone again");
+            continue;
         }
         match store.delete_if(bucket, key, &current.etag).await {
             Ok(()) => return Ok(Conditional::Applied),
@@ -293,6 +384,44 @@ mod tests {
             Conditional::StoreNewer { store_version: 9 }
         );
         assert!(is_tombstone_key(&tombstone_key("k")) && !is_tombstone_key("k"));
+    }
+
+    /// MinIO ignores `If-Match` on DELETE. A delete of v6 read the key's v5 ETag; a put of v7 then
+    /// replaced v5; the delete's DELETE lands after that put. The put must still stand.
+    /// (Real time: the put watches for [`late_delete_window`].)
+    #[tokio::test]
+    async fn a_delete_landing_after_a_newer_put_does_not_remove_it_where_deletes_ignore_if_match() {
+        let store = MemoryStore::default();
+        store.ignore_delete_conditions();
+        put_unless_newer(&store, "b", "k", Bytes::from_static(b"v5"), meta(5, b"v5"), &ObjectAttrs::default())
+            .await
+            .unwrap();
+        store.force("b", &tombstone_key("k"), b"", 6);
+        store.after_next_put(|s| s.remove("b", "k"));
+        let put =
+            put_unless_newer(&store, "b", "k", Bytes::from_static(b"v7"), meta(7, b"v7"), &ObjectAttrs::default())
+                .await
+                .unwrap();
+        assert_eq!(put, Conditional::Applied);
+        assert_eq!(stored(&store).await, Some((b"v7".to_vec(), 7)), "the late delete removed an acknowledged write");
+    }
+
+    /// The other side of the same race: a delete whose read of the key answers after its deadline
+    /// does not act on that read (a newer put may have landed and stopped watching for it).
+    #[tokio::test]
+    async fn a_delete_slower_than_its_deadline_reads_the_key_again() {
+        let store = MemoryStore::default();
+        store.ignore_delete_conditions();
+        put_unless_newer(&store, "b", "k", Bytes::from_static(b"v5"), meta(5, b"v5"), &ObjectAttrs::default())
+            .await
+            .unwrap();
+        // The delete's HEAD reads v5; v7 is written meanwhile; the answer arrives late.
+        store.slow_next_head_of("k", MIN_DELETE_DEADLINE + Duration::from_millis(500), |s| s.force("b", "k", b"v7", 7));
+        assert_eq!(
+            delete_unless_newer(&store, "b", "k", 6).await.unwrap(),
+            Conditional::StoreNewer { store_version: 7 }
+        );
+        assert_eq!(stored(&store).await, Some((b"v7".to_vec(), 7)));
     }
 
     #[tokio::test]

@@ -458,6 +458,11 @@ impl Store for GcsStore {
         done
     }
 
+    /// `ifGenerationMatch` (and `generation`) make GCS refuse a delete of a newer write.
+    fn deletes_are_conditional(&self) -> bool {
+        true
+    }
+
     async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError> {
         let Some(generation) = generation_of(etag) else { return Err(lost("DELETE", bucket, key)) };
         let g = generation.to_string();

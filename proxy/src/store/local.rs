@@ -476,6 +476,11 @@ impl Store for LocalDirStore {
         blocking(move || this.put_file_sync(&bucket, &key, &path, offset, &parts, meta, &attrs, borrowed(&cond))).await
     }
 
+    /// The delete checks the ETag under the key's lock.
+    fn deletes_are_conditional(&self) -> bool {
+        true
+    }
+
     async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError> {
         let (this, bucket, key, etag) = (self.clone(), bucket.to_owned(), key.to_owned(), etag.to_owned());
         blocking(move || this.delete_sync(&bucket, &key, &etag)).await

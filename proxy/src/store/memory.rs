@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 type Hook = Box<dyn Fn(&MemoryStore) + Send + Sync>;
 
@@ -49,6 +50,11 @@ pub struct MemoryStore {
     next_etag: Mutex<u64>,
     once_after_head: Mutex<Option<Hook>>,
     always_after_head: Mutex<Option<Hook>>,
+    once_after_put: Mutex<Option<Hook>>,
+    /// (key, delay, hook) for the next HEAD of that key: see [`MemoryStore::slow_next_head_of`].
+    slow_head: Mutex<Option<(String, Duration, Hook)>>,
+    /// As MinIO does: DELETE removes the object whatever `If-Match` says.
+    ignore_delete_conditions: AtomicBool,
 }
 
 impl MemoryStore {
@@ -66,6 +72,27 @@ impl MemoryStore {
     /// Runs `f` after every HEAD.
     pub fn always_after_head(&self, f: impl Fn(&MemoryStore) + Send + Sync + 'static) {
         *self.always_after_head.lock().unwrap() = Some(Box::new(f));
+    }
+
+    /// Runs `f` once, right after the next successful PUT.
+    pub fn after_next_put(&self, f: impl Fn(&MemoryStore) + Send + Sync + 'static) {
+        *self.once_after_put.lock().unwrap() = Some(Box::new(f));
+    }
+
+    /// The next HEAD of `key` reads the object, then `f` runs (another writer), and the read is
+    /// answered `delay` later: a slow request whose answer is stale when it arrives.
+    pub fn slow_next_head_of(&self, key: &str, delay: Duration, f: impl Fn(&MemoryStore) + Send + Sync + 'static) {
+        *self.slow_head.lock().unwrap() = Some((key.to_owned(), delay, Box::new(f)));
+    }
+
+    /// Makes DELETE ignore its ETag condition, as MinIO does.
+    pub fn ignore_delete_conditions(&self) {
+        self.ignore_delete_conditions.store(true, Ordering::SeqCst);
+    }
+
+    /// Removes an object unconditionally, as a delete that ignores its condition would.
+    pub fn remove(&self, bucket: &str, key: &str) {
+        self.objects.lock().unwrap().remove(&(bucket.into(), key.into()));
     }
 
     /// The part sizes the object was uploaded in (one part for a plain PUT).
@@ -86,6 +113,12 @@ impl MemoryStore {
         let object =
             Object { data, meta, etag, attrs: attrs.clone(), last_modified: SystemTime::now(), part_sizes: parts };
         self.objects.lock().unwrap().insert((bucket.into(), key.into()), object);
+    }
+
+    fn after_put(&self) {
+        if let Some(f) = self.once_after_put.lock().unwrap().take() {
+            f(self);
+        }
     }
 
     fn check(&self, op: &'static str, bucket: &str, key: &str, cond: Precondition<'_>) -> Result<(), StoreError> {
@@ -132,6 +165,14 @@ impl Store for MemoryStore {
 
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let info = self.object(bucket, key).map(|o| o.info());
+        let slow = {
+            let mut slot = self.slow_head.lock().unwrap();
+            if slot.as_ref().is_some_and(|(k, ..)| k == key) { slot.take() } else { None }
+        };
+        if let Some((_, delay, f)) = slow {
+            f(self);
+            tokio::time::sleep(delay).await;
+        }
         if let Some(f) = self.once_after_head.lock().unwrap().take() {
             f(self);
         }
@@ -153,6 +194,7 @@ impl Store for MemoryStore {
         self.check("PUT", bucket, key, cond)?;
         let len = data.len() as u64;
         self.insert(bucket, key, data, meta, attrs, vec![len]);
+        self.after_put();
         Ok(())
     }
 
@@ -177,6 +219,7 @@ impl Store for MemoryStore {
         // Checked when the upload completes, as S3 checks a conditional CompleteMultipartUpload.
         self.check("PUT", bucket, key, cond)?;
         self.insert(bucket, key, data.into(), meta, attrs, part_sizes.to_vec());
+        self.after_put();
         Ok(())
     }
 
@@ -184,9 +227,15 @@ impl Store for MemoryStore {
         if self.object(bucket, key).is_none() {
             return Ok(());
         }
-        self.check("DELETE", bucket, key, Precondition::Matches(etag))?;
-        self.objects.lock().unwrap().remove(&(bucket.into(), key.into()));
+        if self.deletes_are_conditional() {
+            self.check("DELETE", bucket, key, Precondition::Matches(etag))?;
+        }
+        self.remove(bucket, key);
         Ok(())
+    }
+
+    fn deletes_are_conditional(&self) -> bool {
+        !self.ignore_delete_conditions.load(Ordering::SeqCst)
     }
 
     async fn list_page(

@@ -296,6 +296,12 @@ pub trait Store: Send + Sync + 'static {
     /// conditional deletes, see the backend); deleting a missing object succeeds. Use
     /// [`delete_unless_newer`] rather than calling this.
     async fn delete_if(&self, bucket: &str, key: &str, etag: &str) -> Result<(), StoreError>;
+    /// Whether [`Store::delete_if`] is refused when the object changed since its ETag was read.
+    /// When it is not (MinIO ignores `If-Match` on DeleteObject, and an S3 endpoint may be MinIO),
+    /// [`put_unless_newer`] watches for a delete that was already on its way (ADR 0001).
+    fn deletes_are_conditional(&self) -> bool {
+        false
+    }
     /// Up to `max_keys` objects whose key starts with `prefix` and sorts after `start_after`, in
     /// key order; delete tombstones are never listed.
     async fn list_page(
