@@ -141,6 +141,7 @@ impl Params {
             "wanRttMs": self.one_way_ms * 2,
             "wanBandwidthKBps": self.bandwidth_kbps,
             "figures": self.figures,
+            "trustedForMs": peers::TRUSTED_FOR_MS,
         })
     }
 }
@@ -455,7 +456,7 @@ async fn main() -> Result<()> {
             path_style: false,
         },
         block_size: blockproxy::protocol::DEFAULT_BLOCK_SIZE,
-        metadata_ttl_ms: blockproxy::protocol::DEFAULT_METADATA_TTL_MS,
+        metadata_ttl_ms: peers::TRUSTED_FOR_MS,
         groups: vec![DiscoveryGroup {
             name: "bench".into(),
             provider_code: "s3".into(),
@@ -896,6 +897,11 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         if p.quick { " (--quick)" } else { "" }
     );
     println!("values: median [min .. max] over runs; ratios are computed per run, then summarised");
+    println!(
+        "both caches trust a cached object for {} s before asking the store (nginx proxy_cache_valid, \
+         blockproxy metadataTtlMs)",
+        peers::TRUSTED_FOR_MS / 1000
+    );
     let rows: &[(&str, &str, &str)] = &[
         ("1 hit 4MiB c=CL", "blockproxy MiB/s", "f1.mib_s.blockproxy"),
         ("", "group of 3 (rendezvous) MiB/s", "f1.mib_s.group3"),

@@ -110,6 +110,13 @@ pub struct BlockProxy {
     pub dir: PathBuf,
 }
 
+/// How long both caches trust a cached object before asking the store: nginx's
+/// `proxy_cache_valid 200 1h` (nginx.conf.template), and blockproxy's volume `metadataTtlMs`.
+/// The default TTL (1 s) makes a block read less often than once a second wait a WAN round trip
+/// to be revalidated, which nginx with this configuration never does; hits are compared at equal
+/// freshness.
+pub const TRUSTED_FOR_MS: u64 = 3_600_000;
+
 impl BlockProxy {
     /// Starts a proxy for [`VOLUME`] on `store_endpoint`; `extra` are more `serve` flags.
     pub async fn start(name: &str, root: &Path, wan: &Wan, store_endpoint: &str, extra: &[&str]) -> Result<Self> {
@@ -118,7 +125,10 @@ impl BlockProxy {
         let volumes = dir.join("volumes.yaml");
         std::fs::write(
             &volumes,
-            format!("volumes:\n- {{id: {VOLUME}, bucket: {}, prefix: {PREFIX}, token: {TOKEN}}}\n", wan.minio.bucket()),
+            format!(
+                "volumes:\n- {{id: {VOLUME}, bucket: {}, prefix: {PREFIX}, token: {TOKEN}, metadataTtlMs: {TRUSTED_FOR_MS}}}\n",
+                wan.minio.bucket()
+            ),
         )?;
         let command = BlockproxyCommand::serve(env!("CARGO_BIN_EXE_blockproxy"), name, &dir.join("cache"))?
             .no_tls()

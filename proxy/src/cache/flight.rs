@@ -31,25 +31,37 @@ where
     where
         F: Future<Output = V> + Send + 'static,
     {
-        let flight = {
-            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(f) = map.get(&key) {
-                f.clone()
-            } else {
-                let fut = make();
-                let map_ref = Arc::clone(&self.inflight);
-                let task_key = key.clone();
-                let handle = tokio::spawn(async move {
-                    let v = fut.await;
-                    map_ref.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_key);
-                    v
-                });
-                let flight = async move { handle.await.unwrap_or_else(|e| on_abort(e.to_string())) }.boxed().shared();
-                map.insert(key, flight.clone());
-                flight
-            }
-        };
-        flight.await
+        self.join_or_start(key, make, on_abort).await
+    }
+
+    /// Starts `make()` for `key` unless a call for `key` is in flight, without waiting for it.
+    pub fn start<F>(&self, key: K, make: impl FnOnce() -> F, on_abort: fn(String) -> V)
+    where
+        F: Future<Output = V> + Send + 'static,
+    {
+        // The operation is its own task: dropping the flight does not stop it.
+        drop(self.join_or_start(key, make, on_abort));
+    }
+
+    fn join_or_start<F>(&self, key: K, make: impl FnOnce() -> F, on_abort: fn(String) -> V) -> Flight<V>
+    where
+        F: Future<Output = V> + Send + 'static,
+    {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = map.get(&key) {
+            return f.clone();
+        }
+        let fut = make();
+        let map_ref = Arc::clone(&self.inflight);
+        let task_key = key.clone();
+        let handle = tokio::spawn(async move {
+            let v = fut.await;
+            map_ref.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_key);
+            v
+        });
+        let flight = async move { handle.await.unwrap_or_else(|e| on_abort(e.to_string())) }.boxed().shared();
+        map.insert(key, flight.clone());
+        flight
     }
 
     pub fn in_flight(&self) -> usize {
@@ -61,6 +73,29 @@ where
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_started_flight_runs_once_and_to_its_end_with_nobody_waiting() {
+        let sf: SingleFlight<&'static str, ()> = SingleFlight::default();
+        let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(tokio::sync::Notify::new()));
+        for _ in 0..3 {
+            let (runs, gate) = (runs.clone(), gate.clone());
+            sf.start(
+                "k",
+                || async move {
+                    gate.notified().await;
+                    runs.fetch_add(1, Ordering::SeqCst);
+                },
+                |_| (),
+            );
+        }
+        assert_eq!(sf.in_flight(), 1);
+        gate.notify_one();
+        while sf.in_flight() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
 
     #[tokio::test]
     async fn concurrent_calls_share_one_execution() {

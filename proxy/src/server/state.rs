@@ -8,7 +8,7 @@ use super::reads::StripeResult;
 use super::volumes::Volumes;
 use crate::cache::flight::SingleFlight;
 use crate::cache::staging::Staging;
-use crate::cache::{Cache, FetchKey};
+use crate::cache::{BlockId, Cache, FetchKey};
 use crate::metrics::Metrics;
 use crate::store::{DynStore, StoredBlock};
 use crate::writeback::Writeback;
@@ -26,6 +26,8 @@ pub struct AppState {
     pub fetches: SingleFlight<FetchKey, FetchResult>,
     /// Block reads from the store, by block and the ETag they are pinned to.
     pub stripe_fetches: SingleFlight<(FetchKey, String), StripeResult>,
+    /// Revalidations started ahead of a clean block's TTL, one per block at a time.
+    pub revalidations: SingleFlight<BlockId, ()>,
     /// Attributes of clean objects, as the store last answered a HEAD.
     pub meta: MetaCache,
     /// Multipart uploads being staged on this proxy.
