@@ -8,6 +8,7 @@
 //! not fetched whole: a GET of it answers `400` saying to read it in blocks, unless it asks for a
 //! range of at most one block, which is read from the store pinned to the object's ETag.
 
+use super::buffers::BufferPool;
 use super::errors::ApiError;
 use super::object::{ObjectHeaders, quote, unquote};
 use super::routes::{cache_error, reserve_bytes};
@@ -91,10 +92,10 @@ fn respond(a: Answer<'_>, body: Option<Body>, len: u64) -> Response {
 }
 
 /// Streams `range` of an open block file, [`CHUNK`] bytes at a time, off the runtime.
-fn file_body(file: std::fs::File, data_offset: u64, range: Range<u64>) -> Body {
-    let file = Arc::new(file);
+fn file_body(buffers: &Arc<BufferPool>, file: std::fs::File, data_offset: u64, range: Range<u64>) -> Body {
+    let (file, buffers) = (Arc::new(file), Arc::clone(buffers));
     let stream = futures::stream::unfold(range.start, move |at| {
-        let file = Arc::clone(&file);
+        let (file, buffers) = (Arc::clone(&file), Arc::clone(&buffers));
         let end = range.end;
         async move {
             if at >= end {
@@ -103,8 +104,7 @@ fn file_body(file: std::fs::File, data_offset: u64, range: Range<u64>) -> Body {
             let len = (end - at).min(CHUNK) as usize;
             let read = tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt;
-                let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, data_offset + at).map(|()| Bytes::from(buf))
+                buffers.read(len, |buf| file.read_exact_at(buf, data_offset + at))
             })
             .await
             .map_err(std::io::Error::other)
@@ -322,10 +322,10 @@ async fn serve_cached(
         // objects.
         let _reserved = reserve_bytes(s, total).await?;
         let (file, offset) = (ob.file, ob.data_offset);
+        let buffers = Arc::clone(&s.buffers);
         let read = tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
-            let mut buf = vec![0u8; total as usize];
-            file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf))
+            buffers.read(total as usize, |buf| file.read_exact_at(buf, offset))
         })
         .await
         .map_err(|e| ApiError::internal(format!("reading the cache failed: {e}")))?
@@ -354,7 +354,7 @@ async fn serve_cached(
     let r = range.clone().unwrap_or(0..total);
     s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(r.end - r.start);
     let len = r.end - r.start;
-    let body = file_body(ob.file, ob.data_offset, r);
+    let body = file_body(&s.buffers, ob.file, ob.data_offset, r);
     Ok(Some(respond(answer(range), Some(body), len)))
 }
 
@@ -510,7 +510,7 @@ pub async fn get_stripe(
         };
         let len = range.end - range.start;
         s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(if with_body { len } else { 0 });
-        let body = with_body.then(|| file_body(ob.file, ob.data_offset, range));
+        let body = with_body.then(|| file_body(&s.buffers, ob.file, ob.data_offset, range));
         return Ok(respond(a, body, len));
     }
 
