@@ -6,6 +6,7 @@ use crate::crd::{ProxyGroup, VolumeProxyGroup, VolumeProxyGroupStatus};
 use crate::meta::{self, FIELD_MANAGER, PG_FINALIZER, VPG_FINALIZER};
 use crate::metrics::Metrics;
 use crate::proxygroup::build::{self, DrainState, Inputs, TlsMaterial};
+use crate::cache::{self, Cache};
 use crate::{Error, tls, volume};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service};
@@ -53,6 +54,8 @@ pub struct Context {
     pub failures: Backoff,
     /// Rate limit of progress Events.
     pub progress_events: Throttle,
+    /// Watched Nodes, PVs and groups.
+    pub cache: Cache,
 }
 
 /// Capped exponential backoff per object: 1s, 2s, 4s, ... up to 5 minutes; reset on success.
@@ -238,16 +241,15 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
     let name = pg.name_any();
     let selector = meta::group_selector(&name);
     let lp = ListParams::default().labels(&selector);
-    let nodes: Vec<Node> = list(Api::all(client.clone()), &ListParams::default()).await?;
-    let pvs: Vec<PersistentVolume> = list(Api::all(client.clone()), &ListParams::default()).await?;
+    // Cluster-wide kinds come from the watch caches (no LIST of every Node and PV per reconcile).
+    let cache::View { nodes, pvs, groups, volumes } = ctx.cache.view().await?;
+    let vpgs: Vec<VolumeProxyGroup> =
+        volumes.into_iter().filter(|v| v.metadata.deletion_timestamp.is_none()).collect();
+    // The group's own Pods and PVCs are still LISTed (label-selected, in our namespace only, so
+    // small): the plan deletes and prunes from them, and they must include what the previous
+    // reconcile just created or deleted, which a watch cache may not have seen yet.
     let pods: Vec<Pod> = list(Api::namespaced(client.clone(), ns), &lp).await?;
     let pvcs: Vec<PersistentVolumeClaim> = list(Api::namespaced(client.clone(), ns), &lp).await?;
-    let vpgs: Vec<VolumeProxyGroup> = list::<VolumeProxyGroup>(Api::all(client.clone()), &ListParams::default())
-        .await?
-        .into_iter()
-        .filter(|v| v.metadata.deletion_timestamp.is_none())
-        .collect();
-    let groups: Vec<ProxyGroup> = list(Api::all(client.clone()), &ListParams::default()).await?;
     let decisions = volume::decide(&vpgs, &groups);
     let volumes = volume::volumes_file(&name, &vpgs, &decisions, &ctx.token_key);
 
@@ -596,9 +598,9 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
     let client = &ctx.client;
     let ns = vpg.namespace().unwrap_or_default();
     let volume_id = vpg.spec.volume_id.clone();
-    let all: Vec<VolumeProxyGroup> = list(Api::all(client.clone()), &ListParams::default()).await?;
-    let live: Vec<VolumeProxyGroup> = all.iter().filter(|v| v.metadata.deletion_timestamp.is_none()).cloned().collect();
-    let groups: Vec<ProxyGroup> = list(Api::all(client.clone()), &ListParams::default()).await?;
+    let cache::View { groups, volumes, .. } = ctx.cache.view().await?;
+    let live: Vec<VolumeProxyGroup> =
+        volumes.into_iter().filter(|v| v.metadata.deletion_timestamp.is_none()).collect();
     let decisions = volume::decide(&live, &groups);
     let mut doc = volume::discovery(&ns, &volume_id, &live, &groups, &decisions);
     let waiting = match doc.as_mut() {
@@ -760,6 +762,15 @@ pub async fn run_controllers(
         client.clone(),
         Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.instance.clone()) },
     );
+    // One watch per cluster-wide kind feeds both its store (read by the reconcilers) and the
+    // controllers it triggers; ProxyGroups and VolumeProxyGroups each trigger both controllers.
+    let all = watcher::Config::default;
+    let (node_store, mut node_triggers, node_watch) = cache::watch(Api::<Node>::all(client.clone()), all(), 1);
+    let (pv_store, mut pv_triggers, pv_watch) = cache::watch(Api::<PersistentVolume>::all(client.clone()), all(), 1);
+    let (pg_store, mut pg_triggers, pg_watch) = cache::watch(Api::<ProxyGroup>::all(client.clone()), all(), 2);
+    let (vpg_store, mut vpg_triggers, vpg_watch) =
+        cache::watch(Api::<VolumeProxyGroup>::all(client.clone()), all(), 2);
+    let watches = async { futures::join!(node_watch, pv_watch, pg_watch, vpg_watch) };
     let ctx = Arc::new(Context {
         client: client.clone(),
         config: config.clone(),
@@ -768,23 +779,22 @@ pub async fn run_controllers(
         token_key,
         failures: Backoff::default(),
         progress_events: Throttle::default(),
+        cache: Cache::new(node_store, pv_store, pg_store.clone(), vpg_store.clone()),
     });
     let shutdown = shutdown.shared();
     let ns = config.namespace.as_str();
     let owned = watcher::Config::default().labels(&format!("{}={}", meta::MANAGED_BY_LABEL, FIELD_MANAGER));
 
-    let pgs: Api<ProxyGroup> = Api::all(client.clone());
-    let pg_controller = Controller::new(pgs.clone(), watcher::Config::default());
-    let pg_store = pg_controller.store();
     let secret_groups = pg_store.clone();
-    let all_groups = move || pg_store.state().iter().map(|g| ObjectRef::from_obj(&**g)).collect::<Vec<_>>();
+    let groups = pg_store.clone();
+    let all_groups = move || groups.state().iter().map(|g| ObjectRef::from_obj(&**g)).collect::<Vec<_>>();
     let (all_for_nodes, all_for_pvs) = (all_groups.clone(), all_groups);
-    let pg_run = pg_controller
+    let pg_run = Controller::for_stream(pg_triggers.remove(0), pg_store)
         .owns(Api::<Pod>::namespaced(client.clone(), ns), owned.clone())
         .owns(Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns), owned.clone())
-        .watches(Api::<Node>::all(client.clone()), watcher::Config::default(), move |_| all_for_nodes())
-        .watches(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default(), move |_| all_for_pvs())
-        .watches(Api::<VolumeProxyGroup>::all(client.clone()), watcher::Config::default(), |v: VolumeProxyGroup| {
+        .watches_stream(node_triggers.remove(0), move |_| all_for_nodes())
+        .watches_stream(pv_triggers.remove(0), move |_| all_for_pvs())
+        .watches_stream(vpg_triggers.remove(0), |v: VolumeProxyGroup| {
             Some(ObjectRef::<ProxyGroup>::new(&v.spec.proxy_group))
         })
         // A created, changed or deleted credentials (or user TLS) Secret re-reconciles the groups
@@ -802,13 +812,11 @@ pub async fn run_controllers(
         .run(reconcile_pg, error_policy_pg, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
-    let vpgs: Api<VolumeProxyGroup> = Api::all(client.clone());
-    let vpg_controller = Controller::new(vpgs, watcher::Config::default());
-    let vpg_store = vpg_controller.store();
-    let vpg_run = vpg_controller
-        .watches(pgs, watcher::Config::default(), move |g: ProxyGroup| {
+    let volumes = vpg_store.clone();
+    let vpg_run = Controller::for_stream(vpg_triggers.remove(0), vpg_store)
+        .watches_stream(pg_triggers.remove(0), move |g: ProxyGroup| {
             let name = g.name_any();
-            vpg_store
+            volumes
                 .state()
                 .iter()
                 .filter(|v| v.spec.proxy_group == name)
@@ -828,6 +836,8 @@ pub async fn run_controllers(
     };
     tokio::select! {
         _ = async { futures::join!(pg_run, vpg_run) } => info!("controllers stopped"),
+        // The watches never end on their own (they retry); they stop with the controllers.
+        _ = watches => warn!("the watches stopped"),
         _ = grace => tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight reconciles did not finish within the grace period; stopping anyway"),
     }
     Ok(())

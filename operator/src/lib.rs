@@ -3,6 +3,7 @@
 //! apply/prune mechanism (`apply`).
 
 pub mod apply;
+pub mod cache;
 pub mod crd;
 pub mod meta;
 pub mod proxygroup;
@@ -55,6 +56,8 @@ pub enum Error {
     DrainBlocked(String),
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
+    #[error("a watch of the cluster stopped before its first LIST completed")]
+    CacheGone,
 }
 
 impl Error {
@@ -98,6 +101,7 @@ impl Error {
             Self::DrainPending(_) => "drain_pending",
             Self::DrainBlocked(_) => "drain_blocked",
             Self::InvalidSpec(_) => "invalid_spec",
+            Self::CacheGone => "cache_gone",
         }
     }
 }
