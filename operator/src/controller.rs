@@ -1,18 +1,19 @@
 //! The two controllers (ProxyGroup, VolumeProxyGroup), sharing one context and one shutdown.
 
 use crate::apply::{self, Desired};
+use crate::cache::{self, Cache};
 use crate::crd::conditions::{self as c, Cond};
 use crate::crd::{ProxyGroup, VolumeProxyGroup, VolumeProxyGroupStatus};
 use crate::meta::{self, FIELD_MANAGER, PG_FINALIZER, VPG_FINALIZER};
 use crate::metrics::Metrics;
 use crate::proxygroup::build::{self, DrainState, Inputs, TlsMaterial};
-use crate::cache::{self, Cache};
 use crate::{Error, tls, volume};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -243,8 +244,7 @@ async fn sync_pg(pg: &ProxyGroup, ctx: &Context, deleting: bool) -> Result<Actio
     let lp = ListParams::default().labels(&selector);
     // Cluster-wide kinds come from the watch caches (no LIST of every Node and PV per reconcile).
     let cache::View { nodes, pvs, groups, volumes } = ctx.cache.view().await?;
-    let vpgs: Vec<VolumeProxyGroup> =
-        volumes.into_iter().filter(|v| v.metadata.deletion_timestamp.is_none()).collect();
+    let vpgs: Vec<VolumeProxyGroup> = volumes.into_iter().filter(|v| v.metadata.deletion_timestamp.is_none()).collect();
     // The group's own Pods and PVCs are still LISTed (label-selected, in our namespace only, so
     // small): the plan deletes and prunes from them, and they must include what the previous
     // reconcile just created or deleted, which a watch cache may not have seen yet.
@@ -599,8 +599,7 @@ async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Er
     let ns = vpg.namespace().unwrap_or_default();
     let volume_id = vpg.spec.volume_id.clone();
     let cache::View { groups, volumes, .. } = ctx.cache.view().await?;
-    let live: Vec<VolumeProxyGroup> =
-        volumes.into_iter().filter(|v| v.metadata.deletion_timestamp.is_none()).collect();
+    let live: Vec<VolumeProxyGroup> = volumes.into_iter().filter(|v| v.metadata.deletion_timestamp.is_none()).collect();
     let decisions = volume::decide(&live, &groups);
     let mut doc = volume::discovery(&ns, &volume_id, &live, &groups, &decisions);
     let waiting = match doc.as_mut() {
@@ -765,11 +764,14 @@ pub async fn run_controllers(
     // One watch per cluster-wide kind feeds both its store (read by the reconcilers) and the
     // controllers it triggers; ProxyGroups and VolumeProxyGroups each trigger both controllers.
     let all = watcher::Config::default;
-    let (node_store, mut node_triggers, node_watch) = cache::watch(Api::<Node>::all(client.clone()), all(), 1);
-    let (pv_store, mut pv_triggers, pv_watch) = cache::watch(Api::<PersistentVolume>::all(client.clone()), all(), 1);
-    let (pg_store, mut pg_triggers, pg_watch) = cache::watch(Api::<ProxyGroup>::all(client.clone()), all(), 2);
-    let (vpg_store, mut vpg_triggers, vpg_watch) =
-        cache::watch(Api::<VolumeProxyGroup>::all(client.clone()), all(), 2);
+    let nodes = cache::watch(watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), all()), 1);
+    let pvs = cache::watch(watcher(Api::<PersistentVolume>::all(client.clone()), all()), 1);
+    let pgs = cache::watch(watcher(Api::<ProxyGroup>::all(client.clone()), all()), 2);
+    let vpgs = cache::watch(watcher(Api::<VolumeProxyGroup>::all(client.clone()), all()), 2);
+    let (node_store, mut node_triggers, node_watch) = (nodes.store, nodes.triggers, nodes.drive);
+    let (pv_store, mut pv_triggers, pv_watch) = (pvs.store, pvs.triggers, pvs.drive);
+    let (pg_store, mut pg_triggers, pg_watch) = (pgs.store, pgs.triggers, pgs.drive);
+    let (vpg_store, mut vpg_triggers, vpg_watch) = (vpgs.store, vpgs.triggers, vpgs.drive);
     let watches = async { futures::join!(node_watch, pv_watch, pg_watch, vpg_watch) };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -779,7 +781,12 @@ pub async fn run_controllers(
         token_key,
         failures: Backoff::default(),
         progress_events: Throttle::default(),
-        cache: Cache::new(node_store, pv_store, pg_store.clone(), vpg_store.clone()),
+        cache: Cache::new(
+            (node_store, nodes.ready),
+            (pv_store, pvs.ready),
+            (pg_store.clone(), pgs.ready),
+            (vpg_store.clone(), vpgs.ready),
+        ),
     });
     let shutdown = shutdown.shared();
     let ns = config.namespace.as_str();
