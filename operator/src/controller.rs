@@ -772,7 +772,13 @@ pub async fn run_controllers(
     let (pv_store, mut pv_triggers, pv_watch) = (pvs.store, pvs.triggers, pvs.drive);
     let (pg_store, mut pg_triggers, pg_watch) = (pgs.store, pgs.triggers, pgs.drive);
     let (vpg_store, mut vpg_triggers, vpg_watch) = (vpgs.store, vpgs.triggers, vpgs.drive);
-    let watches = async { futures::join!(node_watch, pv_watch, pg_watch, vpg_watch) };
+    // Tasks of their own (dropping the set ends them): inlined, these futures made the
+    // controllers' future too large for a thread's stack.
+    let mut watches = tokio::task::JoinSet::new();
+    watches.spawn(node_watch);
+    watches.spawn(pv_watch);
+    watches.spawn(pg_watch);
+    watches.spawn(vpg_watch);
     let ctx = Arc::new(Context {
         client: client.clone(),
         config: config.clone(),
@@ -844,7 +850,7 @@ pub async fn run_controllers(
     tokio::select! {
         _ = async { futures::join!(pg_run, vpg_run) } => info!("controllers stopped"),
         // The watches never end on their own (they retry); they stop with the controllers.
-        _ = watches => warn!("the watches stopped"),
+        _ = watches.join_next() => warn!("a watch stopped"),
         _ = grace => tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight reconciles did not finish within the grace period; stopping anyway"),
     }
     Ok(())
