@@ -10,12 +10,14 @@ use anyhow::{Context, Result};
 use blockproxy_testenv::{Cluster, eventually};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::storage::v1::CSINode;
 use kube::api::{Api, PostParams};
 use std::time::Duration;
 
 use super::{POLL, PREFIX, RCLONE_IMAGE, RELEASE, SYSTEM_NS, Store, TEAM, VOLUME, WAIT, common, sha256_hex};
 
 const POD: &str = "files";
+const DRIVER: &str = "blockproxy.io";
 
 pub async fn scenario_12_csi_inline_volume(cluster: &Cluster, store: &Store) -> Result<()> {
     let helm = common::helm_for(cluster)?;
@@ -48,6 +50,7 @@ pub async fn scenario_12_csi_inline_volume(cluster: &Cluster, store: &Store) -> 
         Ok(())
     })
     .await?;
+    plugin_registered_on_every_node(cluster).await?;
 
     let script = r#"set -eu
 cd /data
@@ -60,7 +63,8 @@ cmp /tmp/big csi/big.bin
 ls -l csi csi/dir
 echo "uid $(id -u)"
 echo "big $(sha256sum < /tmp/big | cut -d' ' -f1)"
-echo done"#;
+echo done
+exec sleep 3600"#;
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -77,11 +81,12 @@ echo done"#;
                 "volumeMounts": [{"name": "data", "mountPath": "/data"}],
                 "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
             }],
-            "volumes": [{"name": "data", "csi": {"driver": "blockproxy.io", "volumeAttributes": {"volumeID": VOLUME}}}],
+            "volumes": [{"name": "data", "csi": {"driver": DRIVER, "volumeAttributes": {"volumeID": VOLUME}}}],
         },
     }))?;
     let pods: Api<Pod> = Api::namespaced(cluster.client(), TEAM);
     pods.create(&PostParams::default(), &pod).await?;
+    // The app stays up after its checks ("done"), so the sidecar restart below has a reader.
     let app_done = eventually(Duration::from_secs(240), POLL, || async {
         let p = pods.get(POD).await?;
         let app = p
@@ -90,13 +95,20 @@ echo done"#;
             .and_then(|s| s.container_statuses.as_ref())
             .and_then(|c| c.iter().find(|c| c.name == "app"))
             .and_then(|c| c.state.as_ref()?.terminated.clone());
-        let t = app.with_context(|| format!("the app has not finished: {:?}", p.status))?;
-        Ok(t.exit_code)
+        if let Some(t) = app {
+            return Ok(Err(t.exit_code));
+        }
+        let logs = cluster.kubectl(&["-n", TEAM, "logs", POD, "-c", "app"]).await?;
+        anyhow::ensure!(logs.lines().any(|l| l == "done"), "the app has not finished: {:?}", p.status);
+        Ok(Ok(()))
     })
     .await;
     let logs = cluster.kubectl(&["-n", TEAM, "logs", POD, "-c", "app"]).await.unwrap_or_default();
-    let exit = match app_done {
-        Ok(code) => code,
+    let sidecar =
+        cluster.kubectl(&["-n", TEAM, "logs", POD, "-c", "blockproxy-mount", "--tail", "30"]).await.unwrap_or_default();
+    match app_done {
+        Ok(Ok(())) => {}
+        Ok(Err(exit)) => anyhow::bail!("the app failed ({exit}):\n{logs}\nsidecar:\n{sidecar}"),
         Err(e) => {
             let events = cluster
                 .kubectl(&["-n", TEAM, "get", "events", "--field-selector", &format!("involvedObject.name={POD}")])
@@ -108,10 +120,7 @@ echo done"#;
                 .unwrap_or_default();
             return Err(e.context(format!("app log:\n{logs}\nevents:\n{events}\nplugin log:\n{plugin}")));
         }
-    };
-    let sidecar =
-        cluster.kubectl(&["-n", TEAM, "logs", POD, "-c", "blockproxy-mount", "--tail", "30"]).await.unwrap_or_default();
-    anyhow::ensure!(exit == 0, "the app failed ({exit}):\n{logs}\nsidecar:\n{sidecar}");
+    }
     assert!(logs.lines().any(|l| l == "uid 1000"), "{logs}");
     let big = logs.lines().find_map(|l| l.strip_prefix("big ")).context("no checksum in the app's log")?.to_owned();
 
@@ -129,6 +138,84 @@ echo done"#;
         Ok(())
     })
     .await?;
+    sidecar_restart_ends_the_mount(cluster, &pods).await?;
     pods.delete(POD, &Default::default()).await?;
+    Ok(())
+}
+
+/// The kubelet registered the driver through the plugin's registration socket (its requests carry
+/// the socket path as `:authority`, which the plugin's shim rewrites, ADR 0008): every node's
+/// CSINode lists `blockproxy.io` with the node's name as its id, and each kubelet logged it.
+async fn plugin_registered_on_every_node(cluster: &Cluster) -> Result<()> {
+    let csinodes: Api<CSINode> = Api::all(cluster.client());
+    eventually(WAIT, POLL, || async {
+        for node in cluster.nodes() {
+            let drivers = csinodes.get(node).await?.spec.drivers;
+            anyhow::ensure!(
+                drivers.iter().any(|d| d.name == DRIVER && d.node_id == *node),
+                "CSINode {node} lists {:?}",
+                drivers.iter().map(|d| (&d.name, &d.node_id)).collect::<Vec<_>>()
+            );
+        }
+        Ok(())
+    })
+    .await?;
+    for n in 1..=cluster.nodes().len() {
+        let Some(path) = cluster.kubelet_log(n) else { break };
+        let log = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let ours: Vec<&str> = log.lines().filter(|l| l.contains(DRIVER)).collect();
+        anyhow::ensure!(
+            ours.iter().any(|l| l.contains("Register new plugin with name: blockproxy.io")),
+            "node{n}'s kubelet did not log the registration; its lines about {DRIVER}:\n{}",
+            ours.join("\n")
+        );
+        println!(
+            "real-cluster: node{n} kubelet: {}",
+            ours.iter().rev().take(2).rev().cloned().collect::<Vec<_>>().join(" | ")
+        );
+    }
+    Ok(())
+}
+
+/// ADR 0008: the plugin keeps no copy of the descriptor, so a sidecar that exits ends the mount
+/// for the Pod's life: the app's calls fail with ENOTCONN (not hang), and the restarted sidecar
+/// refuses at once with that reason, leaving the Pod not ready.
+async fn sidecar_restart_ends_the_mount(cluster: &Cluster, pods: &Api<Pod>) -> Result<()> {
+    let read = ["-n", TEAM, "exec", POD, "-c", "app", "--", "cat", "/data/csi/dir/hello.txt"];
+    let before = cluster.kubectl(&read).await?;
+    anyhow::ensure!(before == "hello from a Pod\n", "read through the mount before the restart: {before:?}");
+    let uid = pods.get(POD).await?.metadata.uid.context("no uid")?;
+    // The process name as /proc/PID/comm has it (15 characters).
+    cluster.kill_in_pod(&uid, "blockproxy-moun").await?;
+    eventually(WAIT, POLL, || async {
+        let p = pods.get(POD).await?;
+        let st = p.status.context("no status")?;
+        let side = st
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(st.container_statuses.iter().flatten())
+            .find(|c| c.name == "blockproxy-mount")
+            .context("no sidecar status")?;
+        anyhow::ensure!(side.restart_count >= 1, "the sidecar has not restarted");
+        let mut log = String::new();
+        for args in [
+            &["-n", TEAM, "logs", POD, "-c", "blockproxy-mount"][..],
+            &["-n", TEAM, "logs", POD, "-c", "blockproxy-mount", "--previous"],
+        ] {
+            log.push_str(&cluster.kubectl(args).await.unwrap_or_default());
+        }
+        anyhow::ensure!(
+            log.contains("handed this Pod's /dev/fuse descriptor to an earlier blockproxy-mount"),
+            "the restarted sidecar did not refuse:\n{log}"
+        );
+        let ready = st.conditions.iter().flatten().find(|c| c.type_ == "Ready").map(|c| c.status.as_str());
+        anyhow::ensure!(ready == Some("False"), "the Pod is Ready={ready:?} with a dead mount");
+        Ok(())
+    })
+    .await?;
+    let after = cluster.kubectl(&read).await;
+    let err = format!("{:#}", after.as_ref().err().context("the app still reads through a dead mount")?);
+    anyhow::ensure!(err.contains("Transport endpoint is not connected"), "the app's read failed otherwise: {err}");
     Ok(())
 }

@@ -82,7 +82,11 @@ impl Rewriter {
         ensure!(payload.len() == h.len, "frame length {} but {} bytes", h.len, payload.len());
         if let Some(p) = &mut self.pending {
             // RFC 9113 §6.10: nothing may come between a HEADERS and its CONTINUATIONs.
-            ensure!(h.kind == CONTINUATION && h.stream == p.stream, "header block interrupted by frame type {}", h.kind);
+            ensure!(
+                h.kind == CONTINUATION && h.stream == p.stream,
+                "header block interrupted by frame type {}",
+                h.kind
+            );
             p.block.extend_from_slice(payload);
             if h.flags & END_HEADERS != 0 {
                 let p = self.pending.take().expect("pending block");
@@ -93,7 +97,12 @@ impl Rewriter {
         match h.kind {
             HEADERS => {
                 let (priority, block) = headers_fragment(h.flags, payload)?;
-                let p = Pending { stream: h.stream, end_stream: h.flags & END_STREAM != 0, priority, block: block.to_vec() };
+                let p = Pending {
+                    stream: h.stream,
+                    end_stream: h.flags & END_STREAM != 0,
+                    priority,
+                    block: block.to_vec(),
+                };
                 if h.flags & END_HEADERS != 0 {
                     self.emit(p, out)?;
                 } else {
