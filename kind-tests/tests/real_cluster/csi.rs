@@ -140,7 +140,12 @@ exec sleep 3600"#;
     .await?;
     sidecar_restart_ends_the_mount(cluster, &pods).await?;
     pods.delete(POD, &Default::default()).await?;
-    Ok(())
+    // Gone (the plugin unmounted it) before the next scenario drains the group.
+    eventually(WAIT, POLL, || async {
+        anyhow::ensure!(pods.get_opt(POD).await?.is_none(), "{POD} is still there");
+        Ok(())
+    })
+    .await
 }
 
 /// The kubelet registered the driver through the plugin's registration socket (its requests carry
