@@ -7,6 +7,8 @@
 //! `hack/image.sh`; `cargo test --workspace` has built those binaries before any test runs.
 
 mod common;
+#[path = "real_cluster/csi.rs"]
+mod csi;
 #[path = "real_cluster/gcs.rs"]
 mod gcs;
 
@@ -80,6 +82,14 @@ async fn blockproxy_on_a_real_multi_node_cluster() -> Result<()> {
     }
     if wanted(10) {
         report.time("scenario 10: security on the real cluster", scenario_10_security(&cluster)).await?;
+    }
+    if wanted(12) {
+        report
+            .time(
+                "scenario 12: the volume as a directory (CSI inline volume, unprivileged sidecar)",
+                csi::scenario_12_csi_inline_volume(&cluster, &store),
+            )
+            .await?;
     }
     if wanted(9) {
         report

@@ -5,9 +5,11 @@
 //!
 //! - [`node`]: the CSI Identity and Node services the kubelet calls;
 //! - [`registration`]: the kubelet's plugin registration service (no node-driver-registrar);
+//! - [`authority_shim`]: the relay in front of it that makes the kubelet's requests acceptable to h2;
 //! - [`fuse_mount`]: mount(2) and umount(2) of the FUSE connection;
 //! - [`handover`]: the descriptor over a Unix socket (`SCM_RIGHTS`), both sides.
 
+pub mod authority_shim;
 pub mod fuse_mount;
 pub mod handover;
 pub mod node;
@@ -95,7 +97,7 @@ pub async fn run(
         .add_service(proto::registration::registration_server::RegistrationServer::new(
             registration::RegistrationService::new(args.csi_socket.clone()),
         ))
-        .serve_with_incoming_shutdown(incoming(reg), shutdown);
+        .serve_with_incoming_shutdown(incoming_through_shim(reg), shutdown);
     tracing::info!(socket = %args.registration_socket.display(), "registering with the kubelet");
     let (a, b) = tokio::join!(csi_server, reg_server);
     a.context("the CSI endpoint")?;
@@ -118,6 +120,25 @@ fn incoming(
 ) -> impl futures::Stream<Item = std::io::Result<tokio::net::UnixStream>> + Send + 'static {
     futures::stream::unfold(l, |l| async move {
         let next = l.accept().await.map(|(s, _)| s);
+        Some((next, l))
+    })
+}
+
+/// Accepts the kubelet's registration connections and hands tonic the far end of an in-process
+/// pipe, with [`authority_shim::relay`] rewriting `:authority` in between (ADR 0008).
+fn incoming_through_shim(
+    l: tokio::net::UnixListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::io::DuplexStream>> + Send + 'static {
+    futures::stream::unfold(l, |l| async move {
+        let next = l.accept().await.map(|(kubelet, _)| {
+            let (ours, tonic_side) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                if let Err(e) = authority_shim::relay(kubelet, ours).await {
+                    tracing::warn!(error = %format!("{e:#}"), "registration connection ended with an error");
+                }
+            });
+            tonic_side
+        });
         Some((next, l))
     })
 }

@@ -344,6 +344,10 @@ D=$1 n=$2 containerd=$3 kubelet=$4 kubeconfig=$5 ip=$6 kube_proxy=$7 images=$8
 mount -t tmpfs -o mode=755 tmpfs /run
 mount --bind "$D/var-lib" /var/lib
 mkdir -p /var/lib/kubelet /var/lib/pod-logs
+# A shared mount, as on a real node: a CSI plugin's Bidirectional mounts under the kubelet's
+# directory (the mount sidecar's FUSE volume) reach the Pods that use them.
+mount --bind /var/lib/kubelet /var/lib/kubelet
+mount --make-rshared /var/lib/kubelet
 ctr="$(dirname "$containerd")/ctr --address /run/containerd/containerd.sock"
 "$containerd" --config "$D/containerd.toml" > "$D/containerd.log" 2>&1 &
 i=0

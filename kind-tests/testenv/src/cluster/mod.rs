@@ -234,6 +234,11 @@ impl Cluster {
         self.local.as_ref().map(|l| l.logs.path())
     }
 
+    /// The kubelet's log of node `n` (1-based, as the node names), for a local cluster only.
+    pub fn kubelet_log(&self, n: usize) -> Option<std::path::PathBuf> {
+        self.local.as_ref().map(|l| l.node_dir(n).join("kubelet.log"))
+    }
+
     /// The resident memory of a local cluster: the sum of VmRSS over every process in its PID
     /// namespace (control plane, kubelets, containerd, shims) and their descendants (the
     /// containers), with the number of processes. `None` for an external cluster.
