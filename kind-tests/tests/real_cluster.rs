@@ -28,6 +28,15 @@ use common::{Report, blockproxy_image, helm_for};
 
 const RELEASE: &str = "blockproxy";
 const SYSTEM_NS: &str = "blockproxy-system";
+
+/// `helm upgrade` of the installed release, keeping its values but `set` (`key=value`), and
+/// waiting for it to roll out.
+async fn upgrade_release(cluster: &Cluster, set: &str) -> Result<()> {
+    let helm = helm_for(cluster)?;
+    let args = ["upgrade", RELEASE, &common::chart_dir(), "-n", SYSTEM_NS, "--reuse-values", "--set", set];
+    helm.run(args.into_iter().chain(["--wait", "--timeout", "5m"])).await?;
+    Ok(())
+}
 const WAIT: Duration = Duration::from_secs(180);
 const POLL: Duration = Duration::from_millis(500);
 
@@ -1562,23 +1571,8 @@ done"#
             Ok(())
         })
         .await?;
-        let upgrade = async {
-            let helm = helm_for(cluster)?;
-            helm.run([
-                "upgrade",
-                RELEASE,
-                &common::chart_dir(),
-                "-n",
-                SYSTEM_NS,
-                "--reuse-values",
-                "--set",
-                &format!("image.tag={tag}"),
-                "--wait",
-                "--timeout",
-                "5m",
-            ])
-            .await
-        };
+        let image_tag = format!("image.tag={tag}");
+        let upgrade = upgrade_release(cluster, &image_tag);
         // Watch the group while it rolls: the most proxies missing or not Ready at once.
         let watch = async {
             let most_unavailable = std::sync::atomic::AtomicUsize::new(0);

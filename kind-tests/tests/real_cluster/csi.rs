@@ -14,27 +14,13 @@ use k8s_openapi::api::storage::v1::CSINode;
 use kube::api::{Api, PostParams};
 use std::time::Duration;
 
-use super::{POLL, PREFIX, RCLONE_IMAGE, RELEASE, SYSTEM_NS, Store, TEAM, VOLUME, WAIT, common, sha256_hex};
+use super::{POLL, PREFIX, RCLONE_IMAGE, RELEASE, SYSTEM_NS, Store, TEAM, VOLUME, WAIT, sha256_hex};
 
 const POD: &str = "files";
 const DRIVER: &str = "blockproxy.io";
 
 pub async fn scenario_12_csi_inline_volume(cluster: &Cluster, store: &Store) -> Result<()> {
-    let helm = common::helm_for(cluster)?;
-    helm.run([
-        "upgrade",
-        RELEASE,
-        &common::chart_dir(),
-        "-n",
-        SYSTEM_NS,
-        "--reuse-values",
-        "--set",
-        "csi.enabled=true",
-        "--wait",
-        "--timeout",
-        "5m",
-    ])
-    .await?;
+    super::upgrade_release(cluster, "csi.enabled=true").await?;
     let daemonsets: Api<DaemonSet> = Api::namespaced(cluster.client(), SYSTEM_NS);
     let name = format!("{RELEASE}-csi-node");
     eventually(WAIT, POLL, || async {
