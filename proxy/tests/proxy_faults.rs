@@ -349,6 +349,41 @@ async fn a_corrupted_cached_block_is_refetched_and_never_served() -> Result<()> 
     Ok(())
 }
 
+/// ADR 0001, item 6: a clean block is verified on its first read in a process, not on every hit.
+/// Rot after that read is served, with the checksum header of the written data, so the client
+/// (the client library checks it) detects it; after a restart the first read checks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_rotting_after_its_checked_read_is_caught_by_the_checksum_header_and_after_a_restart() -> Result<()> {
+    use blockproxy::protocol::{CHECKSUM_HEADER, Checksum};
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let data = random_bytes(64 << 10);
+    proxy.put_ok("rot/later", &data).await?;
+    proxy.wait_flushed(Duration::from_secs(20)).await?;
+    let first = proxy.get("rot/later").await?;
+    assert_eq!(first.headers()["x-blockproxy-source"], "cache");
+    assert_eq!(first.bytes().await?.as_ref(), data.as_slice(), "the checked first read");
+
+    let files: Vec<_> = walk(&proxy.cache_dir().join("clean"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    flip_last_byte(&files[0])?;
+    let rotten = proxy.get("rot/later").await?;
+    assert_eq!(rotten.headers()["x-blockproxy-source"], "cache", "a checked block is not checked again");
+    let sum: Checksum = rotten.headers()[CHECKSUM_HEADER].to_str()?.parse()?;
+    let body = rotten.bytes().await?;
+    assert_ne!(body.as_ref(), data.as_slice(), "the rotten bytes were served");
+    assert!(sum.verify(&body).is_err(), "the checksum header lets the client detect the rot");
+    assert!(sum.verify(&data).is_ok(), "the checksum header is the written data's");
+
+    proxy.restart().await?;
+    let r = proxy.get("rot/later").await?;
+    assert_eq!(r.headers()["x-blockproxy-source"], "store", "after a restart the first read checks it again");
+    assert_eq!(r.bytes().await?.as_ref(), data.as_slice());
+    assert_eq!(proxy.metric("blockproxy_cache_corrupt_blocks_total").await?, 1.0);
+    Ok(())
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {

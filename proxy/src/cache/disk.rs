@@ -485,6 +485,43 @@ pub fn read_header_of(f: &mut File) -> io::Result<Result<(BlockHeader, u64, u64)
     Ok(BlockHeader::decode(&buf).map(|(h, len)| (h, len as u64, size)))
 }
 
+/// What [`read_block_of`] found in a block file.
+pub struct ReadBlock {
+    pub header: BlockHeader,
+    /// Where the data starts.
+    pub data_offset: u64,
+    pub file_size: u64,
+    /// The data, when the file was read whole (not verified).
+    pub data: Option<Bytes>,
+}
+
+/// A block file's header, and its data too when the whole file is at most `read_whole` bytes:
+/// then one read into a pooled buffer brings both (a small hit costs one read, not three and
+/// an allocation). Larger files get [`read_header_of`].
+pub fn read_block_of(
+    f: &mut File,
+    read_whole: u64,
+    buffers: &Arc<super::buffers::BufferPool>,
+) -> io::Result<Result<ReadBlock, FormatError>> {
+    use std::os::unix::fs::FileExt;
+    let size = f.metadata()?.len();
+    if size > read_whole {
+        return Ok(read_header_of(f)?.map(|(header, data_offset, file_size)| ReadBlock {
+            header,
+            data_offset,
+            file_size,
+            data: None,
+        }));
+    }
+    let whole = buffers.read(size as usize, |buf| f.read_exact_at(buf, 0))?;
+    Ok(BlockHeader::decode(&whole).map(|(header, at)| ReadBlock {
+        header,
+        data_offset: at as u64,
+        file_size: size,
+        data: Some(whole.slice(at..)),
+    }))
+}
+
 /// Every file below an area (two-level fan-out).
 pub fn list_area(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();

@@ -62,6 +62,11 @@ pub struct Entry {
     /// For a clean entry: the store object's own ETag (unquoted) as last seen, which block reads
     /// pin to. Unknown after a flush or a restart until the store is asked (one HEAD).
     pub store_etag: Option<String>,
+    /// Tells this file apart from any later one of the same block (set by [`Index::insert`]).
+    pub serial: u64,
+    /// A read in this process verified the file's CRC32C (clean blocks only): later hits serve
+    /// it unverified (ADR 0001, item 6).
+    pub checked: bool,
     lru_tick: u64,
 }
 
@@ -76,6 +81,8 @@ impl Entry {
             validated: None,
             etag: String::new(),
             store_etag: None,
+            serial: 0,
+            checked: false,
             lru_tick: 0,
         }
     }
@@ -177,6 +184,17 @@ impl Index {
         self.entries.get(id)
     }
 
+    /// Records that the clean file `serial` of `id` was verified; a later file of the block is
+    /// not.
+    pub fn mark_checked(&mut self, id: &BlockId, serial: u64) {
+        if let Some(e) = self.entries.get_mut(id)
+            && e.serial == serial
+            && !e.is_dirty()
+        {
+            e.checked = true;
+        }
+    }
+
     /// Reserves `size` bytes for a new file, evicting least-recently-used clean blocks as needed.
     /// Returns the evicted blocks, whose files the caller deletes. Dirty blocks are never evicted.
     pub fn reserve(&mut self, size: u64, dirty: bool) -> Result<Vec<(BlockId, Entry)>, AdmitError> {
@@ -238,6 +256,8 @@ impl Index {
         let old = self.remove(&id);
         self.tick += 1;
         entry.lru_tick = self.tick;
+        entry.serial = self.tick;
+        entry.checked = false;
         self.used_bytes += entry.file_size;
         if entry.is_dirty() {
             self.dirty_bytes += entry.file_size;

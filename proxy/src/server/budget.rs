@@ -43,6 +43,10 @@ impl ByteBudget {
     /// Reserves `bytes` (at most the whole budget), waiting a little for others to finish.
     pub async fn reserve(&self, bytes: u64) -> Result<SemaphorePermit<'_>, OverBudget> {
         let units = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX).clamp(1, self.total_units);
+        // Most reservations fit at once: skip arming the timer (a hit's hot path).
+        if let Ok(permit) = self.sem.try_acquire_many(units) {
+            return Ok(permit);
+        }
         match tokio::time::timeout(self.wait, self.sem.acquire_many(units)).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(OverBudget { bytes, limit: self.limit_bytes() }),

@@ -2,7 +2,6 @@
 //! until shutdown. See [`run`].
 
 mod budget;
-mod buffers;
 mod build_store;
 mod clock;
 mod errors;
@@ -124,7 +123,6 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         fetches: Default::default(),
         stripe_fetches: Default::default(),
         revalidations: Default::default(),
-        buffers: Default::default(),
         meta: Default::default(),
         staging,
         bops: tokio::sync::Semaphore::new(max_bops),

@@ -8,11 +8,11 @@
 //! not fetched whole: a GET of it answers `400` saying to read it in blocks, unless it asks for a
 //! range of at most one block, which is read from the store pinned to the object's ETag.
 
-use super::buffers::BufferPool;
 use super::errors::ApiError;
 use super::object::{ObjectHeaders, quote, unquote};
 use super::routes::{cache_error, reserve_bytes};
 use super::state::AppState;
+use crate::cache::buffers::BufferPool;
 use crate::cache::{BlockId, FetchedMeta, Lookup, OpenBlock, Opened, Stripe};
 use crate::store::{ErrorClass, ObjectInfo, StoreError};
 use axum::body::Body;
@@ -118,6 +118,12 @@ fn file_body(buffers: &Arc<BufferPool>, file: std::fs::File, data_offset: u64, r
     Body::from_stream(stream)
 }
 
+/// How large a block file [`Cache::open_block`](crate::cache::Cache::open_block) reads whole
+/// with its header: small ones, which a GET serves from memory anyway.
+fn read_whole(s: &AppState, with_body: bool) -> u64 {
+    if with_body { crate::cache::INLINE_READ_MAX.min(s.max_block_size) } else { 0 }
+}
+
 /// Whether the store still holds `version` of a clean cached object, checked at most once per
 /// metadata TTL (ADR 0002): a changed object is dropped from the cache. While the store cannot
 /// answer, the cached copy is served.
@@ -204,7 +210,7 @@ pub async fn get_object(
     headers: &HeaderMap,
     with_body: bool,
 ) -> Result<Response, ApiError> {
-    match s.cache.open_block(&id).await.map_err(|e| cache_error(s, e))? {
+    match s.cache.open_block(&id, read_whole(s, with_body)).await.map_err(|e| cache_error(s, e))? {
         Opened::Deleted => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such object")),
         Opened::Block(ob) => {
             let freshness = if ob.dirty {
@@ -219,7 +225,7 @@ pub async fn get_object(
             if !stale || still_in_store(s, cfg, &id, ob.header.version, ob.header.pinned_etag()).await {
                 // Reopen after a revalidation: it recorded the store's ETag.
                 let ob = if stale {
-                    match s.cache.open_block(&id).await.map_err(|e| cache_error(s, e))? {
+                    match s.cache.open_block(&id, read_whole(s, with_body)).await.map_err(|e| cache_error(s, e))? {
                         Opened::Block(ob) => ob,
                         _ => return Box::pin(get_object(s, cfg, id, headers, with_body)).await,
                     }
@@ -317,44 +323,50 @@ async fn serve_cached(
         let len = range.as_ref().map_or(total, |r| r.end - r.start);
         return Ok(Some(respond(answer(range), None, len)));
     }
-    if total <= s.max_block_size {
-        // Small enough to verify whole before serving (a range too), as every block was before
-        // objects.
+    let r = range.clone().unwrap_or(0..total);
+    let len = r.end - r.start;
+    // A block up to the block size is verified whole before it is served: a dirty one on every
+    // read (its only copy), a clean one on its first read in this process (ADR 0001, item 6;
+    // the checksum header lets the client check every later read). Larger objects stream
+    // unverified from their open file.
+    let verify = total <= s.max_block_size && (ob.dirty || !ob.checked);
+    let body = if verify {
         let _reserved = reserve_bytes(s, total).await?;
-        let (file, offset) = (ob.file, ob.data_offset);
-        let buffers = Arc::clone(&s.buffers);
-        let read = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            buffers.read(total as usize, |buf| file.read_exact_at(buf, offset))
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("reading the cache failed: {e}")))?
-        .map_err(|e| ApiError::internal(format!("reading the cache failed: {e}")))?;
-        let data = if crc32c::crc32c(&read) == h.data_crc32c {
-            read
-        } else {
-            // The cache's own read handles corruption: a clean copy is dropped (refetched from the
-            // store), a dirty one is an error, never served.
-            match s.cache.read(id).await.map_err(|e| cache_error(s, e))? {
-                Lookup::DroppedCorrupt => {
-                    s.metrics.cache_corrupt_blocks_total.inc();
-                    return Ok(None);
-                }
-                _ => return Err(ApiError::unavailable("the object changed while it was read; retry", 0)),
+        let data = match ob.data {
+            Some(data) => data,
+            None => {
+                let (file, offset, buffers) = (ob.file, ob.data_offset, Arc::clone(s.cache.buffers()));
+                tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    buffers.read(total as usize, |buf| file.read_exact_at(buf, offset))
+                })
+                .await
+                .map_err(|e| ApiError::internal(format!("reading the cache failed: {e}")))?
+                .map_err(|e| ApiError::internal(format!("reading the cache failed: {e}")))?
             }
         };
-        let body = match &range {
-            Some(r) => data.slice(r.start as usize..r.end as usize),
-            None => data,
-        };
-        let len = body.len() as u64;
-        s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(len);
-        return Ok(Some(respond(answer(range), Some(Body::from(body)), len)));
-    }
-    let r = range.clone().unwrap_or(0..total);
-    s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(r.end - r.start);
-    let len = r.end - r.start;
-    let body = file_body(&s.buffers, ob.file, ob.data_offset, r);
+        if crc32c::crc32c(&data) != h.data_crc32c {
+            // The cache's own read handles corruption: a clean copy is dropped (refetched from the
+            // store), a dirty one is an error, never served.
+            return match s.cache.read(id).await.map_err(|e| cache_error(s, e))? {
+                Lookup::DroppedCorrupt => {
+                    s.metrics.cache_corrupt_blocks_total.inc();
+                    Ok(None)
+                }
+                _ => Err(ApiError::unavailable("the object changed while it was read; retry", 0)),
+            };
+        }
+        if !ob.dirty {
+            s.cache.mark_checked(id, ob.serial);
+        }
+        Body::from(data.slice(r.start as usize..r.end as usize))
+    } else {
+        match ob.data {
+            Some(data) => Body::from(data.slice(r.start as usize..r.end as usize)),
+            None => file_body(s.cache.buffers(), ob.file, ob.data_offset, r),
+        }
+    };
+    s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(len);
     Ok(Some(respond(answer(range), Some(body), len)))
 }
 
@@ -485,7 +497,7 @@ pub async fn get_stripe(
     let start = index.checked_mul(block_size).ok_or_else(|| ApiError::bad_request("block index out of range"))?;
 
     // The home may hold the whole object, clean and pinned to the same ETag: serve from it.
-    if let Opened::Block(ob) = s.cache.open_block(&object).await.map_err(|e| cache_error(s, e))?
+    if let Opened::Block(ob) = s.cache.open_block(&object, 0).await.map_err(|e| cache_error(s, e))?
         && !ob.dirty
         && ob.store_etag.as_deref() == Some(pinned.as_str())
         && ob.validated.is_some_and(|t| t.elapsed() < metadata_ttl(s, cfg))
@@ -510,7 +522,7 @@ pub async fn get_stripe(
         };
         let len = range.end - range.start;
         s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(if with_body { len } else { 0 });
-        let body = with_body.then(|| file_body(&s.buffers, ob.file, ob.data_offset, range));
+        let body = with_body.then(|| file_body(s.cache.buffers(), ob.file, ob.data_offset, range));
         return Ok(respond(a, body, len));
     }
 

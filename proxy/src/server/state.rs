@@ -1,7 +1,6 @@
 //! Shared state of a running proxy.
 
 use super::budget::ByteBudget;
-use super::buffers::BufferPool;
 use super::clock::VolumeClocks;
 use super::gate::WriteGate;
 use super::metacache::MetaCache;
@@ -29,8 +28,6 @@ pub struct AppState {
     pub stripe_fetches: SingleFlight<(FetchKey, String), StripeResult>,
     /// Revalidations started ahead of a clean block's TTL, one per block at a time.
     pub revalidations: SingleFlight<BlockId, ()>,
-    /// Reused buffers for the cache hits read into memory.
-    pub buffers: Arc<BufferPool>,
     /// Attributes of clean objects, as the store last answered a HEAD.
     pub meta: MetaCache,
     /// Multipart uploads being staged on this proxy.
