@@ -514,6 +514,13 @@ async fn main() -> Result<()> {
         notes.push(format!("nginx answered a warmed block with X-Cache-Status {status:?}"));
     }
     drop(probe);
+    // What the cache fill left behind, so that the figures below show what serving hits adds.
+    if let Some(kib) = bp.pid().and_then(rss_kib) {
+        r.push("rss_mib.blockproxy.after_warm", kib as f64 / 1024.0);
+    }
+    if let Some(kib) = nginx.pid().and_then(rss_tree_kib) {
+        r.push("rss_mib.nginx.after_warm", kib as f64 / 1024.0);
+    }
 
     let all_proxies: Vec<&BlockProxy> = std::iter::once(&bp).chain(group.iter()).collect();
     let misses_before = misses(&all_proxies).await;
@@ -527,7 +534,8 @@ async fn main() -> Result<()> {
         for run in 0..p.runs {
             let sampler = RssSampler::start(bp.pid(), false);
             let b = get_load(&http, &bp_large, c, d).await;
-            r.push("rss_mib.blockproxy.large_load", sampler.finish().await);
+            let bp_rss = sampler.finish().await;
+            r.push("rss_mib.blockproxy.large_load", bp_rss);
             check("blockproxy 4 MiB", &b)?;
             let g = get_load(&http, &group_large, c, d).await;
             check("group of 3 4 MiB", &g)?;
@@ -537,7 +545,9 @@ async fn main() -> Result<()> {
             check("group of 3 (sidecar S3) 4 MiB", &a)?;
             let sampler = RssSampler::start(nginx.pid(), true);
             let n = get_load(&http, &nginx_large, c, d).await;
-            r.push("rss_mib.nginx.large_load", sampler.finish().await);
+            let nginx_rss = sampler.finish().await;
+            r.push("rss_mib.nginx.large_load", nginx_rss);
+            r.push("rss.ratio.large_load", bp_rss / nginx_rss);
             check("nginx 4 MiB", &n)?;
             let cache_dir = bp.cache_dir();
             let raw = tokio::task::spawn_blocking(move || raw_read_mib_s(&cache_dir, LARGE as u64, d)).await??;
@@ -592,7 +602,8 @@ async fn main() -> Result<()> {
         for run in 0..p.runs {
             let sampler = RssSampler::start(bp.pid(), false);
             let b = get_load(&http, &bp_small, c, d).await;
-            r.push("rss_mib.blockproxy.small_load", sampler.finish().await);
+            let bp_rss = sampler.finish().await;
+            r.push("rss_mib.blockproxy.small_load", bp_rss);
             check("blockproxy 64 KiB", &b)?;
             let g = get_load(&http, &group_small, c, d).await;
             check("group of 3 64 KiB", &g)?;
@@ -602,7 +613,9 @@ async fn main() -> Result<()> {
             check("group of 3 (sidecar S3) 64 KiB", &a)?;
             let sampler = RssSampler::start(nginx.pid(), true);
             let n = get_load(&http, &nginx_small, c, d).await;
-            r.push("rss_mib.nginx.small_load", sampler.finish().await);
+            let nginx_rss = sampler.finish().await;
+            r.push("rss_mib.nginx.small_load", nginx_rss);
+            r.push("rss.ratio.small_load", bp_rss / nginx_rss);
             check("nginx 64 KiB", &n)?;
             eprintln!(
                 "  run {run}: req/s blockproxy {:.0}, group {:.0}, client lib {:.0}, sidecar S3 {:.0}, nginx {:.0}; p99 ms blockproxy {:.2}, nginx {:.2}",
@@ -947,10 +960,14 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("5 rendezvous 4->5", "fraction of keys moved", "f5.moved_fraction"),
         ("", "RATIO moved / ideal 1/5", "f5.ratio.moved_over_ideal"),
         ("", "keys moved between old proxies", "f5.moved_between_old_proxies"),
-        ("6 footprint", "blockproxy max RSS MiB, 4 MiB load", "rss_mib.blockproxy.large_load"),
+        ("6 footprint", "blockproxy RSS MiB after warming", "rss_mib.blockproxy.after_warm"),
+        ("", "nginx RSS MiB (all procs) after warming", "rss_mib.nginx.after_warm"),
+        ("", "blockproxy max RSS MiB, 4 MiB load", "rss_mib.blockproxy.large_load"),
         ("", "nginx max RSS MiB (all procs), 4 MiB", "rss_mib.nginx.large_load"),
+        ("", "RATIO blockproxy / nginx RSS, 4 MiB", "rss.ratio.large_load"),
         ("", "blockproxy max RSS MiB, 64 KiB load", "rss_mib.blockproxy.small_load"),
         ("", "nginx max RSS MiB (all procs), 64 KiB", "rss_mib.nginx.small_load"),
+        ("", "RATIO blockproxy / nginx RSS, 64 KiB", "rss.ratio.small_load"),
         ("", "start-up ms, N cached blocks", "f6.startup_ms"),
         ("", "blocks in cache after start-up", "f6.startup.cached_blocks"),
         ("", "blockproxy RSS MiB after start-up", "rss_mib.blockproxy.after_startup"),

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Bytes read from disk per step when streaming a file.
-const CHUNK: u64 = 1 << 20;
+const CHUNK: u64 = crate::cache::INLINE_READ_MAX;
 
 /// The query of a block read.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -91,31 +91,19 @@ fn respond(a: Answer<'_>, body: Option<Body>, len: u64) -> Response {
     resp
 }
 
-/// Streams `range` of an open block file, [`CHUNK`] bytes at a time, off the runtime.
+/// Streams `range` of an open block file in [`CHUNK`]-byte reads, each on the task that polls the
+/// body, as small hits are read (see [`crate::cache::INLINE_READ_MAX`]): hyper asks for the next
+/// chunk only once it has written the last, so a response holds about two chunks in memory, and
+/// no read waits on the blocking pool.
 fn file_body(buffers: &Arc<BufferPool>, file: std::fs::File, data_offset: u64, range: Range<u64>) -> Body {
-    let (file, buffers) = (Arc::new(file), Arc::clone(buffers));
-    let stream = futures::stream::unfold(range.start, move |at| {
-        let (file, buffers) = (Arc::clone(&file), Arc::clone(&buffers));
-        let end = range.end;
-        async move {
-            if at >= end {
-                return None;
-            }
-            let len = (end - at).min(CHUNK) as usize;
-            let read = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                buffers.read(len, |buf| file.read_exact_at(buf, data_offset + at))
-            })
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
-            match read {
-                Ok(chunk) => Some((Ok::<_, std::io::Error>(chunk), at + len as u64)),
-                Err(e) => Some((Err(e), end)),
-            }
-        }
+    use futures::StreamExt;
+    use std::os::unix::fs::FileExt;
+    let buffers = Arc::clone(buffers);
+    let chunks = futures::stream::iter((range.start..range.end).step_by(CHUNK as usize)).map(move |at| {
+        let len = (range.end - at).min(CHUNK) as usize;
+        buffers.read(len, |buf| file.read_exact_at(buf, data_offset + at))
     });
-    Body::from_stream(stream)
+    Body::from_stream(chunks)
 }
 
 /// How large a block file [`Cache::open_block`](crate::cache::Cache::open_block) reads whole
