@@ -1,7 +1,8 @@
 //! The load generator every peer gets: a closed loop of `concurrency` tasks, each sending one
 //! request at a time for a fixed duration, on hyper's pooled client (hyper-util legacy client,
-//! HTTP/1.1 keep-alive, TCP_NODELAY). Bodies are streamed and counted, never collected, so the
-//! generator copies nothing.
+//! HTTP/1.1 keep-alive, TCP_NODELAY), over plain HTTP or, for figure 9, HTTPS (hyper-rustls on
+//! the same TCP connector). Bodies are streamed and counted, never collected, so the generator
+//! copies nothing.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,24 +13,48 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http::{Method, Request, Uri, header};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
-pub type Http = Client<HttpConnector, Full<Bytes>>;
+/// The pooled client on connector `C`: plain TCP, or TLS over it ([`Https`]).
+pub type Http<C = HttpConnector> = Client<C, Full<Bytes>>;
+pub type Https = Http<HttpsConnector<HttpConnector>>;
 
-/// A pooled HTTP/1.1 client with room for `concurrency` idle connections per host.
-pub fn http_client(concurrency: usize) -> Http {
+fn tcp() -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
+    connector
+}
+
+fn pooled<C: Connect + Clone + Send + Sync + 'static>(connector: C, concurrency: usize) -> Http<C> {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(concurrency.max(1) * 2)
         .pool_idle_timeout(Duration::from_secs(120))
         .build(connector)
 }
 
+/// A pooled HTTP/1.1 client with room for `concurrency` idle connections per host.
+pub fn http_client(concurrency: usize) -> Http {
+    pooled(tcp(), concurrency)
+}
+
+/// [`http_client`] over TLS with `tls`, HTTPS only. HTTP/1.1 only, so no ALPN is offered and
+/// every server answers in HTTP/1.1 on keep-alive connections, as in the plain figures.
+pub fn https_client(concurrency: usize, tls: rustls::ClientConfig) -> Https {
+    let mut tcp = tcp();
+    tcp.enforce_http(false);
+    let connector = HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().wrap_connector(tcp);
+    pooled(connector, concurrency)
+}
+
 /// GETs `uri` and returns the number of body bytes received (streamed, not kept).
-pub async fn get(http: &Http, uri: &Uri, token: Option<&str>) -> Result<u64> {
+pub async fn get<C: Connect + Clone + Send + Sync + 'static>(
+    http: &Http<C>,
+    uri: &Uri,
+    token: Option<&str>,
+) -> Result<u64> {
     let mut req = Request::builder().method(Method::GET).uri(uri.clone());
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -161,7 +186,11 @@ where
 }
 
 /// One GET of every URL in `uris`, 8 at a time, with the bearer `token` (warms caches).
-pub async fn get_each(http: &Http, uris: &Arc<Vec<Uri>>, token: &str) -> Result<()> {
+pub async fn get_each<C: Connect + Clone + Send + Sync + 'static>(
+    http: &Http<C>,
+    uris: &Arc<Vec<Uri>>,
+    token: &str,
+) -> Result<()> {
     for_each(uris.len() as u64, 8, |i| {
         let uris = Arc::clone(uris);
         async move { get(http, &uris[i as usize], Some(token)).await.map(drop) }

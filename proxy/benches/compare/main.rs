@@ -6,6 +6,7 @@
 //! - `blockproxy serve`: one proxy, and a group of 3 (routed by the client library's rendezvous
 //!   function, and through the client library itself);
 //! - Debian's nginx with `proxy_cache` in front of the same MinIO (proxy/benches/nginx.conf.template);
+//! - for figure 9, a TLS proxy and nginx's TLS listener, with one self-signed certificate ([`tls`]);
 //! - aws-sdk-s3 straight to MinIO across the WAN.
 //!
 //! Every HTTP peer gets the same load generator ([`load`]): a closed loop of hyper requests at a
@@ -17,6 +18,7 @@ mod load;
 mod mount;
 mod peers;
 mod scale;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -32,8 +34,10 @@ use blockproxy::client::{Client, ClientConfig};
 use blockproxy::protocol::{
     BlockKey, CHECKSUM_HEADER, Checksum, DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation, VolumeId,
 };
+use blockproxy_testenv::Tls;
 use bytes::Bytes;
 use http::Uri;
+use hyper_util::client::legacy::connect::Connect;
 use load::{Http, LoadResult, closed_loop, for_each, http_client};
 use peers::{BlockProxy, Nginx, PREFIX, TOKEN, VOLUME, Wan, rss_kib, rss_tree_kib};
 use rand::RngCore;
@@ -84,7 +88,7 @@ impl Params {
             one_way_ms: 25,
             // 500 Mbit/s per connection.
             bandwidth_kbps: 62_500,
-            figures: (1..=8).collect(),
+            figures: (1..=9).collect(),
             out: Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).join("target/bench"),
         };
         if let Some(v) = env("BLOCKPROXY_BENCH_BANDWIDTH_KBPS") {
@@ -191,7 +195,12 @@ fn uris(urls: impl Iterator<Item = String>) -> Result<Arc<Vec<Uri>>> {
 const SIDECAR_KEY: &str = "bench-sidecar";
 
 /// Closed-loop GETs over `targets` (key `i` → `targets[i % len]`), with the bearer token.
-async fn get_load(http: &Http, targets: &Arc<Vec<Uri>>, concurrency: usize, duration: Duration) -> LoadResult {
+async fn get_load<C: Connect + Clone + Send + Sync + 'static>(
+    http: &Http<C>,
+    targets: &Arc<Vec<Uri>>,
+    concurrency: usize,
+    duration: Duration,
+) -> LoadResult {
     let (http, targets) = (http.clone(), Arc::clone(targets));
     closed_loop(concurrency, duration, move |i| {
         let (http, targets) = (http.clone(), Arc::clone(&targets));
@@ -436,7 +445,9 @@ async fn main() -> Result<()> {
     for i in 0..3 {
         group.push(BlockProxy::start(&format!("group-{i}"), root.path(), &wan, &wan_endpoint, &[]).await?);
     }
-    let nginx = Nginx::start(root.path(), &wan).await?;
+    // One certificate for figure 9: nginx's TLS listener and the TLS proxy both serve it.
+    let cert = tls::CertFiles::generate(&root.path().join("tls"))?;
+    let nginx = Nginx::start(root.path(), &wan, &cert).await?;
     let group_addrs: Vec<String> = group.iter().map(|g| g.addr.to_string()).collect();
     let nodes: Vec<Node<'_>> = group_addrs.iter().map(|a| Node { address: a, weight: 1 }).collect();
     let route = |key: &str| -> String {
@@ -644,6 +655,75 @@ async fn main() -> Result<()> {
             r.push("f2.ratio.blockproxy_over_nginx_p99", b.percentile_ms(99.0) / n.percentile_ms(99.0));
         }
     }
+
+    // ---- figure 9: the hits of figures 1 and 2 over TLS, blockproxy against nginx ----
+    if want(9) {
+        eprintln!("figure 9: 4 MiB and 64 KiB cache hits over TLS");
+        let tls_files = Tls::Files { cert: cert.cert.clone(), key: cert.key.clone() };
+        let bp_tls = BlockProxy::start_with_tls("bp-tls", root.path(), &wan, &wan_endpoint, &[], tls_files).await?;
+        let client_tls = cert.client_config()?;
+        let https = load::https_client(p.concurrency_small.max(p.concurrency_large) * 2, client_tls.clone());
+        // Before any TLS connection to nginx: kTLS sockets are counted when they are set up.
+        let ktls_before = tls::ktls_tx_sockets();
+        for (peer, addr) in [("blockproxy", bp_tls.addr), ("nginx", nginx.tls_addr)] {
+            notes.push(format!("figure 9 negotiated with {peer}: {}", tls::negotiated(&client_tls, addr).await?));
+        }
+        let tls_targets = |keys: &[String]| -> Result<[Arc<Vec<Uri>>; 2]> {
+            Ok([uris(keys.iter().map(|k| bp_tls.block_url(k)))?, uris(keys.iter().map(|k| nginx.tls_block_url(k)))?])
+        };
+        let [bpt_large, ngt_large] = tls_targets(&large_keys)?;
+        let [bpt_small, ngt_small] = tls_targets(&small_keys)?;
+        // Warmed like the others, one read pass; nginx's TLS listener shares the warm cache of the
+        // plain one, so its pass only opens connections.
+        for set in [&bpt_large, &ngt_large, &bpt_small, &ngt_small] {
+            load::get_each(&https, set, TOKEN).await?;
+        }
+        let tls_misses_before = misses(&[&bp_tls]).await;
+        let (cl, cs) = (p.concurrency_large, p.concurrency_small);
+        for run in 0..p.runs {
+            let b4 = get_load(&https, &bpt_large, cl, d).await;
+            check("blockproxy TLS 4 MiB", &b4)?;
+            let n4 = get_load(&https, &ngt_large, cl, d).await;
+            check("nginx TLS 4 MiB", &n4)?;
+            let b64 = get_load(&https, &bpt_small, cs, d).await;
+            check("blockproxy TLS 64 KiB", &b64)?;
+            let n64 = get_load(&https, &ngt_small, cs, d).await;
+            check("nginx TLS 64 KiB", &n64)?;
+            eprintln!(
+                "  run {run}: 4 MiB MiB/s blockproxy {:.0}, nginx {:.0}; 64 KiB req/s blockproxy {:.0}, nginx {:.0}; p99 ms blockproxy {:.2}, nginx {:.2}",
+                b4.mib_per_s(),
+                n4.mib_per_s(),
+                b64.req_per_s(),
+                n64.req_per_s(),
+                b64.percentile_ms(99.0),
+                n64.percentile_ms(99.0)
+            );
+            for (peer, large, small) in [("blockproxy", &b4, &b64), ("nginx", &n4, &n64)] {
+                r.push(&format!("f9.mib_s.{peer}"), large.mib_per_s());
+                r.push(&format!("f9.large_p99_ms.{peer}"), large.percentile_ms(99.0));
+                r.push(&format!("f9.req_s.{peer}"), small.req_per_s());
+                r.push(&format!("f9.p99_ms.{peer}"), small.percentile_ms(99.0));
+                r.push(&format!("f9.p50_ms.{peer}"), small.percentile_ms(50.0));
+            }
+            r.push("f9.ratio.blockproxy_over_nginx_mib_s", b4.mib_per_s() / n4.mib_per_s());
+            r.push("f9.ratio.blockproxy_over_nginx_req_s", b64.req_per_s() / n64.req_per_s());
+            r.push("f9.ratio.blockproxy_over_nginx_p99", b64.percentile_ms(99.0) / n64.percentile_ms(99.0));
+        }
+        let tls_misses = misses(&[&bp_tls]).await - tls_misses_before;
+        if tls_misses != 0.0 {
+            notes.push(format!("{tls_misses} cache misses on the TLS proxy during figure 9 (expected 0)"));
+        }
+        // blockproxy (rustls) never uses kernel TLS, so new kTLS sockets are nginx's.
+        notes.push(match (ktls_before, tls::ktls_tx_sockets()) {
+            (_, None) => "figure 9: nginx encrypted in user space (OpenSSL): this kernel has no TLS module \
+                          (no /proc/net/tls_stat), so `ssl_conf_command Options KTLS` had no effect"
+                .to_owned(),
+            (before, Some(after)) => {
+                format!("figure 9: {} kernel TLS sockets set up during the figure (nginx)", after - before.unwrap_or(0))
+            }
+        });
+    }
+
     let hit_misses = misses(&all_proxies).await - misses_before;
     if hit_misses != 0.0 {
         notes.push(format!("{hit_misses} cache misses on the proxies during figures 1-2 (expected 0)"));
@@ -988,6 +1068,15 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "hit rate right after the 3rd joins", "f8.hit_rate_after_join.n3"),
         ("", "hit rate right after the 4th joins", "f8.hit_rate_after_join.n4"),
         ("", "RATIO hit rate / ideal, 4th joins", "f8.ratio.hit_rate_over_ideal.n4"),
+        ("9 TLS 4MiB c=CL", "blockproxy MiB/s", "f9.mib_s.blockproxy"),
+        ("", "nginx MiB/s", "f9.mib_s.nginx"),
+        ("", "RATIO blockproxy / nginx", "f9.ratio.blockproxy_over_nginx_mib_s"),
+        ("9 TLS 64KiB c=CS", "blockproxy req/s", "f9.req_s.blockproxy"),
+        ("", "nginx req/s", "f9.req_s.nginx"),
+        ("", "blockproxy p99 ms", "f9.p99_ms.blockproxy"),
+        ("", "nginx p99 ms", "f9.p99_ms.nginx"),
+        ("", "RATIO blockproxy / nginx req/s", "f9.ratio.blockproxy_over_nginx_req_s"),
+        ("", "RATIO blockproxy / nginx p99", "f9.ratio.blockproxy_over_nginx_p99"),
     ];
     println!("{:<18} {:<38} median [min .. max]", "figure", "metric");
     for (fig, label, key) in rows {

@@ -1,5 +1,6 @@
 //! The peers the benchmark measures, all real processes on loopback: MinIO behind a toxiproxy WAN,
-//! the `blockproxy` binary, and Debian's nginx with `proxy_cache`.
+//! the `blockproxy` binary, and Debian's nginx with `proxy_cache` (plain HTTP, and HTTPS for
+//! figure 9).
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use blockproxy_testenv::ports::free_port;
-use blockproxy_testenv::{Blockproxy, BlockproxyCommand, Minio, Toxiproxy};
+use blockproxy_testenv::{Blockproxy, BlockproxyCommand, Minio, Tls, Toxiproxy};
 use serde_json::json;
 
 pub const VOLUME: &str = "vol1";
@@ -108,6 +109,7 @@ pub struct BlockProxy {
     proc: Blockproxy,
     pub addr: SocketAddr,
     pub dir: PathBuf,
+    scheme: &'static str,
 }
 
 /// How long both caches trust a cached object before asking the store: nginx's
@@ -118,8 +120,21 @@ pub struct BlockProxy {
 pub const TRUSTED_FOR_MS: u64 = 3_600_000;
 
 impl BlockProxy {
-    /// Starts a proxy for [`VOLUME`] on `store_endpoint`; `extra` are more `serve` flags.
+    /// Starts a plain-HTTP proxy for [`VOLUME`] on `store_endpoint`; `extra` are more `serve` flags.
     pub async fn start(name: &str, root: &Path, wan: &Wan, store_endpoint: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_with_tls(name, root, wan, store_endpoint, extra, Tls::Off).await
+    }
+
+    /// [`BlockProxy::start`] serving its clients with `tls` (e.g. `Tls::Files` for figure 9).
+    pub async fn start_with_tls(
+        name: &str,
+        root: &Path,
+        wan: &Wan,
+        store_endpoint: &str,
+        extra: &[&str],
+        tls: Tls,
+    ) -> Result<Self> {
+        let scheme = if matches!(tls, Tls::Off) { "http" } else { "https" };
         let dir = root.join(name);
         std::fs::create_dir_all(&dir)?;
         let volumes = dir.join("volumes.yaml");
@@ -131,7 +146,7 @@ impl BlockProxy {
             ),
         )?;
         let command = BlockproxyCommand::serve(env!("CARGO_BIN_EXE_blockproxy"), name, &dir.join("cache"))?
-            .no_tls()
+            .tls(tls)
             .args(["--disk-quota", "8Gi"])
             .volumes_file(&volumes)
             .s3_store(store_endpoint, wan.minio.access_key(), wan.minio.secret_key())
@@ -141,7 +156,7 @@ impl BlockProxy {
             // Start-up with many cached blocks is measured: poll often, wait long.
             .ready_within(Duration::from_secs(300), Duration::from_millis(2));
         let proc = Blockproxy::start(command).await?;
-        Ok(Self { name: name.into(), addr: proc.addr(), proc, dir })
+        Ok(Self { name: name.into(), addr: proc.addr(), proc, dir, scheme })
     }
 
     /// SIGKILL, then start again; returns the start-up time (spawn until `/readyz` is 200).
@@ -154,11 +169,11 @@ impl BlockProxy {
     }
 
     pub fn base(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub fn block_url(&self, key: &str) -> String {
-        block_url(&self.addr, key)
+        block_url(&self.base(), key)
     }
 
     pub fn cache_dir(&self) -> PathBuf {
@@ -167,35 +182,42 @@ impl BlockProxy {
 
     /// The value of an unlabelled metric from `/metrics`.
     pub async fn metric(&self, name: &str) -> Result<f64> {
-        let text = reqwest::get(format!("{}/metrics", self.base())).await?.text().await?;
+        // The TLS proxy's certificate is the bench's own; only the load generator checks it.
+        let http = reqwest::Client::builder().danger_accept_invalid_certs(true).build()?;
+        let text = http.get(format!("{}/metrics", self.base())).send().await?.text().await?;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .with_context(|| format!("metric {name} not found on {}", self.name))
     }
 }
 
-/// The block API URL of `key` on the server at `addr` (nginx serves the same paths).
-pub fn block_url(addr: &SocketAddr, key: &str) -> String {
-    format!("http://{addr}/v1/volumes/{VOLUME}/blocks/{key}")
+/// The block API URL of `key` on the server at `base` (`http(s)://addr`; nginx serves the same
+/// paths).
+pub fn block_url(base: &str, key: &str) -> String {
+    format!("{base}/v1/volumes/{VOLUME}/blocks/{key}")
 }
 
 /// nginx with `proxy_cache`, from `proxy/benches/nginx.conf.template`, in the foreground.
 pub struct Nginx {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The HTTPS listener (same server, same cache), with the bench's certificate.
+    pub tls_addr: SocketAddr,
     pub dir: PathBuf,
 }
 
 const NGINX_TEMPLATE: &str = include_str!("../nginx.conf.template");
 
 impl Nginx {
-    pub async fn start(root: &Path, wan: &Wan) -> Result<Self> {
+    /// Starts nginx; its HTTPS listener serves `cert` (PEM certificate and key files).
+    pub async fn start(root: &Path, wan: &Wan, cert: &crate::tls::CertFiles) -> Result<Self> {
         let dir = root.join("nginx");
         let cache = dir.join("cache");
         for d in [&dir, &cache, &dir.join("client_body"), &dir.join("proxy_temp")] {
             std::fs::create_dir_all(d)?;
         }
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let tls_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         // Workers must be able to write the cache: as root, keep them root (the folders are ours).
         let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
         let conf = NGINX_TEMPLATE
@@ -203,6 +225,9 @@ impl Nginx {
             .replace("{{DIR}}", &dir.display().to_string())
             .replace("{{CACHE_DIR}}", &cache.display().to_string())
             .replace("{{LISTEN}}", &addr.to_string())
+            .replace("{{TLS_LISTEN}}", &tls_addr.to_string())
+            .replace("{{TLS_CERT}}", &cert.cert.display().to_string())
+            .replace("{{TLS_KEY}}", &cert.key.display().to_string())
             .replace("{{UPSTREAM}}", &wan.addr.to_string())
             .replace("{{VOLUME}}", VOLUME)
             .replace("{{BUCKET}}", wan.minio.bucket())
@@ -222,9 +247,9 @@ impl Nginx {
             .stderr(log)
             .spawn()
             .context("starting nginx (run hack/nginx.sh to install it)")?;
-        let mut n = Self { child: Some(child), addr, dir };
+        let mut n = Self { child: Some(child), addr, tls_addr, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
+        while TcpStream::connect(addr).is_err() || TcpStream::connect(tls_addr).is_err() {
             if let Some(c) = n.child.as_mut()
                 && let Some(status) = c.try_wait()?
             {
@@ -246,7 +271,11 @@ impl Nginx {
     }
 
     pub fn block_url(&self, key: &str) -> String {
-        block_url(&self.addr, key)
+        block_url(&format!("http://{}", self.addr), key)
+    }
+
+    pub fn tls_block_url(&self, key: &str) -> String {
+        block_url(&format!("https://{}", self.tls_addr), key)
     }
 }
 
