@@ -4,6 +4,10 @@ use blockproxy::config::LogFormat;
 use blockproxy::sidecar::MountArgs;
 use clap::Parser;
 
+/// The proxy's allocator (ADR 0010): the sidecar runs in every workload Pod, so its RSS counts.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "blockproxy-mount",

@@ -3,6 +3,11 @@
 use blockproxy::config::{LogFormat, ProxyArgs};
 use clap::{Parser, Subcommand};
 
+/// jemalloc, for a lower and steadier RSS than glibc's per-thread arenas, and the same allocator
+/// in the musl image as in the tests and the bench (ADR 0010).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "blockproxy",
