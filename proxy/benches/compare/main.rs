@@ -456,31 +456,7 @@ async fn main() -> Result<()> {
     };
 
     // The client library, pointed at the group by a discovery file (plain HTTP on loopback).
-    let discovery = DiscoveryDocument {
-        volume_id: VolumeId::parse(VOLUME)?,
-        store: StoreLocation {
-            bucket: bucket.clone(),
-            prefix: PREFIX.into(),
-            endpoint: None,
-            region: None,
-            provider: None,
-            path_style: false,
-        },
-        block_size: blockproxy::protocol::DEFAULT_BLOCK_SIZE,
-        metadata_ttl_ms: peers::TRUSTED_FOR_MS,
-        groups: vec![DiscoveryGroup {
-            name: "bench".into(),
-            provider_code: "s3".into(),
-            region_code: "local".into(),
-            scheme: "http".into(),
-            ca_bundle: None,
-            server_name: None,
-            endpoints: group_addrs
-                .iter()
-                .map(|a| DiscoveryEndpoint { address: a.clone(), node: None, weight: 1, draining: false })
-                .collect(),
-        }],
-    };
+    let discovery = discovery_doc(&bucket, &group_addrs)?;
     let discovery_file = root.path().join("discovery.json");
     std::fs::write(&discovery_file, discovery.to_json_pretty())?;
     let client =
@@ -796,6 +772,31 @@ async fn main() -> Result<()> {
         let warm = tokio::task::spawn_blocking(move || mount::fio(&f, size, "read")).await??;
         eprintln!("  first read through the mount (blocks fetched across the WAN): {warm:.0} MiB/s");
         r.push("f7.first_read_mib_s.mount", warm);
+        // The peers an application could read it from instead: one proxy (the client library on
+        // a group of one, so every block comes from it), nginx, the store across the WAN. Each
+        // is read once first, to fill its cache.
+        let single_file = root.path().join("discovery-single.json");
+        std::fs::write(&single_file, discovery_doc(&bucket, &[bp.addr.to_string()])?.to_json_pretty())?;
+        let single = Client::start(ClientConfig::new(VolumeId::parse(VOLUME)?, single_file, TOKEN.into())).await?;
+        let single_first = client_read_mib_s(&single, "f7.bin", size).await?;
+        let nginx_url: Uri = nginx.block_url("f7.bin").parse()?;
+        let timed_get = |uri: Uri| {
+            let http = http.clone();
+            async move {
+                let t0 = Instant::now();
+                let n = load::get(&http, &uri, None).await?;
+                Ok::<_, anyhow::Error>(n as f64 / MIB as f64 / t0.elapsed().as_secs_f64())
+            }
+        };
+        let nginx_first = timed_get(nginx_url.clone()).await?;
+        let t0 = Instant::now();
+        let o = direct.get_object().bucket(&bucket).key(format!("{PREFIX}/f7.bin")).send().await?;
+        let n = o.body.collect().await?.into_bytes().len() as u64;
+        let direct_mib_s = n as f64 / MIB as f64 / t0.elapsed().as_secs_f64();
+        eprintln!(
+            "  first reads: one proxy {single_first:.0} MiB/s, nginx {nginx_first:.0}; the store across the WAN {direct_mib_s:.0}"
+        );
+        r.push("f7.read_mib_s.direct_store", direct_mib_s);
         for run in 0..p.runs {
             let (f, l) = (in_mount.clone(), local_file.clone());
             let (mnt, loc) = tokio::task::spawn_blocking(move || {
@@ -803,9 +804,21 @@ async fn main() -> Result<()> {
             })
             .await??;
             let s3 = mount::s3_read_mib_s(&sidecar_s3, "f7.bin", size).await?;
-            eprintln!("  run {run}: MiB/s mount {mnt:.0}, sidecar S3 {s3:.0}, local file {loc:.0}");
+            let one = client_read_mib_s(&single, "f7.bin", size).await?;
+            let grp = client_read_mib_s(&client, "f7.bin", size).await?;
+            let ngx = timed_get(nginx_url.clone()).await?;
+            eprintln!(
+                "  run {run}: MiB/s mount {mnt:.0}, sidecar S3 {s3:.0}, group (client library) {grp:.0}, one proxy {one:.0}, nginx {ngx:.0}, local file {loc:.0}"
+            );
             r.push("f7.read_mib_s.mount", mnt);
             r.push("f7.read_mib_s.sidecar_s3", s3);
+            r.push("f7.read_mib_s.group3_client_lib", grp);
+            r.push("f7.read_mib_s.one_proxy", one);
+            r.push("f7.read_mib_s.nginx", ngx);
+            r.push("f7.ratio.sidecar_s3_over_one_proxy", s3 / one);
+            r.push("f7.ratio.sidecar_s3_over_group3", s3 / grp);
+            r.push("f7.ratio.sidecar_s3_over_nginx", s3 / ngx);
+            r.push("f7.ratio.sidecar_s3_over_direct_store", s3 / direct_mib_s);
             r.push("f7.read_mib_s.local_file", loc);
             r.push("f7.ratio.mount_over_sidecar_s3", mnt / s3);
             r.push("f7.ratio.mount_over_local_file", mnt / loc);
@@ -831,8 +844,6 @@ async fn main() -> Result<()> {
     }
 
     // ---- figure 4: write-ack latency, 1 MiB ----
-    drop(client);
-    drop(group);
     if want(4) {
         eprintln!("figure 4: 1 MiB writes one at a time: blockproxy writeback (sync off, on) vs direct PUT");
         let bp_sync = BlockProxy::start("bp-sync", root.path(), &wan, &wan_endpoint, &["--sync"]).await?;
@@ -848,6 +859,26 @@ async fn main() -> Result<()> {
                 direct_acks.push(t0.elapsed().as_micros() as u64);
             }
             direct_acks.sort_unstable();
+            // The application's path: an S3 PutObject through the mount sidecar to the group.
+            let mut sidecar_acks = Vec::new();
+            for i in 0..p.writes {
+                let t0 = Instant::now();
+                sidecar_s3
+                    .put_object()
+                    .bucket(VOLUME)
+                    .key(format!("w-sidecar-{run}-{i}"))
+                    .body(ByteStream::from(data.clone()))
+                    .send()
+                    .await
+                    .context("PUT through the sidecar")?;
+                sidecar_acks.push(t0.elapsed().as_micros() as u64);
+            }
+            sidecar_acks.sort_unstable();
+            eprintln!(
+                "  run {run}: sidecar S3 PUT ack p50/p99 ms {:.2}/{:.2}",
+                pct_ms(&sidecar_acks, 50.0),
+                pct_ms(&sidecar_acks, 99.0)
+            );
             eprintln!(
                 "  run {run}: ack p50/p99 ms: sync off {:.2}/{:.2}, sync on {:.2}/{:.2}, direct {:.1}/{:.1}; ack->store p50 {:.1}/{:.1}",
                 pct_ms(&acks_off, 50.0),
@@ -859,11 +890,13 @@ async fn main() -> Result<()> {
                 pct_ms(&vis_off, 50.0),
                 pct_ms(&vis_on, 50.0)
             );
-            for (name, v) in [("sync_off", &acks_off), ("sync_on", &acks_on), ("direct", &direct_acks)] {
+            for (name, v) in
+                [("sync_off", &acks_off), ("sync_on", &acks_on), ("direct", &direct_acks), ("sidecar_s3", &sidecar_acks)]
+            {
                 r.push(&format!("f4.ack_p50_ms.{name}"), pct_ms(v, 50.0));
                 r.push(&format!("f4.ack_p99_ms.{name}"), pct_ms(v, 99.0));
             }
-            for (name, v) in [("sync_off", &acks_off), ("sync_on", &acks_on)] {
+            for (name, v) in [("sync_off", &acks_off), ("sync_on", &acks_on), ("sidecar_s3", &sidecar_acks)] {
                 r.push(&format!("f4.ratio.{name}_over_direct_p50"), pct_ms(v, 50.0) / pct_ms(&direct_acks, 50.0));
                 r.push(&format!("f4.ratio.{name}_over_direct_p99"), pct_ms(v, 99.0) / pct_ms(&direct_acks, 99.0));
             }
@@ -874,6 +907,8 @@ async fn main() -> Result<()> {
         }
         drop(bp_sync);
     }
+    drop(client);
+    drop(group);
     drop(nginx);
 
     // ---- figure 5: rendezvous movement, 4 -> 5 proxies ----
@@ -961,6 +996,48 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// A discovery document for the bench's volume, served by the proxies at `addrs` (plain HTTP).
+fn discovery_doc(bucket: &str, addrs: &[String]) -> Result<DiscoveryDocument> {
+    Ok(DiscoveryDocument {
+        volume_id: VolumeId::parse(VOLUME)?,
+        store: StoreLocation {
+            bucket: bucket.to_owned(),
+            prefix: PREFIX.into(),
+            endpoint: None,
+            region: None,
+            provider: None,
+            path_style: false,
+        },
+        block_size: blockproxy::protocol::DEFAULT_BLOCK_SIZE,
+        metadata_ttl_ms: peers::TRUSTED_FOR_MS,
+        groups: vec![DiscoveryGroup {
+            name: "bench".into(),
+            provider_code: "s3".into(),
+            region_code: "local".into(),
+            scheme: "http".into(),
+            ca_bundle: None,
+            server_name: None,
+            endpoints: addrs
+                .iter()
+                .map(|a| DiscoveryEndpoint { address: a.clone(), node: None, weight: 1, draining: false })
+                .collect(),
+        }],
+    })
+}
+
+/// Reads a whole object through the client library (striped over its group), streaming it;
+/// returns MiB/s.
+async fn client_read_mib_s(client: &Client, key: &str, size: u64) -> Result<f64> {
+    use futures::TryStreamExt;
+    let t0 = Instant::now();
+    let read = client.read_object(&BlockKey::parse(key)?, None).await?.with_context(|| format!("{key} is missing"))?;
+    let n = read.body.try_fold(0u64, |n, chunk| async move { Ok(n + chunk.len() as u64) }).await?;
+    if n != size {
+        bail!("read {n} of {size} bytes of {key} through the client library");
+    }
+    Ok(n as f64 / MIB as f64 / t0.elapsed().as_secs_f64())
+}
+
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
         s.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
@@ -1029,6 +1106,9 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "blockproxy ack p99 ms (--sync)", "f4.ack_p99_ms.sync_on"),
         ("", "direct PUT p50 ms", "f4.ack_p50_ms.direct"),
         ("", "direct PUT p99 ms", "f4.ack_p99_ms.direct"),
+        ("", "sidecar S3 PUT ack p50 ms (group of 3)", "f4.ack_p50_ms.sidecar_s3"),
+        ("", "sidecar S3 PUT ack p99 ms", "f4.ack_p99_ms.sidecar_s3"),
+        ("", "RATIO sidecar S3 / direct p50", "f4.ratio.sidecar_s3_over_direct_p50"),
         ("", "RATIO sync off / direct p50", "f4.ratio.sync_off_over_direct_p50"),
         ("", "RATIO sync off / direct p99", "f4.ratio.sync_off_over_direct_p99"),
         ("", "RATIO --sync / direct p50", "f4.ratio.sync_on_over_direct_p50"),
@@ -1053,7 +1133,15 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "blockproxy RSS MiB after start-up", "rss_mib.blockproxy.after_startup"),
         ("7 file, 1 MiB seq", "mount (fio) MiB/s", "f7.read_mib_s.mount"),
         ("", "sidecar S3 (aws-sdk-s3) MiB/s", "f7.read_mib_s.sidecar_s3"),
+        ("", "group of 3 (client library) MiB/s", "f7.read_mib_s.group3_client_lib"),
+        ("", "one proxy (client library) MiB/s", "f7.read_mib_s.one_proxy"),
+        ("", "nginx MiB/s", "f7.read_mib_s.nginx"),
+        ("", "the store across the WAN MiB/s (1 read)", "f7.read_mib_s.direct_store"),
         ("", "local file (fio) MiB/s", "f7.read_mib_s.local_file"),
+        ("", "RATIO sidecar S3 / one proxy", "f7.ratio.sidecar_s3_over_one_proxy"),
+        ("", "RATIO sidecar S3 / group of 3", "f7.ratio.sidecar_s3_over_group3"),
+        ("", "RATIO sidecar S3 / nginx", "f7.ratio.sidecar_s3_over_nginx"),
+        ("", "RATIO sidecar S3 / store across WAN", "f7.ratio.sidecar_s3_over_direct_store"),
         ("", "RATIO mount / sidecar S3", "f7.ratio.mount_over_sidecar_s3"),
         ("", "RATIO mount / local file", "f7.ratio.mount_over_local_file"),
         ("", "first read through the mount MiB/s", "f7.first_read_mib_s.mount"),
