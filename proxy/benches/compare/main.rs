@@ -890,9 +890,12 @@ async fn main() -> Result<()> {
                 pct_ms(&vis_off, 50.0),
                 pct_ms(&vis_on, 50.0)
             );
-            for (name, v) in
-                [("sync_off", &acks_off), ("sync_on", &acks_on), ("direct", &direct_acks), ("sidecar_s3", &sidecar_acks)]
-            {
+            for (name, v) in [
+                ("sync_off", &acks_off),
+                ("sync_on", &acks_on),
+                ("direct", &direct_acks),
+                ("sidecar_s3", &sidecar_acks),
+            ] {
                 r.push(&format!("f4.ack_p50_ms.{name}"), pct_ms(v, 50.0));
                 r.push(&format!("f4.ack_p99_ms.{name}"), pct_ms(v, 99.0));
             }
