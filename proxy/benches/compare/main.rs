@@ -1120,7 +1120,7 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "ack -> in store p99 ms (sync off)", "f4.ack_to_store_p99_ms.sync_off"),
         ("", "ack -> in store p50 ms (--sync)", "f4.ack_to_store_p50_ms.sync_on"),
         ("", "ack -> in store p99 ms (--sync)", "f4.ack_to_store_p99_ms.sync_on"),
-        ("5 rendezvous 4->5", "fraction of keys moved", "f5.moved_fraction"),
+        ("5 rendezvous 4->5", "fraction of keys moved (COMPUTED)", "f5.moved_fraction"),
         ("", "RATIO moved / ideal 1/5", "f5.ratio.moved_over_ideal"),
         ("", "keys moved between old proxies", "f5.moved_between_old_proxies"),
         ("6 footprint", "blockproxy RSS MiB after warming", "rss_mib.blockproxy.after_warm"),
