@@ -93,6 +93,13 @@ pub struct Reader {
     held: Held,
 }
 
+/// Whether a stream that has yielded `held` (and ends at `stream_end`) can answer the read
+/// `wanted`: it starts within the held bytes or at most [`AHEAD`] past them, and the stream
+/// reaches its end.
+fn continues(held: std::ops::Range<u64>, stream_end: u64, wanted: std::ops::Range<u64>) -> bool {
+    held.start <= wanted.start && wanted.start <= held.end + AHEAD && wanted.end <= stream_end
+}
+
 /// The byte range a stream started for a read at `offset` covers.
 pub fn stream_range(offset: u64, size: u64, file_size: u64, sequential: bool) -> (u64, u64) {
     let end = if sequential || offset == 0 { file_size } else { (offset + size.max(RANDOM_WINDOW)).min(file_size) };
@@ -115,9 +122,8 @@ impl Reader {
         let want = size.min(file_size - offset);
         let end = offset + want;
         let pos = self.held.end();
-        let continues =
-            self.stream.as_ref().is_some_and(|s| self.held.start <= offset && offset <= pos + AHEAD && end <= s.end);
-        if !continues {
+        let held = self.held.start..pos;
+        if !self.stream.as_ref().is_some_and(|s| continues(held, s.end, offset..end)) {
             let sequential = self.stream.is_some() && offset == pos;
             self.stream = Some(start(&self.client, &self.key, &self.info, offset, size, sequential).await?);
             self.held = Held::at(offset);
@@ -158,7 +164,19 @@ async fn start(
 
 #[cfg(test)]
 mod tests {
-    use super::{BEHIND, Bytes, Held, RANDOM_WINDOW, stream_range};
+    use super::{AHEAD, BEHIND, Bytes, Held, RANDOM_WINDOW, continues, stream_range};
+
+    #[test]
+    fn reads_near_the_stream_continue_it_and_others_start_a_new_one() {
+        let k = 128 << 10;
+        let (held, end) = (1000..1000 + 4 * k, 1 << 30);
+        assert!(continues(held.clone(), end, held.end..held.end + k), "the next read");
+        assert!(continues(held.clone(), end, held.end + 2 * k..held.end + 3 * k), "a readahead sibling, early");
+        assert!(continues(held.clone(), end, 1000 + k..1000 + 2 * k), "a sibling that arrived late");
+        assert!(!continues(held.clone(), end, 0..k), "behind what is held");
+        assert!(!continues(held.clone(), end, held.end + AHEAD + 1..held.end + AHEAD + k), "too far ahead");
+        assert!(!continues(held.clone(), held.end + k, held.end..held.end + 2 * k), "past a short stream's end");
+    }
 
     #[test]
     fn held_bytes_answer_reads_in_any_order_and_are_trimmed_behind_the_newest() {
