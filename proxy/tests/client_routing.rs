@@ -525,3 +525,58 @@ async fn client_verifies_proxies_against_the_groups_server_name_not_their_ip() -
     assert_eq!(wrong.status().chosen_group, None);
     Ok(())
 }
+
+/// Reads of an object of at most one block skip the HEAD once the client has seen the key that
+/// small (one GET instead of two round trips), and stay right when the key then grows past a
+/// block, shrinks to nothing or is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_objects_are_read_in_one_request_and_a_grown_one_still_reads_right() -> Result<()> {
+    use futures::TryStreamExt;
+    let minio = Minio::start().await?;
+    let root = tempfile::tempdir()?;
+    let volumes = write_volumes_file(root.path(), minio.bucket())?;
+    let p = Proxy::start("s1", root.path(), &volumes, &minio.endpoint(), &minio).await?;
+    let disc = root.path().join("discovery.json");
+    let mut doc =
+        discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![p.addr.to_string()] }]);
+    let bs = blockproxy::protocol::MIN_BLOCK_SIZE;
+    doc.block_size = bs;
+    write_discovery(&disc, &doc)?;
+    let client = start_client(fast_config(&disc)).await?;
+    let heads = || client.metrics().requests_total.with_label_values(&["head", "proxy"]).get();
+    let read = |range: Option<&'static str>| {
+        let client = client.clone();
+        async move {
+            let Some(r) = client.read_object(&key("small/a"), range).await? else { return anyhow::Ok(None) };
+            let body: Vec<Bytes> = r.body.try_collect().await?;
+            anyhow::Ok(Some((r.info.version, body.concat())))
+        }
+    };
+
+    let v1 = client.put(&key("small/a"), Bytes::from_static(b"hello, small world")).await?;
+    assert_eq!(read(None).await?, Some((v1, b"hello, small world".to_vec())));
+    let before = heads();
+    assert_eq!(read(None).await?, Some((v1, b"hello, small world".to_vec())));
+    assert_eq!(read(Some("bytes=7-11")).await?, Some((v1, b"small".to_vec())));
+    assert_eq!(heads(), before, "a key known to be small is read without a HEAD");
+
+    // Grown past one block: read whole, in blocks pinned to the new version.
+    let big: Vec<u8> = (0..(3 * bs + 123)).map(|i| (i % 251) as u8).collect();
+    let v2 = client.put(&key("small/a"), Bytes::from(big.clone())).await?;
+    assert_eq!(read(None).await?, Some((v2, big.clone())));
+    let r = (bs + 5) as usize..(2 * bs + 9) as usize;
+    let range: &'static str = Box::leak(format!("bytes={}-{}", r.start, r.end - 1).into_boxed_str());
+    assert_eq!(read(Some(range)).await?, Some((v2, big[r].to_vec())));
+
+    // Small again, then empty, then gone.
+    let v3 = client.put(&key("small/a"), Bytes::from_static(b"tiny")).await?;
+    assert_eq!(read(None).await?, Some((v3, b"tiny".to_vec())));
+    assert_eq!(read(None).await?, Some((v3, b"tiny".to_vec())));
+    let v4 = client.put(&key("small/a"), Bytes::new()).await?;
+    assert_eq!(read(None).await?, Some((v4, Vec::new())));
+    let v5 = client.put(&key("small/a"), Bytes::from_static(b"again")).await?;
+    assert_eq!(read(None).await?, Some((v5, b"again".to_vec())));
+    client.delete(&key("small/a")).await?;
+    assert_eq!(read(None).await?, None);
+    Ok(())
+}

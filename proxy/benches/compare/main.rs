@@ -377,8 +377,14 @@ async fn proxy_writes(
 
 /// `perf record` (software cpu-clock event, so it works in VMs without PMU access) of `pid`.
 fn perf_record(pid: u32, data: &Path) -> Result<std::process::Child> {
+    perf_record_with(&["-F", "999", "-g", "-p", &pid.to_string()], data)
+}
+
+fn perf_record_with(args: &[&str], data: &Path) -> Result<std::process::Child> {
     let child = std::process::Command::new("perf")
-        .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
+        .args(["record", "-e", "cpu-clock"])
+        .args(args)
+        .arg("-o")
         .arg(data)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -629,6 +635,29 @@ async fn main() -> Result<()> {
             r.push("f2.p50_ms.nginx", n.percentile_ms(50.0));
             r.push("f2.ratio.blockproxy_over_nginx_req_s", b.req_per_s() / n.req_per_s());
             r.push("f2.ratio.blockproxy_over_nginx_p99", b.percentile_ms(99.0) / n.percentile_ms(99.0));
+        }
+        // Optional: CPU profiles of the sidecar S3 path on 64 KiB hits (BLOCKPROXY_BENCH_PERF=1):
+        // this process (the sidecar and the aws-sdk-s3 load; DWARF call graphs, as the bench
+        // has no frame pointers) and the whole machine (how the CPU splits between processes).
+        if std::env::var_os("BLOCKPROXY_BENCH_PERF").is_some_and(|v| v != "0") {
+            std::fs::create_dir_all(&p.out)?;
+            let me = p.out.join("perf-sidecar-small.data");
+            let all = p.out.join("perf-system-small.data");
+            let pid = std::process::id().to_string();
+            let perf = [
+                perf_record_with(&["-F", "499", "--call-graph", "dwarf,32768", "-p", &pid], &me)?,
+                perf_record_with(&["-F", "999", "-a"], &all)?,
+            ];
+            let res = s3_load(&sidecar_s3, &s3_small, p.concurrency_small, d).await;
+            for pr in perf {
+                perf_stop(pr)?;
+            }
+            eprintln!(
+                "  perf: sidecar S3 64 KiB {:.0} req/s while profiled; `perf report -i {}` (and {})",
+                res.req_per_s(),
+                me.display(),
+                all.display()
+            );
         }
     }
 

@@ -25,6 +25,7 @@ mod direct;
 mod listing;
 mod objects;
 mod ops;
+mod small;
 
 pub use info::ObjectInfo;
 pub use listing::{ListEntry, ListPage};
@@ -187,6 +188,8 @@ struct Inner {
     clock: VersionClock,
     /// This client's last write per key, for read-your-writes.
     recent: recent::RecentWrites,
+    /// Keys whose reads skip the HEAD ([`small`]).
+    small: small::SmallKeys,
     metrics: ClientMetrics,
 }
 
@@ -253,6 +256,7 @@ impl Client {
             rounds: Default::default(),
             clock: VersionClock::default(),
             recent: recent::RecentWrites::new(cfg.recent_writes),
+            small: small::SmallKeys::default(),
             metrics: ClientMetrics::new(),
             cfg,
         });

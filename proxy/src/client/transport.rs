@@ -249,9 +249,11 @@ impl ProxyCall<'_> {
             resp.headers().get(CHECKSUM_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
         let data = resp.bytes().await.map_err(classify)?;
-        // End to end: a whole block is checked against the checksum the proxy verified on disk
-        // (a range cannot be; the proxy verified the whole block before slicing it).
-        if let (Some(sum), false) = (&checksum, partial)
+        // End to end: a whole block (also one that a range covers whole) is checked against the
+        // checksum the proxy verified on disk (a part cannot be; the proxy verified the whole
+        // block before slicing it).
+        let whole = !partial || total == Some(data.len() as u64);
+        if let (Some(sum), true) = (&checksum, whole)
             && let Err(e) = sum.verify(&data)
         {
             return Err(AttemptError::Unavailable(format!("GET body failed verification: {e}")));

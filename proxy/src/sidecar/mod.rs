@@ -266,6 +266,13 @@ pub async fn serve(
         "S3 endpoint serving; the bucket name is the volume id"
     );
     let app = app(client, access_key, secret_key, max_part_size);
+    // Without TCP_NODELAY, the last segment of a response waits for the client's delayed ACK
+    // (Nagle): tens of milliseconds on a small GET.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY on an S3 connection failed");
+        }
+    });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the S3 endpoint")?;
     Ok(())
 }
