@@ -93,8 +93,8 @@ fn respond(a: Answer<'_>, body: Option<Body>, len: u64) -> Response {
 
 /// Streams `range` of an open block file in [`CHUNK`]-byte reads, each on the task that polls the
 /// body, as small hits are read (see [`crate::cache::INLINE_READ_MAX`]): hyper asks for the next
-/// chunk only once it has written the last, so a response holds about two chunks in memory, and
-/// no read waits on the blocking pool.
+/// chunk only while its write buffer has room (about 400 KiB), so a response holds about three
+/// chunks in memory, and no read waits on the blocking pool.
 fn file_body(buffers: &Arc<BufferPool>, file: std::fs::File, data_offset: u64, range: Range<u64>) -> Body {
     use futures::StreamExt;
     use std::os::unix::fs::FileExt;
