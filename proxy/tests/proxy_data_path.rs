@@ -56,6 +56,53 @@ async fn second_read_is_served_from_cache_without_touching_the_store() -> Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_read_is_one_store_request_for_small_large_and_empty_objects() -> Result<()> {
+    let backend = Backend::start().await?;
+    let s3 = backend.minio.s3_client();
+    let (small, large) = (random_bytes(300_000), random_bytes(1_500_000));
+    for (key, data) in [("small", &small[..]), ("large", &large[..]), ("empty", &[][..])] {
+        let body = bytes::Bytes::copy_from_slice(data).into();
+        s3.put_object().bucket(backend.minio.bucket()).key(format!("{PREFIX}/{key}")).body(body).send().await?;
+    }
+    let dir = tempfile::tempdir()?;
+    let options = ProxyOptions { extra: vec!["--max-block-size".into(), "1Mi".into()], ..Default::default() };
+    let proxy = ProxyProcess::start(&backend, dir.path(), options).await?;
+    let store_requests = || async {
+        Ok::<_, anyhow::Error>((backend.store_get_count().await?, backend.store_api_count("HeadObject").await?))
+    };
+
+    // A miss of a small object asks for its data and attributes in one GET: one WAN round trip.
+    let (gets, heads) = store_requests().await?;
+    let r = proxy.get("small").await?;
+    assert_eq!(r.headers()["x-blockproxy-source"], "store");
+    assert_eq!(r.headers()["content-length"], small.len().to_string().as_str());
+    assert_eq!(r.bytes().await?.as_ref(), small.as_slice());
+    assert_eq!(store_requests().await?, (gets + 1, heads), "one GetObject and no HeadObject for the miss");
+    assert_eq!(proxy.get_bytes("small").await?.as_deref(), Some(small.as_slice()), "then a hit");
+    assert_eq!(store_requests().await?, (gets + 1, heads), "the hit asked the store nothing");
+
+    // An empty object has no byte 0 to range over: it is still read, the two-request way.
+    let r = proxy.get("empty").await?;
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await?.is_empty());
+
+    // An object over one block is refused whole, with the way to read it; a range of it is read.
+    let r = proxy.get("large").await?;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await?.contains("read it in blocks"));
+    let r = proxy
+        .http
+        .get(proxy.block_url("large"))
+        .bearer_auth(TOKEN)
+        .header("Range", "bytes=1000000-1099999")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await?.as_ref(), &large[1_000_000..1_100_000]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_misses_make_one_store_get() -> Result<()> {
     let backend = Backend::start().await?;
     let data = random_bytes(256 << 10);

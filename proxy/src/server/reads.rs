@@ -14,7 +14,7 @@ use super::routes::{cache_error, reserve_bytes};
 use super::state::AppState;
 use crate::cache::buffers::BufferPool;
 use crate::cache::{BlockId, FetchedMeta, Lookup, OpenBlock, Opened, Stripe};
-use crate::store::{ErrorClass, ObjectInfo, StoreError};
+use crate::store::{ErrorClass, ObjectInfo, SmallObject, StoreError};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -229,11 +229,12 @@ pub async fn get_object(
     }
     s.metrics.cache_misses_total.inc();
     let quarantined = s.cache.quarantined_version(&id);
-    let info = match object_info(s, cfg, &id).await {
-        Ok(Some(info)) if quarantined.is_none_or(|q| q <= info.version) => info,
+    let ranged = headers.contains_key(header::RANGE);
+    let Found { info, data } = match store_object(s, cfg, &id, with_body, ranged).await {
+        Ok(Some(found)) if quarantined.is_none_or(|q| q <= found.info.version) => found,
         Ok(_) | Err(_) if quarantined.is_some() => return Err(quarantined_block(&id)),
         Ok(_) => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such object")),
-        Err(e) => return Err(store_failed(e)),
+        Err(e) => return Err(e),
     };
     s.clocks.observe(&id.volume, info.version);
     let range = requested_range(headers, info.size)?;
@@ -259,8 +260,7 @@ pub async fn get_object(
         let len = range.as_ref().map_or(info.size, |r| r.end - r.start);
         return Ok(respond(answer(range, info.crc32c, "store"), None, len));
     }
-    if info.size <= s.max_block_size {
-        let data = fetch_whole(s, cfg, &id, &info).await?;
+    if let Some(data) = data {
         let _reserved = reserve_bytes(s, data.len() as u64).await?;
         let crc = crc32c::crc32c(&data);
         let body = match &range {
@@ -376,15 +376,52 @@ async fn object_info(s: &AppState, cfg: &VolumeConfig, id: &BlockId) -> Result<O
     Ok(info)
 }
 
-/// The whole (small) object, fetched once for concurrent readers and cached clean.
-async fn fetch_whole(
+/// What the store holds under a key: its attributes, and its bytes when they were fetched.
+struct Found {
+    info: ObjectInfo,
+    data: Option<Bytes>,
+}
+
+/// The object's attributes, and for a read (`with_body`) its data when it fits in one block.
+/// A whole-object read asks for both in one GET unless the cached attributes say the object is
+/// large: a cold read costs one round trip across the WAN. A ranged read asks for the
+/// attributes first (one HEAD unless cached), as a large object's range is read on its own.
+async fn store_object(
     s: &Arc<AppState>,
     cfg: &VolumeConfig,
     id: &BlockId,
-    info: &ObjectInfo,
-) -> Result<Bytes, ApiError> {
+    with_body: bool,
+    ranged: bool,
+) -> Result<Option<Found>, ApiError> {
+    let known = if !with_body || ranged {
+        match object_info(s, cfg, id).await.map_err(store_failed)? {
+            Some(info) => Some(info),
+            None => return Ok(None),
+        }
+    } else {
+        s.meta.get(id, metadata_ttl(s, cfg))
+    };
+    if !with_body || known.as_ref().is_some_and(|i| i.size > s.max_block_size) {
+        return Ok(known.map(|info| Found { info, data: None }));
+    }
+    // The GET's own attributes answer it, even where they differ from cached ones: they are newer.
+    let found = match fetch_whole(s, cfg, id).await? {
+        Some(SmallObject::Whole(b)) => Found { info: b.info(), data: Some(b.data) },
+        Some(SmallObject::Large(info)) => Found { info, data: None },
+        None => {
+            s.meta.forget(id);
+            return Ok(None);
+        }
+    };
+    s.meta.put(id, found.info.clone());
+    Ok(Some(found))
+}
+
+/// The whole object when it fits in one block (else its attributes), fetched once for concurrent
+/// readers; a fetched object is cached clean.
+async fn fetch_whole(s: &Arc<AppState>, cfg: &VolumeConfig, id: &BlockId) -> Result<Option<SmallObject>, ApiError> {
     let (store, cache, metrics) = (Arc::clone(&s.store), Arc::clone(&s.cache), Arc::clone(&s.metrics));
-    let (bucket, store_key) = (cfg.bucket.clone(), cfg.store_key(&id.key));
+    let (bucket, store_key, max) = (cfg.bucket.clone(), cfg.store_key(&id.key), s.max_block_size);
     // Keyed by the removal epoch too: a read never joins a fetch older than a delete or overwrite
     // that was acknowledged and flushed before the read started.
     let key = s.cache.fetch_key(id);
@@ -394,8 +431,8 @@ async fn fetch_whole(
             key.clone(),
             move || async move {
                 metrics.store_requests_total.with_label_values(&["get"]).inc();
-                match store.get(&bucket, &store_key).await {
-                    Ok(Some(b)) => {
+                match store.get_small(&bucket, &store_key, max).await {
+                    Ok(Some(SmallObject::Whole(b))) => {
                         metrics.store_read_bytes_total.inc_by(b.data.len() as u64);
                         let meta = FetchedMeta {
                             etag: unquote(&b.etag).to_owned(),
@@ -405,9 +442,9 @@ async fn fetch_whole(
                             modified_ns: b.last_modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
                         };
                         cache.insert_clean(key, &bucket, &store_key, b.data.clone(), b.version, meta).await;
-                        Ok(Some(Arc::new(b)))
+                        Ok(Some(Arc::new(SmallObject::Whole(b))))
                     }
-                    Ok(None) => Ok(None),
+                    Ok(got) => Ok(got.map(Arc::new)),
                     Err(e) => Err(Arc::from(e.to_string())),
                 }
             },
@@ -415,16 +452,13 @@ async fn fetch_whole(
         )
         .await;
     match got {
-        Ok(Some(b)) if s.cache.quarantined_version(id).is_some_and(|q| q > b.version) => Err(quarantined_block(id)),
-        Ok(Some(b)) => {
-            if unquote(&b.etag) != unquote(&info.etag) {
-                // Replaced since the HEAD: the attributes answered must be the data's.
-                s.meta.forget(id);
-                return Err(ApiError::unavailable("the object changed while it was read; retry", 0));
+        Ok(Some(small)) => match &*small {
+            SmallObject::Whole(b) if s.cache.quarantined_version(id).is_some_and(|q| q > b.version) => {
+                Err(quarantined_block(id))
             }
-            Ok(b.data.clone())
-        }
-        Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, "no such object")),
+            other => Ok(Some(other.clone())),
+        },
+        Ok(None) => Ok(None),
         Err(e) => Err(store_failed(e)),
     }
 }

@@ -10,12 +10,12 @@ use crate::cache::flight::SingleFlight;
 use crate::cache::staging::Staging;
 use crate::cache::{BlockId, Cache, FetchKey};
 use crate::metrics::Metrics;
-use crate::store::{DynStore, StoredBlock};
+use crate::store::{DynStore, SmallObject};
 use crate::writeback::Writeback;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub type FetchResult = Result<Option<Arc<StoredBlock>>, Arc<str>>;
+pub type FetchResult = Result<Option<Arc<SmallObject>>, Arc<str>>;
 
 pub struct AppState {
     pub volumes: Arc<Volumes>,

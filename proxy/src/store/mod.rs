@@ -67,6 +67,46 @@ impl StoredBlock {
     pub fn client_etag(&self) -> &str {
         self.s3_etag.as_deref().unwrap_or(&self.etag)
     }
+
+    /// Its attributes, as a HEAD would answer them.
+    pub fn info(&self) -> ObjectInfo {
+        ObjectInfo {
+            size: self.data.len() as u64,
+            etag: self.etag.clone(),
+            s3_etag: self.s3_etag.clone(),
+            version: self.version,
+            last_modified: self.last_modified,
+            attrs: self.attrs.clone(),
+            crc32c: Some(self.crc32c),
+        }
+    }
+}
+
+/// What [`Store::get_small`] found under a key.
+#[derive(Debug, Clone)]
+pub enum SmallObject {
+    /// The whole object: it has at most the bytes asked for.
+    Whole(StoredBlock),
+    /// A larger object: only its attributes.
+    Large(ObjectInfo),
+}
+
+/// [`Store::get_small`] in two requests, for stores that cannot answer it in one.
+pub async fn get_small_by_head<S: Store + ?Sized>(
+    store: &S,
+    bucket: &str,
+    key: &str,
+    max: u64,
+) -> Result<Option<SmallObject>, StoreError> {
+    let Some(info) = store.head(bucket, key).await? else { return Ok(None) };
+    if info.size > max {
+        return Ok(Some(SmallObject::Large(info)));
+    }
+    // Replaced by a larger object between the two requests: still only its attributes.
+    Ok(store
+        .get(bucket, key)
+        .await?
+        .map(|b| if b.data.len() as u64 > max { SmallObject::Large(b.info()) } else { SmallObject::Whole(b) }))
 }
 
 /// What the store holds under a key, without its bytes.
@@ -247,6 +287,13 @@ pub trait Store: Send + Sync + 'static {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> Result<Option<StoredRange>, StoreError>;
+    /// The whole object when it has at most `max` bytes, else only its attributes; `None` when
+    /// it does not exist. Verifies the writer's checksum as [`Store::get`] does. A store that can
+    /// answer with one request overrides this: a cold read of a small object then costs one
+    /// round trip across the WAN, not a HEAD and a GET.
+    async fn get_small(&self, bucket: &str, key: &str, max: u64) -> Result<Option<SmallObject>, StoreError> {
+        get_small_by_head(self, bucket, key, max).await
+    }
     /// The object's size, ETag, version, attributes..., or `None` when it does not exist.
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
     /// Writes the whole object with `meta` and `attrs`, only if `cond` still holds; otherwise

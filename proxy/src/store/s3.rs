@@ -12,8 +12,8 @@
 //! are streamed from the file, and the store's ETag is then `md5(part md5s)-N`.
 
 use super::{
-    ListPage, ListedObject, ObjectAttrs, ObjectInfo, ObjectMeta, Precondition, Store, StoreError, StoredBlock,
-    StoredRange, check_parts, check_range, verify_fetched, without_tombstones,
+    ListPage, ListedObject, ObjectAttrs, ObjectInfo, ObjectMeta, Precondition, SmallObject, Store, StoreError,
+    StoredBlock, StoredRange, check_parts, check_range, get_small_by_head, verify_fetched, without_tombstones,
 };
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -180,6 +180,19 @@ macro_rules! with_attrs {
     }};
 }
 
+/// The attributes of a (ranged) GetObject answer, for an object of `size` bytes.
+fn info_of_get(out: &aws_sdk_s3::operation::get_object::GetObjectOutput, size: u64) -> ObjectInfo {
+    ObjectInfo {
+        size,
+        etag: out.e_tag().unwrap_or("*").to_owned(),
+        s3_etag: None,
+        version: parse_version(out.metadata()),
+        last_modified: system_time(out.last_modified()),
+        attrs: attrs_of!(out),
+        crc32c: parse_crc32c(out.metadata()),
+    }
+}
+
 fn is_not_found<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
     status_of(e) == Some(404) && e.code() != Some("NoSuchBucket")
 }
@@ -313,15 +326,7 @@ impl Store for S3Store {
             Err(e) => return Err(request_err("GET range", bucket, key)(e)),
         };
         let size = total_size(out.content_range()).unwrap_or(0);
-        let info = ObjectInfo {
-            size,
-            etag: out.e_tag().unwrap_or("*").to_owned(),
-            s3_etag: None,
-            version: parse_version(out.metadata()),
-            last_modified: system_time(out.last_modified()),
-            attrs: attrs_of!(out),
-            crc32c: parse_crc32c(out.metadata()),
-        };
+        let info = info_of_get(&out, size);
         // The store cuts a range that reaches past the end short: that is the caller's error.
         check_range(bucket, key, &range, size)?;
         let data = out.body.collect().await.map_err(body_err("GET range body", bucket, key))?.into_bytes();
@@ -334,6 +339,49 @@ impl Store for S3Store {
             });
         }
         Ok(Some(StoredRange { data, info }))
+    }
+
+    async fn get_small(&self, bucket: &str, key: &str, max: u64) -> Result<Option<SmallObject>, StoreError> {
+        if max == 0 {
+            return get_small_by_head(self, bucket, key, max).await;
+        }
+        // One ranged GET answers both: the data when it all fits, the size from Content-Range.
+        let req = self.client.get_object().bucket(bucket).key(key).range(format!("bytes=0-{}", max - 1));
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            // An empty object has no byte 0 to range over.
+            Err(e) if status_of(&e) == Some(416) => return get_small_by_head(self, bucket, key, max).await,
+            Err(e) => return Err(request_err("GET", bucket, key)(e)),
+        };
+        // A store that ignores the Range answers 200 with the whole object and no Content-Range.
+        let size = match out.content_range() {
+            Some(r) => total_size(Some(r)).ok_or_else(|| StoreError::Request {
+                op: "GET",
+                bucket: bucket.into(),
+                key: key.into(),
+                message: format!("unreadable Content-Range {r:?}"),
+            })?,
+            None => out.content_length().unwrap_or(0).max(0) as u64,
+        };
+        let info = info_of_get(&out, size);
+        if size > max {
+            // The unread body closes this connection: large objects are read in blocks, so a
+            // whole-object read of one is rare (and refused by the proxy).
+            return Ok(Some(SmallObject::Large(info)));
+        }
+        let data = out.body.collect().await.map_err(body_err("GET body", bucket, key))?.into_bytes();
+        if data.len() as u64 != size {
+            return Err(StoreError::Request {
+                op: "GET body",
+                bucket: bucket.into(),
+                key: key.into(),
+                message: format!("the object has {size} bytes, got {}", data.len()),
+            });
+        }
+        let crc32c = verify_fetched(bucket, key, &data, info.crc32c)?;
+        let ObjectInfo { etag, version, last_modified, attrs, .. } = info;
+        Ok(Some(SmallObject::Whole(StoredBlock { data, version, crc32c, etag, s3_etag: None, last_modified, attrs })))
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
