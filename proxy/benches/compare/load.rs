@@ -59,7 +59,13 @@ pub async fn get<C: Connect + Clone + Send + Sync + 'static>(
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    let resp = http.request(req.body(Full::new(Bytes::new()))?).await.with_context(|| format!("GET {uri}"))?;
+    counted(http, req.body(Full::new(Bytes::new()))?).await
+}
+
+/// Sends `req` and returns the number of body bytes received (streamed, not kept).
+async fn counted<C: Connect + Clone + Send + Sync + 'static>(http: &Http<C>, req: Request<Full<Bytes>>) -> Result<u64> {
+    let uri = req.uri().clone();
+    let resp = http.request(req).await.with_context(|| format!("GET {uri}"))?;
     let status = resp.status();
     let mut body = resp.into_body();
     let mut n = 0u64;
@@ -72,6 +78,42 @@ pub async fn get<C: Connect + Clone + Send + Sync + 'static>(
         bail!("GET {uri}: {status}");
     }
     Ok(n)
+}
+
+/// SigV4 credentials, for the load generator to speak S3 as an S3 client does: every request
+/// signed (region us-east-1, service s3, `UNSIGNED-PAYLOAD` for the empty GET body).
+pub struct S3Signer {
+    identity: aws_smithy_runtime_api::client::identity::Identity,
+}
+
+impl S3Signer {
+    pub fn new(access_key: &str, secret_key: &str) -> Self {
+        let credentials = aws_sdk_s3::config::Credentials::new(access_key, secret_key, None, None, "bench");
+        Self { identity: credentials.into() }
+    }
+}
+
+/// An S3 GetObject of `uri` (path style: `http://host/bucket/key`), signed with `signer`; returns
+/// the number of body bytes received. The same client as [`get`], so the two compare.
+pub async fn s3_get(http: &Http, uri: &Uri, signer: &S3Signer) -> Result<u64> {
+    use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
+    let mut settings = SigningSettings::default();
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&signer.identity)
+        .region("us-east-1")
+        .name("s3")
+        .time(std::time::SystemTime::now())
+        .settings(settings)
+        .build()?
+        .into();
+    let host = uri.authority().context("an S3 URI names its host")?.as_str();
+    let headers = [("host", host)];
+    let signable = SignableRequest::new("GET", uri.to_string(), headers.into_iter(), SignableBody::UnsignedPayload)?;
+    let (instructions, _) = sign(signable, &params)?.into_parts();
+    let mut req = Request::builder().method(Method::GET).uri(uri.clone()).body(Full::new(Bytes::new()))?;
+    instructions.apply_to_request_http1x(&mut req);
+    counted(http, req).await
 }
 
 /// PUTs `data` to `uri` with the given extra headers; returns when the response has been read.

@@ -209,6 +209,23 @@ async fn get_load<C: Connect + Clone + Send + Sync + 'static>(
     .await
 }
 
+/// The same load generator speaking S3: SigV4-signed GetObjects of `targets` (path style) on the
+/// mount sidecar's S3 endpoint. Against [`get_load`] on the group, only the sidecar differs.
+async fn s3_signed_load(
+    http: &Http,
+    targets: &Arc<Vec<Uri>>,
+    signer: &Arc<load::S3Signer>,
+    concurrency: usize,
+    duration: Duration,
+) -> LoadResult {
+    let (http, targets, signer) = (http.clone(), Arc::clone(targets), Arc::clone(signer));
+    closed_loop(concurrency, duration, move |i| {
+        let (http, targets, signer) = (http.clone(), Arc::clone(&targets), Arc::clone(&signer));
+        async move { load::s3_get(&http, &targets[i as usize % targets.len()], &signer).await }
+    })
+    .await
+}
+
 /// The same load through the client library (`Client::get`, rendezvous routing inside).
 async fn client_load(client: &Client, keys: &Arc<Vec<BlockKey>>, concurrency: usize, duration: Duration) -> LoadResult {
     let (client, keys) = (client.clone(), Arc::clone(keys));
@@ -481,6 +498,9 @@ async fn main() -> Result<()> {
     ));
     let sidecar_s3 = wan.s3_client_with(&sidecar_endpoint, SIDECAR_KEY, SIDECAR_KEY);
     let (s3_large, s3_small) = (Arc::new(large_keys.clone()), Arc::new(small_keys.clone()));
+    let sidecar_uris = |keys: &[String]| uris(keys.iter().map(|k| format!("{sidecar_endpoint}/{VOLUME}/{k}")));
+    let (signed_large, signed_small) = (sidecar_uris(&large_keys)?, sidecar_uris(&small_keys)?);
+    let signer = Arc::new(load::S3Signer::new(SIDECAR_KEY, SIDECAR_KEY));
 
     let http = http_client(p.concurrency_small.max(p.concurrency_large) * 2);
     let targets = |keys: &[String]| -> Result<[Arc<Vec<Uri>>; 3]> {
@@ -536,6 +556,8 @@ async fn main() -> Result<()> {
             check("group of 3 (client library) 4 MiB", &l)?;
             let a = s3_load(&sidecar_s3, &s3_large, c, d).await;
             check("group of 3 (sidecar S3) 4 MiB", &a)?;
+            let sg = s3_signed_load(&http, &signed_large, &signer, c, d).await;
+            check("group of 3 (sidecar S3, load generator) 4 MiB", &sg)?;
             let sampler = RssSampler::start(nginx.pid(), true);
             let n = get_load(&http, &nginx_large, c, d).await;
             let nginx_rss = sampler.finish().await;
@@ -545,11 +567,12 @@ async fn main() -> Result<()> {
             let cache_dir = bp.cache_dir();
             let raw = tokio::task::spawn_blocking(move || raw_read_mib_s(&cache_dir, LARGE as u64, d)).await??;
             eprintln!(
-                "  run {run}: blockproxy {:.0} MiB/s, group {:.0}, client lib {:.0}, sidecar S3 {:.0}, nginx {:.0}, raw disk read {:.0}",
+                "  run {run}: blockproxy {:.0} MiB/s, group {:.0}, client lib {:.0}, sidecar S3 aws-sdk-s3 {:.0}, sidecar S3 load generator {:.0}, nginx {:.0}, raw disk read {:.0}",
                 b.mib_per_s(),
                 g.mib_per_s(),
                 l.mib_per_s(),
                 a.mib_per_s(),
+                sg.mib_per_s(),
                 n.mib_per_s(),
                 raw
             );
@@ -559,6 +582,9 @@ async fn main() -> Result<()> {
             r.push("f1.mib_s.group3_sidecar_s3", a.mib_per_s());
             r.push("f1.ratio.sidecar_s3_over_group3", a.mib_per_s() / g.mib_per_s());
             r.push("f1.ratio.sidecar_s3_over_blockproxy", a.mib_per_s() / b.mib_per_s());
+            r.push("f1.mib_s.group3_sidecar_s3_loadgen", sg.mib_per_s());
+            r.push("f1.ratio.sidecar_s3_loadgen_over_group3", sg.mib_per_s() / g.mib_per_s());
+            r.push("f1.ratio.sidecar_s3_loadgen_over_blockproxy", sg.mib_per_s() / b.mib_per_s());
             r.push("f1.mib_s.nginx", n.mib_per_s());
             r.push("f1.mib_s.raw_disk_read", raw);
             r.push("f1.ratio.blockproxy_over_nginx", b.mib_per_s() / n.mib_per_s());
@@ -604,6 +630,8 @@ async fn main() -> Result<()> {
             check("group of 3 (client library) 64 KiB", &l)?;
             let a = s3_load(&sidecar_s3, &s3_small, c, d).await;
             check("group of 3 (sidecar S3) 64 KiB", &a)?;
+            let sg = s3_signed_load(&http, &signed_small, &signer, c, d).await;
+            check("group of 3 (sidecar S3, load generator) 64 KiB", &sg)?;
             let sampler = RssSampler::start(nginx.pid(), true);
             let n = get_load(&http, &nginx_small, c, d).await;
             let nginx_rss = sampler.finish().await;
@@ -611,11 +639,12 @@ async fn main() -> Result<()> {
             r.push("rss.ratio.small_load", bp_rss / nginx_rss);
             check("nginx 64 KiB", &n)?;
             eprintln!(
-                "  run {run}: req/s blockproxy {:.0}, group {:.0}, client lib {:.0}, sidecar S3 {:.0}, nginx {:.0}; p99 ms blockproxy {:.2}, nginx {:.2}",
+                "  run {run}: req/s blockproxy {:.0}, group {:.0}, client lib {:.0}, sidecar S3 aws-sdk-s3 {:.0}, sidecar S3 load generator {:.0}, nginx {:.0}; p99 ms blockproxy {:.2}, nginx {:.2}",
                 b.req_per_s(),
                 g.req_per_s(),
                 l.req_per_s(),
                 a.req_per_s(),
+                sg.req_per_s(),
                 n.req_per_s(),
                 b.percentile_ms(99.0),
                 n.percentile_ms(99.0)
@@ -626,6 +655,9 @@ async fn main() -> Result<()> {
             r.push("f2.req_s.group3_sidecar_s3", a.req_per_s());
             r.push("f2.p99_ms.group3_sidecar_s3", a.percentile_ms(99.0));
             r.push("f2.ratio.sidecar_s3_over_group3_req_s", a.req_per_s() / g.req_per_s());
+            r.push("f2.req_s.group3_sidecar_s3_loadgen", sg.req_per_s());
+            r.push("f2.p99_ms.group3_sidecar_s3_loadgen", sg.percentile_ms(99.0));
+            r.push("f2.ratio.sidecar_s3_loadgen_over_group3_req_s", sg.req_per_s() / g.req_per_s());
             r.push("f2.req_s.nginx", n.req_per_s());
             r.push("f2.p99_ms.blockproxy", b.percentile_ms(99.0));
             r.push("f2.p99_ms.group3", g.percentile_ms(99.0));
@@ -1116,6 +1148,9 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "RATIO blockproxy / raw read", "f1.ratio.blockproxy_over_raw"),
         ("", "RATIO sidecar S3 / group of 3", "f1.ratio.sidecar_s3_over_group3"),
         ("", "RATIO sidecar S3 / one proxy", "f1.ratio.sidecar_s3_over_blockproxy"),
+        ("", "group of 3 (sidecar, load generator) MiB/s", "f1.mib_s.group3_sidecar_s3_loadgen"),
+        ("", "RATIO sidecar S3 (load gen) / group of 3", "f1.ratio.sidecar_s3_loadgen_over_group3"),
+        ("", "RATIO sidecar S3 (load gen) / one proxy", "f1.ratio.sidecar_s3_loadgen_over_blockproxy"),
         ("2 hit 64KiB c=CS", "blockproxy req/s", "f2.req_s.blockproxy"),
         ("", "group of 3 (rendezvous) req/s", "f2.req_s.group3"),
         ("", "group of 3 (client library) req/s", "f2.req_s.group3_client_lib"),
@@ -1127,6 +1162,9 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "RATIO blockproxy / nginx p99", "f2.ratio.blockproxy_over_nginx_p99"),
         ("", "sidecar S3 p99 ms", "f2.p99_ms.group3_sidecar_s3"),
         ("", "RATIO sidecar S3 / group of 3 req/s", "f2.ratio.sidecar_s3_over_group3_req_s"),
+        ("", "group of 3 (sidecar, load generator) req/s", "f2.req_s.group3_sidecar_s3_loadgen"),
+        ("", "sidecar S3 (load generator) p99 ms", "f2.p99_ms.group3_sidecar_s3_loadgen"),
+        ("", "RATIO sidecar S3 (load gen) / group of 3 req/s", "f2.ratio.sidecar_s3_loadgen_over_group3_req_s"),
         ("3 miss 1MiB c=1", "blockproxy p50 ms", "f3.p50_ms.blockproxy"),
         ("", "direct aws-sdk-s3 p50 ms", "f3.p50_ms.direct"),
         ("", "nginx p50 ms", "f3.p50_ms.nginx"),
