@@ -484,18 +484,10 @@ async fn main() -> Result<()> {
     std::fs::write(&discovery_file, discovery.to_json_pretty())?;
     let client =
         Client::start(ClientConfig::new(VolumeId::parse(VOLUME)?, discovery_file.clone(), TOKEN.into())).await?;
-    // The application's path: the mount sidecar's S3 endpoint on that client (served in this
-    // process, as the client library peer is), read with aws-sdk-s3.
-    let sidecar_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let sidecar_endpoint = format!("http://{}", sidecar_listener.local_addr()?);
-    tokio::spawn(blockproxy::sidecar::serve(
-        sidecar_listener,
-        client.clone(),
-        SIDECAR_KEY,
-        SIDECAR_KEY,
-        64 << 20,
-        std::future::pending(),
-    ));
+    // The application's path: the mount sidecar's S3 endpoint, as it ships (the blockproxy-mount
+    // binary in its own process, its allocator and runtime), on the same discovery file.
+    let sidecar = mount::start_sidecar(root.path(), &discovery_file, SIDECAR_KEY).await?;
+    let sidecar_endpoint = format!("http://{}", sidecar.addr());
     let sidecar_s3 = wan.s3_client_with(&sidecar_endpoint, SIDECAR_KEY, SIDECAR_KEY);
     let (s3_large, s3_small) = (Arc::new(large_keys.clone()), Arc::new(small_keys.clone()));
     let sidecar_uris = |keys: &[String]| uris(keys.iter().map(|k| format!("{sidecar_endpoint}/{VOLUME}/{k}")));
@@ -669,18 +661,16 @@ async fn main() -> Result<()> {
             r.push("f2.ratio.blockproxy_over_nginx_p99", b.percentile_ms(99.0) / n.percentile_ms(99.0));
         }
         // Optional: CPU profiles of the sidecar S3 path on 64 KiB hits (BLOCKPROXY_BENCH_PERF=1):
-        // this process (the sidecar and the aws-sdk-s3 load; DWARF call graphs, as the bench
-        // has no frame pointers) and the whole machine (how the CPU splits between processes).
-        if std::env::var_os("BLOCKPROXY_BENCH_PERF").is_some_and(|v| v != "0") {
+        // the sidecar process under the load generator speaking S3, and the whole machine (how
+        // the CPU splits between processes).
+        if std::env::var_os("BLOCKPROXY_BENCH_PERF").is_some_and(|v| v != "0")
+            && let Some(pid) = sidecar.pid()
+        {
             std::fs::create_dir_all(&p.out)?;
             let me = p.out.join("perf-sidecar-small.data");
             let all = p.out.join("perf-system-small.data");
-            let pid = std::process::id().to_string();
-            let perf = [
-                perf_record_with(&["-F", "499", "--call-graph", "dwarf,32768", "-p", &pid], &me)?,
-                perf_record_with(&["-F", "999", "-a"], &all)?,
-            ];
-            let res = s3_load(&sidecar_s3, &s3_small, p.concurrency_small, d).await;
+            let perf = [perf_record(pid, &me)?, perf_record_with(&["-F", "999", "-a"], &all)?];
+            let res = s3_signed_load(&http, &signed_small, &signer, p.concurrency_small, d).await;
             for pr in perf {
                 perf_stop(pr)?;
             }

@@ -23,18 +23,30 @@ pub struct Mount {
     _process: Blockproxy,
 }
 
+/// A `blockproxy-mount` process on the group in `discovery_file`, named `name`.
+fn mount_command(root: &Path, name: &str, discovery_file: &Path) -> Result<BlockproxyCommand> {
+    let token = root.join(format!("{name}-token"));
+    std::fs::write(&token, TOKEN)?;
+    Ok(BlockproxyCommand::mount(env!("CARGO_BIN_EXE_blockproxy-mount"), name, VOLUME)?
+        .discovery(discovery_file, &token)
+        .ready_within(Duration::from_secs(30), Duration::from_millis(50)))
+}
+
+/// The mount sidecar serving only its S3 endpoint (no FUSE mount), signed with `key` as both
+/// access and secret key.
+pub async fn start_sidecar(root: &Path, discovery_file: &Path, key: &str) -> Result<Blockproxy> {
+    let command =
+        mount_command(root, "bench-sidecar", discovery_file)?.args(["--s3-access-key", key, "--s3-secret-key", key]);
+    Blockproxy::start(command).await
+}
+
 impl Mount {
     pub async fn start(root: &Path, discovery_file: &Path) -> Result<Self> {
         tool_path(Tool::Fusermount)?;
         let dir = root.join("mnt");
         std::fs::create_dir_all(&dir)?;
-        let token = root.join("mount-token");
-        std::fs::write(&token, TOKEN)?;
         let dir_arg = dir.to_str().context("a UTF-8 bench directory")?;
-        let command = BlockproxyCommand::mount(env!("CARGO_BIN_EXE_blockproxy-mount"), "bench-mount", VOLUME)?
-            .discovery(discovery_file, &token)
-            .args(["--mount-point", dir_arg])
-            .ready_within(Duration::from_secs(30), Duration::from_millis(50));
+        let command = mount_command(root, "bench-mount", discovery_file)?.args(["--mount-point", dir_arg]);
         let process = Blockproxy::start(command).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !is_mounted(&dir) {
