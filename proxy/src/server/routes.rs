@@ -20,6 +20,7 @@ use blockproxy_protocol::{
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use md5::{Digest, Md5};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -365,9 +366,18 @@ pub(super) async fn reserve_bytes(s: &AppState, bytes: u64) -> Result<tokio::syn
     Ok(permit)
 }
 
+/// A block body read by [`read_body`].
+struct ReadBody<'a> {
+    data: Bytes,
+    /// The MD5 of the whole body, when asked for.
+    md5: Option<[u8; 16]>,
+    _held: tokio::sync::SemaphorePermit<'a>,
+}
+
 /// Reads a block body: bounded in size (413), in bytes held across requests (503), and in how
-/// long it may stall (408).
-async fn read_body(s: &AppState, req: Request) -> Result<(Bytes, tokio::sync::SemaphorePermit<'_>), ApiError> {
+/// long it may stall (408). With `md5`, hashes it as it arrives: the hashing then overlaps the
+/// transfer instead of following it (a write's ack waits for its S3 ETag).
+async fn read_body(s: &AppState, req: Request, md5: bool) -> Result<ReadBody<'_>, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -385,6 +395,7 @@ async fn read_body(s: &AppState, req: Request) -> Result<(Bytes, tokio::sync::Se
     let permit = reserve_bytes(s, expected.unwrap_or(s.max_block_size)).await?;
     let mut body = http_body_util::Limited::new(req.into_body(), s.max_block_size as usize);
     let mut buf = bytes::BytesMut::with_capacity(expected.unwrap_or(0) as usize);
+    let mut hasher = md5.then(Md5::new);
     loop {
         let frame = match tokio::time::timeout(s.body_idle_timeout, body.frame()).await {
             Err(_) => {
@@ -400,10 +411,13 @@ async fn read_body(s: &AppState, req: Request) -> Result<(Bytes, tokio::sync::Se
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {
+            if let Some(h) = &mut hasher {
+                h.update(&data);
+            }
             buf.extend_from_slice(&data);
         }
     }
-    Ok((buf.freeze(), permit))
+    Ok(ReadBody { data: buf.freeze(), md5: hasher.map(|h| h.finalize().into()), _held: permit })
 }
 
 async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Request) -> Result<Response, ApiError> {
@@ -424,10 +438,17 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
     if let Some(p) = req.headers().get(protocol::PARTS_HEADER) {
         part_headers.insert(protocol::PARTS_HEADER, p.clone());
     }
-    let (body, _bytes) = read_body(s, req).await?;
+    // One part (no parts header): its MD5 is the ETag, hashed while the body arrives.
+    let single_part = part_headers.is_empty();
+    let read = read_body(s, req, single_part).await?;
+    let body = read.data.clone();
     checksum.verify(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let parts = parts_from_headers(&part_headers, body.len() as u64)?;
-    let etag = protocol::multipart_etag(&part_md5s(&body, &parts));
+    let md5s = match read.md5 {
+        Some(md5) => vec![md5],
+        None => part_md5s(&body, &parts),
+    };
+    let etag = protocol::multipart_etag(&md5s);
     let store_key = cfg.store_key(&id.key);
     s.meta.forget(&id);
 
