@@ -180,17 +180,21 @@ macro_rules! with_attrs {
     }};
 }
 
-/// The attributes of a (ranged) GetObject answer, for an object of `size` bytes.
-fn info_of_get(out: &aws_sdk_s3::operation::get_object::GetObjectOutput, size: u64) -> ObjectInfo {
-    ObjectInfo {
-        size,
-        etag: out.e_tag().unwrap_or("*").to_owned(),
-        s3_etag: None,
-        version: parse_version(out.metadata()),
-        last_modified: system_time(out.last_modified()),
-        attrs: attrs_of!(out),
-        crc32c: parse_crc32c(out.metadata()),
-    }
+/// The object's attributes from a HeadObject or (ranged) GetObject answer, for an object of
+/// `size` bytes (both have the same accessors).
+macro_rules! info_of {
+    ($out:expr, $size:expr) => {
+        ObjectInfo {
+            size: $size,
+            // Every S3 store answers with an ETag; "*" (any object) is the safe fallback.
+            etag: $out.e_tag().unwrap_or("*").to_owned(),
+            s3_etag: None,
+            version: parse_version($out.metadata()),
+            last_modified: system_time($out.last_modified()),
+            attrs: attrs_of!($out),
+            crc32c: parse_crc32c($out.metadata()),
+        }
+    };
 }
 
 fn is_not_found<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
@@ -326,7 +330,7 @@ impl Store for S3Store {
             Err(e) => return Err(request_err("GET range", bucket, key)(e)),
         };
         let size = total_size(out.content_range()).unwrap_or(0);
-        let info = info_of_get(&out, size);
+        let info = info_of!(out, size);
         // The store cuts a range that reaches past the end short: that is the caller's error.
         check_range(bucket, key, &range, size)?;
         let data = out.body.collect().await.map_err(body_err("GET range body", bucket, key))?.into_bytes();
@@ -364,7 +368,7 @@ impl Store for S3Store {
             })?,
             None => out.content_length().unwrap_or(0).max(0) as u64,
         };
-        let info = info_of_get(&out, size);
+        let info = info_of!(out, size);
         if size > max {
             // The unread body closes this connection: large objects are read in blocks, so a
             // whole-object read of one is rare (and refused by the proxy).
@@ -386,16 +390,7 @@ impl Store for S3Store {
 
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         match self.client.head_object().bucket(bucket).key(key).send().await {
-            Ok(out) => Ok(Some(ObjectInfo {
-                size: out.content_length().unwrap_or(0).max(0) as u64,
-                // Every S3 store answers with an ETag; "*" (any object) is the safe fallback.
-                etag: out.e_tag().unwrap_or("*").to_owned(),
-                s3_etag: None,
-                version: parse_version(out.metadata()),
-                last_modified: system_time(out.last_modified()),
-                attrs: attrs_of!(out),
-                crc32c: parse_crc32c(out.metadata()),
-            })),
+            Ok(out) => Ok(Some(info_of!(out, out.content_length().unwrap_or(0).max(0) as u64))),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(request_err("HEAD", bucket, key)(e)),
         }
