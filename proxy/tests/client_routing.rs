@@ -526,12 +526,9 @@ async fn client_verifies_proxies_against_the_groups_server_name_not_their_ip() -
     Ok(())
 }
 
-/// Reads of an object of at most one block skip the HEAD once the client has seen the key that
-/// small (one GET instead of two round trips), and stay right when the key then grows past a
-/// block, shrinks to nothing or is deleted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_objects_are_read_in_one_request_and_a_grown_one_still_reads_right() -> Result<()> {
-    use futures::TryStreamExt;
+/// MinIO, one proxy on it, and a discovery file for that proxy with the smallest block size (so
+/// that a few KiB make a large object). Keep the first three alive.
+async fn one_proxy_with_small_blocks() -> Result<(Minio, tempfile::TempDir, Proxy, PathBuf)> {
     let minio = Minio::start().await?;
     let root = tempfile::tempdir()?;
     let volumes = write_volumes_file(root.path(), minio.bucket())?;
@@ -539,9 +536,19 @@ async fn small_objects_are_read_in_one_request_and_a_grown_one_still_reads_right
     let disc = root.path().join("discovery.json");
     let mut doc =
         discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![p.addr.to_string()] }]);
-    let bs = blockproxy::protocol::MIN_BLOCK_SIZE;
-    doc.block_size = bs;
+    doc.block_size = blockproxy::protocol::MIN_BLOCK_SIZE;
     write_discovery(&disc, &doc)?;
+    Ok((minio, root, p, disc))
+}
+
+/// Reads of an object of at most one block skip the HEAD once the client has seen the key that
+/// small (one GET instead of two round trips), and stay right when the key then grows past a
+/// block, shrinks to nothing or is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_objects_are_read_in_one_request_and_a_grown_one_still_reads_right() -> Result<()> {
+    use futures::TryStreamExt;
+    let (_minio, _root, _proxy, disc) = one_proxy_with_small_blocks().await?;
+    let bs = blockproxy::protocol::MIN_BLOCK_SIZE;
     let client = start_client(fast_config(&disc)).await?;
     let heads = || client.metrics().requests_total.with_label_values(&["head", "proxy"]).get();
     let read = |range: Option<&'static str>| {
@@ -578,5 +585,45 @@ async fn small_objects_are_read_in_one_request_and_a_grown_one_still_reads_right
     assert_eq!(read(None).await?, Some((v5, b"again".to_vec())));
     client.delete(&key("small/a")).await?;
     assert_eq!(read(None).await?, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_read_asks_no_head_and_reads_a_large_objects_first_block_once() -> Result<()> {
+    use futures::TryStreamExt;
+    let (_minio, _root, _proxy, disc) = one_proxy_with_small_blocks().await?;
+    let bs = blockproxy::protocol::MIN_BLOCK_SIZE;
+    let big: Vec<u8> = (0..(3 * bs + 77)).map(|i| (i % 239) as u8).collect();
+    {
+        // Written by one client; read below by another that has never seen the keys.
+        let writer = start_client(fast_config(&disc)).await?;
+        writer.put(&key("first/small"), Bytes::from_static(b"a small object")).await?;
+        writer.put(&key("first/big"), Bytes::from(big.clone())).await?;
+    }
+    let client = start_client(fast_config(&disc)).await?;
+    let count = |op: &str| client.metrics().requests_total.with_label_values(&[op, "proxy"]).get();
+    let read = |k: &'static str, range: Option<String>| {
+        let client = client.clone();
+        async move {
+            let r = client.read_object(&key(k), range.as_deref()).await?.ok_or_else(|| anyhow::anyhow!("missing"))?;
+            let body: Vec<Bytes> = r.body.try_collect().await?;
+            anyhow::Ok(body.concat())
+        }
+    };
+
+    assert_eq!(read("first/small", None).await?, b"a small object");
+    assert_eq!((count("head"), count("get")), (0, 1), "a small object: one GET, no HEAD");
+
+    // Read in block-sized requests (from the home while unflushed, else striped): four blocks.
+    let reads = || count("get") + count("get_block");
+    assert_eq!(read("first/big", None).await?, big);
+    assert_eq!(count("head"), 0, "a large object read from its start: no HEAD either");
+    assert_eq!(reads(), 1 + 4, "its first block came with the first GET and was not read again");
+
+    // A read that starts past the first block does not fetch that block: it asks a HEAD.
+    let r = (2 * bs + 5) as usize..(3 * bs + 10) as usize;
+    assert_eq!(read("first/big", Some(format!("bytes={}-{}", r.start, r.end - 1))).await?, big[r].to_vec());
+    assert_eq!(count("head"), 1);
+    assert_eq!(reads(), 1 + 4 + 2, "two block-sized requests, none of them for the first block");
     Ok(())
 }

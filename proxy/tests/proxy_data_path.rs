@@ -60,7 +60,7 @@ async fn a_cold_read_is_one_store_request_for_small_large_and_empty_objects() ->
     let backend = Backend::start().await?;
     let s3 = backend.minio.s3_client();
     let (small, large) = (random_bytes(300_000), random_bytes(1_500_000));
-    for (key, data) in [("small", &small[..]), ("large", &large[..]), ("empty", &[][..])] {
+    for (key, data) in [("small", &small[..]), ("first", &small[..]), ("large", &large[..]), ("empty", &[][..])] {
         let body = bytes::Bytes::copy_from_slice(data).into();
         s3.put_object().bucket(backend.minio.bucket()).key(format!("{PREFIX}/{key}")).body(body).send().await?;
     }
@@ -69,6 +69,9 @@ async fn a_cold_read_is_one_store_request_for_small_large_and_empty_objects() ->
     let proxy = ProxyProcess::start(&backend, dir.path(), options).await?;
     let store_requests = || async {
         Ok::<_, anyhow::Error>((backend.store_get_count().await?, backend.store_api_count("HeadObject").await?))
+    };
+    let ranged = |key: &'static str, range: &'static str| {
+        proxy.http.get(proxy.block_url(key)).bearer_auth(TOKEN).header("Range", range).send()
     };
 
     // A miss of a small object asks for its data and attributes in one GET: one WAN round trip.
@@ -81,6 +84,21 @@ async fn a_cold_read_is_one_store_request_for_small_large_and_empty_objects() ->
     assert_eq!(proxy.get_bytes("small").await?.as_deref(), Some(small.as_slice()), "then a hit");
     assert_eq!(store_requests().await?, (gets + 1, heads), "the hit asked the store nothing");
 
+    // So does a read from the start, as clients read a first block: of a small object (then cached
+    // whole) and of a larger one (its range answered from the same GET).
+    let r = ranged("first", "bytes=0-399999").await?;
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await?.as_ref(), small.as_slice());
+    assert_eq!(store_requests().await?, (gets + 2, heads), "one GetObject for a small object's first block");
+    let r = ranged("first", "bytes=10-19").await?;
+    assert_eq!(r.headers()["x-blockproxy-source"], "cache");
+    assert_eq!(r.bytes().await?.as_ref(), &small[10..20]);
+    let r = ranged("large", "bytes=0-524287").await?;
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["x-blockproxy-object-size"], large.len().to_string().as_str());
+    assert_eq!(r.bytes().await?.as_ref(), &large[..524_288]);
+    assert_eq!(store_requests().await?, (gets + 3, heads), "one GetObject for a large object's first block");
+
     // An empty object has no byte 0 to range over: it is still read, the two-request way.
     let r = proxy.get("empty").await?;
     assert_eq!(r.status(), 200);
@@ -90,13 +108,7 @@ async fn a_cold_read_is_one_store_request_for_small_large_and_empty_objects() ->
     let r = proxy.get("large").await?;
     assert_eq!(r.status(), 400);
     assert!(r.text().await?.contains("read it in blocks"));
-    let r = proxy
-        .http
-        .get(proxy.block_url("large"))
-        .bearer_auth(TOKEN)
-        .header("Range", "bytes=1000000-1099999")
-        .send()
-        .await?;
+    let r = ranged("large", "bytes=1000000-1099999").await?;
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await?.as_ref(), &large[1_000_000..1_100_000]);
     Ok(())

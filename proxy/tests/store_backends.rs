@@ -8,8 +8,8 @@ use anyhow::{Context, Result, ensure};
 use blockproxy::protocol::{MIN_PART_SIZE, STORE_VERSION_METADATA};
 use blockproxy::store::{
     AzureCredentials, AzureStore, AzureStoreConfig, Conditional, GcsCredentials, GcsStore, GcsStoreConfig, ObjectAttrs,
-    ObjectMeta, Precondition, S3ETag, S3Store, S3StoreConfig, Store, StoreError, TOMBSTONE_PREFIX, delete_unless_newer,
-    put_file_unless_newer, put_unless_newer,
+    ObjectMeta, Precondition, S3ETag, S3Store, S3StoreConfig, SmallObject, Store, StoreError, TOMBSTONE_PREFIX,
+    delete_unless_newer, put_file_unless_newer, put_unless_newer,
 };
 use blockproxy_testenv::{Azurite, FakeGcs, Minio};
 use bytes::Bytes;
@@ -56,6 +56,7 @@ async fn fake_gcs_keeps_the_store_contract() -> Result<()> {
 /// a DELETE's ETag condition.
 async fn contract(store: &dyn Store, bucket: &str, conditional_deletes: bool) -> Result<()> {
     attributes_round_trip(store, bucket).await.context("attributes")?;
+    first_bytes_come_with_the_attributes(store, bucket).await.context("first bytes")?;
     ranged_reads_are_pinned(store, bucket).await.context("ranged reads")?;
     conditional_puts_lose_against_a_change(store, bucket).await.context("conditional puts")?;
     files_go_up_in_parts_under_their_condition(store, bucket).await.context("file uploads")?;
@@ -95,6 +96,48 @@ async fn replace(store: &dyn Store, bucket: &str, key: &str, data: &[u8]) -> Res
     let cond = cond.as_deref().map_or(Precondition::Absent, Precondition::Matches);
     let data = Bytes::copy_from_slice(data);
     store.put_if(bucket, key, data.clone(), ObjectMeta::for_data(0, &data), &ObjectAttrs::default(), cond).await?;
+    Ok(())
+}
+
+/// `get_small` and `get_first`: what one GET (on S3) or a HEAD and a GET (the default) answer.
+async fn first_bytes_come_with_the_attributes(store: &dyn Store, bucket: &str) -> Result<()> {
+    let (small, large) = (random_bytes(10_000), random_bytes(300_000));
+    for (key, version, data) in
+        [("first/small", 3, &small[..]), ("first/large", 4, &large[..]), ("first/empty", 5, &[][..])]
+    {
+        let data = Bytes::copy_from_slice(data);
+        let meta = ObjectMeta::for_data(version, &data);
+        store.put_if(bucket, key, data, meta, &attrs(), Precondition::Absent).await?;
+    }
+    let max = 100_000;
+    for (key, version, data) in [("first/small", 3, &small[..]), ("first/empty", 5, &[][..])] {
+        let head = store.head(bucket, key).await?.context("head")?;
+        match store.get_small(bucket, key, max).await?.context("get_small")? {
+            SmallObject::Whole(b) => ensure!(
+                b.data[..] == data[..] && b.version == version && b.etag == head.etag && b.attrs == attrs(),
+                "{key}: get_small gave {b:?}"
+            ),
+            SmallObject::Large(i) => anyhow::bail!("{key}: get_small said large: {i:?}"),
+        }
+        let first = store.get_first(bucket, key, max).await?.context("get_first")?;
+        ensure!(
+            first.data[..] == data[..] && first.info.size == data.len() as u64,
+            "{key}: get_first {:?}",
+            first.info
+        );
+        ensure!(first.info.etag == head.etag && first.info.version == version, "{key}: get_first {:?}", first.info);
+    }
+    let head = store.head(bucket, "first/large").await?.context("head")?;
+    match store.get_small(bucket, "first/large", max).await?.context("get_small")? {
+        SmallObject::Large(i) => ensure!(i.size == 300_000 && i.etag == head.etag && i.version == 4, "{i:?}"),
+        SmallObject::Whole(_) => anyhow::bail!("a 300,000-byte object came whole under a {max}-byte limit"),
+    }
+    let first = store.get_first(bucket, "first/large", max).await?.context("get_first")?;
+    ensure!(first.data[..] == large[..max as usize], "get_first of a large object: not its first bytes");
+    ensure!(first.info.size == 300_000 && first.info.etag == head.etag && first.info.version == 4, "{:?}", first.info);
+    ensure!(first.info.attrs == attrs(), "get_first attributes {:?}", first.info.attrs);
+    ensure!(store.get_small(bucket, "first/missing", max).await?.is_none(), "a missing object is not small");
+    ensure!(store.get_first(bucket, "first/missing", max).await?.is_none(), "a missing object has no first bytes");
     Ok(())
 }
 

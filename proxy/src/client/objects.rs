@@ -68,6 +68,14 @@ pub(super) fn resolve_range(range: Option<&str>, size: u64) -> Result<(u64, u64)
     }
 }
 
+/// Whether a read of the HTTP `Range` value `range` (the whole object without one) starts in the
+/// first block; a suffix range (`bytes=-N`) depends on the size, so it does not count.
+fn starts_in_first_block(range: Option<&str>, bs: u64) -> bool {
+    let Some(r) = range else { return true };
+    let first = r.trim().strip_prefix("bytes=").and_then(|r| r.split_once('-')).map(|(a, _)| a.trim());
+    first.and_then(|a| a.parse::<u64>().ok()).is_some_and(|a| a < bs)
+}
+
 impl Inner {
     /// The volume's block size, as the discovery document gives it.
     pub(super) fn block_size(&self) -> u64 {
@@ -86,15 +94,25 @@ impl Client {
     pub async fn read_object(&self, key: &BlockKey, range: Option<&str>) -> Result<Option<ObjectRead>, ClientError> {
         let bs = self.inner.block_size();
         let small = &self.inner.small;
-        // A key last seen at most one block long: one GET of its first block, which answers what
-        // a HEAD would (the version, checked like a HEAD's for read-your-writes) and is, for
-        // such a key, the whole object. A key that grew goes on below, pinned to that version.
+        // One GET of the first block answers what a HEAD would (the version, checked like a
+        // HEAD's for read-your-writes): for an object of at most one block it is the whole
+        // object, for a larger one its first block, which the read then starts with. A proxy's
+        // miss fetches it with one request to the store (ADR 0011). Asked when the read starts
+        // in the first block or the key was last seen small; a read further into a large object
+        // asks a HEAD rather than move a block it does not want.
         let mut known = None;
-        if small.contains(key.as_str()) {
+        let mut first_block = None;
+        if small.contains(key.as_str()) || starts_in_first_block(range, bs) {
             match self.get(key, Some(&format!("bytes=0-{}", bs - 1))).await {
                 Ok(None) => return Ok(None),
-                Ok(Some(f)) if f.info.size > bs => known = Some(f.info),
+                Ok(Some(f)) if f.info.size > bs => {
+                    if f.data.len() as u64 == bs {
+                        first_block = Some(f.data);
+                    }
+                    known = Some(f.info);
+                }
                 Ok(Some(f)) if f.data.len() as u64 == f.info.size => {
+                    small.remember(key.as_str());
                     let (start, end) = resolve_range(range, f.info.size)?;
                     let body = futures::stream::once(async move { Ok(f.data.slice(start as usize..end as usize)) });
                     let body = if start == end { futures::stream::empty().boxed() } else { body.boxed() };
@@ -121,9 +139,22 @@ impl Client {
         if start == end {
             return Ok(Some(ObjectRead { info, start, end, body: futures::stream::empty().boxed() }));
         }
-        let body = match info.store_etag.clone() {
-            Some(etag) if info.size > bs => self.striped(key, &info, etag, start, end, bs),
-            _ => self.held_by_home(key, info.version, start, end, bs),
+        // The first block, when the GET above brought it, is not read again.
+        let (head, rest_start) = match first_block {
+            Some(block) if start < bs => (Some(block.slice(start as usize..end.min(bs) as usize)), bs),
+            _ => (None, start),
+        };
+        let rest = if rest_start >= end {
+            futures::stream::empty().boxed()
+        } else {
+            match info.store_etag.clone() {
+                Some(etag) if info.size > bs => self.striped(key, &info, etag, rest_start, end, bs),
+                _ => self.held_by_home(key, info.version, rest_start, end, bs),
+            }
+        };
+        let body = match head {
+            Some(head) => futures::stream::once(async move { Ok(head) }).chain(rest).boxed(),
+            None => rest,
         };
         Ok(Some(ObjectRead { info, start, end, body }))
     }

@@ -229,8 +229,7 @@ pub async fn get_object(
     }
     s.metrics.cache_misses_total.inc();
     let quarantined = s.cache.quarantined_version(&id);
-    let ranged = headers.contains_key(header::RANGE);
-    let Found { info, data } = match store_object(s, cfg, &id, with_body, ranged).await {
+    let Found { info, data, first } = match store_object(s, cfg, &id, with_body, headers).await {
         Ok(Some(found)) if quarantined.is_none_or(|q| q <= found.info.version) => found,
         Ok(_) | Err(_) if quarantined.is_some() => return Err(quarantined_block(&id)),
         Ok(_) => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such object")),
@@ -274,7 +273,14 @@ pub async fn get_object(
     match range {
         Some(r) if r.end - r.start <= s.max_block_size => {
             let _reserved = reserve_bytes(s, r.end - r.start).await?;
-            let got = fetch_range(s, cfg, &id, r.clone(), &store_etag).await?;
+            let got = match first {
+                // Fetched with the attributes: the range is within the object's first bytes.
+                Some(first) if r.end <= first.len() as u64 => {
+                    s.metrics.cache_served_bytes_total.with_label_values(&["store"]).inc_by(r.end - r.start);
+                    first.slice(r.start as usize..r.end as usize)
+                }
+                _ => fetch_range(s, cfg, &id, r.clone(), &store_etag).await?,
+            };
             let len = got.len() as u64;
             Ok(respond(answer(Some(r), None, "store"), Some(Body::from(got)), len))
         }
@@ -379,35 +385,56 @@ async fn object_info(s: &AppState, cfg: &VolumeConfig, id: &BlockId) -> Result<O
 /// What the store holds under a key: its attributes, and its bytes when they were fetched.
 struct Found {
     info: ObjectInfo,
+    /// The whole object.
     data: Option<Bytes>,
+    /// The first bytes of a larger object, when a read from its start fetched them.
+    first: Option<Bytes>,
+}
+
+impl Found {
+    fn info(info: ObjectInfo) -> Self {
+        Self { info, data: None, first: None }
+    }
+}
+
+/// The length of a `Range` of the form `bytes=0-E` of at most `max` bytes: a read from the start,
+/// whose bytes one GET can fetch together with the object's attributes.
+fn from_start(headers: &HeaderMap, max: u64) -> Option<u64> {
+    let r = headers.get(header::RANGE)?.to_str().ok()?.trim().strip_prefix("bytes=0-")?;
+    let len = r.parse::<u64>().ok()?.checked_add(1)?;
+    (len <= max).then_some(len)
 }
 
 /// The object's attributes, and for a read (`with_body`) its data when it fits in one block.
-/// A whole-object read asks for both in one GET unless the cached attributes say the object is
-/// large: a cold read costs one round trip across the WAN. A ranged read asks for the
-/// attributes first (one HEAD unless cached), as a large object's range is read on its own.
+/// A cold read costs one round trip across the WAN: a whole-object read asks for both in one GET
+/// unless the cached attributes say the object is large, and so does a read from the object's
+/// start (`Range: bytes=0-E`, the first block a client reads), which answers a larger object's
+/// range from the same GET. Another range asks for the attributes first (one HEAD unless
+/// cached), as a large object's range is read on its own.
 async fn store_object(
     s: &Arc<AppState>,
     cfg: &VolumeConfig,
     id: &BlockId,
     with_body: bool,
-    ranged: bool,
+    headers: &HeaderMap,
 ) -> Result<Option<Found>, ApiError> {
-    let known = if !with_body || ranged {
-        match object_info(s, cfg, id).await.map_err(store_failed)? {
+    let ranged = headers.contains_key(header::RANGE);
+    let cached = || s.meta.get(id, metadata_ttl(s, cfg));
+    let known = match from_start(headers, s.max_block_size) {
+        Some(len) if with_body && cached().is_none() => return fetch_first(s, cfg, id, len).await,
+        _ if !with_body || ranged => match object_info(s, cfg, id).await.map_err(store_failed)? {
             Some(info) => Some(info),
             None => return Ok(None),
-        }
-    } else {
-        s.meta.get(id, metadata_ttl(s, cfg))
+        },
+        _ => cached(),
     };
     if !with_body || known.as_ref().is_some_and(|i| i.size > s.max_block_size) {
-        return Ok(known.map(|info| Found { info, data: None }));
+        return Ok(known.map(Found::info));
     }
     // The GET's own attributes answer it, even where they differ from cached ones: they are newer.
     let found = match fetch_whole(s, cfg, id).await? {
-        Some(SmallObject::Whole(b)) => Found { info: b.info(), data: Some(b.data) },
-        Some(SmallObject::Large(info)) => Found { info, data: None },
+        Some(SmallObject::Whole(b)) => Found { info: b.info(), data: Some(b.data), first: None },
+        Some(SmallObject::Large(info)) => Found::info(info),
         None => {
             s.meta.forget(id);
             return Ok(None);
@@ -415,6 +442,38 @@ async fn store_object(
     };
     s.meta.put(id, found.info.clone());
     Ok(Some(found))
+}
+
+/// The object's first `len` bytes and its attributes in one GET: the whole object, cached clean,
+/// when it is no longer.
+async fn fetch_first(s: &Arc<AppState>, cfg: &VolumeConfig, id: &BlockId, len: u64) -> Result<Option<Found>, ApiError> {
+    let (bucket, store_key) = (&cfg.bucket, cfg.store_key(&id.key));
+    // Taken before the fetch: a removal while it runs keeps what it read out of the cache.
+    let key = s.cache.fetch_key(id);
+    s.metrics.store_requests_total.with_label_values(&["get"]).inc();
+    let Some(got) = s.store.get_first(bucket, &store_key, len).await.map_err(store_failed)? else {
+        s.meta.forget(id);
+        return Ok(None);
+    };
+    s.metrics.store_read_bytes_total.inc_by(got.data.len() as u64);
+    let info = got.info;
+    s.meta.put(id, info.clone());
+    if s.cache.quarantined_version(id).is_some_and(|q| q > info.version) {
+        // Never cached over a newer write that could not be flushed: reads must keep failing.
+        return Err(quarantined_block(id));
+    }
+    if info.size > len {
+        return Ok(Some(Found { info, data: None, first: Some(got.data) }));
+    }
+    let meta = FetchedMeta {
+        etag: unquote(&info.etag).to_owned(),
+        s3_etag: info.s3_etag.as_deref().map(|e| unquote(e).to_owned()),
+        attrs: info.attrs.clone(),
+        object_size: info.size,
+        modified_ns: info.last_modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+    };
+    s.cache.insert_clean(key, bucket, &store_key, got.data.clone(), info.version, meta).await;
+    Ok(Some(Found { info, data: Some(got.data), first: None }))
 }
 
 /// The whole object when it fits in one block (else its attributes), fetched once for concurrent
@@ -441,7 +500,10 @@ async fn fetch_whole(s: &Arc<AppState>, cfg: &VolumeConfig, id: &BlockId) -> Res
                             object_size: b.data.len() as u64,
                             modified_ns: b.last_modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
                         };
-                        cache.insert_clean(key, &bucket, &store_key, b.data.clone(), b.version, meta).await;
+                        // Never cached over a newer write that could not be flushed.
+                        if cache.quarantined_version(&key.id).is_none_or(|q| q <= b.version) {
+                            cache.insert_clean(key, &bucket, &store_key, b.data.clone(), b.version, meta).await;
+                        }
                         Ok(Some(Arc::new(SmallObject::Whole(b))))
                     }
                     Ok(got) => Ok(got.map(Arc::new)),

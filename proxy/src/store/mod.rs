@@ -91,6 +91,26 @@ pub enum SmallObject {
     Large(ObjectInfo),
 }
 
+/// [`Store::get_first`] in two requests, for stores that cannot answer it in one.
+pub async fn get_first_by_head<S: Store + ?Sized>(
+    store: &S,
+    bucket: &str,
+    key: &str,
+    len: u64,
+) -> Result<Option<StoredRange>, StoreError> {
+    let Some(info) = store.head(bucket, key).await? else { return Ok(None) };
+    if info.size <= len {
+        // Whole: read (and verified) as one object; it may have changed since the HEAD.
+        return Ok(store.get(bucket, key).await?.map(|b| {
+            let info = b.info();
+            let data = b.data.slice(..(len.min(b.data.len() as u64)) as usize);
+            StoredRange { data, info }
+        }));
+    }
+    let etag = info.etag.clone();
+    store.get_range(bucket, key, 0..len, Some(&etag)).await
+}
+
 /// [`Store::get_small`] in two requests, for stores that cannot answer it in one.
 pub async fn get_small_by_head<S: Store + ?Sized>(
     store: &S,
@@ -293,6 +313,13 @@ pub trait Store: Send + Sync + 'static {
     /// round trip across the WAN, not a HEAD and a GET.
     async fn get_small(&self, bucket: &str, key: &str, max: u64) -> Result<Option<SmallObject>, StoreError> {
         get_small_by_head(self, bucket, key, max).await
+    }
+    /// The object's first `len` bytes (all of it when it is no longer) and its attributes;
+    /// `None` when it does not exist. When they are the whole object, the writer's checksum is
+    /// verified as [`Store::get`] does. One request where the store allows, as
+    /// [`Store::get_small`].
+    async fn get_first(&self, bucket: &str, key: &str, len: u64) -> Result<Option<StoredRange>, StoreError> {
+        get_first_by_head(self, bucket, key, len).await
     }
     /// The object's size, ETag, version, attributes..., or `None` when it does not exist.
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError>;

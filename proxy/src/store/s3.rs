@@ -13,7 +13,8 @@
 
 use super::{
     ListPage, ListedObject, ObjectAttrs, ObjectInfo, ObjectMeta, Precondition, SmallObject, Store, StoreError,
-    StoredBlock, StoredRange, check_parts, check_range, get_small_by_head, verify_fetched, without_tombstones,
+    StoredBlock, StoredRange, check_parts, check_range, get_first_by_head, get_small_by_head, verify_fetched,
+    without_tombstones,
 };
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -279,6 +280,60 @@ impl S3Store {
     }
 }
 
+/// What a GET of an object's first bytes found.
+enum Ranged {
+    Missing,
+    /// The object is empty: it has no byte 0 to range over (416).
+    Unsatisfiable,
+    /// Its attributes and its first bytes (all of it when it is no longer), or `None` when it is
+    /// larger and they were not wanted.
+    Got(Box<ObjectInfo>, Option<Bytes>),
+}
+
+impl S3Store {
+    /// One GET of the first `len` bytes: the attributes, the size (from Content-Range) and the
+    /// bytes. Of an object larger than `len` the bytes are read only with `keep_larger`; left
+    /// unread, they close the connection.
+    async fn first_bytes(&self, bucket: &str, key: &str, len: u64, keep_larger: bool) -> Result<Ranged, StoreError> {
+        if len == 0 {
+            return Ok(Ranged::Unsatisfiable);
+        }
+        let req = self.client.get_object().bucket(bucket).key(key).range(format!("bytes=0-{}", len - 1));
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) if is_not_found(&e) => return Ok(Ranged::Missing),
+            Err(e) if status_of(&e) == Some(416) => return Ok(Ranged::Unsatisfiable),
+            Err(e) => return Err(request_err("GET", bucket, key)(e)),
+        };
+        // A store that ignores the Range answers 200 with the whole object and no Content-Range.
+        let size = match out.content_range() {
+            Some(r) => total_size(Some(r)).ok_or_else(|| StoreError::Request {
+                op: "GET",
+                bucket: bucket.into(),
+                key: key.into(),
+                message: format!("unreadable Content-Range {r:?}"),
+            })?,
+            None => out.content_length().unwrap_or(0).max(0) as u64,
+        };
+        let info = info_of!(out, size);
+        if size > len && !keep_larger {
+            return Ok(Ranged::Got(Box::new(info), None));
+        }
+        let mut data = out.body.collect().await.map_err(body_err("GET body", bucket, key))?.into_bytes();
+        let want = size.min(len);
+        if (data.len() as u64) < want {
+            return Err(StoreError::Request {
+                op: "GET body",
+                bucket: bucket.into(),
+                key: key.into(),
+                message: format!("asked for the first {want} bytes, got {}", data.len()),
+            });
+        }
+        data.truncate(want as usize);
+        Ok(Ranged::Got(Box::new(info), Some(data)))
+    }
+}
+
 #[async_trait]
 impl Store for S3Store {
     async fn get(&self, bucket: &str, key: &str) -> Result<Option<StoredBlock>, StoreError> {
@@ -346,46 +401,38 @@ impl Store for S3Store {
     }
 
     async fn get_small(&self, bucket: &str, key: &str, max: u64) -> Result<Option<SmallObject>, StoreError> {
-        if max == 0 {
-            return get_small_by_head(self, bucket, key, max).await;
+        match self.first_bytes(bucket, key, max, false).await? {
+            Ranged::Missing => Ok(None),
+            Ranged::Unsatisfiable => get_small_by_head(self, bucket, key, max).await,
+            Ranged::Got(info, None) => Ok(Some(SmallObject::Large(*info))),
+            Ranged::Got(info, Some(data)) => {
+                let crc32c = verify_fetched(bucket, key, &data, info.crc32c)?;
+                let ObjectInfo { etag, version, last_modified, attrs, .. } = *info;
+                Ok(Some(SmallObject::Whole(StoredBlock {
+                    data,
+                    version,
+                    crc32c,
+                    etag,
+                    s3_etag: None,
+                    last_modified,
+                    attrs,
+                })))
+            }
         }
-        // One ranged GET answers both: the data when it all fits, the size from Content-Range.
-        let req = self.client.get_object().bucket(bucket).key(key).range(format!("bytes=0-{}", max - 1));
-        let out = match req.send().await {
-            Ok(out) => out,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            // An empty object has no byte 0 to range over.
-            Err(e) if status_of(&e) == Some(416) => return get_small_by_head(self, bucket, key, max).await,
-            Err(e) => return Err(request_err("GET", bucket, key)(e)),
-        };
-        // A store that ignores the Range answers 200 with the whole object and no Content-Range.
-        let size = match out.content_range() {
-            Some(r) => total_size(Some(r)).ok_or_else(|| StoreError::Request {
-                op: "GET",
-                bucket: bucket.into(),
-                key: key.into(),
-                message: format!("unreadable Content-Range {r:?}"),
-            })?,
-            None => out.content_length().unwrap_or(0).max(0) as u64,
-        };
-        let info = info_of!(out, size);
-        if size > max {
-            // The unread body closes this connection: large objects are read in blocks, so a
-            // whole-object read of one is rare (and refused by the proxy).
-            return Ok(Some(SmallObject::Large(info)));
+    }
+
+    async fn get_first(&self, bucket: &str, key: &str, len: u64) -> Result<Option<StoredRange>, StoreError> {
+        match self.first_bytes(bucket, key, len, true).await? {
+            Ranged::Missing => Ok(None),
+            Ranged::Unsatisfiable => get_first_by_head(self, bucket, key, len).await,
+            Ranged::Got(info, data) => {
+                let data = data.unwrap_or_default();
+                if info.size <= len {
+                    verify_fetched(bucket, key, &data, info.crc32c)?;
+                }
+                Ok(Some(StoredRange { data, info: *info }))
+            }
         }
-        let data = out.body.collect().await.map_err(body_err("GET body", bucket, key))?.into_bytes();
-        if data.len() as u64 != size {
-            return Err(StoreError::Request {
-                op: "GET body",
-                bucket: bucket.into(),
-                key: key.into(),
-                message: format!("the object has {size} bytes, got {}", data.len()),
-            });
-        }
-        let crc32c = verify_fetched(bucket, key, &data, info.crc32c)?;
-        let ObjectInfo { etag, version, last_modified, attrs, .. } = info;
-        Ok(Some(SmallObject::Whole(StoredBlock { data, version, crc32c, etag, s3_etag: None, last_modified, attrs })))
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
