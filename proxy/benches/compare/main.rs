@@ -452,7 +452,7 @@ async fn main() -> Result<()> {
         })
         .await?;
     }
-    let cold_peers = ["blockproxy", "direct", "nginx"];
+    let cold_peers = ["blockproxy", "direct", "nginx", "sidecar"];
     let cold_block = random_block(COLD);
     for run in 0..p.runs {
         for peer in cold_peers {
@@ -771,6 +771,11 @@ async fn main() -> Result<()> {
                     let n = match peer {
                         "blockproxy" => load::get(&http, &bp.block_url(&key).parse()?, Some(TOKEN)).await?,
                         "nginx" => load::get(&http, &nginx.block_url(&key).parse()?, None).await?,
+                        // The application's path: the load generator speaking S3 to the sidecar.
+                        "sidecar" => {
+                            let uri = format!("{sidecar_endpoint}/{VOLUME}/{key}").parse()?;
+                            load::s3_get(&http, &uri, &signer).await?
+                        }
                         _ => {
                             let o = direct.get_object().bucket(&bucket).key(format!("{PREFIX}/{key}")).send().await?;
                             o.body.collect().await?.into_bytes().len() as u64
@@ -787,10 +792,11 @@ async fn main() -> Result<()> {
             }
             let p50 = |peer: &str| pct_ms(&lat[peer], 50.0);
             eprintln!(
-                "  run {run}: p50 ms blockproxy {:.1}, direct {:.1}, nginx {:.1}",
+                "  run {run}: p50 ms blockproxy {:.1}, direct {:.1}, nginx {:.1}, sidecar S3 {:.1}",
                 p50("blockproxy"),
                 p50("direct"),
-                p50("nginx")
+                p50("nginx"),
+                p50("sidecar")
             );
             for peer in cold_peers {
                 r.push(&format!("f3.p50_ms.{peer}"), p50(peer));
@@ -798,6 +804,7 @@ async fn main() -> Result<()> {
             }
             r.push("f3.ratio.blockproxy_over_direct_p50", p50("blockproxy") / p50("direct"));
             r.push("f3.ratio.nginx_over_direct_p50", p50("nginx") / p50("direct"));
+            r.push("f3.ratio.sidecar_over_direct_p50", p50("sidecar") / p50("direct"));
         }
     }
 
@@ -1160,6 +1167,8 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "nginx p50 ms", "f3.p50_ms.nginx"),
         ("", "RATIO blockproxy / direct", "f3.ratio.blockproxy_over_direct_p50"),
         ("", "RATIO nginx / direct", "f3.ratio.nginx_over_direct_p50"),
+        ("", "sidecar S3 (load generator) p50 ms", "f3.p50_ms.sidecar"),
+        ("", "RATIO sidecar S3 / direct", "f3.ratio.sidecar_over_direct_p50"),
         ("4 write 1MiB c=1", "blockproxy ack p50 ms (sync off)", "f4.ack_p50_ms.sync_off"),
         ("", "blockproxy ack p99 ms (sync off)", "f4.ack_p99_ms.sync_off"),
         ("", "blockproxy ack p50 ms (--sync)", "f4.ack_p50_ms.sync_on"),
