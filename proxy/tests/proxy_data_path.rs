@@ -137,6 +137,26 @@ async fn fifty_concurrent_misses_make_one_store_get() -> Result<()> {
         assert_eq!(r?.as_deref(), Some(data.as_slice()));
     }
     assert_eq!(backend.store_get_count().await? - before, 1, "MinIO saw exactly one GetObject");
+
+    // The same for reads from the start, as clients open a read with its first block.
+    let before = backend.store_get_count().await?;
+    let first = |_| async {
+        let r = proxy.http.get(proxy.block_url("hot2")).bearer_auth(TOKEN).header("Range", "bytes=0-99999").send();
+        anyhow::Ok(r.await?.bytes().await?)
+    };
+    backend
+        .minio
+        .s3_client()
+        .put_object()
+        .bucket(backend.minio.bucket())
+        .key(format!("{PREFIX}/hot2"))
+        .body(data.clone().into())
+        .send()
+        .await?;
+    for r in futures::future::join_all((0..50).map(first)).await {
+        assert_eq!(r?.as_ref(), &data[..100_000]);
+    }
+    assert_eq!(backend.store_get_count().await? - before, 1, "one GetObject for 50 first-block reads");
     Ok(())
 }
 

@@ -122,6 +122,7 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         metrics,
         fetches: Default::default(),
         stripe_fetches: Default::default(),
+        first_fetches: Default::default(),
         revalidations: Default::default(),
         meta: Default::default(),
         staging,

@@ -444,36 +444,58 @@ async fn store_object(
     Ok(Some(found))
 }
 
-/// The object's first `len` bytes and its attributes in one GET: the whole object, cached clean,
-/// when it is no longer.
+/// The object's first `len` bytes and its attributes in one GET, once for concurrent readers:
+/// the whole object, cached clean, when it is no longer.
 async fn fetch_first(s: &Arc<AppState>, cfg: &VolumeConfig, id: &BlockId, len: u64) -> Result<Option<Found>, ApiError> {
-    let (bucket, store_key) = (&cfg.bucket, cfg.store_key(&id.key));
-    // Taken before the fetch: a removal while it runs keeps what it read out of the cache.
+    let (store, cache, metrics) = (Arc::clone(&s.store), Arc::clone(&s.cache), Arc::clone(&s.metrics));
+    let (bucket, store_key) = (cfg.bucket.clone(), cfg.store_key(&id.key));
+    // Keyed by the removal epoch too, as fetch_whole is.
     let key = s.cache.fetch_key(id);
-    s.metrics.store_requests_total.with_label_values(&["get"]).inc();
-    let Some(got) = s.store.get_first(bucket, &store_key, len).await.map_err(store_failed)? else {
+    let got = s
+        .first_fetches
+        .run(
+            (key.clone(), len),
+            move || async move {
+                metrics.store_requests_total.with_label_values(&["get"]).inc();
+                let got = match store.get_first(&bucket, &store_key, len).await {
+                    Ok(Some(got)) => got,
+                    Ok(None) => return Ok(None),
+                    Err(e) => return Err(Arc::from(e.to_string())),
+                };
+                metrics.store_read_bytes_total.inc_by(got.data.len() as u64);
+                let info = &got.info;
+                // Never cached over a newer write that could not be flushed.
+                let cacheable = cache.quarantined_version(&key.id).is_none_or(|q| q <= info.version);
+                if info.size <= len && cacheable {
+                    let meta = FetchedMeta {
+                        etag: unquote(&info.etag).to_owned(),
+                        s3_etag: info.s3_etag.as_deref().map(|e| unquote(e).to_owned()),
+                        attrs: info.attrs.clone(),
+                        object_size: info.size,
+                        modified_ns: info.last_modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+                    };
+                    cache.insert_clean(key, &bucket, &store_key, got.data.clone(), info.version, meta).await;
+                }
+                Ok(Some(Arc::new(got)))
+            },
+            |panic| Err(Arc::from(format!("store fetch aborted: {panic}"))),
+        )
+        .await
+        .map_err(store_failed)?;
+    let Some(got) = got else {
         s.meta.forget(id);
         return Ok(None);
     };
-    s.metrics.store_read_bytes_total.inc_by(got.data.len() as u64);
-    let info = got.info;
+    let (info, data) = (got.info.clone(), got.data.clone());
     s.meta.put(id, info.clone());
     if s.cache.quarantined_version(id).is_some_and(|q| q > info.version) {
-        // Never cached over a newer write that could not be flushed: reads must keep failing.
         return Err(quarantined_block(id));
     }
-    if info.size > len {
-        return Ok(Some(Found { info, data: None, first: Some(got.data) }));
-    }
-    let meta = FetchedMeta {
-        etag: unquote(&info.etag).to_owned(),
-        s3_etag: info.s3_etag.as_deref().map(|e| unquote(e).to_owned()),
-        attrs: info.attrs.clone(),
-        object_size: info.size,
-        modified_ns: info.last_modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
-    };
-    s.cache.insert_clean(key, bucket, &store_key, got.data.clone(), info.version, meta).await;
-    Ok(Some(Found { info, data: Some(got.data), first: None }))
+    Ok(Some(if info.size > len {
+        Found { info, data: None, first: Some(data) }
+    } else {
+        Found { info, data: Some(data), first: None }
+    }))
 }
 
 /// The whole object when it fits in one block (else its attributes), fetched once for concurrent

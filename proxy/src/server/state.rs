@@ -10,12 +10,13 @@ use crate::cache::flight::SingleFlight;
 use crate::cache::staging::Staging;
 use crate::cache::{BlockId, Cache, FetchKey};
 use crate::metrics::Metrics;
-use crate::store::{DynStore, SmallObject};
+use crate::store::{DynStore, SmallObject, StoredRange};
 use crate::writeback::Writeback;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub type FetchResult = Result<Option<Arc<SmallObject>>, Arc<str>>;
+pub type FirstResult = Result<Option<Arc<StoredRange>>, Arc<str>>;
 
 pub struct AppState {
     pub volumes: Arc<Volumes>,
@@ -26,6 +27,8 @@ pub struct AppState {
     pub fetches: SingleFlight<FetchKey, FetchResult>,
     /// Block reads from the store, by block and the ETag they are pinned to.
     pub stripe_fetches: SingleFlight<(FetchKey, String), StripeResult>,
+    /// Reads of an object's first bytes with its attributes, keyed by how many bytes.
+    pub first_fetches: SingleFlight<(FetchKey, u64), FirstResult>,
     /// Revalidations started ahead of a clean block's TTL, one per block at a time.
     pub revalidations: SingleFlight<BlockId, ()>,
     /// Attributes of clean objects, as the store last answered a HEAD.
