@@ -27,13 +27,7 @@ async fn acknowledged_put_appears_in_store_byte_identical() -> Result<()> {
 async fn second_read_is_served_from_cache_without_touching_the_store() -> Result<()> {
     let backend = Backend::start().await?;
     let data = random_bytes(1 << 20);
-    let s3 = backend.minio.s3_client();
-    s3.put_object()
-        .bucket(backend.minio.bucket())
-        .key(format!("{PREFIX}/cold"))
-        .body(data.clone().into())
-        .send()
-        .await?;
+    backend.put_object("cold", &data).await?;
     let dir = tempfile::tempdir()?;
     let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
 
@@ -58,11 +52,9 @@ async fn second_read_is_served_from_cache_without_touching_the_store() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_read_is_one_store_request_for_small_large_and_empty_objects() -> Result<()> {
     let backend = Backend::start().await?;
-    let s3 = backend.minio.s3_client();
     let (small, large) = (random_bytes(300_000), random_bytes(1_500_000));
     for (key, data) in [("small", &small[..]), ("first", &small[..]), ("large", &large[..]), ("empty", &[][..])] {
-        let body = bytes::Bytes::copy_from_slice(data).into();
-        s3.put_object().bucket(backend.minio.bucket()).key(format!("{PREFIX}/{key}")).body(body).send().await?;
+        backend.put_object(key, data).await?;
     }
     let dir = tempfile::tempdir()?;
     let options = ProxyOptions { extra: vec!["--max-block-size".into(), "1Mi".into()], ..Default::default() };
@@ -118,15 +110,7 @@ async fn a_cold_read_is_one_store_request_for_small_large_and_empty_objects() ->
 async fn fifty_concurrent_misses_make_one_store_get() -> Result<()> {
     let backend = Backend::start().await?;
     let data = random_bytes(256 << 10);
-    backend
-        .minio
-        .s3_client()
-        .put_object()
-        .bucket(backend.minio.bucket())
-        .key(format!("{PREFIX}/hot"))
-        .body(data.clone().into())
-        .send()
-        .await?;
+    backend.put_object("hot", &data).await?;
     let dir = tempfile::tempdir()?;
     let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
     // Slow store responses so that all 50 misses overlap.
@@ -144,15 +128,7 @@ async fn fifty_concurrent_misses_make_one_store_get() -> Result<()> {
         let r = proxy.http.get(proxy.block_url("hot2")).bearer_auth(TOKEN).header("Range", "bytes=0-99999").send();
         anyhow::Ok(r.await?.bytes().await?)
     };
-    backend
-        .minio
-        .s3_client()
-        .put_object()
-        .bucket(backend.minio.bucket())
-        .key(format!("{PREFIX}/hot2"))
-        .body(data.clone().into())
-        .send()
-        .await?;
+    backend.put_object("hot2", &data).await?;
     for r in futures::future::join_all((0..50).map(first)).await {
         assert_eq!(r?.as_ref(), &data[..100_000]);
     }
