@@ -419,14 +419,14 @@ async fn store_object(
     headers: &HeaderMap,
 ) -> Result<Option<Found>, ApiError> {
     let ranged = headers.contains_key(header::RANGE);
-    let cached = || s.meta.get(id, metadata_ttl(s, cfg));
+    let cached = s.meta.get(id, metadata_ttl(s, cfg));
     let known = match from_start(headers, s.max_block_size) {
-        Some(len) if with_body && cached().is_none() => return fetch_first(s, cfg, id, len).await,
+        Some(len) if with_body && cached.is_none() => return fetch_first(s, cfg, id, len).await,
         _ if !with_body || ranged => match object_info(s, cfg, id).await.map_err(store_failed)? {
             Some(info) => Some(info),
             None => return Ok(None),
         },
-        _ => cached(),
+        _ => cached,
     };
     if !with_body || known.as_ref().is_some_and(|i| i.size > s.max_block_size) {
         return Ok(known.map(Found::info));
