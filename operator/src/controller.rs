@@ -57,6 +57,8 @@ pub struct Context {
     pub progress_events: Throttle,
     /// Watched Nodes, PVs and groups.
     pub cache: Cache,
+    /// One lock per volume (`namespace/volume id`): see [`sync_volume`].
+    pub volume_locks: KeyedLocks,
 }
 
 /// Capped exponential backoff per object: 1s, 2s, 4s, ... up to 5 minutes; reset on success.
@@ -98,6 +100,23 @@ impl Throttle {
                 true
             }
         }
+    }
+}
+
+/// One async lock per key. Reconciles of different objects that write one shared object take
+/// its key's lock, so they run one at a time. A key's entry goes when nobody holds or awaits it.
+#[derive(Default)]
+pub struct KeyedLocks(std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl KeyedLocks {
+    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            // Only the map holds these: no guard, no waiter, and no one can clone one now.
+            m.retain(|_, l| Arc::strong_count(l) > 1);
+            m.entry(key.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 }
 
@@ -594,10 +613,18 @@ pub async fn reconcile_vpg(vpg: Arc<VolumeProxyGroup>, ctx: Arc<Context>) -> Res
 
 /// Publishes (or unpublishes) the discovery ConfigMap and token Secret of this VPG's volume, and
 /// sets the status of every association of that volume in the namespace.
+///
+/// Every association of the volume (in any group) writes the same ConfigMap, and only the
+/// associations of a changed group are re-reconciled. Without the volume's lock, a reconcile of
+/// another association that read the cache before the change could write after the changed
+/// group's reconcile and leave the ConfigMap stale until the resync (seen in CI: a ready proxy
+/// missing from the document for over a minute). Under the lock, taken before the cache is
+/// read, the last write is always from the latest view.
 async fn sync_volume(vpg: &VolumeProxyGroup, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
     let ns = vpg.namespace().unwrap_or_default();
     let volume_id = vpg.spec.volume_id.clone();
+    let _volume = ctx.volume_locks.lock(&format!("{ns}/{volume_id}")).await;
     let cache::View { groups, volumes, .. } = ctx.cache.view().await?;
     let live: Vec<VolumeProxyGroup> = volumes.into_iter().filter(|v| v.metadata.deletion_timestamp.is_none()).collect();
     let decisions = volume::decide(&live, &groups);
@@ -793,6 +820,7 @@ pub async fn run_controllers(
             (pg_store.clone(), pgs.ready),
             (vpg_store.clone(), vpgs.ready),
         ),
+        volume_locks: KeyedLocks::default(),
     });
     let shutdown = shutdown.shared();
     let ns = config.namespace.as_str();
@@ -867,6 +895,25 @@ mod tests {
         assert!(!t.allow("a", Duration::from_secs(60)));
         assert!(t.allow("b", Duration::from_secs(60)));
         assert!(t.allow("a", Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn keyed_locks_serialize_one_key_only_and_forget_released_keys() {
+        let locks = KeyedLocks::default();
+        let a = locks.lock("ns/vol1").await;
+        // Another key is free while vol1 is held.
+        let b = tokio::time::timeout(Duration::from_secs(5), locks.lock("ns/vol2")).await;
+        assert!(b.is_ok(), "a different key must not wait");
+        drop(b);
+        // The same key waits until the holder lets go.
+        let mut second = std::pin::pin!(locks.lock("ns/vol1"));
+        assert!(futures::poll!(second.as_mut()).is_pending(), "the same key must wait");
+        drop(a);
+        let again = tokio::time::timeout(Duration::from_secs(5), second).await;
+        assert!(again.is_ok(), "released");
+        drop(again);
+        let _c = locks.lock("ns/vol3").await;
+        assert_eq!(locks.0.lock().unwrap().keys().collect::<Vec<_>>(), ["ns/vol3"], "released keys are forgotten");
     }
 
     #[test]

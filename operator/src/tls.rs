@@ -53,7 +53,12 @@ async fn resolve(address: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = address.parse() {
         return Ok(addr);
     }
-    let mut found = tokio::net::lookup_host(address).await.map_err(|e| format!("resolving {address}: {e}"))?;
+    // Bounded like the connect below: a resolver that does not answer must not hold a
+    // reconcile (and with it the volume's lock) for the libc's retries.
+    let mut found = tokio::time::timeout(Duration::from_secs(3), tokio::net::lookup_host(address))
+        .await
+        .map_err(|_| format!("resolving {address}: no answer within 3s"))?
+        .map_err(|e| format!("resolving {address}: {e}"))?;
     found.next().ok_or_else(|| format!("resolving {address}: no address"))
 }
 

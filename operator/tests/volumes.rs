@@ -7,8 +7,8 @@ use blockproxy_protocol::{DiscoveryDocument, VolumesFile};
 use blockproxy_testenv::anyhow::{Result, anyhow};
 use common::*;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::Api;
 use kube::api::DeleteParams;
+use kube::{Api, ResourceExt};
 
 async fn discovery(client: &kube::Client, ns: &str, volume: &str) -> Result<Option<DiscoveryDocument>> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -112,13 +112,17 @@ async fn discovery_lists_every_group_follows_endpoints_and_refuses_forbidden_nam
         Ok(pods)
     })
     .await?;
-    mark_ready(&client, &kube::ResourceExt::name_any(&pods[0]), "10.1.0.7").await?;
+    mark_ready(&client, &pods[0].name_any(), "10.1.0.7").await?;
     let stable = stable_address(&pods[0], 8443)?;
     wait("the ready proxy in the discovery document", || async {
         let doc = discovery(&client, "team-a", "vol1").await?.ok_or_else(|| anyhow!("no ConfigMap"))?;
         let eps: Vec<String> = doc.groups[0].endpoints.iter().map(|e| e.address.clone()).collect();
         let pg = Api::<blockproxy_operator::crd::ProxyGroup>::all(client.clone()).get("eu").await?;
-        ensure(eps == [stable.clone()], || format!("{eps:?}; group status {:?}; errors {:?}", pg.status, op.errors()))
+        let vpgs = Api::<VolumeProxyGroup>::namespaced(client.clone(), "team-a").list(&Default::default()).await?;
+        let vpgs: Vec<_> = vpgs.items.iter().map(|v| (v.name_any(), v.status.clone())).collect();
+        ensure(eps == [stable.clone()], || {
+            format!("{eps:?}; group status {:?}; associations {vpgs:?}; errors {:?}", pg.status, op.errors())
+        })
     })
     .await?;
 
