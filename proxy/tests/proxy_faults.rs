@@ -349,6 +349,41 @@ async fn a_corrupted_cached_block_is_refetched_and_never_served() -> Result<()> 
     Ok(())
 }
 
+/// A write that rots on disk before its flush is quarantined. The store still holds the version
+/// before it, which is older than an acknowledged write: no read may answer it, and no read may
+/// cache it (a later hit would answer it without asking).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_write_is_never_answered_with_the_older_version_in_the_store() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let (old, new) = (random_bytes(64 << 10), random_bytes(64 << 10));
+    proxy.put_ok("rot/q", &old).await?;
+    proxy.wait_flushed(Duration::from_secs(20)).await?;
+    backend.toxi.set_down(STORE_PROXY, true).await?;
+    proxy.put_ok("rot/q", &new).await?;
+    let dirty: Vec<_> = walk(&proxy.cache_dir().join("dirty"));
+    assert_eq!(dirty.len(), 1, "{dirty:?}");
+    flip_last_byte(&dirty[0])?;
+    backend.toxi.set_down(STORE_PROXY, false).await?;
+    blockproxy_testenv::eventually(Duration::from_secs(30), Duration::from_millis(100), || async {
+        let q = proxy.metric("blockproxy_writeback_quarantined_blocks").await?;
+        anyhow::ensure!(q == 1.0, "{q} quarantined");
+        Ok(())
+    })
+    .await?;
+    assert_eq!(backend.object("rot/q").await?.as_deref(), Some(old.as_slice()), "the store has the old version");
+
+    // Whole, from the start (as clients open a read), and again: each time an error, never `old`.
+    for round in 0..2 {
+        let r = proxy.get("rot/q").await?;
+        assert_eq!(r.status(), 500, "round {round}: whole read answered {}", r.status());
+        let r = proxy.get_range("rot/q", 0..1000).await?;
+        assert_eq!(r.status(), 500, "round {round}: first bytes answered {}", r.status());
+    }
+    Ok(())
+}
+
 /// ADR 0001, item 6: a clean block is verified on its first read in a process, not on every hit.
 /// Rot after that read is served, with the checksum header of the written data, so the client
 /// (the client library checks it) detects it; after a restart the first read checks again.
