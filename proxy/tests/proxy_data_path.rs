@@ -2,7 +2,7 @@
 
 mod support;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use blockproxy::protocol::{CHECKSUM_HEADER, Checksum};
 use blockproxy_testenv::eventually;
 use std::time::Duration;
@@ -90,6 +90,23 @@ async fn a_cold_read_is_one_store_request_for_small_large_and_empty_objects() ->
     assert_eq!(r.headers()["x-blockproxy-object-size"], large.len().to_string().as_str());
     assert_eq!(r.bytes().await?.as_ref(), &large[..524_288]);
     assert_eq!(store_requests().await?, (gets + 3, heads), "one GetObject for a large object's first block");
+
+    // A block of an object this proxy has not seen, as a striped read reaches every proxy of a
+    // group cold: one GET pinned to the ETag, cut at the object's end by the store, no HEAD.
+    backend.put_object("striped", &large).await?;
+    let etag = backend.head_object("striped").await?.context("striped in MinIO")?.e_tag.context("ETag")?;
+    let (gets, heads) = store_requests().await?;
+    for (index, bytes) in [(1, &large[524_288..1_048_576]), (2, &large[1_048_576..])] {
+        let r = proxy.get_block("striped", index, 524_288, &etag).await?;
+        assert_eq!(r.status(), 206, "block {index}");
+        assert_eq!(r.headers()["x-blockproxy-object-size"], large.len().to_string().as_str());
+        assert_eq!(r.bytes().await?.as_ref(), bytes, "block {index}");
+    }
+    assert_eq!(store_requests().await?, (gets + 2, heads), "one GetObject per block and no HeadObject");
+    let r = proxy.get_block("striped", 3, 524_288, &etag).await?;
+    assert_eq!(r.status(), 416, "a block past the end");
+    let r = proxy.get_block("striped", 0, 524_288, "\"0123456789abcdef0123456789abcdef\"").await?;
+    assert_eq!(r.status(), 412, "a block pinned to another version");
 
     // An empty object has no byte 0 to range over: it is still read, the two-request way.
     let r = proxy.get("empty").await?;

@@ -7,9 +7,9 @@
 use anyhow::{Context, Result, ensure};
 use blockproxy::protocol::{MIN_PART_SIZE, STORE_VERSION_METADATA};
 use blockproxy::store::{
-    AzureCredentials, AzureStore, AzureStoreConfig, Conditional, GcsCredentials, GcsStore, GcsStoreConfig, ObjectAttrs,
-    ObjectMeta, Precondition, S3ETag, S3Store, S3StoreConfig, SmallObject, Store, StoreError, TOMBSTONE_PREFIX,
-    delete_unless_newer, put_file_unless_newer, put_unless_newer,
+    AzureCredentials, AzureStore, AzureStoreConfig, Conditional, ErrorClass, GcsCredentials, GcsStore, GcsStoreConfig,
+    ObjectAttrs, ObjectMeta, Precondition, S3ETag, S3Store, S3StoreConfig, SmallObject, Store, StoreError,
+    TOMBSTONE_PREFIX, delete_unless_newer, put_file_unless_newer, put_unless_newer,
 };
 use blockproxy_testenv::{Azurite, FakeGcs, Minio};
 use bytes::Bytes;
@@ -57,6 +57,7 @@ async fn fake_gcs_keeps_the_store_contract() -> Result<()> {
 async fn contract(store: &dyn Store, bucket: &str, conditional_deletes: bool) -> Result<()> {
     attributes_round_trip(store, bucket).await.context("attributes")?;
     first_bytes_come_with_the_attributes(store, bucket).await.context("first bytes")?;
+    blocks_are_read_without_knowing_the_size(store, bucket).await.context("blocks")?;
     ranged_reads_are_pinned(store, bucket).await.context("ranged reads")?;
     conditional_puts_lose_against_a_change(store, bucket).await.context("conditional puts")?;
     files_go_up_in_parts_under_their_condition(store, bucket).await.context("file uploads")?;
@@ -138,6 +139,54 @@ async fn first_bytes_come_with_the_attributes(store: &dyn Store, bucket: &str) -
     ensure!(first.info.attrs == attrs(), "get_first attributes {:?}", first.info.attrs);
     ensure!(store.get_small(bucket, "first/missing", max).await?.is_none(), "a missing object is not small");
     ensure!(store.get_first(bucket, "first/missing", max).await?.is_none(), "a missing object has no first bytes");
+    Ok(())
+}
+
+/// `get_block`: up to a block from any offset, cut at the object's end, pinned to an ETag.
+async fn blocks_are_read_without_knowing_the_size(store: &dyn Store, bucket: &str) -> Result<()> {
+    let data = random_bytes(250_000);
+    store
+        .put_if(
+            bucket,
+            "block/obj",
+            Bytes::from(data.clone()),
+            ObjectMeta::for_data(6, &data),
+            &attrs(),
+            Precondition::Absent,
+        )
+        .await?;
+    store
+        .put_if(bucket, "block/empty", Bytes::new(), ObjectMeta::for_data(7, &[]), &attrs(), Precondition::Absent)
+        .await?;
+    let head = store.head(bucket, "block/obj").await?.context("head")?;
+    let block = 100_000;
+    for (start, want) in [(0, 0..100_000), (100_000, 100_000..200_000), (200_000, 200_000..250_000)] {
+        let got = store.get_block(bucket, "block/obj", start, block, Some(&head.etag)).await?.context("get_block")?;
+        ensure!(got.data[..] == data[want.clone()], "block at {start}: {} bytes, not bytes {want:?}", got.data.len());
+        ensure!(
+            got.info.size == 250_000
+                && got.info.etag == head.etag
+                && got.info.version == 6
+                && got.info.attrs == attrs(),
+            "block at {start}: {:?}",
+            got.info
+        );
+    }
+    let unpinned = store.get_block(bucket, "block/obj", 249_999, block, None).await?.context("unpinned")?;
+    ensure!(unpinned.data[..] == data[249_999..], "the last byte");
+    for start in [250_000, 300_000] {
+        match store.get_block(bucket, "block/obj", start, block, Some(&head.etag)).await {
+            Err(StoreError::InvalidRange { .. }) => {}
+            other => anyhow::bail!("a block at {start} of a 250,000-byte object: {other:?}"),
+        }
+    }
+    let empty = store.get_block(bucket, "block/empty", 0, block, None).await?.context("empty")?;
+    ensure!(empty.data.is_empty() && empty.info.size == 0 && empty.info.version == 7, "{:?}", empty.info);
+    match store.get_block(bucket, "block/obj", 0, block, Some("\"not-the-etag\"")).await {
+        Err(e) if e.class() == ErrorClass::PreconditionFailed => {}
+        other => anyhow::bail!("a block pinned to another ETag: {other:?}"),
+    }
+    ensure!(store.get_block(bucket, "block/missing", 0, block, None).await?.is_none(), "a missing object");
     Ok(())
 }
 

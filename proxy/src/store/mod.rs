@@ -111,6 +111,25 @@ pub async fn get_first_by_head<S: Store + ?Sized>(
     store.get_range(bucket, key, 0..len, Some(&etag)).await
 }
 
+/// [`Store::get_block`] in two requests: the size from a HEAD, then the range pinned to the
+/// ETag that HEAD saw.
+pub async fn get_block_by_head<S: Store + ?Sized>(
+    store: &S,
+    bucket: &str,
+    key: &str,
+    start: u64,
+    len: u64,
+    if_match: Option<&str>,
+) -> Result<Option<StoredRange>, StoreError> {
+    let Some(info) = store.head(bucket, key).await? else { return Ok(None) };
+    if if_match.is_some_and(|e| e != info.etag) {
+        return Err(StoreError::PreconditionFailed { op: "GET", bucket: bucket.into(), key: key.into() });
+    }
+    let range = start..info.size.min(start.saturating_add(len));
+    check_range(bucket, key, &(start..start.max(range.end)), info.size)?;
+    store.get_range(bucket, key, range, Some(&info.etag)).await
+}
+
 /// [`Store::get_small`] in two requests, for stores that cannot answer it in one.
 pub async fn get_small_by_head<S: Store + ?Sized>(
     store: &S,
@@ -320,6 +339,21 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::get_small`].
     async fn get_first(&self, bucket: &str, key: &str, len: u64) -> Result<Option<StoredRange>, StoreError> {
         get_first_by_head(self, bucket, key, len).await
+    }
+    /// Up to `len` bytes from `start` (fewer at the object's end) and its attributes, or `None`
+    /// when it does not exist; pinned to `if_match` as [`Store::get_range`] is.
+    /// [`StoreError::InvalidRange`] when `start` is past the end (byte 0 of an empty object is
+    /// an empty read). Unlike `get_range` it needs no size beforehand, so where the store cuts a
+    /// range at the end itself it is one request: a cold block read without a HEAD.
+    async fn get_block(
+        &self,
+        bucket: &str,
+        key: &str,
+        start: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> Result<Option<StoredRange>, StoreError> {
+        get_block_by_head(self, bucket, key, start, len, if_match).await
     }
     /// The object's size, ETag, version, attributes..., or `None` when it does not exist.
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StoreError>;

@@ -13,8 +13,8 @@
 
 use super::{
     ListPage, ListedObject, ObjectAttrs, ObjectInfo, ObjectMeta, Precondition, SmallObject, Store, StoreError,
-    StoredBlock, StoredRange, check_parts, check_range, get_first_by_head, get_small_by_head, verify_fetched,
-    without_tombstones,
+    StoredBlock, StoredRange, check_parts, check_range, get_block_by_head, get_first_by_head, get_small_by_head,
+    verify_fetched, without_tombstones,
 };
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -280,57 +280,89 @@ impl S3Store {
     }
 }
 
-/// What a GET of an object's first bytes found.
+/// What a ranged GET found.
 enum Ranged {
     Missing,
     /// The object is empty: it has no byte 0 to range over (416).
     Unsatisfiable,
-    /// Its attributes and its first bytes (all of it when it is no longer), or `None` when it is
-    /// larger and they were not wanted.
+    /// Its attributes and the bytes asked for (fewer at its end), or `None` when it is larger
+    /// than the range and they were not wanted.
     Got(Box<ObjectInfo>, Option<Bytes>),
 }
 
 impl S3Store {
-    /// One GET of the first `len` bytes: the attributes, the size (from Content-Range) and the
-    /// bytes. Of an object larger than `len` the bytes are read only with `keep_larger`; left
+    /// One GET of up to `len` bytes from `start`: the attributes, the size (from Content-Range)
+    /// and the bytes. S3 cuts a range at the object's end itself, so no size is needed first.
+    /// Of an object larger than the range the bytes are read only with `keep_larger`; left
     /// unread, they close the connection.
-    async fn first_bytes(&self, bucket: &str, key: &str, len: u64, keep_larger: bool) -> Result<Ranged, StoreError> {
+    async fn bytes_from(
+        &self,
+        bucket: &str,
+        key: &str,
+        start: u64,
+        len: u64,
+        if_match: Option<&str>,
+        keep_larger: bool,
+    ) -> Result<Ranged, StoreError> {
         if len == 0 {
             return Ok(Ranged::Unsatisfiable);
         }
-        let req = self.client.get_object().bucket(bucket).key(key).range(format!("bytes=0-{}", len - 1));
-        let out = match req.send().await {
+        let last = start.saturating_add(len) - 1;
+        let req = self.client.get_object().bucket(bucket).key(key).range(format!("bytes={start}-{last}"));
+        let out = match req.set_if_match(if_match.map(str::to_owned)).send().await {
             Ok(out) => out,
             Err(e) if is_not_found(&e) => return Ok(Ranged::Missing),
-            Err(e) if status_of(&e) == Some(416) => return Ok(Ranged::Unsatisfiable),
+            Err(e) if status_of(&e) == Some(416) && start == 0 => return Ok(Ranged::Unsatisfiable),
+            Err(e) if status_of(&e) == Some(416) => {
+                let size = match &e {
+                    SdkError::ServiceError(s) => total_size(s.raw().headers().get("content-range")),
+                    _ => None,
+                };
+                let (bucket, key) = (bucket.to_owned(), key.to_owned());
+                return Err(StoreError::InvalidRange { bucket, key, start, end: start.saturating_add(len), size });
+            }
             Err(e) => return Err(request_err("GET", bucket, key)(e)),
         };
         // A store that ignores the Range answers 200 with the whole object and no Content-Range.
-        let size = match out.content_range() {
-            Some(r) => total_size(Some(r)).ok_or_else(|| StoreError::Request {
-                op: "GET",
-                bucket: bucket.into(),
-                key: key.into(),
-                message: format!("unreadable Content-Range {r:?}"),
-            })?,
-            None => out.content_length().unwrap_or(0).max(0) as u64,
+        let (size, whole) = match out.content_range() {
+            Some(r) => (
+                total_size(Some(r)).ok_or_else(|| StoreError::Request {
+                    op: "GET",
+                    bucket: bucket.into(),
+                    key: key.into(),
+                    message: format!("unreadable Content-Range {r:?}"),
+                })?,
+                false,
+            ),
+            None => (out.content_length().unwrap_or(0).max(0) as u64, true),
         };
         let info = info_of!(out, size);
-        if size > len && !keep_larger {
+        if start >= size && !(start == 0 && size == 0) {
+            // Only a store that ignored the Range gets here (S3 answers 416).
+            let (bucket, key) = (bucket.to_owned(), key.to_owned());
+            return Err(StoreError::InvalidRange {
+                bucket,
+                key,
+                start,
+                end: start.saturating_add(len),
+                size: Some(size),
+            });
+        }
+        if size - start > len && !keep_larger {
             return Ok(Ranged::Got(Box::new(info), None));
         }
-        let mut data = out.body.collect().await.map_err(body_err("GET body", bucket, key))?.into_bytes();
-        let want = size.min(len);
+        let data = out.body.collect().await.map_err(body_err("GET body", bucket, key))?.into_bytes();
+        let want = (size - start).min(len);
+        let data = if whole { data.slice(start.min(data.len() as u64) as usize..) } else { data };
         if (data.len() as u64) < want {
             return Err(StoreError::Request {
                 op: "GET body",
                 bucket: bucket.into(),
                 key: key.into(),
-                message: format!("asked for the first {want} bytes, got {}", data.len()),
+                message: format!("asked for {want} bytes from byte {start}, got {}", data.len()),
             });
         }
-        data.truncate(want as usize);
-        Ok(Ranged::Got(Box::new(info), Some(data)))
+        Ok(Ranged::Got(Box::new(info), Some(data.slice(..want as usize))))
     }
 }
 
@@ -401,7 +433,7 @@ impl Store for S3Store {
     }
 
     async fn get_small(&self, bucket: &str, key: &str, max: u64) -> Result<Option<SmallObject>, StoreError> {
-        match self.first_bytes(bucket, key, max, false).await? {
+        match self.bytes_from(bucket, key, 0, max, None, false).await? {
             Ranged::Missing => Ok(None),
             Ranged::Unsatisfiable => get_small_by_head(self, bucket, key, max).await,
             Ranged::Got(info, None) => Ok(Some(SmallObject::Large(*info))),
@@ -422,7 +454,7 @@ impl Store for S3Store {
     }
 
     async fn get_first(&self, bucket: &str, key: &str, len: u64) -> Result<Option<StoredRange>, StoreError> {
-        match self.first_bytes(bucket, key, len, true).await? {
+        match self.bytes_from(bucket, key, 0, len, None, true).await? {
             Ranged::Missing => Ok(None),
             Ranged::Unsatisfiable => get_first_by_head(self, bucket, key, len).await,
             Ranged::Got(info, data) => {
@@ -432,6 +464,21 @@ impl Store for S3Store {
                 }
                 Ok(Some(StoredRange { data, info: *info }))
             }
+        }
+    }
+
+    async fn get_block(
+        &self,
+        bucket: &str,
+        key: &str,
+        start: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> Result<Option<StoredRange>, StoreError> {
+        match self.bytes_from(bucket, key, start, len, if_match, true).await? {
+            Ranged::Missing => Ok(None),
+            Ranged::Unsatisfiable => get_block_by_head(self, bucket, key, start, len, if_match).await,
+            Ranged::Got(info, data) => Ok(Some(StoredRange { data: data.unwrap_or_default(), info: *info })),
         }
     }
 
