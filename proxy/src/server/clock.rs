@@ -10,13 +10,15 @@
 //! - versions stay near wall-clock time, far from `u64::MAX`, and arithmetic is checked anyway;
 //! - a restart never moves a clock back: a ceiling above every version handed out is persisted
 //!   (`clock.json` in the disk folder) before a version beyond it is used, and the cache's own
-//!   versions seed the clock at start.
+//!   versions seed the clock at start. The ceiling is moved on in the background once half its
+//!   reserve is used, so a write does not wait for that file (a rename on a busy disk took
+//!   155 ms, on the async thread and under the clock's lock).
 
 use blockproxy_protocol::VolumeId;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How far the persisted ceiling runs ahead of the versions handed out: one small file write per
@@ -47,14 +49,33 @@ struct CeilingFile {
 #[derive(Debug, Default)]
 struct State {
     last: HashMap<VolumeId, u64>,
+    /// Ceilings known to be in `clock.json`: versions up to them may be handed out.
     ceilings: BTreeMap<String, u64>,
+    /// Volumes whose ceiling is being moved on in the background.
+    extending: HashSet<String>,
 }
 
 pub struct VolumeClocks {
-    state: Mutex<State>,
+    shared: Arc<Shared>,
     max_ahead: Duration,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// What `clock.json` holds. Its lock is held while the file is written, so writes never
+    /// interleave. A write takes it while holding `state`; the background takes `state` only
+    /// after letting it go, so the two never wait on each other.
+    in_file: Mutex<BTreeMap<String, u64>>,
     file: PathBuf,
     sync: bool,
+    /// Writes that waited for the file (a version beyond the persisted ceiling).
+    waited: std::sync::atomic::AtomicU64,
+}
+
+/// A ceiling to move on after the clock's lock is released.
+struct Extension {
+    volume: String,
+    ceiling: u64,
 }
 
 pub fn now_nanos() -> u64 {
@@ -87,12 +108,15 @@ impl VolumeClocks {
             let e = last.entry(volume).or_default();
             *e = (*e).max(version);
         }
-        let state = State { last, ceilings: ceilings.ceilings };
-        Ok(Self { state: Mutex::new(state), max_ahead, file, sync })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let state = State { last, ceilings: ceilings.ceilings.clone(), extending: HashSet::new() };
+        let shared = Shared {
+            state: Mutex::new(state),
+            in_file: Mutex::new(ceilings.ceilings),
+            file,
+            sync,
+            waited: Default::default(),
+        };
+        Ok(Self { shared: Arc::new(shared), max_ahead })
     }
 
     fn max_ahead_nanos(&self) -> u64 {
@@ -108,10 +132,12 @@ impl VolumeClocks {
     /// bound as any client version, and raising the clock past it.
     pub fn admit_exact(&self, volume: &VolumeId, version: u64) -> Result<u64, ClockError> {
         self.check_bound(version, now_nanos())?;
-        let mut state = self.lock();
+        let mut state = self.shared.lock();
         let last = state.last.get(volume).copied().unwrap_or(0);
-        self.reserve(&mut state, volume, version)?;
+        let extension = self.shared.reserve(&mut state, volume, version)?;
         state.last.insert(volume.clone(), last.max(version));
+        drop(state);
+        self.extend(extension);
         Ok(version)
     }
 
@@ -132,13 +158,15 @@ impl VolumeClocks {
         if let Some(v) = client {
             self.check_bound(v, now)?;
         }
-        let mut state = self.lock();
+        let mut state = self.shared.lock();
         let last = state.last.get(volume).copied().unwrap_or(0);
         // `last` is at most max_ahead beyond some past `now`, so `last + 1` cannot overflow; the
         // check is there for a clock.json edited by hand.
         let version = now.max(client.unwrap_or(0)).max(last.saturating_add(1)).max(1);
-        self.reserve(&mut state, volume, version)?;
+        let extension = self.shared.reserve(&mut state, volume, version)?;
         state.last.insert(volume.clone(), version);
+        drop(state);
+        self.extend(extension);
         Ok(version)
     }
 
@@ -149,27 +177,83 @@ impl VolumeClocks {
             tracing::warn!(%volume, version, "ignoring a version far ahead of this proxy's clock");
             return;
         }
-        let mut state = self.lock();
+        let mut state = self.shared.lock();
         let e = state.last.entry(volume.clone()).or_default();
         *e = (*e).max(version);
     }
 
-    /// Persists a new ceiling for `volume` before `version` may be handed out beyond the old one.
-    /// A few hundred bytes written at most once per `CEILING_RESERVE_NANOS` of clock progress, so
-    /// it is done in place rather than on a blocking thread.
-    fn reserve(&self, state: &mut State, volume: &VolumeId, version: u64) -> Result<(), ClockError> {
-        let key = volume.to_string();
-        if state.ceilings.get(&key).is_some_and(|c| *c >= version) {
-            return Ok(());
+    /// Writes a moved-on ceiling on a blocking thread; without a runtime (unit tests), in place.
+    fn extend(&self, extension: Option<Extension>) {
+        let Some(Extension { volume, ceiling }) = extension else { return };
+        let shared = Arc::clone(&self.shared);
+        let job = move || {
+            let written = shared.persist(&volume, ceiling);
+            let mut state = shared.lock();
+            state.extending.remove(&volume);
+            match written {
+                Ok(in_file) => raise(&mut state.ceilings, &in_file),
+                // The next write past the old ceiling persists it itself, and fails if it cannot.
+                Err(e) => tracing::warn!(%volume, error = %e, "moving the version clock's ceiling on failed"),
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(job)),
+            Err(_) => job(),
         }
-        let mut ceilings = state.ceilings.clone();
-        ceilings.insert(key, version.saturating_add(CEILING_RESERVE_NANOS));
-        let persist_err = |source| ClockError::Persist { path: self.file.display().to_string(), source };
-        let text = serde_json::to_vec_pretty(&CeilingFile { ceilings: ceilings.clone() })
-            .map_err(|e| persist_err(io::Error::other(e)))?;
-        write_atomic(&self.file, &text, self.sync).map_err(persist_err)?;
-        state.ceilings = ceilings;
-        Ok(())
+    }
+
+    #[cfg(test)]
+    fn writes_that_waited(&self) -> u64 {
+        self.shared.waited.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes sure `version` is below `volume`'s persisted ceiling. Beyond it, the new ceiling is
+    /// written before the version may be handed out (under the clock's lock: rare, once the
+    /// background keeps up). Past half the reserve, returns the ceiling to move on to.
+    fn reserve(&self, state: &mut State, volume: &VolumeId, version: u64) -> Result<Option<Extension>, ClockError> {
+        let key = volume.to_string();
+        let ahead = version.saturating_add(CEILING_RESERVE_NANOS);
+        match state.ceilings.get(&key) {
+            Some(c) if *c >= version => {
+                let extend = *c - version < CEILING_RESERVE_NANOS / 2 && state.extending.insert(key.clone());
+                Ok(extend.then_some(Extension { volume: key, ceiling: ahead }))
+            }
+            _ => {
+                self.waited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let in_file = self
+                    .persist(&key, ahead)
+                    .map_err(|source| ClockError::Persist { path: self.file.display().to_string(), source })?;
+                raise(&mut state.ceilings, &in_file);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Raises `volume`'s ceiling in `clock.json` to at least `ceiling`; returns what the file
+    /// holds. Never lowers a ceiling another writer put there.
+    fn persist(&self, volume: &str, ceiling: u64) -> io::Result<BTreeMap<String, u64>> {
+        let mut in_file = self.in_file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = in_file.clone();
+        let e = next.entry(volume.to_owned()).or_default();
+        *e = (*e).max(ceiling);
+        let text = serde_json::to_vec_pretty(&CeilingFile { ceilings: next.clone() }).map_err(io::Error::other)?;
+        write_atomic(&self.file, &text, self.sync)?;
+        *in_file = next.clone();
+        Ok(next)
+    }
+}
+
+/// Raises each ceiling in `to` to the one in `from`.
+fn raise(to: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (k, v) in from {
+        let e = to.entry(k.clone()).or_default();
+        *e = (*e).max(*v);
     }
 }
 
@@ -251,6 +335,44 @@ mod tests {
         let dir2 = tempfile::tempdir().unwrap();
         let c = VolumeClocks::open(dir2.path(), Duration::from_secs(60), false, [(vol("a"), ahead)]).unwrap();
         assert!(c.stamp(&vol("a"), None).unwrap() > ahead);
+    }
+
+    fn in_file(dir: &Path) -> BTreeMap<String, u64> {
+        serde_json::from_slice::<CeilingFile>(&std::fs::read(dir.join("clock.json")).unwrap()).unwrap().ceilings
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_ceiling_moves_on_in_the_background_before_writes_reach_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = clocks(dir.path());
+        let first = c.stamp_at(&vol("a"), None, now_nanos()).unwrap();
+        assert_eq!(c.writes_that_waited(), 1, "the first write persists a ceiling before it is acknowledged");
+        let ceiling = in_file(dir.path())["a"];
+        assert_eq!(ceiling, first + CEILING_RESERVE_NANOS);
+
+        // Within the first half of the reserve nothing is written.
+        c.stamp_at(&vol("a"), None, first + CEILING_RESERVE_NANOS / 4).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(in_file(dir.path())["a"], ceiling);
+
+        // Past half of it, the write is answered from the old ceiling and the next is written
+        // behind it.
+        let later = c.stamp_at(&vol("a"), None, first + CEILING_RESERVE_NANOS / 2 + 1).unwrap();
+        assert!(later < ceiling);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while in_file(dir.path())["a"] < later + CEILING_RESERVE_NANOS {
+            assert!(std::time::Instant::now() < deadline, "the ceiling was not moved on: {:?}", in_file(dir.path()));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // So a write past the old ceiling does not wait for the file.
+        let beyond = c.stamp_at(&vol("a"), None, ceiling + 1).unwrap();
+        assert!(beyond > ceiling);
+        assert_eq!(c.writes_that_waited(), 1, "a write waited for clock.json");
+
+        // Another volume's ceiling, written meanwhile, is kept in the file.
+        c.stamp_at(&vol("b"), None, now_nanos()).unwrap();
+        let file = in_file(dir.path());
+        assert!(file["a"] >= later + CEILING_RESERVE_NANOS && file.contains_key("b"), "{file:?}");
     }
 
     #[test]
