@@ -3,7 +3,7 @@
 
 mod support;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use blockproxy_testenv::eventually;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -324,10 +324,18 @@ async fn eviction_keeps_usage_within_quota_and_never_evicts_dirty_blocks() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_cached_block_is_refetched_and_never_served() -> Result<()> {
+    // Read from memory (64 KiB) and checked as it is read from its file in chunks (3 MiB).
+    for size in [64 << 10, 3 << 20] {
+        corrupted_block_of(size).await.with_context(|| format!("a {size}-byte block"))?;
+    }
+    Ok(())
+}
+
+async fn corrupted_block_of(size: usize) -> Result<()> {
     let backend = Backend::start().await?;
     let dir = tempfile::tempdir()?;
     let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
-    let data = random_bytes(64 << 10);
+    let data = random_bytes(size);
     proxy.put_ok("rot/clean", &data).await?;
     proxy.wait_flushed(Duration::from_secs(20)).await?;
     // Flip one byte of the clean block file on disk.
@@ -345,7 +353,10 @@ async fn a_corrupted_cached_block_is_refetched_and_never_served() -> Result<()> 
     let dirty: Vec<_> = walk(&proxy.cache_dir().join("dirty"));
     flip_last_byte(&dirty[0])?;
     let r = proxy.get("rot/dirty").await?;
-    assert_eq!(r.status(), 500, "a corrupt unflushed block is an error");
+    let status = r.status();
+    assert_eq!(status, 500, "a corrupt unflushed block is an error: {}", r.text().await?);
+    let r = proxy.get_range("rot/dirty", 0..1000).await?;
+    assert_eq!(r.status(), 500, "also when only its first bytes are asked for");
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use super::object::{ObjectHeaders, quote, unquote};
 use super::routes::{cache_error, reserve_bytes};
 use super::state::AppState;
 use crate::cache::buffers::BufferPool;
-use crate::cache::{BlockId, FetchedMeta, Lookup, OpenBlock, Opened, Stripe};
+use crate::cache::{BlockId, CacheError, FetchedMeta, Lookup, OpenBlock, Opened, Stripe};
 use crate::store::{ErrorClass, ObjectInfo, SmallObject, StoreError};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -104,6 +104,31 @@ fn file_body(buffers: &Arc<BufferPool>, file: std::fs::File, data_offset: u64, r
         buffers.read(len, |buf| file.read_exact_at(buf, data_offset + at))
     });
     Body::from_stream(chunks)
+}
+
+/// The CRC32C of `len` bytes of `file` from `offset`, read in [`CHUNK`] pieces through pooled
+/// buffers on the blocking pool. Gives the file back for serving.
+async fn checksum_file(
+    buffers: &Arc<BufferPool>,
+    file: std::fs::File,
+    offset: u64,
+    len: u64,
+) -> Result<(std::fs::File, u32), ApiError> {
+    use std::os::unix::fs::FileExt;
+    let buffers = Arc::clone(buffers);
+    let failed = |e: &dyn std::fmt::Display| ApiError::internal(format!("reading the cache failed: {e}"));
+    tokio::task::spawn_blocking(move || {
+        let mut crc = 0;
+        for at in (0..len).step_by(CHUNK as usize) {
+            let n = (len - at).min(CHUNK) as usize;
+            let chunk = buffers.read(n, |buf| file.read_exact_at(buf, offset + at))?;
+            crc = crc32c::crc32c_append(crc, &chunk);
+        }
+        Ok::<_, std::io::Error>((file, crc))
+    })
+    .await
+    .map_err(|e| failed(&e))?
+    .map_err(|e| failed(&e))
 }
 
 /// How large a block file [`Cache::open_block`](crate::cache::Cache::open_block) reads whole
@@ -322,26 +347,29 @@ async fn serve_cached(
     // A block up to the block size is verified whole before it is served: a dirty one on every
     // read (its only copy), a clean one on its first read in this process (ADR 0001, item 6;
     // the checksum header lets the client check every later read). Larger objects stream
-    // unverified from their open file.
+    // unverified from their open file. A block not already in memory is checked by reading its
+    // file through one chunk-sized buffer, then streamed like any large hit, so a first read
+    // holds a chunk in memory rather than the block (figure 6: 8 first reads of 4 MiB blocks
+    // had lifted the peak RSS by about 40 MiB).
     let verify = total <= s.max_block_size && (ob.dirty || !ob.checked);
-    let body = if verify {
-        let _reserved = reserve_bytes(s, total).await?;
-        let data = match ob.data {
-            Some(data) => data,
+    let (data, mut file) = (ob.data, ob.file);
+    if verify {
+        let crc = match &data {
+            Some(data) => crc32c::crc32c(data),
             None => {
-                let (file, offset, buffers) = (ob.file, ob.data_offset, Arc::clone(s.cache.buffers()));
-                tokio::task::spawn_blocking(move || {
-                    use std::os::unix::fs::FileExt;
-                    buffers.read(total as usize, |buf| file.read_exact_at(buf, offset))
-                })
-                .await
-                .map_err(|e| ApiError::internal(format!("reading the cache failed: {e}")))?
-                .map_err(|e| ApiError::internal(format!("reading the cache failed: {e}")))?
+                let checked = checksum_file(s.cache.buffers(), file, ob.data_offset, total).await?;
+                file = checked.0;
+                checked.1
             }
         };
-        if crc32c::crc32c(&data) != h.data_crc32c {
-            // The cache's own read handles corruption: a clean copy is dropped (refetched from the
-            // store), a dirty one is an error, never served.
+        if crc != h.data_crc32c {
+            if ob.dirty {
+                tracing::error!(volume = %id.volume, key = %id.key, "unflushed block failed verification");
+                let reason = "its data does not match its checksum".to_owned();
+                let (volume, key) = (id.volume.to_string(), id.key.to_string());
+                return Err(cache_error(s, CacheError::CorruptDirty { volume, key, reason }));
+            }
+            // The cache's own read drops the clean copy (it is refetched from the store).
             return match s.cache.read(id).await.map_err(|e| cache_error(s, e))? {
                 Lookup::DroppedCorrupt => {
                     s.metrics.cache_corrupt_blocks_total.inc();
@@ -353,12 +381,10 @@ async fn serve_cached(
         if !ob.dirty {
             s.cache.mark_checked(id, ob.serial);
         }
-        Body::from(data.slice(r.start as usize..r.end as usize))
-    } else {
-        match ob.data {
-            Some(data) => Body::from(data.slice(r.start as usize..r.end as usize)),
-            None => file_body(s.cache.buffers(), ob.file, ob.data_offset, r),
-        }
+    }
+    let body = match data {
+        Some(data) => Body::from(data.slice(r.start as usize..r.end as usize)),
+        None => file_body(s.cache.buffers(), file, ob.data_offset, r),
     };
     s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(len);
     Ok(Some(respond(answer(range), Some(body), len)))
