@@ -431,7 +431,6 @@ pub fn open_verified(
     path: &Path,
     in_memory: u64,
 ) -> io::Result<Result<(BlockHeader, File, u64, Option<Bytes>), FormatError>> {
-    use std::os::unix::fs::FileExt;
     let mut file = File::open(path)?;
     let (header, offset, size) = match read_header_of(&mut file)? {
         Ok(h) => h,
@@ -442,20 +441,30 @@ pub fn open_verified(
     }
     let whole = header.parts.len() <= 1 && header.data_len <= in_memory;
     let mut data = whole.then(|| Vec::with_capacity(header.data_len as usize));
-    let (mut crc, mut at, mut buf) = (0u32, 0u64, vec![0u8; 1 << 20]);
-    while at < header.data_len {
-        let n = (header.data_len - at).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], offset + at)?;
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
+    let crc = data_crc32c(&file, offset, header.data_len, &mut vec![0u8; 1 << 20], |piece| {
         if let Some(d) = data.as_mut() {
-            d.extend_from_slice(&buf[..n]);
+            d.extend_from_slice(piece);
         }
-        at += n as u64;
-    }
+    })?;
     if crc != header.data_crc32c {
         return Ok(Err(FormatError::DataChecksum));
     }
     Ok(Ok((header, file, offset, data.map(Bytes::from))))
+}
+
+/// The CRC32C of `len` bytes of `file` from `offset`, read through `buf`; `each` sees every
+/// piece as it is read.
+pub fn data_crc32c(file: &File, offset: u64, len: u64, buf: &mut [u8], mut each: impl FnMut(&[u8])) -> io::Result<u32> {
+    use std::os::unix::fs::FileExt;
+    let (mut crc, mut at) = (0u32, 0u64);
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], offset + at)?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        each(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(crc)
 }
 
 /// Reads only the header of a block file (for the start-up scan), and the file's size.

@@ -106,24 +106,12 @@ fn file_body(buffers: &Arc<BufferPool>, file: std::fs::File, data_offset: u64, r
     Body::from_stream(chunks)
 }
 
-/// The CRC32C of `len` bytes of `file` from `offset`, read in [`CHUNK`] pieces through pooled
-/// buffers on the blocking pool. Gives the file back for serving.
-async fn checksum_file(
-    buffers: &Arc<BufferPool>,
-    file: std::fs::File,
-    offset: u64,
-    len: u64,
-) -> Result<(std::fs::File, u32), ApiError> {
-    use std::os::unix::fs::FileExt;
-    let buffers = Arc::clone(buffers);
+/// The CRC32C of `len` bytes of `file` from `offset`, read in [`CHUNK`] pieces on the blocking
+/// pool. Gives the file back for serving.
+async fn checksum_file(file: std::fs::File, offset: u64, len: u64) -> Result<(std::fs::File, u32), ApiError> {
     let failed = |e: &dyn std::fmt::Display| ApiError::internal(format!("reading the cache failed: {e}"));
     tokio::task::spawn_blocking(move || {
-        let mut crc = 0;
-        for at in (0..len).step_by(CHUNK as usize) {
-            let n = (len - at).min(CHUNK) as usize;
-            let chunk = buffers.read(n, |buf| file.read_exact_at(buf, offset + at))?;
-            crc = crc32c::crc32c_append(crc, &chunk);
-        }
+        let crc = crate::cache::disk::data_crc32c(&file, offset, len, &mut vec![0u8; CHUNK as usize], |_| {})?;
         Ok::<_, std::io::Error>((file, crc))
     })
     .await
@@ -357,7 +345,7 @@ async fn serve_cached(
         let crc = match &data {
             Some(data) => crc32c::crc32c(data),
             None => {
-                let checked = checksum_file(s.cache.buffers(), file, ob.data_offset, total).await?;
+                let checked = checksum_file(file, ob.data_offset, total).await?;
                 file = checked.0;
                 checked.1
             }
