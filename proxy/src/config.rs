@@ -91,6 +91,12 @@ pub struct ProxyArgs {
     #[arg(long, env = "BLOCKPROXY_NO_TLS", conflicts_with_all = ["tls_cert_file", "tls_key_file"])]
     pub no_tls: bool,
 
+    /// Copy hits through the proxy's memory instead of sending them from the cache file with
+    /// sendfile(2) on plain-HTTP/1 connections (TLS and HTTP/2 always copy). For comparison and as
+    /// an escape hatch.
+    #[arg(long, env = "BLOCKPROXY_NO_SENDFILE")]
+    pub no_sendfile: bool,
+
     /// YAML file listing the volumes served (id, bucket, prefix, token). Reloaded on change.
     #[arg(long, env = "BLOCKPROXY_VOLUMES_FILE")]
     pub volumes_file: PathBuf,

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub writeback_quarantined_total: IntCounter,
     pub http_backpressure_total: IntCounter,
     pub http_inflight_bytes: IntGauge,
+    pub http_sendfile_bytes_total: IntCounter,
     pub http_writes_superseded_total: IntCounter,
     pub http_versions_refused_total: IntCounter,
     pub http_timeouts_total: IntCounterVec,
@@ -203,6 +204,14 @@ impl Metrics {
                 IntGauge::new(
                     "blockproxy_http_inflight_bytes",
                     "Request bytes reserved in memory right now (bounded by --max-inflight-bytes)",
+                )
+                .expect("valid"),
+            ),
+            http_sendfile_bytes_total: reg(
+                &r,
+                IntCounter::new(
+                    "blockproxy_http_sendfile_bytes_total",
+                    "Hit bytes sent from cache files with sendfile (plain HTTP/1), not copied through memory",
                 )
                 .expect("valid"),
             ),

@@ -170,6 +170,101 @@ async fn range_reads_return_the_requested_bytes() -> Result<()> {
     Ok(())
 }
 
+/// ADR 0012: on plain HTTP/1 a hit's bytes leave from the cache file with sendfile, except a
+/// small block's verifying read (its first after it became clean, and every read while dirty),
+/// which is checked and sent from memory. HTTP/2 copies (its frames would carry the writer's
+/// stand-ins otherwise), and so does a proxy started with --no-sendfile. Every answer carries
+/// exactly the object's bytes, on one keep-alive connection mixing whole reads, ranges, block
+/// reads and small objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_leave_by_sendfile_on_http1_only_and_always_carry_the_objects_bytes() -> Result<()> {
+    const SENT: &str = "blockproxy_http_sendfile_bytes_total";
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    // A long TTL: the hits below are hits, not revalidations.
+    let opts = ProxyOptions { extra: vec!["--metadata-ttl=1h".into()], ..ProxyOptions::default() };
+    let proxy = ProxyProcess::start(&backend, dir.path(), opts).await?;
+    let h1 = reqwest::Client::builder().http1_only().pool_max_idle_per_host(1).build()?;
+    let get = |client: &reqwest::Client, key: &str, range: Option<String>| {
+        let mut req = client.get(proxy.block_url(key)).bearer_auth(TOKEN);
+        if let Some(r) = range {
+            req = req.header("Range", r);
+        }
+        req.send()
+    };
+
+    // A small write read back at once: dirty, or flushed and not yet verified; either way its
+    // read is a verifying one.
+    let small = random_bytes(70_000);
+    proxy.put_ok("small", &small).await?;
+    let r = get(&h1, "small", None).await?;
+    assert!(r.bytes().await?.as_ref() == small.as_slice(), "small read differs");
+    assert_eq!(proxy.metric(SENT).await?, 0.0, "a verifying read of a small block is sent from memory");
+
+    // 3 MiB + 5 bytes: several stand-ins, the last one short. Large blocks are verified by
+    // reading their file, then sent from it, so every read of it leaves by sendfile.
+    let big = random_bytes((3 << 20) + 5);
+    proxy.put_ok("big", &big).await?;
+    let mut expected_sent = 0.0;
+    for round in 0..2 {
+        let r = get(&h1, "big", None).await?;
+        assert_eq!((r.status().as_u16(), r.version()), (200, reqwest::Version::HTTP_11));
+        assert!(r.bytes().await?.as_ref() == big.as_slice(), "round {round}: whole read differs");
+        expected_sent += big.len() as f64;
+        let r = get(&h1, "big", Some("bytes=1048570-2200000".into())).await?;
+        assert_eq!(r.status(), 206);
+        assert!(r.bytes().await?.as_ref() == &big[1_048_570..=2_200_000], "round {round}: range differs");
+        expected_sent += (2_200_000 - 1_048_570 + 1) as f64;
+    }
+    assert_eq!(proxy.metric(SENT).await?, expected_sent, "large hits leave by sendfile");
+
+    // A flushed object's block reads (pinned to the store's ETag) leave by sendfile too.
+    proxy.wait_flushed(Duration::from_secs(30)).await?;
+    let etag = proxy.head("big").await?.headers()["x-blockproxy-store-etag"].to_str()?.to_owned();
+    let block = 1 << 20;
+    let r = proxy.get_block("big", 1, block, &etag).await?;
+    assert_eq!((r.status().as_u16(), r.headers()["x-blockproxy-source"].to_str()?), (206, "cache"));
+    assert!(r.bytes().await?.as_ref() == &big[block as usize..2 * block as usize], "block read differs");
+    expected_sent += block as f64;
+    assert_eq!(proxy.metric(SENT).await?, expected_sent, "the block read went out by sendfile");
+
+    // A small clean block: fetched from the store, verified on its first hit, then sendfile.
+    let cold = random_bytes(60_000);
+    backend.put_object("cold-small", &cold).await?;
+    for (read, source, by_sendfile) in
+        [(0, "store", false), (1, "cache", false), (2, "cache", true), (3, "cache", true)]
+    {
+        let r = get(&h1, "cold-small", None).await?;
+        assert_eq!(r.headers()["x-blockproxy-source"], source, "clean small read {read}");
+        assert!(r.bytes().await?.as_ref() == cold.as_slice(), "clean small read {read} differs");
+        expected_sent += if by_sendfile { cold.len() as f64 } else { 0.0 };
+        assert_eq!(proxy.metric(SENT).await?, expected_sent, "clean small read {read}");
+    }
+
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build()?;
+    for _ in 0..2 {
+        let r = get(&h2, "big", None).await?;
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert!(r.bytes().await?.as_ref() == big.as_slice(), "HTTP/2 whole read differs");
+        let r = get(&h2, "big", Some("bytes=5-3000000".into())).await?;
+        assert!(r.bytes().await?.as_ref() == &big[5..=3_000_000], "HTTP/2 range differs");
+        let r = get(&h2, "cold-small", None).await?;
+        assert!(r.bytes().await?.as_ref() == cold.as_slice(), "HTTP/2 small read differs");
+    }
+    assert_eq!(proxy.metric(SENT).await?, expected_sent, "HTTP/2 answers never use sendfile");
+
+    let dir = tempfile::tempdir()?;
+    let opts = ProxyOptions { extra: vec!["--no-sendfile".into()], ..ProxyOptions::default() };
+    let copying = ProxyProcess::start(&backend, dir.path(), opts).await?;
+    copying.put_ok("big", &big).await?;
+    for _ in 0..2 {
+        assert!(copying.get_bytes("big").await?.as_deref() == Some(big.as_slice()), "copied read differs");
+        assert!(copying.get_bytes("cold-small").await?.as_deref() == Some(cold.as_slice()), "copied small read");
+    }
+    assert_eq!(copying.metric(SENT).await?, 0.0, "--no-sendfile copies every hit");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_right_4xx_and_write_nothing() -> Result<()> {
     let backend = Backend::start().await?;

@@ -481,6 +481,11 @@ pub fn read_header_len(path: &Path) -> io::Result<Result<(BlockHeader, u64, u64)
 /// [`read_header_len`] of an open file (read from its current position, the start).
 pub fn read_header_of(f: &mut File) -> io::Result<Result<(BlockHeader, u64, u64), FormatError>> {
     let size = f.metadata()?.len();
+    read_sized_header_of(f, size)
+}
+
+/// [`read_header_of`] a file of `size` bytes.
+fn read_sized_header_of(f: &mut File, size: u64) -> io::Result<Result<(BlockHeader, u64, u64), FormatError>> {
     let mut buf = vec![0u8; 4096.min(size as usize)];
     f.read_exact(&mut buf)?;
     if buf.len() >= 8 && &buf[..4] == MAGIC {
@@ -515,7 +520,7 @@ pub fn read_block_of(
     use std::os::unix::fs::FileExt;
     let size = f.metadata()?.len();
     if size > read_whole {
-        return Ok(read_header_of(f)?.map(|(header, data_offset, file_size)| ReadBlock {
+        return Ok(read_sized_header_of(f, size)?.map(|(header, data_offset, file_size)| ReadBlock {
             header,
             data_offset,
             file_size,

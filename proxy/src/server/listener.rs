@@ -4,8 +4,10 @@
 //! request headers must arrive within their timeouts; request bodies have their own idle timeout
 //! in the handlers.
 
+use super::sendfile::{FileSends, SendfileStream};
 use crate::metrics::Metrics;
 use axum::Router;
+use axum::http::{Request, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -15,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 use tracing::Instrument;
 
 /// How a connection is served.
@@ -24,6 +27,8 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
     /// After `stop`: how long open requests may take to finish.
     pub grace: Duration,
+    /// Send plain-HTTP/1 hits from their files with `sendfile` (ADR 0012).
+    pub sendfile: bool,
 }
 
 /// Serves `router` on `listener` until `stop` turns true, then stops accepting and waits up to
@@ -38,7 +43,9 @@ pub async fn serve(
     let acceptor = limits.tls.clone().map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    // writev(true): hyper hands body chunks to the connection as they are, which zero-copy
+    // hits need (see `sendfile`); it is also hyper's choice for a TCP stream.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).writev(true);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     loop {
@@ -54,18 +61,20 @@ pub async fn serve(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let builder = Arc::clone(&builder);
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         let metrics = Arc::clone(&metrics);
         let handshake_timeout = limits.tls_handshake_timeout;
+        let sendfile = limits.sendfile;
         let span = tracing::debug_span!("connection", %peer);
         tokio::spawn(
             async move {
                 let result = match acceptor {
                     Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
+                            let service = TowerToHyperService::new(router);
                             watcher
                                 .watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned())
                                 .await
@@ -80,7 +89,22 @@ pub async fn serve(
                             return;
                         }
                     },
+                    None if sendfile => {
+                        let sends = FileSends::default();
+                        let io = SendfileStream::new(stream, sends.clone(), metrics.http_sendfile_bytes_total.clone());
+                        // HTTP/2 copies its frames: only HTTP/1 requests may answer with stand-ins.
+                        let service = TowerToHyperService::new(router.map_request(move |mut req: Request<_>| {
+                            if req.version() <= Version::HTTP_11 {
+                                req.extensions_mut().insert(sends.clone());
+                            }
+                            req
+                        }));
+                        watcher
+                            .watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned())
+                            .await
+                    }
                     None => {
+                        let service = TowerToHyperService::new(router);
                         watcher
                             .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
                             .await

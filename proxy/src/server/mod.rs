@@ -12,6 +12,7 @@ mod metacache;
 mod object;
 mod reads;
 mod routes;
+mod sendfile;
 mod state;
 mod tls;
 mod uploads;
@@ -161,6 +162,7 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
             header_read_timeout: args.header_read_timeout,
             tls_handshake_timeout: args.tls_handshake_timeout,
             grace: deadline_for_requests,
+            sendfile: !args.no_sendfile,
         },
         Arc::clone(&state.metrics),
         stop_http,

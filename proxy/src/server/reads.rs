@@ -11,6 +11,7 @@
 use super::errors::ApiError;
 use super::object::{ObjectHeaders, quote, unquote};
 use super::routes::{cache_error, reserve_bytes};
+use super::sendfile::{FileSends, STAND_IN_MAX};
 use super::state::AppState;
 use crate::cache::buffers::BufferPool;
 use crate::cache::{BlockId, CacheError, FetchedMeta, Lookup, OpenBlock, Opened, Stripe};
@@ -91,13 +92,29 @@ fn respond(a: Answer<'_>, body: Option<Body>, len: u64) -> Response {
     resp
 }
 
-/// Streams `range` of an open block file in [`CHUNK`]-byte reads, each on the task that polls the
-/// body, as small hits are read (see [`crate::cache::INLINE_READ_MAX`]): hyper asks for the next
-/// chunk only while its write buffer has room (about 400 KiB), so a response holds about three
-/// chunks in memory, and no read waits on the blocking pool.
-fn file_body(buffers: &Arc<BufferPool>, file: std::fs::File, data_offset: u64, range: Range<u64>) -> Body {
+/// Streams `range` of an open block file. On a plain HTTP/1 connection (`sends`), as stand-ins
+/// its writer sends from the file with `sendfile` (ADR 0012). Otherwise in [`CHUNK`]-byte reads,
+/// each on the task that polls the body, as small hits are read (see
+/// [`crate::cache::INLINE_READ_MAX`]): hyper asks for the next chunk only while its write buffer
+/// has room (about 400 KiB), so a response holds about three chunks in memory, and no read waits
+/// on the blocking pool.
+fn file_body(
+    buffers: &Arc<BufferPool>,
+    file: std::fs::File,
+    data_offset: u64,
+    range: Range<u64>,
+    sends: Option<&FileSends>,
+) -> Body {
     use futures::StreamExt;
     use std::os::unix::fs::FileExt;
+    if let Some(sends) = sends {
+        let (file, sends) = (Arc::new(file), sends.clone());
+        let chunks = futures::stream::iter((range.start..range.end).step_by(STAND_IN_MAX)).map(move |at| {
+            let len = (range.end - at).min(STAND_IN_MAX as u64) as usize;
+            Ok::<_, std::convert::Infallible>(sends.chunk(&file, data_offset + at, len))
+        });
+        return Body::from_stream(chunks);
+    }
     let buffers = Arc::clone(buffers);
     let chunks = futures::stream::iter((range.start..range.end).step_by(CHUNK as usize)).map(move |at| {
         let len = (range.end - at).min(CHUNK) as usize;
@@ -210,8 +227,11 @@ pub async fn get_object(
     id: BlockId,
     headers: &HeaderMap,
     with_body: bool,
+    sends: Option<&FileSends>,
 ) -> Result<Response, ApiError> {
-    match s.cache.open_block(&id, read_whole(s, with_body)).await.map_err(|e| cache_error(s, e))? {
+    // With sendfile a hit's data need not be read at all (a verifying read reads it then).
+    let read_whole = if sends.is_some() { 0 } else { read_whole(s, with_body) };
+    match s.cache.open_block(&id, read_whole).await.map_err(|e| cache_error(s, e))? {
         Opened::Deleted => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such object")),
         Opened::Block(ob) => {
             let freshness = if ob.dirty {
@@ -226,14 +246,14 @@ pub async fn get_object(
             if !stale || still_in_store(s, cfg, &id, ob.header.version, ob.header.pinned_etag()).await {
                 // Reopen after a revalidation: it recorded the store's ETag.
                 let ob = if stale {
-                    match s.cache.open_block(&id, read_whole(s, with_body)).await.map_err(|e| cache_error(s, e))? {
+                    match s.cache.open_block(&id, read_whole).await.map_err(|e| cache_error(s, e))? {
                         Opened::Block(ob) => ob,
-                        _ => return Box::pin(get_object(s, cfg, id, headers, with_body)).await,
+                        _ => return Box::pin(get_object(s, cfg, id, headers, with_body, sends)).await,
                     }
                 } else {
                     ob
                 };
-                if let Some(resp) = serve_cached(s, &id, *ob, headers, with_body).await? {
+                if let Some(resp) = serve_cached(s, &id, *ob, headers, with_body, sends).await? {
                     return Ok(resp);
                 }
             }
@@ -313,6 +333,7 @@ async fn serve_cached(
     ob: OpenBlock,
     headers: &HeaderMap,
     with_body: bool,
+    sends: Option<&FileSends>,
 ) -> Result<Option<Response>, ApiError> {
     s.metrics.cache_hits_total.inc();
     let h = &ob.header;
@@ -340,8 +361,14 @@ async fn serve_cached(
     // holds a chunk in memory rather than the block (figure 6: 8 first reads of 4 MiB blocks
     // had lifted the peak RSS by about 40 MiB).
     let verify = total <= s.max_block_size && (ob.dirty || !ob.checked);
-    let (data, mut file) = (ob.data, ob.file);
+    let (mut data, mut file) = (ob.data, ob.file);
     if verify {
+        if data.is_none() && total <= crate::cache::INLINE_READ_MAX {
+            // Opened for sendfile, header only: a small block is read whole on this task.
+            use std::os::unix::fs::FileExt;
+            let read = s.cache.buffers().read(total as usize, |buf| file.read_exact_at(buf, ob.data_offset));
+            data = Some(read.map_err(|e| ApiError::internal(format!("reading the cache failed: {e}")))?);
+        }
         let crc = match &data {
             Some(data) => crc32c::crc32c(data),
             None => {
@@ -372,7 +399,7 @@ async fn serve_cached(
     }
     let body = match data {
         Some(data) => Body::from(data.slice(r.start as usize..r.end as usize)),
-        None => file_body(s.cache.buffers(), file, ob.data_offset, r),
+        None => file_body(s.cache.buffers(), file, ob.data_offset, r, sends),
     };
     s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(len);
     Ok(Some(respond(answer(range), Some(body), len)))
@@ -602,6 +629,7 @@ pub async fn get_stripe(
     q: &BlockQuery,
     headers: &HeaderMap,
     with_body: bool,
+    sends: Option<&FileSends>,
 ) -> Result<Response, ApiError> {
     let index = q.block.unwrap_or_default();
     let block_size = q.block_size.ok_or_else(|| ApiError::bad_request("a block read needs blockSize"))?;
@@ -642,7 +670,7 @@ pub async fn get_stripe(
         };
         let len = range.end - range.start;
         s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(if with_body { len } else { 0 });
-        let body = with_body.then(|| file_body(s.cache.buffers(), ob.file, ob.data_offset, range));
+        let body = with_body.then(|| file_body(s.cache.buffers(), ob.file, ob.data_offset, range, sends));
         return Ok(respond(a, body, len));
     }
 

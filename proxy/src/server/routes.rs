@@ -5,6 +5,7 @@ use super::errors::ApiError;
 use super::gate::{Closed, WritePass};
 use super::object::{ObjectHeaders, attrs_from_headers, part_md5s, parts_from_headers};
 use super::reads::{self, BlockQuery};
+use super::sendfile::FileSends;
 use super::state::AppState;
 use super::volumes::{AuthError, token_matches};
 use crate::cache::{BlockId, CacheError, DirtyWrite, WriteOutcome};
@@ -213,10 +214,11 @@ async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> 
             let with_body = req.method() == Method::GET;
             let Query(q) =
                 Query::<BlockQuery>::try_from_uri(req.uri()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let sends = req.extensions().get::<FileSends>();
             if q.block.is_some() {
-                reads::get_stripe(s, &cfg, id, &q, req.headers(), with_body).await
+                reads::get_stripe(s, &cfg, id, &q, req.headers(), with_body, sends).await
             } else {
-                reads::get_object(s, &cfg, id, req.headers(), with_body).await
+                reads::get_object(s, &cfg, id, req.headers(), with_body, sends).await
             }
         }
         Method::DELETE => delete_block(s, &cfg, id, req.headers()).await,
