@@ -214,7 +214,8 @@ pub struct Cache {
 /// Block files up to this size are opened and read on the async task that asks, as nginx reads
 /// its cache files without `aio`: from the page cache or NVMe such a read takes microseconds,
 /// less than the two thread hand-offs of the blocking pool (profiled: those hand-offs were a
-/// fifth of a 64 KiB hit's CPU). Larger files go to the blocking pool.
+/// fifth of a 64 KiB hit's CPU). Of larger files a hit reads the header only, on the task too,
+/// and streams the data in reads of this size (or sends it with `sendfile`, ADR 0012).
 pub const INLINE_READ_MAX: u64 = 256 * 1024;
 
 /// Clean block files taken out of the index and set aside under the index lock (see
@@ -666,9 +667,9 @@ impl Cache {
 
     /// Opens a block's file and reads its header, and its data too when the file is at most
     /// `read_whole` bytes (0: never; HEAD and ranges of large objects stream from the open file).
-    /// The open file stays readable whatever renames or replaces it later. Files of at most
-    /// [`INLINE_READ_MAX`] bytes are read on the calling task (see there); larger ones on the
-    /// blocking pool.
+    /// The open file stays readable whatever renames or replaces it later. Everything is read on
+    /// the calling task (see [`INLINE_READ_MAX`]): a file larger than `read_whole` only has its
+    /// header read, a few KiB; callers keep `read_whole` at most [`INLINE_READ_MAX`].
     pub async fn open_block(&self, id: &BlockId, read_whole: u64) -> Result<Opened, CacheError> {
         for _ in 0..4 {
             let Some(entry) = self.index().touch(id).cloned() else { return Ok(Opened::Miss) };
@@ -682,10 +683,7 @@ impl Cache {
                 let mut file = std::fs::File::open(&path)?;
                 Ok::<_, io::Error>(disk::read_block_of(&mut file, read_whole, &buffers)?.map(|h| (file, h)))
             };
-            let opened =
-                if entry.file_size <= INLINE_READ_MAX { Ok(open()) } else { tokio::task::spawn_blocking(open).await }
-                    .map_err(|e| io_err("read")(io::Error::other(e)))?;
-            match opened {
+            match open() {
                 Ok(Ok((file, disk::ReadBlock { header, data_offset, file_size, data })))
                     if header.version == entry.version =>
                 {
