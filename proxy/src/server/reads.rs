@@ -126,20 +126,24 @@ fn file_body(
 /// The CRC32C of `len` bytes of `file` from `offset`, read in [`CHUNK`] pieces on the blocking
 /// pool. Gives the file back for serving.
 async fn checksum_file(file: std::fs::File, offset: u64, len: u64) -> Result<(std::fs::File, u32), ApiError> {
-    let failed = |e: &dyn std::fmt::Display| ApiError::internal(format!("reading the cache failed: {e}"));
     tokio::task::spawn_blocking(move || {
         let crc = crate::cache::disk::data_crc32c(&file, offset, len, &mut vec![0u8; CHUNK as usize], |_| {})?;
         Ok::<_, std::io::Error>((file, crc))
     })
     .await
-    .map_err(|e| failed(&e))?
-    .map_err(|e| failed(&e))
+    .map_err(|e| cache_read_failed(&e))?
+    .map_err(|e| cache_read_failed(&e))
 }
 
 /// How large a block file [`Cache::open_block`](crate::cache::Cache::open_block) reads whole
-/// with its header: small ones, which a GET serves from memory anyway.
-fn read_whole(s: &AppState, with_body: bool) -> u64 {
-    if with_body { crate::cache::INLINE_READ_MAX.min(s.max_block_size) } else { 0 }
+/// with its header: small ones, which a GET serves from memory anyway; none when a GET's hit
+/// leaves by sendfile (`sends`), whose data is read only to verify it.
+fn read_whole(s: &AppState, with_body: bool, sends: Option<&FileSends>) -> u64 {
+    if with_body && sends.is_none() { crate::cache::INLINE_READ_MAX.min(s.max_block_size) } else { 0 }
+}
+
+fn cache_read_failed(e: &dyn std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("reading the cache failed: {e}"))
 }
 
 /// Whether the store still holds `version` of a clean cached object, checked at most once per
@@ -229,9 +233,8 @@ pub async fn get_object(
     with_body: bool,
     sends: Option<&FileSends>,
 ) -> Result<Response, ApiError> {
-    // With sendfile a hit's data need not be read at all (a verifying read reads it then).
-    let read_whole = if sends.is_some() { 0 } else { read_whole(s, with_body) };
-    match s.cache.open_block(&id, read_whole).await.map_err(|e| cache_error(s, e))? {
+    let whole = read_whole(s, with_body, sends);
+    match s.cache.open_block(&id, whole).await.map_err(|e| cache_error(s, e))? {
         Opened::Deleted => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such object")),
         Opened::Block(ob) => {
             let freshness = if ob.dirty {
@@ -246,7 +249,7 @@ pub async fn get_object(
             if !stale || still_in_store(s, cfg, &id, ob.header.version, ob.header.pinned_etag()).await {
                 // Reopen after a revalidation: it recorded the store's ETag.
                 let ob = if stale {
-                    match s.cache.open_block(&id, read_whole).await.map_err(|e| cache_error(s, e))? {
+                    match s.cache.open_block(&id, whole).await.map_err(|e| cache_error(s, e))? {
                         Opened::Block(ob) => ob,
                         _ => return Box::pin(get_object(s, cfg, id, headers, with_body, sends)).await,
                     }
@@ -367,7 +370,7 @@ async fn serve_cached(
             // Opened for sendfile, header only: a small block is read whole on this task.
             use std::os::unix::fs::FileExt;
             let read = s.cache.buffers().read(total as usize, |buf| file.read_exact_at(buf, ob.data_offset));
-            data = Some(read.map_err(|e| ApiError::internal(format!("reading the cache failed: {e}")))?);
+            data = Some(read.map_err(|e| cache_read_failed(&e))?);
         }
         let crc = match &data {
             Some(data) => crc32c::crc32c(data),
