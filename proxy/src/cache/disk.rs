@@ -350,6 +350,37 @@ impl Layout {
         }
     }
 
+    /// Starts a temporary block file with `data` at `room`, leaving the first `room` bytes for a
+    /// header that is not known yet (a write's ETag still being hashed). [`Layout::finish_tmp`]
+    /// writes it. A failed write removes what it wrote.
+    pub fn write_tmp_data_at(&self, room: u64, data: &[u8]) -> io::Result<(PathBuf, File)> {
+        use std::os::unix::fs::FileExt;
+        let path = self.tmp_path();
+        let written = File::create(&path).and_then(|f| f.write_all_at(data, room).map(|()| f));
+        written.map(|f| (path.clone(), f)).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })
+    }
+
+    /// Writes `header` into the `room` left by [`Layout::write_tmp_data_at`], fsyncing the file
+    /// when `sync`. The header must fill the room exactly; otherwise, or on a failed write, the
+    /// file is removed.
+    pub fn finish_tmp(&self, path: &Path, file: File, header: &BlockHeader, room: u64, sync: bool) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let encoded = header.encode();
+        let written = if encoded.len() as u64 != room {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the block header is {} bytes, not the {room} left for it", encoded.len()),
+            ))
+        } else {
+            file.write_all_at(&encoded, 0).and_then(|()| if sync { file.sync_all() } else { Ok(()) })
+        };
+        written.inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })
+    }
+
     /// Creates the fan-out directory of `name` in `area` unless this process already has. A dirty
     /// one is then made durable in its area directory when syncing: without that, power loss could
     /// take the directory, and every block acknowledged into it, away. Clean blocks are a cache,

@@ -81,6 +81,23 @@ impl From<AdmitError> for CacheError {
     }
 }
 
+/// The MD5 of a write's data, hashing until first awaited, then kept.
+enum Md5Later {
+    Hashing(std::pin::Pin<Box<dyn Future<Output = io::Result<[u8; 16]>> + Send>>),
+    Done([u8; 16]),
+}
+
+impl Md5Later {
+    async fn digest(&mut self) -> io::Result<[u8; 16]> {
+        let d = match self {
+            Md5Later::Done(d) => return Ok(*d),
+            Md5Later::Hashing(f) => f.await?,
+        };
+        *self = Md5Later::Done(d);
+        Ok(d)
+    }
+}
+
 /// A write (or delete) to persist as dirty.
 #[derive(Debug, Clone)]
 pub struct DirtyWrite {
@@ -341,8 +358,28 @@ impl Cache {
 
     /// Persists a write as dirty. Returns once the block is on disk (and fsynced with `sync`).
     pub async fn write_dirty(&self, w: DirtyWrite) -> Result<WriteOutcome, CacheError> {
+        self.write_dirty_with(w, None).await
+    }
+
+    /// [`Cache::write_dirty`] for a one-part write whose ETag, the MD5 of its data, `md5` is still
+    /// hashing (`w.etag` is ignored). The data is written to disk while the hash finishes, and the
+    /// header, which holds the ETag, last: the ack waits for the slower of the two, not their sum.
+    /// Returns the outcome and the MD5.
+    pub async fn write_dirty_hashing(
+        &self,
+        mut w: DirtyWrite,
+        md5: impl Future<Output = io::Result<[u8; 16]>> + Send + 'static,
+    ) -> Result<(WriteOutcome, [u8; 16]), CacheError> {
+        // Holds the room of the hex MD5 that replaces it: the header's length is known up front.
+        w.etag = "0".repeat(32);
+        let mut pending = Md5Later::Hashing(Box::pin(md5));
+        let outcome = self.write_dirty_with(w, Some(&mut pending)).await?;
+        Ok((outcome, pending.digest().await.map_err(io_err("hash the data"))?))
+    }
+
+    async fn write_dirty_with(&self, w: DirtyWrite, md5: Option<&mut Md5Later>) -> Result<WriteOutcome, CacheError> {
         let data = w.data.clone().unwrap_or_default();
-        let header = BlockHeader {
+        let mut header = BlockHeader {
             volume: w.id.volume.to_string(),
             key: w.id.key.to_string(),
             bucket: w.bucket,
@@ -366,7 +403,7 @@ impl Cache {
         self.delete_set_aside(evicted).await;
 
         let name = name_of(&w.id);
-        let tmp = match self.write_tmp(&header, data, file_size, Area::Dirty, &name).await {
+        let tmp = match self.write_tmp(&mut header, data, file_size, Area::Dirty, &name, md5).await {
             Ok(t) => t,
             Err(e) => {
                 self.index().release(file_size);
@@ -490,16 +527,22 @@ impl Cache {
 
     /// Writes a block file to `tmp/` and creates its fan-out directory, off the runtime. When the
     /// disk fills up before the quota does, evicts clean blocks for the file's size and tries once
-    /// more; a full disk with nothing evictable is [`CacheError::DiskFull`].
+    /// more; a full disk with nothing evictable is [`CacheError::DiskFull`]. With `md5` still
+    /// hashing, writes the data while it finishes and then puts its hex in `header.etag`.
     async fn write_tmp(
         &self,
-        header: &BlockHeader,
+        header: &mut BlockHeader,
         data: Bytes,
         file_size: u64,
         area: Area,
         name: &str,
+        md5: Option<&mut Md5Later>,
     ) -> Result<PathBuf, CacheError> {
-        let err = match self.try_write_tmp(header, data.clone(), area, name).await {
+        let first = match md5 {
+            Some(md5) => self.try_write_tmp_hashing(header, data.clone(), area, name, md5).await,
+            None => self.try_write_tmp(header, data.clone(), area, name).await,
+        };
+        let err = match first {
             Err(e @ CacheError::DiskFull { .. }) => e,
             other => return other,
         };
@@ -536,6 +579,43 @@ impl Cache {
         })
         .await
         .map_err(|e| io_err("write")(io::Error::other(e)))?
+    }
+
+    /// [`Cache::try_write_tmp`] while `md5` hashes: the data goes to disk beside the hash, behind
+    /// room for the header, which is written once the hash is in `header.etag`.
+    async fn try_write_tmp_hashing(
+        &self,
+        header: &mut BlockHeader,
+        data: Bytes,
+        area: Area,
+        name: &str,
+        md5: &mut Md5Later,
+    ) -> Result<PathBuf, CacheError> {
+        let room = header.encode().len() as u64;
+        let (layout, name) = (self.layout.clone(), name.to_owned());
+        let data_written = tokio::task::spawn_blocking(move || {
+            layout.ensure_fanout(area, &name).map_err(io_err("create directory"))?;
+            layout.write_tmp_data_at(room, &data).map_err(io_err("write"))
+        });
+        let (written, digest) = tokio::join!(data_written, md5.digest());
+        let written = written.map_err(|e| io_err("write")(io::Error::other(e))).and_then(|r| r);
+        let digest = match digest {
+            Ok(d) => d,
+            Err(e) => {
+                if let Ok((path, _)) = &written {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(io_err("hash the data")(e));
+            }
+        };
+        header.etag = hex::encode(digest);
+        let (path, file) = written?;
+        let (layout, header) = (self.layout.clone(), header.clone());
+        let sync = self.sync && area == Area::Dirty;
+        tokio::task::spawn_blocking(move || layout.finish_tmp(&path, file, &header, room, sync).map(|()| path))
+            .await
+            .map_err(|e| io_err("write")(io::Error::other(e)))?
+            .map_err(io_err("write"))
     }
 
     /// The key for a store fetch of `id` that starts now: single-flight fetches are keyed by it,
@@ -601,7 +681,7 @@ impl Cache {
         let Ok(evicted) = self.reserve(file_size, false) else { return };
         self.delete_set_aside(evicted).await;
         let name = name_of(&id);
-        let tmp = match self.write_tmp(&header, data, file_size, Area::Clean, &name).await {
+        let tmp = match self.write_tmp(&mut header.clone(), data, file_size, Area::Clean, &name, None).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "could not cache fetched block");
@@ -999,5 +1079,54 @@ mod tests {
         assert_ne!(cache.fetch_key(&a), before, "a read after the flush would join the older fetch");
         cache.insert_clean(before, "bucket", "pfx/a", Bytes::from_static(b"old"), 1, FetchedMeta::default()).await;
         assert_eq!(hit(&cache, &a).await, None, "the older fetch's value was cached after the delete");
+    }
+
+    fn one_part_write(a: &BlockId, data: &'static [u8], etag: String) -> DirtyWrite {
+        DirtyWrite {
+            id: a.clone(),
+            bucket: "bucket".into(),
+            store_key: "pfx/a".into(),
+            version: 7,
+            data: Some(Bytes::from_static(data)),
+            etag,
+            attrs: ObjectAttrs::default(),
+            parts: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_md5_is_still_hashing_leaves_the_file_a_write_with_its_etag_leaves() {
+        use md5::{Digest, Md5};
+        let (a, data) = (id("a"), b"the data of a one-part write".as_slice());
+        let md5: [u8; 16] = Md5::digest(data).into();
+        let (_known_dir, known) = open();
+        let (_hashing_dir, hashing) = open();
+        assert_eq!(
+            known.write_dirty(one_part_write(&a, data, hex::encode(md5))).await.unwrap(),
+            WriteOutcome::Committed
+        );
+        // The hash ends well after the data is on disk: the header is written last.
+        let late = async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(md5)
+        };
+        let (outcome, got) = hashing.write_dirty_hashing(one_part_write(&a, data, String::new()), late).await.unwrap();
+        assert_eq!((outcome, got), (WriteOutcome::Committed, md5));
+        let file = |c: &Cache| std::fs::read(c.layout.path(Area::Dirty, &name_of(&a))).unwrap();
+        assert_eq!(file(&hashing), file(&known), "the block files differ");
+        let (header, read) = hashing.read_dirty(&a).await.unwrap().unwrap();
+        assert_eq!((header.etag, read.as_ref()), (hex::encode(md5), data));
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_hash_fails_commits_nothing_and_leaves_no_file() {
+        let (dir, cache) = open();
+        let a = id("a");
+        let failed = async { Err(io::Error::other("the hashing thread panicked")) };
+        let err = cache.write_dirty_hashing(one_part_write(&a, b"data", String::new()), failed).await.unwrap_err();
+        assert!(err.to_string().contains("hash"), "{err}");
+        assert!(cache.read_dirty(&a).await.unwrap().is_none(), "a block without its ETag was committed");
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "its temporary file is left");
+        assert_eq!(cache.usage().used_bytes, 0, "its space is still reserved");
     }
 }

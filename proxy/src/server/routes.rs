@@ -1,6 +1,7 @@
 //! The HTTP API: object PUT/DELETE (reads in [`super::reads`], multipart staging in
 //! [`super::uploads`]), the listings, ping, health, metrics and the drain admin call.
 
+use super::body_md5::BodyMd5;
 use super::errors::ApiError;
 use super::gate::{Closed, WritePass};
 use super::object::{ObjectHeaders, attrs_from_headers, part_md5s, parts_from_headers};
@@ -21,7 +22,6 @@ use blockproxy_protocol::{
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use md5::{Digest, Md5};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -371,14 +371,15 @@ pub(super) async fn reserve_bytes(s: &AppState, bytes: u64) -> Result<tokio::syn
 /// A block body read by [`read_body`].
 struct ReadBody<'a> {
     data: Bytes,
-    /// The MD5 of the whole body, when asked for.
-    md5: Option<[u8; 16]>,
+    /// The MD5 of the whole body, when asked for: maybe still hashing.
+    md5: Option<BodyMd5>,
     _held: tokio::sync::SemaphorePermit<'a>,
 }
 
 /// Reads a block body: bounded in size (413), in bytes held across requests (503), and in how
-/// long it may stall (408). With `md5`, hashes it as it arrives: the hashing then overlaps the
-/// transfer instead of following it (a write's ack waits for its S3 ETag).
+/// long it may stall (408). With `md5`, hashes it as it arrives, beside this task for a large body
+/// ([`BodyMd5`]): the hashing then overlaps the transfer instead of following it (a write's ack
+/// waits for its S3 ETag).
 async fn read_body(s: &AppState, req: Request, md5: bool) -> Result<ReadBody<'_>, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -397,7 +398,7 @@ async fn read_body(s: &AppState, req: Request, md5: bool) -> Result<ReadBody<'_>
     let permit = reserve_bytes(s, expected.unwrap_or(s.max_block_size)).await?;
     let mut body = http_body_util::Limited::new(req.into_body(), s.max_block_size as usize);
     let mut buf = bytes::BytesMut::with_capacity(expected.unwrap_or(0) as usize);
-    let mut hasher = md5.then(Md5::new);
+    let mut hasher = md5.then(|| BodyMd5::for_len(expected));
     loop {
         let frame = match tokio::time::timeout(s.body_idle_timeout, body.frame()).await {
             Err(_) => {
@@ -419,7 +420,7 @@ async fn read_body(s: &AppState, req: Request, md5: bool) -> Result<ReadBody<'_>
             buf.extend_from_slice(&data);
         }
     }
-    Ok(ReadBody { data: buf.freeze(), md5: hasher.map(|h| h.finalize().into()), _held: permit })
+    Ok(ReadBody { data: buf.freeze(), md5: hasher, _held: permit })
 }
 
 async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Request) -> Result<Response, ApiError> {
@@ -446,11 +447,6 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
     let body = read.data.clone();
     checksum.verify(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let parts = parts_from_headers(&part_headers, body.len() as u64)?;
-    let md5s = match read.md5 {
-        Some(md5) => vec![md5],
-        None => part_md5s(&body, &parts),
-    };
-    let etag = protocol::multipart_etag(&md5s);
     let store_key = cfg.store_key(&id.key);
     s.meta.forget(&id);
 
@@ -461,6 +457,10 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
                 protocol::PARTS_HEADER
             )));
         }
+        let md5 = match read.md5 {
+            Some(md5) => md5.finish().await.map_err(|e| ApiError::internal(format!("hashing the body failed: {e}")))?,
+            None => part_md5s(&body, &parts)[0],
+        };
         let meta = ObjectMeta::for_data(version, &body);
         let done = put_unless_newer(s.store.as_ref(), &cfg.bucket, &store_key, body.clone(), meta, &attrs)
             .await
@@ -471,26 +471,41 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
         }
         // Not cached: the store's own ETag and time are learnt by the next read (one HEAD).
         s.cache.invalidate(&id);
-        return Ok(write_ack(version, &body, &etag));
+        return Ok(write_ack(version, &body, &protocol::multipart_etag(&[md5])));
     }
 
-    let ack = write_ack(version, &body, &etag);
     let single = parts.len() <= 1;
-    let write = DirtyWrite {
+    let mut write = DirtyWrite {
         id: id.clone(),
         bucket: cfg.bucket.clone(),
         store_key,
         version,
-        data: Some(body),
-        etag,
+        data: Some(body.clone()),
+        etag: String::new(),
         attrs,
-        parts: if single { Vec::new() } else { parts },
+        parts: Vec::new(),
     };
-    match s.cache.write_dirty(write).await.map_err(|e| cache_error(s, e))? {
+    let (outcome, etag) = match read.md5 {
+        // One part: its MD5, the ETag, may still be hashing; the cache writes the data meanwhile.
+        Some(md5) => {
+            let (outcome, md5) =
+                s.cache.write_dirty_hashing(write, md5.finish()).await.map_err(|e| cache_error(s, e))?;
+            (outcome, protocol::multipart_etag(&[md5]))
+        }
+        None => {
+            write.etag = protocol::multipart_etag(&part_md5s(&body, &parts));
+            if !single {
+                write.parts = parts;
+            }
+            let etag = write.etag.clone();
+            (s.cache.write_dirty(write).await.map_err(|e| cache_error(s, e))?, etag)
+        }
+    };
+    match outcome {
         WriteOutcome::Committed => s.writeback.enqueue(id),
         WriteOutcome::Superseded { current } => return Err(superseded(s, &id, version, current)),
     }
-    Ok(ack)
+    Ok(write_ack(version, &body, &etag))
 }
 
 fn write_ack(version: u64, body: &[u8], etag: &str) -> Response {
