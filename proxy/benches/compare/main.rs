@@ -546,15 +546,19 @@ async fn main() -> Result<()> {
             check("group of 3 4 MiB", &g)?;
             let l = client_load(&client, &lib_large, c, d).await;
             check("group of 3 (client library) 4 MiB", &l)?;
+            let sampler = RssSampler::start(sidecar.pid(), false);
             let a = s3_load(&sidecar_s3, &s3_large, c, d).await;
             check("group of 3 (sidecar S3) 4 MiB", &a)?;
             let sg = s3_signed_load(&http, &signed_large, &signer, c, d).await;
             check("group of 3 (sidecar S3, load generator) 4 MiB", &sg)?;
+            let sidecar_rss = sampler.finish().await;
+            r.push("rss_mib.sidecar.large_load", sidecar_rss);
             let sampler = RssSampler::start(nginx.pid(), true);
             let n = get_load(&http, &nginx_large, c, d).await;
             let nginx_rss = sampler.finish().await;
             r.push("rss_mib.nginx.large_load", nginx_rss);
             r.push("rss.ratio.large_load", bp_rss / nginx_rss);
+            r.push("rss.ratio.sidecar_large_load", sidecar_rss / nginx_rss);
             check("nginx 4 MiB", &n)?;
             let cache_dir = bp.cache_dir();
             let raw = tokio::task::spawn_blocking(move || raw_read_mib_s(&cache_dir, LARGE as u64, d)).await??;
@@ -620,15 +624,19 @@ async fn main() -> Result<()> {
             check("group of 3 64 KiB", &g)?;
             let l = client_load(&client, &lib_small, c, d).await;
             check("group of 3 (client library) 64 KiB", &l)?;
+            let sampler = RssSampler::start(sidecar.pid(), false);
             let a = s3_load(&sidecar_s3, &s3_small, c, d).await;
             check("group of 3 (sidecar S3) 64 KiB", &a)?;
             let sg = s3_signed_load(&http, &signed_small, &signer, c, d).await;
             check("group of 3 (sidecar S3, load generator) 64 KiB", &sg)?;
+            let sidecar_rss = sampler.finish().await;
+            r.push("rss_mib.sidecar.small_load", sidecar_rss);
             let sampler = RssSampler::start(nginx.pid(), true);
             let n = get_load(&http, &nginx_small, c, d).await;
             let nginx_rss = sampler.finish().await;
             r.push("rss_mib.nginx.small_load", nginx_rss);
             r.push("rss.ratio.small_load", bp_rss / nginx_rss);
+            r.push("rss.ratio.sidecar_small_load", sidecar_rss / nginx_rss);
             check("nginx 64 KiB", &n)?;
             eprintln!(
                 "  run {run}: req/s blockproxy {:.0}, group {:.0}, client lib {:.0}, sidecar S3 aws-sdk-s3 {:.0}, sidecar S3 load generator {:.0}, nginx {:.0}; p99 ms blockproxy {:.2}, nginx {:.2}",
@@ -1197,6 +1205,10 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "blockproxy max RSS MiB, 64 KiB load", "rss_mib.blockproxy.small_load"),
         ("", "nginx max RSS MiB (all procs), 64 KiB", "rss_mib.nginx.small_load"),
         ("", "RATIO blockproxy / nginx RSS, 64 KiB", "rss.ratio.small_load"),
+        ("", "sidecar max RSS MiB, 4 MiB S3 loads", "rss_mib.sidecar.large_load"),
+        ("", "RATIO sidecar / nginx RSS, 4 MiB", "rss.ratio.sidecar_large_load"),
+        ("", "sidecar max RSS MiB, 64 KiB S3 loads", "rss_mib.sidecar.small_load"),
+        ("", "RATIO sidecar / nginx RSS, 64 KiB", "rss.ratio.sidecar_small_load"),
         ("", "start-up ms, N cached blocks", "f6.startup_ms"),
         ("", "blocks in cache after start-up", "f6.startup.cached_blocks"),
         ("", "blockproxy RSS MiB after start-up", "rss_mib.blockproxy.after_startup"),
