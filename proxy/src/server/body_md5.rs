@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
-use std::sync::mpsc;
+use tokio::sync::mpsc;
 
 /// Bodies from this size are hashed on a thread; below it the hand-off costs more than it saves.
 const THREAD_FROM: u64 = 256 * 1024;
@@ -16,6 +16,11 @@ const THREAD_FROM: u64 = 256 * 1024;
 /// Chunks go to the thread in batches of this many bytes: each hand-off wakes the thread, and a
 /// body arrives in chunks of a few KiB at first.
 const BATCH: usize = 128 * 1024;
+
+/// Batches the thread may lag behind the receive. The chunks it holds are memory outside the
+/// body's reservation against `--max-inflight-bytes`, so the receive waits rather than let the
+/// lag grow to a whole body.
+const LAG: usize = 4;
 
 /// MD5 of a body, fed chunk by chunk; see the module docs.
 pub struct BodyMd5(Inner);
@@ -36,12 +41,12 @@ impl BodyMd5 {
         if expected_len.is_none_or(|n| n < THREAD_FROM) {
             return Self(Inner::Inline(Md5::new()));
         }
-        let (batches, rx) = mpsc::channel::<Vec<Bytes>>();
+        let (batches, mut rx) = mpsc::channel::<Vec<Bytes>>(LAG);
         // Ends when the sender is dropped: when the body is complete, or the request is abandoned.
         let digest = tokio::task::spawn_blocking(move || {
             let mut md5 = Md5::new();
-            for chunk in rx.into_iter().flatten() {
-                md5.update(&chunk);
+            while let Some(batch) = rx.blocking_recv() {
+                batch.iter().for_each(|chunk| md5.update(chunk));
             }
             md5.finalize().into()
         });
@@ -49,8 +54,8 @@ impl BodyMd5 {
     }
 
     /// Hashes `chunk` next (a `Bytes` clone: the thread reads the same memory, nothing is copied).
-    /// Memory: the thread holds what it has not hashed yet, at most a body's size.
-    pub fn update(&mut self, chunk: &Bytes) {
+    /// Waits while the thread is [`LAG`] batches behind.
+    pub async fn update(&mut self, chunk: &Bytes) {
         match &mut self.0 {
             Inner::Inline(md5) => md5.update(chunk),
             // The receiver lives until the sender is dropped, so a send fails only if the thread
@@ -60,7 +65,7 @@ impl BodyMd5 {
                 *batched += chunk.len();
                 if *batched >= BATCH {
                     *batched = 0;
-                    let _ = batches.send(std::mem::take(batch));
+                    let _ = batches.send(std::mem::take(batch)).await;
                 }
             }
         }
@@ -71,7 +76,7 @@ impl BodyMd5 {
         match self.0 {
             Inner::Inline(md5) => Ok(md5.finalize().into()),
             Inner::Thread { batch, batches, digest, .. } => {
-                let _ = batches.send(batch);
+                let _ = batches.send(batch).await;
                 drop(batches);
                 digest.await.map_err(std::io::Error::other)
             }
@@ -86,7 +91,7 @@ mod tests {
     async fn hash_in_chunks(data: &[u8], chunk: usize, declared: Option<u64>) -> [u8; 16] {
         let mut h = BodyMd5::for_len(declared);
         for c in data.chunks(chunk) {
-            h.update(&Bytes::copy_from_slice(c));
+            h.update(&Bytes::copy_from_slice(c)).await;
         }
         h.finish().await.unwrap()
     }

@@ -415,7 +415,7 @@ async fn read_body(s: &AppState, req: Request, md5: bool) -> Result<ReadBody<'_>
         };
         if let Ok(data) = frame.into_data() {
             if let Some(h) = &mut hasher {
-                h.update(&data);
+                h.update(&data).await;
             }
             buf.extend_from_slice(&data);
         }
@@ -483,7 +483,7 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
         data: Some(body.clone()),
         etag: String::new(),
         attrs,
-        parts: Vec::new(),
+        parts: if single { Vec::new() } else { parts.clone() },
     };
     let (outcome, etag) = match read.md5 {
         // One part: its MD5, the ETag, may still be hashing; the cache writes the data meanwhile.
@@ -494,9 +494,6 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
         }
         None => {
             write.etag = protocol::multipart_etag(&part_md5s(&body, &parts));
-            if !single {
-                write.parts = parts;
-            }
             let etag = write.etag.clone();
             (s.cache.write_dirty(write).await.map_err(|e| cache_error(s, e))?, etag)
         }
