@@ -668,26 +668,30 @@ async fn main() -> Result<()> {
             r.push("f2.ratio.blockproxy_over_nginx_req_s", b.req_per_s() / n.req_per_s());
             r.push("f2.ratio.blockproxy_over_nginx_p99", b.percentile_ms(99.0) / n.percentile_ms(99.0));
         }
-        // Optional: CPU profiles of the sidecar S3 path on 64 KiB hits (BLOCKPROXY_BENCH_PERF=1):
-        // the sidecar process under the load generator speaking S3, and the whole machine (how
-        // the CPU splits between processes).
+        // Optional: CPU profiles of the sidecar S3 path on 64 KiB and 4 MiB hits
+        // (BLOCKPROXY_BENCH_PERF=1): the sidecar process under the load generator speaking S3, and
+        // the whole machine (how the CPU splits between processes).
         if std::env::var_os("BLOCKPROXY_BENCH_PERF").is_some_and(|v| v != "0")
             && let Some(pid) = sidecar.pid()
         {
             std::fs::create_dir_all(&p.out)?;
-            let me = p.out.join("perf-sidecar-small.data");
-            let all = p.out.join("perf-system-small.data");
-            let perf = [perf_record(pid, &me)?, perf_record_with(&["-F", "999", "-a"], &all)?];
-            let res = s3_signed_load(&http, &signed_small, &signer, p.concurrency_small, d).await;
-            for pr in perf {
-                perf_stop(pr)?;
+            for (name, targets, c) in
+                [("small", &signed_small, p.concurrency_small), ("large", &signed_large, p.concurrency_large)]
+            {
+                let me = p.out.join(format!("perf-sidecar-{name}.data"));
+                let all = p.out.join(format!("perf-system-{name}.data"));
+                let perf = [perf_record(pid, &me)?, perf_record_with(&["-F", "999", "-a"], &all)?];
+                let res = s3_signed_load(&http, targets, &signer, c, d).await;
+                for pr in perf {
+                    perf_stop(pr)?;
+                }
+                eprintln!(
+                    "  perf: sidecar S3 {name} blocks {:.0} req/s while profiled; `perf report -i {}` (and {})",
+                    res.req_per_s(),
+                    me.display(),
+                    all.display()
+                );
             }
-            eprintln!(
-                "  perf: sidecar S3 64 KiB {:.0} req/s while profiled; `perf report -i {}` (and {})",
-                res.req_per_s(),
-                me.display(),
-                all.display()
-            );
         }
     }
 

@@ -34,7 +34,19 @@ impl Checksum {
     }
 
     pub fn verify(&self, data: &[u8]) -> Result<(), ChecksumError> {
-        let actual = self.compute_like(data);
+        self.verify_parts([data])
+    }
+
+    /// [`Checksum::verify`] of the concatenation of `parts`, without concatenating them.
+    pub fn verify_parts<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> Result<(), ChecksumError> {
+        let actual = match self {
+            Self::Crc32c(_) => Self::Crc32c(parts.into_iter().fold(0, crc32c::crc32c_append)),
+            Self::Sha256(_) => {
+                let mut h = Sha256::new();
+                parts.into_iter().for_each(|p| h.update(p));
+                Self::Sha256(h.finalize().into())
+            }
+        };
         if &actual == self { Ok(()) } else { Err(ChecksumError::Mismatch { expected: self.clone(), actual }) }
     }
 }
@@ -92,6 +104,27 @@ mod tests {
     }
 
     proptest! {
+        /// A body verifies the same however it was split into parts, and a changed byte in any
+        /// part fails it.
+        #[test]
+        fn verifying_parts_equals_verifying_the_whole(
+            data in proptest::collection::vec(any::<u8>(), 1..2048),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+            flip in any::<prop::sample::Index>(),
+        ) {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+            at.extend([0, data.len()]);
+            at.sort_unstable();
+            let parts: Vec<&[u8]> = at.windows(2).map(|w| &data[w[0]..w[1]]).collect();
+            let mut changed = data.clone();
+            changed[flip.index(data.len())] ^= 1;
+            for c in [Checksum::crc32c(&data), Checksum::Sha256(Sha256::digest(&data).into())] {
+                prop_assert!(c.verify_parts(parts.iter().copied()).is_ok());
+                let changed_parts: Vec<&[u8]> = at.windows(2).map(|w| &changed[w[0]..w[1]]).collect();
+                prop_assert!(c.verify_parts(changed_parts).is_err());
+            }
+        }
+
         #[test]
         fn parsing_never_panics(s in "\\PC{0,80}") {
             let _ = s.parse::<Checksum>();

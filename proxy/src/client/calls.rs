@@ -2,7 +2,8 @@
 //! ETag, multipart staging on the home proxy, and paged store listings.
 
 use super::ClientError;
-use super::transport::{AttemptError, ProxyCall, check, classify};
+use super::chunks::Chunks;
+use super::transport::{AttemptError, ProxyCall, check, classify, read_chunks};
 use crate::protocol::{
     self, BLOCK_QUERY, BLOCK_SIZE_QUERY, BlockKey, CHECKSUM_HEADER, Checksum, CompleteUpload, ObjectAttrs,
     PART_NUMBER_QUERY, StoreObjects, UPLOAD_ID_QUERY, UploadCompleted, UploadCreated, UploadParts,
@@ -30,7 +31,7 @@ impl ProxyCall<'_> {
         block_size: u64,
         store_etag: &str,
         part: Option<Range<u64>>,
-    ) -> Result<Bytes, AttemptError> {
+    ) -> Result<Chunks, AttemptError> {
         let mut req = self
             .http
             .get(self.url(key))
@@ -53,9 +54,9 @@ impl ProxyCall<'_> {
         let resp = check(resp, "GET block").await?;
         let checksum: Option<Checksum> =
             resp.headers().get(CHECKSUM_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let data = resp.bytes().await.map_err(classify)?;
+        let data = read_chunks(resp).await?;
         if let Some(sum) = checksum
-            && let Err(e) = sum.verify(&data)
+            && let Err(e) = sum.verify_parts(data.parts())
         {
             return Err(AttemptError::Unavailable(format!("GET block {index} failed verification: {e}")));
         }

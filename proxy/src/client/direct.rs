@@ -58,7 +58,9 @@ pub(super) async fn attempt(store: &dyn Store, loc: &StoreLocation, op: &Op<'_>)
                     last_modified: Some(b.last_modified),
                     attrs: b.attrs,
                 };
-                slice_range(b.data, info, None).map(|f| Outcome::Fetched(Some(f))).map_err(AttemptError::Rejected)
+                slice_range(b.data.into(), info, None)
+                    .map(|f| Outcome::Fetched(Some(f)))
+                    .map_err(AttemptError::Rejected)
             }
             Err(e) => Err(unavailable(e)),
         },
@@ -69,7 +71,7 @@ pub(super) async fn attempt(store: &dyn Store, loc: &StoreLocation, op: &Op<'_>)
             };
             let (start, end) = super::objects::resolve_range(Some(r), info.size).map_err(AttemptError::Rejected)?;
             let got = store.get_range(bucket, &k, start..end, Some(&info.etag)).await.map_err(unavailable)?;
-            Ok(Outcome::Fetched(got.map(|g| super::Fetched { data: g.data, info: g.info.into() })))
+            Ok(Outcome::Fetched(got.map(|g| super::Fetched { data: g.data.into(), info: g.info.into() })))
         }
         Op::Head { key } => {
             let info = store.head(bucket, &store_key(&loc.prefix, key.as_str())).await.map_err(unavailable)?;
@@ -78,7 +80,7 @@ pub(super) async fn attempt(store: &dyn Store, loc: &StoreLocation, op: &Op<'_>)
         Op::GetBlock { key, store_etag, part, .. } => {
             let k = store_key(&loc.prefix, key.as_str());
             match store.get_range(bucket, &k, part.clone(), Some(store_etag)).await.map_err(unavailable)? {
-                Some(r) => Ok(Outcome::Block(r.data)),
+                Some(r) => Ok(Outcome::Block(r.data.into())),
                 None => Err(AttemptError::Rejected(ClientError::Changed { key: key.to_string() })),
             }
         }

@@ -21,12 +21,14 @@ pub mod transport;
 pub mod version;
 
 mod calls;
+mod chunks;
 mod direct;
 mod listing;
 mod objects;
 mod ops;
 mod small;
 
+pub use chunks::Chunks;
 pub use info::ObjectInfo;
 pub use listing::{ListEntry, ListPage};
 pub use objects::{ObjectRead, Upload};

@@ -7,12 +7,13 @@
 //!   of one upload always reach the same disk, also after a restart of this sidecar;
 //! - listings one page at a time, with the unflushed writes of every proxy merged in.
 
+use super::chunks::Chunks;
 use super::info::ObjectInfo;
 use super::transport::AttemptError;
 use super::{Client, ClientError, Inner};
 use crate::protocol::{BlockKey, CompleteUpload, ObjectAttrs, UploadCompleted, UploadParts};
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 
 /// Blocks fetched ahead of the one being sent: bounds a read's memory to this many blocks while
 /// keeping several proxies busy.
@@ -68,6 +69,11 @@ pub(super) fn resolve_range(range: Option<&str>, size: u64) -> Result<(u64, u64)
     }
 }
 
+/// A verified body, sent on in the chunks it arrived in (ADR 0014).
+fn sent_on(body: Chunks) -> impl futures::Stream<Item = Result<Bytes, ClientError>> + Send + 'static {
+    futures::stream::iter(body.into_parts().into_iter().map(Ok))
+}
+
 /// Whether a read of the HTTP `Range` value `range` (the whole object without one) starts in the
 /// first block; a suffix range (`bytes=-N`) depends on the size, so it does not count.
 fn starts_in_first_block(range: Option<&str>, bs: u64) -> bool {
@@ -103,7 +109,7 @@ impl Client {
         let mut known = None;
         let mut first_block = None;
         if small.contains(key.as_str()) || starts_in_first_block(range, bs) {
-            match self.get(key, Some(&format!("bytes=0-{}", bs - 1))).await {
+            match self.get_chunks(key, Some(&format!("bytes=0-{}", bs - 1))).await {
                 Ok(None) => return Ok(None),
                 Ok(Some(f)) if f.info.size > bs => {
                     if f.data.len() as u64 == bs {
@@ -114,8 +120,7 @@ impl Client {
                 Ok(Some(f)) if f.data.len() as u64 == f.info.size => {
                     small.remember(key.as_str());
                     let (start, end) = resolve_range(range, f.info.size)?;
-                    let body = futures::stream::once(async move { Ok(f.data.slice(start as usize..end as usize)) });
-                    let body = if start == end { futures::stream::empty().boxed() } else { body.boxed() };
+                    let body = sent_on(f.data.slice(start as usize..end as usize)).boxed();
                     return Ok(Some(ObjectRead { info: f.info, start, end, body }));
                 }
                 // Emptied (a range of nothing is unsatisfiable) or oddly answered: HEAD first.
@@ -153,7 +158,7 @@ impl Client {
             }
         };
         let body = match head {
-            Some(head) => futures::stream::once(async move { Ok(head) }).chain(rest).boxed(),
+            Some(head) => sent_on(head).chain(rest).boxed(),
             None => rest,
         };
         Ok(Some(ObjectRead { info, start, end, body }))
@@ -191,6 +196,8 @@ impl Client {
                 }
             })
             .buffered(READ_AHEAD)
+            .map_ok(sent_on)
+            .try_flatten()
             .boxed()
     }
 
@@ -211,13 +218,15 @@ impl Client {
                 let (client, key) = (client.clone(), key.clone());
                 async move {
                     let range = format!("bytes={a}-{}", b - 1);
-                    match client.get(&key, Some(&range)).await? {
+                    match client.get_chunks(&key, Some(&range)).await? {
                         Some(f) if f.version() == version && f.data.len() as u64 == b - a => Ok(f.data),
                         _ => Err(ClientError::Changed { key: key.to_string() }),
                     }
                 }
             })
             .buffered(2)
+            .map_ok(sent_on)
+            .try_flatten()
             .boxed()
     }
 

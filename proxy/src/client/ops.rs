@@ -2,6 +2,7 @@
 //! rendezvous order, then to the other groups, then to the object store; check reads served by a
 //! recovering proxy against the other places a newer version may live, and repair the owner.
 
+use super::chunks::Chunks;
 use super::info::ObjectInfo;
 use super::recent::{self, Judgement};
 use super::transport::{AttemptError, Fetched, WriteMeta, Written};
@@ -64,9 +65,9 @@ impl Op<'_> {
 
 pub(super) enum Outcome {
     Written(Written),
-    Fetched(Option<Fetched>),
+    Fetched(Option<Fetched<Chunks>>),
     Head(Option<ObjectInfo>),
-    Block(Bytes),
+    Block(Chunks),
 }
 
 /// The largest object a read repair copies (the proxies' default `--max-block-size`).
@@ -78,7 +79,11 @@ pub(super) fn store_key(prefix: &str, key: &str) -> String {
 }
 
 /// Cuts `range` (an HTTP `Range` value) out of a whole object.
-pub(crate) fn slice_range(data: Bytes, mut info: ObjectInfo, range: Option<&str>) -> Result<Fetched, ClientError> {
+pub(crate) fn slice_range(
+    data: Chunks,
+    mut info: ObjectInfo,
+    range: Option<&str>,
+) -> Result<Fetched<Chunks>, ClientError> {
     let total = data.len() as u64;
     info.size = total;
     let Some(r) = range else {
@@ -91,7 +96,7 @@ pub(crate) fn slice_range(data: Bytes, mut info: ObjectInfo, range: Option<&str>
     let [range] = ranges.as_slice() else {
         return Err(ClientError::RangeNotSatisfiable("only a single byte range is supported".into()));
     };
-    Ok(Fetched { data: data.slice(*range.start() as usize..=*range.end() as usize), info })
+    Ok(Fetched { data: data.slice(*range.start() as usize..*range.end() as usize + 1), info })
 }
 
 /// What a request does, which decides whether draining proxies may take it (ADR 0002).
@@ -292,7 +297,7 @@ impl Inner {
     /// writes while it was away, and owned the key before it was added), on the owner in another
     /// group (group failover), or in the store (direct fallback). Returns the newest copy when it
     /// is newer than the owner's, after writing it back to the owner.
-    async fn read_newest_if_recovering(&self, key: &BlockKey) -> Result<Option<Option<Fetched>>, ClientError> {
+    async fn read_newest_if_recovering(&self, key: &BlockKey) -> Result<Option<Option<Fetched<Chunks>>>, ClientError> {
         let topo = self.topology();
         let plan = self.plan(&topo, key.as_str(), false, Purpose::Read);
         let Some(Target::Proxy { group: og, address: oa }) = plan.first().cloned() else {
@@ -347,7 +352,7 @@ impl Inner {
         key: &BlockKey,
         candidates: &[Target],
         why: &'static str,
-    ) -> Option<Option<Fetched>> {
+    ) -> Option<Option<Fetched<Chunks>>> {
         let head = Op::Head { key };
         let heads = futures::future::join_all(candidates.iter().map(|t| self.attempt(topo, t, &head))).await;
         let version = |r: &Result<Outcome, AttemptError>| match r {
@@ -386,7 +391,8 @@ impl Inner {
         // The repair carries the object as it was written (attributes, and one part: repairs
         // only happen for objects small enough to be read in one GET).
         let meta = WriteMeta { attrs: &newest.info.attrs, parts: &[] };
-        let repair = Op::Put { key, data: newest.data.clone(), version: newest.version(), repair: true, meta };
+        let data = newest.data.clone().into_bytes();
+        let repair = Op::Put { key, data, version: newest.version(), repair: true, meta };
         if let Err(e) = self.attempt(topo, &candidates[0], &repair).await {
             tracing::warn!(key = %key, error = ?e, "read repair of the owner failed");
         }
@@ -396,7 +402,7 @@ impl Inner {
     /// A read found something older than this client's own last write: look everywhere the newer
     /// copy may be (every proxy of every group, then the store) and serve the newest if it is at
     /// least `want`. Fails rather than go back in time.
-    async fn read_own_write(&self, key: &BlockKey, want: u64) -> Result<Fetched, ClientError> {
+    async fn read_own_write(&self, key: &BlockKey, want: u64) -> Result<Fetched<Chunks>, ClientError> {
         let topo = self.topology();
         let mut candidates = self.plan(&topo, key.as_str(), false, Purpose::Read);
         if let Some(pos) = candidates.iter().position(|t| matches!(t, Target::Store)) {
@@ -477,6 +483,15 @@ impl Client {
     /// Reads a whole object, or a byte range of it (`range` is an HTTP `Range` value), in one
     /// request to its home proxy: for objects up to one block, and for tests.
     pub async fn get(&self, key: &BlockKey, range: Option<&str>) -> Result<Option<Fetched>, ClientError> {
+        Ok(self.get_chunks(key, range).await?.map(Fetched::into_contiguous))
+    }
+
+    /// [`Client::get`], the body left in the chunks it arrived in.
+    pub async fn get_chunks(
+        &self,
+        key: &BlockKey,
+        range: Option<&str>,
+    ) -> Result<Option<Fetched<Chunks>>, ClientError> {
         let mut out = None;
         if let Some(found) = self.inner.read_newest_if_recovering(key).await? {
             out = Some(match found {
@@ -536,7 +551,7 @@ impl Client {
         size: u64,
         store_etag: &str,
         part: Range<u64>,
-    ) -> Result<Bytes, ClientError> {
+    ) -> Result<Chunks, ClientError> {
         let route = crate::protocol::block_route_key(key.as_str(), index);
         match self.inner.run(&route, Op::GetBlock { key, index, block_size, size, store_etag, part }).await? {
             Outcome::Block(b) => Ok(b),

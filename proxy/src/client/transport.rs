@@ -2,6 +2,7 @@
 //! CA bundle when one is published (the public web PKI otherwise), and the block requests.
 
 use super::ClientError;
+use super::chunks::Chunks;
 use super::info::{ObjectInfo, version_of};
 use crate::protocol::{self, BlockKey, CHECKSUM_HEADER, Checksum, DirtyKeys, ObjectAttrs, VERSION_HEADER, VolumeId};
 use bytes::Bytes;
@@ -128,15 +129,16 @@ pub(super) async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest
     }
 }
 
-/// Bytes read from somewhere, with what was said about their object version.
+/// Bytes read from somewhere, with what was said about their object version: one buffer
+/// (`Bytes`), or the [`Chunks`] the connection delivered.
 #[derive(Debug, Clone)]
-pub struct Fetched {
-    pub data: Bytes,
+pub struct Fetched<D = Bytes> {
+    pub data: D,
     /// `info.size` is the size of the whole object (differs from `data.len()` for a range).
     pub info: ObjectInfo,
 }
 
-impl Fetched {
+impl<D> Fetched<D> {
     pub fn version(&self) -> u64 {
         self.info.version
     }
@@ -144,6 +146,27 @@ impl Fetched {
     pub fn total(&self) -> u64 {
         self.info.size
     }
+}
+
+impl Fetched<Chunks> {
+    pub fn into_contiguous(self) -> Fetched {
+        Fetched { data: self.data.into_bytes(), info: self.info }
+    }
+}
+
+impl From<Fetched> for Fetched<Chunks> {
+    fn from(f: Fetched) -> Self {
+        Fetched { data: f.data.into(), info: f.info }
+    }
+}
+
+/// A response's body as its chunks (no copy into one buffer).
+pub(super) async fn read_chunks(mut resp: reqwest::Response) -> Result<Chunks, AttemptError> {
+    let mut out = Chunks::default();
+    while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+        out.push(chunk);
+    }
+    Ok(out)
 }
 
 /// What a write carries besides its bytes.
@@ -221,7 +244,7 @@ impl ProxyCall<'_> {
         Ok(Written { version: version_of(resp.headers()).max(version), etag: etag_of(resp.headers()) })
     }
 
-    pub async fn get(&self, key: &BlockKey, range: Option<&str>) -> Result<Option<Fetched>, AttemptError> {
+    pub async fn get(&self, key: &BlockKey, range: Option<&str>) -> Result<Option<Fetched<Chunks>>, AttemptError> {
         let mut req = self.http.get(self.url(key)).bearer_auth(self.token).timeout(self.timeout);
         if let Some(r) = range {
             req = req.header(reqwest::header::RANGE, r);
@@ -248,13 +271,13 @@ impl ProxyCall<'_> {
         let checksum: Option<Checksum> =
             resp.headers().get(CHECKSUM_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
-        let data = resp.bytes().await.map_err(classify)?;
+        let data = read_chunks(resp).await?;
         // End to end: a whole block (also one that a range covers whole) is checked against the
         // checksum the proxy verified on disk (a part cannot be; the proxy verified the whole
         // block before slicing it).
         let whole = !partial || total == Some(data.len() as u64);
         if let (Some(sum), true) = (&checksum, whole)
-            && let Err(e) = sum.verify(&data)
+            && let Err(e) = sum.verify_parts(data.parts())
         {
             return Err(AttemptError::Unavailable(format!("GET body failed verification: {e}")));
         }
