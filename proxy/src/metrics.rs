@@ -16,6 +16,7 @@ pub struct Metrics {
     pub cache_used_bytes: IntGauge,
     pub cache_quota_bytes: IntGauge,
     pub cache_blocks: IntGauge,
+    pub cache_open_files: IntGauge,
     pub cache_dirty_blocks: IntGauge,
     pub cache_dirty_bytes: IntGauge,
     pub cache_oldest_dirty_age_seconds: prometheus::Gauge,
@@ -102,6 +103,11 @@ impl Metrics {
             ),
             cache_quota_bytes: reg(&r, IntGauge::new("blockproxy_cache_quota_bytes", "Cache quota").expect("valid")),
             cache_blocks: reg(&r, IntGauge::new("blockproxy_cache_blocks", "Blocks in the cache").expect("valid")),
+            cache_open_files: reg(
+                &r,
+                IntGauge::new("blockproxy_cache_open_files", "Block files held open for hits (--open-files)")
+                    .expect("valid"),
+            ),
             cache_dirty_blocks: reg(
                 &r,
                 IntGauge::new("blockproxy_cache_dirty_blocks", "Acknowledged blocks not yet in the store")
@@ -258,6 +264,7 @@ impl Metrics {
         self.cache_used_bytes.set(u.used_bytes as i64);
         self.cache_quota_bytes.set(u.quota as i64);
         self.cache_blocks.set(u.blocks as i64);
+        self.cache_open_files.set(u.open_files as i64);
         self.cache_dirty_blocks.set(u.dirty_blocks as i64);
         self.cache_dirty_bytes.set(u.dirty_bytes as i64);
         self.cache_oldest_dirty_age_seconds.set(oldest_dirty.map_or(0.0, |d| d.as_secs_f64()));

@@ -266,6 +266,62 @@ async fn hits_leave_by_sendfile_on_http1_only_and_always_carry_the_objects_bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_reuse_held_files_and_never_serve_a_replaced_version() -> Result<()> {
+    const HELD: &str = "blockproxy_cache_open_files";
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let opts = ProxyOptions { extra: vec!["--metadata-ttl=1h".into()], ..ProxyOptions::default() };
+    let proxy = ProxyProcess::start(&backend, dir.path(), opts).await?;
+    for (round, size) in [70_000, (2 << 20) + 3, 0].into_iter().enumerate() {
+        let key = format!("held-{round}");
+        let read_back = |data: Vec<u8>, what: String| {
+            let (proxy, key) = (&proxy, &key);
+            async move {
+                for read in 0..3 {
+                    let got = proxy.get_bytes(key).await?;
+                    assert!(got.as_deref() == Some(data.as_slice()), "{key} {what} read {read}: other bytes");
+                }
+                anyhow::Ok(())
+            }
+        };
+        // The store cut off: no flush replaces the entries, each write replaces a dirty one
+        // whose file a read holds.
+        backend.toxi.set_down(STORE_PROXY, true).await?;
+        for version in 0..3 {
+            let data = random_bytes(size);
+            proxy.put_ok(&key, &data).await?;
+            read_back(data, format!("dirty version {version}")).await?;
+        }
+        backend.toxi.set_down(STORE_PROXY, false).await?;
+        proxy.wait_flushed(Duration::from_secs(60)).await?;
+        // A write over a clean block whose file a read holds.
+        proxy.get_bytes(&key).await?;
+        let data = random_bytes(size);
+        proxy.put_ok(&key, &data).await?;
+        read_back(data, "over a clean one".into()).await?;
+        assert!(proxy.delete(&key).await?.status().is_success(), "DELETE {key}");
+        assert_eq!(proxy.get_bytes(&key).await?, None, "{key}: a deleted block is not served from a held file");
+    }
+    // Once everything is flushed (a flush lets go of the dirty file), the one block read since
+    // holds its file.
+    proxy.put_ok("kept", &random_bytes(1000)).await?;
+    proxy.wait_flushed(Duration::from_secs(30)).await?;
+    proxy.get_bytes("kept").await?;
+    assert_eq!(proxy.metric(HELD).await?, 1.0, "the block read since the flush holds its file");
+
+    let dir = tempfile::tempdir()?;
+    let opts = ProxyOptions { extra: vec!["--open-files=0".into()], ..ProxyOptions::default() };
+    let unheld = ProxyProcess::start(&backend, dir.path(), opts).await?;
+    let data = random_bytes(5000);
+    unheld.put_ok("kept", &data).await?;
+    for _ in 0..2 {
+        assert!(unheld.get_bytes("kept").await?.as_deref() == Some(data.as_slice()));
+    }
+    assert_eq!(unheld.metric(HELD).await?, 0.0, "--open-files=0 holds none");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_right_4xx_and_write_nothing() -> Result<()> {
     let backend = Backend::start().await?;
     let dir = tempfile::tempdir()?;

@@ -582,10 +582,10 @@ pub fn list_area(dir: &Path) -> io::Result<Vec<PathBuf>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn header() -> BlockHeader {
+    pub(crate) fn header() -> BlockHeader {
         BlockHeader {
             volume: "v".into(),
             key: "a/b".into(),

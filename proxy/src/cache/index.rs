@@ -1,8 +1,10 @@
 //! The in-memory index of cached blocks: state, accounting against the quota, and LRU order of
 //! clean blocks. Pure data structure; the caller does the file I/O it asks for.
 
+use super::held::{HeldFile, HeldOrder};
 use blockproxy_protocol::{BlockKey, VolumeId};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,6 +69,8 @@ pub struct Entry {
     /// A read in this process verified the file's CRC32C (clean blocks only): later hits serve
     /// it unverified (ADR 0001, item 6).
     pub checked: bool,
+    /// This file, open, for hits ([`Index::hold`]); goes with the entry.
+    pub held: Option<Arc<HeldFile>>,
     lru_tick: u64,
 }
 
@@ -83,6 +87,7 @@ impl Entry {
             store_etag: None,
             serial: 0,
             checked: false,
+            held: None,
             lru_tick: 0,
         }
     }
@@ -129,6 +134,7 @@ pub struct Index {
     /// Parts of unfinished multipart uploads on disk: never evictable, held to the quota like
     /// dirty data.
     staged_bytes: u64,
+    held: HeldOrder,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -139,6 +145,8 @@ pub struct Usage {
     pub dirty_blocks: u64,
     pub blocks: u64,
     pub staged_bytes: u64,
+    /// Block files held open for hits.
+    pub open_files: u64,
 }
 
 impl Index {
@@ -156,6 +164,42 @@ impl Index {
         Self { quota, ..Default::default() }
     }
 
+    /// Keeps `file` open with entry `serial` of `id`, if that is still the entry; the entry that
+    /// has held its file longest lets go of it when more than the capacity would. Returns
+    /// whether the file is held.
+    pub fn hold(&mut self, id: &BlockId, serial: u64, file: Arc<HeldFile>) -> bool {
+        let cap = self.held.capacity;
+        let Some(e) = self.entries.get_mut(id).filter(|e| e.serial == serial && cap > 0) else { return false };
+        if e.held.is_some() {
+            return true;
+        }
+        e.held = Some(file);
+        self.held.count += 1;
+        self.held.order.push_back((id.clone(), serial));
+        self.let_go_over(cap);
+        self.entries.get(id).is_some_and(|e| e.held.is_some())
+    }
+
+    /// Lets at most `capacity` entries hold their open file (0: none) from now on.
+    pub fn set_held_files(&mut self, capacity: usize) {
+        self.held.capacity = capacity;
+        self.let_go_over(capacity);
+    }
+
+    /// The entries that have held their file longest let go of it until at most `cap` hold one.
+    /// Items of entries replaced or removed meanwhile are dropped on the way: the order stays
+    /// within twice the capacity.
+    fn let_go_over(&mut self, cap: usize) {
+        while self.held.count > cap || self.held.order.len() > 2 * cap {
+            let Some((old, old_serial)) = self.held.order.pop_front() else { break };
+            if let Some(e) = self.entries.get_mut(&old).filter(|e| e.serial == old_serial)
+                && e.held.take().is_some()
+            {
+                self.held.count -= 1;
+            }
+        }
+    }
+
     pub fn usage(&self) -> Usage {
         Usage {
             quota: self.quota,
@@ -164,6 +208,7 @@ impl Index {
             dirty_blocks: self.dirty_blocks,
             blocks: self.entries.len() as u64,
             staged_bytes: self.staged_bytes,
+            open_files: self.held.count as u64,
         }
     }
 
@@ -258,6 +303,8 @@ impl Index {
         entry.lru_tick = self.tick;
         entry.serial = self.tick;
         entry.checked = false;
+        // Only entries in the index are counted as holding a file; a new one starts without.
+        entry.held = None;
         self.used_bytes += entry.file_size;
         if entry.is_dirty() {
             self.dirty_bytes += entry.file_size;
@@ -270,7 +317,11 @@ impl Index {
     }
 
     pub fn remove(&mut self, id: &BlockId) -> Option<Entry> {
-        let entry = self.entries.remove(id)?;
+        let mut entry = self.entries.remove(id)?;
+        // The file closes before the caller deletes it.
+        if entry.held.take().is_some() {
+            self.held.count -= 1;
+        }
         self.used_bytes -= entry.file_size;
         if entry.is_dirty() {
             self.dirty_bytes -= entry.file_size;
@@ -349,6 +400,70 @@ mod tests {
 
     fn dirty(size: u64) -> Entry {
         Entry::new("n".into(), size, size, 1, EntryState::Dirty { since: Instant::now(), tombstone: false })
+    }
+
+    fn held_file() -> (Arc<std::fs::File>, Arc<HeldFile>) {
+        let file = Arc::new(std::fs::File::open("/dev/null").unwrap());
+        let header = Arc::new(crate::cache::disk::tests::header());
+        (Arc::clone(&file), Arc::new(HeldFile { file, header, data_offset: 0 }))
+    }
+
+    fn serial(idx: &Index, k: &str) -> u64 {
+        idx.get(&id(k)).unwrap().serial
+    }
+
+    #[test]
+    fn at_most_the_capacity_of_entries_hold_a_file_and_the_longest_held_lets_go_first() {
+        let mut idx = Index::new(1000);
+        idx.set_held_files(2);
+        let mut files = Vec::new();
+        for k in ["a", "b", "c"] {
+            idx.insert(id(k), clean(10), 0);
+            let (file, held) = held_file();
+            assert!(idx.hold(&id(k), serial(&idx, k), held));
+            files.push(file);
+        }
+        assert_eq!(idx.usage().open_files, 2);
+        assert!(idx.get(&id("a")).unwrap().held.is_none(), "a held its file longest");
+        assert_eq!(Arc::strong_count(&files[0]), 1, "a's file is closed");
+        assert!(idx.get(&id("c")).unwrap().held.is_some());
+        idx.set_held_files(0);
+        assert_eq!(idx.usage().open_files, 0);
+        assert!(files.iter().all(|f| Arc::strong_count(f) == 1));
+        assert!(!idx.hold(&id("a"), serial(&idx, "a"), held_file().1), "capacity 0 holds nothing");
+    }
+
+    #[test]
+    fn a_held_file_goes_with_its_entry_when_it_is_replaced_removed_flushed_or_evicted() {
+        let mut idx = Index::new(100);
+        idx.set_held_files(10);
+        let hold = |idx: &mut Index, k: &str| {
+            let (file, held) = held_file();
+            assert!(idx.hold(&id(k), serial(idx, k), held));
+            file
+        };
+        idx.insert(id("replaced"), clean(10), 0);
+        let f = hold(&mut idx, "replaced");
+        let old = serial(&idx, "replaced");
+        idx.insert(id("replaced"), clean(10), 0);
+        assert_eq!(Arc::strong_count(&f), 1, "a new file of the block lets go of the old one");
+        assert!(!idx.hold(&id("replaced"), old, held_file().1), "a file of a replaced entry is not held");
+
+        idx.insert(id("removed"), clean(10), 0);
+        let f = hold(&mut idx, "removed");
+        drop(idx.remove(&id("removed")));
+        assert_eq!(Arc::strong_count(&f), 1);
+
+        idx.insert(id("flushed"), dirty(10), 0);
+        let f = hold(&mut idx, "flushed");
+        assert!(idx.mark_clean(&id("flushed"), 1));
+        assert_eq!(Arc::strong_count(&f), 1, "a flushed block is a new entry (a new serial)");
+
+        idx.insert(id("evicted"), clean(10), 0);
+        let f = hold(&mut idx, "evicted");
+        drop(idx.evict(100));
+        assert_eq!(Arc::strong_count(&f), 1);
+        assert_eq!(idx.usage().open_files, 0);
     }
 
     #[test]

@@ -11,12 +11,14 @@ pub mod buffers;
 pub mod disk;
 pub mod epoch;
 pub mod flight;
+pub mod held;
 pub mod index;
 mod quarantine;
 pub mod staging;
 
 pub use disk::{BlockHeader, StripeHeader};
 pub use epoch::FetchKey;
+pub use held::HeldFile;
 pub use index::{BlockId, Stripe, Usage};
 
 use blockproxy_protocol::ObjectAttrs;
@@ -170,8 +172,9 @@ pub struct DirtyFile {
 /// A block file opened by [`Cache::open_block`].
 #[derive(Debug)]
 pub struct OpenBlock {
-    pub header: BlockHeader,
-    pub file: std::fs::File,
+    pub header: Arc<BlockHeader>,
+    /// Shared with the index entry while it holds the file open (see [`held`]).
+    pub file: Arc<std::fs::File>,
     /// Where the data starts in the file.
     pub data_offset: u64,
     /// The data, when the file was small enough to read whole; not verified yet.
@@ -235,6 +238,9 @@ pub struct Cache {
 /// and streams the data in reads of this size (or sends it with `sendfile`, ADR 0012).
 pub const INLINE_READ_MAX: u64 = 256 * 1024;
 
+/// Block files kept open for hits by default (see [`held`]; `--open-files`).
+pub const DEFAULT_HELD_FILES: usize = 4096;
+
 /// Clean block files taken out of the index and set aside under the index lock (see
 /// [`Layout::set_aside`]), to be deleted outside it.
 #[must_use = "set-aside files are deleted with Cache::delete_set_aside"]
@@ -245,6 +251,7 @@ impl Cache {
     pub fn open(folder: &Path, quota: u64, sync: bool) -> io::Result<(Self, Recovery)> {
         let layout = Layout::new(folder, sync)?;
         let mut index = Index::new(quota);
+        index.set_held_files(DEFAULT_HELD_FILES);
         let mut recovery = Recovery::default();
         let now = SystemTime::now();
         let instant_now = Instant::now();
@@ -756,6 +763,19 @@ impl Cache {
             if entry.is_tombstone() {
                 return Ok(Opened::Deleted);
             }
+            if let Some(held) = &entry.held {
+                return Ok(Opened::Block(Box::new(OpenBlock {
+                    header: Arc::clone(&held.header),
+                    file: Arc::clone(&held.file),
+                    data_offset: held.data_offset,
+                    data: None,
+                    dirty: entry.is_dirty(),
+                    checked: entry.checked,
+                    serial: entry.serial,
+                    validated: entry.validated,
+                    store_etag: entry.store_etag,
+                })));
+            }
             let area = if entry.is_dirty() { Area::Dirty } else { Area::Clean };
             let path = self.layout.path(area, &entry.name);
             let buffers = Arc::clone(&self.buffers);
@@ -770,6 +790,9 @@ impl Cache {
                     if file_size != data_offset + header.data_len {
                         return self.on_corrupt(id, &entry, FormatError::DataChecksum).map(|_| Opened::Miss);
                     }
+                    let (header, file) = (Arc::new(header), Arc::new(file));
+                    let held = HeldFile { file: Arc::clone(&file), header: Arc::clone(&header), data_offset };
+                    self.index().hold(id, entry.serial, Arc::new(held));
                     return Ok(Opened::Block(Box::new(OpenBlock {
                         header,
                         file,
@@ -789,6 +812,11 @@ impl Cache {
             }
         }
         Ok(Opened::Miss)
+    }
+
+    /// Keeps at most `n` block files open for hits (see [`held`]; 0: none).
+    pub fn set_held_files(&self, n: usize) {
+        self.index().set_held_files(n);
     }
 
     /// Records that a read verified the clean file `serial` of `id` (see [`OpenBlock::checked`]).
@@ -1023,6 +1051,58 @@ mod tests {
         }
     }
 
+    /// A write of `data` (a delete when `None`) as `version`, without attributes.
+    fn write_of(a: &BlockId, version: u64, data: Option<&'static [u8]>) -> DirtyWrite {
+        DirtyWrite {
+            id: a.clone(),
+            bucket: "bucket".into(),
+            store_key: "pfx/a".into(),
+            version,
+            data: data.map(Bytes::from_static),
+            etag: String::new(),
+            attrs: ObjectAttrs::default(),
+            parts: Vec::new(),
+        }
+    }
+
+    /// What [`Cache::open_block`] serves: version and data, read from the open file.
+    async fn opened(cache: &Cache, id: &BlockId) -> Option<(u64, Vec<u8>)> {
+        use std::os::unix::fs::FileExt;
+        match cache.open_block(id, 0).await.unwrap() {
+            Opened::Block(ob) => {
+                let mut data = vec![0u8; ob.header.data_len as usize];
+                ob.file.read_exact_at(&mut data, ob.data_offset).unwrap();
+                Some((ob.header.version, data))
+            }
+            Opened::Miss => None,
+            Opened::Deleted => panic!("deleted"),
+        }
+    }
+
+    #[tokio::test]
+    async fn hits_reuse_the_held_file_until_the_block_is_replaced_or_evicted() {
+        let (_dir, cache) = open();
+        let a = id("a");
+        fetched(&cache, &a, b"old", 1).await;
+        assert_eq!(opened(&cache, &a).await, Some((1, b"old".to_vec())));
+        assert_eq!(cache.usage().open_files, 1);
+        // Gone from the folder behind the cache's back: the next hit does not open it again.
+        let name = cache.index().get(&a).unwrap().name.clone();
+        std::fs::remove_file(cache.layout.path(Area::Clean, &name)).unwrap();
+        assert_eq!(opened(&cache, &a).await, Some((1, b"old".to_vec())), "served from the held file");
+        // A write replaces the entry, and the held file with it; so does its flush.
+        let write = write_of(&a, 2, Some(b"new"));
+        assert_eq!(cache.write_dirty(write).await.unwrap(), WriteOutcome::Committed);
+        assert_eq!(opened(&cache, &a).await, Some((2, b"new".to_vec())));
+        assert_eq!(cache.usage().open_files, 1);
+        cache.complete_flush(&a, 2, FlushOutcome::Applied);
+        assert_eq!(cache.usage().open_files, 0, "the flush let go of the dirty file");
+        assert_eq!(opened(&cache, &a).await, Some((2, b"new".to_vec())));
+        cache.delete_set_aside(evict_all(&cache)).await;
+        assert_eq!(cache.usage().open_files, 0);
+        assert_eq!(opened(&cache, &a).await, None);
+    }
+
     #[tokio::test]
     async fn an_eviction_never_deletes_a_newer_file_installed_under_the_same_name() {
         let (_dir, cache) = open();
@@ -1040,16 +1120,7 @@ mod tests {
         let (_dir, cache) = open();
         let a = id("a");
         let before = cache.fetch_key(&a);
-        let write = DirtyWrite {
-            id: a.clone(),
-            bucket: "bucket".into(),
-            store_key: "pfx/a".into(),
-            version: 2,
-            data: Some(Bytes::from_static(b"new")),
-            etag: String::new(),
-            attrs: ObjectAttrs::default(),
-            parts: Vec::new(),
-        };
+        let write = write_of(&a, 2, Some(b"new"));
         assert_eq!(cache.write_dirty(write).await.unwrap(), WriteOutcome::Committed);
         assert!(!cache.complete_flush(&a, 2, FlushOutcome::Applied));
         assert_ne!(cache.fetch_key(&a), before, "a read after the flush would join the older fetch");
@@ -1064,16 +1135,7 @@ mod tests {
         let (_dir, cache) = open();
         let a = id("a");
         let before = cache.fetch_key(&a);
-        let delete = DirtyWrite {
-            id: a.clone(),
-            bucket: "bucket".into(),
-            store_key: "pfx/a".into(),
-            version: 2,
-            data: None,
-            etag: String::new(),
-            attrs: ObjectAttrs::default(),
-            parts: Vec::new(),
-        };
+        let delete = write_of(&a, 2, None);
         assert_eq!(cache.write_dirty(delete).await.unwrap(), WriteOutcome::Committed);
         assert!(!cache.complete_flush(&a, 2, FlushOutcome::Applied));
         assert_ne!(cache.fetch_key(&a), before, "a read after the flush would join the older fetch");
@@ -1082,16 +1144,7 @@ mod tests {
     }
 
     fn one_part_write(a: &BlockId, data: &'static [u8], etag: String) -> DirtyWrite {
-        DirtyWrite {
-            id: a.clone(),
-            bucket: "bucket".into(),
-            store_key: "pfx/a".into(),
-            version: 7,
-            data: Some(Bytes::from_static(data)),
-            etag,
-            attrs: ObjectAttrs::default(),
-            parts: Vec::new(),
-        }
+        DirtyWrite { etag, ..write_of(a, 7, Some(data)) }
     }
 
     #[tokio::test]

@@ -80,6 +80,7 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     let (cache, recovery) = tokio::task::spawn_blocking(move || Cache::open(&folder, quota, sync))
         .await?
         .with_context(|| format!("opening the cache in {}", args.disk_folder.display()))?;
+    cache.set_held_files(crate::cache::held::allowance(args.open_files));
     let cache = Arc::new(cache);
     let usage = cache.usage();
     tracing::info!(

@@ -100,7 +100,7 @@ fn respond(a: Answer<'_>, body: Option<Body>, len: u64) -> Response {
 /// on the blocking pool.
 fn file_body(
     buffers: &Arc<BufferPool>,
-    file: std::fs::File,
+    file: Arc<std::fs::File>,
     data_offset: u64,
     range: Range<u64>,
     sends: Option<&FileSends>,
@@ -108,7 +108,7 @@ fn file_body(
     use futures::StreamExt;
     use std::os::unix::fs::FileExt;
     if let Some(sends) = sends {
-        let (file, sends) = (Arc::new(file), sends.clone());
+        let sends = sends.clone();
         let chunks = futures::stream::iter((range.start..range.end).step_by(STAND_IN_MAX)).map(move |at| {
             let len = (range.end - at).min(STAND_IN_MAX as u64) as usize;
             Ok::<_, std::convert::Infallible>(sends.chunk(&file, data_offset + at, len))
@@ -125,7 +125,7 @@ fn file_body(
 
 /// The CRC32C of `len` bytes of `file` from `offset`, read in [`CHUNK`] pieces on the blocking
 /// pool. Gives the file back for serving.
-async fn checksum_file(file: std::fs::File, offset: u64, len: u64) -> Result<(std::fs::File, u32), ApiError> {
+async fn checksum_file(file: Arc<std::fs::File>, offset: u64, len: u64) -> Result<(Arc<std::fs::File>, u32), ApiError> {
     tokio::task::spawn_blocking(move || {
         let crc = crate::cache::disk::data_crc32c(&file, offset, len, &mut vec![0u8; CHUNK as usize], |_| {})?;
         Ok::<_, std::io::Error>((file, crc))
