@@ -1,5 +1,6 @@
 //! The in-memory index of cached blocks: state, accounting against the quota, and LRU order of
-//! clean blocks. Pure data structure; the caller does the file I/O it asks for.
+//! clean blocks. Pure data structure; the caller does the file I/O it asks for. An entry may hold
+//! its block's open file for hits ([`super::held`]), which closes when the entry goes.
 
 use super::held::{HeldFile, HeldOrder};
 use blockproxy_protocol::{BlockKey, VolumeId};

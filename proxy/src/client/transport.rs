@@ -154,12 +154,6 @@ impl Fetched<Chunks> {
     }
 }
 
-impl From<Fetched> for Fetched<Chunks> {
-    fn from(f: Fetched) -> Self {
-        Fetched { data: f.data.into(), info: f.info }
-    }
-}
-
 /// A response's body as its chunks (no copy into one buffer).
 pub(super) async fn read_chunks(mut resp: reqwest::Response) -> Result<Chunks, AttemptError> {
     let mut out = Chunks::default();
