@@ -191,6 +191,23 @@ pub struct OpenBlock {
     pub store_etag: Option<String>,
 }
 
+impl OpenBlock {
+    /// The block of index entry `entry`, in the open file `held` (`data`: its bytes, when read).
+    fn of(held: &HeldFile, entry: Entry, data: Option<Bytes>) -> Self {
+        Self {
+            header: Arc::clone(&held.header),
+            file: Arc::clone(&held.file),
+            data_offset: held.data_offset,
+            data,
+            dirty: entry.is_dirty(),
+            checked: entry.checked,
+            serial: entry.serial,
+            validated: entry.validated,
+            store_etag: entry.store_etag,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Opened {
     Block(Box<OpenBlock>),
@@ -763,18 +780,8 @@ impl Cache {
             if entry.is_tombstone() {
                 return Ok(Opened::Deleted);
             }
-            if let Some(held) = &entry.held {
-                return Ok(Opened::Block(Box::new(OpenBlock {
-                    header: Arc::clone(&held.header),
-                    file: Arc::clone(&held.file),
-                    data_offset: held.data_offset,
-                    data: None,
-                    dirty: entry.is_dirty(),
-                    checked: entry.checked,
-                    serial: entry.serial,
-                    validated: entry.validated,
-                    store_etag: entry.store_etag,
-                })));
+            if let Some(held) = entry.held.clone() {
+                return Ok(Opened::Block(Box::new(OpenBlock::of(&held, entry, None))));
             }
             let area = if entry.is_dirty() { Area::Dirty } else { Area::Clean };
             let path = self.layout.path(area, &entry.name);
@@ -790,20 +797,9 @@ impl Cache {
                     if file_size != data_offset + header.data_len {
                         return self.on_corrupt(id, &entry, FormatError::DataChecksum).map(|_| Opened::Miss);
                     }
-                    let (header, file) = (Arc::new(header), Arc::new(file));
-                    let held = HeldFile { file: Arc::clone(&file), header: Arc::clone(&header), data_offset };
-                    self.index().hold(id, entry.serial, Arc::new(held));
-                    return Ok(Opened::Block(Box::new(OpenBlock {
-                        header,
-                        file,
-                        data_offset,
-                        data,
-                        dirty: entry.is_dirty(),
-                        checked: entry.checked,
-                        serial: entry.serial,
-                        validated: entry.validated,
-                        store_etag: entry.store_etag,
-                    })));
+                    let held = Arc::new(HeldFile { file: Arc::new(file), header: Arc::new(header), data_offset });
+                    self.index().hold(id, entry.serial, Arc::clone(&held));
+                    return Ok(Opened::Block(Box::new(OpenBlock::of(&held, entry, data))));
                 }
                 Ok(Ok(_)) => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
