@@ -336,8 +336,41 @@ async fn put_store(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: Bytes
     Ok(())
 }
 
-async fn in_store(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> bool {
-    s3.head_object().bucket(bucket).key(format!("{PREFIX}/{key}")).send().await.is_ok()
+/// When each key under `prefix` first appeared in the store, watched until `n` keys did (or
+/// 120 s passed): one listing at a time, every 5 ms on loopback. One request per key in flight
+/// (about 20 at a time, each every 5 ms) would load MinIO while the next acks are measured.
+fn watch_store(s3: aws_sdk_s3::Client, bucket: String, prefix: String, n: usize) -> tokio::task::JoinHandle<BTreeMap<String, Instant>> {
+    tokio::spawn(async move {
+        let mut seen = BTreeMap::new();
+        let start = Instant::now();
+        while seen.len() < n && start.elapsed() < Duration::from_secs(120) {
+            if let Ok(page) = s3.list_objects_v2().bucket(&bucket).prefix(&prefix).send().await {
+                let now = Instant::now();
+                for key in page.contents().iter().filter_map(|o| o.key()) {
+                    seen.entry(key.to_owned()).or_insert(now);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen
+    })
+}
+
+/// Waits (at most `limit`) until none of `proxies` holds an unflushed block; returns how many
+/// still do. A write figure starts from settled proxies, so that no phase measures the flush of
+/// the one before it.
+async fn settle(proxies: &[&BlockProxy], limit: Duration) -> Result<f64> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut dirty = 0.0;
+        for p in proxies {
+            dirty += p.metric("blockproxy_cache_dirty_blocks").await?;
+        }
+        if dirty == 0.0 || Instant::now() >= deadline {
+            return Ok(dirty);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Cache misses counted by the proxies (to show measured reads were hits).
@@ -354,7 +387,7 @@ fn put_headers(data: &[u8]) -> Vec<(&'static str, String)> {
 }
 
 /// Writes `n` blocks one at a time through a proxy; pushes ack latencies (ms) and, per block, the
-/// time from ack until the object is in the store (polled every 5 ms on loopback).
+/// time from ack until the object is in the store (listed every 5 ms on loopback).
 async fn proxy_writes(
     http: &Http,
     proxy: &BlockProxy,
@@ -363,29 +396,25 @@ async fn proxy_writes(
     n: usize,
     data: &Bytes,
 ) -> Result<(Vec<u64>, Vec<u64>)> {
-    let (mut acks, mut watchers) = (Vec::new(), Vec::new());
+    let mut acks = Vec::new();
     let headers = put_headers(data);
+    let prefix = format!("{PREFIX}/w-{tag}-");
+    let watch = watch_store(wan.local_s3(), wan.minio.bucket().to_owned(), prefix.clone(), n);
+    let mut acked = BTreeMap::new();
     for i in 0..n {
         let key = format!("w-{tag}-{i}");
         let uri: Uri = proxy.block_url(&key).parse()?;
         let t0 = Instant::now();
         load::put(http, &uri, &headers, data.clone()).await?;
-        let acked = Instant::now();
-        acks.push((acked - t0).as_micros() as u64);
-        let (s3, bucket) = (wan.local_s3(), wan.minio.bucket().to_owned());
-        watchers.push(tokio::spawn(async move {
-            while acked.elapsed() < Duration::from_secs(120) {
-                if in_store(&s3, &bucket, &key).await {
-                    return Some(acked.elapsed().as_micros() as u64);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            None
-        }));
+        let at = Instant::now();
+        acks.push((at - t0).as_micros() as u64);
+        acked.insert(format!("{PREFIX}/{key}"), at);
     }
+    let seen = watch.await?;
     let mut visible = Vec::new();
-    for w in watchers {
-        visible.push(w.await?.context("a block did not reach the store within 120 s")?);
+    for (key, at) in &acked {
+        let in_store = seen.get(key).with_context(|| format!("{key} did not reach the store within 120 s"))?;
+        visible.push(in_store.saturating_duration_since(*at).as_micros() as u64);
     }
     acks.sort_unstable();
     visible.sort_unstable();
@@ -919,8 +948,14 @@ async fn main() -> Result<()> {
         let bp_sync = BlockProxy::start("bp-sync", root.path(), &wan, &wan_endpoint, &["--sync"]).await?;
         let data = random_block(WRITE);
         put_store(&direct, &bucket, "w-warm", data.clone()).await?;
+        // Every proxy a phase of this figure writes to: each phase starts once they are all
+        // settled, and measures its own writes' flush beside its acks, not the previous phase's.
+        let writers: Vec<&BlockProxy> = [&bp, &bp_sync].into_iter().chain(group.iter()).collect();
+        let settled = || async { settle(&writers, Duration::from_secs(60)).await };
         for run in 0..p.runs {
+            settled().await?;
             let (acks_off, vis_off) = proxy_writes(&http, &bp, &wan, &format!("off-{run}"), p.writes, &data).await?;
+            settled().await?;
             let (acks_on, vis_on) = proxy_writes(&http, &bp_sync, &wan, &format!("on-{run}"), p.writes, &data).await?;
             let mut direct_acks = Vec::new();
             for i in 0..p.writes {
@@ -930,6 +965,7 @@ async fn main() -> Result<()> {
             }
             direct_acks.sort_unstable();
             // The application's path: an S3 PutObject through the mount sidecar to the group.
+            settled().await?;
             let mut sidecar_acks = Vec::new();
             for i in 0..p.writes {
                 let t0 = Instant::now();
@@ -1026,12 +1062,7 @@ async fn main() -> Result<()> {
         .await?;
         let fill_secs = fill.elapsed().as_secs_f64();
         // Let writeback flush them, so they are clean cached blocks (bounded wait).
-        let flush_deadline = Instant::now() + Duration::from_secs(if p.quick { 120 } else { 240 });
-        let mut dirty = bp_start.metric("blockproxy_cache_dirty_blocks").await?;
-        while dirty > 0.0 && Instant::now() < flush_deadline {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            dirty = bp_start.metric("blockproxy_cache_dirty_blocks").await?;
-        }
+        let dirty = settle(&[&bp_start], Duration::from_secs(if p.quick { 120 } else { 240 })).await?;
         let flush_secs = fill.elapsed().as_secs_f64() - fill_secs;
         if dirty > 0.0 {
             notes.push(format!("start-up figure: {dirty} of the blocks were still dirty (unflushed) at restart"));
