@@ -23,6 +23,41 @@ async fn acknowledged_put_appears_in_store_byte_identical() -> Result<()> {
     Ok(())
 }
 
+/// The ack answers the body's CRC32C and its MD5 (the S3 ETag) whether the writer declared a
+/// CRC32C or a SHA-256, and the block then reads back verified (its file's header holds the same
+/// CRC32C).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ack_carries_the_bodys_crc32c_and_md5_whichever_checksum_was_declared() -> Result<()> {
+    use md5::Digest;
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    // Both sides of the hashing thread's threshold (256 KiB).
+    for (size, declared) in [(1usize << 20, "crc32c"), (1 << 20, "sha256"), (1000, "sha256"), (1000, "crc32c")] {
+        let data = random_bytes(size);
+        let sum = match declared {
+            "crc32c" => Checksum::crc32c(&data),
+            _ => Checksum::Sha256(sha2::Sha256::digest(&data).into()),
+        };
+        let key = format!("ack-{declared}-{size}");
+        let r = proxy
+            .http
+            .put(proxy.block_url(&key))
+            .bearer_auth(TOKEN)
+            .header(CHECKSUM_HEADER, sum.to_string())
+            .body(data.clone())
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200, "{key}");
+        let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(header(CHECKSUM_HEADER), Some(Checksum::crc32c(&data).to_string()), "{key}: the ack's checksum");
+        let md5 = format!("\"{}\"", hex::encode(md5::Md5::digest(&data)));
+        assert_eq!(header("etag"), Some(md5), "{key}: the ack's ETag");
+        assert_eq!(proxy.get_bytes(&key).await?.as_deref(), Some(data.as_slice()), "{key} reads back");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_read_is_served_from_cache_without_touching_the_store() -> Result<()> {
     let backend = Backend::start().await?;

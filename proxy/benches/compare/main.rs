@@ -339,7 +339,12 @@ async fn put_store(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: Bytes
 /// When each key under `prefix` first appeared in the store, watched until `n` keys did (or
 /// 120 s passed): one listing at a time, every 5 ms on loopback. One request per key in flight
 /// (about 20 at a time, each every 5 ms) would load MinIO while the next acks are measured.
-fn watch_store(s3: aws_sdk_s3::Client, bucket: String, prefix: String, n: usize) -> tokio::task::JoinHandle<BTreeMap<String, Instant>> {
+fn watch_store(
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+    n: usize,
+) -> tokio::task::JoinHandle<BTreeMap<String, Instant>> {
     tokio::spawn(async move {
         let mut seen = BTreeMap::new();
         let start = Instant::now();

@@ -33,6 +33,18 @@ impl Checksum {
         }
     }
 
+    /// [`Checksum::verify`] of `data` whose CRC32C the caller already computed: a CRC32C
+    /// checksum is compared with `data_crc32c` rather than computed again.
+    pub fn verify_with_crc32c(&self, data: &[u8], data_crc32c: u32) -> Result<(), ChecksumError> {
+        match self {
+            Self::Crc32c(expected) if *expected == data_crc32c => Ok(()),
+            Self::Crc32c(_) => {
+                Err(ChecksumError::Mismatch { expected: self.clone(), actual: Self::Crc32c(data_crc32c) })
+            }
+            Self::Sha256(_) => self.verify(data),
+        }
+    }
+
     pub fn verify(&self, data: &[u8]) -> Result<(), ChecksumError> {
         self.verify_parts([data])
     }
@@ -122,6 +134,21 @@ mod tests {
                 prop_assert!(c.verify_parts(parts.iter().copied()).is_ok());
                 let changed_parts: Vec<&[u8]> = at.windows(2).map(|w| &changed[w[0]..w[1]]).collect();
                 prop_assert!(c.verify_parts(changed_parts).is_err());
+            }
+        }
+
+        /// Given the data's CRC32C, verifying answers what verifying the data does, for both
+        /// algorithms and for a matching or a changed body.
+        #[test]
+        fn verifying_with_a_known_crc32c_equals_verifying(
+            data in proptest::collection::vec(any::<u8>(), 0..2048),
+            other in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            for declared in [Checksum::crc32c(&data), Checksum::Sha256(Sha256::digest(&data).into())] {
+                for body in [&data, &other] {
+                    let known = declared.verify_with_crc32c(body, crc32c::crc32c(body));
+                    prop_assert_eq!(known, declared.verify(body));
+                }
             }
         }
 

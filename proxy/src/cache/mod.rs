@@ -382,7 +382,7 @@ impl Cache {
 
     /// Persists a write as dirty. Returns once the block is on disk (and fsynced with `sync`).
     pub async fn write_dirty(&self, w: DirtyWrite) -> Result<WriteOutcome, CacheError> {
-        self.write_dirty_with(w, None).await
+        self.write_dirty_with(w, None, None).await
     }
 
     /// [`Cache::write_dirty`] for a one-part write whose ETag, the MD5 of its data, `md5` is still
@@ -393,15 +393,23 @@ impl Cache {
         &self,
         mut w: DirtyWrite,
         md5: impl Future<Output = io::Result<[u8; 16]>> + Send + 'static,
+        data_crc32c: u32,
     ) -> Result<(WriteOutcome, [u8; 16]), CacheError> {
         // Holds the room of the hex MD5 that replaces it: the header's length is known up front.
         w.etag = "0".repeat(32);
         let mut pending = Md5Later::Hashing(Box::pin(md5));
-        let outcome = self.write_dirty_with(w, Some(&mut pending)).await?;
+        let outcome = self.write_dirty_with(w, Some(&mut pending), Some(data_crc32c)).await?;
         Ok((outcome, pending.digest().await.map_err(io_err("hash the data"))?))
     }
 
-    async fn write_dirty_with(&self, w: DirtyWrite, md5: Option<&mut Md5Later>) -> Result<WriteOutcome, CacheError> {
+    /// `data_crc32c`: the data's CRC32C when the caller computed it already (a write's ack
+    /// path passes over the body once for it, not once per use).
+    async fn write_dirty_with(
+        &self,
+        w: DirtyWrite,
+        md5: Option<&mut Md5Later>,
+        data_crc32c: Option<u32>,
+    ) -> Result<WriteOutcome, CacheError> {
         let data = w.data.clone().unwrap_or_default();
         let mut header = BlockHeader {
             volume: w.id.volume.to_string(),
@@ -409,7 +417,7 @@ impl Cache {
             bucket: w.bucket,
             store_key: w.store_key,
             version: w.version,
-            data_crc32c: crc32c::crc32c(&data),
+            data_crc32c: data_crc32c.unwrap_or_else(|| crc32c::crc32c(&data)),
             data_len: data.len() as u64,
             tombstone: w.data.is_none(),
             etag: w.etag,
@@ -1159,7 +1167,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             Ok(md5)
         };
-        let (outcome, got) = hashing.write_dirty_hashing(one_part_write(&a, data, String::new()), late).await.unwrap();
+        let (outcome, got) = hashing
+            .write_dirty_hashing(one_part_write(&a, data, String::new()), late, crc32c::crc32c(data))
+            .await
+            .unwrap();
         assert_eq!((outcome, got), (WriteOutcome::Committed, md5));
         let file = |c: &Cache| std::fs::read(c.layout.path(Area::Dirty, &name_of(&a))).unwrap();
         assert_eq!(file(&hashing), file(&known), "the block files differ");
@@ -1172,7 +1183,10 @@ mod tests {
         let (dir, cache) = open();
         let a = id("a");
         let failed = async { Err(io::Error::other("the hashing thread panicked")) };
-        let err = cache.write_dirty_hashing(one_part_write(&a, b"data", String::new()), failed).await.unwrap_err();
+        let err = cache
+            .write_dirty_hashing(one_part_write(&a, b"data", String::new()), failed, crc32c::crc32c(b"data"))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("hash"), "{err}");
         assert!(cache.read_dirty(&a).await.unwrap().is_none(), "a block without its ETag was committed");
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "its temporary file is left");

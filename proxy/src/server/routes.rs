@@ -445,7 +445,10 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
     let single_part = part_headers.is_empty();
     let read = read_body(s, req, single_part).await?;
     let body = read.data.clone();
-    checksum.verify(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // One pass over the body for its CRC32C: it checks the declared checksum, goes in the
+    // block's header and comes back in the ack.
+    let crc = crc32c::crc32c(&body);
+    checksum.verify_with_crc32c(&body, crc).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let parts = parts_from_headers(&part_headers, body.len() as u64)?;
     let store_key = cfg.store_key(&id.key);
     s.meta.forget(&id);
@@ -471,7 +474,7 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
         }
         // Not cached: the store's own ETag and time are learnt by the next read (one HEAD).
         s.cache.invalidate(&id);
-        return Ok(write_ack(version, &body, &protocol::multipart_etag(&[md5])));
+        return Ok(write_ack(version, body.len(), crc, &protocol::multipart_etag(&[md5])));
     }
 
     let single = parts.len() <= 1;
@@ -489,7 +492,7 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
         // One part: its MD5, the ETag, may still be hashing; the cache writes the data meanwhile.
         Some(md5) => {
             let (outcome, md5) =
-                s.cache.write_dirty_hashing(write, md5.finish()).await.map_err(|e| cache_error(s, e))?;
+                s.cache.write_dirty_hashing(write, md5.finish(), crc).await.map_err(|e| cache_error(s, e))?;
             (outcome, protocol::multipart_etag(&[md5]))
         }
         None => {
@@ -502,16 +505,17 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
         WriteOutcome::Committed => s.writeback.enqueue(id),
         WriteOutcome::Superseded { current } => return Err(superseded(s, &id, version, current)),
     }
-    Ok(write_ack(version, &body, &etag))
+    Ok(write_ack(version, body.len(), crc, &etag))
 }
 
-fn write_ack(version: u64, body: &[u8], etag: &str) -> Response {
+/// The answer to a write of `len` bytes whose CRC32C is `crc32c`.
+fn write_ack(version: u64, len: usize, crc32c: u32, etag: &str) -> Response {
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
     let no_attrs = protocol::ObjectAttrs::default();
-    ObjectHeaders { etag, modified_ns: version, size: body.len() as u64, store_etag: None, attrs: &no_attrs }.apply(h);
+    ObjectHeaders { etag, modified_ns: version, size: len as u64, store_etag: None, attrs: &no_attrs }.apply(h);
     h.insert(VERSION_HEADER, HeaderValue::from(version));
-    if let Ok(v) = HeaderValue::from_str(&Checksum::crc32c(body).to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&Checksum::Crc32c(crc32c).to_string()) {
         h.insert(CHECKSUM_HEADER, v);
     }
     resp
