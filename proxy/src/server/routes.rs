@@ -445,8 +445,8 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
     let single_part = part_headers.is_empty();
     let read = read_body(s, req, single_part).await?;
     let body = read.data.clone();
-    // One pass over the body for its CRC32C: it checks the declared checksum, goes in the
-    // block's header and comes back in the ack.
+    // One pass over the body for its CRC32C: it checks the declared checksum, comes back in the
+    // ack and, for a one-part write (the common one), goes in the block's header.
     let crc = crc32c::crc32c(&body);
     checksum.verify_with_crc32c(&body, crc).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let parts = parts_from_headers(&part_headers, body.len() as u64)?;
