@@ -7,9 +7,11 @@
 //! - [`server`]: the HTTP API over TLS, and [`server::run`], which wires everything together.
 //! - [`client`]: discovery, RTT group selection, rendezvous routing and failover (the mount side).
 //! - [`sidecar`]: the `blockproxy-mount` S3-compatible endpoint; [`mount`]: its FUSE frontend; [`quickstart`]: a one-machine demo.
-//! - [`config`], [`metrics`], [`telemetry`]: flags, Prometheus metrics, logging and signals.
+//! - [`config`], [`metrics`], [`telemetry`]: flags, Prometheus metrics, logging and signals;
+//!   `budget`: the bound on bytes held in memory, shared by the proxy and the client.
 
 pub use blockproxy_protocol as protocol;
+mod budget;
 pub mod cache;
 pub mod client;
 pub mod config;

@@ -627,3 +627,89 @@ async fn a_first_read_asks_no_head_and_reads_a_large_objects_first_block_once() 
     assert_eq!(reads(), 1 + 4 + 2, "two block-sized requests, none of them for the first block");
     Ok(())
 }
+
+/// Many large reads at once hold at most `read_ahead_bytes` in blocks fetched ahead of their
+/// readers (ADR 0016), and readers that one task reads in turn, one chunk each, all finish: the
+/// block a reader waits for never waits for the budget that the other readers' read-ahead holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_reads_hold_at_most_the_read_ahead_budget_and_all_finish() -> Result<()> {
+    use futures::StreamExt;
+    const READS: usize = 8;
+    let (_minio, _root, _proxy, disc) = one_proxy_with_small_blocks().await?;
+    let bs = blockproxy::protocol::MIN_BLOCK_SIZE;
+    let big: Vec<u8> = (0..(12 * bs)).map(|i| (i % 251) as u8).collect();
+    let k = key("read-ahead/big");
+    let mut cfg = fast_config(&disc);
+    cfg.read_ahead_bytes = bs;
+    let client = start_client(cfg).await?;
+    client.put(&k, Bytes::from(big.clone())).await?;
+    // Flushed, so that reads are striped over blocks with the full read-ahead (4 blocks).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client.head(&k).await?.and_then(|i| i.store_etag).is_none() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the object was not flushed within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let m = || client.metrics();
+    let fetches = || {
+        m().requests_total.with_label_values(&["get", "proxy"]).get()
+            + m().requests_total.with_label_values(&["get_block", "proxy"]).get()
+    };
+    let mut bodies = Vec::new();
+    for _ in 0..READS {
+        let r = client.read_object(&k, None).await?.ok_or_else(|| anyhow::anyhow!("missing"))?;
+        bodies.push((r.body, Vec::new()));
+    }
+    // Every reader takes the first block and a byte of the second, then stops reading.
+    let start_each = async {
+        for (body, got) in &mut bodies {
+            while got.len() as u64 <= bs {
+                got.extend_from_slice(&body.next().await.ok_or_else(|| anyhow::anyhow!("ended early"))??);
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(60), start_each)
+        .await
+        .map_err(|_| anyhow::anyhow!("a reader never got its second block: the read-ahead budget deadlocked it"))??;
+    // Until the read-ahead stops fetching.
+    let mut seen = fetches();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if fetches() == seen {
+            break;
+        }
+        seen = fetches();
+    }
+    // Per read: the GET of its first block and the block being sent; read-ahead beyond those
+    // only within the budget (one block). Without the bound: 1 + 5 blocks per read.
+    assert!(
+        seen <= (READS as u64) * 2 + 1,
+        "{seen} blocks fetched by {READS} stalled reads with a budget of one block"
+    );
+    assert!(m().read_ahead_bytes.get() as u64 <= bs, "read-ahead held {} bytes", m().read_ahead_bytes.get());
+    assert!(m().read_ahead_waits_total.get() > 0, "the budget held read-ahead back");
+
+    // One task reads all of them in turn, a chunk at a time.
+    let in_turn = async {
+        let mut open = bodies.len();
+        while open > 0 {
+            open = 0;
+            for (body, got) in &mut bodies {
+                if let Some(chunk) = body.next().await {
+                    got.extend_from_slice(&chunk?);
+                    open += 1;
+                }
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(60), in_turn)
+        .await
+        .map_err(|_| anyhow::anyhow!("reads read in turn did not finish: the read-ahead budget deadlocked them"))??;
+    for (_, got) in &bodies {
+        assert!(got == &big, "a read returned other bytes ({} of {})", got.len(), big.len());
+    }
+    assert_eq!(m().read_ahead_bytes.get(), 0, "every block's bytes went back to the budget");
+    Ok(())
+}

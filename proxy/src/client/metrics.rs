@@ -1,7 +1,7 @@
 //! Client metrics (`blockproxy_client_*`): the chosen group, RTTs, per-proxy health and errors,
 //! fallbacks, read repairs.
 
-use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub struct ClientMetrics {
     registry: Registry,
@@ -18,6 +18,8 @@ pub struct ClientMetrics {
     pub stale_reads_total: IntCounter,
     pub probe_rounds_total: IntCounter,
     pub discovery_errors_total: IntCounter,
+    pub read_ahead_bytes: IntGauge,
+    pub read_ahead_waits_total: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -128,6 +130,22 @@ impl ClientMetrics {
                 IntCounter::new(
                     "blockproxy_client_discovery_errors_total",
                     "Discovery file reads rejected (last good kept)",
+                )
+                .expect("valid"),
+            ),
+            read_ahead_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "blockproxy_client_read_ahead_bytes",
+                    "Bytes of blocks fetched ahead of the reader and not yet sent (at most --read-ahead-bytes)",
+                )
+                .expect("valid"),
+            ),
+            read_ahead_waits_total: reg(
+                &r,
+                IntCounter::new(
+                    "blockproxy_client_read_ahead_waits_total",
+                    "Read-ahead fetches that waited for --read-ahead-bytes (reads slowed by the memory bound)",
                 )
                 .expect("valid"),
             ),

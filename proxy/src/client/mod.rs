@@ -26,6 +26,7 @@ mod direct;
 mod listing;
 mod objects;
 mod ops;
+mod read_ahead;
 mod small;
 
 pub use chunks::Chunks;
@@ -132,7 +133,13 @@ pub struct ClientConfig {
     pub direct_store: Option<DynStore>,
     /// How many keys this client remembers its last write of, for read-your-writes (ADR 0002).
     pub recent_writes: usize,
+    /// The most bytes all reads together hold in blocks fetched ahead of their readers
+    /// ([`read_ahead`], ADR 0016).
+    pub read_ahead_bytes: u64,
 }
+
+/// 16 blocks of the default 8 MiB: four large reads at full read-ahead.
+pub const DEFAULT_READ_AHEAD_BYTES: u64 = 128 << 20;
 
 impl ClientConfig {
     pub fn new(volume: VolumeId, discovery_file: PathBuf, token: String) -> Self {
@@ -152,6 +159,7 @@ impl ClientConfig {
             discovery_interval: Duration::from_secs(1),
             direct_store: None,
             recent_writes: 100_000,
+            read_ahead_bytes: DEFAULT_READ_AHEAD_BYTES,
         }
     }
 }
@@ -192,6 +200,7 @@ struct Inner {
     recent: recent::RecentWrites,
     /// Keys whose reads skip the HEAD ([`small`]).
     small: small::SmallKeys,
+    read_budget: Arc<read_ahead::ReadBudget>,
     metrics: ClientMetrics,
 }
 
@@ -250,7 +259,9 @@ impl Client {
     pub async fn start(cfg: ClientConfig) -> Result<Self, ClientError> {
         let doc = discovery::load(&cfg.discovery_file, &cfg.volume)?;
         let topology = build_topology(Arc::new(doc.clone()), None, cfg.connect_timeout)?;
+        let metrics = ClientMetrics::new();
         let inner = Arc::new(Inner {
+            read_budget: read_ahead::ReadBudget::new(cfg.read_ahead_bytes, &metrics),
             topology: RwLock::new(Arc::new(topology)),
             health: Mutex::default(),
             selector: Mutex::new(Selector::new(cfg.hysteresis)),
@@ -259,7 +270,7 @@ impl Client {
             clock: VersionClock::default(),
             recent: recent::RecentWrites::new(cfg.recent_writes),
             small: small::SmallKeys::default(),
-            metrics: ClientMetrics::new(),
+            metrics,
             cfg,
         });
         tracing::info!(
@@ -306,6 +317,9 @@ impl Client {
     }
 
     pub fn metrics(&self) -> &ClientMetrics {
+        // Read from the budget itself: a permit handed to a waiter that then went ahead without
+        // it (its reader came to wait for it) goes back with no code of ours running.
+        self.inner.metrics.read_ahead_bytes.set(self.inner.read_budget.in_use() as i64);
         &self.inner.metrics
     }
 

@@ -9,14 +9,15 @@
 
 use super::chunks::Chunks;
 use super::info::ObjectInfo;
+use super::read_ahead::read_ahead;
 use super::transport::AttemptError;
 use super::{Client, ClientError, Inner};
 use crate::protocol::{BlockKey, CompleteUpload, ObjectAttrs, UploadCompleted, UploadParts};
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use futures::stream::{BoxStream, StreamExt};
 
 /// Blocks fetched ahead of the one being sent: bounds a read's memory to this many blocks while
-/// keeping several proxies busy.
+/// keeping several proxies busy (and all reads together to `--read-ahead-bytes`).
 const READ_AHEAD: usize = 4;
 /// Attempts of one upload request against its (only) proxy.
 const UPLOAD_ATTEMPTS: u32 = 3;
@@ -175,30 +176,29 @@ impl Client {
         bs: u64,
     ) -> BoxStream<'static, Result<Bytes, ClientError>> {
         let (client, key, size) = (self.clone(), key.clone(), info.size);
-        futures::stream::iter(start / bs..=(end - 1) / bs)
-            .map(move |i| {
-                let (client, key, etag) = (client.clone(), key.clone(), etag.clone());
-                async move {
-                    // Only the bytes of the block that the range covers travel.
-                    let first = i * bs;
-                    let whole = first..(first + bs).min(size);
-                    let part = start.max(whole.start)..end.min(whole.end);
-                    let got = client.get_block(&key, i, bs, size, &etag, part.clone()).await?;
-                    match got.len() as u64 {
-                        n if n == part.end - part.start => Ok(got),
-                        // A proxy of an older release answers the whole block.
-                        n if n == whole.end - whole.start => {
-                            Ok(got.slice((part.start - first) as usize..(part.end - first) as usize))
-                        }
-                        // Another length belongs to another object, whatever its ETag said.
-                        _ => Err(ClientError::Changed { key: key.to_string() }),
+        let budget = self.inner.read_budget.clone();
+        let blocks = (start / bs..=(end - 1) / bs).map(move |i| {
+            let (client, key, etag) = (client.clone(), key.clone(), etag.clone());
+            // Only the bytes of the block that the range covers travel.
+            let first = i * bs;
+            let whole = first..(first + bs).min(size);
+            let part = start.max(whole.start)..end.min(whole.end);
+            let len = part.end - part.start;
+            let fetch = async move {
+                let got = client.get_block(&key, i, bs, size, &etag, part.clone()).await?;
+                match got.len() as u64 {
+                    n if n == part.end - part.start => Ok(got),
+                    // A proxy of an older release answers the whole block.
+                    n if n == whole.end - whole.start => {
+                        Ok(got.slice((part.start - first) as usize..(part.end - first) as usize))
                     }
+                    // Another length belongs to another object, whatever its ETag said.
+                    _ => Err(ClientError::Changed { key: key.to_string() }),
                 }
-            })
-            .buffered(READ_AHEAD)
-            .map_ok(sent_on)
-            .try_flatten()
-            .boxed()
+            };
+            (len, fetch)
+        });
+        read_ahead(budget, READ_AHEAD, blocks)
     }
 
     /// `[start, end)` of a version held by its home proxy, in block-sized ranges, each checked to
@@ -212,22 +212,20 @@ impl Client {
         bs: u64,
     ) -> BoxStream<'static, Result<Bytes, ClientError>> {
         let (client, key) = (self.clone(), key.clone());
-        let chunks = (start..end).step_by(bs as usize).map(move |a| (a, (a + bs).min(end)));
-        futures::stream::iter(chunks)
-            .map(move |(a, b)| {
-                let (client, key) = (client.clone(), key.clone());
-                async move {
-                    let range = format!("bytes={a}-{}", b - 1);
-                    match client.get_chunks(&key, Some(&range)).await? {
-                        Some(f) if f.version() == version && f.data.len() as u64 == b - a => Ok(f.data),
-                        _ => Err(ClientError::Changed { key: key.to_string() }),
-                    }
+        let budget = self.inner.read_budget.clone();
+        let blocks = (start..end).step_by(bs as usize).map(move |a| {
+            let b = (a + bs).min(end);
+            let (client, key) = (client.clone(), key.clone());
+            let fetch = async move {
+                let range = format!("bytes={a}-{}", b - 1);
+                match client.get_chunks(&key, Some(&range)).await? {
+                    Some(f) if f.version() == version && f.data.len() as u64 == b - a => Ok(f.data),
+                    _ => Err(ClientError::Changed { key: key.to_string() }),
                 }
-            })
-            .buffered(2)
-            .map_ok(sent_on)
-            .try_flatten()
-            .boxed()
+            };
+            (b - a, fetch)
+        });
+        read_ahead(budget, 2, blocks)
     }
 
     /// Starts a multipart upload on the key's home proxy (the first reachable one in rendezvous

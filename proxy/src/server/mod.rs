@@ -2,7 +2,6 @@
 //! until shutdown. See [`run`].
 
 mod body_md5;
-mod budget;
 mod build_store;
 mod clock;
 mod errors;
@@ -130,7 +129,7 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         meta: Default::default(),
         staging,
         bops: tokio::sync::Semaphore::new(max_bops),
-        budget: budget::ByteBudget::new(args.max_inflight_bytes, Duration::from_secs(5)),
+        budget: crate::budget::ByteBudget::new(args.max_inflight_bytes, Duration::from_secs(5)),
         max_block_size: args.max_block_size,
         body_idle_timeout: args.body_idle_timeout,
         metadata_ttl: args.metadata_ttl,

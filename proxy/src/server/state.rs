@@ -1,11 +1,11 @@
 //! Shared state of a running proxy.
 
-use super::budget::ByteBudget;
 use super::clock::VolumeClocks;
 use super::gate::WriteGate;
 use super::metacache::MetaCache;
 use super::reads::StripeResult;
 use super::volumes::Volumes;
+use crate::budget::ByteBudget;
 use crate::cache::flight::SingleFlight;
 use crate::cache::staging::Staging;
 use crate::cache::{BlockId, Cache, FetchKey};

@@ -62,6 +62,13 @@ pub struct MountArgs {
     #[arg(long, env = "BLOCKPROXY_MAX_PART_SIZE", default_value = "64Mi", value_parser = parse_size)]
     pub max_part_size: u64,
 
+    /// The most memory all reads together hold in blocks fetched ahead of what their clients
+    /// have taken ("128Mi"). A large read fetches up to 4 blocks ahead from several proxies at
+    /// once; under this bound reads queue for it, and a read whose client waits still fetches
+    /// its next block (so memory is at most this plus one block per read in progress).
+    #[arg(long, env = "BLOCKPROXY_READ_AHEAD_BYTES", default_value = "128Mi", value_parser = parse_size)]
+    pub read_ahead_bytes: u64,
+
     /// Go directly to the object store when no proxy is reachable (and list it directly),
     /// using the AWS default credential chain. Without it, listings go through a proxy. Implied by --store-credentials-file and by a
     /// file:// store endpoint.
@@ -160,6 +167,7 @@ pub async fn client_from_args(args: &MountArgs) -> anyhow::Result<Client> {
     cfg.recovery_window = args.recovery_window;
     cfg.hysteresis = Hysteresis { rounds: args.switch_rounds.max(1), ..Hysteresis::default() };
     cfg.direct_store = direct;
+    cfg.read_ahead_bytes = args.read_ahead_bytes;
     Ok(Client::start(cfg).await?)
 }
 

@@ -1,19 +1,21 @@
-//! The bound on request bytes held in memory at once (`--max-inflight-bytes`).
+//! A bound on bytes held in memory at once: the proxy's request bytes (`--max-inflight-bytes`)
+//! and the client's read-ahead (`--read-ahead-bytes`, [`crate::client`]).
 //!
-//! A PUT reserves its Content-Length (or the largest block size when it has none) before it
+//! In the proxy, a PUT reserves its Content-Length (or the largest block size when it has none) before it
 //! reads its body; a GET reserves the block's size before it reads it from disk. Counting
 //! requests alone is not enough: `--max-bops` times a 64 MiB block is many GiB. A request that
 //! cannot get its bytes within a short wait is answered 503 with Retry-After, so memory stays
 //! bounded and the client backs off instead of piling up.
 
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 /// Permits are counted in units of this many bytes, so 64 GiB still fits a u32 permit count.
 const UNIT: u64 = 4096;
 
 pub struct ByteBudget {
-    sem: Semaphore,
+    sem: Arc<Semaphore>,
     total_units: u32,
     wait: Duration,
 }
@@ -28,7 +30,7 @@ pub struct OverBudget {
 impl ByteBudget {
     pub fn new(limit_bytes: u64, wait: Duration) -> Self {
         let total_units = u32::try_from(limit_bytes.div_ceil(UNIT)).unwrap_or(u32::MAX).max(1);
-        Self { sem: Semaphore::new(total_units as usize), total_units, wait }
+        Self { sem: Arc::new(Semaphore::new(total_units as usize)), total_units, wait }
     }
 
     pub fn limit_bytes(&self) -> u64 {
@@ -40,9 +42,13 @@ impl ByteBudget {
         (u64::from(self.total_units) - self.sem.available_permits() as u64) * UNIT
     }
 
+    fn units(&self, bytes: u64) -> u32 {
+        u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX).clamp(1, self.total_units)
+    }
+
     /// Reserves `bytes` (at most the whole budget), waiting a little for others to finish.
     pub async fn reserve(&self, bytes: u64) -> Result<SemaphorePermit<'_>, OverBudget> {
-        let units = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX).clamp(1, self.total_units);
+        let units = self.units(bytes);
         // Most reservations fit at once: skip arming the timer (a hit's hot path).
         if let Ok(permit) = self.sem.try_acquire_many(units) {
             return Ok(permit);
@@ -51,6 +57,19 @@ impl ByteBudget {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(OverBudget { bytes, limit: self.limit_bytes() }),
         }
+    }
+
+    /// Reserves `bytes` (at most the whole budget) if they are free now.
+    pub fn try_reserve_owned(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        self.sem.clone().try_acquire_many_owned(self.units(bytes)).ok()
+    }
+
+    /// Reserves `bytes` (at most the whole budget) for as long as it takes, in turn with the
+    /// other waiters; the permit outlives the borrow (it travels with a stream).
+    pub async fn reserve_owned(&self, bytes: u64) -> OwnedSemaphorePermit {
+        let units = self.units(bytes);
+        // The semaphore is never closed, so acquiring only ends with a permit.
+        self.sem.clone().acquire_many_owned(units).await.expect("the budget's semaphore is never closed")
     }
 }
 
@@ -69,5 +88,22 @@ mod tests {
         let huge = b.reserve(u64::MAX).await.expect("a request larger than the budget takes all of it");
         assert_eq!(b.in_use(), b.limit_bytes());
         drop(huge);
+    }
+
+    #[tokio::test]
+    async fn owned_reservations_wait_their_turn_until_bytes_are_released() {
+        let b = Arc::new(ByteBudget::new(1 << 20, Duration::ZERO));
+        let first = b.reserve_owned(1 << 20).await;
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.reserve_owned(4096).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "nothing is left while the first holds the whole budget");
+        drop(first);
+        let second = waiter.await.unwrap();
+        assert_eq!(b.in_use(), 4096);
+        drop(second);
+        assert_eq!(b.in_use(), 0);
     }
 }
