@@ -520,7 +520,7 @@ async fn main() -> Result<()> {
         Client::start(ClientConfig::new(VolumeId::parse(VOLUME)?, discovery_file.clone(), TOKEN.into())).await?;
     // The application's path: the mount sidecar's S3 endpoint, as it ships (the blockproxy-mount
     // binary in its own process, its allocator and runtime), on the same discovery file.
-    let sidecar = mount::start_sidecar(root.path(), &discovery_file, SIDECAR_KEY).await?;
+    let sidecar = mount::start_sidecar(root.path(), "bench-sidecar", &discovery_file, SIDECAR_KEY, &[]).await?;
     let sidecar_endpoint = format!("http://{}", sidecar.addr());
     let sidecar_s3 = wan.s3_client_with(&sidecar_endpoint, SIDECAR_KEY, SIDECAR_KEY);
     let (s3_large, s3_small) = (Arc::new(large_keys.clone()), Arc::new(small_keys.clone()));
@@ -927,6 +927,40 @@ async fn main() -> Result<()> {
             r.push("f7.ratio.mount_over_sidecar_s3", mnt / s3);
             r.push("f7.ratio.mount_over_local_file", mnt / loc);
         }
+        // Many large reads at once through the sidecar: its read-ahead (4 blocks ahead per
+        // read) is bounded by one budget for all reads, --read-ahead-bytes (ADR 0016). The peer:
+        // a second sidecar whose budget is too large to bind (what there was before it).
+        const READERS: u64 = 16;
+        // Both run with the default block size; the first with the default budget.
+        let budget = blockproxy::client::DEFAULT_READ_AHEAD_BYTES as f64 / MIB as f64;
+        let block = blockproxy::protocol::DEFAULT_BLOCK_SIZE as f64 / MIB as f64;
+        let unbounded = mount::start_sidecar(
+            root.path(),
+            "bench-sidecar-unbounded",
+            &discovery_file,
+            SIDECAR_KEY,
+            &["--read-ahead-bytes", "64Gi"],
+        )
+        .await?;
+        let unbounded_s3 = wan.s3_client_with(&format!("http://{}", unbounded.addr()), SIDECAR_KEY, SIDECAR_KEY);
+        for (name, proc, s3) in [("bounded", &sidecar, &sidecar_s3), ("unbounded", &unbounded, &unbounded_s3)] {
+            let sampler = RssSampler::start(proc.pid(), false);
+            let metrics_url = format!("http://{}/_blockproxy/metrics", proc.addr());
+            let c = mount::concurrent_s3_reads(s3, &metrics_url, "f7.bin", size, READERS).await?;
+            let rss = sampler.finish().await;
+            eprintln!(
+                "  {READERS} ranged GETs at once, sidecar {name}: {:.0} MiB/s; read-ahead peak {:.1} MiB ({:.0} fetches waited for the budget); sidecar max RSS {rss:.1} MiB",
+                c.mib_s, c.read_ahead_peak_mib, c.read_ahead_waits,
+            );
+            r.push(&format!("f7.concurrent.mib_s.{name}"), c.mib_s);
+            r.push(&format!("f7.concurrent.read_ahead_peak_mib.{name}"), c.read_ahead_peak_mib);
+            r.push(&format!("f7.concurrent.read_ahead_waits.{name}"), c.read_ahead_waits);
+            r.push(&format!("f7.concurrent.rss_mib.{name}"), rss);
+        }
+        // COMPUTED: what the bounded sidecar may hold, and what 5 blocks per read come to.
+        r.push("f7.concurrent.bound_mib", budget + READERS as f64 * block);
+        r.push("f7.concurrent.unbounded_mib", READERS as f64 * 5.0 * block);
+        drop(unbounded);
         drop(m);
         std::fs::remove_file(&local_file)?;
     }
@@ -1272,6 +1306,15 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "RATIO sidecar S3 / store across WAN", "f7.ratio.sidecar_s3_over_direct_store"),
         ("", "RATIO mount / sidecar S3", "f7.ratio.mount_over_sidecar_s3"),
         ("", "RATIO mount / local file", "f7.ratio.mount_over_local_file"),
+        ("", "16 ranged GETs at once, sidecar MiB/s", "f7.concurrent.mib_s.bounded"),
+        ("", "  unbounded sidecar (budget 64 GiB) MiB/s", "f7.concurrent.mib_s.unbounded"),
+        ("", "  read-ahead peak MiB", "f7.concurrent.read_ahead_peak_mib.bounded"),
+        ("", "  unbounded: read-ahead peak MiB", "f7.concurrent.read_ahead_peak_mib.unbounded"),
+        ("", "  fetches that waited for the budget", "f7.concurrent.read_ahead_waits.bounded"),
+        ("", "  sidecar max RSS MiB", "f7.concurrent.rss_mib.bounded"),
+        ("", "  unbounded: sidecar max RSS MiB", "f7.concurrent.rss_mib.unbounded"),
+        ("", "  bound MiB (COMPUTED: budget + 16 blocks)", "f7.concurrent.bound_mib"),
+        ("", "  5 blocks per read MiB (COMPUTED)", "f7.concurrent.unbounded_mib"),
         ("", "first read through the mount MiB/s", "f7.first_read_mib_s.mount"),
         ("", "write through the mount MiB/s", "f7.write_mib_s.mount"),
         ("", "write of the local file MiB/s", "f7.write_mib_s.local_file"),

@@ -33,10 +33,17 @@ fn mount_command(root: &Path, name: &str, discovery_file: &Path) -> Result<Block
 }
 
 /// The mount sidecar serving only its S3 endpoint (no FUSE mount), signed with `key` as both
-/// access and secret key.
-pub async fn start_sidecar(root: &Path, discovery_file: &Path, key: &str) -> Result<Blockproxy> {
-    let command =
-        mount_command(root, "bench-sidecar", discovery_file)?.args(["--s3-access-key", key, "--s3-secret-key", key]);
+/// access and secret key; `name` tells its files apart, `extra` are further flags.
+pub async fn start_sidecar(
+    root: &Path,
+    name: &str,
+    discovery_file: &Path,
+    key: &str,
+    extra: &[&str],
+) -> Result<Blockproxy> {
+    let command = mount_command(root, name, discovery_file)?
+        .args(["--s3-access-key", key, "--s3-secret-key", key])
+        .args(extra.iter().copied());
     Blockproxy::start(command).await
 }
 
@@ -108,6 +115,65 @@ pub async fn s3_read_mib_s(s3: &aws_sdk_s3::Client, key: &str, size: u64) -> Res
         bail!("GET {key} through the sidecar gave {n} of {size} bytes");
     }
     Ok(n as f64 / (1 << 20) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// What `readers` ranged GETs of one file at once through the sidecar measured.
+pub struct ConcurrentReads {
+    pub mib_s: f64,
+    /// The peak of the sidecar's `blockproxy_client_read_ahead_bytes` while they ran, in MiB.
+    pub read_ahead_peak_mib: f64,
+    /// How many read-ahead fetches waited for `--read-ahead-bytes` meanwhile.
+    pub read_ahead_waits: f64,
+}
+
+/// Reads `key` (`size` bytes) through the sidecar as `readers` ranged GETs at once, each of an
+/// equal share, sampling the sidecar's read-ahead gauge at `metrics_url` every 20 ms meanwhile.
+pub async fn concurrent_s3_reads(
+    s3: &aws_sdk_s3::Client,
+    metrics_url: &str,
+    key: &str,
+    size: u64,
+    readers: u64,
+) -> Result<ConcurrentReads> {
+    use crate::peers::metric_at;
+    const GAUGE: &str = "blockproxy_client_read_ahead_bytes";
+    const WAITS: &str = "blockproxy_client_read_ahead_waits_total";
+    let waits_before = metric_at(metrics_url, WAITS).await?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (done, url) = (done.clone(), metrics_url.to_owned());
+        async move {
+            let mut peak = 0f64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(metric_at(&url, GAUGE).await.unwrap_or(0.0));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        }
+    });
+    let share = size.div_ceil(readers);
+    let t0 = Instant::now();
+    let reads = (0..readers).map(|i| {
+        let (first, last) = (i * share, ((i + 1) * share).min(size) - 1);
+        async move {
+            let mut o = s3.get_object().bucket(VOLUME).key(key).range(format!("bytes={first}-{last}")).send().await?;
+            let mut n = 0u64;
+            while let Some(chunk) = o.body.try_next().await? {
+                n += chunk.len() as u64;
+            }
+            anyhow::ensure!(n == last + 1 - first, "a ranged GET of {key} through the sidecar gave {n} bytes");
+            Ok::<_, anyhow::Error>(n)
+        }
+    });
+    let total: u64 = futures::future::try_join_all(reads).await?.into_iter().sum();
+    let mib_s = total as f64 / (1 << 20) as f64 / t0.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await?;
+    Ok(ConcurrentReads {
+        mib_s,
+        read_ahead_peak_mib: peak / (1 << 20) as f64,
+        read_ahead_waits: metric_at(metrics_url, WAITS).await? - waits_before,
+    })
 }
 
 /// Waits until the store holds `key` whole (loopback client, not across the WAN).

@@ -182,13 +182,18 @@ impl BlockProxy {
 
     /// The value of an unlabelled metric from `/metrics`.
     pub async fn metric(&self, name: &str) -> Result<f64> {
-        // The TLS proxy's certificate is the bench's own; only the load generator checks it.
-        let http = reqwest::Client::builder().danger_accept_invalid_certs(true).build()?;
-        let text = http.get(format!("{}/metrics", self.base())).send().await?.text().await?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .with_context(|| format!("metric {name} not found on {}", self.name))
+        metric_at(&format!("{}/metrics", self.base()), name).await.with_context(|| format!("on {}", self.name))
     }
+}
+
+/// The value of the unlabelled metric `name` in the Prometheus text at `url`.
+pub async fn metric_at(url: &str, name: &str) -> Result<f64> {
+    // The TLS proxy's certificate is the bench's own; only the load generator checks it.
+    let http = reqwest::Client::builder().danger_accept_invalid_certs(true).build()?;
+    let text = http.get(url).send().await?.text().await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("metric {name} not found at {url}"))
 }
 
 /// The block API URL of `key` on the server at `base` (`http(s)://addr`; nginx serves the same

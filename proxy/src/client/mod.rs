@@ -138,7 +138,7 @@ pub struct ClientConfig {
     pub read_ahead_bytes: u64,
 }
 
-/// 16 blocks of the default 8 MiB: four large reads at full read-ahead.
+/// 32 blocks of the default 4 MiB: eight large reads at full read-ahead.
 pub const DEFAULT_READ_AHEAD_BYTES: u64 = 128 << 20;
 
 impl ClientConfig {

@@ -284,3 +284,24 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the S3 endpoint")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MountArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mount: MountArgs,
+    }
+
+    #[test]
+    fn the_read_ahead_flag_defaults_to_the_client_librarys_budget() {
+        let cli = Cli::try_parse_from(["blockproxy-mount", "--volume-id", "vol1", "--token-file", "/token"]).unwrap();
+        assert_eq!(cli.mount.read_ahead_bytes, crate::client::DEFAULT_READ_AHEAD_BYTES);
+        let cli =
+            Cli::try_parse_from(["m", "--volume-id", "v", "--token-file", "/t", "--read-ahead-bytes", "1Gi"]).unwrap();
+        assert_eq!(cli.mount.read_ahead_bytes, 1 << 30);
+    }
+}
