@@ -1,11 +1,12 @@
 //! A bound on bytes held in memory at once: the proxy's request bytes (`--max-inflight-bytes`)
 //! and the client's read-ahead (`--read-ahead-bytes`, [`crate::client`]).
 //!
-//! In the proxy, a PUT reserves its Content-Length (or the largest block size when it has none) before it
-//! reads its body; a GET reserves the block's size before it reads it from disk. Counting
-//! requests alone is not enough: `--max-bops` times a 64 MiB block is many GiB. A request that
-//! cannot get its bytes within a short wait is answered 503 with Retry-After, so memory stays
-//! bounded and the client backs off instead of piling up.
+//! In the proxy, a PUT reserves its Content-Length (or the largest block size when it has none)
+//! before it reads its body; a GET reserves the block's size before it reads it from disk.
+//! Counting requests alone is not enough: `--max-bops` times a 64 MiB block is many GiB. A
+//! request that cannot get its bytes within a short wait is answered 503 with Retry-After, so
+//! memory stays bounded and the client backs off instead of piling up. The client's read-ahead
+//! waits its turn instead (`reserve_owned`).
 
 use std::sync::Arc;
 use std::time::Duration;
