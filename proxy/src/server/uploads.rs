@@ -8,6 +8,7 @@
 //! crash came between the commit and that record: then the retry commits the same bytes again
 //! as a newer version (never a partial or different object).
 
+use super::body_md5::BodyMd5;
 use super::errors::ApiError;
 use super::object::{attrs_from_headers, check_parts, quote, unquote};
 use super::routes::{cache_error, enter_gate, superseded, write_version};
@@ -24,7 +25,7 @@ use blockproxy_protocol::{
     UploadCreated, UploadPart, UploadParts, VERSION_HEADER, VolumeConfig, multipart_etag,
 };
 use http_body_util::BodyExt;
-use md5::{Digest, Md5};
+use md5::Digest;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
@@ -154,7 +155,8 @@ async fn stream_part(
 ) -> Result<([u8; 16], u32), ApiError> {
     let io = |e: std::io::Error| ApiError::internal(format!("writing the part failed: {e}"));
     let mut f = tokio::fs::File::create(path).await.map_err(io)?;
-    let (mut md5, mut crc, mut sha) = (Md5::new(), 0u32, sha2::Sha256::new());
+    // The MD5 (the part's ETag) is hashed beside the receive, as a one-part write's is (ADR 0013).
+    let (mut md5, mut crc, mut sha) = (BodyMd5::for_len(Some(len)), 0u32, sha2::Sha256::new());
     let mut body = body;
     let mut got = 0u64;
     loop {
@@ -175,7 +177,7 @@ async fn stream_part(
         if got > len {
             return Err(ApiError::bad_request("the body is longer than its Content-Length"));
         }
-        md5.update(&data);
+        md5.update(&data).await;
         crc = crc32c::crc32c_append(crc, &data);
         if matches!(checksum, Checksum::Sha256(_)) {
             sha2::Digest::update(&mut sha, &data);
@@ -196,7 +198,8 @@ async fn stream_part(
     if s.cache.sync() {
         f.sync_all().await.map_err(io)?;
     }
-    Ok((md5.finalize().into(), crc))
+    let md5 = md5.finish().await.map_err(|e| ApiError::internal(format!("hashing the part failed: {e}")))?;
+    Ok((md5, crc))
 }
 
 async fn list_parts(s: &AppState, id: &BlockId, upload: &str) -> Result<Response, ApiError> {
