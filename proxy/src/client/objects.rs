@@ -7,9 +7,8 @@
 //!   of one upload always reach the same disk, also after a restart of this sidecar;
 //! - listings one page at a time, with the unflushed writes of every proxy merged in.
 
-use super::chunks::Chunks;
 use super::info::ObjectInfo;
-use super::read_ahead::read_ahead;
+use super::read_ahead::{read_ahead, sent_on};
 use super::transport::AttemptError;
 use super::{Client, ClientError, Inner};
 use crate::protocol::{BlockKey, CompleteUpload, ObjectAttrs, UploadCompleted, UploadParts};
@@ -68,11 +67,6 @@ pub(super) fn resolve_range(range: Option<&str>, size: u64) -> Result<(u64, u64)
         [one] => Ok((*one.start(), *one.end() + 1)),
         _ => Err(ClientError::RangeNotSatisfiable("only a single byte range is supported".into())),
     }
-}
-
-/// A verified body, sent on in the chunks it arrived in (ADR 0014).
-fn sent_on(body: Chunks) -> impl futures::Stream<Item = Result<Bytes, ClientError>> + Send + 'static {
-    futures::stream::iter(body.into_parts().into_iter().map(Ok))
 }
 
 /// Whether a read of the HTTP `Range` value `range` (the whole object without one) starts in the

@@ -57,6 +57,11 @@ impl ReadBudget {
     }
 }
 
+/// A verified body, sent on in the chunks it arrived in (ADR 0014).
+pub(super) fn sent_on(body: Chunks) -> impl futures::Stream<Item = Result<Bytes, ClientError>> + Send + 'static {
+    futures::stream::iter(body.into_parts().into_iter().map(Ok))
+}
+
 /// Fetches `blocks` (each: its size in bytes, and the fetch, not started until admitted) at most
 /// `depth` at a time, each on its own task, and streams their bytes in order. A fetch ahead of
 /// the block the reader waits for first takes its size from `budget`. Dropping the stream
@@ -96,7 +101,7 @@ where
         .buffered(depth)
         .map_ok(move |(n, mut held, body)| {
             let waiting = waiting_tx.clone();
-            let sent = futures::stream::iter(body.into_parts().into_iter().map(Ok));
+            let sent = sent_on(body);
             // After the block's last chunk: its bytes go back, and the reader waits for the next.
             let done = futures::stream::poll_fn(move |_| {
                 drop(held.take());
