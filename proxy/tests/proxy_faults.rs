@@ -244,6 +244,42 @@ async fn sigterm_flushes_dirty_blocks_before_exit_and_a_restart_flushes_the_rest
     Ok(())
 }
 
+/// A flush whose store request hangs (the store took the request and never answers) must not hold
+/// the exit past the grace period: Kubernetes would SIGKILL the pod anyway, and until then the
+/// proxy refuses writes. The flush is abandoned like a crash's: the block stays dirty on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_after_its_grace_while_a_flush_hangs_on_the_store() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut proxy = ProxyProcess::start(
+        &backend,
+        dir.path(),
+        ProxyOptions { extra: vec!["--shutdown-grace".into(), "1s".into()], ..Default::default() },
+    )
+    .await?;
+    // toxiproxy's timeout toxic with timeout 0 swallows the bytes and never closes the connection.
+    let hang = backend
+        .toxi
+        .add_toxic(
+            STORE_PROXY,
+            serde_json::json!({"name": "hang", "type": "timeout", "stream": "upstream", "toxicity": 1.0,
+                "attributes": {"timeout": 0}}),
+        )
+        .await?;
+    let data = random_bytes(4 << 10);
+    proxy.put_ok("hang/a", &data).await?;
+    // The SDK's read timeout (60 s) is far beyond the grace: only the proxy's own bound ends this.
+    let status = proxy.terminate(Duration::from_secs(15)).await.context("the proxy must exit soon after its grace")?;
+    assert!(status.success(), "clean exit: {status}");
+    assert_eq!(backend.object("hang/a").await?, None, "the hanging flush never reached the store");
+
+    backend.toxi.remove_toxic(STORE_PROXY, &hang).await?;
+    proxy.restart().await?;
+    let expected = BTreeMap::from([("hang/a".to_owned(), Some(data))]);
+    assert_store_converges(&backend, &expected, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_refuses_writes_and_reports_done_when_everything_is_flushed() -> Result<()> {
     let backend = Backend::start().await?;

@@ -188,8 +188,15 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     tracing::info!(dirty_blocks = dirty.dirty_blocks, "flushing dirty blocks before exit");
     let clean = writeback.wait_clean(deadline).await;
     let _ = stop_workers_tx.send(true);
-    for w in workers {
-        let _ = w.await;
+    // A worker sees the stop between flushes; one in a store request that hangs (up to the SDK's
+    // read timeout) would hold the exit past the grace. It is abandoned as a crash abandons it:
+    // its block stays dirty on disk and the store's conditional write makes a retry safe.
+    let aborts: Vec<_> = workers.iter().map(tokio::task::JoinHandle::abort_handle).collect();
+    let joined = futures::future::join_all(workers);
+    if tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), joined).await.is_err() {
+        let in_flight = aborts.iter().filter(|a| !a.is_finished()).count();
+        aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        tracing::warn!(in_flight, "flushes still waiting on the store at the end of the grace period; abandoned");
     }
     reload.abort();
     expiry.abort();
