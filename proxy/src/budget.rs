@@ -1,13 +1,15 @@
-//! A bound on bytes held in memory at once: the proxy's request bytes (`--max-inflight-bytes`)
-//! and the client's read-ahead (`--read-ahead-bytes`, [`crate::client`]).
+//! A bound on bytes held in memory at once: the proxy's request bytes (`--max-inflight-bytes`),
+//! and the client's read-ahead (`--read-ahead-bytes`) and write buffers (`--write-buffer-bytes`,
+//! [`crate::client`]).
 //!
 //! In the proxy, a PUT reserves its Content-Length (or the largest block size when it has none)
 //! before it reads its body; a GET reserves the block's size before it reads it from disk.
 //! Counting requests alone is not enough: `--max-bops` times a 64 MiB block is many GiB. A
 //! request that cannot get its bytes within a short wait is answered 503 with Retry-After, so
-//! memory stays bounded and the client backs off instead of piling up. The client's read-ahead
-//! waits its turn instead (`reserve_owned`).
+//! memory stays bounded and the client backs off instead of piling up. The client's budgets
+//! queue instead ([`QueuedBudget`]): its callers are the application's own reads and writes.
 
+use prometheus::IntCounter;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
@@ -71,6 +73,37 @@ impl ByteBudget {
         let units = self.units(bytes);
         // The semaphore is never closed, so acquiring only ends with a permit.
         self.sem.clone().acquire_many_owned(units).await.expect("the budget's semaphore is never closed")
+    }
+}
+
+/// A budget whose takers wait their turn for as long as it takes, counting how often they had to
+/// (the metric an operator watches to see the bound slowing the application down).
+pub struct QueuedBudget {
+    budget: ByteBudget,
+    waits: IntCounter,
+}
+
+impl QueuedBudget {
+    pub fn new(bytes: u64, waits: IntCounter) -> Arc<Self> {
+        // `reserve_owned` never times out, so the proxy's short wait is unused.
+        Arc::new(Self { budget: ByteBudget::new(bytes, Duration::ZERO), waits })
+    }
+
+    /// Bytes held right now.
+    pub fn in_use(&self) -> u64 {
+        self.budget.in_use()
+    }
+
+    /// Takes `bytes` (at most the whole budget), in turn with the other takers; they go back
+    /// when the permit is dropped.
+    pub async fn take(&self, bytes: u64) -> OwnedSemaphorePermit {
+        match self.budget.try_reserve_owned(bytes) {
+            Some(p) => p,
+            None => {
+                self.waits.inc();
+                self.budget.reserve_owned(bytes).await
+            }
+        }
     }
 }
 

@@ -565,6 +565,71 @@ fn sidecar_s3(endpoint: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
+/// Many large PutObjects at once through a sidecar with a small write budget: writes queue for
+/// it instead of each holding its parts (the sidecar's memory stays bounded), the bytes held never
+/// pass it, and every object reads back byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_queue_for_the_write_buffer_budget_and_all_land_intact() -> Result<()> {
+    let _serial = serial().await;
+    within(Duration::from_secs(300), "the write budget test", async {
+        const BUDGET: u64 = 24 * MIB;
+        const PUTS: u64 = 8;
+        const SIZE: u64 = 20 * MIB;
+        let group = Group::start_with_sidecar("2Gi", &[], &["--write-buffer-bytes", "24Mi"]).await?;
+        let metrics_url = format!("{}/_blockproxy/metrics", group.endpoint);
+        let scrape = move |metric: &'static str| {
+            let url = metrics_url.clone();
+            async move { anyhow::Ok(metric_sum(&reqwest::get(&url).await?.text().await?, metric)) }
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = tokio::spawn({
+            let (stop, scrape) = (stop.clone(), scrape.clone());
+            async move {
+                let mut peak = 0f64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(scrape("blockproxy_client_write_buffer_bytes").await?);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                anyhow::Ok(peak)
+            }
+        });
+        let puts: Vec<_> = (0..PUTS)
+            .map(|i| {
+                let s3 = sidecar_s3(&group.endpoint);
+                tokio::spawn(async move {
+                    s3.put_object()
+                        .bucket(VOLUME)
+                        .key(format!("budget/{i}"))
+                        .body(data::content(400 + i, SIZE).into())
+                        .send()
+                        .await
+                        .with_context(|| format!("PUT budget/{i}"))
+                })
+            })
+            .collect();
+        for put in puts {
+            put.await??;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak = sampler.await??;
+        let waits = scrape("blockproxy_client_write_buffer_waits_total").await?;
+        let rss = group.sidecar.pid().map(vm_hwm_kib).transpose()?.unwrap_or_default();
+        println!(
+            "{PUTS} PUTs of {SIZE} bytes at once: write buffer peak {peak} of {BUDGET}, {waits} waits; sidecar peak RSS {rss} KiB"
+        );
+        ensure!(waits > 0.0, "{PUTS} writes of three parts never waited for a budget of three parts");
+        ensure!(peak > 0.0 && peak <= BUDGET as f64, "write buffer peak {peak}, budget {BUDGET}");
+        ensure!(scrape("blockproxy_client_write_buffer_bytes").await? == 0.0, "every write gave its bytes back");
+        let s3 = sidecar_s3(&group.endpoint);
+        for i in 0..PUTS {
+            let got = s3.get_object().bucket(VOLUME).key(format!("budget/{i}")).send().await?.body.collect().await?;
+            ensure!(got.into_bytes() == data::content(400 + i, SIZE), "budget/{i} read back differs");
+        }
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_never_see_a_mix_when_an_object_is_replaced_behind_the_cache_and_see_the_new_one_within_the_ttl()
 -> Result<()> {

@@ -20,6 +20,8 @@ pub struct ClientMetrics {
     pub discovery_errors_total: IntCounter,
     pub read_ahead_bytes: IntGauge,
     pub read_ahead_waits_total: IntCounter,
+    pub write_buffer_bytes: IntGauge,
+    pub write_buffer_waits_total: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -146,6 +148,22 @@ impl ClientMetrics {
                 IntCounter::new(
                     "blockproxy_client_read_ahead_waits_total",
                     "Read-ahead fetches that waited for --read-ahead-bytes (reads slowed by the memory bound)",
+                )
+                .expect("valid"),
+            ),
+            write_buffer_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "blockproxy_client_write_buffer_bytes",
+                    "Bytes of write bodies held until their proxy answers (at most --write-buffer-bytes)",
+                )
+                .expect("valid"),
+            ),
+            write_buffer_waits_total: reg(
+                &r,
+                IntCounter::new(
+                    "blockproxy_client_write_buffer_waits_total",
+                    "Writes that waited for --write-buffer-bytes before reading their body (writes slowed by the memory bound)",
                 )
                 .expect("valid"),
             ),

@@ -35,6 +35,7 @@ pub use listing::{ListEntry, ListPage};
 pub use objects::{ObjectRead, Upload};
 pub use transport::{Fetched, Written};
 
+use crate::budget::QueuedBudget;
 use crate::protocol::{DiscoveryDocument, DiscoveryEndpoint, VolumeId};
 use crate::store::{DynStore, StoreError};
 use metrics::ClientMetrics;
@@ -136,10 +137,17 @@ pub struct ClientConfig {
     /// The most bytes all reads together hold in blocks fetched ahead of their readers
     /// ([`read_ahead`], ADR 0016).
     pub read_ahead_bytes: u64,
+    /// The most bytes all writes together hold while their bodies are read and sent on
+    /// ([`Client::write_budget`]).
+    pub write_buffer_bytes: u64,
 }
 
 /// 32 blocks of the default 4 MiB: eight large reads at full read-ahead.
 pub const DEFAULT_READ_AHEAD_BYTES: u64 = 128 << 20;
+
+/// Eight single PUTs of the sidecar's default 8 MiB parts, each reading its next part while it
+/// sends one; or two UploadParts of its largest (64 MiB) parts.
+pub const DEFAULT_WRITE_BUFFER_BYTES: u64 = 128 << 20;
 
 impl ClientConfig {
     pub fn new(volume: VolumeId, discovery_file: PathBuf, token: String) -> Self {
@@ -160,6 +168,7 @@ impl ClientConfig {
             direct_store: None,
             recent_writes: 100_000,
             read_ahead_bytes: DEFAULT_READ_AHEAD_BYTES,
+            write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
         }
     }
 }
@@ -200,7 +209,8 @@ struct Inner {
     recent: recent::RecentWrites,
     /// Keys whose reads skip the HEAD ([`small`]).
     small: small::SmallKeys,
-    read_budget: Arc<read_ahead::ReadBudget>,
+    read_budget: Arc<QueuedBudget>,
+    write_budget: Arc<QueuedBudget>,
     metrics: ClientMetrics,
 }
 
@@ -261,7 +271,8 @@ impl Client {
         let topology = build_topology(Arc::new(doc.clone()), None, cfg.connect_timeout)?;
         let metrics = ClientMetrics::new();
         let inner = Arc::new(Inner {
-            read_budget: read_ahead::ReadBudget::new(cfg.read_ahead_bytes, &metrics),
+            read_budget: QueuedBudget::new(cfg.read_ahead_bytes, metrics.read_ahead_waits_total.clone()),
+            write_budget: QueuedBudget::new(cfg.write_buffer_bytes, metrics.write_buffer_waits_total.clone()),
             topology: RwLock::new(Arc::new(topology)),
             health: Mutex::default(),
             selector: Mutex::new(Selector::new(cfg.hysteresis)),
@@ -320,7 +331,15 @@ impl Client {
         // Read from the budget itself: a permit handed to a waiter that then went ahead without
         // it (its reader came to wait for it) goes back with no code of ours running.
         self.inner.metrics.read_ahead_bytes.set(self.inner.read_budget.in_use() as i64);
+        self.inner.metrics.write_buffer_bytes.set(self.inner.write_budget.in_use() as i64);
         &self.inner.metrics
+    }
+
+    /// The bound on what writes hold in memory: a caller that buffers a body before handing it
+    /// to [`Client::put_object`] or [`Client::upload_part`] takes its bytes here first and keeps
+    /// the permit until the write is answered.
+    pub fn write_budget(&self) -> &Arc<QueuedBudget> {
+        &self.inner.write_budget
     }
 
     /// The longest key the volume's store prefix leaves room for.

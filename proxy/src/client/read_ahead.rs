@@ -12,50 +12,16 @@
 //! the budget plus one block per read in progress, and a read under pressure still moves, one
 //! block at a time.
 
+use super::ClientError;
 use super::chunks::Chunks;
-use super::{ClientError, metrics::ClientMetrics};
-use crate::budget::ByteBudget;
+use crate::budget::QueuedBudget;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use prometheus::IntCounter;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
-
-/// The client's read-ahead budget.
-pub(super) struct ReadBudget {
-    budget: ByteBudget,
-    waits: IntCounter,
-}
-
-impl ReadBudget {
-    pub(super) fn new(bytes: u64, metrics: &ClientMetrics) -> Arc<Self> {
-        Arc::new(Self {
-            // Waiters queue for as long as it takes (reserve_owned); the proxy's wait is unused.
-            budget: ByteBudget::new(bytes, Duration::ZERO),
-            waits: metrics.read_ahead_waits_total.clone(),
-        })
-    }
-
-    /// Bytes held right now (`blockproxy_client_read_ahead_bytes`).
-    pub(super) fn in_use(&self) -> u64 {
-        self.budget.in_use()
-    }
-
-    /// Takes `bytes`, in turn with other reads; they go back when the permit is dropped.
-    async fn take(&self, bytes: u64) -> OwnedSemaphorePermit {
-        match self.budget.try_reserve_owned(bytes) {
-            Some(p) => p,
-            None => {
-                self.waits.inc();
-                self.budget.reserve_owned(bytes).await
-            }
-        }
-    }
-}
 
 /// A verified body, sent on in the chunks it arrived in (ADR 0014).
 pub(super) fn sent_on(body: Chunks) -> impl futures::Stream<Item = Result<Bytes, ClientError>> + Send + 'static {
@@ -67,7 +33,7 @@ pub(super) fn sent_on(body: Chunks) -> impl futures::Stream<Item = Result<Bytes,
 /// the block the reader waits for first takes its size from `budget`. Dropping the stream
 /// aborts the fetches in flight.
 pub(super) fn read_ahead<I, F>(
-    budget: Arc<ReadBudget>,
+    budget: Arc<QueuedBudget>,
     depth: usize,
     blocks: I,
 ) -> BoxStream<'static, Result<Bytes, ClientError>>

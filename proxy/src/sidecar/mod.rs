@@ -69,6 +69,13 @@ pub struct MountArgs {
     #[arg(long, env = "BLOCKPROXY_READ_AHEAD_BYTES", default_value = "128Mi", value_parser = parse_size)]
     pub read_ahead_bytes: u64,
 
+    /// The most memory all writes together hold in bodies read from S3 clients and not yet
+    /// answered by their proxy ("128Mi"). A PutObject holds up to two 8 MiB parts, an UploadPart
+    /// its whole part; under this bound writes wait their turn before reading their body (a part
+    /// larger than the bound takes all of it).
+    #[arg(long, env = "BLOCKPROXY_WRITE_BUFFER_BYTES", default_value = "128Mi", value_parser = parse_size)]
+    pub write_buffer_bytes: u64,
+
     /// Go directly to the object store when no proxy is reachable (and list it directly),
     /// using the AWS default credential chain. Without it, listings go through a proxy. Implied by --store-credentials-file and by a
     /// file:// store endpoint.
@@ -168,6 +175,7 @@ pub async fn client_from_args(args: &MountArgs) -> anyhow::Result<Client> {
     cfg.hysteresis = Hysteresis { rounds: args.switch_rounds.max(1), ..Hysteresis::default() };
     cfg.direct_store = direct;
     cfg.read_ahead_bytes = args.read_ahead_bytes;
+    cfg.write_buffer_bytes = args.write_buffer_bytes;
     Ok(Client::start(cfg).await?)
 }
 
@@ -297,11 +305,22 @@ mod tests {
     }
 
     #[test]
-    fn the_read_ahead_flag_defaults_to_the_client_librarys_budget() {
+    fn the_memory_flags_default_to_the_client_librarys_budgets() {
         let cli = Cli::try_parse_from(["blockproxy-mount", "--volume-id", "vol1", "--token-file", "/token"]).unwrap();
         assert_eq!(cli.mount.read_ahead_bytes, crate::client::DEFAULT_READ_AHEAD_BYTES);
-        let cli =
-            Cli::try_parse_from(["m", "--volume-id", "v", "--token-file", "/t", "--read-ahead-bytes", "1Gi"]).unwrap();
-        assert_eq!(cli.mount.read_ahead_bytes, 1 << 30);
+        assert_eq!(cli.mount.write_buffer_bytes, crate::client::DEFAULT_WRITE_BUFFER_BYTES);
+        let cli = Cli::try_parse_from([
+            "m",
+            "--volume-id",
+            "v",
+            "--token-file",
+            "/t",
+            "--read-ahead-bytes",
+            "1Gi",
+            "--write-buffer-bytes",
+            "16Mi",
+        ])
+        .unwrap();
+        assert_eq!((cli.mount.read_ahead_bytes, cli.mount.write_buffer_bytes), (1 << 30, 16 << 20));
     }
 }

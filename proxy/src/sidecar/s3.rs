@@ -12,7 +12,7 @@
 use super::conditions::Conditions;
 use super::errors::map_err;
 use super::listing::{self, Listed};
-use super::writes::{PartReader, part_size_for, write_object};
+use super::writes::{Body, PartReader, part_size_for, write_object};
 use crate::client::{Client, ObjectInfo, ObjectRead, Upload};
 use crate::protocol::{
     BlockKey, CompletePart, CompleteUpload, MAX_OBJECT_SIZE, MAX_SINGLE_PUT_SIZE, NameError, ObjectAttrs,
@@ -66,13 +66,18 @@ impl VolumeS3 {
         Upload::parse(id).ok_or_else(|| s3_error!(NoSuchUpload, "unknown upload id"))
     }
 
-    /// The body of a request as parts, at most `limit` bytes.
-    fn body(body: Option<StreamingBlob>, limit: u64) -> PartReader {
+    /// The body of a request as parts, at most `limit` bytes (`declared`: its Content-Length).
+    fn body(&self, body: Option<StreamingBlob>, limit: u64, declared: Option<i64>) -> PartReader {
         let stream = match body {
             Some(b) => b.map_err(|e| s3_error!(IncompleteBody, "reading the request body failed: {e}")).boxed(),
             None => futures::stream::empty().boxed(),
         };
-        PartReader::new(stream, limit)
+        self.parts(stream, limit, declared.map(|n| n.max(0) as u64))
+    }
+
+    /// Parts of `stream`, bounded by the client's write budget.
+    fn parts(&self, stream: Body, limit: u64, expected: Option<u64>) -> PartReader {
+        PartReader::new(stream, limit, expected, self.client.write_budget().clone())
     }
 
     /// Opens a read of `key` after checking `cond`.
@@ -257,7 +262,7 @@ impl S3 for VolumeS3 {
             return Err(s3_error!(EntityTooLarge, "a single PUT takes at most 5 GiB; use a multipart upload"));
         }
         let attrs = attrs_of(i.content_type, i.content_encoding, i.cache_control, i.content_disposition, i.metadata);
-        let body = Self::body(i.body, MAX_SINGLE_PUT_SIZE);
+        let body = self.body(i.body, MAX_SINGLE_PUT_SIZE, i.content_length);
         let stored = write_object(&self.client, &key, &attrs, body, part_size_for(size)).await?;
         Ok(S3Response::new(PutObjectOutput { e_tag: Some(strong(&stored.etag)), ..Default::default() }))
     }
@@ -287,7 +292,7 @@ impl S3 for VolumeS3 {
             read.info.attrs.clone()
         };
         let size = read.info.size;
-        let body = PartReader::new(read.body.map_err(map_err).boxed(), MAX_OBJECT_SIZE);
+        let body = self.parts(read.body.map_err(map_err).boxed(), MAX_OBJECT_SIZE, Some(size));
         let stored = write_object(&self.client, &key, &attrs, body, part_size_for(size)).await?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
@@ -430,9 +435,12 @@ impl S3 for VolumeS3 {
         let key = self.user_key(&i.bucket, &i.key)?;
         let upload = Self::upload(&i.upload_id)?;
         let part = part_number(i.part_number)?;
-        let mut body = Self::body(i.body, self.max_part_size);
-        let data = body.next_part(self.max_part_size as usize + 1).await?.unwrap_or_default();
+        let mut body = self.body(i.body, self.max_part_size, i.content_length);
+        // Held (with its bytes of the write budget) until the proxy has the part.
+        let read = body.next_part(self.max_part_size as usize + 1).await?;
+        let data = read.as_ref().map(|p| p.data.clone()).unwrap_or_default();
         let etag = self.client.upload_part(&key, &upload, part, data).await.map_err(map_err)?;
+        drop(read);
         Ok(S3Response::new(UploadPartOutput { e_tag: Some(strong(&etag)), ..Default::default() }))
     }
 
@@ -461,9 +469,11 @@ impl S3 for VolumeS3 {
         if read.end - read.start > self.max_part_size {
             return Err(s3_error!(EntityTooLarge, "a copied part may be at most {} bytes", self.max_part_size));
         }
-        let mut body = PartReader::new(read.body.map_err(map_err).boxed(), self.max_part_size);
-        let data: Bytes = body.next_part(self.max_part_size as usize).await?.unwrap_or_default();
+        let mut body = self.parts(read.body.map_err(map_err).boxed(), self.max_part_size, Some(read.end - read.start));
+        let copied = body.next_part(self.max_part_size as usize).await?;
+        let data: Bytes = copied.as_ref().map(|p| p.data.clone()).unwrap_or_default();
         let etag = self.client.upload_part(&key, &upload, part, data).await.map_err(map_err)?;
+        drop(copied);
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult { e_tag: Some(strong(&etag)), ..Default::default() }),
             ..Default::default()

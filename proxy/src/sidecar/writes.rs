@@ -2,35 +2,60 @@
 //! that fits in one part is a single PUT to the key's home proxy, anything larger becomes a
 //! multipart upload there, the next part read while the previous one is sent (at most two parts
 //! in memory). The same path serves copies, whose body is a read of the source.
+//!
+//! Across writes, what they hold is bounded by the client's write budget (`--write-buffer-bytes`):
+//! a part's bytes are taken before it is read and given back once its proxy has answered. A write
+//! never waits for the budget while holding a part it has not sent, so writes cannot wait on
+//! each other in a cycle: the bytes held are always on their way to a proxy.
 
 use super::errors::map_err;
+use crate::budget::QueuedBudget;
 use crate::client::{Client, ClientError};
 use crate::protocol::{BlockKey, CompletePart, CompleteUpload, DEFAULT_PART_SIZE, MAX_PARTS, ObjectAttrs};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt};
 use md5::{Digest, Md5};
 use s3s::{S3Error, S3Result, s3_error};
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// A body being read, as a stream of chunks.
 pub type Body = BoxStream<'static, Result<Bytes, S3Error>>;
 
-/// Reads a body in parts of a given size.
+/// Reads a body in parts of a given size, each part's bytes taken from the write budget first.
 pub struct PartReader {
     body: Body,
     carry: Bytes,
     ended: bool,
     read: u64,
     limit: u64,
+    /// What the body declares (its Content-Length), so a small body takes only what it needs.
+    expected: Option<u64>,
+    budget: Arc<QueuedBudget>,
+}
+
+/// A part read from a body, and its bytes of the write budget: keep `held` until its proxy has
+/// answered.
+pub struct Part {
+    pub data: Bytes,
+    pub held: OwnedSemaphorePermit,
 }
 
 impl PartReader {
-    /// `limit`: the most bytes accepted; more is `EntityTooLarge`.
-    pub fn new(body: Body, limit: u64) -> Self {
-        Self { body, carry: Bytes::new(), ended: false, read: 0, limit }
+    /// `limit`: the most bytes accepted; more is `EntityTooLarge`. `expected`: the declared
+    /// length, if any.
+    pub fn new(body: Body, limit: u64, expected: Option<u64>, budget: Arc<QueuedBudget>) -> Self {
+        Self { body, carry: Bytes::new(), ended: false, read: 0, limit, expected, budget }
     }
 
-    /// The next `size` bytes (fewer at the end), or `None` once nothing is left.
-    pub async fn next_part(&mut self, size: usize) -> S3Result<Option<Bytes>> {
+    /// The next `size` bytes (fewer at the end), or `None` once nothing is left. Waits for the
+    /// write budget first.
+    pub async fn next_part(&mut self, size: usize) -> S3Result<Option<Part>> {
+        if self.ended && self.carry.is_empty() {
+            return Ok(None);
+        }
+        let left = self.expected.map(|n| n.saturating_sub(self.read) + self.carry.len() as u64);
+        let held = self.budget.take(left.map_or(size as u64, |l| l.min(size as u64))).await;
         let mut buf = BytesMut::with_capacity(size.min(self.carry.len().max(64 << 10)));
         loop {
             if !self.carry.is_empty() {
@@ -52,7 +77,7 @@ impl PartReader {
                 None => self.ended = true,
             }
         }
-        Ok((!buf.is_empty()).then(|| buf.freeze()))
+        Ok((!buf.is_empty()).then(|| Part { data: buf.freeze(), held }))
     }
 }
 
@@ -82,12 +107,15 @@ pub async fn write_object(
     mut body: PartReader,
     part_size: u64,
 ) -> S3Result<Stored> {
-    let first = body.next_part(part_size as usize).await?.unwrap_or_default();
-    if (first.len() as u64) < part_size {
+    let Some(first) = body.next_part(part_size as usize).await? else {
+        let w = client.put_object(key, Bytes::new(), attrs, &[]).await.map_err(map_err)?;
+        return Ok(Stored { etag: w.etag.unwrap_or_else(|| quoted_md5(&[])), version: w.version });
+    };
+    if (first.data.len() as u64) < part_size {
         // The proxy answers the ETag it computed; hashing here too would only cost the ack time
         // (2 ms a MiB), so only for a proxy that does not.
-        let w = client.put_object(key, first.clone(), attrs, &[]).await.map_err(map_err)?;
-        return Ok(Stored { etag: w.etag.unwrap_or_else(|| quoted_md5(&first)), version: w.version });
+        let w = client.put_object(key, first.data.clone(), attrs, &[]).await.map_err(map_err)?;
+        return Ok(Stored { etag: w.etag.unwrap_or_else(|| quoted_md5(&first.data)), version: w.version });
     }
     let upload = client.create_upload(key, attrs).await.map_err(map_err)?;
     match upload_parts(client, key, &upload, first, body, part_size).await {
@@ -109,13 +137,17 @@ async fn upload_parts(
     client: &Client,
     key: &BlockKey,
     upload: &crate::client::Upload,
-    first: Bytes,
+    first: Part,
     mut body: PartReader,
     part_size: u64,
 ) -> S3Result<CompleteUpload> {
-    let send = |n: u32, data: Bytes| {
+    let send = |n: u32, part: Part| {
         let (client, key, upload) = (client.clone(), key.clone(), upload.clone());
-        tokio::spawn(async move { client.upload_part(&key, &upload, n, data).await.map(|etag| (n, etag)) })
+        tokio::spawn(async move {
+            let sent = client.upload_part(&key, &upload, n, part.data).await.map(|etag| (n, etag));
+            drop(part.held);
+            sent
+        })
     };
     let mut parts = Vec::new();
     let mut n = 1u32;
@@ -148,20 +180,43 @@ mod tests {
         futures::stream::iter(chunks.into_iter().map(Ok)).boxed()
     }
 
+    fn budget(bytes: u64) -> Arc<QueuedBudget> {
+        QueuedBudget::new(bytes, prometheus::IntCounter::new("waits", "waits").unwrap())
+    }
+
     #[tokio::test]
     async fn parts_are_cut_at_the_part_size_whatever_the_chunks() {
-        let mut r = PartReader::new(body(&[b"abc", b"defgh", b"", b"ij"]), 100);
-        assert_eq!(r.next_part(4).await.unwrap().unwrap(), "abcd");
-        assert_eq!(r.next_part(4).await.unwrap().unwrap(), "efgh");
-        assert_eq!(r.next_part(4).await.unwrap().unwrap(), "ij");
+        let mut r = PartReader::new(body(&[b"abc", b"defgh", b"", b"ij"]), 100, None, budget(1 << 20));
+        for want in ["abcd", "efgh", "ij"] {
+            assert_eq!(r.next_part(4).await.unwrap().unwrap().data, want);
+        }
         assert!(r.next_part(4).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn a_body_over_the_limit_is_refused() {
-        let mut r = PartReader::new(body(&[b"abcdef"]), 5);
-        let e = r.next_part(4).await.unwrap_err();
+        let mut r = PartReader::new(body(&[b"abcdef"]), 5, None, budget(1 << 20));
+        let e = r.next_part(4).await.err().unwrap();
         assert_eq!(e.code().as_str(), "EntityTooLarge");
+    }
+
+    #[tokio::test]
+    async fn a_part_holds_its_bytes_of_the_budget_until_dropped_and_a_declared_length_takes_no_more() {
+        let b = budget(64 << 10);
+        let data = Bytes::from(vec![7u8; 40 << 10]);
+        let stream = || futures::stream::iter([Ok(data.clone())]).boxed();
+        let mut declared = PartReader::new(stream(), 1 << 20, Some(40 << 10), b.clone());
+        let part = declared.next_part(1 << 20).await.unwrap().unwrap();
+        assert_eq!(part.data.len(), 40 << 10);
+        assert_eq!(b.in_use(), 40 << 10, "the declared length, not the part size");
+        // Without a declared length a part takes its whole size: here all 64 KiB, so it waits.
+        let mut undeclared = PartReader::new(stream(), 1 << 20, None, b.clone());
+        let waiting = tokio::spawn(async move { undeclared.next_part(1 << 20).await.map(|p| p.map(|p| p.data.len())) });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the budget is held by the first part");
+        drop(part);
+        assert_eq!(waiting.await.unwrap().unwrap(), Some(40 << 10));
+        assert_eq!(b.in_use(), 0, "every part gave its bytes back");
     }
 
     #[test]

@@ -46,6 +46,11 @@ impl Group {
     /// Starts everything; each proxy gets `--disk-quota=<quota>` and `proxy_args`. Returns once the
     /// sidecar routes through the group (not the store fallback).
     pub async fn start(quota: &str, proxy_args: &[&str]) -> Result<Self> {
+        Self::start_with_sidecar(quota, proxy_args, &[]).await
+    }
+
+    /// [`Group::start`], the sidecar started with `sidecar_args` too.
+    pub async fn start_with_sidecar(quota: &str, proxy_args: &[&str], sidecar_args: &[&str]) -> Result<Self> {
         let started = Instant::now();
         let minio = Minio::start().await?;
         let root = tempfile::Builder::new().prefix("s3-clients-").tempdir()?;
@@ -63,7 +68,7 @@ impl Group {
             &disc,
             &discovery(minio.bucket(), Some(minio.endpoint()), &[GroupSpec { name: "g".into(), addresses }]),
         )?;
-        let sidecar = start_sidecar(root.path(), &disc, &minio, &[]).await?;
+        let sidecar = start_sidecar(root.path(), &disc, &minio, sidecar_args).await?;
         let endpoint = sidecar_endpoint(&sidecar);
         let http = reqwest::Client::new();
         eventually(Duration::from_secs(20), Duration::from_millis(100), || async {
