@@ -960,6 +960,48 @@ async fn main() -> Result<()> {
         // COMPUTED: what the bounded sidecar may hold, and what 5 blocks per read come to.
         r.push("f7.concurrent.bound_mib", budget + READERS as f64 * block);
         r.push("f7.concurrent.unbounded_mib", READERS as f64 * 5.0 * block);
+        // Many PutObjects at once (16 MiB: two 8 MiB parts, the second read while the first is
+        // sent; 32 of them could hold 512 MiB), all within --write-buffer-bytes (ADR 0017). Two
+        // fresh sidecars, as shipped and with a budget that never binds, so that their RSS is the
+        // writes' alone (an allocator keeps what the reads above freed).
+        const WRITERS: u64 = 32;
+        let object = random_block(16 << 20);
+        let mut write_sidecars = Vec::new();
+        for (name, args) in [("bounded", &[][..]), ("unbounded", &["--write-buffer-bytes", "64Gi"][..])] {
+            let proc = mount::start_sidecar(
+                root.path(),
+                &format!("bench-sidecar-puts-{name}"),
+                &discovery_file,
+                SIDECAR_KEY,
+                args,
+            )
+            .await?;
+            let s3 = wan.s3_client_with(&format!("http://{}", proc.addr()), SIDECAR_KEY, SIDECAR_KEY);
+            write_sidecars.push((name, proc, s3));
+        }
+        for (name, proc, s3) in &write_sidecars {
+            let sampler = RssSampler::start(proc.pid(), false);
+            let metrics_url = format!("http://{}/_blockproxy/metrics", proc.addr());
+            let w = mount::concurrent_s3_writes(s3, &metrics_url, &format!("f7-put-{name}"), &object, WRITERS).await?;
+            let rss = sampler.finish().await;
+            eprintln!(
+                "  {WRITERS} PUTs of 16 MiB at once, sidecar {name}: {:.0} MiB/s; write buffer peak {:.1} MiB ({:.0} parts waited for the budget); sidecar max RSS {rss:.1} MiB",
+                w.mib_s, w.write_buffer_peak_mib, w.write_buffer_waits,
+            );
+            r.push(&format!("f7.concurrent_puts.mib_s.{name}"), w.mib_s);
+            r.push(&format!("f7.concurrent_puts.write_buffer_peak_mib.{name}"), w.write_buffer_peak_mib);
+            r.push(&format!("f7.concurrent_puts.write_buffer_waits.{name}"), w.write_buffer_waits);
+            r.push(&format!("f7.concurrent_puts.rss_mib.{name}"), rss);
+            // The next figures start with these writes flushed, not flushing.
+            let left = settle(&group.iter().collect::<Vec<_>>(), Duration::from_secs(120)).await?;
+            if left > 0.0 {
+                notes.push(format!("figure 7: {left} blocks still dirty 120 s after the concurrent PUTs"));
+            }
+        }
+        // COMPUTED: the write budget, and what two 8 MiB parts per PUT come to.
+        r.push("f7.concurrent_puts.bound_mib", blockproxy::client::DEFAULT_WRITE_BUFFER_BYTES as f64 / MIB as f64);
+        r.push("f7.concurrent_puts.unbounded_mib", WRITERS as f64 * 16.0);
+        drop(write_sidecars);
         drop(unbounded);
         drop(m);
         std::fs::remove_file(&local_file)?;
@@ -1315,6 +1357,15 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "  unbounded: sidecar max RSS MiB", "f7.concurrent.rss_mib.unbounded"),
         ("", "  bound MiB (COMPUTED: budget + 16 blocks)", "f7.concurrent.bound_mib"),
         ("", "  5 blocks per read MiB (COMPUTED)", "f7.concurrent.unbounded_mib"),
+        ("", "32 PUTs of 16 MiB at once, sidecar MiB/s", "f7.concurrent_puts.mib_s.bounded"),
+        ("", "  write buffer peak MiB", "f7.concurrent_puts.write_buffer_peak_mib.bounded"),
+        ("", "  parts that waited for the budget", "f7.concurrent_puts.write_buffer_waits.bounded"),
+        ("", "  sidecar max RSS MiB", "f7.concurrent_puts.rss_mib.bounded"),
+        ("", "  unbounded: MiB/s", "f7.concurrent_puts.mib_s.unbounded"),
+        ("", "  unbounded: write buffer peak MiB", "f7.concurrent_puts.write_buffer_peak_mib.unbounded"),
+        ("", "  unbounded: sidecar max RSS MiB", "f7.concurrent_puts.rss_mib.unbounded"),
+        ("", "  bound MiB (COMPUTED: the budget)", "f7.concurrent_puts.bound_mib"),
+        ("", "  two parts per PUT MiB (COMPUTED)", "f7.concurrent_puts.unbounded_mib"),
         ("", "first read through the mount MiB/s", "f7.first_read_mib_s.mount"),
         ("", "write through the mount MiB/s", "f7.write_mib_s.mount"),
         ("", "write of the local file MiB/s", "f7.write_mib_s.local_file"),

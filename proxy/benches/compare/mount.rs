@@ -117,6 +117,36 @@ pub async fn s3_read_mib_s(s3: &aws_sdk_s3::Client, key: &str, size: u64) -> Res
     Ok(n as f64 / (1 << 20) as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// The peak of one of a sidecar's gauges, sampled every 20 ms until [`GaugePeak::finish`].
+struct GaugePeak {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<f64>,
+}
+
+impl GaugePeak {
+    fn start(metrics_url: &str, gauge: &'static str) -> Self {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (done, url) = (done.clone(), metrics_url.to_owned());
+            async move {
+                let mut peak = 0f64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(crate::peers::metric_at(&url, gauge).await.unwrap_or(0.0));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                peak
+            }
+        });
+        Self { done, task }
+    }
+
+    /// The peak, in MiB.
+    async fn finish(self) -> Result<f64> {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(self.task.await? / (1 << 20) as f64)
+    }
+}
+
 /// What `readers` ranged GETs of one file at once through the sidecar measured.
 pub struct ConcurrentReads {
     pub mib_s: f64,
@@ -136,21 +166,9 @@ pub async fn concurrent_s3_reads(
     readers: u64,
 ) -> Result<ConcurrentReads> {
     use crate::peers::metric_at;
-    const GAUGE: &str = "blockproxy_client_read_ahead_bytes";
     const WAITS: &str = "blockproxy_client_read_ahead_waits_total";
     let waits_before = metric_at(metrics_url, WAITS).await?;
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = tokio::spawn({
-        let (done, url) = (done.clone(), metrics_url.to_owned());
-        async move {
-            let mut peak = 0f64;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(metric_at(&url, GAUGE).await.unwrap_or(0.0));
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            peak
-        }
-    });
+    let peak = GaugePeak::start(metrics_url, "blockproxy_client_read_ahead_bytes");
     let share = size.div_ceil(readers);
     let t0 = Instant::now();
     let reads = (0..readers).map(|i| {
@@ -167,12 +185,44 @@ pub async fn concurrent_s3_reads(
     });
     let total: u64 = futures::future::try_join_all(reads).await?.into_iter().sum();
     let mib_s = total as f64 / (1 << 20) as f64 / t0.elapsed().as_secs_f64();
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak = sampler.await?;
     Ok(ConcurrentReads {
         mib_s,
-        read_ahead_peak_mib: peak / (1 << 20) as f64,
+        read_ahead_peak_mib: peak.finish().await?,
         read_ahead_waits: metric_at(metrics_url, WAITS).await? - waits_before,
+    })
+}
+
+/// What `writers` PutObjects at once through the sidecar measured.
+pub struct ConcurrentWrites {
+    pub mib_s: f64,
+    /// The peak of the sidecar's `blockproxy_client_write_buffer_bytes` while they ran, in MiB.
+    pub write_buffer_peak_mib: f64,
+    /// How many parts waited for `--write-buffer-bytes` meanwhile.
+    pub write_buffer_waits: f64,
+}
+
+/// PUTs `writers` objects of `data` at once through the sidecar (keys `{prefix}-{i}`), sampling
+/// its write-buffer gauge at `metrics_url` every 20 ms meanwhile.
+pub async fn concurrent_s3_writes(
+    s3: &aws_sdk_s3::Client,
+    metrics_url: &str,
+    prefix: &str,
+    data: &bytes::Bytes,
+    writers: u64,
+) -> Result<ConcurrentWrites> {
+    use crate::peers::metric_at;
+    const WAITS: &str = "blockproxy_client_write_buffer_waits_total";
+    let waits_before = metric_at(metrics_url, WAITS).await?;
+    let peak = GaugePeak::start(metrics_url, "blockproxy_client_write_buffer_bytes");
+    let t0 = Instant::now();
+    let puts = (0..writers)
+        .map(|i| s3.put_object().bucket(VOLUME).key(format!("{prefix}-{i}")).body(data.clone().into()).send());
+    futures::future::try_join_all(puts).await?;
+    let mib_s = (writers * data.len() as u64) as f64 / (1 << 20) as f64 / t0.elapsed().as_secs_f64();
+    Ok(ConcurrentWrites {
+        mib_s,
+        write_buffer_peak_mib: peak.finish().await?,
+        write_buffer_waits: metric_at(metrics_url, WAITS).await? - waits_before,
     })
 }
 

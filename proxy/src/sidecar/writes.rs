@@ -55,8 +55,11 @@ impl PartReader {
             return Ok(None);
         }
         let left = self.expected.map(|n| n.saturating_sub(self.read) + self.carry.len() as u64);
-        let held = self.budget.take(left.map_or(size as u64, |l| l.min(size as u64))).await;
-        let mut buf = BytesMut::with_capacity(size.min(self.carry.len().max(64 << 10)));
+        let want = left.map_or(size as u64, |l| l.min(size as u64));
+        let held = self.budget.take(want).await;
+        // All of it at once: growing by doubling would hold two copies for a while, beyond the
+        // budget. Pages not yet written are not resident, so an undeclared length costs nothing.
+        let mut buf = BytesMut::with_capacity(want as usize);
         loop {
             if !self.carry.is_empty() {
                 let take = (size - buf.len()).min(self.carry.len());
