@@ -66,6 +66,11 @@ struct Pod {
 
 /// Starts `blockproxy-mount --mount-point dir` and waits until the directory is served.
 async fn mount(root: &Path, g: &Group, dir: &Path) -> Result<Pod> {
+    mount_with(root, g, dir, &[]).await
+}
+
+/// [`mount`], the sidecar started with `extra` arguments too.
+async fn mount_with(root: &Path, g: &Group, dir: &Path, extra: &[&str]) -> Result<Pod> {
     // The sidecar mounts through fusermount3 (Debian fuse3); without it, say how to get it.
     tool_path(Tool::Fusermount)?;
     // A dead mount answers ENOTCONN to stat, and then EEXIST to mkdir.
@@ -74,7 +79,8 @@ async fn mount(root: &Path, g: &Group, dir: &Path) -> Result<Pod> {
         r => r?,
     }
     let dir_arg = dir.to_str().context("a UTF-8 temporary path")?;
-    let sidecar = start_sidecar(root, &g.discovery, &g.minio, &["--mount-point", dir_arg]).await?;
+    let args: Vec<&str> = ["--mount-point", dir_arg].into_iter().chain(extra.iter().copied()).collect();
+    let sidecar = start_sidecar(root, &g.discovery, &g.minio, &args).await?;
     let pod = Pod { _unmount: Unmount(dir.to_owned()), sidecar };
     let mounted =
         wait_until(&format!("{} is mounted", dir.display()), Duration::from_secs(30), || async { is_mounted(dir) })
@@ -348,6 +354,44 @@ async fn large_files_are_written_as_multipart_uploads_and_read_back_striped() ->
     assert!(py.status.success(), "{out}");
     assert!(out.lines().any(|l| l == "fresh.bin: EIO after replace"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("big.bin: ")), "{out}");
+    Ok(())
+}
+
+/// Several large files written at once through a mount with a small write budget: the parts
+/// being sent queue for it (ADR 0017), and every file lands whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_written_at_once_queue_for_the_write_budget_and_land_whole() -> Result<()> {
+    let root = tmp_root()?;
+    let g = group(root.path()).await?;
+    let (m, work) = (root.path().join("mnt"), root.path().join("work"));
+    std::fs::create_dir_all(&work)?;
+    // Two 8 MiB parts: each file sends one while it fills the next, six files at once.
+    let pod = mount_with(root.path(), &g, &m, &["--write-buffer-bytes", "16Mi"]).await?;
+    let written = bash(
+        r#"
+        cd "$W"
+        for i in 1 2 3 4 5 6; do head -c 29360128 /dev/urandom > "f$i.want"; done
+        for i in 1 2 3 4 5 6; do dd if="f$i.want" of="$M/f$i.bin" bs=1M status=none & done
+        wait
+        for i in 1 2 3 4 5 6; do cmp "f$i.want" "$M/f$i.bin"; done
+        "#,
+        &[("M", &m), ("W", &work)],
+    );
+    with_logs(&[&pod], written)?;
+    let metrics = reqwest::get(format!("http://{}/_blockproxy/metrics", pod.sidecar.addr())).await?.text().await?;
+    let sample = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
+    };
+    let waits = sample("blockproxy_client_write_buffer_waits_total ");
+    assert!(waits > 0.0, "six files of four parts each never waited for a budget of two parts");
+    assert_eq!(sample("blockproxy_client_write_buffer_bytes "), 0.0, "every part gave its bytes back");
+    for i in 1..=6 {
+        let want = std::fs::read(work.join(format!("f{i}.want")))?;
+        wait_until(&format!("f{i}.bin is in MinIO as written"), Duration::from_secs(90), || async {
+            in_minio(&g.minio, &format!("f{i}.bin")).await.ok().flatten().is_some_and(|(d, _)| d == want)
+        })
+        .await?;
+    }
     Ok(())
 }
 

@@ -2,6 +2,11 @@
 //! is one PUT at commit, a larger one a multipart upload staged on the key's home proxy, each
 //! part sent while the next fills (at most two parts in memory per open file). The commit
 //! (`close`, `fsync`) returns once the object is acknowledged: durable on the proxies (ADR 0001).
+//!
+//! A part being sent holds its bytes of the client's write budget (`--write-buffer-bytes`,
+//! ADR 0017) until its proxy answers. The part still filling does not: it fills at the
+//! application's pace, and a budget held by an idle open file could stall a thread writing
+//! another. So the mount holds at most the budget plus one part per file being written.
 
 use crate::client::{Client, ClientError, Upload};
 use crate::protocol::{BlockKey, CompletePart, CompleteUpload, DEFAULT_PART_SIZE, MAX_PARTS, ObjectAttrs};
@@ -124,18 +129,21 @@ impl Writer {
         Ok(())
     }
 
-    /// Sends one part, after the previous one arrived (bounding memory to two parts).
+    /// Sends one part, after the previous one arrived (bounding memory to two parts), once the
+    /// write budget has its bytes.
     async fn send(&mut self, part: Bytes) -> Result<(), WriteError> {
         if self.upload.is_none() {
             self.upload = Some(self.client.create_upload(&self.key, &ObjectAttrs::default()).await?);
         }
         self.wait_in_flight().await?;
+        let held = self.client.write_budget().take(part.len() as u64).await;
         let n = self.sent.len() as u32 + 1;
         let (client, key, upload) =
             (self.client.clone(), self.key.clone(), self.upload.clone().expect("created above"));
         self.in_flight = Some(tokio::spawn(async move {
-            let etag = client.upload_part(&key, &upload, n, part).await?;
-            Ok(CompletePart { part_number: n, etag: Some(etag) })
+            let etag = client.upload_part(&key, &upload, n, part).await;
+            drop(held);
+            Ok(CompletePart { part_number: n, etag: Some(etag?) })
         }));
         Ok(())
     }
@@ -170,6 +178,7 @@ impl Writer {
     async fn commit_inner(&mut self) -> Result<(), WriteError> {
         let (last, multipart) = self.parts.finish();
         if !multipart {
+            let _held = self.client.write_budget().take(last.len() as u64).await;
             self.client.put_object(&self.key, last, &ObjectAttrs::default(), &[]).await?;
             return Ok(());
         }
