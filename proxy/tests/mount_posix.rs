@@ -379,12 +379,9 @@ async fn files_written_at_once_queue_for_the_write_budget_and_land_whole() -> Re
     );
     with_logs(&[&pod], written)?;
     let metrics = reqwest::get(format!("http://{}/_blockproxy/metrics", pod.sidecar.addr())).await?.text().await?;
-    let sample = |name: &str| {
-        metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
-    };
-    let waits = sample("blockproxy_client_write_buffer_waits_total ");
+    let waits = metric_sum(&metrics, "blockproxy_client_write_buffer_waits_total");
     assert!(waits > 0.0, "six files of four parts each never waited for a budget of two parts");
-    assert_eq!(sample("blockproxy_client_write_buffer_bytes "), 0.0, "every part gave its bytes back");
+    assert_eq!(metric_sum(&metrics, "blockproxy_client_write_buffer_bytes"), 0.0, "every part gave its bytes back");
     for i in 1..=6 {
         let want = std::fs::read(work.join(format!("f{i}.want")))?;
         wait_until(&format!("f{i}.bin is in MinIO as written"), Duration::from_secs(90), || async {

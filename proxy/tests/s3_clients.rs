@@ -14,7 +14,7 @@ mod s3_clients_support;
 use anyhow::{Context, Result, bail, ensure};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use blockproxy_testenv::{Tool, eventually, tool_path};
-use client_support::VOLUME;
+use client_support::{VOLUME, metric_sum};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

@@ -110,16 +110,16 @@ pub async fn write_object(
     mut body: PartReader,
     part_size: u64,
 ) -> S3Result<Stored> {
-    let Some(first) = body.next_part(part_size as usize).await? else {
-        let w = client.put_object(key, Bytes::new(), attrs, &[]).await.map_err(map_err)?;
-        return Ok(Stored { etag: w.etag.unwrap_or_else(|| quoted_md5(&[])), version: w.version });
-    };
-    if (first.data.len() as u64) < part_size {
+    // Held (with its bytes of the write budget) until the proxy has it.
+    let first = body.next_part(part_size as usize).await?;
+    let data = first.as_ref().map(|p| p.data.clone()).unwrap_or_default();
+    if (data.len() as u64) < part_size {
         // The proxy answers the ETag it computed; hashing here too would only cost the ack time
         // (2 ms a MiB), so only for a proxy that does not.
-        let w = client.put_object(key, first.data.clone(), attrs, &[]).await.map_err(map_err)?;
-        return Ok(Stored { etag: w.etag.unwrap_or_else(|| quoted_md5(&first.data)), version: w.version });
+        let w = client.put_object(key, data.clone(), attrs, &[]).await.map_err(map_err)?;
+        return Ok(Stored { etag: w.etag.unwrap_or_else(|| quoted_md5(&data)), version: w.version });
     }
+    let first = first.expect("a whole part was read");
     let upload = client.create_upload(key, attrs).await.map_err(map_err)?;
     match upload_parts(client, key, &upload, first, body, part_size).await {
         Ok(parts) => {

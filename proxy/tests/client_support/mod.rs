@@ -300,3 +300,17 @@ pub async fn link(toxi: &Toxiproxy, name: &str, upstream: SocketAddr) -> Result<
 pub fn arc_store(s: S3Store) -> Arc<dyn blockproxy::store::Store> {
     Arc::new(s)
 }
+
+/// The sum of every sample of `metric` (all label sets) in a Prometheus text page; 0 when it has
+/// none yet (a labelled counter appears with its first sample).
+pub fn metric_sum(text: &str, metric: &str) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        if &line[..name_end] != metric {
+            continue;
+        }
+        sum += line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    }
+    sum
+}

@@ -233,20 +233,6 @@ pub fn vm_hwm_kib(pid: u32) -> Result<u64> {
         .with_context(|| format!("no VmHWM in /proc/{pid}/status"))
 }
 
-/// The sum of every sample of `metric` (all label sets) in a Prometheus text page; 0 when it has
-/// none yet (a labelled counter appears with its first sample).
-pub fn metric_sum(text: &str, metric: &str) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
-        if &line[..name_end] != metric {
-            continue;
-        }
-        sum += line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    }
-    sum
-}
-
 /// Fails with a clear message, instead of a client failing on a full disk halfway, when the
 /// folder's file system has less than `need` bytes free.
 pub fn ensure_free_space(dir: &Path, need: u64, why: &str) -> Result<()> {
