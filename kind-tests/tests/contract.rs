@@ -7,6 +7,7 @@ use blockproxy::config::ProxyArgs;
 use blockproxy::sidecar::MountArgs;
 use blockproxy_operator::crd::ProxyGroupSpec;
 use blockproxy_operator::proxygroup::build::pod_spec;
+use blockproxy_operator::sidecar_resources::{self, SidecarResources};
 use blockproxy_operator::webhook::{self, PodCredentials, SidecarConfig};
 use clap::{CommandFactory, Parser};
 use k8s_openapi::api::core::v1::Container;
@@ -94,24 +95,45 @@ fn the_injected_sidecar_command_line_parses_as_blockproxy_mount() {
     let volume = blockproxy_protocol::VolumeId::parse("team-a-data").expect("volume id");
     let cfg = SidecarConfig { image: "example.local/blockproxy:test".into() };
     let creds = PodCredentials::random();
+    let plain = SidecarResources::from_annotations(None).expect("the defaults");
     // With direct-store credentials (the Pod annotation) they reach the sidecar's flag.
     let direct: Container =
-        serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, true, false)).expect("a container");
+        serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, &plain, true, false)).expect("a container");
     let direct_argv = argv(&direct);
     let parsed = MountCli::try_parse_from(&direct_argv).unwrap_or_else(|e| panic!("{direct_argv:?}:\n{e}"));
     let file = parsed.mount.store.store_credentials_file.expect("no --store-credentials-file");
     assert_eq!(file, std::path::Path::new(webhook::DIRECT_STORE_DIR).join(webhook::DIRECT_STORE_KEY));
     let container: Container =
-        serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, false, false)).expect("a container");
+        serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, &plain, false, false)).expect("a container");
     let argv = argv(&container);
     let parsed = MountCli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}:\n{e}"));
     assert_eq!(parsed.mount.store.store_credentials_file, None);
     assert_eq!(parsed.mount.fuse.fuse_fd_socket, None);
     assert_eq!(parsed.mount.volume_id, volume);
+    let defaults = blockproxy_protocol::SidecarBudgets::default();
+    assert_eq!(
+        (parsed.mount.read_ahead_bytes, parsed.mount.write_buffer_bytes, parsed.mount.max_part_size),
+        (defaults.read_ahead_bytes, defaults.write_buffer_bytes, defaults.max_part_size)
+    );
+    // Under a memory limit (the Pod annotation), the budgets sized to it reach the sidecar's flags.
+    let limited = SidecarResources::from_annotations(Some(&std::collections::BTreeMap::from([(
+        sidecar_resources::MEMORY_LIMIT_ANNOTATION.to_owned(),
+        "160Mi".to_owned(),
+    )])))
+    .expect("a valid limit");
+    let limited_container: Container =
+        serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, &limited, false, false)).expect("a container");
+    let limited_argv = self::argv(&limited_container);
+    let parsed = MountCli::try_parse_from(&limited_argv).unwrap_or_else(|e| panic!("{limited_argv:?}:\n{e}"));
+    let want = blockproxy_protocol::SidecarBudgets::within(160 << 20).expect("above the minimum");
+    assert_eq!(
+        (parsed.mount.read_ahead_bytes, parsed.mount.write_buffer_bytes, parsed.mount.max_part_size),
+        (want.read_ahead_bytes, want.write_buffer_bytes, want.max_part_size)
+    );
     // With the Pod's inline CSI volume, the sidecar takes the plugin's descriptor where the
     // plugin offers it (the names are blockproxy_protocol's, shared with blockproxy-csi).
     let fuse: Container =
-        serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, false, true)).expect("a container");
+        serde_json::from_value(webhook::sidecar(&volume, &cfg, &creds, &plain, false, true)).expect("a container");
     let fuse_argv = self::argv(&fuse);
     let parsed = MountCli::try_parse_from(&fuse_argv).unwrap_or_else(|e| panic!("{fuse_argv:?}:\n{e}"));
     let socket = parsed.mount.fuse.fuse_fd_socket.expect("no --fuse-fd-socket");

@@ -111,5 +111,6 @@ pub mod controller;
 pub mod lease;
 pub mod metrics;
 pub mod run;
+pub mod sidecar_resources;
 pub mod tls;
 pub mod webhook;

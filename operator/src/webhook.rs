@@ -3,6 +3,7 @@
 //! mounted as files. The mutation is a pure function; the server is a small TLS listener.
 
 use crate::meta;
+use crate::sidecar_resources::SidecarResources;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
@@ -91,11 +92,13 @@ fn probe(period: u32, failures: u32) -> Value {
 /// probe holds the app containers back until it serves (it waits for the volume's token and
 /// discovery files, which appear once a VolumeProxyGroup is accepted: up to an hour here).
 /// With `fuse`, the sidecar also serves the CSI plugin's mount of the Pod's inline volume, on
-/// the descriptor the plugin hands over in the shared emptyDir (ADR 0008).
+/// the descriptor the plugin hands over in the shared emptyDir (ADR 0008). Its resources, and
+/// under a memory limit its budgets, come from `resources` (ADR 0018).
 pub fn sidecar(
     volume: &VolumeId,
     cfg: &SidecarConfig,
     creds: &PodCredentials,
+    resources: &SidecarResources,
     direct_store: bool,
     fuse: bool,
 ) -> Value {
@@ -130,8 +133,9 @@ pub fn sidecar(
             // PodSecurity "restricted" requires it; without it a compliant Pod is refused once annotated.
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+        "resources": resources.resources(),
     });
+    c["args"].as_array_mut().into_iter().for_each(|a| a.extend(resources.args().into_iter().map(Value::from)));
     if direct_store {
         let file = format!("{DIRECT_STORE_DIR}/{DIRECT_STORE_KEY}");
         c["args"].as_array_mut().into_iter().for_each(|a| a.extend([json!("--store-credentials-file"), json!(file)]));
@@ -204,6 +208,7 @@ pub fn mutate(pod: &Pod, cfg: &SidecarConfig, creds: &PodCredentials) -> Result<
         (Some(v), _) | (None, Some(v)) => v,
     };
     let direct_store = direct_store_secret(pod)?;
+    let resources = SidecarResources::from_annotations(pod.metadata.annotations.as_ref())?;
     let spec = pod.spec.as_ref();
     let already = spec
         .is_some_and(|s| s.containers.iter().chain(s.init_containers.iter().flatten()).any(|c| c.name == SIDECAR_NAME));
@@ -232,9 +237,9 @@ pub fn mutate(pod: &Pod, cfg: &SidecarConfig, creds: &PodCredentials) -> Result<
     }
     // First init container, so it runs before any other init container and the app.
     if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar(&volume, cfg, creds, direct_store.is_some(), fuse)]}));
+        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar(&volume, cfg, creds, &resources, direct_store.is_some(), fuse)]}));
     } else {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar(&volume, cfg, creds, direct_store.is_some(), fuse)}));
+        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar(&volume, cfg, creds, &resources, direct_store.is_some(), fuse)}));
     }
     // Point S3 clients of every app container at the sidecar with the Pod's credentials, unless
     // they set them themselves (the key pair only as a pair).

@@ -2,7 +2,9 @@
 
 mod common;
 
+use blockproxy_operator::sidecar_resources::{CPU_LIMIT_ANNOTATION, MEMORY_LIMIT_ANNOTATION};
 use blockproxy_operator::webhook::{self, SIDECAR_NAME, SidecarConfig};
+use blockproxy_protocol::SidecarBudgets;
 use blockproxy_testenv::anyhow::Result;
 use common::*;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -57,11 +59,14 @@ async fn annotated_pods_get_the_mount_sidecar_from_the_api_server() -> Result<()
     Api::<MutatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &config).await?;
     ensure_namespace(&client, "team-a").await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "team-a");
-    let pod = |name: &str, annotation: Option<&str>| -> Result<Pod> {
+    let pod_with = |name: &str, annotations: serde_json::Value| -> Result<Pod> {
         Ok(serde_json::from_value(json!({
-            "metadata": {"name": name, "annotations": annotation.map(|a| json!({"blockproxy.io/volume": a})).unwrap_or(json!({}))},
+            "metadata": {"name": name, "annotations": annotations},
             "spec": {"containers": [{"name": "app", "image": "app:1"}]},
         }))?)
+    };
+    let pod = |name: &str, annotation: Option<&str>| -> Result<Pod> {
+        pod_with(name, annotation.map(|a| json!({"blockproxy.io/volume": a})).unwrap_or(json!({})))
     };
 
     // The API server may need a moment before the new configuration is in effect.
@@ -85,6 +90,39 @@ async fn annotated_pods_get_the_mount_sidecar_from_the_api_server() -> Result<()
     match pods.create(&PostParams::default(), &pod("bad", Some("../etc"))?).await {
         Err(kube::Error::Api(s)) => assert!(s.message.contains("blockproxy.io/volume"), "{}", s.message),
         other => panic!("invalid volume id admitted: {other:?}"),
+    }
+
+    // The sidecar's resources from the Pod's annotations; under a memory limit, its budgets
+    // sized to fit inside it (ADR 0018). The API server validates the resulting Pod.
+    let limited = pods
+        .create(
+            &PostParams::default(),
+            &pod_with(
+                "limited",
+                json!({"blockproxy.io/volume": "vol1", MEMORY_LIMIT_ANNOTATION: "192Mi", CPU_LIMIT_ANNOTATION: "1"}),
+            )?,
+        )
+        .await?;
+    let side = limited.spec.unwrap().init_containers.unwrap().remove(0);
+    let resources = side.resources.unwrap();
+    let limits = resources.limits.unwrap();
+    assert_eq!(limits["memory"].0, "192Mi");
+    assert_eq!(limits["cpu"].0, "1");
+    let args = side.args.unwrap();
+    let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].parse::<u64>().unwrap());
+    let want = SidecarBudgets::within(192 << 20).unwrap();
+    assert_eq!(flag("--read-ahead-bytes"), Some(want.read_ahead_bytes), "{args:?}");
+    assert_eq!(flag("--write-buffer-bytes"), Some(want.write_buffer_bytes), "{args:?}");
+    assert_eq!(flag("--max-part-size"), Some(want.max_part_size), "{args:?}");
+    match pods
+        .create(
+            &PostParams::default(),
+            &pod_with("tight", json!({"blockproxy.io/volume": "vol1", MEMORY_LIMIT_ANNOTATION: "100Mi"}))?,
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert!(s.message.contains(MEMORY_LIMIT_ANNOTATION), "{}", s.message),
+        other => panic!("a memory limit too small for the sidecar was admitted: {other:?}"),
     }
     Ok(())
 }

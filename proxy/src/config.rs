@@ -214,39 +214,16 @@ pub fn parse_quota(s: &str) -> Result<Quota, String> {
     parse_size(s).map(Quota::Bytes)
 }
 
-/// Parses "1048576", "64Mi", "600Gi", "500G", "10k".
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like \"64Mi\" or \"500G\""))?;
-    let mult: u64 = match unit {
-        "" => 1,
-        "k" | "K" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "P" => 1_000_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "Pi" => 1 << 50,
-        other => return Err(format!("unknown size unit {other:?} in {s:?} (use k, M, G, T, P, Ki, Mi, Gi, Ti, Pi)")),
-    };
-    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("size {s:?} must be positive and fit in 64 bits"))
-}
+pub use blockproxy_protocol::parse_size;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_quotas_and_sizes() {
+    fn parses_quotas() {
         assert_eq!(parse_quota("90%").unwrap(), Quota::Percent(90.0));
         assert_eq!(parse_quota("600Gi").unwrap(), Quota::Bytes(600 << 30));
-        assert_eq!(parse_size("64Mi").unwrap(), 64 << 20);
-        assert_eq!(parse_size("10G").unwrap(), 10_000_000_000);
         for bad in ["", "0", "abc", "10Zi", "101%", "0%", "-5%", "99999999999999999999"] {
             assert!(parse_quota(bad).is_err(), "{bad:?}");
         }

@@ -9,6 +9,7 @@ mod drain;
 mod keypath;
 mod names;
 mod object;
+mod sidecar_memory;
 mod volumes;
 
 pub use checksum::{Checksum, ChecksumError};
@@ -20,6 +21,7 @@ pub use names::{
     BlockKey, MAX_KEY_LEN, MAX_VOLUME_ID_LEN, NameError, RESERVED_KEY_PREFIX, VolumeId, max_key_len_under,
 };
 pub use object::*;
+pub use sidecar_memory::*;
 pub use volumes::{VolumeConfig, VolumesFile, VolumesFileError};
 
 /// Prefix of every versioned API path.

@@ -142,12 +142,7 @@ pub struct ClientConfig {
     pub write_buffer_bytes: u64,
 }
 
-/// 32 blocks of the default 4 MiB: eight large reads at full read-ahead.
-pub const DEFAULT_READ_AHEAD_BYTES: u64 = 128 << 20;
-
-/// Eight single PUTs of the sidecar's default 8 MiB parts, each reading its next part while it
-/// sends one; or two UploadParts of its largest (64 MiB) parts.
-pub const DEFAULT_WRITE_BUFFER_BYTES: u64 = 128 << 20;
+pub use blockproxy_protocol::{DEFAULT_READ_AHEAD_BYTES, DEFAULT_WRITE_BUFFER_BYTES};
 
 impl ClientConfig {
     pub fn new(volume: VolumeId, discovery_file: PathBuf, token: String) -> Self {

@@ -223,6 +223,13 @@ pub async fn run(args: MountArgs, shutdown: impl Future<Output = ()> + Send + 's
         () = &mut shutdown => return Ok(()),
     }
     let client = client_from_args(&args).await?;
+    // What the memory limit must hold (ADR 0018); the webhook may have sized these to it.
+    tracing::info!(
+        read_ahead_bytes = args.read_ahead_bytes,
+        write_buffer_bytes = args.write_buffer_bytes,
+        max_part_size = args.max_part_size,
+        "memory budgets"
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the S3 endpoint on {}", args.listen))?;
@@ -309,6 +316,7 @@ mod tests {
         let cli = Cli::try_parse_from(["blockproxy-mount", "--volume-id", "vol1", "--token-file", "/token"]).unwrap();
         assert_eq!(cli.mount.read_ahead_bytes, crate::client::DEFAULT_READ_AHEAD_BYTES);
         assert_eq!(cli.mount.write_buffer_bytes, crate::client::DEFAULT_WRITE_BUFFER_BYTES);
+        assert_eq!(cli.mount.max_part_size, blockproxy_protocol::DEFAULT_MAX_PART_SIZE);
         let cli = Cli::try_parse_from([
             "m",
             "--volume-id",
