@@ -206,7 +206,16 @@ Press Ctrl-C to stop; the proxies flush their dirty blocks first.
         }
         None => None,
     };
-    let served = crate::sidecar::serve(listener, client, ACCESS_KEY, SECRET_KEY, 64 << 20, shutdown).await;
+    let served = crate::sidecar::serve(
+        listener,
+        client,
+        ACCESS_KEY,
+        SECRET_KEY,
+        blockproxy_protocol::DEFAULT_MAX_PART_SIZE,
+        crate::sidecar::EndpointLimits::default(),
+        shutdown,
+    )
+    .await;
     if let Some(m) = mounted {
         m.unmount().await;
     }

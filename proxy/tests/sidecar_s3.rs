@@ -4,7 +4,7 @@
 
 mod client_support;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use blockproxy_testenv::{Minio, Tool, Toxiproxy, tool_path};
 use client_support::*;
 use sha2::{Digest, Sha256};
@@ -225,5 +225,59 @@ async fn aws_s3_sync_of_empty_files_never_leaves_botocore_misreading_the_next_re
     for name in ["a-empty", "b", "c-empty", "d", "e"] {
         assert!(listing.contains(&format!("sync/{name}")), "{name} missing: {listing}");
     }
+    Ok(())
+}
+
+/// The S3 endpoint's slow clients are bounded as the proxy's are: a connection whose request
+/// head never ends is cut by `--header-read-timeout`, and on SIGTERM a response the client stops
+/// reading holds the sidecar no longer than `--shutdown-grace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_are_cut_by_the_header_timeout_and_never_hold_the_sidecar_past_its_grace() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let minio = Minio::start().await?;
+    let root = tempfile::tempdir()?;
+    let volumes = write_volumes_file(root.path(), minio.bucket())?;
+    let proxy = Proxy::start("p1", root.path(), &volumes, &minio.endpoint(), &minio).await?;
+    let disc = root.path().join("discovery.json");
+    let group = GroupSpec { name: "g".into(), addresses: vec![proxy.addr.to_string()] };
+    write_discovery(&disc, &discovery(minio.bucket(), Some(minio.endpoint()), &[group]))?;
+    let extra = ["--header-read-timeout", "2s", "--shutdown-grace", "1s"];
+    let mut sidecar = start_sidecar(root.path(), &disc, &minio, &extra).await?;
+    let endpoint = sidecar_endpoint(&sidecar);
+
+    // A request head that never ends.
+    let mut cut = tokio::net::TcpStream::connect(sidecar.addr()).await?;
+    cut.write_all(b"GET /vol1/a HTTP/1.1\r\nHost: sidecar\r\n").await?;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), cut.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(_))), "the stalled connection was not cut by the header timeout: {closed:?}");
+    let metrics = reqwest::get(format!("{endpoint}/_blockproxy/metrics")).await?.text().await?;
+    // At least this one (the harness's readiness check may have left an idle one too).
+    assert!(metric_sum(&metrics, "blockproxy_client_s3_timeouts_total") >= 1.0, "{metrics}");
+
+    // A GET of a 32 MiB object (a presigned URL, from the aws CLI) whose client reads a little and
+    // then stops: the response is in flight, blocked on a full socket, when SIGTERM arrives.
+    let big = root.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 32 << 20])?;
+    aws_ok(&endpoint, &["s3", "cp", "--only-show-errors", big.to_str().unwrap(), "s3://vol1/big.bin"])?;
+    let url: reqwest::Url = aws_ok(&endpoint, &["s3", "presign", "s3://vol1/big.bin"])?.trim().parse()?;
+    let mut held = tokio::net::TcpStream::connect(sidecar.addr()).await?;
+    let head = format!(
+        "GET {}?{} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        url.path(),
+        url.query().unwrap_or_default(),
+        url.host_str().zip(url.port()).map(|(h, p)| format!("{h}:{p}")).unwrap_or_default()
+    );
+    held.write_all(head.as_bytes()).await?;
+    let mut first = [0u8; 12];
+    held.read_exact(&mut first).await?;
+    assert_eq!(&first, b"HTTP/1.1 200", "the presigned GET was answered");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = sidecar
+        .stop_with("TERM", Duration::from_secs(10))
+        .await
+        .context("the sidecar did not exit within its grace")?;
+    assert!(status.success(), "clean exit: {status}");
+    drop(held);
     Ok(())
 }

@@ -22,6 +22,8 @@ pub struct ClientMetrics {
     pub read_ahead_waits_total: IntCounter,
     pub write_buffer_bytes: IntGauge,
     pub write_buffer_waits_total: IntCounter,
+    /// The S3 endpoint's connections cut by a timeout (the sidecar's; the library serves none).
+    pub s3_timeouts_total: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -164,6 +166,14 @@ impl ClientMetrics {
                 IntCounter::new(
                     "blockproxy_client_write_buffer_waits_total",
                     "Writes that waited for --write-buffer-bytes before reading their body (writes slowed by the memory bound)",
+                )
+                .expect("valid"),
+            ),
+            s3_timeouts_total: reg(
+                &r,
+                IntCounterVec::new(
+                    o("blockproxy_client_s3_timeouts_total", "S3 endpoint connections cut by a timeout, by phase"),
+                    &["phase"],
                 )
                 .expect("valid"),
             ),

@@ -5,13 +5,13 @@
 //! in the handlers.
 
 use super::sendfile::{FileSends, SendfileStream};
-use crate::metrics::Metrics;
 use axum::Router;
 use axum::http::{Request, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus::{IntCounter, IntCounterVec};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -27,17 +27,19 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
     /// After `stop`: how long open requests may take to finish.
     pub grace: Duration,
-    /// Send plain-HTTP/1 hits from their files with `sendfile` (ADR 0012).
-    pub sendfile: bool,
+    /// Send plain-HTTP/1 hits from their files with `sendfile` (ADR 0012), counting the bytes
+    /// sent so here; `None` copies them (and the sidecar, which serves no files, passes `None`).
+    pub sendfile: Option<IntCounter>,
 }
 
 /// Serves `router` on `listener` until `stop` turns true, then stops accepting and waits up to
-/// `limits.grace` for open requests to finish.
+/// `limits.grace` for open requests to finish. Connections cut by a timeout are counted in
+/// `timeouts`, by phase (`header`, `tls_handshake`).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
-    metrics: Arc<Metrics>,
+    timeouts: IntCounterVec,
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = limits.tls.clone().map(TlsAcceptor::from);
@@ -65,9 +67,9 @@ pub async fn serve(
         let builder = Arc::clone(&builder);
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
-        let metrics = Arc::clone(&metrics);
+        let timeouts = timeouts.clone();
         let handshake_timeout = limits.tls_handshake_timeout;
-        let sendfile = limits.sendfile;
+        let sendfile = limits.sendfile.clone();
         let span = tracing::debug_span!("connection", %peer);
         tokio::spawn(
             async move {
@@ -84,14 +86,14 @@ pub async fn serve(
                             return;
                         }
                         Err(_) => {
-                            metrics.http_timeouts_total.with_label_values(&["tls_handshake"]).inc();
+                            timeouts.with_label_values(&["tls_handshake"]).inc();
                             tracing::debug!(timeout = ?handshake_timeout, "TLS handshake timed out");
                             return;
                         }
                     },
-                    None if sendfile => {
+                    None if let Some(sent_bytes) = sendfile => {
                         let sends = FileSends::default();
-                        let io = SendfileStream::new(stream, sends.clone(), metrics.http_sendfile_bytes_total.clone());
+                        let io = SendfileStream::new(stream, sends.clone(), sent_bytes);
                         // HTTP/2 copies its frames: only HTTP/1 requests may answer with stand-ins.
                         let service = TowerToHyperService::new(router.map_request(move |mut req: Request<_>| {
                             if req.version() <= Version::HTTP_11 {
@@ -112,7 +114,7 @@ pub async fn serve(
                 };
                 if let Err(e) = result {
                     if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
-                        metrics.http_timeouts_total.with_label_values(&["header"]).inc();
+                        timeouts.with_label_values(&["header"]).inc();
                     }
                     tracing::debug!(error = %e, "connection ended with an error");
                 }

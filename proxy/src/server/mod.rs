@@ -7,7 +7,7 @@ mod clock;
 mod errors;
 mod gate;
 mod linger;
-mod listener;
+pub(crate) mod listener;
 mod metacache;
 mod object;
 mod reads;
@@ -163,9 +163,9 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
             header_read_timeout: args.header_read_timeout,
             tls_handshake_timeout: args.tls_handshake_timeout,
             grace: deadline_for_requests,
-            sendfile: !args.no_sendfile,
+            sendfile: (!args.no_sendfile).then(|| state.metrics.http_sendfile_bytes_total.clone()),
         },
-        Arc::clone(&state.metrics),
+        state.metrics.http_timeouts_total.clone(),
         stop_http,
     ));
 

@@ -117,6 +117,16 @@ pub struct MountArgs {
     #[arg(long, env = "BLOCKPROXY_RECOVERY_WINDOW", default_value = "120s", value_parser = humantime::parse_duration)]
     pub recovery_window: Duration,
 
+    /// An S3 connection must send its request headers within this time; a stalled one is
+    /// closed (counted in `blockproxy_client_s3_timeouts_total`).
+    #[arg(long, env = "BLOCKPROXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// On SIGTERM: how long the S3 requests in flight may take to finish before the sidecar
+    /// exits anyway (a client that stopped reading a response must not hold it forever).
+    #[arg(long, env = "BLOCKPROXY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// How long to wait for the token and discovery files to appear before giving up ("0s": fail
     /// at once with the reason). The webhook sets an hour: a Pod may start before its
     /// VolumeProxyGroup is accepted, and its files appear then.
@@ -238,7 +248,9 @@ pub async fn run(args: MountArgs, shutdown: impl Future<Output = ()> + Send + 's
         (None, Some(socket)) => Some(crate::mount::serve_handed_over(client.clone(), &args.fuse, socket).await?),
         (None, None) => None,
     };
-    let served = serve(listener, client, &args.s3_access_key, &args.s3_secret_key, args.max_part_size, shutdown).await;
+    let limits = EndpointLimits { header_read_timeout: args.header_read_timeout, shutdown_grace: args.shutdown_grace };
+    let served =
+        serve(listener, client, &args.s3_access_key, &args.s3_secret_key, args.max_part_size, limits, shutdown).await;
     if let Some(m) = mounted {
         m.unmount().await;
     }
@@ -270,13 +282,28 @@ async fn wait_for_files(args: &MountArgs) {
     }
 }
 
-/// Serves an already-built client on `listener` (the quickstart uses this).
+/// How the S3 endpoint bounds slow clients: as the proxy's listener does, which serves it.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointLimits {
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EndpointLimits {
+    fn default() -> Self {
+        Self { header_read_timeout: Duration::from_secs(10), shutdown_grace: Duration::from_secs(10) }
+    }
+}
+
+/// Serves an already-built client on `listener` (the quickstart uses this) until `shutdown`,
+/// then lets requests in flight finish for at most `limits.shutdown_grace`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     client: Client,
     access_key: &str,
     secret_key: &str,
     max_part_size: u64,
+    limits: EndpointLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
@@ -288,15 +315,23 @@ pub async fn serve(
         direct_store = status.direct_store,
         "S3 endpoint serving; the bucket name is the volume id"
     );
+    let timeouts = client.metrics().s3_timeouts_total.clone();
     let app = app(client, access_key, secret_key, max_part_size);
-    // Without TCP_NODELAY, the last segment of a response waits for the client's delayed ACK
-    // (Nagle): tens of milliseconds on a small GET.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "setting TCP_NODELAY on an S3 connection failed");
-        }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
     });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the S3 endpoint")?;
+    // The proxy's listener: TCP_NODELAY, HTTP/1.1 and h2c, the header timeout, the bounded grace.
+    let limits = crate::server::listener::Limits {
+        tls: None,
+        header_read_timeout: limits.header_read_timeout,
+        tls_handshake_timeout: limits.header_read_timeout,
+        grace: limits.shutdown_grace,
+        sendfile: None,
+    };
+    crate::server::listener::serve(listener, app, limits, timeouts, stopped).await;
+    tracing::info!("S3 endpoint stopped");
     Ok(())
 }
 
