@@ -573,7 +573,7 @@ async fn concurrent_puts_queue_for_the_write_buffer_budget_and_all_land_intact()
     let _serial = serial().await;
     within(Duration::from_secs(300), "the write budget test", async {
         const BUDGET: u64 = 24 * MIB;
-        const PUTS: u64 = 8;
+        const PUTS: u64 = 16;
         const SIZE: u64 = 20 * MIB;
         let group = Group::start_with_sidecar("2Gi", &[], &["--write-buffer-bytes", "24Mi"]).await?;
         let metrics_url = format!("{}/_blockproxy/metrics", group.endpoint);
@@ -620,6 +620,14 @@ async fn concurrent_puts_queue_for_the_write_buffer_budget_and_all_land_intact()
         ensure!(waits > 0.0, "{PUTS} writes of three parts never waited for a budget of three parts");
         ensure!(peak > 0.0 && peak <= BUDGET as f64, "write buffer peak {peak}, budget {BUDGET}");
         ensure!(scrape("blockproxy_client_write_buffer_bytes").await? == 0.0, "every write gave its bytes back");
+        // Memory follows the budget: a part's bytes must not outlive its share of it. The rest
+        // is the (debug-build) process itself: 65 MiB here. A write that kept its first part
+        // to the end held 16 x 8 MiB more (RSS 215 MiB).
+        const PROCESS: u64 = 104 * MIB;
+        ensure!(
+            rss * 1024 <= BUDGET + PROCESS,
+            "sidecar peak RSS {rss} KiB, above the {BUDGET}-byte budget and {PROCESS} bytes for the process"
+        );
         let s3 = sidecar_s3(&group.endpoint);
         for i in 0..PUTS {
             let got = s3.get_object().bucket(VOLUME).key(format!("budget/{i}")).send().await?.body.collect().await?;

@@ -110,16 +110,18 @@ pub async fn write_object(
     mut body: PartReader,
     part_size: u64,
 ) -> S3Result<Stored> {
-    // Held (with its bytes of the write budget) until the proxy has it.
-    let first = body.next_part(part_size as usize).await?;
-    let data = first.as_ref().map(|p| p.data.clone()).unwrap_or_default();
-    if (data.len() as u64) < part_size {
-        // The proxy answers the ETag it computed; hashing here too would only cost the ack time
-        // (2 ms a MiB), so only for a proxy that does not.
-        let w = client.put_object(key, data.clone(), attrs, &[]).await.map_err(map_err)?;
-        return Ok(Stored { etag: w.etag.unwrap_or_else(|| quoted_md5(&data)), version: w.version });
-    }
-    let first = first.expect("a whole part was read");
+    // Held (with its bytes of the write budget) until the proxy has it. No copy of its bytes
+    // may outlive it: they would stay in memory after the budget got them back.
+    let first = match body.next_part(part_size as usize).await? {
+        Some(part) if part.data.len() as u64 == part_size => part,
+        small => {
+            let data = small.as_ref().map(|p| p.data.clone()).unwrap_or_default();
+            // The proxy answers the ETag it computed; hashing here too would only cost the ack
+            // time (2 ms a MiB), so only for a proxy that does not.
+            let w = client.put_object(key, data.clone(), attrs, &[]).await.map_err(map_err)?;
+            return Ok(Stored { etag: w.etag.unwrap_or_else(|| quoted_md5(&data)), version: w.version });
+        }
+    };
     let upload = client.create_upload(key, attrs).await.map_err(map_err)?;
     match upload_parts(client, key, &upload, first, body, part_size).await {
         Ok(parts) => {
