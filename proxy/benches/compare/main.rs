@@ -15,6 +15,7 @@
 //! `target/bench/compare-<unix time>.json`.
 
 mod load;
+mod minimal_server;
 mod mount;
 mod peers;
 mod scale;
@@ -505,6 +506,9 @@ async fn main() -> Result<()> {
     // One certificate for figure 9: nginx's TLS listener and the TLS proxy both serve it.
     let cert = tls::CertFiles::generate(&root.path().join("tls"))?;
     let nginx = Nginx::start(root.path(), &wan, &cert).await?;
+    let minimal_files: Vec<(String, usize)> =
+        large_keys.iter().map(|k| (k.clone(), LARGE)).chain(small_keys.iter().map(|k| (k.clone(), SMALL))).collect();
+    let minimal = minimal_server::MinimalServer::start(&root.path().join("minimal-server"), &minimal_files)?;
     let group_addrs: Vec<String> = group.iter().map(|g| g.addr.to_string()).collect();
     let nodes: Vec<Node<'_>> = group_addrs.iter().map(|a| Node { address: a, weight: 1 }).collect();
     let route = |key: &str| -> String {
@@ -538,6 +542,8 @@ async fn main() -> Result<()> {
     };
     let [bp_large, group_large, nginx_large] = targets(&large_keys)?;
     let [bp_small, group_small, nginx_small] = targets(&small_keys)?;
+    let (minimal_large, minimal_small) =
+        (uris(large_keys.iter().map(|k| minimal.url(k)))?, uris(small_keys.iter().map(|k| minimal.url(k)))?);
     let lib_large = Arc::new(large_keys.iter().map(|k| BlockKey::parse(k)).collect::<Result<Vec<_>, _>>()?);
     let lib_small = Arc::new(small_keys.iter().map(|k| BlockKey::parse(k)).collect::<Result<Vec<_>, _>>()?);
 
@@ -594,16 +600,22 @@ async fn main() -> Result<()> {
             r.push("rss.ratio.large_load", bp_rss / nginx_rss);
             r.push("rss.ratio.sidecar_large_load", sidecar_rss / nginx_rss);
             check("nginx 4 MiB", &n)?;
+            let cl = get_load(&http, &minimal_large, c, d).await;
+            check("minimal server 4 MiB", &cl)?;
+            r.push("f1.mib_s.minimal_server", cl.mib_per_s());
+            r.push("f1.ratio.blockproxy_over_minimal_server", b.mib_per_s() / cl.mib_per_s());
+            r.push("f1.ratio.nginx_over_minimal_server", n.mib_per_s() / cl.mib_per_s());
             let cache_dir = bp.cache_dir();
             let raw = tokio::task::spawn_blocking(move || raw_read_mib_s(&cache_dir, LARGE as u64, d)).await??;
             eprintln!(
-                "  run {run}: blockproxy {:.0} MiB/s, group {:.0}, client lib {:.0}, sidecar S3 aws-sdk-s3 {:.0}, sidecar S3 load generator {:.0}, nginx {:.0}, raw disk read {:.0}",
+                "  run {run}: blockproxy {:.0} MiB/s, group {:.0}, client lib {:.0}, sidecar S3 aws-sdk-s3 {:.0}, sidecar S3 load generator {:.0}, nginx {:.0}, minimal server {:.0}, raw disk read {:.0}",
                 b.mib_per_s(),
                 g.mib_per_s(),
                 l.mib_per_s(),
                 a.mib_per_s(),
                 sg.mib_per_s(),
                 n.mib_per_s(),
+                cl.mib_per_s(),
                 raw
             );
             r.push("f1.mib_s.blockproxy", b.mib_per_s());
@@ -672,14 +684,21 @@ async fn main() -> Result<()> {
             r.push("rss.ratio.small_load", bp_rss / nginx_rss);
             r.push("rss.ratio.sidecar_small_load", sidecar_rss / nginx_rss);
             check("nginx 64 KiB", &n)?;
+            let cl = get_load(&http, &minimal_small, c, d).await;
+            check("minimal server 64 KiB", &cl)?;
+            r.push("f2.req_s.minimal_server", cl.req_per_s());
+            r.push("f2.p99_ms.minimal_server", cl.percentile_ms(99.0));
+            r.push("f2.ratio.blockproxy_over_minimal_server_req_s", b.req_per_s() / cl.req_per_s());
+            r.push("f2.ratio.nginx_over_minimal_server_req_s", n.req_per_s() / cl.req_per_s());
             eprintln!(
-                "  run {run}: req/s blockproxy {:.0}, group {:.0}, client lib {:.0}, sidecar S3 aws-sdk-s3 {:.0}, sidecar S3 load generator {:.0}, nginx {:.0}; p99 ms blockproxy {:.2}, nginx {:.2}",
+                "  run {run}: req/s blockproxy {:.0}, group {:.0}, client lib {:.0}, sidecar S3 aws-sdk-s3 {:.0}, sidecar S3 load generator {:.0}, nginx {:.0}, minimal server {:.0}; p99 ms blockproxy {:.2}, nginx {:.2}",
                 b.req_per_s(),
                 g.req_per_s(),
                 l.req_per_s(),
                 a.req_per_s(),
                 sg.req_per_s(),
                 n.req_per_s(),
+                cl.req_per_s(),
                 b.percentile_ms(99.0),
                 n.percentile_ms(99.0)
             );
@@ -1271,6 +1290,9 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "group of 3 (sidecar, aws-sdk-s3) MiB/s", "f1.mib_s.group3_sidecar_s3"),
         ("", "nginx proxy_cache MiB/s", "f1.mib_s.nginx"),
         ("", "raw sequential disk read MiB/s", "f1.mib_s.raw_disk_read"),
+        ("", "minimal sendfile server MiB/s", "f1.mib_s.minimal_server"),
+        ("", "RATIO blockproxy / minimal server", "f1.ratio.blockproxy_over_minimal_server"),
+        ("", "RATIO nginx / minimal server", "f1.ratio.nginx_over_minimal_server"),
         ("", "RATIO blockproxy / nginx", "f1.ratio.blockproxy_over_nginx"),
         ("", "RATIO group of 3 / nginx", "f1.ratio.group3_over_nginx"),
         ("", "RATIO blockproxy / raw read", "f1.ratio.blockproxy_over_raw"),
@@ -1286,6 +1308,10 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "nginx req/s", "f2.req_s.nginx"),
         ("", "blockproxy p99 ms", "f2.p99_ms.blockproxy"),
         ("", "nginx p99 ms", "f2.p99_ms.nginx"),
+        ("", "minimal sendfile server req/s", "f2.req_s.minimal_server"),
+        ("", "minimal server p99 ms", "f2.p99_ms.minimal_server"),
+        ("", "RATIO blockproxy / minimal server req/s", "f2.ratio.blockproxy_over_minimal_server_req_s"),
+        ("", "RATIO nginx / minimal server req/s", "f2.ratio.nginx_over_minimal_server_req_s"),
         ("", "RATIO blockproxy / nginx req/s", "f2.ratio.blockproxy_over_nginx_req_s"),
         ("", "RATIO blockproxy / nginx p99", "f2.ratio.blockproxy_over_nginx_p99"),
         ("", "sidecar S3 p99 ms", "f2.p99_ms.group3_sidecar_s3"),
