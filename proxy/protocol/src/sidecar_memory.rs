@@ -16,7 +16,8 @@ pub const DEFAULT_MAX_PART_SIZE: u64 = 64 << 20;
 
 /// What a sidecar needs besides its two budgets: code, runtime, connections, allocator slack
 /// and the block each read in progress fetches outside the read-ahead budget. Measured at 26
-/// to 45 MiB under bench figure 7's loads (ADR 0018), rounded up.
+/// to 44 MiB above the budgets under bench figure 7's loads (16 GETs or 32 PUTs at once, 4 MiB
+/// blocks; ADR 0018), rounded up.
 pub const SIDECAR_BASE_MEMORY: u64 = 64 << 20;
 
 /// The smallest memory limit a sidecar may have: the base and 32 MiB for each budget.
