@@ -1068,6 +1068,17 @@ async fn main() -> Result<()> {
                 direct_acks.push(t0.elapsed().as_micros() as u64);
             }
             direct_acks.sort_unstable();
+            // The sidecar's second hop alone: the client library, in this process, writing to
+            // the group. What the sidecar adds over it is its S3 front (receive, SigV4, relay).
+            settled().await?;
+            let mut library_acks = Vec::new();
+            for i in 0..p.writes {
+                let key = BlockKey::parse(&format!("w-library-{run}-{i}"))?;
+                let t0 = Instant::now();
+                client.put_object(&key, data.clone(), &Default::default(), &[]).await.context("PUT through the library")?;
+                library_acks.push(t0.elapsed().as_micros() as u64);
+            }
+            library_acks.sort_unstable();
             // The application's path: an S3 PutObject through the mount sidecar to the group.
             settled().await?;
             let mut sidecar_acks = Vec::new();
@@ -1085,9 +1096,11 @@ async fn main() -> Result<()> {
             }
             sidecar_acks.sort_unstable();
             eprintln!(
-                "  run {run}: sidecar S3 PUT ack p50/p99 ms {:.2}/{:.2}",
+                "  run {run}: sidecar S3 PUT ack p50/p99 ms {:.2}/{:.2}; its library hop alone {:.2}/{:.2}",
                 pct_ms(&sidecar_acks, 50.0),
-                pct_ms(&sidecar_acks, 99.0)
+                pct_ms(&sidecar_acks, 99.0),
+                pct_ms(&library_acks, 50.0),
+                pct_ms(&library_acks, 99.0)
             );
             eprintln!(
                 "  run {run}: ack p50/p99 ms: sync off {:.2}/{:.2}, sync on {:.2}/{:.2}, direct {:.1}/{:.1}; ack->store p50 {:.1}/{:.1}",
@@ -1105,6 +1118,7 @@ async fn main() -> Result<()> {
                 ("sync_on", &acks_on),
                 ("direct", &direct_acks),
                 ("sidecar_s3", &sidecar_acks),
+                ("library", &library_acks),
             ] {
                 r.push(&format!("f4.ack_p50_ms.{name}"), pct_ms(v, 50.0));
                 r.push(&format!("f4.ack_p99_ms.{name}"), pct_ms(v, 99.0));
@@ -1334,6 +1348,7 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "direct PUT p99 ms", "f4.ack_p99_ms.direct"),
         ("", "sidecar S3 PUT ack p50 ms (group of 3)", "f4.ack_p50_ms.sidecar_s3"),
         ("", "sidecar S3 PUT ack p99 ms", "f4.ack_p99_ms.sidecar_s3"),
+        ("", "its library hop alone, ack p50 ms", "f4.ack_p50_ms.library"),
         ("", "RATIO sidecar S3 / direct p50", "f4.ratio.sidecar_s3_over_direct_p50"),
         ("", "RATIO sync off / direct p50", "f4.ratio.sync_off_over_direct_p50"),
         ("", "RATIO sync off / direct p99", "f4.ratio.sync_off_over_direct_p99"),
