@@ -94,6 +94,20 @@ impl QueuedBudget {
         self.budget.in_use()
     }
 
+    /// Takes `bytes` (at most the whole budget) if they are free now, without waiting or
+    /// counting a wait.
+    pub fn try_take(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        self.budget.try_reserve_owned(bytes)
+    }
+
+    /// Gives back what `held` holds beyond `bytes`: a take sized before its real size was known.
+    pub fn keep_only(&self, held: &mut OwnedSemaphorePermit, bytes: u64) {
+        let keep = self.budget.units(bytes) as usize;
+        if let Some(extra) = held.num_permits().checked_sub(keep).filter(|n| *n > 0) {
+            drop(held.split(extra));
+        }
+    }
+
     /// Takes `bytes` (at most the whole budget), in turn with the other takers; they go back
     /// when the permit is dropped.
     pub async fn take(&self, bytes: u64) -> OwnedSemaphorePermit {
@@ -122,6 +136,19 @@ mod tests {
         let huge = b.reserve(u64::MAX).await.expect("a request larger than the budget takes all of it");
         assert_eq!(b.in_use(), b.limit_bytes());
         drop(huge);
+    }
+
+    #[test]
+    fn a_take_sized_too_large_gives_back_what_it_does_not_keep() {
+        let b = QueuedBudget::new(1 << 20, IntCounter::new("waits", "waits").unwrap());
+        let mut held = b.try_take(1 << 20).expect("free");
+        assert!(b.try_take(1).is_none(), "the whole budget is held");
+        b.keep_only(&mut held, 10_000);
+        assert_eq!(b.in_use(), 3 * UNIT, "10,000 bytes keep three units");
+        b.keep_only(&mut held, 1 << 20);
+        assert_eq!(b.in_use(), 3 * UNIT, "keeping more than is held takes nothing");
+        drop(held);
+        assert_eq!(b.in_use(), 0);
     }
 
     #[tokio::test]

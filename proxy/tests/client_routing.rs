@@ -529,6 +529,10 @@ async fn client_verifies_proxies_against_the_groups_server_name_not_their_ip() -
 /// MinIO, one proxy on it, and a discovery file for that proxy with the smallest block size (so
 /// that a few KiB make a large object). Keep the first three alive.
 async fn one_proxy_with_small_blocks() -> Result<(Minio, tempfile::TempDir, Proxy, PathBuf)> {
+    one_proxy_with_blocks_of(blockproxy::protocol::MIN_BLOCK_SIZE).await
+}
+
+async fn one_proxy_with_blocks_of(block_size: u64) -> Result<(Minio, tempfile::TempDir, Proxy, PathBuf)> {
     let minio = Minio::start().await?;
     let root = tempfile::tempdir()?;
     let volumes = write_volumes_file(root.path(), minio.bucket())?;
@@ -536,7 +540,7 @@ async fn one_proxy_with_small_blocks() -> Result<(Minio, tempfile::TempDir, Prox
     let disc = root.path().join("discovery.json");
     let mut doc =
         discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![p.addr.to_string()] }]);
-    doc.block_size = blockproxy::protocol::MIN_BLOCK_SIZE;
+    doc.block_size = block_size;
     write_discovery(&disc, &doc)?;
     Ok((minio, root, p, disc))
 }
@@ -625,6 +629,91 @@ async fn a_first_read_asks_no_head_and_reads_a_large_objects_first_block_once() 
     assert_eq!(read("first/big", Some(format!("bytes={}-{}", r.start, r.end - 1))).await?, big[r].to_vec());
     assert_eq!(count("head"), 1);
     assert_eq!(reads(), 1 + 4 + 2, "two block-sized requests, none of them for the first block");
+    Ok(())
+}
+
+/// Stalled large reads, with blocks larger than a piece and the read budget full: each read in
+/// progress holds at most one piece outside the budget (ADR 0019), not a whole block, and they
+/// all still finish, read in turn by one task, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_reads_hold_a_piece_each_beyond_a_full_read_budget_not_a_block() -> Result<()> {
+    use futures::StreamExt;
+    const READS: usize = 8;
+    const PIECE: u64 = blockproxy::client::READ_PIECE;
+    let bs = 4 * PIECE;
+    let (_minio, _root, proxy, disc) = one_proxy_with_blocks_of(bs).await?;
+    let big: Vec<u8> = (0..(3 * bs)).map(|i| (i % 251) as u8).collect();
+    let k = key("pieces/big");
+    let mut cfg = fast_config(&disc);
+    cfg.read_ahead_bytes = bs;
+    let client = start_client(cfg).await?;
+    client.put(&k, Bytes::from(big.clone())).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client.head(&k).await?.and_then(|i| i.store_etag).is_none() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the object was not flushed within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let served = || async { anyhow::Ok(metric_sum(&proxy.metrics().await?, "blockproxy_cache_served_bytes_total")) };
+    let before = served().await?;
+
+    let mut bodies = Vec::new();
+    for _ in 0..READS {
+        let r = client.read_object(&k, None).await?.ok_or_else(|| anyhow::anyhow!("missing"))?;
+        bodies.push((r.body, Vec::new()));
+    }
+    // Every reader takes the first block and some of the second, then stops reading.
+    let start_each = async {
+        for (body, got) in &mut bodies {
+            while got.len() as u64 <= bs {
+                got.extend_from_slice(&body.next().await.ok_or_else(|| anyhow::anyhow!("ended early"))??);
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(60), start_each)
+        .await
+        .map_err(|_| anyhow::anyhow!("a reader never got into its second block"))??;
+    // Until the reads stop fetching.
+    let mut seen = served().await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = served().await?;
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    // What the proxy sent and no reader has taken yet is what the client holds.
+    let taken: u64 = bodies.iter().map(|(_, got)| got.len() as u64).sum();
+    let held = (seen - before) as u64 - taken;
+    let bound = bs + READS as u64 * PIECE;
+    println!("{READS} stalled reads hold {held} bytes (budget {bs}, pieces of {PIECE}); bound {bound}");
+    // Without pieces each read held its second block whole: about READS x bs.
+    assert!(held <= bound, "{READS} stalled reads hold {held} bytes, more than the budget and a piece each ({bound})");
+    let m = || client.metrics();
+    assert!(m().read_pieces_total.get() > 0, "no block was read in pieces with the budget full");
+
+    // One task reads all of them in turn, a chunk at a time.
+    let in_turn = async {
+        let mut open = bodies.len();
+        while open > 0 {
+            open = 0;
+            for (body, got) in &mut bodies {
+                if let Some(chunk) = body.next().await {
+                    got.extend_from_slice(&chunk?);
+                    open += 1;
+                }
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(60), in_turn)
+        .await
+        .map_err(|_| anyhow::anyhow!("reads read in turn did not finish: the read budget deadlocked them"))??;
+    for (_, got) in &bodies {
+        assert!(got == &big, "a read returned other bytes ({} of {})", got.len(), big.len());
+    }
+    assert_eq!(m().read_ahead_bytes.get(), 0, "every block's bytes went back to the budget");
     Ok(())
 }
 

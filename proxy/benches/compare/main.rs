@@ -968,16 +968,19 @@ async fn main() -> Result<()> {
             let c = mount::concurrent_s3_reads(s3, &metrics_url, "f7.bin", size, READERS).await?;
             let rss = sampler.finish().await;
             eprintln!(
-                "  {READERS} ranged GETs at once, sidecar {name}: {:.0} MiB/s; read-ahead peak {:.1} MiB ({:.0} fetches waited for the budget); sidecar max RSS {rss:.1} MiB",
-                c.mib_s, c.read_ahead_peak_mib, c.read_ahead_waits,
+                "  {READERS} ranged GETs at once, sidecar {name}: {:.0} MiB/s; read-ahead peak {:.1} MiB ({:.0} fetches waited for the budget, {:.0} blocks read in pieces); sidecar max RSS {rss:.1} MiB",
+                c.mib_s, c.read_ahead_peak_mib, c.read_ahead_waits, c.read_pieces,
             );
             r.push(&format!("f7.concurrent.mib_s.{name}"), c.mib_s);
             r.push(&format!("f7.concurrent.read_ahead_peak_mib.{name}"), c.read_ahead_peak_mib);
             r.push(&format!("f7.concurrent.read_ahead_waits.{name}"), c.read_ahead_waits);
+            r.push(&format!("f7.concurrent.read_pieces.{name}"), c.read_pieces);
             r.push(&format!("f7.concurrent.rss_mib.{name}"), rss);
         }
-        // COMPUTED: what the bounded sidecar may hold, and what 5 blocks per read come to.
-        r.push("f7.concurrent.bound_mib", budget + READERS as f64 * block);
+        // COMPUTED: what the bounded sidecar may hold (the budget and, past it, a piece per read:
+        // ADR 0019), and what 5 blocks per read come to.
+        let piece = (blockproxy::client::READ_PIECE as f64 / MIB as f64).min(block);
+        r.push("f7.concurrent.bound_mib", budget + READERS as f64 * piece);
         r.push("f7.concurrent.unbounded_mib", READERS as f64 * 5.0 * block);
         // Many PutObjects at once (16 MiB: two 8 MiB parts, the second read while the first is
         // sent; 32 of them could hold 512 MiB), all within --write-buffer-bytes (ADR 0017). Two
@@ -1075,7 +1078,10 @@ async fn main() -> Result<()> {
             for i in 0..p.writes {
                 let key = BlockKey::parse(&format!("w-library-{run}-{i}"))?;
                 let t0 = Instant::now();
-                client.put_object(&key, data.clone(), &Default::default(), &[]).await.context("PUT through the library")?;
+                client
+                    .put_object(&key, data.clone(), &Default::default(), &[])
+                    .await
+                    .context("PUT through the library")?;
                 library_acks.push(t0.elapsed().as_micros() as u64);
             }
             library_acks.sort_unstable();
@@ -1394,9 +1400,10 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "  read-ahead peak MiB", "f7.concurrent.read_ahead_peak_mib.bounded"),
         ("", "  unbounded: read-ahead peak MiB", "f7.concurrent.read_ahead_peak_mib.unbounded"),
         ("", "  fetches that waited for the budget", "f7.concurrent.read_ahead_waits.bounded"),
+        ("", "  blocks read in pieces (budget full)", "f7.concurrent.read_pieces.bounded"),
         ("", "  sidecar max RSS MiB", "f7.concurrent.rss_mib.bounded"),
         ("", "  unbounded: sidecar max RSS MiB", "f7.concurrent.rss_mib.unbounded"),
-        ("", "  bound MiB (COMPUTED: budget + 16 blocks)", "f7.concurrent.bound_mib"),
+        ("", "  bound MiB (COMPUTED: budget + 16 pieces)", "f7.concurrent.bound_mib"),
         ("", "  5 blocks per read MiB (COMPUTED)", "f7.concurrent.unbounded_mib"),
         ("", "32 PUTs of 16 MiB at once, sidecar MiB/s", "f7.concurrent_puts.mib_s.bounded"),
         ("", "  write buffer peak MiB", "f7.concurrent_puts.write_buffer_peak_mib.bounded"),

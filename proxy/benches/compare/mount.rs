@@ -154,6 +154,8 @@ pub struct ConcurrentReads {
     pub read_ahead_peak_mib: f64,
     /// How many read-ahead fetches waited for `--read-ahead-bytes` meanwhile.
     pub read_ahead_waits: f64,
+    /// How many blocks were read in pieces meanwhile, the budget being full (ADR 0019).
+    pub read_pieces: f64,
 }
 
 /// Reads `key` (`size` bytes) through the sidecar as `readers` ranged GETs at once, each of an
@@ -167,7 +169,9 @@ pub async fn concurrent_s3_reads(
 ) -> Result<ConcurrentReads> {
     use crate::peers::metric_at;
     const WAITS: &str = "blockproxy_client_read_ahead_waits_total";
+    const PIECES: &str = "blockproxy_client_read_pieces_total";
     let waits_before = metric_at(metrics_url, WAITS).await?;
+    let pieces_before = metric_at(metrics_url, PIECES).await?;
     let peak = GaugePeak::start(metrics_url, "blockproxy_client_read_ahead_bytes");
     let share = size.div_ceil(readers);
     let t0 = Instant::now();
@@ -189,6 +193,7 @@ pub async fn concurrent_s3_reads(
         mib_s,
         read_ahead_peak_mib: peak.finish().await?,
         read_ahead_waits: metric_at(metrics_url, WAITS).await? - waits_before,
+        read_pieces: metric_at(metrics_url, PIECES).await? - pieces_before,
     })
 }
 

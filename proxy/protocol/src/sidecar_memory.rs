@@ -15,9 +15,9 @@ pub const DEFAULT_WRITE_BUFFER_BYTES: u64 = 128 << 20;
 pub const DEFAULT_MAX_PART_SIZE: u64 = 64 << 20;
 
 /// What a sidecar needs besides its two budgets: code, runtime, connections, allocator slack
-/// and the block each read in progress fetches outside the read-ahead budget. Measured at 26
-/// to 44 MiB above the budgets under bench figure 7's loads (16 GETs or 32 PUTs at once, 4 MiB
-/// blocks; ADR 0018), rounded up.
+/// and the piece (1 MiB) each read in progress may hold beyond a full read-ahead budget
+/// (ADR 0019). Measured at 26 to 44 MiB above the budgets under bench figure 7's loads (16 GETs
+/// or 32 PUTs at once, 4 MiB blocks; ADR 0018), rounded up.
 pub const SIDECAR_BASE_MEMORY: u64 = 64 << 20;
 
 /// The smallest memory limit a sidecar may have: the base and 32 MiB for each budget.

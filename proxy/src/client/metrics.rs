@@ -20,6 +20,7 @@ pub struct ClientMetrics {
     pub discovery_errors_total: IntCounter,
     pub read_ahead_bytes: IntGauge,
     pub read_ahead_waits_total: IntCounter,
+    pub read_pieces_total: IntCounter,
     pub write_buffer_bytes: IntGauge,
     pub write_buffer_waits_total: IntCounter,
     /// The S3 endpoint's connections cut by a timeout (the sidecar's; the library serves none).
@@ -150,6 +151,14 @@ impl ClientMetrics {
                 IntCounter::new(
                     "blockproxy_client_read_ahead_waits_total",
                     "Read-ahead fetches that waited for --read-ahead-bytes (reads slowed by the memory bound)",
+                )
+                .expect("valid"),
+            ),
+            read_pieces_total: reg(
+                &r,
+                IntCounter::new(
+                    "blockproxy_client_read_pieces_total",
+                    "Blocks read in 1 MiB pieces because --read-ahead-bytes was full (reads slowed by the memory bound)",
                 )
                 .expect("valid"),
             ),

@@ -33,6 +33,7 @@ pub use chunks::Chunks;
 pub use info::ObjectInfo;
 pub use listing::{ListEntry, ListPage};
 pub use objects::{ObjectRead, Upload};
+pub use read_ahead::PIECE as READ_PIECE;
 pub use transport::{Fetched, Written};
 
 use crate::budget::QueuedBudget;

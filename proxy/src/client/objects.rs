@@ -8,7 +8,7 @@
 //! - listings one page at a time, with the unflushed writes of every proxy merged in.
 
 use super::info::ObjectInfo;
-use super::read_ahead::{read_ahead, sent_on};
+use super::read_ahead::{PIECE, holding, read_ahead, sent_on};
 use super::transport::AttemptError;
 use super::{Client, ClientError, Inner};
 use crate::protocol::{BlockKey, CompleteUpload, ObjectAttrs, UploadCompleted, UploadParts};
@@ -101,21 +101,35 @@ impl Client {
         // miss fetches it with one request to the store (ADR 0011). Asked when the read starts
         // in the first block or the key was last seen small; a read further into a large object
         // asks a HEAD rather than move a block it does not want.
+        //
+        // Its bytes come from the read budget like any block's until sent. When they are not
+        // free it asks for the first piece only, so that every read in progress holds at most a
+        // piece outside the budget (ADR 0019).
         let mut known = None;
         let mut first_block = None;
+        let mut first_len = bs;
+        let mut first_held = None;
         if small.contains(key.as_str()) || starts_in_first_block(range, bs) {
-            match self.get_chunks(key, Some(&format!("bytes=0-{}", bs - 1))).await {
+            first_held = self.inner.read_budget.try_take(bs);
+            if first_held.is_none() && bs > PIECE {
+                first_len = PIECE;
+                self.inner.metrics.read_pieces_total.inc();
+            }
+            match self.get_chunks(key, Some(&format!("bytes=0-{}", first_len - 1))).await {
                 Ok(None) => return Ok(None),
-                Ok(Some(f)) if f.info.size > bs => {
-                    if f.data.len() as u64 == bs {
+                Ok(Some(f)) if f.info.size > first_len => {
+                    if f.data.len() as u64 == first_len {
                         first_block = Some(f.data);
                     }
                     known = Some(f.info);
                 }
                 Ok(Some(f)) if f.data.len() as u64 == f.info.size => {
                     small.remember(key.as_str());
+                    if let Some(held) = &mut first_held {
+                        self.inner.read_budget.keep_only(held, f.info.size);
+                    }
                     let (start, end) = resolve_range(range, f.info.size)?;
-                    let body = sent_on(f.data.slice(start as usize..end as usize)).boxed();
+                    let body = holding(sent_on(f.data.slice(start as usize..end as usize)).boxed(), first_held);
                     return Ok(Some(ObjectRead { info: f.info, start, end, body }));
                 }
                 // Emptied (a range of nothing is unsatisfiable) or oddly answered: HEAD first.
@@ -139,9 +153,11 @@ impl Client {
         if start == end {
             return Ok(Some(ObjectRead { info, start, end, body: futures::stream::empty().boxed() }));
         }
-        // The first block, when the GET above brought it, is not read again.
+        // The first block (or piece), when the GET above brought it, is not read again.
         let (head, rest_start) = match first_block {
-            Some(block) if start < bs => (Some(block.slice(start as usize..end.min(bs) as usize)), bs),
+            Some(block) if start < first_len => {
+                (Some(block.slice(start as usize..end.min(first_len) as usize)), first_len)
+            }
             _ => (None, start),
         };
         let rest = if rest_start >= end {
@@ -153,7 +169,7 @@ impl Client {
             }
         };
         let body = match head {
-            Some(head) => sent_on(head).chain(rest).boxed(),
+            Some(head) => holding(sent_on(head).boxed(), first_held).chain(rest).boxed(),
             None => rest,
         };
         Ok(Some(ObjectRead { info, start, end, body }))
@@ -170,15 +186,15 @@ impl Client {
         bs: u64,
     ) -> BoxStream<'static, Result<Bytes, ClientError>> {
         let (client, key, size) = (self.clone(), key.clone(), info.size);
-        let budget = self.inner.read_budget.clone();
-        let blocks = (start / bs..=(end - 1) / bs).map(move |i| {
+        let blocks = (start / bs..=(end - 1) / bs).map(move |i| start.max(i * bs)..end.min((i + 1) * bs));
+        // Any range within one block: the block's bytes that the read covers, or a piece of them.
+        // Only those bytes travel.
+        let fetch = move |part: std::ops::Range<u64>| {
             let (client, key, etag) = (client.clone(), key.clone(), etag.clone());
-            // Only the bytes of the block that the range covers travel.
-            let first = i * bs;
-            let whole = first..(first + bs).min(size);
-            let part = start.max(whole.start)..end.min(whole.end);
-            let len = part.end - part.start;
-            let fetch = async move {
+            async move {
+                let i = part.start / bs;
+                let first = i * bs;
+                let whole = first..(first + bs).min(size);
                 let got = client.get_block(&key, i, bs, size, &etag, part.clone()).await?;
                 match got.len() as u64 {
                     n if n == part.end - part.start => Ok(got),
@@ -189,10 +205,9 @@ impl Client {
                     // Another length belongs to another object, whatever its ETag said.
                     _ => Err(ClientError::Changed { key: key.to_string() }),
                 }
-            };
-            (len, fetch)
-        });
-        read_ahead(budget, READ_AHEAD, blocks)
+            }
+        };
+        self.read_ahead(READ_AHEAD, blocks, fetch)
     }
 
     /// `[start, end)` of a version held by its home proxy, in block-sized ranges, each checked to
@@ -206,20 +221,29 @@ impl Client {
         bs: u64,
     ) -> BoxStream<'static, Result<Bytes, ClientError>> {
         let (client, key) = (self.clone(), key.clone());
-        let budget = self.inner.read_budget.clone();
-        let blocks = (start..end).step_by(bs as usize).map(move |a| {
-            let b = (a + bs).min(end);
+        let blocks = (start..end).step_by(bs as usize).map(move |a| a..(a + bs).min(end));
+        let fetch = move |r: std::ops::Range<u64>| {
             let (client, key) = (client.clone(), key.clone());
-            let fetch = async move {
-                let range = format!("bytes={a}-{}", b - 1);
+            async move {
+                let range = format!("bytes={}-{}", r.start, r.end - 1);
                 match client.get_chunks(&key, Some(&range)).await? {
-                    Some(f) if f.version() == version && f.data.len() as u64 == b - a => Ok(f.data),
+                    Some(f) if f.version() == version && f.data.len() as u64 == r.end - r.start => Ok(f.data),
                     _ => Err(ClientError::Changed { key: key.to_string() }),
                 }
-            };
-            (b - a, fetch)
-        });
-        read_ahead(budget, 2, blocks)
+            }
+        };
+        self.read_ahead(2, blocks, fetch)
+    }
+
+    /// [`read_ahead`] within this client's read budget.
+    fn read_ahead<I, F, Fut>(&self, depth: usize, blocks: I, fetch: F) -> BoxStream<'static, Result<Bytes, ClientError>>
+    where
+        I: Iterator<Item = std::ops::Range<u64>> + Send + 'static,
+        F: Fn(std::ops::Range<u64>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<super::Chunks, ClientError>> + Send + 'static,
+    {
+        let (budget, in_pieces) = (self.inner.read_budget.clone(), self.inner.metrics.read_pieces_total.clone());
+        read_ahead(budget, depth, blocks, fetch, in_pieces)
     }
 
     /// Starts a multipart upload on the key's home proxy (the first reachable one in rendezvous

@@ -62,10 +62,11 @@ pub struct MountArgs {
     #[arg(long, env = "BLOCKPROXY_MAX_PART_SIZE", default_value = "64Mi", value_parser = parse_size)]
     pub max_part_size: u64,
 
-    /// The most memory all reads together hold in blocks fetched ahead of what their clients
-    /// have taken ("128Mi"). A large read fetches up to 4 blocks ahead from several proxies at
-    /// once; under this bound reads queue for it, and a read whose client waits still fetches
-    /// its next block (so memory is at most this plus one block per read in progress).
+    /// The most memory all reads together hold in blocks fetched and not yet taken by their
+    /// clients ("128Mi"). A large read fetches up to 4 blocks ahead from several proxies at
+    /// once; under this bound fetches ahead queue for it, and a read whose client waits, with the
+    /// budget full, fetches its next block in 1 MiB pieces (so memory is at most this plus 1 MiB
+    /// per read in progress).
     #[arg(long, env = "BLOCKPROXY_READ_AHEAD_BYTES", default_value = "128Mi", value_parser = parse_size)]
     pub read_ahead_bytes: u64,
 
