@@ -283,7 +283,8 @@ async fn wait_for_files(args: &MountArgs) {
     }
 }
 
-/// How the S3 endpoint bounds slow clients: as the proxy's listener does, which serves it.
+/// How the S3 endpoint bounds slow clients: as the proxy's listener does, which serves it. The
+/// default (the quickstart's) is the flags' defaults; a test ties them.
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointLimits {
     pub header_read_timeout: Duration,
@@ -327,6 +328,7 @@ pub async fn serve(
     let limits = crate::server::listener::Limits {
         tls: None,
         header_read_timeout: limits.header_read_timeout,
+        // Unused: the endpoint serves plain HTTP on the Pod's loopback (`tls: None`).
         tls_handshake_timeout: limits.header_read_timeout,
         grace: limits.shutdown_grace,
         sendfile: None,
@@ -348,11 +350,17 @@ mod tests {
     }
 
     #[test]
-    fn the_memory_flags_default_to_the_client_librarys_budgets() {
+    fn the_memory_and_endpoint_flags_default_to_the_library_and_quickstart_values() {
         let cli = Cli::try_parse_from(["blockproxy-mount", "--volume-id", "vol1", "--token-file", "/token"]).unwrap();
         assert_eq!(cli.mount.read_ahead_bytes, crate::client::DEFAULT_READ_AHEAD_BYTES);
         assert_eq!(cli.mount.write_buffer_bytes, crate::client::DEFAULT_WRITE_BUFFER_BYTES);
         assert_eq!(cli.mount.max_part_size, blockproxy_protocol::DEFAULT_MAX_PART_SIZE);
+        let limits = super::EndpointLimits::default();
+        assert_eq!(
+            (limits.header_read_timeout, limits.shutdown_grace),
+            (cli.mount.header_read_timeout, cli.mount.shutdown_grace),
+            "the quickstart's endpoint limits are the sidecar flags' defaults"
+        );
         let cli = Cli::try_parse_from([
             "m",
             "--volume-id",
