@@ -93,7 +93,7 @@ fn every_proxy_pod_command_line_parses_as_blockproxy_serve() {
 #[test]
 fn the_injected_sidecar_command_line_parses_as_blockproxy_mount() {
     let volume = blockproxy_protocol::VolumeId::parse("team-a-data").expect("volume id");
-    let cfg = SidecarConfig { image: "example.local/blockproxy:test".into() };
+    let cfg = SidecarConfig { image: "example.local/blockproxy:test".into(), resource_defaults: Default::default() };
     let creds = PodCredentials::random();
     let plain = SidecarResources::from_annotations(None).expect("the defaults");
     // With direct-store credentials (the Pod annotation) they reach the sidecar's flag.

@@ -57,14 +57,35 @@ pub struct Args {
     /// Image of the injected sidecar; defaults to the proxy image.
     #[arg(long, env = "BLOCKPROXY_SIDECAR_IMAGE")]
     pub sidecar_image: Option<String>,
+    /// The injected sidecar's CPU request for Pods without the
+    /// `blockproxy.io/sidecar-cpu-request` annotation (default 50m); likewise the three below.
+    #[arg(long, env = "BLOCKPROXY_SIDECAR_CPU_REQUEST")]
+    pub sidecar_cpu_request: Option<String>,
+    /// The sidecar's CPU limit (default: none).
+    #[arg(long, env = "BLOCKPROXY_SIDECAR_CPU_LIMIT")]
+    pub sidecar_cpu_limit: Option<String>,
+    /// The sidecar's memory request (default 64Mi).
+    #[arg(long, env = "BLOCKPROXY_SIDECAR_MEMORY_REQUEST")]
+    pub sidecar_memory_request: Option<String>,
+    /// The sidecar's memory limit (default: none; at least 128Mi). It also sizes the sidecar's
+    /// read and write budgets to fit inside it (docs/adr/0018).
+    #[arg(long, env = "BLOCKPROXY_SIDECAR_MEMORY_LIMIT")]
+    pub sidecar_memory_limit: Option<String>,
     /// Log format; `text` is the default on a terminal, `json` otherwise.
     #[arg(long, env = "BLOCKPROXY_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
 }
 
 impl Args {
-    pub fn settings(&self) -> Settings {
-        Settings {
+    /// The operator's settings; an error for flags that cannot work (bad sidecar defaults).
+    pub fn settings(&self) -> Result<Settings, String> {
+        let sidecar_resources = crate::sidecar_resources::ResourceDefaults::new(
+            self.sidecar_cpu_request.as_deref(),
+            self.sidecar_cpu_limit.as_deref(),
+            self.sidecar_memory_request.as_deref(),
+            self.sidecar_memory_limit.as_deref(),
+        )?;
+        Ok(Settings {
             controllers: Config {
                 namespace: self.namespace.clone(),
                 proxy_image: self.proxy_image.clone(),
@@ -86,8 +107,9 @@ impl Args {
                 cert_file: self.webhook_cert_dir.join("tls.crt"),
                 key_file: self.webhook_cert_dir.join("tls.key"),
                 sidecar_image: self.sidecar_image.clone().unwrap_or_else(|| self.proxy_image.clone()),
+                sidecar_resources,
             }),
-        }
+        })
     }
 }
 
@@ -129,6 +151,13 @@ pub fn init_crypto() {
 pub async fn main(args: Args) -> ExitCode {
     init_crypto();
     init_logs(args.log_format);
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "bad flags");
+            return ExitCode::from(2);
+        }
+    };
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
@@ -136,11 +165,33 @@ pub async fn main(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(client, args.settings(), Metrics::default(), shutdown_signal()).await {
+    match run(client, settings, Metrics::default(), shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "operator stopped");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+    use clap::Parser;
+
+    fn settings(extra: &[&str]) -> Result<crate::run::Settings, String> {
+        let args = ["blockproxy-operator", "--webhook", "true"].iter().chain(extra);
+        Args::try_parse_from(args).expect("flags parse").settings()
+    }
+
+    #[test]
+    fn sidecar_resource_defaults_reach_the_webhook_and_bad_ones_stop_the_operator() {
+        let s = settings(&["--sidecar-memory-limit", "256Mi", "--sidecar-cpu-request", "100m"]).unwrap();
+        let want = crate::sidecar_resources::ResourceDefaults::new(Some("100m"), None, None, Some("256Mi")).unwrap();
+        assert_eq!(s.webhook.expect("webhook on").sidecar_resources, want);
+        let Err(err) = settings(&["--sidecar-memory-limit", "100Mi"]) else {
+            panic!("a default memory limit below the 128Mi minimum was accepted")
+        };
+        assert!(err.contains("--sidecar-") && err.contains("128 MiB"), "{err}");
     }
 }

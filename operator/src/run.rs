@@ -62,6 +62,7 @@ pub struct WebhookSettings {
     pub cert_file: std::path::PathBuf,
     pub key_file: std::path::PathBuf,
     pub sidecar_image: String,
+    pub sidecar_resources: crate::sidecar_resources::ResourceDefaults,
 }
 
 /// Handles the admin server reads.
@@ -126,7 +127,10 @@ pub async fn run(
     }
     if let Some(w) = &settings.webhook {
         let tls = crate::webhook::tls_config(&w.cert_file, &w.key_file)?;
-        let cfg = crate::webhook::SidecarConfig { image: w.sidecar_image.clone() };
+        let cfg = crate::webhook::SidecarConfig {
+            image: w.sidecar_image.clone(),
+            resource_defaults: w.sidecar_resources.clone(),
+        };
         let (_, serving) = crate::webhook::serve(w.addr, tls, cfg, shutdown.clone()).await?;
         tokio::spawn(serving);
     }

@@ -18,6 +18,37 @@ pub const MEMORY_LIMIT_ANNOTATION: &str = "blockproxy.io/sidecar-memory-limit";
 pub const DEFAULT_CPU_REQUEST: &str = "50m";
 pub const DEFAULT_MEMORY_REQUEST: &str = "64Mi";
 
+/// The annotations a Pod may set for its sidecar's resources.
+const ANNOTATIONS: [&str; 4] =
+    [CPU_REQUEST_ANNOTATION, CPU_LIMIT_ANNOTATION, MEMORY_REQUEST_ANNOTATION, MEMORY_LIMIT_ANNOTATION];
+
+/// Cluster-wide values for the annotations, for Pods that do not set them (the operator's
+/// `--sidecar-{cpu,memory}-{request,limit}` flags, the chart's `sidecarResources`). A Pod's own
+/// annotation wins over each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceDefaults(BTreeMap<String, String>);
+
+impl ResourceDefaults {
+    /// Checked as a Pod with these annotations would be: a bad default stops the operator at
+    /// start instead of refusing every Pod later.
+    pub fn new(
+        cpu_request: Option<&str>,
+        cpu_limit: Option<&str>,
+        memory_request: Option<&str>,
+        memory_limit: Option<&str>,
+    ) -> Result<Self, String> {
+        let values = [cpu_request, cpu_limit, memory_request, memory_limit];
+        let set: BTreeMap<String, String> = ANNOTATIONS
+            .iter()
+            .zip(values)
+            .filter_map(|(name, v)| Some(((*name).to_owned(), v?.trim().to_owned())))
+            .collect();
+        SidecarResources::from_annotations(Some(&set))
+            .map_err(|e| format!("the sidecar resource defaults (--sidecar-*) are invalid: {e}"))?;
+        Ok(Self(set))
+    }
+}
+
 /// The sidecar's resources and, under a memory limit, its budgets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SidecarResources {
@@ -71,6 +102,22 @@ impl SidecarResources {
             }
         }
         Ok(Self { cpu_request, cpu_limit, memory_request, memory_limit, budgets })
+    }
+
+    /// For a Pod with `annotations`, over the cluster's `defaults`.
+    pub fn for_pod(
+        defaults: &ResourceDefaults,
+        annotations: Option<&BTreeMap<String, String>>,
+    ) -> Result<Self, String> {
+        let mut merged = defaults.0.clone();
+        for name in ANNOTATIONS {
+            if let Some(v) = annotations.and_then(|a| a.get(name)) {
+                merged.insert(name.to_owned(), v.clone());
+            }
+        }
+        Self::from_annotations(Some(&merged)).map_err(|e| {
+            if defaults.0.is_empty() { e } else { format!("{e} (with the cluster's sidecar resource defaults)") }
+        })
     }
 
     /// The container's `resources`.
@@ -136,6 +183,44 @@ mod tests {
     fn from(pairs: &[(&str, &str)]) -> Result<SidecarResources, String> {
         let a: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         SidecarResources::from_annotations(Some(&a))
+    }
+
+    #[test]
+    fn the_clusters_defaults_apply_where_a_pod_sets_nothing_and_a_pods_annotation_wins() {
+        let defaults = ResourceDefaults::new(Some("100m"), None, None, Some("256Mi")).unwrap();
+        let plain = SidecarResources::for_pod(&defaults, None).unwrap();
+        assert_eq!(
+            plain.resources(),
+            json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}})
+        );
+        assert_eq!(plain.budgets, SidecarBudgets::within(256 << 20), "the default limit sizes the budgets");
+        let own: BTreeMap<String, String> = [(MEMORY_LIMIT_ANNOTATION.to_owned(), "192Mi".to_owned())].into();
+        let pod = SidecarResources::for_pod(&defaults, Some(&own)).unwrap();
+        assert_eq!(
+            pod.resources(),
+            json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "192Mi"}})
+        );
+        assert_eq!(pod.budgets, SidecarBudgets::within(192 << 20));
+        // Without defaults, nothing changes.
+        assert_eq!(
+            SidecarResources::for_pod(&ResourceDefaults::default(), None).unwrap(),
+            SidecarResources::from_annotations(None).unwrap()
+        );
+        // A Pod's request above the cluster's limit is refused, saying where the limit came from.
+        let big: BTreeMap<String, String> = [(MEMORY_REQUEST_ANNOTATION.to_owned(), "1Gi".to_owned())].into();
+        let err = SidecarResources::for_pod(&defaults, Some(&big)).unwrap_err();
+        assert!(
+            err.contains(MEMORY_REQUEST_ANNOTATION) && err.contains("cluster's sidecar resource defaults"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_cluster_defaults_are_refused_at_start() {
+        for (cpu, mem_limit) in [(Some("fast"), None), (None, Some("100Mi")), (None, Some("lots"))] {
+            let err = ResourceDefaults::new(cpu, None, None, mem_limit).unwrap_err();
+            assert!(err.contains("--sidecar-"), "{err}");
+        }
     }
 
     #[test]

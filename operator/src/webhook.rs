@@ -47,6 +47,8 @@ pub const MUTATE_PATH: &str = "/mutate";
 #[derive(Clone, Debug)]
 pub struct SidecarConfig {
     pub image: String,
+    /// For Pods that do not set their sidecar's resources.
+    pub resource_defaults: crate::sidecar_resources::ResourceDefaults,
 }
 
 /// The S3 credentials of one Pod: the sidecar accepts only these, and the app containers get
@@ -208,7 +210,7 @@ pub fn mutate(pod: &Pod, cfg: &SidecarConfig, creds: &PodCredentials) -> Result<
         (Some(v), _) | (None, Some(v)) => v,
     };
     let direct_store = direct_store_secret(pod)?;
-    let resources = SidecarResources::from_annotations(pod.metadata.annotations.as_ref())?;
+    let resources = SidecarResources::for_pod(&cfg.resource_defaults, pod.metadata.annotations.as_ref())?;
     let spec = pod.spec.as_ref();
     let already = spec
         .is_some_and(|s| s.containers.iter().chain(s.init_containers.iter().flatten()).any(|c| c.name == SIDECAR_NAME));
@@ -394,7 +396,7 @@ mod tests {
     }
 
     fn cfg() -> SidecarConfig {
-        SidecarConfig { image: "blockproxy:test".into() }
+        SidecarConfig { image: "blockproxy:test".into(), resource_defaults: Default::default() }
     }
 
     fn creds() -> PodCredentials {

@@ -72,6 +72,24 @@ async fn chart_lints_and_renders_with_default_and_custom_values() -> Result<()> 
             || custom.contains("value: \"registry.local/blockproxy:v9\"")
     );
     assert!(custom.contains("namespace: ops"));
+    assert!(!default.contains("BLOCKPROXY_SIDECAR_MEMORY_LIMIT"), "no sidecar limit unless asked for");
+    let sized = helm
+        .run([
+            "template",
+            "bp",
+            &chart(),
+            "--set",
+            "sidecarResources.limits.memory=256Mi,sidecarResources.requests.cpu=100m",
+        ])
+        .await?
+        .stdout;
+    for env in [
+        "name: BLOCKPROXY_SIDECAR_MEMORY_LIMIT\n              value: \"256Mi\"",
+        "name: BLOCKPROXY_SIDECAR_CPU_REQUEST\n              value: \"100m\"",
+    ] {
+        assert!(sized.contains(env), "{env} missing from the operator's env");
+    }
+    assert!(!sized.contains("BLOCKPROXY_SIDECAR_CPU_LIMIT"), "only the values set become flags");
     let no_webhook = helm.run(["template", "bp", &chart(), "--set", "webhook.enabled=false"]).await?.stdout;
     assert!(!kinds(&no_webhook)?.iter().any(|(x, _)| x == "MutatingWebhookConfiguration"));
 

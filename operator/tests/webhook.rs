@@ -38,7 +38,7 @@ async fn annotated_pods_get_the_mount_sidecar_from_the_api_server() -> Result<()
     let (addr, serving) = webhook::serve(
         "127.0.0.1:0".parse()?,
         tls,
-        SidecarConfig { image: "blockproxy:test".into() },
+        SidecarConfig { image: "blockproxy:test".into(), resource_defaults: Default::default() },
         std::future::pending(),
     )
     .await?;
