@@ -643,7 +643,7 @@ rclone copy --transfers 8 --s3-upload-cutoff 64M /tmp/many "bp:{VOLUME}/app/many
 rclone copy --transfers 8 "bp:{VOLUME}/app/many" /tmp/many-back
 for i in 1 2 3 4 5 6 7 8; do cmp "/tmp/many/f$i" "/tmp/many-back/f$i"; done
 echo "eight at once intact"
-wget -qO- "$AWS_ENDPOINT_URL_S3/_blockproxy/metrics" | grep -E '^blockproxy_client_(read_ahead|write_buffer)_waits_total' | sed 's/^/sidecar /'
+wget -qO- "$AWS_ENDPOINT_URL_S3/_blockproxy/metrics" | grep -E '^blockproxy_client_(read_ahead_waits|read_pieces|write_buffer_waits)_total' | sed 's/^/sidecar /'
 "#
     );
     let mut pod = app_pod("app", VOLUME, &script, "Never");
