@@ -632,39 +632,41 @@ async fn a_first_read_asks_no_head_and_reads_a_large_objects_first_block_once() 
     Ok(())
 }
 
-/// Stalled large reads, with blocks larger than a piece and the read budget full: each read in
-/// progress holds at most one piece outside the budget (ADR 0019), not a whole block, and they
-/// all still finish, read in turn by one task, byte for byte.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_reads_hold_a_piece_each_beyond_a_full_read_budget_not_a_block() -> Result<()> {
-    use futures::StreamExt;
-    const READS: usize = 8;
-    const PIECE: u64 = blockproxy::client::READ_PIECE;
-    let bs = 4 * PIECE;
-    let (_minio, _root, proxy, disc) = one_proxy_with_blocks_of(bs).await?;
-    let big: Vec<u8> = (0..(3 * bs)).map(|i| (i % 251) as u8).collect();
-    let k = key("pieces/big");
-    let mut cfg = fast_config(&disc);
-    cfg.read_ahead_bytes = bs;
-    let client = start_client(cfg).await?;
-    client.put(&k, Bytes::from(big.clone())).await?;
+/// Reads in progress, each with the bytes taken from it so far.
+type Reads = Vec<(futures::stream::BoxStream<'static, Result<Bytes, blockproxy::client::ClientError>>, Vec<u8>)>;
+
+/// Writes `data` as `k` and waits until it is flushed, so that reads are striped over blocks.
+async fn put_flushed(
+    client: &blockproxy::client::Client,
+    k: &blockproxy::protocol::BlockKey,
+    data: &[u8],
+) -> Result<()> {
+    client.put(k, Bytes::from(data.to_vec())).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while client.head(&k).await?.and_then(|i| i.store_etag).is_none() {
+    while client.head(k).await?.and_then(|i| i.store_etag).is_none() {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "the object was not flushed within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let served = || async { anyhow::Ok(metric_sum(&proxy.metrics().await?, "blockproxy_cache_served_bytes_total")) };
-    let before = served().await?;
+    Ok(())
+}
 
-    let mut bodies = Vec::new();
-    for _ in 0..READS {
-        let r = client.read_object(&k, None).await?.ok_or_else(|| anyhow::anyhow!("missing"))?;
-        bodies.push((r.body, Vec::new()));
+/// Opens `n` reads of `k`, and has each take bytes until it holds more than `first` of them
+/// (the first block and some of the second), then stop.
+async fn stalled_reads(
+    client: &blockproxy::client::Client,
+    k: &blockproxy::protocol::BlockKey,
+    n: usize,
+    first: u64,
+) -> Result<Reads> {
+    use futures::StreamExt;
+    let mut reads = Vec::new();
+    for _ in 0..n {
+        let r = client.read_object(k, None).await?.ok_or_else(|| anyhow::anyhow!("missing"))?;
+        reads.push((r.body, Vec::new()));
     }
-    // Every reader takes the first block and some of the second, then stops reading.
     let start_each = async {
-        for (body, got) in &mut bodies {
-            while got.len() as u64 <= bs {
+        for (body, got) in &mut reads {
+            while got.len() as u64 <= first {
                 got.extend_from_slice(&body.next().await.ok_or_else(|| anyhow::anyhow!("ended early"))??);
             }
         }
@@ -672,33 +674,35 @@ async fn stalled_reads_hold_a_piece_each_beyond_a_full_read_budget_not_a_block()
     };
     tokio::time::timeout(Duration::from_secs(60), start_each)
         .await
-        .map_err(|_| anyhow::anyhow!("a reader never got into its second block"))??;
-    // Until the reads stop fetching.
-    let mut seen = served().await?;
+        .map_err(|_| anyhow::anyhow!("a reader never got into its second block: the read budget deadlocked it"))??;
+    Ok(reads)
+}
+
+/// Polls `count` until it stops changing; returns its last value.
+async fn until_settled<F, Fut>(count: F) -> Result<f64>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<f64>>,
+{
+    let mut seen = count().await?;
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = served().await?;
+        let now = count().await?;
         if now == seen {
-            break;
+            return Ok(seen);
         }
         seen = now;
     }
-    // What the proxy sent and no reader has taken yet is what the client holds.
-    let taken: u64 = bodies.iter().map(|(_, got)| got.len() as u64).sum();
-    let held = (seen - before) as u64 - taken;
-    let bound = bs + READS as u64 * PIECE;
-    println!("{READS} stalled reads hold {held} bytes (budget {bs}, pieces of {PIECE}); bound {bound}");
-    // Without pieces each read held its second block whole: about READS x bs.
-    assert!(held <= bound, "{READS} stalled reads hold {held} bytes, more than the budget and a piece each ({bound})");
-    let m = || client.metrics();
-    assert!(m().read_pieces_total.get() > 0, "no block was read in pieces with the budget full");
+}
 
-    // One task reads all of them in turn, a chunk at a time.
+/// One task reads every read in turn, a chunk at a time, to the end; each must equal `want`.
+async fn read_in_turn(mut reads: Reads, want: &[u8]) -> Result<()> {
+    use futures::StreamExt;
     let in_turn = async {
-        let mut open = bodies.len();
+        let mut open = reads.len();
         while open > 0 {
             open = 0;
-            for (body, got) in &mut bodies {
+            for (body, got) in &mut reads {
                 if let Some(chunk) = body.next().await {
                     got.extend_from_slice(&chunk?);
                     open += 1;
@@ -710,9 +714,43 @@ async fn stalled_reads_hold_a_piece_each_beyond_a_full_read_budget_not_a_block()
     tokio::time::timeout(Duration::from_secs(60), in_turn)
         .await
         .map_err(|_| anyhow::anyhow!("reads read in turn did not finish: the read budget deadlocked them"))??;
-    for (_, got) in &bodies {
-        assert!(got == &big, "a read returned other bytes ({} of {})", got.len(), big.len());
+    for (_, got) in &reads {
+        anyhow::ensure!(got == want, "a read returned other bytes ({} of {})", got.len(), want.len());
     }
+    Ok(())
+}
+
+/// Stalled large reads, with blocks larger than a piece and the read budget full: each read in
+/// progress holds at most one piece outside the budget (ADR 0019), not a whole block, and they
+/// all still finish, read in turn by one task, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_reads_hold_a_piece_each_beyond_a_full_read_budget_not_a_block() -> Result<()> {
+    const READS: usize = 8;
+    const PIECE: u64 = blockproxy::client::READ_PIECE;
+    let bs = 4 * PIECE;
+    let (_minio, _root, proxy, disc) = one_proxy_with_blocks_of(bs).await?;
+    let big: Vec<u8> = (0..(3 * bs)).map(|i| (i % 251) as u8).collect();
+    let k = key("pieces/big");
+    let mut cfg = fast_config(&disc);
+    cfg.read_ahead_bytes = bs;
+    let client = start_client(cfg).await?;
+    put_flushed(&client, &k, &big).await?;
+    let served = || async { anyhow::Ok(metric_sum(&proxy.metrics().await?, "blockproxy_cache_served_bytes_total")) };
+    let before = served().await?;
+
+    let reads = stalled_reads(&client, &k, READS, bs).await?;
+    let seen = until_settled(served).await?;
+    // What the proxy sent and no reader has taken yet is what the client holds.
+    let taken: u64 = reads.iter().map(|(_, got)| got.len() as u64).sum();
+    let held = (seen - before) as u64 - taken;
+    let bound = bs + READS as u64 * PIECE;
+    println!("{READS} stalled reads hold {held} bytes (budget {bs}, pieces of {PIECE}); bound {bound}");
+    // Without pieces each read held its second block whole: about READS x bs.
+    assert!(held <= bound, "{READS} stalled reads hold {held} bytes, more than the budget and a piece each ({bound})");
+    let m = || client.metrics();
+    assert!(m().read_pieces_total.get() > 0, "no block was read in pieces with the budget full");
+
+    read_in_turn(reads, &big).await?;
     assert_eq!(m().read_ahead_bytes.get(), 0, "every block's bytes went back to the budget");
     Ok(())
 }
@@ -722,7 +760,6 @@ async fn stalled_reads_hold_a_piece_each_beyond_a_full_read_budget_not_a_block()
 /// block a reader waits for never waits for the budget that the other readers' read-ahead holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_large_reads_hold_at_most_the_read_ahead_budget_and_all_finish() -> Result<()> {
-    use futures::StreamExt;
     const READS: usize = 8;
     let (_minio, _root, _proxy, disc) = one_proxy_with_small_blocks().await?;
     let bs = blockproxy::protocol::MIN_BLOCK_SIZE;
@@ -731,45 +768,20 @@ async fn concurrent_large_reads_hold_at_most_the_read_ahead_budget_and_all_finis
     let mut cfg = fast_config(&disc);
     cfg.read_ahead_bytes = bs;
     let client = start_client(cfg).await?;
-    client.put(&k, Bytes::from(big.clone())).await?;
     // Flushed, so that reads are striped over blocks with the full read-ahead (4 blocks).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while client.head(&k).await?.and_then(|i| i.store_etag).is_none() {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the object was not flushed within 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    put_flushed(&client, &k, &big).await?;
 
     let m = || client.metrics();
-    let fetches = || {
-        m().requests_total.with_label_values(&["get", "proxy"]).get()
-            + m().requests_total.with_label_values(&["get_block", "proxy"]).get()
+    let fetches = || async {
+        anyhow::Ok(
+            (m().requests_total.with_label_values(&["get", "proxy"]).get()
+                + m().requests_total.with_label_values(&["get_block", "proxy"]).get()) as f64,
+        )
     };
-    let mut bodies = Vec::new();
-    for _ in 0..READS {
-        let r = client.read_object(&k, None).await?.ok_or_else(|| anyhow::anyhow!("missing"))?;
-        bodies.push((r.body, Vec::new()));
-    }
     // Every reader takes the first block and a byte of the second, then stops reading.
-    let start_each = async {
-        for (body, got) in &mut bodies {
-            while got.len() as u64 <= bs {
-                got.extend_from_slice(&body.next().await.ok_or_else(|| anyhow::anyhow!("ended early"))??);
-            }
-        }
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(Duration::from_secs(60), start_each)
-        .await
-        .map_err(|_| anyhow::anyhow!("a reader never got its second block: the read-ahead budget deadlocked it"))??;
+    let reads = stalled_reads(&client, &k, READS, bs).await?;
     // Until the read-ahead stops fetching.
-    let mut seen = fetches();
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if fetches() == seen {
-            break;
-        }
-        seen = fetches();
-    }
+    let seen = until_settled(fetches).await? as u64;
     // Per read: the GET of its first block and the block being sent; read-ahead beyond those
     // only within the budget (one block). Without the bound: 1 + 5 blocks per read.
     assert!(
@@ -780,25 +792,7 @@ async fn concurrent_large_reads_hold_at_most_the_read_ahead_budget_and_all_finis
     assert!(m().read_ahead_waits_total.get() > 0, "the budget held read-ahead back");
 
     // One task reads all of them in turn, a chunk at a time.
-    let in_turn = async {
-        let mut open = bodies.len();
-        while open > 0 {
-            open = 0;
-            for (body, got) in &mut bodies {
-                if let Some(chunk) = body.next().await {
-                    got.extend_from_slice(&chunk?);
-                    open += 1;
-                }
-            }
-        }
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(Duration::from_secs(60), in_turn)
-        .await
-        .map_err(|_| anyhow::anyhow!("reads read in turn did not finish: the read-ahead budget deadlocked them"))??;
-    for (_, got) in &bodies {
-        assert!(got == &big, "a read returned other bytes ({} of {})", got.len(), big.len());
-    }
+    read_in_turn(reads, &big).await?;
     assert_eq!(m().read_ahead_bytes.get(), 0, "every block's bytes went back to the budget");
     Ok(())
 }
