@@ -95,7 +95,7 @@ where
         .buffered(depth)
         .map_ok(move |(n, read)| {
             let waiting = waiting_tx.clone();
-            let (sent, mut held) = match read {
+            let (sent, held) = match read {
                 Read::Whole(held, body) => (sent_on(body).boxed(), Some(held)),
                 Read::InPieces(range) => {
                     in_pieces.inc();
@@ -104,13 +104,12 @@ where
                     (sent.boxed(), None)
                 }
             };
-            // After the block's last chunk: its bytes go back, and the reader waits for the next.
-            let done = futures::stream::poll_fn(move |_| {
-                drop(held.take());
+            // After the block's last chunk: its bytes go back, then the reader waits for the next.
+            let next = futures::stream::poll_fn(move |_| {
                 waiting.send_replace(n + 1);
                 Poll::Ready(None)
             });
-            sent.chain(done)
+            holding(sent, held).chain(next)
         })
         .try_flatten()
         .boxed()
