@@ -396,6 +396,44 @@ async fn corrupted_block_of(size: usize) -> Result<()> {
     Ok(())
 }
 
+/// ADR 0020: a cached block of a striped object is verified whole on its first read from the
+/// cache in a process, whether that read asks for the block or for a part of it that the rot is
+/// not in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_cached_striped_block_is_refetched_and_never_served() -> Result<()> {
+    for part in [false, true] {
+        corrupted_stripe(part).await.with_context(|| format!("read {}", if part { "in part" } else { "whole" }))?;
+    }
+    Ok(())
+}
+
+async fn corrupted_stripe(part: bool) -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let block = 1 << 20;
+    let data = random_bytes(4 * block);
+    backend.put_object("rot/striped", &data).await?;
+    let etag = proxy.head("rot/striped").await?.headers()["x-blockproxy-store-etag"].to_str()?.to_owned();
+    let r = proxy.get_block("rot/striped", 1, block as u64, &etag).await?;
+    assert_eq!(r.headers()["x-blockproxy-source"], "store");
+    assert_eq!(r.bytes().await?.as_ref(), &data[block..2 * block]);
+    let files: Vec<_> = walk(&proxy.cache_dir().join("clean"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    flip_last_byte(&files[0])?;
+
+    let (r, want) = if part {
+        let at = block..block + (64 << 10);
+        (proxy.get_block_part("rot/striped", 1, block as u64, &etag, at.clone()).await?, &data[at])
+    } else {
+        (proxy.get_block("rot/striped", 1, block as u64, &etag).await?, &data[block..2 * block])
+    };
+    assert_eq!(r.headers()["x-blockproxy-source"], "store", "the corrupt copy was dropped and refetched");
+    assert_eq!(r.bytes().await?.as_ref(), want);
+    assert_eq!(proxy.metric("blockproxy_cache_corrupt_blocks_total").await?, 1.0);
+    Ok(())
+}
+
 /// A write that rots on disk before its flush is quarantined. The store still holds the version
 /// before it, which is older than an acknowledged write: no read may answer it, and no read may
 /// cache it (a later hit would answer it without asking).

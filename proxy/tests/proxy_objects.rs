@@ -487,3 +487,45 @@ async fn with_no_writeback_a_completed_upload_is_in_the_store_when_acknowledged(
     assert_eq!(head.content_type(), Some("text/csv"));
     Ok(())
 }
+
+/// Bytes the process `pid` has read through read-like system calls (pread, sendfile), from
+/// `/proc/PID/io`: what a hit costs in file reads, whatever the page cache holds.
+fn bytes_read_by(pid: u32) -> Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    let line = io.lines().find_map(|l| l.strip_prefix("rchar: ")).context("no rchar in /proc/PID/io")?;
+    Ok(line.trim().parse()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_of_a_cached_block_reads_its_own_bytes_from_disk_not_the_whole_block() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let block = 4 * MIB;
+    let data = random_bytes(4 * block);
+    backend.put_object("striped", &data).await?;
+    let etag = proxy.head("striped").await?.headers()["x-blockproxy-store-etag"].to_str()?.to_owned();
+    // Cached by its first read, verified by its second.
+    for source in ["store", "cache"] {
+        let r = proxy.get_block("striped", 2, block as u64, &etag).await?;
+        assert_eq!(r.headers()["x-blockproxy-source"], source);
+        assert_eq!(r.bytes().await?.as_ref(), &data[2 * block..3 * block]);
+    }
+
+    let pid = proxy.pid().context("the proxy is running")?;
+    let before = bytes_read_by(pid)?;
+    let (pieces, piece) = (16, 64 * 1024);
+    for i in 0..pieces {
+        let at = 2 * block + i * 3 * piece;
+        let r = proxy.get_block_part("striped", 2, block as u64, &etag, at..at + piece).await?;
+        assert_eq!(r.status(), 206);
+        assert_eq!(r.headers()["x-blockproxy-source"], "cache");
+        assert_eq!(r.bytes().await?.as_ref(), &data[at..at + piece]);
+    }
+    let read = bytes_read_by(pid)? - before;
+    eprintln!("{pieces} parts of {piece} bytes read {read} bytes from files");
+    // Its pieces, plus room for the process's other reads (its block headers, /proc, sockets).
+    let bound = (pieces * piece + MIB) as u64;
+    assert!(read <= bound, "{pieces} pieces of {piece} bytes read {read} bytes from files (bound {bound})");
+    Ok(())
+}

@@ -6,7 +6,8 @@
 //! (the CRC32C covering the whole object is verified by the flush and by whole reads up to the
 //! block size, not on such ranges); a clean object not cached here and larger than one block is
 //! not fetched whole: a GET of it answers `400` saying to read it in blocks, unless it asks for a
-//! range of at most one block, which is read from the store pinned to the object's ETag.
+//! range of at most one block, which is read from the store pinned to the object's ETag. A cached
+//! block of such an object is served from its open file too (ADR 0020): whole, or a part's bytes.
 
 use super::errors::ApiError;
 use super::object::{ObjectHeaders, quote, unquote};
@@ -387,14 +388,7 @@ async fn serve_cached(
                 let (volume, key) = (id.volume.to_string(), id.key.to_string());
                 return Err(cache_error(s, CacheError::CorruptDirty { volume, key, reason }));
             }
-            // The cache's own read drops the clean copy (it is refetched from the store).
-            return match s.cache.read(id).await.map_err(|e| cache_error(s, e))? {
-                Lookup::DroppedCorrupt => {
-                    s.metrics.cache_corrupt_blocks_total.inc();
-                    Ok(None)
-                }
-                _ => Err(ApiError::unavailable("the object changed while it was read; retry", 0)),
-            };
+            return drop_corrupt_copy(s, id).await.map(|()| None);
         }
         if !ob.dirty {
             s.cache.mark_checked(id, ob.serial);
@@ -678,44 +672,110 @@ pub async fn get_stripe(
     }
 
     let id = BlockId { stripe: Some(Stripe { index, block_size }), ..object };
-    let _reserved = reserve_bytes(s, block_size).await?;
-    if let Lookup::Hit { header, data, version, .. } = s.cache.read(&id).await.map_err(|e| cache_error(s, e))? {
-        if header.pinned_etag() == pinned
-            && let Some(st) = header.stripe
-        {
-            s.metrics.cache_hits_total.inc();
-            let (range, data) = cut(headers, start, data, st.object_size)?;
-            return Ok(stripe_answer(
-                s,
-                version,
-                "cache",
-                &pinned,
-                st.object_size,
-                &header.attrs,
-                header.modified_ns,
-                range,
-                data,
-                with_body,
-            ));
-        }
-        // Pinned to another ETag: that copy is of another object version.
-        s.cache.invalidate(&id);
+    if let Some(served) = serve_cached_stripe(s, &id, &pinned, start, headers, with_body, sends).await? {
+        return Ok(served);
     }
+    let _reserved = reserve_bytes(s, block_size).await?;
     s.metrics.cache_misses_total.inc();
     let fetched = fetch_stripe(s, cfg, &id, start, &pinned).await?;
     let (range, data) = cut(headers, start, fetched.data.clone(), fetched.object_size)?;
-    Ok(stripe_answer(
-        s,
-        fetched.version,
-        "store",
-        &pinned,
-        fetched.object_size,
-        &fetched.attrs,
-        fetched.modified_ns,
-        range,
-        data,
-        with_body,
-    ))
+    Ok(fetched_stripe_answer(s, &fetched, &pinned, range, data, with_body))
+}
+
+/// Serves block `id` of a clean object from its file here, when that copy is pinned to `pinned`;
+/// `None` when there is none, or it failed verification and was dropped: fetch it then. The block
+/// is verified whole on its first read in this process (ADR 0001, item 6), through one
+/// chunk-sized buffer. The whole block then streams from its open file (sendfile on plain HTTP)
+/// with the block's checksum; a part of it (a piece of a read under memory pressure, a mount's
+/// random read) reads only its own bytes, and carries their checksum for the client to verify.
+async fn serve_cached_stripe(
+    s: &Arc<AppState>,
+    id: &BlockId,
+    pinned: &str,
+    start: u64,
+    headers: &HeaderMap,
+    with_body: bool,
+    sends: Option<&FileSends>,
+) -> Result<Option<Response>, ApiError> {
+    let Opened::Block(ob) = s.cache.open_block(id, 0).await.map_err(|e| cache_error(s, e))? else {
+        return Ok(None);
+    };
+    let OpenBlock { header: h, mut file, data_offset, checked, serial, .. } = *ob;
+    let Some(stripe) = h.stripe.as_ref().filter(|_| h.pinned_etag() == pinned) else {
+        // Pinned to another ETag: that copy is of another object version.
+        s.cache.invalidate(id);
+        return Ok(None);
+    };
+    let range = within_block(headers, start..start + h.data_len, stripe.object_size)?;
+    if with_body && !checked {
+        let (read, crc) = checksum_file(file, data_offset, h.data_len).await?;
+        if crc != h.data_crc32c {
+            return drop_corrupt_copy(s, id).await.map(|()| None);
+        }
+        s.cache.mark_checked(id, serial);
+        file = read;
+    }
+    s.metrics.cache_hits_total.inc();
+    let len = range.end - range.start;
+    let in_file = range.start - start..range.end - start;
+    let whole = len == h.data_len;
+    let (crc32c, body) = match (with_body, whole) {
+        (false, _) => (whole.then_some(h.data_crc32c), None),
+        (true, true) => (Some(h.data_crc32c), Some(file_body(s.cache.buffers(), file, data_offset, in_file, sends))),
+        (true, false) => {
+            let _reserved = reserve_bytes(s, len).await?;
+            let part = read_part(s.cache.buffers(), file, data_offset + in_file.start, len).await?;
+            (Some(crc32c::crc32c(&part)), Some(Body::from(part)))
+        }
+    };
+    if with_body {
+        s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(len);
+    }
+    let a = Answer {
+        version: h.version,
+        source: "cache",
+        crc32c,
+        object: ObjectHeaders {
+            etag: pinned,
+            modified_ns: h.modified_ns,
+            size: stripe.object_size,
+            store_etag: Some(pinned),
+            attrs: &h.attrs,
+        },
+        range: Some(range),
+    };
+    Ok(Some(respond(a, body, len)))
+}
+
+/// `len` bytes of `file` from `offset`, into a pooled buffer: on this task when at most a chunk,
+/// as small hits are read, else on the blocking pool.
+async fn read_part(
+    buffers: &Arc<BufferPool>,
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: u64,
+) -> Result<Bytes, ApiError> {
+    use std::os::unix::fs::FileExt;
+    let buffers = Arc::clone(buffers);
+    let read = move || buffers.read(len as usize, |buf| file.read_exact_at(buf, offset));
+    let read = if len <= CHUNK {
+        read()
+    } else {
+        tokio::task::spawn_blocking(read).await.map_err(|e| cache_read_failed(&e))?
+    };
+    read.map_err(|e| cache_read_failed(&e))
+}
+
+/// Drops a clean cached copy that failed verification, through the cache's own read of it (it is
+/// fetched from the store again); an error when the copy changed meanwhile instead.
+async fn drop_corrupt_copy(s: &AppState, id: &BlockId) -> Result<(), ApiError> {
+    match s.cache.read(id).await.map_err(|e| cache_error(s, e))? {
+        Lookup::DroppedCorrupt => {
+            s.metrics.cache_corrupt_blocks_total.inc();
+            Ok(())
+        }
+        _ => Err(ApiError::unavailable("the object changed while it was read; retry", 0)),
+    }
 }
 
 /// The bytes of `block` (object offsets) that the request's `Range` asks for: the whole block
@@ -750,28 +810,30 @@ fn block_range(start: u64, block_size: u64, size: u64) -> Result<Range<u64>, Api
     Ok(start..size.min(start.saturating_add(block_size)))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn stripe_answer(
+/// The answer for the part `range` (`data`) of a block just fetched from the store.
+fn fetched_stripe_answer(
     s: &AppState,
-    version: u64,
-    source: &'static str,
+    fetched: &FetchedStripe,
     pinned: &str,
-    object_size: u64,
-    attrs: &ObjectAttrs,
-    modified_ns: u64,
     range: Range<u64>,
     data: Bytes,
     with_body: bool,
 ) -> Response {
     let len = data.len() as u64;
     if with_body {
-        s.metrics.cache_served_bytes_total.with_label_values(&[source]).inc_by(len);
+        s.metrics.cache_served_bytes_total.with_label_values(&["store"]).inc_by(len);
     }
     let a = Answer {
-        version,
-        source,
+        version: fetched.version,
+        source: "store",
         crc32c: Some(crc32c::crc32c(&data)),
-        object: ObjectHeaders { etag: pinned, modified_ns, size: object_size, store_etag: Some(pinned), attrs },
+        object: ObjectHeaders {
+            etag: pinned,
+            modified_ns: fetched.modified_ns,
+            size: fetched.object_size,
+            store_etag: Some(pinned),
+            attrs: &fetched.attrs,
+        },
         range: Some(range),
     };
     respond(a, with_body.then(|| Body::from(data)), len)
