@@ -873,6 +873,106 @@ async fn main() -> Result<()> {
         }
     }
 
+    // ---- figure 4: write-ack latency, 1 MiB ----
+    // Before figures 7 and 8: after them, the gigabytes they move through MinIO and the disk
+    // still slowed these acks (proxy p50 6.9 ms in a full run against 2.6 to 4.1 ms alone).
+    if want(4) {
+        eprintln!("figure 4: 1 MiB writes one at a time: blockproxy writeback (sync off, on) vs direct PUT");
+        let bp_sync = BlockProxy::start("bp-sync", root.path(), &wan, &wan_endpoint, &["--sync"]).await?;
+        let data = random_block(WRITE);
+        put_store(&direct, &bucket, "w-warm", data.clone()).await?;
+        // Every proxy a phase of this figure writes to: each phase starts once they are all
+        // settled, and measures its own writes' flush beside its acks, not the previous phase's.
+        let writers: Vec<&BlockProxy> = [&bp, &bp_sync].into_iter().chain(group.iter()).collect();
+        let mut unsettled = 0.0f64;
+        let mut settled = async || -> Result<()> {
+            unsettled = unsettled.max(settle(&writers, Duration::from_secs(60)).await?);
+            Ok(())
+        };
+        for run in 0..p.runs {
+            settled().await?;
+            let (acks_off, vis_off) = proxy_writes(&http, &bp, &wan, &format!("off-{run}"), p.writes, &data).await?;
+            settled().await?;
+            let (acks_on, vis_on) = proxy_writes(&http, &bp_sync, &wan, &format!("on-{run}"), p.writes, &data).await?;
+            let mut direct_acks = Vec::new();
+            for i in 0..p.writes {
+                let t0 = Instant::now();
+                put_store(&direct, &bucket, &format!("w-direct-{run}-{i}"), data.clone()).await?;
+                direct_acks.push(t0.elapsed().as_micros() as u64);
+            }
+            direct_acks.sort_unstable();
+            // The sidecar's second hop alone: the client library, in this process, writing to
+            // the group. What the sidecar adds over it is its S3 front (receive, SigV4, relay).
+            settled().await?;
+            let mut library_acks = Vec::new();
+            for i in 0..p.writes {
+                let key = BlockKey::parse(&format!("w-library-{run}-{i}"))?;
+                let t0 = Instant::now();
+                client
+                    .put_object(&key, data.clone(), &Default::default(), &[])
+                    .await
+                    .context("PUT through the library")?;
+                library_acks.push(t0.elapsed().as_micros() as u64);
+            }
+            library_acks.sort_unstable();
+            // The application's path: an S3 PutObject through the mount sidecar to the group.
+            settled().await?;
+            let mut sidecar_acks = Vec::new();
+            for i in 0..p.writes {
+                let t0 = Instant::now();
+                sidecar_s3
+                    .put_object()
+                    .bucket(VOLUME)
+                    .key(format!("w-sidecar-{run}-{i}"))
+                    .body(ByteStream::from(data.clone()))
+                    .send()
+                    .await
+                    .context("PUT through the sidecar")?;
+                sidecar_acks.push(t0.elapsed().as_micros() as u64);
+            }
+            sidecar_acks.sort_unstable();
+            eprintln!(
+                "  run {run}: sidecar S3 PUT ack p50/p99 ms {:.2}/{:.2}; its library hop alone {:.2}/{:.2}",
+                pct_ms(&sidecar_acks, 50.0),
+                pct_ms(&sidecar_acks, 99.0),
+                pct_ms(&library_acks, 50.0),
+                pct_ms(&library_acks, 99.0)
+            );
+            eprintln!(
+                "  run {run}: ack p50/p99 ms: sync off {:.2}/{:.2}, sync on {:.2}/{:.2}, direct {:.1}/{:.1}; ack->store p50 {:.1}/{:.1}",
+                pct_ms(&acks_off, 50.0),
+                pct_ms(&acks_off, 99.0),
+                pct_ms(&acks_on, 50.0),
+                pct_ms(&acks_on, 99.0),
+                pct_ms(&direct_acks, 50.0),
+                pct_ms(&direct_acks, 99.0),
+                pct_ms(&vis_off, 50.0),
+                pct_ms(&vis_on, 50.0)
+            );
+            for (name, v) in [
+                ("sync_off", &acks_off),
+                ("sync_on", &acks_on),
+                ("direct", &direct_acks),
+                ("sidecar_s3", &sidecar_acks),
+                ("library", &library_acks),
+            ] {
+                r.push(&format!("f4.ack_p50_ms.{name}"), pct_ms(v, 50.0));
+                r.push(&format!("f4.ack_p99_ms.{name}"), pct_ms(v, 99.0));
+            }
+            for (name, v) in [("sync_off", &acks_off), ("sync_on", &acks_on), ("sidecar_s3", &sidecar_acks)] {
+                r.push(&format!("f4.ratio.{name}_over_direct_p50"), pct_ms(v, 50.0) / pct_ms(&direct_acks, 50.0));
+                r.push(&format!("f4.ratio.{name}_over_direct_p99"), pct_ms(v, 99.0) / pct_ms(&direct_acks, 99.0));
+            }
+            for (name, v) in [("sync_off", &vis_off), ("sync_on", &vis_on)] {
+                r.push(&format!("f4.ack_to_store_p50_ms.{name}"), pct_ms(v, 50.0));
+                r.push(&format!("f4.ack_to_store_p99_ms.{name}"), pct_ms(v, 99.0));
+            }
+        }
+        if unsettled > 0.0 {
+            notes.push(format!("figure 4: a phase started with {unsettled} blocks still dirty after 60 s"));
+        }
+        drop(bp_sync);
+    }
     // ---- figure 7: a large file through the mount, the sidecar's S3 endpoint, a local file ----
     if want(7) {
         let size: u64 = if p.quick { 512 << 20 } else { 2 << 30 };
@@ -1045,104 +1145,6 @@ async fn main() -> Result<()> {
         scale::figure8(s, &mut r).await?;
     }
 
-    // ---- figure 4: write-ack latency, 1 MiB ----
-    if want(4) {
-        eprintln!("figure 4: 1 MiB writes one at a time: blockproxy writeback (sync off, on) vs direct PUT");
-        let bp_sync = BlockProxy::start("bp-sync", root.path(), &wan, &wan_endpoint, &["--sync"]).await?;
-        let data = random_block(WRITE);
-        put_store(&direct, &bucket, "w-warm", data.clone()).await?;
-        // Every proxy a phase of this figure writes to: each phase starts once they are all
-        // settled, and measures its own writes' flush beside its acks, not the previous phase's.
-        let writers: Vec<&BlockProxy> = [&bp, &bp_sync].into_iter().chain(group.iter()).collect();
-        let mut unsettled = 0.0f64;
-        let mut settled = async || -> Result<()> {
-            unsettled = unsettled.max(settle(&writers, Duration::from_secs(60)).await?);
-            Ok(())
-        };
-        for run in 0..p.runs {
-            settled().await?;
-            let (acks_off, vis_off) = proxy_writes(&http, &bp, &wan, &format!("off-{run}"), p.writes, &data).await?;
-            settled().await?;
-            let (acks_on, vis_on) = proxy_writes(&http, &bp_sync, &wan, &format!("on-{run}"), p.writes, &data).await?;
-            let mut direct_acks = Vec::new();
-            for i in 0..p.writes {
-                let t0 = Instant::now();
-                put_store(&direct, &bucket, &format!("w-direct-{run}-{i}"), data.clone()).await?;
-                direct_acks.push(t0.elapsed().as_micros() as u64);
-            }
-            direct_acks.sort_unstable();
-            // The sidecar's second hop alone: the client library, in this process, writing to
-            // the group. What the sidecar adds over it is its S3 front (receive, SigV4, relay).
-            settled().await?;
-            let mut library_acks = Vec::new();
-            for i in 0..p.writes {
-                let key = BlockKey::parse(&format!("w-library-{run}-{i}"))?;
-                let t0 = Instant::now();
-                client
-                    .put_object(&key, data.clone(), &Default::default(), &[])
-                    .await
-                    .context("PUT through the library")?;
-                library_acks.push(t0.elapsed().as_micros() as u64);
-            }
-            library_acks.sort_unstable();
-            // The application's path: an S3 PutObject through the mount sidecar to the group.
-            settled().await?;
-            let mut sidecar_acks = Vec::new();
-            for i in 0..p.writes {
-                let t0 = Instant::now();
-                sidecar_s3
-                    .put_object()
-                    .bucket(VOLUME)
-                    .key(format!("w-sidecar-{run}-{i}"))
-                    .body(ByteStream::from(data.clone()))
-                    .send()
-                    .await
-                    .context("PUT through the sidecar")?;
-                sidecar_acks.push(t0.elapsed().as_micros() as u64);
-            }
-            sidecar_acks.sort_unstable();
-            eprintln!(
-                "  run {run}: sidecar S3 PUT ack p50/p99 ms {:.2}/{:.2}; its library hop alone {:.2}/{:.2}",
-                pct_ms(&sidecar_acks, 50.0),
-                pct_ms(&sidecar_acks, 99.0),
-                pct_ms(&library_acks, 50.0),
-                pct_ms(&library_acks, 99.0)
-            );
-            eprintln!(
-                "  run {run}: ack p50/p99 ms: sync off {:.2}/{:.2}, sync on {:.2}/{:.2}, direct {:.1}/{:.1}; ack->store p50 {:.1}/{:.1}",
-                pct_ms(&acks_off, 50.0),
-                pct_ms(&acks_off, 99.0),
-                pct_ms(&acks_on, 50.0),
-                pct_ms(&acks_on, 99.0),
-                pct_ms(&direct_acks, 50.0),
-                pct_ms(&direct_acks, 99.0),
-                pct_ms(&vis_off, 50.0),
-                pct_ms(&vis_on, 50.0)
-            );
-            for (name, v) in [
-                ("sync_off", &acks_off),
-                ("sync_on", &acks_on),
-                ("direct", &direct_acks),
-                ("sidecar_s3", &sidecar_acks),
-                ("library", &library_acks),
-            ] {
-                r.push(&format!("f4.ack_p50_ms.{name}"), pct_ms(v, 50.0));
-                r.push(&format!("f4.ack_p99_ms.{name}"), pct_ms(v, 99.0));
-            }
-            for (name, v) in [("sync_off", &acks_off), ("sync_on", &acks_on), ("sidecar_s3", &sidecar_acks)] {
-                r.push(&format!("f4.ratio.{name}_over_direct_p50"), pct_ms(v, 50.0) / pct_ms(&direct_acks, 50.0));
-                r.push(&format!("f4.ratio.{name}_over_direct_p99"), pct_ms(v, 99.0) / pct_ms(&direct_acks, 99.0));
-            }
-            for (name, v) in [("sync_off", &vis_off), ("sync_on", &vis_on)] {
-                r.push(&format!("f4.ack_to_store_p50_ms.{name}"), pct_ms(v, 50.0));
-                r.push(&format!("f4.ack_to_store_p99_ms.{name}"), pct_ms(v, 99.0));
-            }
-        }
-        if unsettled > 0.0 {
-            notes.push(format!("figure 4: a phase started with {unsettled} blocks still dirty after 60 s"));
-        }
-        drop(bp_sync);
-    }
     drop(client);
     drop(group);
     drop(nginx);
