@@ -973,6 +973,7 @@ async fn main() -> Result<()> {
         }
         drop(bp_sync);
     }
+
     // ---- figure 7: a large file through the mount, the sidecar's S3 endpoint, a local file ----
     if want(7) {
         let size: u64 = if p.quick { 512 << 20 } else { 2 << 30 };

@@ -369,9 +369,7 @@ async fn serve_cached(
     if verify {
         if data.is_none() && total <= crate::cache::INLINE_READ_MAX {
             // Opened for sendfile, header only: a small block is read whole on this task.
-            use std::os::unix::fs::FileExt;
-            let read = s.cache.buffers().read(total as usize, |buf| file.read_exact_at(buf, ob.data_offset));
-            data = Some(read.map_err(|e| cache_read_failed(&e))?);
+            data = Some(read_part(s.cache.buffers(), Arc::clone(&file), ob.data_offset, total).await?);
         }
         let crc = match &data {
             Some(data) => crc32c::crc32c(data),
