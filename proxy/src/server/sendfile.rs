@@ -111,6 +111,29 @@ impl SendfileStream {
             }
         }
     }
+
+    /// Sends `bufs`, which a stand-in follows, with `MSG_MORE`: the kernel holds them for the
+    /// file's bytes, which `sendfile` sends next, so that a hit's headers do not cross the
+    /// network as a small segment of their own (ADR 0021). The file's last bytes go without it,
+    /// so nothing waits on an open connection, unlike with `TCP_CORK`, which stays set.
+    fn poll_send_before_file(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        use rustix::net::{SendAncillaryBuffer, SendFlags, sendmsg};
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            let sent = self.tcp.try_io(Interest::WRITABLE, || {
+                Ok(sendmsg(
+                    &self.tcp,
+                    bufs,
+                    &mut SendAncillaryBuffer::default(),
+                    SendFlags::MORE | SendFlags::NOSIGNAL,
+                )?)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
 }
 
 fn out_of_step(what: &str) -> io::Error {
@@ -140,9 +163,9 @@ impl AsyncWrite for SendfileStream {
     ) -> Poll<io::Result<usize>> {
         match bufs.iter().position(|b| is_stand_in(b)) {
             None => Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs),
-            // What precedes the first stand-in goes out first, as it is.
             Some(0) => self.poll_send_file(cx, &bufs[0]),
-            Some(first) => Pin::new(&mut self.tcp).poll_write_vectored(cx, &bufs[..first]),
+            // What precedes the first stand-in (a response's headers) goes out first, as it is.
+            Some(first) => self.poll_send_before_file(cx, &bufs[..first]),
         }
     }
 
@@ -163,6 +186,7 @@ impl AsyncWrite for SendfileStream {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn pair(sends: FileSends) -> (SendfileStream, TcpStream) {
@@ -213,6 +237,30 @@ mod tests {
         want.extend_from_slice(&data[2_000_000..2_999_999]);
         assert!(reader.await.unwrap() == want, "the bytes on the wire are not the file ranges in order");
         assert!(sends.queue().is_empty());
+    }
+
+    /// The bytes before a stand-in (a response's headers) wait in the socket for the file's
+    /// bytes, so that they leave in one segment instead of a small one of their own.
+    #[tokio::test]
+    async fn headers_before_a_stand_in_wait_for_the_file_then_all_arrive_on_the_open_connection() {
+        let data: Vec<u8> = (0..65_536u32).map(|i| (i % 251) as u8).collect();
+        let sends = FileSends::default();
+        let (mut server, mut client) = pair(sends.clone()).await;
+        let body = sends.chunk(&file_of(&data), 0, data.len());
+        let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\ncontent-length: 65536\r\n\r\n");
+        let n = server.write_vectored(&[IoSlice::new(&head), IoSlice::new(&body)]).await.unwrap();
+        assert_eq!(n, head.len(), "the headers go first, on their own");
+        let mut got = vec![0u8; head.len() + data.len()];
+        let early = tokio::time::timeout(Duration::from_millis(200), client.read(&mut got)).await;
+        assert!(early.is_err(), "the headers left before the file's bytes: {early:?}");
+        let mut left = &body[..];
+        while !left.is_empty() {
+            let n = server.write_vectored(&[IoSlice::new(left)]).await.unwrap();
+            left = &left[n..];
+        }
+        // The connection stays open: the last segment must not wait for more.
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut got)).await.unwrap().unwrap();
+        assert!(got[..head.len()] == head[..] && got[head.len()..] == data[..], "wrong bytes on the wire");
     }
 
     #[tokio::test]
