@@ -755,6 +755,45 @@ async fn stalled_reads_hold_a_piece_each_beyond_a_full_read_budget_not_a_block()
     Ok(())
 }
 
+/// A read of a key last seen small takes that size of the read budget, not a whole block: a
+/// sidecar serving many small objects at once left none of the budget to large reads beside
+/// them, whose blocks then moved in pieces (ADR 0019).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_a_key_seen_small_takes_its_size_of_the_read_budget_not_a_block() -> Result<()> {
+    use futures::TryStreamExt;
+    const READS: usize = 4;
+    let bs = 4 * blockproxy::client::READ_PIECE;
+    let (_minio, _root, _proxy, disc) = one_proxy_with_blocks_of(bs).await?;
+    let mut cfg = fast_config(&disc);
+    cfg.read_ahead_bytes = bs;
+    let client = start_client(cfg).await?;
+    let small: Vec<u8> = (0..(64u32 << 10)).map(|i| (i % 251) as u8).collect();
+    let k = key("small/one");
+    client.put(&k, Bytes::from(small.clone())).await?;
+    // The first read learns that the key is small.
+    let first = client.read_object(&k, None).await?.expect("written");
+    anyhow::ensure!(
+        first.body.try_collect::<Vec<Bytes>>().await?.concat() == small,
+        "the first read returned other bytes"
+    );
+    let m = || client.metrics();
+    let pieces = m().read_pieces_total.get();
+
+    // Reads opened and not yet sent on hold their bytes of the budget.
+    let mut open = Vec::new();
+    for _ in 0..READS {
+        open.push(client.read_object(&k, None).await?.expect("written"));
+    }
+    let held = m().read_ahead_bytes.get() as u64;
+    assert_eq!(held, READS as u64 * small.len() as u64, "{READS} open reads of a small key hold {held} bytes");
+    assert_eq!(m().read_pieces_total.get(), pieces, "a small key's read found no block free and asked for a piece");
+    for read in open {
+        anyhow::ensure!(read.body.try_collect::<Vec<Bytes>>().await?.concat() == small, "a read returned other bytes");
+    }
+    assert_eq!(m().read_ahead_bytes.get(), 0, "every read gave its bytes back");
+    Ok(())
+}
+
 /// Many large reads at once hold at most `read_ahead_bytes` in blocks fetched ahead of their
 /// readers (ADR 0016), and readers that one task reads in turn, one chunk each, all finish: the
 /// block a reader waits for never waits for the budget that the other readers' read-ahead holds.

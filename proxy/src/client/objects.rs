@@ -102,16 +102,20 @@ impl Client {
         // in the first block or the key was last seen small; a read further into a large object
         // asks a HEAD rather than move a block it does not want.
         //
-        // Its bytes come from the read budget like any block's until sent. When they are not
-        // free it asks for the first piece only, so that every read in progress holds at most a
-        // piece outside the budget (ADR 0019).
+        // Its bytes come from the read budget like any block's until sent: a block's, or for a
+        // key seen small that size's, asking for at most a piece more in case it grew. When
+        // they are not free it asks for the first piece only, so that every read in progress
+        // holds at most a piece outside the budget (ADR 0019).
         let mut known = None;
         let mut first_block = None;
         let mut first_len = bs;
         let mut first_held = None;
-        if small.contains(key.as_str()) || starts_in_first_block(range, bs) {
-            first_held = self.inner.read_budget.try_take(bs);
-            if first_held.is_none() && bs > PIECE {
+        let seen_small = small.size_of(key.as_str());
+        if seen_small.is_some() || starts_in_first_block(range, bs) {
+            let want = seen_small.map_or(bs, |n| n.clamp(1, bs));
+            first_len = want.max(PIECE).min(bs);
+            first_held = self.inner.read_budget.try_take(want);
+            if first_held.is_none() && want > PIECE {
                 first_len = PIECE;
                 self.inner.metrics.read_pieces_total.inc();
             }
@@ -124,7 +128,7 @@ impl Client {
                     known = Some(f.info);
                 }
                 Ok(Some(f)) if f.data.len() as u64 == f.info.size => {
-                    small.remember(key.as_str());
+                    small.remember(key.as_str(), f.info.size);
                     if let Some(held) = &mut first_held {
                         self.inner.read_budget.keep_only(held, f.info.size);
                     }
@@ -145,7 +149,7 @@ impl Client {
             },
         };
         if (1..=bs).contains(&info.size) {
-            small.remember(key.as_str());
+            small.remember(key.as_str(), info.size);
         } else {
             small.forget(key.as_str());
         }
