@@ -29,5 +29,6 @@ cpu_ns() { cat /proc/"$(cat "$dir/pid")"/task/*/schedstat | awk '{s += $1} END {
 s0=$(out_segs); c0=$(cpu_ns)
 curl -sf -H "$auth" -K "$dir/curl.cfg"
 s1=$(out_segs); c1=$(cpu_ns)
-echo "$bin: $n hits, $(echo "scale=2; ($s1 - $s0) / $n" | bc) TCP segments per hit (machine-wide)," \
-    "$(((c1 - c0) / n / 1000)) us of the proxy process's CPU per hit"
+awk -v bin="$bin" -v n="$n" -v segs=$((s1 - s0)) -v ns=$((c1 - c0)) 'BEGIN {
+    printf "%s: %d hits, %.2f TCP segments per hit (machine-wide), %.0f us of the proxy process'"'"'s CPU per hit\n",
+        bin, n, segs / n, ns / n / 1000 }'
