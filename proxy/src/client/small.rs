@@ -9,6 +9,8 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const SLOTS: usize = 1 << 14;
+/// A slot's tag half; the other half is the size.
+const TAG: u64 = !(u32::MAX as u64);
 
 /// A slot holds a key's tag in its high half and its size in its low half; zero marks an empty
 /// slot. Sizes are at most a block (64 MiB), so they fit.
@@ -27,28 +29,29 @@ impl SmallKeys {
     /// The key's slot and its non-zero tag, already in the high half.
     fn slot(&self, key: &str) -> (&AtomicU64, u64) {
         let h = self.hasher.hash_one(key);
-        (&self.slots[h as usize % SLOTS], (h | 1 << 32) & !u64::from(u32::MAX))
+        (&self.slots[h as usize % SLOTS], (h | 1 << 32) & TAG)
     }
 
     /// The size the key had when last seen small.
     pub fn size_of(&self, key: &str) -> Option<u64> {
         let (slot, tag) = self.slot(key);
         let v = slot.load(Ordering::Relaxed);
-        (v & !u64::from(u32::MAX) == tag).then_some(v & u64::from(u32::MAX))
+        (v & TAG == tag).then_some(v & !TAG)
     }
 
-    /// Remembers `key` at `size` bytes; a size beyond 4 GiB is not small, and is not kept.
+    /// Remembers `key` at `size` bytes; a size beyond 4 GiB is not small, and forgets it.
     pub fn remember(&self, key: &str, size: u64) {
         let (slot, tag) = self.slot(key);
-        if let Ok(size) = u32::try_from(size) {
-            slot.store(tag | u64::from(size), Ordering::Relaxed);
+        match u32::try_from(size) {
+            Ok(size) => slot.store(tag | u64::from(size), Ordering::Relaxed),
+            Err(_) => self.forget(key),
         }
     }
 
     pub fn forget(&self, key: &str) {
         let (slot, tag) = self.slot(key);
         let v = slot.load(Ordering::Relaxed);
-        if v & !u64::from(u32::MAX) == tag {
+        if v & TAG == tag {
             let _ = slot.compare_exchange(v, 0, Ordering::Relaxed, Ordering::Relaxed);
         }
     }

@@ -87,28 +87,23 @@ impl SendfileStream {
             let what = format!("a {}-byte stand-in where {} bytes of a file are due", slice.len(), front.len);
             return Poll::Ready(Err(out_of_step(&what)));
         }
-        loop {
-            ready!(self.tcp.poll_write_ready(cx))?;
+        let sent = ready!(poll_write_with(&self.tcp, cx, || {
             let mut offset = front.offset;
-            match self.tcp.try_io(Interest::WRITABLE, || {
-                Ok(rustix::fs::sendfile(&self.tcp, &*front.file, Some(&mut offset), front.len)?)
-            }) {
-                Ok(0) => {
-                    // The file is shorter than its header said: end the body short.
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cache file ended early")));
+            Ok(rustix::fs::sendfile(&self.tcp, &*front.file, Some(&mut offset), front.len)?)
+        }));
+        match sent {
+            // The file is shorter than its header said: end the body short.
+            Ok(0) => Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cache file ended early"))),
+            Ok(n) => {
+                front.offset += n as u64;
+                front.len -= n;
+                if front.len == 0 {
+                    queue.pop_front();
                 }
-                Ok(n) => {
-                    front.offset += n as u64;
-                    front.len -= n;
-                    if front.len == 0 {
-                        queue.pop_front();
-                    }
-                    self.sent_bytes.inc_by(n as u64);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                self.sent_bytes.inc_by(n as u64);
+                Poll::Ready(Ok(n))
             }
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 
@@ -118,20 +113,24 @@ impl SendfileStream {
     /// so nothing waits on an open connection, unlike with `TCP_CORK`, which stays set.
     fn poll_send_before_file(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         use rustix::net::{SendAncillaryBuffer, SendFlags, sendmsg};
-        loop {
-            ready!(self.tcp.poll_write_ready(cx))?;
-            let sent = self.tcp.try_io(Interest::WRITABLE, || {
-                Ok(sendmsg(
-                    &self.tcp,
-                    bufs,
-                    &mut SendAncillaryBuffer::default(),
-                    SendFlags::MORE | SendFlags::NOSIGNAL,
-                )?)
-            });
-            match sent {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                done => return Poll::Ready(done),
-            }
+        poll_write_with(&self.tcp, cx, || {
+            let flags = SendFlags::MORE | SendFlags::NOSIGNAL;
+            Ok(sendmsg(&self.tcp, bufs, &mut SendAncillaryBuffer::default(), flags)?)
+        })
+    }
+}
+
+/// Runs the write `op` on `tcp` once the socket is writable, again after each `WouldBlock`.
+fn poll_write_with(
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+    mut op: impl FnMut() -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(tcp.poll_write_ready(cx))?;
+        match tcp.try_io(Interest::WRITABLE, &mut op) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            done => return Poll::Ready(done),
         }
     }
 }
