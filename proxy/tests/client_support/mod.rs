@@ -160,6 +160,11 @@ impl Proxy {
 /// directly to the store when no proxy answers. S3 clients sign with `blockproxy`/`blockproxy`.
 /// Killed on drop.
 pub async fn start_sidecar(root: &Path, discovery_file: &Path, minio: &Minio, extra: &[&str]) -> Result<Blockproxy> {
+    Blockproxy::start(sidecar_command(root, discovery_file, minio)?.args(extra)).await
+}
+
+/// The command [`start_sidecar`] runs, for a test that adds to it.
+pub fn sidecar_command(root: &Path, discovery_file: &Path, minio: &Minio) -> Result<BlockproxyCommand> {
     let token = root.join("sidecar-token");
     std::fs::write(&token, TOKEN)?;
     let creds = root.join("sidecar-store-creds.yaml");
@@ -172,9 +177,8 @@ pub async fn start_sidecar(root: &Path, discovery_file: &Path, minio: &Minio, ex
         .args(["--probe-interval", "250ms", "--store-path-style"])
         .arg("--store-credentials-file")
         .arg(&creds)
-        .args(extra)
         .ready_within(Duration::from_secs(20), Duration::from_millis(50));
-    Blockproxy::start(command).await
+    Ok(command)
 }
 
 /// The sidecar's S3 endpoint URL.
