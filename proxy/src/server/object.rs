@@ -3,10 +3,7 @@
 
 use super::errors::ApiError;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
-use blockproxy_protocol::{
-    ETAG_HEADER, MAX_PARTS, MIN_PART_SIZE, OBJECT_SIZE_HEADER, ObjectAttrs, PARTS_HEADER, STORE_ETAG_HEADER,
-    USER_METADATA_PREFIX,
-};
+use blockproxy_protocol::{MAX_PARTS, MIN_PART_SIZE, ObjectAttrs, PARTS_HEADER, USER_METADATA_PREFIX};
 use md5::{Digest, Md5};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -108,6 +105,20 @@ pub fn part_md5s(data: &[u8], parts: &[u64]) -> Vec<[u8; 16]> {
         .collect()
 }
 
+/// The protocol's header names a hit answers with, parsed once: `HeaderMap::insert` with a
+/// `&str` parses the name on every call, 3% of the proxy's CPU under 64 KiB hits in the profile
+/// of ADR 0021.
+pub mod names {
+    use axum::http::HeaderName;
+    use blockproxy_protocol as p;
+
+    pub const OBJECT_SIZE: HeaderName = HeaderName::from_static(p::OBJECT_SIZE_HEADER);
+    pub const STORE_ETAG: HeaderName = HeaderName::from_static(p::STORE_ETAG_HEADER);
+    pub const VERSION: HeaderName = HeaderName::from_static(p::VERSION_HEADER);
+    pub const SOURCE: HeaderName = HeaderName::from_static(p::SOURCE_HEADER);
+    pub const CHECKSUM: HeaderName = HeaderName::from_static(p::CHECKSUM_HEADER);
+}
+
 /// The headers every read at the home (and every committed write) answers with.
 pub struct ObjectHeaders<'a> {
     /// Unquoted S3 ETag; empty when unknown (a block written before the object model).
@@ -124,7 +135,7 @@ impl ObjectHeaders<'_> {
         if !self.etag.is_empty()
             && let Ok(v) = HeaderValue::from_str(&quote(self.etag))
         {
-            h.insert(ETAG_HEADER, v);
+            h.insert(header::ETAG, v);
         }
         if self.modified_ns > 0 {
             let at = UNIX_EPOCH + Duration::from_nanos(self.modified_ns);
@@ -132,9 +143,9 @@ impl ObjectHeaders<'_> {
                 h.insert(header::LAST_MODIFIED, v);
             }
         }
-        h.insert(OBJECT_SIZE_HEADER, HeaderValue::from(self.size));
+        h.insert(names::OBJECT_SIZE, HeaderValue::from(self.size));
         if let Some(v) = self.store_etag.filter(|e| !e.is_empty()).and_then(|e| HeaderValue::from_str(&quote(e)).ok()) {
-            h.insert(STORE_ETAG_HEADER, v);
+            h.insert(names::STORE_ETAG, v);
         }
         put_attrs(h, self.attrs);
     }

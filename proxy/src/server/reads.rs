@@ -10,7 +10,7 @@
 //! block of such an object is served from its open file too (ADR 0020): whole, or a part's bytes.
 
 use super::errors::ApiError;
-use super::object::{ObjectHeaders, quote, unquote};
+use super::object::{ObjectHeaders, names, quote, unquote};
 use super::routes::{cache_error, reserve_bytes};
 use super::sendfile::{FileSends, STAND_IN_MAX};
 use super::state::AppState;
@@ -20,9 +20,7 @@ use crate::store::{ErrorClass, ObjectInfo, SmallObject, StoreError};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use blockproxy_protocol::{
-    CHECKSUM_HEADER, Checksum, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, ObjectAttrs, SOURCE_HEADER, VERSION_HEADER, VolumeConfig,
-};
+use blockproxy_protocol::{Checksum, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, ObjectAttrs, VolumeConfig};
 use bytes::Bytes;
 use std::ops::Range;
 use std::sync::Arc;
@@ -78,12 +76,12 @@ fn respond(a: Answer<'_>, body: Option<Body>, len: u64) -> Response {
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     a.object.apply(h);
-    h.insert(VERSION_HEADER, HeaderValue::from(a.version));
-    h.insert(SOURCE_HEADER, HeaderValue::from_static(a.source));
+    h.insert(names::VERSION, HeaderValue::from(a.version));
+    h.insert(names::SOURCE, HeaderValue::from_static(a.source));
     if let Some(crc) = a.crc32c
         && let Ok(v) = HeaderValue::from_str(&Checksum::Crc32c(crc).to_string())
     {
-        h.insert(CHECKSUM_HEADER, v);
+        h.insert(names::CHECKSUM, v);
     }
     if let Some(r) = &a.range
         && let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", r.start, r.end - 1, a.object.size))
