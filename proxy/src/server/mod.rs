@@ -150,7 +150,7 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         writeback = !args.no_writeback,
         writeback_active = active,
         sync = args.sync,
-        volumes = volumes.snapshot().len(),
+        volumes = volumes.len(),
         "blockproxy serving"
     );
     let (stop_http_tx, stop_http) = watch::channel(false);

@@ -238,7 +238,7 @@ struct ListQuery {
 /// Marks an upload path: `/v1/volumes/{volume}/uploads/{key}`.
 const UPLOADS_INFIX: &str = "/uploads/";
 
-fn authorize(s: &AppState, volume: &VolumeId, auth: Option<&str>) -> Result<VolumeConfig, ApiError> {
+fn authorize(s: &AppState, volume: &VolumeId, auth: Option<&str>) -> Result<Arc<VolumeConfig>, ApiError> {
     s.volumes.authorize(volume, auth).map_err(|e| match e {
         AuthError::UnknownVolume => ApiError::refused(
             StatusCode::NOT_FOUND,

@@ -1,7 +1,8 @@
 //! The volumes this proxy serves, from the volumes file, reloaded when the file changes. A file
 //! that fails to parse keeps the last good configuration, and the error is logged.
 
-use blockproxy_protocol::{VolumeConfig, VolumeId, VolumesFile};
+use blockproxy_protocol::{VolumeConfig, VolumeId, VolumesFile, VolumesFileError};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -15,9 +16,18 @@ pub enum AuthError {
     BadToken,
 }
 
+/// A served volume: its configuration, shared with the requests it authorizes, and its token
+/// digests decoded once, so a request hashes its token but neither copies nor formats anything.
+struct Served {
+    cfg: Arc<VolumeConfig>,
+    digests: Vec<[u8; 32]>,
+}
+
+type ServedMap = BTreeMap<VolumeId, Served>;
+
 #[derive(Default)]
 pub struct Volumes {
-    current: RwLock<Arc<BTreeMap<VolumeId, VolumeConfig>>>,
+    current: RwLock<Arc<ServedMap>>,
 }
 
 impl Volumes {
@@ -25,30 +35,30 @@ impl Volumes {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read volumes file {}: {e}", path.display()))?;
-        let map = VolumesFile::parse(&text)
-            .and_then(|f| f.by_id())
-            .map_err(|e| anyhow::anyhow!("volumes file {}: {e}", path.display()))?;
+        let map = parse(&text).map_err(|e| anyhow::anyhow!("volumes file {}: {e}", path.display()))?;
         Ok(Self { current: RwLock::new(Arc::new(map)) })
     }
 
-    pub fn get(&self, id: &VolumeId) -> Option<VolumeConfig> {
-        self.snapshot().get(id).cloned()
+    /// How many volumes are served.
+    pub fn len(&self) -> usize {
+        self.snapshot().len()
     }
 
-    pub fn snapshot(&self) -> Arc<BTreeMap<VolumeId, VolumeConfig>> {
+    fn snapshot(&self) -> Arc<ServedMap> {
         Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Checks the bearer token of a request for `volume` in constant time.
-    pub fn authorize(&self, volume: &VolumeId, authorization: Option<&str>) -> Result<VolumeConfig, AuthError> {
-        let cfg = self.get(volume).ok_or(AuthError::UnknownVolume)?;
+    pub fn authorize(&self, volume: &VolumeId, authorization: Option<&str>) -> Result<Arc<VolumeConfig>, AuthError> {
+        let map = self.snapshot();
+        let served = map.get(volume).ok_or(AuthError::UnknownVolume)?;
         let token = bearer(authorization).ok_or(AuthError::MissingToken)?;
+        let cfg = &served.cfg;
         let plain = !cfg.token.is_empty() && bool::from(token.as_bytes().ct_eq(cfg.token.as_bytes()));
-        let digest = VolumeConfig::token_digest(token);
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Every listed digest is compared, so the time taken does not depend on which matched.
-        let hashed =
-            cfg.token_sha256.iter().fold(false, |acc, h| acc | bool::from(digest.as_bytes().ct_eq(h.as_bytes())));
-        if plain || hashed { Ok(cfg) } else { Err(AuthError::BadToken) }
+        let hashed = served.digests.iter().fold(false, |acc, d| acc | bool::from(digest.ct_eq(d)));
+        if plain || hashed { Ok(Arc::clone(cfg)) } else { Err(AuthError::BadToken) }
     }
 
     /// Polls the file and swaps in each new valid version. Polling (rather than inotify) also
@@ -64,7 +74,7 @@ impl Volumes {
             if last.as_deref() == Some(now.as_slice()) {
                 continue;
             }
-            match VolumesFile::parse(&String::from_utf8_lossy(&now)).and_then(|f| f.by_id()) {
+            match parse(&String::from_utf8_lossy(&now)) {
                 Ok(map) => {
                     tracing::info!(volumes = map.len(), "volumes file reloaded");
                     *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
@@ -74,6 +84,26 @@ impl Volumes {
             last = Some(now);
         }
     }
+}
+
+/// The volumes of a volumes file, checked, with their digests decoded.
+fn parse(text: &str) -> Result<ServedMap, VolumesFileError> {
+    let by_id = VolumesFile::parse(text)?.by_id()?;
+    by_id
+        .into_iter()
+        .map(|(id, cfg)| {
+            let digests = cfg
+                .token_sha256
+                .iter()
+                .map(|hex_digest| {
+                    let mut d = [0u8; 32];
+                    hex::decode_to_slice(hex_digest, &mut d).map(|()| d)
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|_| VolumesFileError::BadTokenHash(id.clone()))?;
+            Ok((id, Served { cfg: Arc::new(cfg), digests }))
+        })
+        .collect()
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -115,5 +145,18 @@ mod tests {
         assert_eq!(vols.authorize(&v1, None).unwrap_err(), AuthError::MissingToken);
         let v2 = VolumeId::parse("v2").unwrap();
         assert_eq!(vols.authorize(&v2, Some("Bearer s3cret")).unwrap_err(), AuthError::UnknownVolume);
+    }
+
+    /// The file accepts a digest in either case (hex is case-free), so either must authorize.
+    #[test]
+    fn a_digest_written_in_upper_case_accepts_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.yaml");
+        let upper = VolumeConfig::token_digest("t0ken").to_ascii_uppercase();
+        std::fs::write(&path, format!("volumes:\n- {{id: v1, bucket: b, tokenSha256: [{upper}]}}\n")).unwrap();
+        let vols = Volumes::load(&path).unwrap();
+        let v1 = VolumeId::parse("v1").unwrap();
+        assert!(vols.authorize(&v1, Some("Bearer t0ken")).is_ok());
+        assert_eq!(vols.authorize(&v1, Some("Bearer t0kem")).unwrap_err(), AuthError::BadToken);
     }
 }
