@@ -63,10 +63,18 @@ impl Checksum {
     }
 }
 
+/// `crc32c=<8 hex digits>`, the text of [`Checksum::Crc32c`], built without formatting: the
+/// proxy sends it with every hit.
+pub fn crc32c_text(crc: u32) -> [u8; 15] {
+    let mut out = *b"crc32c=00000000";
+    hex::encode_to_slice(crc.to_be_bytes(), &mut out[7..]).expect("8 hex digits fit 8 bytes");
+    out
+}
+
 impl fmt::Display for Checksum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Crc32c(v) => write!(f, "crc32c={v:08x}"),
+            Self::Crc32c(v) => f.write_str(std::str::from_utf8(&crc32c_text(*v)).expect("ASCII")),
             Self::Sha256(v) => write!(f, "sha256={}", hex::encode(v)),
         }
     }
@@ -116,6 +124,14 @@ mod tests {
     }
 
     proptest! {
+        /// The unformatted text is what `{:08x}` gives, and parses back to its CRC.
+        #[test]
+        fn crc32c_text_is_the_formatted_text(crc in any::<u32>()) {
+            let text = String::from_utf8(crc32c_text(crc).to_vec()).unwrap();
+            prop_assert_eq!(&text, &format!("crc32c={crc:08x}"));
+            prop_assert_eq!(text.parse::<Checksum>().unwrap(), Checksum::Crc32c(crc));
+        }
+
         /// A body verifies the same however it was split into parts, and a changed byte in any
         /// part fails it.
         #[test]

@@ -12,7 +12,7 @@ mod object;
 mod sidecar_memory;
 mod volumes;
 
-pub use checksum::{Checksum, ChecksumError};
+pub use checksum::{Checksum, ChecksumError, crc32c_text};
 pub use csi::*;
 pub use discovery::{DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation};
 pub use drain::{DirtyKey, DirtyKeys, DrainStatus, StoreObject, StoreObjects};

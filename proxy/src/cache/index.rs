@@ -218,9 +218,11 @@ impl Index {
         self.tick += 1;
         let tick = self.tick;
         let entry = self.entries.get_mut(id)?;
-        if entry.state == EntryState::Clean {
-            self.lru.remove(&entry.lru_tick);
-            self.lru.insert(tick, id.clone());
+        // The id moves to its new place in the LRU order; a hit allocates nothing.
+        if entry.state == EntryState::Clean
+            && let Some(key) = self.lru.remove(&entry.lru_tick)
+        {
+            self.lru.insert(tick, key);
         }
         entry.lru_tick = tick;
         Some(entry)

@@ -1,6 +1,7 @@
 //! HTTP error responses: a status, a message that says what is wrong (never a secret), and a
 //! Retry-After for back-pressure.
 
+use super::object::names;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -52,10 +53,10 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some(v) = self.version {
-            resp.headers_mut().insert(blockproxy_protocol::VERSION_HEADER, HeaderValue::from(v));
+            resp.headers_mut().insert(names::VERSION, HeaderValue::from(v));
         }
         if let Some(r) = self.refusal {
-            resp.headers_mut().insert(blockproxy_protocol::REFUSAL_HEADER, HeaderValue::from_static(r));
+            resp.headers_mut().insert(names::REFUSAL, HeaderValue::from_static(r));
         }
         resp
     }

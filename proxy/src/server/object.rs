@@ -117,6 +117,25 @@ pub mod names {
     pub const VERSION: HeaderName = HeaderName::from_static(p::VERSION_HEADER);
     pub const SOURCE: HeaderName = HeaderName::from_static(p::SOURCE_HEADER);
     pub const CHECKSUM: HeaderName = HeaderName::from_static(p::CHECKSUM_HEADER);
+    pub const REFUSAL: HeaderName = HeaderName::from_static(p::REFUSAL_HEADER);
+}
+
+/// A header value of `parts` joined, in one allocation: hits build these on every response,
+/// where `format!` and [`HeaderValue::from_str`] would allocate twice and format.
+fn joined(parts: &[&[u8]]) -> Option<HeaderValue> {
+    let mut v = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|p| v.extend_from_slice(p));
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+}
+
+/// `"etag"` as an `ETag` header value; `None` if the ETag cannot be a header value.
+pub fn etag_value(etag: &str) -> Option<HeaderValue> {
+    joined(&[b"\"", unquote(etag).as_bytes(), b"\""])
+}
+
+/// The checksum header's value for a CRC32C.
+pub fn crc32c_value(crc: u32) -> HeaderValue {
+    joined(&[&blockproxy_protocol::crc32c_text(crc)]).expect("the text is ASCII")
 }
 
 /// The headers every read at the home (and every committed write) answers with.
@@ -132,19 +151,18 @@ pub struct ObjectHeaders<'a> {
 
 impl ObjectHeaders<'_> {
     pub fn apply(&self, h: &mut HeaderMap) {
-        if !self.etag.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&quote(self.etag))
-        {
+        if let Some(v) = Some(self.etag).filter(|e| !e.is_empty()).and_then(etag_value) {
             h.insert(header::ETAG, v);
         }
         if self.modified_ns > 0 {
             let at = UNIX_EPOCH + Duration::from_nanos(self.modified_ns);
-            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+            let date = httpdate::HttpDate::from(at).to_string();
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(date)) {
                 h.insert(header::LAST_MODIFIED, v);
             }
         }
         h.insert(names::OBJECT_SIZE, HeaderValue::from(self.size));
-        if let Some(v) = self.store_etag.filter(|e| !e.is_empty()).and_then(|e| HeaderValue::from_str(&quote(e)).ok()) {
+        if let Some(v) = self.store_etag.filter(|e| !e.is_empty()).and_then(etag_value) {
             h.insert(names::STORE_ETAG, v);
         }
         put_attrs(h, self.attrs);
@@ -163,6 +181,22 @@ pub fn unquote(etag: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The ETag header is the quoted ETag, however the stored one was written, and a value
+        /// no header may carry gives none.
+        #[test]
+        fn etag_values_are_the_quoted_etag(etag in "[!#-~]{0,40}", weak in proptest::bool::ANY, quoted in proptest::bool::ANY) {
+            let written = match (weak, quoted) {
+                (true, _) => format!("W/\"{etag}\""),
+                (false, true) => format!("\"{etag}\""),
+                (false, false) => etag.clone(),
+            };
+            proptest::prop_assert_eq!(etag_value(&written).unwrap(), HeaderValue::from_str(&quote(&written)).unwrap());
+            let with_newline = format!("x{etag}\ny");
+            proptest::prop_assert!(etag_value(&with_newline).is_none());
+        }
+    }
 
     #[test]
     fn attributes_round_trip_through_headers() {

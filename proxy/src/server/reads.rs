@@ -10,7 +10,7 @@
 //! block of such an object is served from its open file too (ADR 0020): whole, or a part's bytes.
 
 use super::errors::ApiError;
-use super::object::{ObjectHeaders, names, quote, unquote};
+use super::object::{ObjectHeaders, crc32c_value, names, quote, unquote};
 use super::routes::{cache_error, reserve_bytes};
 use super::sendfile::{FileSends, STAND_IN_MAX};
 use super::state::AppState;
@@ -20,7 +20,7 @@ use crate::store::{ErrorClass, ObjectInfo, SmallObject, StoreError};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use blockproxy_protocol::{Checksum, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, ObjectAttrs, VolumeConfig};
+use blockproxy_protocol::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, ObjectAttrs, VolumeConfig};
 use bytes::Bytes;
 use std::ops::Range;
 use std::sync::Arc;
@@ -78,10 +78,8 @@ fn respond(a: Answer<'_>, body: Option<Body>, len: u64) -> Response {
     a.object.apply(h);
     h.insert(names::VERSION, HeaderValue::from(a.version));
     h.insert(names::SOURCE, HeaderValue::from_static(a.source));
-    if let Some(crc) = a.crc32c
-        && let Ok(v) = HeaderValue::from_str(&Checksum::Crc32c(crc).to_string())
-    {
-        h.insert(names::CHECKSUM, v);
+    if let Some(crc) = a.crc32c {
+        h.insert(names::CHECKSUM, crc32c_value(crc));
     }
     if let Some(r) = &a.range
         && let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", r.start, r.end - 1, a.object.size))

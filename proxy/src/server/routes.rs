@@ -4,7 +4,7 @@
 use super::body_md5::BodyMd5;
 use super::errors::ApiError;
 use super::gate::{Closed, WritePass};
-use super::object::{ObjectHeaders, attrs_from_headers, part_md5s, parts_from_headers};
+use super::object::{ObjectHeaders, attrs_from_headers, crc32c_value, names, part_md5s, parts_from_headers};
 use super::reads::{self, BlockQuery};
 use super::sendfile::FileSends;
 use super::state::AppState;
@@ -514,10 +514,8 @@ fn write_ack(version: u64, len: usize, crc32c: u32, etag: &str) -> Response {
     let h = resp.headers_mut();
     let no_attrs = protocol::ObjectAttrs::default();
     ObjectHeaders { etag, modified_ns: version, size: len as u64, store_etag: None, attrs: &no_attrs }.apply(h);
-    h.insert(VERSION_HEADER, HeaderValue::from(version));
-    if let Ok(v) = HeaderValue::from_str(&Checksum::Crc32c(crc32c).to_string()) {
-        h.insert(CHECKSUM_HEADER, v);
-    }
+    h.insert(names::VERSION, HeaderValue::from(version));
+    h.insert(names::CHECKSUM, crc32c_value(crc32c));
     resp
 }
 
@@ -566,6 +564,6 @@ async fn delete_block(
         }
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    resp.headers_mut().insert(VERSION_HEADER, HeaderValue::from(version));
+    resp.headers_mut().insert(names::VERSION, HeaderValue::from(version));
     Ok(resp)
 }

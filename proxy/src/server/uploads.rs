@@ -10,7 +10,7 @@
 
 use super::body_md5::BodyMd5;
 use super::errors::ApiError;
-use super::object::{attrs_from_headers, check_parts, quote, unquote};
+use super::object::{attrs_from_headers, check_parts, etag_value, names, quote, unquote};
 use super::routes::{cache_error, enter_gate, superseded, write_version};
 use super::state::AppState;
 use crate::cache::staging::{PartRecord, Staging, UploadMeta};
@@ -21,8 +21,8 @@ use axum::extract::{Query, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use blockproxy_protocol::{
-    CHECKSUM_HEADER, Checksum, CompleteUpload, ETAG_HEADER, MAX_PARTS, MAX_SINGLE_PUT_SIZE, UploadCompleted,
-    UploadCreated, UploadPart, UploadParts, VERSION_HEADER, VolumeConfig, multipart_etag,
+    CHECKSUM_HEADER, Checksum, CompleteUpload, MAX_PARTS, MAX_SINGLE_PUT_SIZE, UploadCompleted, UploadCreated,
+    UploadPart, UploadParts, VolumeConfig, multipart_etag,
 };
 use http_body_util::BodyExt;
 use md5::Digest;
@@ -138,8 +138,8 @@ async fn put_part(s: &Arc<AppState>, id: &BlockId, upload: &str, n: u32, req: Re
         }
     }
     let mut resp = StatusCode::OK.into_response();
-    if let Ok(v) = HeaderValue::from_str(&quote(&rec.md5)) {
-        resp.headers_mut().insert(ETAG_HEADER, v);
+    if let Some(v) = etag_value(&rec.md5) {
+        resp.headers_mut().insert(header::ETAG, v);
     }
     Ok(resp)
 }
@@ -224,9 +224,9 @@ async fn abort(s: &AppState, id: &BlockId, upload: &str) -> Result<Response, Api
 fn completed_response(done: &UploadCompleted) -> Response {
     let mut resp = axum::Json(done.clone()).into_response();
     let h = resp.headers_mut();
-    h.insert(VERSION_HEADER, HeaderValue::from(done.version));
+    h.insert(names::VERSION, HeaderValue::from(done.version));
     if let Ok(v) = HeaderValue::from_str(&done.etag) {
-        h.insert(ETAG_HEADER, v);
+        h.insert(header::ETAG, v);
     }
     resp
 }
@@ -260,7 +260,7 @@ async fn complete(
 
     let mut version_headers = HeaderMap::new();
     if let Some(v) = request.version {
-        version_headers.insert(VERSION_HEADER, HeaderValue::from(v));
+        version_headers.insert(names::VERSION, HeaderValue::from(v));
     }
     let version = write_version(s, &id.volume, &version_headers)?;
     let md5s: Vec<[u8; 16]> = parts
