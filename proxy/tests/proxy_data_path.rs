@@ -251,7 +251,7 @@ async fn hits_leave_by_sendfile_on_http1_only_and_always_carry_the_objects_bytes
         assert!(r.bytes().await?.as_ref() == &big[1_048_570..=2_200_000], "round {round}: range differs");
         expected_sent += (2_200_000 - 1_048_570 + 1) as f64;
     }
-    assert_eq!(proxy.metric(SENT).await?, expected_sent, "large hits leave by sendfile");
+    assert_eq!(proxy.counter_once_at(SENT, expected_sent).await?, expected_sent, "large hits leave by sendfile");
 
     // A flushed object's block reads (pinned to the store's ETag) leave by sendfile too.
     proxy.wait_flushed(Duration::from_secs(30)).await?;
@@ -261,7 +261,7 @@ async fn hits_leave_by_sendfile_on_http1_only_and_always_carry_the_objects_bytes
     assert_eq!((r.status().as_u16(), r.headers()["x-blockproxy-source"].to_str()?), (206, "cache"));
     assert!(r.bytes().await?.as_ref() == &big[block as usize..2 * block as usize], "block read differs");
     expected_sent += block as f64;
-    assert_eq!(proxy.metric(SENT).await?, expected_sent, "the block read went out by sendfile");
+    assert_eq!(proxy.counter_once_at(SENT, expected_sent).await?, expected_sent, "the block read went out by sendfile");
 
     // A small clean block: fetched from the store, verified on its first hit, then sendfile.
     let cold = random_bytes(60_000);
@@ -273,7 +273,7 @@ async fn hits_leave_by_sendfile_on_http1_only_and_always_carry_the_objects_bytes
         assert_eq!(r.headers()["x-blockproxy-source"], source, "clean small read {read}");
         assert!(r.bytes().await?.as_ref() == cold.as_slice(), "clean small read {read} differs");
         expected_sent += if by_sendfile { cold.len() as f64 } else { 0.0 };
-        assert_eq!(proxy.metric(SENT).await?, expected_sent, "clean small read {read}");
+        assert_eq!(proxy.counter_once_at(SENT, expected_sent).await?, expected_sent, "clean small read {read}");
     }
 
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build()?;
@@ -286,7 +286,7 @@ async fn hits_leave_by_sendfile_on_http1_only_and_always_carry_the_objects_bytes
         let r = get(&h2, "cold-small", None).await?;
         assert!(r.bytes().await?.as_ref() == cold.as_slice(), "HTTP/2 small read differs");
     }
-    assert_eq!(proxy.metric(SENT).await?, expected_sent, "HTTP/2 answers never use sendfile");
+    assert_eq!(proxy.counter_once_at(SENT, expected_sent).await?, expected_sent, "HTTP/2 answers never use sendfile");
 
     let dir = tempfile::tempdir()?;
     let opts = ProxyOptions { extra: vec!["--no-sendfile".into()], ..ProxyOptions::default() };

@@ -233,6 +233,20 @@ impl ProxyProcess {
             .sum())
     }
 
+    /// The counter `name` once it reads `want`, or its last reading after 5 s. For counters a
+    /// response's writer adds to after its bytes leave: the client can have every byte, and
+    /// scrape, before the count lands.
+    pub async fn counter_once_at(&self, name: &str, want: f64) -> Result<f64> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.metric(name).await?;
+            if got == want || std::time::Instant::now() > deadline {
+                return Ok(got);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn drain_status(&self) -> Result<DrainStatus> {
         Ok(self
             .http
