@@ -193,7 +193,7 @@ pub struct OpenBlock {
 
 impl OpenBlock {
     /// The block of index entry `entry`, in the open file `held` (`data`: its bytes, when read).
-    fn of(held: &HeldFile, entry: Entry, data: Option<Bytes>) -> Self {
+    fn of(held: &HeldFile, entry: &Entry, data: Option<Bytes>) -> Self {
         Self {
             header: Arc::clone(&held.header),
             file: Arc::clone(&held.file),
@@ -203,7 +203,7 @@ impl OpenBlock {
             checked: entry.checked,
             serial: entry.serial,
             validated: entry.validated,
-            store_etag: entry.store_etag,
+            store_etag: entry.store_etag.clone(),
         }
     }
 }
@@ -784,13 +784,18 @@ impl Cache {
     /// header read, a few KiB; callers keep `read_whole` at most [`INLINE_READ_MAX`].
     pub async fn open_block(&self, id: &BlockId, read_whole: u64) -> Result<Opened, CacheError> {
         for _ in 0..4 {
-            let Some(entry) = self.index().touch(id).cloned() else { return Ok(Opened::Miss) };
-            if entry.is_tombstone() {
-                return Ok(Opened::Deleted);
-            }
-            if let Some(held) = entry.held.clone() {
-                return Ok(Opened::Block(Box::new(OpenBlock::of(&held, entry, None))));
-            }
+            let entry = {
+                let mut index = self.index();
+                let Some(entry) = index.touch(id) else { return Ok(Opened::Miss) };
+                if entry.is_tombstone() {
+                    return Ok(Opened::Deleted);
+                }
+                // A hit on a held file copies no more of the entry than the answer needs.
+                if let Some(held) = &entry.held {
+                    return Ok(Opened::Block(Box::new(OpenBlock::of(held, entry, None))));
+                }
+                entry.clone()
+            };
             let area = if entry.is_dirty() { Area::Dirty } else { Area::Clean };
             let path = self.layout.path(area, &entry.name);
             let buffers = Arc::clone(&self.buffers);
@@ -807,7 +812,7 @@ impl Cache {
                     }
                     let held = Arc::new(HeldFile { file: Arc::new(file), header: Arc::new(header), data_offset });
                     self.index().hold(id, entry.serial, Arc::clone(&held));
-                    return Ok(Opened::Block(Box::new(OpenBlock::of(&held, entry, data))));
+                    return Ok(Opened::Block(Box::new(OpenBlock::of(&held, &entry, data))));
                 }
                 Ok(Ok(_)) => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

@@ -164,8 +164,8 @@ async fn volume_request(State(s): State<Arc<AppState>>, req: Request) -> Respons
 }
 
 async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> Result<Response, ApiError> {
-    let path = req.uri().path().to_owned();
-    let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let path = req.uri().path();
+    let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     if let Some(listing) = listing {
         let suffix = if listing == Listing::Dirty { "/dirty" } else { "/objects" };
         let volume = path
@@ -173,7 +173,7 @@ async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> 
             .and_then(|r| r.strip_suffix(suffix))
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such path"))?;
         let volume = VolumeId::parse(volume).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let cfg = authorize(s, &volume, auth.as_deref())?;
+        let cfg = authorize(s, &volume, auth)?;
         if req.method() != Method::GET {
             return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use GET"));
         }
@@ -185,7 +185,7 @@ async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> 
         };
     }
     let uploads = path.contains(UPLOADS_INFIX);
-    let parsed = if uploads { protocol::parse_upload_path(&path) } else { protocol::parse_block_path(&path) };
+    let parsed = if uploads { protocol::parse_upload_path(path) } else { protocol::parse_block_path(path) };
     let (volume, key) = match parsed {
         Some(Ok(parts)) => parts,
         Some(Err(e)) => return Err(ApiError::bad_request(e.to_string())),
@@ -196,7 +196,7 @@ async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> 
             ));
         }
     };
-    let cfg = authorize(s, &volume, auth.as_deref())?;
+    let cfg = authorize(s, &volume, auth)?;
     if key.as_str().len() > cfg.max_key_len() {
         let max = cfg.max_key_len();
         return Err(ApiError::bad_request(format!(
