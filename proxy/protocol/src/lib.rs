@@ -105,10 +105,19 @@ pub fn parse_upload_path(path: &str) -> Option<Result<(VolumeId, BlockKey), Name
 }
 
 fn parse_key_path(path: &str, segment: &str) -> Option<Result<(VolumeId, BlockKey), NameError>> {
-    let rest = path.strip_prefix("/v1/volumes/")?;
-    // Volume ids have no '/', so the first "/{segment}/" ends the volume.
-    let (volume, key) = rest.split_once(&format!("/{segment}/"))?;
+    let (volume, key) = split_key_path(path, segment)?;
     Some(VolumeId::parse(volume).and_then(|v| decode_key(key).map(|k| (v, k))))
+}
+
+/// The raw volume and key of `/v1/volumes/{volume}/{segment}/{key}`. Volume ids have no '/',
+/// so the first "/{segment}/" ends the volume. Found without building that pattern: every
+/// request's path goes through here.
+fn split_key_path<'p>(path: &'p str, segment: &str) -> Option<(&'p str, &'p str)> {
+    let rest = path.strip_prefix("/v1/volumes/")?;
+    rest.match_indices('/').find_map(|(at, _)| {
+        let key = rest[at + 1..].strip_prefix(segment)?.strip_prefix('/')?;
+        Some((&rest[..at], key))
+    })
 }
 
 #[cfg(test)]
@@ -127,6 +136,16 @@ mod tests {
         assert_eq!(u, "/v1/volumes/vol-1/uploads/chunks/0/1_0_4194304%20%C3%A9%2B");
         assert_eq!(parse_upload_path(&u).unwrap().unwrap(), (v, k));
         assert!(parse_block_path(&u).is_none());
+    }
+
+    proptest::proptest! {
+        /// The split is the first "/{segment}/", as `split_once` with that pattern finds it.
+        #[test]
+        fn key_paths_split_at_the_first_segment(rest in "[a-z/]{0,24}", segment in "(blocks|uploads|b)") {
+            let path = format!("/v1/volumes/{rest}");
+            let pattern = format!("/{segment}/");
+            proptest::prop_assert_eq!(split_key_path(&path, &segment), rest.split_once(pattern.as_str()));
+        }
     }
 
     #[test]
