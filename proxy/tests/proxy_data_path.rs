@@ -58,6 +58,61 @@ async fn the_ack_carries_the_bodys_crc32c_and_md5_whichever_checksum_was_declare
     Ok(())
 }
 
+/// A body sent as it arrives (chunked) may carry its checksum as a trailer, after its last byte:
+/// with the right one the write is stored and acknowledged like any other; with a wrong one, none,
+/// or a body of another length than declared, the proxy answers 400 and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checksum_may_follow_the_body_as_a_trailer_and_a_wrong_or_missing_one_stores_nothing() -> Result<()> {
+    use blockproxy::protocol::LENGTH_HEADER;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use md5::Digest;
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let data = bytes::Bytes::from(random_bytes(3 << 20));
+    let right = Checksum::crc32c(&data).to_string();
+    let wrong = Checksum::crc32c(b"other bytes").to_string();
+    // (key, bytes sent, declared length, trailer sent, status wanted)
+    let cases: [(&str, usize, usize, Option<&str>, u16); 4] = [
+        ("trailer-right", data.len(), data.len(), Some(&right), 200),
+        ("trailer-wrong", data.len(), data.len(), Some(&wrong), 400),
+        ("trailer-missing", data.len(), data.len(), None, 400),
+        ("trailer-short", data.len() - 1, data.len(), Some(&right), 400),
+    ];
+    for (key, sent, declared, trailer, want) in cases {
+        // In pieces, as a relay sends what it has received so far.
+        let mut frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> =
+            data.slice(..sent).chunks(256 << 10).map(|c| Ok(Frame::data(bytes::Bytes::copy_from_slice(c)))).collect();
+        if let Some(t) = trailer {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(CHECKSUM_HEADER, t.parse()?);
+            frames.push(Ok(Frame::trailers(h)));
+        }
+        let r = proxy
+            .http
+            .put(proxy.block_url(key))
+            .bearer_auth(TOKEN)
+            .header(reqwest::header::TRAILER, CHECKSUM_HEADER)
+            .header(LENGTH_HEADER, declared)
+            .body(reqwest::Body::wrap(StreamBody::new(futures::stream::iter(frames))))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let etag = r.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let text = r.text().await?;
+        assert_eq!(status, want, "{key}: {text}");
+        let stored = proxy.get_bytes(key).await?;
+        if want == 200 {
+            assert_eq!(etag, Some(format!("\"{}\"", hex::encode(md5::Md5::digest(&data)))), "{key}: the ack's ETag");
+            assert_eq!(stored.as_deref(), Some(data.as_ref()), "{key} reads back");
+        } else {
+            assert_eq!(stored, None, "{key}: a refused write stores nothing");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_read_is_served_from_cache_without_touching_the_store() -> Result<()> {
     let backend = Backend::start().await?;

@@ -39,8 +39,15 @@ pub const METRICS_PATH: &str = "/metrics";
 pub const DRAIN_PATH: &str = "/v1/admin/drain";
 
 /// `Content-Type`-independent checksum of a block body, sent on PUT: `crc32c=<8 hex>` or
-/// `sha256=<64 hex>`. Returned on GET and HEAD as `crc32c=...`.
+/// `sha256=<64 hex>`. Returned on GET and HEAD as `crc32c=...`. A PUT whose body is sent as it
+/// arrives (chunked) may send it as a trailer instead, declared up front with
+/// `Trailer: x-blockproxy-checksum`: the proxy then checks it after the last byte, and stores
+/// nothing when it is missing or wrong.
 pub const CHECKSUM_HEADER: &str = "x-blockproxy-checksum";
+/// The body's length in bytes, for a PUT sent without `Content-Length` (chunked, with its
+/// checksum as a trailer): the proxy reserves that much of its in-flight budget rather than a
+/// whole block's, and refuses a body of any other length.
+pub const LENGTH_HEADER: &str = "x-blockproxy-length";
 /// Write version of a block (decimal u64, larger is newer). A client may set it on PUT and DELETE;
 /// the proxy assigns one when absent and returns it. See docs/adr/0002-consistency-contract.md.
 pub const VERSION_HEADER: &str = "x-blockproxy-version";

@@ -1,6 +1,7 @@
 //! The proxy server: wires cache, store, writeback and the HTTP API together, and runs them
 //! until shutdown. See [`run`].
 
+mod block_body;
 mod body_md5;
 mod build_store;
 mod clock;

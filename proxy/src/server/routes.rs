@@ -1,7 +1,7 @@
 //! The HTTP API: object PUT/DELETE (reads in [`super::reads`], multipart staging in
 //! [`super::uploads`]), the listings, ping, health, metrics and the drain admin call.
 
-use super::body_md5::BodyMd5;
+use super::block_body::{Declared, read_body};
 use super::errors::ApiError;
 use super::gate::{Closed, WritePass};
 use super::object::{ObjectHeaders, attrs_from_headers, crc32c_value, names, part_md5s, parts_from_headers};
@@ -17,11 +17,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use blockproxy_protocol::{
-    self as protocol, CHECKSUM_HEADER, Checksum, DirtyKey, DirtyKeys, DrainStatus, REFUSAL_TOKEN,
-    REFUSAL_UNKNOWN_VOLUME, StoreObject, StoreObjects, VERSION_HEADER, VolumeConfig, VolumeId,
+    self as protocol, DirtyKey, DirtyKeys, DrainStatus, REFUSAL_TOKEN, REFUSAL_UNKNOWN_VOLUME, StoreObject,
+    StoreObjects, VERSION_HEADER, VolumeConfig, VolumeId,
 };
-use bytes::Bytes;
-use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -368,73 +366,9 @@ pub(super) async fn reserve_bytes(s: &AppState, bytes: u64) -> Result<tokio::syn
     Ok(permit)
 }
 
-/// A block body read by [`read_body`].
-struct ReadBody<'a> {
-    data: Bytes,
-    /// The MD5 of the whole body, when asked for: maybe still hashing.
-    md5: Option<BodyMd5>,
-    _held: tokio::sync::SemaphorePermit<'a>,
-}
-
-/// Reads a block body: bounded in size (413), in bytes held across requests (503), and in how
-/// long it may stall (408). With `md5`, hashes it as it arrives, beside this task for a large body
-/// ([`BodyMd5`]): the hashing then overlaps the transfer instead of following it (a write's ack
-/// waits for its S3 ETag).
-async fn read_body(s: &AppState, req: Request, md5: bool) -> Result<ReadBody<'_>, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("block is larger than --max-block-size ({} bytes)", s.max_block_size),
-        )
-    };
-    if let Some(len) =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
-        && len > s.max_block_size
-    {
-        return Err(too_large());
-    }
-    let expected =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let permit = reserve_bytes(s, expected.unwrap_or(s.max_block_size)).await?;
-    let mut body = http_body_util::Limited::new(req.into_body(), s.max_block_size as usize);
-    let mut buf = bytes::BytesMut::with_capacity(expected.unwrap_or(0) as usize);
-    let mut hasher = md5.then(|| BodyMd5::for_len(expected));
-    loop {
-        let frame = match tokio::time::timeout(s.body_idle_timeout, body.frame()).await {
-            Err(_) => {
-                s.metrics.http_timeouts_total.with_label_values(&["body"]).inc();
-                return Err(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!("the request body sent nothing for {:?}", s.body_idle_timeout),
-                ));
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-            Ok(Some(Err(e))) => return Err(ApiError::bad_request(format!("reading the body failed: {e}"))),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        if let Ok(data) = frame.into_data() {
-            if let Some(h) = &mut hasher {
-                h.update(&data).await;
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(ReadBody { data: buf.freeze(), md5: hasher, _held: permit })
-}
-
 async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Request) -> Result<Response, ApiError> {
     let _pass = enter_gate(s)?;
-    let checksum: Checksum = req
-        .headers()
-        .get(CHECKSUM_HEADER)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("missing {CHECKSUM_HEADER} header (crc32c=<hex> or sha256=<hex>)"))
-        })?
-        .to_str()
-        .map_err(|_| ApiError::bad_request(format!("{CHECKSUM_HEADER} is not ASCII")))?
-        .parse()
-        .map_err(|e: protocol::ChecksumError| ApiError::bad_request(e.to_string()))?;
+    let declared = Declared::from_headers(req.headers())?;
     let version = write_version(s, &id.volume, req.headers())?;
     let attrs = attrs_from_headers(req.headers())?;
     let mut part_headers = HeaderMap::new();
@@ -444,6 +378,7 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
     // One part (no parts header): its MD5 is the ETag, hashed while the body arrives.
     let single_part = part_headers.is_empty();
     let read = read_body(s, req, single_part).await?;
+    let checksum = declared.resolve(read.trailers.as_ref())?;
     let body = read.data.clone();
     // One pass over the body for its CRC32C: it checks the declared checksum, comes back in the
     // ack and, for a one-part write (the common one), goes in the block's header.
