@@ -263,6 +263,97 @@ async fn consistency_contract_failover_writes_win_and_a_returning_owner_is_repai
     Ok(())
 }
 
+/// Bytes still arriving (ADR 0022) are relayed to the key's owner as they come: the owner has
+/// the request, and has reserved the body's length, before the last byte exists. When the owner
+/// is cut they go whole to the next proxy. A source that fails part-way stores nothing anywhere,
+/// and does not mark the proxy it was relayed to down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_still_arriving_are_relayed_to_the_owner_fail_over_whole_and_a_failed_source_stores_nothing() -> Result<()>
+{
+    let CutStore { minio, toxi, root, volumes, store_ep } = CutStore::start().await?;
+    toxi.set_down("store", true).await?;
+    let p1 = Proxy::start("p1", root.path(), &volumes, &store_ep, &minio).await?;
+    let p2 = Proxy::start("p2", root.path(), &volumes, &store_ep, &minio).await?;
+    let l1 = link(&toxi, "l1", p1.addr).await?;
+    let l2 = link(&toxi, "l2", p2.addr).await?;
+    let disc = root.path().join("discovery.json");
+    write_discovery(
+        &disc,
+        &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![l1.clone(), l2.clone()] }]),
+    )?;
+    let client = start_client(fast_config(&disc)).await?;
+    let nodes = [rendezvous::Node { address: &l1, weight: 1 }, rendezvous::Node { address: &l2, weight: 1 }];
+    let owned_by_p1 = |prefix: &str| {
+        let name = (0..).map(|i| format!("{prefix}/{i}")).find(|k| rendezvous::owner("vol1", k, &nodes) == Some(0));
+        name.unwrap()
+    };
+    let data = Bytes::from((0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect::<Vec<u8>>());
+    let half = data.len() / 2;
+    let inflight = |metrics: &str| metric_sum(metrics, "blockproxy_http_inflight_bytes");
+
+    // Relayed: half the bytes fed, the owner already holds the request and its reservation.
+    let name = owned_by_p1("relay");
+    let (mut feed, arriving) = blockproxy::client::arriving(data.len() as u64);
+    let put = {
+        let (client, k) = (client.clone(), key(&name));
+        tokio::spawn(async move { client.put_object(&k, arriving, &Default::default(), &[]).await })
+    };
+    feed.chunk(data.slice(..half)).await;
+    wait_until("the owner reserves the body before it has all arrived", Duration::from_secs(10), || async {
+        p1.metrics().await.map(|m| inflight(&m) >= data.len() as f64).unwrap_or(false)
+    })
+    .await?;
+    feed.chunk(data.slice(half..)).await;
+    feed.finish(data.clone());
+    let written = put.await??;
+    assert_eq!(p1.get_direct(&name).await?, Some((data.to_vec(), written.version)), "the owner holds it");
+
+    // The owner cut: the relay fails to connect, and the next proxy gets the bytes whole.
+    toxi.set_down("l1", true).await?;
+    let name = owned_by_p1("failover");
+    let (mut feed, arriving) = blockproxy::client::arriving(data.len() as u64);
+    let feeding = {
+        let data = data.clone();
+        tokio::spawn(async move {
+            feed.chunk(data.slice(..half)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            feed.chunk(data.slice(half..)).await;
+            feed.finish(data);
+        })
+    };
+    let written = client.put_object(&key(&name), arriving, &Default::default(), &[]).await?;
+    feeding.await?;
+    assert_eq!(p2.get_direct(&name).await?, Some((data.to_vec(), written.version)), "the next proxy holds it");
+    toxi.set_down("l1", false).await?;
+    wait_until("the client sees p1 back", Duration::from_secs(10), || async {
+        client.status().groups[0].proxies.iter().all(|p| p.up)
+    })
+    .await?;
+
+    // The source fails half-way: an error, nothing stored, and the owner is still up. (The
+    // store back up, so that a proxy can tell a missing key from an unreachable store.)
+    toxi.set_down("store", false).await?;
+    let name = owned_by_p1("failed");
+    let (mut feed, arriving) = blockproxy::client::arriving(data.len() as u64);
+    let put = {
+        let (client, k) = (client.clone(), key(&name));
+        tokio::spawn(async move { client.put_object(&k, arriving, &Default::default(), &[]).await })
+    };
+    feed.chunk(data.slice(..half)).await;
+    wait_until("the owner has the relayed request", Duration::from_secs(10), || async {
+        p1.metrics().await.map(|m| inflight(&m) >= data.len() as f64).unwrap_or(false)
+    })
+    .await?;
+    drop(feed);
+    let err = put.await?.expect_err("a write whose source failed");
+    assert!(err.to_string().contains("nothing was stored"), "{err}");
+    assert_eq!(p1.get_direct(&name).await?, None);
+    assert_eq!(p2.get_direct(&name).await?, None);
+    assert_eq!(in_minio(&minio, &name).await?, None);
+    assert!(client.status().groups[0].proxies.iter().all(|p| p.up), "a failed source is not the proxy's fault");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_proxy_serves_its_dirty_blocks_but_takes_no_new_writes() -> Result<()> {
     // The store is cut for the whole drain: what the draining proxy holds is only on its disk.

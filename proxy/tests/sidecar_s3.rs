@@ -281,3 +281,67 @@ async fn stalled_clients_are_cut_by_the_header_timeout_and_never_hold_the_sideca
     drop(held);
     Ok(())
 }
+
+/// Signs its own requests with botocore's SigV4, so that it can send what no S3 library would: a
+/// payload whose signed SHA-256 is another body's, and a body its client abandons half-way. The
+/// sidecar relays a one-part body to its proxy as it arrives (ADR 0022), before either fault is
+/// known; neither may store anything. A correct body sent the same way is the control.
+const FAULTY_BODIES: &str = r#"
+import sys, time, socket, hashlib, http.client, urllib.parse
+import boto3, botocore
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+ep = sys.argv[1]
+u = urllib.parse.urlparse(ep)
+body = bytes(range(256)) * 4096 * 3
+def signed(key, payload_hash):
+    req = AWSRequest(method="PUT", url=f"{ep}/vol1/{key}", headers={"x-amz-content-sha256": payload_hash, "content-length": str(len(body))})
+    SigV4Auth(Credentials("blockproxy", "blockproxy"), "s3", "us-east-1").add_auth(req)
+    return dict(req.headers.items())
+def put(key, payload_hash):
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    c.request("PUT", f"/vol1/{key}", body=body, headers=signed(key, payload_hash))
+    r = c.getresponse()
+    return r.status, r.read()
+status, text = put("faulty/wrong-sha", hashlib.sha256(b"another body").hexdigest())
+assert status == 400, (status, text)
+s = socket.create_connection((u.hostname, u.port))
+head = "PUT /vol1/faulty/half HTTP/1.1\r\nHost: %s\r\n" % u.netloc
+head += "".join("%s: %s\r\n" % kv for kv in signed("faulty/half", "UNSIGNED-PAYLOAD").items()) + "\r\n"
+s.sendall(head.encode() + body[: len(body) // 2])
+time.sleep(1)
+s.close()
+status, text = put("faulty/control", hashlib.sha256(body).hexdigest())
+assert status == 200, (status, text)
+time.sleep(1)
+s3 = boto3.client("s3", endpoint_url=ep, aws_access_key_id="blockproxy", aws_secret_access_key="blockproxy", region_name="us-east-1")
+assert s3.get_object(Bucket="vol1", Key="faulty/control")["Body"].read() == body, "the control reads back"
+for key in ["faulty/wrong-sha", "faulty/half"]:
+    try:
+        s3.head_object(Bucket="vol1", Key=key)
+        raise SystemExit("%s was stored" % key)
+    except botocore.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] in ("404", "NoSuchKey"), (key, e.response)
+print("faulty bodies ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_whose_payload_fails_its_signature_or_stops_half_way_stores_nothing() -> Result<()> {
+    let minio = Minio::start().await?;
+    let root = tempfile::tempdir()?;
+    let volumes = write_volumes_file(root.path(), minio.bucket())?;
+    let p = Proxy::start("p1", root.path(), &volumes, &minio.endpoint(), &minio).await?;
+    let disc = root.path().join("discovery.json");
+    let group = GroupSpec { name: "g".into(), addresses: vec![p.addr.to_string()] };
+    write_discovery(&disc, &discovery(minio.bucket(), Some(minio.endpoint()), &[group]))?;
+    let sidecar = start_sidecar(root.path(), &disc, &minio, &[]).await?;
+    let endpoint = sidecar_endpoint(&sidecar);
+    let py = Command::new(tool_path(Tool::Python)?).args(["-c", FAULTY_BODIES, &endpoint]).output()?;
+    assert!(py.status.success(), "{}{}", String::from_utf8_lossy(&py.stdout), String::from_utf8_lossy(&py.stderr));
+    // Nor did anything reach the store behind the proxy.
+    for key in ["faulty/wrong-sha", "faulty/half"] {
+        assert!(in_minio(&minio, key).await?.is_none(), "{key} reached MinIO");
+    }
+    Ok(())
+}

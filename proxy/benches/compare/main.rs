@@ -909,7 +909,7 @@ async fn main() -> Result<()> {
                 let key = BlockKey::parse(&format!("w-library-{run}-{i}"))?;
                 let t0 = Instant::now();
                 client
-                    .put_object(&key, data.clone(), &Default::default(), &[])
+                    .put_object(&key, data.clone().into(), &Default::default(), &[])
                     .await
                     .context("PUT through the library")?;
                 library_acks.push(t0.elapsed().as_micros() as u64);

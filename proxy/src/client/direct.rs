@@ -42,9 +42,10 @@ pub(super) async fn attempt(store: &dyn Store, loc: &StoreLocation, op: &Op<'_>)
     let bucket = loc.bucket.as_str();
     match op {
         Op::Put { key, data, version, meta, .. } => {
+            let data = data.whole().await?;
             let k = store_key(&loc.prefix, key.as_str());
-            let m = ObjectMeta::for_data(*version, data);
-            let done = put_unless_newer(store, bucket, &k, data.clone(), m, meta.attrs).await.map_err(unavailable)?;
+            let m = ObjectMeta::for_data(*version, &data);
+            let done = put_unless_newer(store, bucket, &k, data, m, meta.attrs).await.map_err(unavailable)?;
             not_superseded(done, *version)
         }
         Op::Get { key, range: None } => match store.get(bucket, &store_key(&loc.prefix, key.as_str())).await {

@@ -20,6 +20,7 @@ pub mod selection;
 pub mod transport;
 pub mod version;
 
+mod arriving;
 mod calls;
 mod chunks;
 mod direct;
@@ -29,6 +30,7 @@ mod ops;
 mod read_ahead;
 mod small;
 
+pub use arriving::{Feed, PutData, arriving};
 pub use chunks::Chunks;
 pub use info::ObjectInfo;
 pub use listing::{ListEntry, ListPage};

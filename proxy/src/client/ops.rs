@@ -2,6 +2,7 @@
 //! rendezvous order, then to the other groups, then to the object store; check reads served by a
 //! recovering proxy against the other places a newer version may live, and repair the owner.
 
+use super::arriving::PutData;
 use super::chunks::Chunks;
 use super::info::ObjectInfo;
 use super::recent::{self, Judgement};
@@ -22,7 +23,7 @@ pub(super) enum Op<'a> {
     /// `repair`: install exactly `version` (a copy read elsewhere), never a newer one.
     Put {
         key: &'a BlockKey,
-        data: Bytes,
+        data: PutData,
         version: u64,
         repair: bool,
         meta: WriteMeta<'a>,
@@ -191,7 +192,7 @@ impl Inner {
                 let call = self.proxy_call(g, address, self.cfg.request_timeout);
                 match op {
                     Op::Put { key, data, version, repair, meta } => {
-                        call.put(key, data.clone(), *version, *repair, *meta).await.map(Outcome::Written)
+                        call.put(key, data, *version, *repair, *meta).await.map(Outcome::Written)
                     }
                     Op::Get { key, range } => call.get(key, *range).await.map(Outcome::Fetched),
                     Op::Head { key } => call.head(key).await.map(Outcome::Head),
@@ -392,7 +393,7 @@ impl Inner {
         // only happen for objects small enough to be read in one GET).
         let meta = WriteMeta { attrs: &newest.info.attrs, parts: &[] };
         let data = newest.data.clone().into_bytes();
-        let repair = Op::Put { key, data, version: newest.version(), repair: true, meta };
+        let repair = Op::Put { key, data: PutData::Whole(data), version: newest.version(), repair: true, meta };
         if let Err(e) = self.attempt(topo, &candidates[0], &repair).await {
             tracing::warn!(key = %key, error = ?e, "read repair of the owner failed");
         }
@@ -421,15 +422,16 @@ impl Client {
     /// Writes an object of one part (no attributes); returns its version.
     pub async fn put(&self, key: &BlockKey, data: Bytes) -> Result<u64, ClientError> {
         let meta = WriteMeta { attrs: &ObjectAttrs::default(), parts: &[] };
-        Ok(self.write(key, key.as_str(), Some((data, meta))).await?.version)
+        Ok(self.write(key, key.as_str(), Some((data.into(), meta))).await?.version)
     }
 
     /// Writes an object in one request (at most the proxies' `--max-block-size`), with its
-    /// attributes and the part sizes its store upload will use (empty: one part).
+    /// attributes and the part sizes its store upload will use (empty: one part). Bytes still
+    /// arriving ([`super::arriving`]) are relayed to the proxy as they come.
     pub async fn put_object(
         &self,
         key: &BlockKey,
-        data: Bytes,
+        data: PutData,
         attrs: &ObjectAttrs,
         parts: &[u64],
     ) -> Result<Written, ClientError> {
@@ -442,7 +444,7 @@ impl Client {
         &self,
         key: &BlockKey,
         route_key: &str,
-        data: Option<(Bytes, WriteMeta<'_>)>,
+        data: Option<(PutData, WriteMeta<'_>)>,
     ) -> Result<Written, ClientError> {
         const ATTEMPTS: usize = 5;
         let inner = &self.inner;

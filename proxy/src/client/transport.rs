@@ -2,9 +2,12 @@
 //! CA bundle when one is published (the public web PKI otherwise), and the block requests.
 
 use super::ClientError;
+use super::arriving::PutData;
 use super::chunks::Chunks;
 use super::info::{ObjectInfo, version_of};
-use crate::protocol::{self, BlockKey, CHECKSUM_HEADER, Checksum, DirtyKeys, ObjectAttrs, VERSION_HEADER, VolumeId};
+use crate::protocol::{
+    self, BlockKey, CHECKSUM_HEADER, Checksum, DirtyKeys, LENGTH_HEADER, ObjectAttrs, VERSION_HEADER, VolumeId,
+};
 use bytes::Bytes;
 use reqwest::StatusCode;
 use std::sync::Arc;
@@ -200,7 +203,7 @@ impl ProxyCall<'_> {
     pub async fn put(
         &self,
         key: &BlockKey,
-        data: Bytes,
+        data: &PutData,
         version: u64,
         repair: bool,
         meta: WriteMeta<'_>,
@@ -216,15 +219,36 @@ impl ProxyCall<'_> {
             let parts: Vec<String> = meta.parts.iter().map(u64::to_string).collect();
             req = req.header(protocol::PARTS_HEADER, parts.join(","));
         }
-        let resp = req
-            .bearer_auth(self.token)
-            .header(CHECKSUM_HEADER, Checksum::crc32c(&data).to_string())
-            .header(VERSION_HEADER, version)
-            .timeout(self.timeout)
-            .body(data)
-            .send()
-            .await
-            .map_err(classify)?;
+        req = req.bearer_auth(self.token).header(VERSION_HEADER, version).timeout(self.timeout);
+        let relay = match data {
+            PutData::Arriving(a) => a.take_relay().map(|r| (a, r)),
+            PutData::Whole(_) => None,
+        };
+        let resp = match relay {
+            // The first attempt of bytes still arriving: relayed as they come, checksum last.
+            Some((arriving, relay)) => {
+                let sent = req
+                    .header(reqwest::header::TRAILER, CHECKSUM_HEADER)
+                    .header(LENGTH_HEADER, arriving.len())
+                    .body(reqwest::Body::wrap(relay))
+                    .send()
+                    .await;
+                arriving.end_relay();
+                match sent {
+                    // Not the proxy's fault: its source failed, and the proxy stored nothing.
+                    Err(_) if arriving.failed() => return Err(arriving.source_failed()),
+                    sent => sent.map_err(classify)?,
+                }
+            }
+            None => {
+                let data = data.whole().await?;
+                req.header(CHECKSUM_HEADER, Checksum::crc32c(&data).to_string())
+                    .body(data)
+                    .send()
+                    .await
+                    .map_err(classify)?
+            }
+        };
         if resp.status() == StatusCode::CONFLICT {
             return Err(AttemptError::Superseded(version_of(resp.headers())));
         }

@@ -179,7 +179,7 @@ impl Writer {
         let (last, multipart) = self.parts.finish();
         if !multipart {
             let _held = self.client.write_budget().take(last.len() as u64).await;
-            self.client.put_object(&self.key, last, &ObjectAttrs::default(), &[]).await?;
+            self.client.put_object(&self.key, last.into(), &ObjectAttrs::default(), &[]).await?;
             return Ok(());
         }
         self.send(last).await?;

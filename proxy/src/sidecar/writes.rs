@@ -10,7 +10,7 @@
 
 use super::errors::map_err;
 use crate::budget::QueuedBudget;
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Feed};
 use crate::protocol::{BlockKey, CompletePart, CompleteUpload, DEFAULT_PART_SIZE, MAX_PARTS, ObjectAttrs};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt};
@@ -51,7 +51,20 @@ impl PartReader {
     /// The next `size` bytes (fewer at the end), or `None` once nothing is left. Waits for the
     /// write budget first.
     pub async fn next_part(&mut self, size: usize) -> S3Result<Option<Part>> {
-        if self.ended && self.carry.is_empty() {
+        self.fill(size, None).await
+    }
+
+    /// The whole body, which declares fewer than `size` bytes, as one part; each chunk is also
+    /// given to `feed` as it arrives, and the whole once it has all arrived. A body that fails,
+    /// or ends short of its declared length, drops `feed` unfinished: its relay then ends in an
+    /// error and stores nothing.
+    pub async fn relay_whole(&mut self, size: usize, feed: Feed) -> S3Result<Part> {
+        let part = self.fill(size, Some(feed)).await?;
+        Ok(part.expect("a relayed part is whole or an error"))
+    }
+
+    async fn fill(&mut self, size: usize, mut feed: Option<Feed>) -> S3Result<Option<Part>> {
+        if self.ended && self.carry.is_empty() && feed.is_none() {
             return Ok(None);
         }
         let left = self.expected.map(|n| n.saturating_sub(self.read) + self.carry.len() as u64);
@@ -63,7 +76,11 @@ impl PartReader {
         loop {
             if !self.carry.is_empty() {
                 let take = (size - buf.len()).min(self.carry.len());
-                buf.extend_from_slice(&self.carry.split_to(take));
+                let piece = self.carry.split_to(take);
+                buf.extend_from_slice(&piece);
+                if let Some(f) = &mut feed {
+                    f.chunk(piece).await;
+                }
             }
             if buf.len() == size || self.ended {
                 break;
@@ -80,7 +97,20 @@ impl PartReader {
                 None => self.ended = true,
             }
         }
-        Ok((!buf.is_empty()).then(|| Part { data: buf.freeze(), held }))
+        let data = buf.freeze();
+        if let Some(f) = feed {
+            if self.expected != Some(data.len() as u64) {
+                return Err(s3_error!(
+                    IncompleteBody,
+                    "the body ended after {} bytes, {:?} were declared",
+                    data.len(),
+                    self.expected
+                ));
+            }
+            f.finish(data.clone());
+            return Ok(Some(Part { data, held }));
+        }
+        Ok((!data.is_empty()).then(|| Part { data, held }))
     }
 }
 
@@ -110,6 +140,9 @@ pub async fn write_object(
     mut body: PartReader,
     part_size: u64,
 ) -> S3Result<Stored> {
+    if let Some(len) = body.expected.filter(|n| (1..part_size).contains(n)) {
+        return relay_one_part(client, key, attrs, body, len).await;
+    }
     // Held (with its bytes of the write budget) until the proxy has it. No copy of its bytes
     // may outlive it: they would stay in memory after the budget got them back.
     let first = match body.next_part(part_size as usize).await? {
@@ -118,7 +151,7 @@ pub async fn write_object(
             let data = small.as_ref().map(|p| p.data.clone()).unwrap_or_default();
             // The proxy answers the ETag it computed; hashing here too would only cost the ack
             // time (2 ms a MiB), so only for a proxy that does not.
-            let w = client.put_object(key, data.clone(), attrs, &[]).await.map_err(map_err)?;
+            let w = client.put_object(key, data.clone().into(), attrs, &[]).await.map_err(map_err)?;
             return Ok(Stored { etag: w.etag.unwrap_or_else(|| quoted_md5(&data)), version: w.version });
         }
     };
@@ -135,6 +168,24 @@ pub async fn write_object(
             Err(e)
         }
     }
+}
+
+/// Writes a body declared to fit in one part by relaying it to its proxy as it arrives (ADR
+/// 0022): the proxy receives and hashes it while this side still receives it, instead of after.
+/// The part is still read whole, for a retry or a failover to send.
+async fn relay_one_part(
+    client: &Client,
+    key: &BlockKey,
+    attrs: &ObjectAttrs,
+    mut body: PartReader,
+    len: u64,
+) -> S3Result<Stored> {
+    let (feed, data) = crate::client::arriving(len);
+    let read = body.relay_whole(len as usize, feed);
+    let write = async { client.put_object(key, data, attrs, &[]).await.map_err(map_err) };
+    // The body's own error comes first: the write can only fail because of it once the body has.
+    let (part, w) = tokio::try_join!(read, write)?;
+    Ok(Stored { etag: w.etag.unwrap_or_else(|| quoted_md5(&part.data)), version: w.version })
 }
 
 /// Sends `first` and every further part of `body`, reading part n+1 while part n is sent.
