@@ -491,6 +491,23 @@ async fn client_trusts_the_groups_ca_bundle_over_tls() -> Result<()> {
     assert_eq!(client.status().chosen_group.as_deref(), Some("g"), "{:?}", client.status());
     client.put(&key("tls/1"), Bytes::from_static(b"over tls")).await?;
     assert_eq!(client.get(&key("tls/1"), Some("bytes=5-7")).await?.unwrap().data.as_ref(), b"tls");
+    // Bytes still arriving are relayed over HTTP/2 (ALPN) too, their checksum in a trailer
+    // (ADR 0022), on the first attempt: no attempt fails.
+    let relayed = Bytes::from(vec![9u8; 300 << 10]);
+    let (mut feed, arriving) = blockproxy::client::arriving(relayed.len() as u64);
+    let feeding = {
+        let relayed = relayed.clone();
+        tokio::spawn(async move {
+            for piece in relayed.chunks(64 << 10) {
+                feed.chunk(Bytes::copy_from_slice(piece)).await;
+            }
+            feed.finish(relayed);
+        })
+    };
+    client.put_object(&key("tls/relayed"), arriving, &Default::default(), &[]).await?;
+    feeding.await?;
+    assert_eq!(client.get(&key("tls/relayed"), None).await?.unwrap().data, relayed);
+    assert_eq!(metric_sum(&client.metrics().render(), "blockproxy_client_proxy_errors_total"), 0.0);
 
     // Without the CA bundle the proxy's certificate is not trusted: no group is usable.
     doc.groups[0].ca_bundle = None;

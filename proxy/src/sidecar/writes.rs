@@ -1,7 +1,8 @@
 //! Writing objects through the S3 endpoint with bounded memory: a body is cut into parts; one
-//! that fits in one part is a single PUT to the key's home proxy, anything larger becomes a
-//! multipart upload there, the next part read while the previous one is sent (at most two parts
-//! in memory). The same path serves copies, whose body is a read of the source.
+//! that fits in one part is a single PUT to the key's home proxy (relayed to it as it arrives
+//! when its length is declared, ADR 0022), anything larger becomes a multipart upload there,
+//! the next part read while the previous one is sent (at most two parts in memory). The same
+//! path serves copies, whose body is a read of the source.
 //!
 //! Across writes, what they hold is bounded by the client's write budget (`--write-buffer-bytes`):
 //! a part's bytes are taken before it is read and given back once its proxy has answered. A write
