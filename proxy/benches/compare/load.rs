@@ -93,27 +93,38 @@ impl S3Signer {
     }
 }
 
+impl S3Signer {
+    /// SigV4 headers for `method` on `uri` (path style: `http://host/bucket/key`), the payload
+    /// unsigned (`x-amz-content-sha256: UNSIGNED-PAYLOAD`), as of now.
+    pub fn headers(&self, method: &str, uri: &Uri) -> Result<Vec<(String, String)>> {
+        use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
+        let mut settings = SigningSettings::default();
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&self.identity)
+            .region("us-east-1")
+            .name("s3")
+            .time(std::time::SystemTime::now())
+            .settings(settings)
+            .build()?
+            .into();
+        let host = uri.authority().context("an S3 URI names its host")?.as_str();
+        let headers = [("host", host)];
+        let signable =
+            SignableRequest::new(method, uri.to_string(), headers.into_iter(), SignableBody::UnsignedPayload)?;
+        let (instructions, _) = sign(signable, &params)?.into_parts();
+        Ok(instructions.headers().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+    }
+}
+
 /// An S3 GetObject of `uri` (path style: `http://host/bucket/key`), signed with `signer`; returns
 /// the number of body bytes received. The same client as [`get`], so the two compare.
 pub async fn s3_get(http: &Http, uri: &Uri, signer: &S3Signer) -> Result<u64> {
-    use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
-    let mut settings = SigningSettings::default();
-    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&signer.identity)
-        .region("us-east-1")
-        .name("s3")
-        .time(std::time::SystemTime::now())
-        .settings(settings)
-        .build()?
-        .into();
-    let host = uri.authority().context("an S3 URI names its host")?.as_str();
-    let headers = [("host", host)];
-    let signable = SignableRequest::new("GET", uri.to_string(), headers.into_iter(), SignableBody::UnsignedPayload)?;
-    let (instructions, _) = sign(signable, &params)?.into_parts();
-    let mut req = Request::builder().method(Method::GET).uri(uri.clone()).body(Full::new(Bytes::new()))?;
-    instructions.apply_to_request_http1x(&mut req);
-    counted(http, req).await
+    let mut req = Request::builder().method(Method::GET).uri(uri.clone());
+    for (k, v) in signer.headers("GET", uri)? {
+        req = req.header(k, v);
+    }
+    counted(http, req.body(Full::new(Bytes::new()))?).await
 }
 
 /// PUTs `data` to `uri` with the given extra headers; returns when the response has been read.

@@ -17,6 +17,7 @@
 mod load;
 mod minimal_server;
 mod mount;
+mod paced;
 mod peers;
 mod scale;
 mod tls;
@@ -48,6 +49,8 @@ const MIB: usize = 1024 * 1024;
 const LARGE: usize = 4 * MIB;
 const SMALL: usize = 64 * 1024;
 const WRITE: usize = MIB;
+/// Figure 4's paced writes send their body at this rate (about a 1.6 Gbit/s link).
+const PACE_BYTES_PER_SEC: f64 = 200e6;
 const COLD: usize = MIB;
 const STARTUP_BLOCK: usize = 4096;
 
@@ -879,6 +882,7 @@ async fn main() -> Result<()> {
     if want(4) {
         eprintln!("figure 4: 1 MiB writes one at a time: blockproxy writeback (sync off, on) vs direct PUT");
         let bp_sync = BlockProxy::start("bp-sync", root.path(), &wan, &wan_endpoint, &["--sync"]).await?;
+        let paced_http = reqwest::Client::builder().tcp_nodelay(true).build()?;
         let data = random_block(WRITE);
         put_store(&direct, &bucket, "w-warm", data.clone()).await?;
         // Every proxy a phase of this figure writes to: each phase starts once they are all
@@ -931,6 +935,48 @@ async fn main() -> Result<()> {
                 sidecar_acks.push(t0.elapsed().as_micros() as u64);
             }
             sidecar_acks.sort_unstable();
+            // The same write with its body paced (ADR 0022): through the sidecar, which relays
+            // it to its proxy as it arrives, and straight to one proxy, one hop.
+            settled().await?;
+            let (mut paced_sidecar, mut paced_proxy) = (Vec::new(), Vec::new());
+            for i in 0..p.writes {
+                let url = format!("{sidecar_endpoint}/{VOLUME}/w-paced-sidecar-{run}-{i}");
+                let headers = signer.headers("PUT", &url.parse()?)?;
+                paced_sidecar.push(paced::put(&paced_http, &url, &headers, &data, PACE_BYTES_PER_SEC).await?);
+                let url = bp.block_url(&format!("w-paced-proxy-{run}-{i}"));
+                let headers: Vec<(String, String)> =
+                    put_headers(&data).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                paced_proxy.push(paced::put(&paced_http, &url, &headers, &data, PACE_BYTES_PER_SEC).await?);
+            }
+            let sorted = |v: &[paced::PacedAck], f: fn(&paced::PacedAck) -> u64| {
+                let mut out: Vec<u64> = v.iter().map(f).collect();
+                out.sort_unstable();
+                out
+            };
+            let (sidecar_tail, proxy_tail) =
+                (sorted(&paced_sidecar, |a| a.after_last_byte_us), sorted(&paced_proxy, |a| a.after_last_byte_us));
+            let (sidecar_total, proxy_total) =
+                (sorted(&paced_sidecar, |a| a.total_us), sorted(&paced_proxy, |a| a.total_us));
+            eprintln!(
+                "  run {run}: paced at {:.0} MB/s, p50 ms after the last byte: sidecar S3 {:.2}, one proxy {:.2} (whole PUT {:.2} and {:.2})",
+                PACE_BYTES_PER_SEC / 1e6,
+                pct_ms(&sidecar_tail, 50.0),
+                pct_ms(&proxy_tail, 50.0),
+                pct_ms(&sidecar_total, 50.0),
+                pct_ms(&proxy_total, 50.0)
+            );
+            for (name, v) in [
+                ("sidecar_s3", &sidecar_tail),
+                ("proxy", &proxy_tail),
+                ("sidecar_s3_whole", &sidecar_total),
+                ("proxy_whole", &proxy_total),
+            ] {
+                r.push(&format!("f4.paced_p50_ms.{name}"), pct_ms(v, 50.0));
+            }
+            r.push(
+                "f4.ratio.paced_sidecar_over_proxy_after_last_byte",
+                pct_ms(&sidecar_tail, 50.0) / pct_ms(&proxy_tail, 50.0),
+            );
             eprintln!(
                 "  run {run}: sidecar S3 PUT ack p50/p99 ms {:.2}/{:.2}; its library hop alone {:.2}/{:.2}",
                 pct_ms(&sidecar_acks, 50.0),
@@ -1358,6 +1404,11 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "sidecar S3 PUT ack p50 ms (group of 3)", "f4.ack_p50_ms.sidecar_s3"),
         ("", "sidecar S3 PUT ack p99 ms", "f4.ack_p99_ms.sidecar_s3"),
         ("", "its library hop alone, ack p50 ms", "f4.ack_p50_ms.library"),
+        ("", "paced 200 MB/s: sidecar S3, ms after last byte", "f4.paced_p50_ms.sidecar_s3"),
+        ("", "paced 200 MB/s: one proxy, ms after last byte", "f4.paced_p50_ms.proxy"),
+        ("", "RATIO paced sidecar / one proxy, after last byte", "f4.ratio.paced_sidecar_over_proxy_after_last_byte"),
+        ("", "paced 200 MB/s: sidecar S3 whole PUT p50 ms", "f4.paced_p50_ms.sidecar_s3_whole"),
+        ("", "paced 200 MB/s: one proxy whole PUT p50 ms", "f4.paced_p50_ms.proxy_whole"),
         ("", "RATIO sidecar S3 / direct p50", "f4.ratio.sidecar_s3_over_direct_p50"),
         ("", "RATIO sync off / direct p50", "f4.ratio.sync_off_over_direct_p50"),
         ("", "RATIO sync off / direct p99", "f4.ratio.sync_off_over_direct_p99"),
