@@ -289,20 +289,25 @@ async fn bytes_still_arriving_are_relayed_to_the_owner_fail_over_whole_and_a_fai
     };
     let data = Bytes::from((0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect::<Vec<u8>>());
     let half = data.len() / 2;
-    let inflight = |metrics: &str| metric_sum(metrics, "blockproxy_http_inflight_bytes");
+    // A write of `name` whose bytes are still to be fed, under way.
+    let start_put = |name: &str| {
+        let (feed, arriving) = blockproxy::client::arriving(data.len() as u64);
+        let (client, k) = (client.clone(), key(name));
+        (feed, tokio::spawn(async move { client.put_object(&k, arriving, &Default::default(), &[]).await }))
+    };
+    // The relayed request reached p1: it reserves the declared length as the request starts.
+    let p1_has_the_request = || {
+        wait_until("p1 reserves the body before it has all arrived", Duration::from_secs(10), || async {
+            let reserved = p1.metrics().await.map(|m| metric_sum(&m, "blockproxy_http_inflight_bytes"));
+            reserved.is_ok_and(|r| r >= data.len() as f64)
+        })
+    };
 
     // Relayed: half the bytes fed, the owner already holds the request and its reservation.
     let name = owned_by_p1("relay");
-    let (mut feed, arriving) = blockproxy::client::arriving(data.len() as u64);
-    let put = {
-        let (client, k) = (client.clone(), key(&name));
-        tokio::spawn(async move { client.put_object(&k, arriving, &Default::default(), &[]).await })
-    };
+    let (mut feed, put) = start_put(&name);
     feed.chunk(data.slice(..half)).await;
-    wait_until("the owner reserves the body before it has all arrived", Duration::from_secs(10), || async {
-        p1.metrics().await.map(|m| inflight(&m) >= data.len() as f64).unwrap_or(false)
-    })
-    .await?;
+    p1_has_the_request().await?;
     feed.chunk(data.slice(half..)).await;
     feed.finish(data.clone());
     let written = put.await??;
@@ -334,16 +339,9 @@ async fn bytes_still_arriving_are_relayed_to_the_owner_fail_over_whole_and_a_fai
     // store back up, so that a proxy can tell a missing key from an unreachable store.)
     toxi.set_down("store", false).await?;
     let name = owned_by_p1("failed");
-    let (mut feed, arriving) = blockproxy::client::arriving(data.len() as u64);
-    let put = {
-        let (client, k) = (client.clone(), key(&name));
-        tokio::spawn(async move { client.put_object(&k, arriving, &Default::default(), &[]).await })
-    };
+    let (mut feed, put) = start_put(&name);
     feed.chunk(data.slice(..half)).await;
-    wait_until("the owner has the relayed request", Duration::from_secs(10), || async {
-        p1.metrics().await.map(|m| inflight(&m) >= data.len() as f64).unwrap_or(false)
-    })
-    .await?;
+    p1_has_the_request().await?;
     drop(feed);
     let err = put.await?.expect_err("a write whose source failed");
     assert!(err.to_string().contains("nothing was stored"), "{err}");

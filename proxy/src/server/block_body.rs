@@ -82,6 +82,20 @@ fn declared_length(h: &HeaderMap) -> Result<Option<u64>, ApiError> {
     }
 }
 
+/// The body's next frame; 408 once it has sent nothing for `--body-idle-timeout`.
+pub(super) async fn next_frame<B: http_body::Body + Unpin>(
+    s: &AppState,
+    body: &mut B,
+) -> Result<Option<Result<http_body::Frame<B::Data>, B::Error>>, ApiError> {
+    tokio::time::timeout(s.body_idle_timeout, body.frame()).await.map_err(|_| {
+        s.metrics.http_timeouts_total.with_label_values(&["body"]).inc();
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body sent nothing for {:?}", s.body_idle_timeout),
+        )
+    })
+}
+
 /// Reads a block body: bounded in size (413), in bytes held across requests (503), and in how
 /// long it may stall (408); a body of another length than declared is refused (400). With `md5`,
 /// hashes it as it arrives, beside this task for a large body ([`BodyMd5`]): the hashing then
@@ -103,18 +117,11 @@ pub(super) async fn read_body(s: &AppState, req: Request, md5: bool) -> Result<R
     let mut hasher = md5.then(|| BodyMd5::for_len(expected));
     let mut trailers = None;
     loop {
-        let frame = match tokio::time::timeout(s.body_idle_timeout, body.frame()).await {
-            Err(_) => {
-                s.metrics.http_timeouts_total.with_label_values(&["body"]).inc();
-                return Err(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!("the request body sent nothing for {:?}", s.body_idle_timeout),
-                ));
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-            Ok(Some(Err(e))) => return Err(ApiError::bad_request(format!("reading the body failed: {e}"))),
-            Ok(Some(Ok(frame))) => frame,
+        let frame = match next_frame(s, &mut body).await? {
+            None => break,
+            Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+            Some(Err(e)) => return Err(ApiError::bad_request(format!("reading the body failed: {e}"))),
+            Some(Ok(frame)) => frame,
         };
         match frame.into_data() {
             Ok(data) => {

@@ -8,6 +8,7 @@
 //! crash came between the commit and that record: then the retry commits the same bytes again
 //! as a newer version (never a partial or different object).
 
+use super::block_body::next_frame;
 use super::body_md5::BodyMd5;
 use super::errors::ApiError;
 use super::object::{attrs_from_headers, check_parts, etag_value, names, quote, unquote};
@@ -160,17 +161,10 @@ async fn stream_part(
     let mut body = body;
     let mut got = 0u64;
     loop {
-        let frame = match tokio::time::timeout(s.body_idle_timeout, body.frame()).await {
-            Err(_) => {
-                s.metrics.http_timeouts_total.with_label_values(&["body"]).inc();
-                return Err(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!("the request body sent nothing for {:?}", s.body_idle_timeout),
-                ));
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(ApiError::bad_request(format!("reading the body failed: {e}"))),
-            Ok(Some(Ok(frame))) => frame,
+        let frame = match next_frame(s, &mut body).await? {
+            None => break,
+            Some(Err(e)) => return Err(ApiError::bad_request(format!("reading the body failed: {e}"))),
+            Some(Ok(frame)) => frame,
         };
         let Ok(data) = frame.into_data() else { continue };
         got += data.len() as u64;
