@@ -32,6 +32,19 @@ impl CutStore {
         let store_link = toxi.create_proxy("store", &minio.addr().to_string()).await?;
         Ok(Self { minio, toxi, root, volumes, store_ep: format!("http://{store_link}") })
     }
+
+    /// Proxies p1 and p2 on this store, each behind a toxiproxy link (l1, l2) that a test cuts,
+    /// and a discovery file with one group of the two links.
+    async fn two_linked_proxies(&self) -> Result<(Proxy, Proxy, String, String, PathBuf)> {
+        let p1 = Proxy::start("p1", self.root.path(), &self.volumes, &self.store_ep, &self.minio).await?;
+        let p2 = Proxy::start("p2", self.root.path(), &self.volumes, &self.store_ep, &self.minio).await?;
+        let l1 = link(&self.toxi, "l1", p1.addr).await?;
+        let l2 = link(&self.toxi, "l2", p2.addr).await?;
+        let disc = self.root.path().join("discovery.json");
+        let group = GroupSpec { name: "g".into(), addresses: vec![l1.clone(), l2.clone()] };
+        write_discovery(&disc, &discovery(self.minio.bucket(), None, &[group]))?;
+        Ok((p1, p2, l1, l2, disc))
+    }
 }
 
 async fn set_latency(toxi: &Toxiproxy, proxies: &[&str], ms: u64) -> Result<()> {
@@ -210,16 +223,9 @@ async fn adding_a_proxy_moves_about_one_in_n_keys_and_reads_stay_correct() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistency_contract_failover_writes_win_and_a_returning_owner_is_repaired() -> Result<()> {
-    let CutStore { minio, toxi, root, volumes, store_ep } = CutStore::start().await?;
-    let p1 = Proxy::start("p1", root.path(), &volumes, &store_ep, &minio).await?;
-    let p2 = Proxy::start("p2", root.path(), &volumes, &store_ep, &minio).await?;
-    let l1 = link(&toxi, "l1", p1.addr).await?;
-    let l2 = link(&toxi, "l2", p2.addr).await?;
-    let disc = root.path().join("discovery.json");
-    write_discovery(
-        &disc,
-        &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![l1.clone(), l2.clone()] }]),
-    )?;
+    let cut = CutStore::start().await?;
+    let (p1, p2, l1, l2, disc) = cut.two_linked_proxies().await?;
+    let CutStore { minio, toxi, .. } = cut;
     let writer = start_client(fast_config(&disc)).await?;
     let reader = start_client(fast_config(&disc)).await?;
     let nodes = [rendezvous::Node { address: &l1, weight: 1 }, rendezvous::Node { address: &l2, weight: 1 }];
@@ -270,17 +276,10 @@ async fn consistency_contract_failover_writes_win_and_a_returning_owner_is_repai
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_still_arriving_are_relayed_to_the_owner_fail_over_whole_and_a_failed_source_stores_nothing() -> Result<()>
 {
-    let CutStore { minio, toxi, root, volumes, store_ep } = CutStore::start().await?;
-    toxi.set_down("store", true).await?;
-    let p1 = Proxy::start("p1", root.path(), &volumes, &store_ep, &minio).await?;
-    let p2 = Proxy::start("p2", root.path(), &volumes, &store_ep, &minio).await?;
-    let l1 = link(&toxi, "l1", p1.addr).await?;
-    let l2 = link(&toxi, "l2", p2.addr).await?;
-    let disc = root.path().join("discovery.json");
-    write_discovery(
-        &disc,
-        &discovery(minio.bucket(), None, &[GroupSpec { name: "g".into(), addresses: vec![l1.clone(), l2.clone()] }]),
-    )?;
+    let cut = CutStore::start().await?;
+    cut.toxi.set_down("store", true).await?;
+    let (p1, p2, l1, l2, disc) = cut.two_linked_proxies().await?;
+    let CutStore { minio, toxi, .. } = cut;
     let client = start_client(fast_config(&disc)).await?;
     let nodes = [rendezvous::Node { address: &l1, weight: 1 }, rendezvous::Node { address: &l2, weight: 1 }];
     let owned_by_p1 = |prefix: &str| {
