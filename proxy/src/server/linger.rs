@@ -52,20 +52,28 @@ impl HttpBody for SharedBody {
     }
 }
 
-/// Middleware: runs the handler, and when it refused a request whose body may still be in flight,
-/// drains that body (bounded) before answering.
-pub async fn linger_on_refusal(req: Request, next: Next) -> Response {
+/// As an axum middleware: see [`linger_on_refusal`].
+pub async fn linger_layer(req: Request, next: Next) -> Response {
+    linger_on_refusal(req, |req| next.run(req)).await
+}
+
+/// Runs `handle`, and when it refused a request whose body may still be in flight, drains that
+/// body (bounded) before answering.
+pub async fn linger_on_refusal<F: Future<Output = Response>>(
+    req: Request,
+    handle: impl FnOnce(Request) -> F,
+) -> Response {
     let expects_continue = req
         .headers()
         .get(header::EXPECT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     if expects_continue || req.body().is_end_stream() {
-        return next.run(req).await;
+        return handle(req).await;
     }
     let (parts, body) = req.into_parts();
     let shared = SharedBody(Arc::new(Mutex::new(Some(body))));
-    let resp = next.run(Request::from_parts(parts, Body::new(shared.clone()))).await;
+    let resp = handle(Request::from_parts(parts, Body::new(shared.clone()))).await;
     if (resp.status().is_client_error() || resp.status().is_server_error())
         && let Some(rest) = shared.take()
     {

@@ -5,8 +5,9 @@
 //! in the handlers.
 
 use super::sendfile::{FileSends, SendfileStream};
-use axum::Router;
 use axum::http::{Request, Version};
+use axum::response::Response;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -32,12 +33,29 @@ pub struct Limits {
     pub sendfile: Option<IntCounter>,
 }
 
+/// What a listener serves: the proxy's [`super::routes::Api`], or the sidecar's router.
+pub trait App:
+    tower::Service<Request<Incoming>, Response = Response, Error = std::convert::Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<Request<Incoming>, Response = Response, Error = std::convert::Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Serves `router` on `listener` until `stop` turns true, then stops accepting and waits up to
 /// `limits.grace` for open requests to finish. Connections cut by a timeout are counted in
 /// `timeouts`, by phase (`header`, `tls_handshake`).
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    router: impl App,
     limits: Limits,
     timeouts: IntCounterVec,
     mut stop: watch::Receiver<bool>,

@@ -158,7 +158,7 @@ pub async fn run(args: ProxyArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     let deadline_for_requests = args.shutdown_grace.min(Duration::from_secs(10));
     let server = tokio::spawn(listener::serve(
         listener,
-        routes::router(Arc::clone(&state)),
+        routes::Api::new(Arc::clone(&state)),
         listener::Limits {
             tls,
             header_read_timeout: args.header_read_timeout,

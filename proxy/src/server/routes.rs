@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::get;
 use blockproxy_protocol::{
     self as protocol, DirtyKey, DirtyKeys, DrainStatus, REFUSAL_TOKEN, REFUSAL_UNKNOWN_VOLUME, StoreObject,
     StoreObjects, VERSION_HEADER, VolumeConfig, VolumeId,
@@ -24,16 +24,56 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route(protocol::PING_PATH, get(|| async { "pong" }))
-        .route(protocol::HEALTHZ_PATH, get(|| async { "ok" }))
-        .route(protocol::READYZ_PATH, get(readyz))
-        .route(protocol::METRICS_PATH, get(metrics))
-        .route(protocol::DRAIN_PATH, get(drain_status).post(start_drain))
-        .route("/v1/volumes/{*rest}", any(volume_request))
-        .layer(axum::middleware::from_fn(super::linger::linger_on_refusal))
-        .with_state(state)
+/// The proxy's HTTP API. Every data request (all of `/v1/volumes/`) goes straight to
+/// [`volume_request`], which parses its own path; the few other endpoints (ping, health, metrics,
+/// drain) go through an axum [`Router`]. A hit then pays for no route matching and no stack of
+/// boxed services, which were about 6% of a proxy's CPU under 64 KiB hits (ADR 0023).
+#[derive(Clone)]
+pub struct Api {
+    state: Arc<AppState>,
+    others: Router,
+}
+
+impl Api {
+    pub fn new(state: Arc<AppState>) -> Self {
+        let others = Router::new()
+            .route(protocol::PING_PATH, get(|| async { "pong" }))
+            .route(protocol::HEALTHZ_PATH, get(|| async { "ok" }))
+            .route(protocol::READYZ_PATH, get(readyz))
+            .route(protocol::METRICS_PATH, get(metrics))
+            .route(protocol::DRAIN_PATH, get(drain_status).post(start_drain))
+            .layer(axum::middleware::from_fn(super::linger::linger_layer))
+            .with_state(Arc::clone(&state));
+        Self { state, others }
+    }
+}
+
+/// Where the data API lives.
+const VOLUMES_PREFIX: &str = "/v1/volumes/";
+
+impl<B> tower::Service<axum::http::Request<B>> for Api
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        if req.uri().path().starts_with(VOLUMES_PREFIX) {
+            let s = Arc::clone(&self.state);
+            let req = req.map(axum::body::Body::new);
+            Box::pin(async move { Ok(super::linger::linger_on_refusal(req, |req| volume_request(s, req)).await) })
+        } else {
+            let mut others = self.others.clone();
+            Box::pin(async move { tower::Service::call(&mut others, req).await })
+        }
+    }
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
@@ -131,7 +171,7 @@ fn op_label(method: &Method, listing: Option<Listing>, path: &str, query: &str) 
 
 /// Everything under `/v1/volumes/`: validates names from the raw (undecoded) path, authorizes,
 /// dispatches, and records metrics.
-async fn volume_request(State(s): State<Arc<AppState>>, req: Request) -> Response {
+async fn volume_request(s: Arc<AppState>, req: Request) -> Response {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let listing = (!path.contains("/blocks/") && !path.contains(UPLOADS_INFIX))
