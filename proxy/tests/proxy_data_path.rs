@@ -411,6 +411,67 @@ async fn hits_reuse_held_files_and_never_serve_a_replaced_version() -> Result<()
     Ok(())
 }
 
+/// A held file's hits copy the headers of its whole answer, made on its first hit (ADR 0023).
+/// Whatever is asked first (a range, a HEAD, the whole), every hit must answer with what a proxy
+/// that opens the file afresh for each hit (`--open-files=0`) answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_on_a_held_file_answer_with_the_headers_of_a_file_opened_afresh() -> Result<()> {
+    const KEY: &str = "held-headers";
+    let backend = Backend::start().await?;
+    let data = random_bytes(70_000);
+    backend
+        .minio
+        .s3_client()
+        .put_object()
+        .bucket(backend.minio.bucket())
+        .key(format!("{PREFIX}/{KEY}"))
+        .content_type("text/csv")
+        .cache_control("max-age=60")
+        .metadata("owner", "ops")
+        .body(data.clone().into())
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+    let (held_dir, fresh_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let held = ProxyProcess::start(&backend, held_dir.path(), ProxyOptions::default()).await?;
+    let fresh_opts = ProxyOptions { extra: vec!["--open-files=0".into()], ..ProxyOptions::default() };
+    let fresh = ProxyProcess::start(&backend, fresh_dir.path(), fresh_opts).await?;
+    for proxy in [&held, &fresh] {
+        assert!(proxy.get_bytes(KEY).await?.as_deref() == Some(data.as_slice()), "the cold read");
+    }
+    async fn answers(proxy: &ProxyProcess) -> Result<Vec<(&'static str, u16, reqwest::header::HeaderMap)>> {
+        let mut out = Vec::new();
+        for ask in ["range 1000..2000", "whole", "head", "range 0..1", "whole", "range 69999..70000", "head"] {
+            let r = match ask.strip_prefix("range ").and_then(|r| r.split_once("..")) {
+                Some((a, b)) => proxy.get_range(KEY, a.parse()?..b.parse()?).await?,
+                None if ask == "head" => proxy.head(KEY).await?,
+                None => proxy.get(KEY).await?,
+            };
+            let mut headers = r.headers().clone();
+            headers.remove("date");
+            out.push((ask, r.status().as_u16(), headers));
+        }
+        Ok(out)
+    }
+    let (from_held, from_fresh) = (answers(&held).await?, answers(&fresh).await?);
+    for ((ask, status, headers), (_, fresh_status, fresh_headers)) in from_held.iter().zip(&from_fresh) {
+        assert_eq!(headers.get("x-blockproxy-source").and_then(|v| v.to_str().ok()), Some("cache"), "{ask}: a hit");
+        assert_eq!((status, headers), (fresh_status, fresh_headers), "{ask}: held and fresh answers differ");
+        let (want_status, want_len) = match ask.strip_prefix("range ").and_then(|r| r.split_once("..")) {
+            Some((a, b)) => (206, b.parse::<u64>()? - a.parse::<u64>()?),
+            None => (200, data.len() as u64),
+        };
+        assert_eq!(*status, want_status, "{ask}");
+        assert_eq!(headers["content-length"].to_str()?, want_len.to_string(), "{ask}");
+        assert_eq!(headers.contains_key("content-range"), want_status == 206, "{ask}");
+        assert_eq!(headers["content-type"].to_str()?, "text/csv", "{ask}");
+        assert_eq!(headers["x-amz-meta-owner"].to_str()?, "ops", "{ask}");
+    }
+    assert!(held.metric("blockproxy_cache_open_files").await? >= 1.0, "the held proxy holds the file");
+    assert_eq!(fresh.metric("blockproxy_cache_open_files").await?, 0.0, "the fresh proxy holds none");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_right_4xx_and_write_nothing() -> Result<()> {
     let backend = Backend::start().await?;

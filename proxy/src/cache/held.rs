@@ -8,7 +8,7 @@ use super::disk::BlockHeader;
 use super::index::BlockId;
 use std::collections::VecDeque;
 use std::fs::File;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// An open block file and what its header said: enough to serve it without reading it again.
 #[derive(Debug)]
@@ -16,6 +16,24 @@ pub struct HeldFile {
     pub file: Arc<File>,
     pub header: Arc<BlockHeader>,
     pub data_offset: u64,
+    /// The headers of the server's answer with this file's whole data, kept with the file they
+    /// describe so that its hits format them once (ADR 0023).
+    pub reply_headers: OnceLock<ReplyHeaders>,
+}
+
+/// See [`HeldFile::reply_headers`].
+#[derive(Debug)]
+pub struct ReplyHeaders {
+    pub headers: http::HeaderMap,
+    /// The store ETag (unquoted) that `headers` name: an entry's changes when it is flushed or
+    /// revalidated, its file's header does not.
+    pub store_etag: Option<String>,
+}
+
+impl HeldFile {
+    pub fn new(file: Arc<File>, header: Arc<BlockHeader>, data_offset: u64) -> Self {
+        Self { file, header, data_offset, reply_headers: OnceLock::new() }
+    }
 }
 
 /// Which entries hold a file, oldest first: past `capacity`, the oldest let go of theirs. Each

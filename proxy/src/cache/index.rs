@@ -408,7 +408,7 @@ mod tests {
     fn held_file() -> (Arc<std::fs::File>, Arc<HeldFile>) {
         let file = Arc::new(std::fs::File::open("/dev/null").unwrap());
         let header = Arc::new(crate::cache::disk::tests::header());
-        (Arc::clone(&file), Arc::new(HeldFile { file, header, data_offset: 0 }))
+        (Arc::clone(&file), Arc::new(HeldFile::new(file, header, 0)))
     }
 
     fn serial(idx: &Index, k: &str) -> u64 {

@@ -29,7 +29,7 @@ use epoch::RemovalEpochs;
 use index::{AdmitError, Entry, EntryState, Index};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
@@ -189,12 +189,14 @@ pub struct OpenBlock {
     pub validated: Option<Instant>,
     /// For a clean block, the store object's ETag (unquoted) when known.
     pub store_etag: Option<String>,
+    held: Arc<HeldFile>,
 }
 
 impl OpenBlock {
     /// The block of index entry `entry`, in the open file `held` (`data`: its bytes, when read).
-    fn of(held: &HeldFile, entry: &Entry, data: Option<Bytes>) -> Self {
+    fn of(held: &Arc<HeldFile>, entry: &Entry, data: Option<Bytes>) -> Self {
         Self {
+            held: Arc::clone(held),
             header: Arc::clone(&held.header),
             file: Arc::clone(&held.file),
             data_offset: held.data_offset,
@@ -205,6 +207,12 @@ impl OpenBlock {
             validated: entry.validated,
             store_etag: entry.store_etag.clone(),
         }
+    }
+
+    /// The response headers made from this file's header, once per open file (see
+    /// [`HeldFile::reply_headers`]).
+    pub fn reply_headers(&self) -> &OnceLock<held::ReplyHeaders> {
+        &self.held.reply_headers
     }
 }
 
@@ -810,7 +818,7 @@ impl Cache {
                     if file_size != data_offset + header.data_len {
                         return self.on_corrupt(id, &entry, FormatError::DataChecksum).map(|_| Opened::Miss);
                     }
-                    let held = Arc::new(HeldFile { file: Arc::new(file), header: Arc::new(header), data_offset });
+                    let held = Arc::new(HeldFile::new(Arc::new(file), Arc::new(header), data_offset));
                     self.index().hold(id, entry.serial, Arc::clone(&held));
                     return Ok(Opened::Block(Box::new(OpenBlock::of(&held, &entry, data))));
                 }

@@ -139,6 +139,7 @@ pub fn crc32c_value(crc: u32) -> HeaderValue {
 }
 
 /// The headers every read at the home (and every committed write) answers with.
+#[derive(Clone, Copy)]
 pub struct ObjectHeaders<'a> {
     /// Unquoted S3 ETag; empty when unknown (a block written before the object model).
     pub etag: &'a str,

@@ -15,6 +15,7 @@ use super::routes::{cache_error, reserve_bytes};
 use super::sendfile::{FileSends, STAND_IN_MAX};
 use super::state::AppState;
 use crate::cache::buffers::BufferPool;
+use crate::cache::held::ReplyHeaders;
 use crate::cache::{BlockId, CacheError, FetchedMeta, Lookup, OpenBlock, Opened, Stripe};
 use crate::store::{ErrorClass, ObjectInfo, SmallObject, StoreError};
 use axum::body::Body;
@@ -68,25 +69,64 @@ struct Answer<'a> {
 }
 
 fn respond(a: Answer<'_>, body: Option<Body>, len: u64) -> Response {
-    let status = if a.range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let mut h = version_headers(&a);
+    add_answer_headers(&mut h, &a, len);
+    response(h, &a, body)
+}
+
+fn response(headers: HeaderMap, a: &Answer<'_>, body: Option<Body>) -> Response {
     let mut resp = Response::new(body.unwrap_or_else(Body::empty));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    *resp.status_mut() = if a.range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// The headers of an answer that follow from the version it carries alone.
+fn version_headers(a: &Answer<'_>) -> HeaderMap {
+    // Room for them all and those `add_answer_headers` adds, so that the map never grows.
+    let mut h = HeaderMap::with_capacity(16);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    a.object.apply(h);
+    ObjectHeaders { store_etag: None, ..a.object }.apply(&mut h);
     h.insert(names::VERSION, HeaderValue::from(a.version));
     h.insert(names::SOURCE, HeaderValue::from_static(a.source));
     if let Some(crc) = a.crc32c {
         h.insert(names::CHECKSUM, crc32c_value(crc));
     }
+    h
+}
+
+/// Adds to `h` (or replaces in it) what the answer `a` of `len` bytes says beyond its version:
+/// its length and range, and the store's ETag when the store is known to hold it.
+fn add_answer_headers(h: &mut HeaderMap, a: &Answer<'_>, len: u64) {
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    match a.object.store_etag.filter(|e| !e.is_empty()).and_then(super::object::etag_value) {
+        Some(v) => h.insert(names::STORE_ETAG, v),
+        None => h.remove(names::STORE_ETAG),
+    };
     if let Some(r) = &a.range
         && let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", r.start, r.end - 1, a.object.size))
     {
         h.insert(header::CONTENT_RANGE, v);
     }
-    resp
+}
+
+/// The answer `a` from a held file: the headers of its whole answer are made on its first hit
+/// and copied on the next ones (ADR 0023), unless this answer differs from it (a range, or a
+/// store ETag learnt since).
+fn respond_held(ob: &OpenBlock, a: Answer<'_>, body: Option<Body>, len: u64) -> Response {
+    let store_etag = a.object.store_etag;
+    let memo = ob.reply_headers().get_or_init(|| {
+        let whole = Answer { range: None, ..a };
+        let mut headers = version_headers(&whole);
+        add_answer_headers(&mut headers, &whole, whole.object.size);
+        ReplyHeaders { headers, store_etag: store_etag.map(str::to_owned) }
+    });
+    let mut h = memo.headers.clone();
+    if a.range.is_some() || memo.store_etag.as_deref() != store_etag {
+        add_answer_headers(&mut h, &a, len);
+    }
+    response(h, &a, body)
 }
 
 /// Streams `range` of an open block file. On a plain HTTP/1 connection (`sends`), as stand-ins
@@ -349,7 +389,7 @@ async fn serve_cached(
     };
     if !with_body {
         let len = range.as_ref().map_or(total, |r| r.end - r.start);
-        return Ok(Some(respond(answer(range), None, len)));
+        return Ok(Some(respond_held(&ob, answer(range), None, len)));
     }
     let r = range.clone().unwrap_or(0..total);
     let len = r.end - r.start;
@@ -361,7 +401,7 @@ async fn serve_cached(
     // holds a chunk in memory rather than the block (figure 6: 8 first reads of 4 MiB blocks
     // had lifted the peak RSS by about 40 MiB).
     let verify = total <= s.max_block_size && (ob.dirty || !ob.checked);
-    let (mut data, mut file) = (ob.data, ob.file);
+    let (mut data, mut file) = (ob.data.clone(), Arc::clone(&ob.file));
     if verify {
         if data.is_none() && total <= crate::cache::INLINE_READ_MAX {
             // Opened for sendfile, header only: a small block is read whole on this task.
@@ -393,7 +433,7 @@ async fn serve_cached(
         None => file_body(s.cache.buffers(), file, ob.data_offset, r, sends),
     };
     s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(len);
-    Ok(Some(respond(answer(range), Some(body), len)))
+    Ok(Some(respond_held(&ob, answer(range), Some(body), len)))
 }
 
 fn store_failed(e: impl std::fmt::Display) -> ApiError {
