@@ -33,9 +33,13 @@ pub fn encode_key(key: &BlockKey) -> String {
 pub fn decode_key(encoded: &str) -> Result<BlockKey, NameError> {
     // A dot segment in the path is never what a client meant: its URL library would have removed
     // it (and `encode_key` never makes one), so it is refused instead of guessed at.
-    let dot = |s: &str| matches!(s.to_ascii_lowercase().as_str(), "." | "%2e" | ".." | ".%2e" | "%2e." | "%2e%2e");
+    const DOTS: [&str; 6] = [".", "%2e", "..", ".%2e", "%2e.", "%2e%2e"];
+    let dot = |s: &str| DOTS.iter().any(|d| s.eq_ignore_ascii_case(d));
     if encoded.split('/').any(dot) {
         return Err(NameError::DotSegmentInPath);
+    }
+    if !encoded.contains('%') {
+        return BlockKey::try_from(encoded.to_owned());
     }
     let bytes = encoded.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -51,7 +55,7 @@ pub fn decode_key(encoded: &str) -> Result<BlockKey, NameError> {
             i += 1;
         }
     }
-    BlockKey::parse(&String::from_utf8(out).map_err(|_| NameError::NotUtf8)?)
+    BlockKey::try_from(String::from_utf8(out).map_err(|_| NameError::NotUtf8)?)
 }
 
 #[cfg(test)]

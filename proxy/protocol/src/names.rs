@@ -96,6 +96,10 @@ pub struct BlockKey(String);
 
 impl BlockKey {
     pub fn parse(s: &str) -> Result<Self, NameError> {
+        Self::check(s).map(|()| Self(s.to_owned()))
+    }
+
+    fn check(s: &str) -> Result<(), NameError> {
         const WHAT: &str = "block key";
         if s.is_empty() {
             return Err(NameError::Empty { what: WHAT });
@@ -112,7 +116,7 @@ impl BlockKey {
         if s.starts_with(RESERVED_KEY_PREFIX) {
             return Err(NameError::Reserved);
         }
-        Ok(Self(s.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
@@ -120,10 +124,18 @@ impl BlockKey {
     }
 }
 
+/// [`BlockKey::parse`] of a string already owned, which it keeps.
+impl TryFrom<String> for BlockKey {
+    type Error = NameError;
+
+    fn try_from(s: String) -> Result<Self, NameError> {
+        Self::check(&s).map(|()| Self(s))
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for BlockKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
+        Self::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
