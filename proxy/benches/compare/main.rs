@@ -41,7 +41,7 @@ use bytes::Bytes;
 use http::Uri;
 use hyper_util::client::legacy::connect::Connect;
 use load::{Http, LoadResult, closed_loop, for_each, http_client};
-use peers::{BlockProxy, Nginx, PREFIX, TOKEN, VOLUME, Wan, rss_kib, rss_tree_kib};
+use peers::{BlockProxy, Nginx, PREFIX, TOKEN, VOLUME, Wan, cpu_tree_secs, rss_kib, rss_tree_kib};
 use rand::RngCore;
 use serde_json::{Value, json};
 
@@ -260,6 +260,26 @@ async fn s3_load(
         }
     })
     .await
+}
+
+/// The CPU time a server's process tree (nginx: master and workers) uses under one load. On
+/// these 2 cores the load generator competes with the server, so requests/s depend on both;
+/// the server's own CPU per request does not.
+struct CpuMeter {
+    pid: Option<u32>,
+    start: Option<f64>,
+}
+
+impl CpuMeter {
+    fn start(pid: Option<u32>) -> Self {
+        Self { pid, start: pid.and_then(cpu_tree_secs) }
+    }
+
+    /// Microseconds of the server's CPU per request of `load`, which ran since [`Self::start`].
+    fn us_per_request(self, load: &LoadResult) -> Option<f64> {
+        let used = self.pid.and_then(cpu_tree_secs)? - self.start?;
+        (load.requests > 0).then(|| used * 1e6 / load.requests as f64)
+    }
 }
 
 /// Samples the RSS (KiB) of a process tree every 50 ms until stopped; returns the maximum.
@@ -665,7 +685,9 @@ async fn main() -> Result<()> {
         let c = p.concurrency_small;
         for run in 0..p.runs {
             let sampler = RssSampler::start(bp.pid(), false);
+            let cpu = CpuMeter::start(bp.pid());
             let b = get_load(&http, &bp_small, c, d).await;
+            let bp_cpu = cpu.us_per_request(&b);
             let bp_rss = sampler.finish().await;
             r.push("rss_mib.blockproxy.small_load", bp_rss);
             check("blockproxy 64 KiB", &b)?;
@@ -681,7 +703,9 @@ async fn main() -> Result<()> {
             let sidecar_rss = sampler.finish().await;
             r.push("rss_mib.sidecar.small_load", sidecar_rss);
             let sampler = RssSampler::start(nginx.pid(), true);
+            let cpu = CpuMeter::start(nginx.pid());
             let n = get_load(&http, &nginx_small, c, d).await;
+            let nginx_cpu = cpu.us_per_request(&n);
             let nginx_rss = sampler.finish().await;
             r.push("rss_mib.nginx.small_load", nginx_rss);
             r.push("rss.ratio.small_load", bp_rss / nginx_rss);
@@ -723,6 +747,11 @@ async fn main() -> Result<()> {
             r.push("f2.p50_ms.nginx", n.percentile_ms(50.0));
             r.push("f2.ratio.blockproxy_over_nginx_req_s", b.req_per_s() / n.req_per_s());
             r.push("f2.ratio.blockproxy_over_nginx_p99", b.percentile_ms(99.0) / n.percentile_ms(99.0));
+            if let (Some(bp_cpu), Some(nginx_cpu)) = (bp_cpu, nginx_cpu) {
+                r.push("f2.cpu_us_per_req.blockproxy", bp_cpu);
+                r.push("f2.cpu_us_per_req.nginx", nginx_cpu);
+                r.push("f2.ratio.blockproxy_over_nginx_cpu_per_req", bp_cpu / nginx_cpu);
+            }
         }
         // Optional: CPU profiles of the sidecar S3 path on 64 KiB and 4 MiB hits
         // (BLOCKPROXY_BENCH_PERF=1): the sidecar process under the load generator speaking S3, and
@@ -1383,6 +1412,9 @@ fn print_table(p: &Params, r: &Results, notes: &[String], wall_secs: f64) {
         ("", "RATIO nginx / minimal server req/s", "f2.ratio.nginx_over_minimal_server_req_s"),
         ("", "RATIO blockproxy / nginx req/s", "f2.ratio.blockproxy_over_nginx_req_s"),
         ("", "RATIO blockproxy / nginx p99", "f2.ratio.blockproxy_over_nginx_p99"),
+        ("", "blockproxy CPU us per request", "f2.cpu_us_per_req.blockproxy"),
+        ("", "nginx CPU us per request (master and workers)", "f2.cpu_us_per_req.nginx"),
+        ("", "RATIO blockproxy / nginx CPU per request", "f2.ratio.blockproxy_over_nginx_cpu_per_req"),
         ("", "sidecar S3 p99 ms", "f2.p99_ms.group3_sidecar_s3"),
         ("", "RATIO sidecar S3 / group of 3 req/s", "f2.ratio.sidecar_s3_over_group3_req_s"),
         ("", "group of 3 (sidecar, load generator) req/s", "f2.req_s.group3_sidecar_s3_loadgen"),

@@ -323,15 +323,34 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// RSS of `pid` plus its direct children (nginx's master and workers), in KiB.
 pub fn rss_tree_kib(pid: u32) -> Option<u64> {
-    let mut total = rss_kib(pid)?;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
-        // Fields after the parenthesised command name: state, ppid, ...
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            total += rss_kib(child).unwrap_or(0);
-        }
-    }
-    Some(total)
+    Some(rss_kib(pid)? + children(pid).into_iter().filter_map(rss_kib).sum::<u64>())
+}
+
+/// The CPU time, user and system, that `pid` and its direct children have used, in seconds. A
+/// process's own figure includes its threads that have ended.
+pub fn cpu_tree_secs(pid: u32) -> Option<f64> {
+    // /proc reports CPU times in USER_HZ, 100 a second on every Linux ABI.
+    const TICKS_PER_SEC: f64 = 100.0;
+    let ticks = |pid: u32| {
+        let fields = stat_fields(pid)?;
+        // utime and stime: fields 14 and 15 of stat, 12th and 13th after the command name.
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    let total = ticks(pid)? + children(pid).into_iter().filter_map(ticks).sum::<u64>();
+    Some(total as f64 / TICKS_PER_SEC)
+}
+
+/// The fields of `/proc/PID/stat` after the parenthesised command name: state, ppid, ...
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The direct children of `pid` (nginx's workers).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| stat_fields(child).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(pid))
+        .collect()
 }
