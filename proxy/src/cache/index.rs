@@ -72,7 +72,11 @@ pub struct Entry {
     pub checked: bool,
     /// This file, open, for hits ([`Index::hold`]); goes with the entry.
     pub held: Option<Arc<HeldFile>>,
+    /// When the entry was last used (inserted or hit).
     lru_tick: u64,
+    /// The tick a clean entry is filed under in the LRU order: its last use when filed, which a
+    /// hit leaves behind (see [`Index::evict`]).
+    lru_slot: u64,
 }
 
 impl Entry {
@@ -90,6 +94,7 @@ impl Entry {
             checked: false,
             held: None,
             lru_tick: 0,
+            lru_slot: 0,
         }
     }
 
@@ -218,12 +223,8 @@ impl Index {
         self.tick += 1;
         let tick = self.tick;
         let entry = self.entries.get_mut(id)?;
-        // The id moves to its new place in the LRU order; a hit allocates nothing.
-        if entry.state == EntryState::Clean
-            && let Some(key) = self.lru.remove(&entry.lru_tick)
-        {
-            self.lru.insert(tick, key);
-        }
+        // Only the entry records the use: eviction files it anew when it comes to it, so that a
+        // hit costs no change to the LRU order.
         entry.lru_tick = tick;
         Some(entry)
     }
@@ -261,11 +262,24 @@ impl Index {
 
     /// Evicts least-recently-used clean blocks until at least `bytes` are freed, or none is left.
     /// Returns them; the caller deletes their files.
+    ///
+    /// An entry is filed in the LRU order under its last use when it was filed; a hit only
+    /// records its new use in the entry. So the first entry in the order may have been used
+    /// since: it is filed again under that use, and the next one looked at. One whose use is
+    /// the tick it is filed under is then the least recently used: every other entry is filed
+    /// under a later tick, and was last used at or after it.
     pub fn evict(&mut self, bytes: u64) -> Vec<(BlockId, Entry)> {
         let mut evicted = Vec::new();
         let mut freed = 0;
         while freed < bytes {
-            let Some((_, id)) = self.lru.pop_first() else { break };
+            let Some((slot, id)) = self.lru.pop_first() else { break };
+            if let Some(entry) = self.entries.get_mut(&id)
+                && entry.lru_tick != slot
+            {
+                entry.lru_slot = entry.lru_tick;
+                self.lru.insert(entry.lru_slot, id);
+                continue;
+            }
             if let Some(entry) = self.remove(&id) {
                 freed += entry.file_size;
                 evicted.push((id, entry));
@@ -303,7 +317,7 @@ impl Index {
         self.release(reserved);
         let old = self.remove(&id);
         self.tick += 1;
-        entry.lru_tick = self.tick;
+        (entry.lru_tick, entry.lru_slot) = (self.tick, self.tick);
         entry.serial = self.tick;
         entry.checked = false;
         // Only entries in the index are counted as holding a file; a new one starts without.
@@ -313,7 +327,7 @@ impl Index {
             self.dirty_bytes += entry.file_size;
             self.dirty_blocks += 1;
         } else {
-            self.lru.insert(entry.lru_tick, id.clone());
+            self.lru.insert(entry.lru_slot, id.clone());
         }
         self.entries.insert(id, entry);
         old
@@ -330,7 +344,7 @@ impl Index {
             self.dirty_bytes -= entry.file_size;
             self.dirty_blocks -= 1;
         } else {
-            self.lru.remove(&entry.lru_tick);
+            self.lru.remove(&entry.lru_slot);
         }
         Some(entry)
     }
@@ -484,6 +498,47 @@ mod tests {
         // Needs 70: only a and c (60) are clean, so the reservation fails and nothing is evicted.
         assert_eq!(idx.reserve(80, false).unwrap_err(), AdmitError::NoSpace);
         assert_eq!(idx.usage().blocks, 3);
+    }
+
+    proptest::proptest! {
+        /// Hits record their use in the entry alone (the order is mended at eviction): whatever
+        /// the inserts, hits and removals, eviction takes the clean entry used longest ago.
+        #[test]
+        fn eviction_takes_the_clean_entry_used_longest_ago(
+            ops in proptest::collection::vec((0u8..4, 0u8..8), 1..200),
+        ) {
+            let mut idx = Index::new(u64::MAX);
+            // The model: each clean entry's last use, in a clock of its own.
+            let mut used: HashMap<String, u64> = HashMap::new();
+            for (clock, (op, k)) in (0u64..).zip(ops) {
+                let k = format!("k{k}");
+                match op {
+                    0 => {
+                        idx.insert(id(&k), clean(1), 0);
+                        used.insert(k, clock);
+                    }
+                    1 => {
+                        let hit = idx.touch(&id(&k)).is_some();
+                        proptest::prop_assert_eq!(hit, used.contains_key(&k));
+                        if let Some(t) = used.get_mut(&k) {
+                            *t = clock;
+                        }
+                    }
+                    2 => {
+                        idx.remove(&id(&k));
+                        used.remove(&k);
+                    }
+                    _ => {
+                        let evicted: Vec<_> = idx.evict(1).into_iter().map(|(i, _)| i.key.to_string()).collect();
+                        let oldest = used.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone());
+                        proptest::prop_assert_eq!(evicted.first().cloned(), oldest.clone());
+                        if let Some(k) = oldest {
+                            used.remove(&k);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
