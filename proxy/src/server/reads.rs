@@ -283,7 +283,9 @@ pub async fn get_object(
                 revalidate_in_background(s, cfg, &id, ob.header.version, ob.header.pinned_etag());
             }
             let stale = freshness == Freshness::Stale;
-            if !stale || still_in_store(s, cfg, &id, ob.header.version, ob.header.pinned_etag()).await {
+            // Boxed, as the miss below: the rare paths' futures would otherwise make every hit's
+            // future as large as theirs, and it is moved (copied) on its way to the runtime.
+            if !stale || Box::pin(still_in_store(s, cfg, &id, ob.header.version, ob.header.pinned_etag())).await {
                 // Reopen after a revalidation: it recorded the store's ETag.
                 let ob = if stale {
                     match s.cache.open_block(&id, whole).await.map_err(|e| cache_error(s, e))? {
@@ -300,6 +302,17 @@ pub async fn get_object(
         }
         Opened::Miss => {}
     }
+    Box::pin(serve_miss(s, cfg, id, headers, with_body)).await
+}
+
+/// Answers a GET or HEAD of an object not served from the cache: from the store.
+async fn serve_miss(
+    s: &Arc<AppState>,
+    cfg: &VolumeConfig,
+    id: BlockId,
+    headers: &HeaderMap,
+    with_body: bool,
+) -> Result<Response, ApiError> {
     s.metrics.cache_misses_total.inc();
     let quarantined = s.cache.quarantined_version(&id);
     let Found { info, data, first } = match store_object(s, cfg, &id, with_body, headers).await {
@@ -711,7 +724,7 @@ pub async fn get_stripe(
     }
     let _reserved = reserve_bytes(s, block_size).await?;
     s.metrics.cache_misses_total.inc();
-    let fetched = fetch_stripe(s, cfg, &id, start, &pinned).await?;
+    let fetched = Box::pin(fetch_stripe(s, cfg, &id, start, &pinned)).await?;
     let (range, data) = cut(headers, start, fetched.data.clone(), fetched.object_size)?;
     Ok(fetched_stripe_answer(s, &fetched, &pinned, range, data, with_body))
 }

@@ -219,7 +219,7 @@ async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> 
         let prefix = q.prefix.as_deref().unwrap_or("");
         return match listing {
             Listing::Dirty => Ok(list_dirty(s, &volume, prefix)),
-            Listing::Store => list_store(s, &cfg, prefix, &q).await,
+            Listing::Store => Box::pin(list_store(s, &cfg, prefix, &q)).await,
         };
     }
     let uploads = path.contains(UPLOADS_INFIX);
@@ -243,11 +243,12 @@ async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> 
     }
     let id = BlockId::object(volume, key);
     let _permit = s.bops.acquire().await.map_err(|_| ApiError::unavailable("shutting down", 5))?;
+    // Writes and deletes are boxed, so that a read's future is only as large as its own path.
     if uploads {
-        return super::uploads::handle(s, &cfg, id, req).await;
+        return Box::pin(super::uploads::handle(s, &cfg, id, req)).await;
     }
     match *req.method() {
-        Method::PUT => put_block(s, &cfg, id, req).await,
+        Method::PUT => Box::pin(put_block(s, &cfg, id, req)).await,
         Method::GET | Method::HEAD => {
             let with_body = req.method() == Method::GET;
             let Query(q) =
@@ -259,7 +260,7 @@ async fn dispatch(s: &Arc<AppState>, req: Request, listing: Option<Listing>) -> 
                 reads::get_object(s, &cfg, id, req.headers(), with_body, sends).await
             }
         }
-        Method::DELETE => delete_block(s, &cfg, id, req.headers()).await,
+        Method::DELETE => Box::pin(delete_block(s, &cfg, id, req.headers())).await,
         _ => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use GET, HEAD, PUT or DELETE")),
     }
 }
