@@ -50,12 +50,12 @@ impl<S> App for S where
 {
 }
 
-/// Serves `router` on `listener` until `stop` turns true, then stops accepting and waits up to
+/// Serves `app` on `listener` until `stop` turns true, then stops accepting and waits up to
 /// `limits.grace` for open requests to finish. Connections cut by a timeout are counted in
 /// `timeouts`, by phase (`header`, `tls_handshake`).
 pub async fn serve(
     listener: TcpListener,
-    router: impl App,
+    app: impl App,
     limits: Limits,
     timeouts: IntCounterVec,
     mut stop: watch::Receiver<bool>,
@@ -81,7 +81,7 @@ pub async fn serve(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
+        let app = app.clone();
         let builder = Arc::clone(&builder);
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
@@ -94,7 +94,7 @@ pub async fn serve(
                 let result = match acceptor {
                     Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let service = TowerToHyperService::new(router);
+                            let service = TowerToHyperService::new(app);
                             watcher
                                 .watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned())
                                 .await
@@ -113,7 +113,7 @@ pub async fn serve(
                         let sends = FileSends::default();
                         let io = SendfileStream::new(stream, sends.clone(), sent_bytes);
                         // HTTP/2 copies its frames: only HTTP/1 requests may answer with stand-ins.
-                        let service = TowerToHyperService::new(router.map_request(move |mut req: Request<_>| {
+                        let service = TowerToHyperService::new(app.map_request(move |mut req: Request<_>| {
                             if req.version() <= Version::HTTP_11 {
                                 req.extensions_mut().insert(sends.clone());
                             }
@@ -124,7 +124,7 @@ pub async fn serve(
                             .await
                     }
                     None => {
-                        let service = TowerToHyperService::new(router);
+                        let service = TowerToHyperService::new(app);
                         watcher
                             .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
                             .await

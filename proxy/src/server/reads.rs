@@ -83,7 +83,8 @@ fn response(headers: HeaderMap, a: &Answer<'_>, body: Option<Body>) -> Response 
 
 /// The headers of an answer that follow from the version it carries alone.
 fn version_headers(a: &Answer<'_>) -> HeaderMap {
-    // Room for them all and those `add_answer_headers` adds, so that the map never grows.
+    // Room for these, a few attributes and what `add_answer_headers` adds, so that the map
+    // seldom grows.
     let mut h = HeaderMap::with_capacity(16);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));

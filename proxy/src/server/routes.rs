@@ -70,8 +70,7 @@ where
             let req = req.map(axum::body::Body::new);
             Box::pin(async move { Ok(super::linger::linger_on_refusal(req, |req| volume_request(s, req)).await) })
         } else {
-            let mut others = self.others.clone();
-            Box::pin(async move { tower::Service::call(&mut others, req).await })
+            Box::pin(tower::ServiceExt::oneshot(self.others.clone(), req))
         }
     }
 }
