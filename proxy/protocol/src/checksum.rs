@@ -1,5 +1,6 @@
 //! End-to-end block checksums: `crc32c=<hex>` (cheap, the default) or `sha256=<hex>`.
 
+use crate::crc::{self, Crc32c};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
@@ -22,7 +23,7 @@ pub enum ChecksumError {
 
 impl Checksum {
     pub fn crc32c(data: &[u8]) -> Self {
-        Self::Crc32c(crc32c::crc32c(data))
+        Self::Crc32c(crc::crc32c(data))
     }
 
     /// The same algorithm as `self`, computed over `data`.
@@ -51,15 +52,50 @@ impl Checksum {
 
     /// [`Checksum::verify`] of the concatenation of `parts`, without concatenating them.
     pub fn verify_parts<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> Result<(), ChecksumError> {
-        let actual = match self {
-            Self::Crc32c(_) => Self::Crc32c(parts.into_iter().fold(0, crc32c::crc32c_append)),
-            Self::Sha256(_) => {
-                let mut h = Sha256::new();
-                parts.into_iter().for_each(|p| h.update(p));
-                Self::Sha256(h.finalize().into())
-            }
+        let mut running = self.running();
+        parts.into_iter().for_each(|p| running.update(p));
+        running.verify()
+    }
+
+    /// The same algorithm as `self` over bytes fed as they arrive, to verify against `self` at
+    /// the end: each piece is hashed while it is still in the CPU's cache.
+    pub fn running(&self) -> RunningChecksum {
+        let state = match self {
+            Self::Crc32c(_) => Running::Crc32c(Crc32c::default()),
+            Self::Sha256(_) => Running::Sha256(Sha256::new()),
         };
-        if &actual == self { Ok(()) } else { Err(ChecksumError::Mismatch { expected: self.clone(), actual }) }
+        RunningChecksum { expected: self.clone(), state }
+    }
+}
+
+/// A checksum being computed over a body as it arrives ([`Checksum::running`]).
+#[derive(Debug)]
+pub struct RunningChecksum {
+    expected: Checksum,
+    state: Running,
+}
+
+#[derive(Debug)]
+enum Running {
+    Crc32c(Crc32c),
+    Sha256(Sha256),
+}
+
+impl RunningChecksum {
+    pub fn update(&mut self, data: &[u8]) {
+        match &mut self.state {
+            Running::Crc32c(c) => c.update(data),
+            Running::Sha256(h) => h.update(data),
+        }
+    }
+
+    /// Whether the bytes fed match the expected checksum.
+    pub fn verify(self) -> Result<(), ChecksumError> {
+        let actual = match self.state {
+            Running::Crc32c(c) => Checksum::Crc32c(c.finish()),
+            Running::Sha256(h) => Checksum::Sha256(h.finalize().into()),
+        };
+        if actual == self.expected { Ok(()) } else { Err(ChecksumError::Mismatch { expected: self.expected, actual }) }
     }
 }
 
@@ -162,7 +198,7 @@ mod tests {
         ) {
             for declared in [Checksum::crc32c(&data), Checksum::Sha256(Sha256::digest(&data).into())] {
                 for body in [&data, &other] {
-                    let known = declared.verify_with_crc32c(body, crc32c::crc32c(body));
+                    let known = declared.verify_with_crc32c(body, crc::crc32c(body));
                     prop_assert_eq!(known, declared.verify(body));
                 }
             }

@@ -3,6 +3,7 @@
 //! depends on the wire format and nothing else of the data plane, and the format is defined once.
 
 mod checksum;
+pub mod crc;
 mod csi;
 mod discovery;
 mod drain;
@@ -12,7 +13,7 @@ mod object;
 mod sidecar_memory;
 mod volumes;
 
-pub use checksum::{Checksum, ChecksumError, crc32c_text};
+pub use checksum::{Checksum, ChecksumError, RunningChecksum, crc32c_text};
 pub use csi::*;
 pub use discovery::{DiscoveryDocument, DiscoveryEndpoint, DiscoveryGroup, StoreLocation};
 pub use drain::{DirtyKey, DirtyKeys, DrainStatus, StoreObject, StoreObjects};

@@ -20,6 +20,7 @@
 //! volume has meanwhile been removed from the volumes file. Files are named by a hash of
 //! (volume, key) under a two-level fan-out, because keys may be longer than a file name.
 
+use crate::protocol::crc;
 use blockproxy_protocol::ObjectAttrs;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -124,7 +125,7 @@ impl BlockHeader {
         out.put_slice(MAGIC);
         out.put_u32_le(header_len);
         out.put_slice(&body);
-        let crc = crc32c::crc32c(&out);
+        let crc = crc::crc32c(&out);
         out.put_u32_le(crc);
         out.freeze()
     }
@@ -139,7 +140,7 @@ impl BlockHeader {
             return Err(FormatError::Corrupt);
         }
         let (covered, crc) = buf[..header_len].split_at(header_len - 4);
-        if crc32c::crc32c(covered) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        if crc::crc32c(covered) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
             return Err(FormatError::Corrupt);
         }
         let mut b = &covered[8..];
@@ -448,7 +449,7 @@ pub fn read_block(path: &Path) -> io::Result<Result<(BlockHeader, Bytes), Format
         Err(e) => return Ok(Err(e)),
     };
     let data = buf.slice(len..);
-    if data.len() as u64 != header.data_len || crc32c::crc32c(&data) != header.data_crc32c {
+    if data.len() as u64 != header.data_len || crc::crc32c(&data) != header.data_crc32c {
         return Ok(Err(FormatError::DataChecksum));
     }
     Ok(Ok((header, data)))
@@ -592,7 +593,7 @@ pub(crate) mod tests {
             bucket: "bucket".into(),
             store_key: "pfx/a/b".into(),
             version: 42,
-            data_crc32c: crc32c::crc32c(b"data"),
+            data_crc32c: crc::crc32c(b"data"),
             data_len: 4,
             tombstone: false,
             etag: "8d777f385d3dfec8815d20f7496026dc".into(),
@@ -637,7 +638,7 @@ pub(crate) mod tests {
         body.put_u16_le(FORMAT_V1);
         body.put_u16_le(0);
         body.put_u64_le(42);
-        body.put_u32_le(crc32c::crc32c(b"data"));
+        body.put_u32_le(crc::crc32c(b"data"));
         body.put_u64_le(4);
         for s in ["v", "a/b", "bucket", "pfx/a/b"] {
             body.put_u16_le(s.len() as u16);
@@ -647,7 +648,7 @@ pub(crate) mod tests {
         enc.put_slice(MAGIC);
         enc.put_u32_le((4 + 4 + body.len() + 4) as u32);
         enc.put_slice(&body);
-        let crc = crc32c::crc32c(&enc);
+        let crc = crc::crc32c(&enc);
         enc.put_u32_le(crc);
         let (h, len) = BlockHeader::decode(&enc).unwrap();
         assert_eq!(len, enc.len());

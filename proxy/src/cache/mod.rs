@@ -21,6 +21,7 @@ pub use epoch::FetchKey;
 pub use held::HeldFile;
 pub use index::{BlockId, Stripe, Usage};
 
+use crate::protocol::crc;
 use blockproxy_protocol::ObjectAttrs;
 use buffers::BufferPool;
 use bytes::Bytes;
@@ -425,7 +426,7 @@ impl Cache {
             bucket: w.bucket,
             store_key: w.store_key,
             version: w.version,
-            data_crc32c: data_crc32c.unwrap_or_else(|| crc32c::crc32c(&data)),
+            data_crc32c: data_crc32c.unwrap_or_else(|| crc::crc32c(&data)),
             data_len: data.len() as u64,
             tombstone: w.data.is_none(),
             etag: w.etag,
@@ -699,7 +700,7 @@ impl Cache {
             bucket: bucket.to_owned(),
             store_key: store_key.to_owned(),
             version,
-            data_crc32c: crc32c::crc32c(&data),
+            data_crc32c: crc::crc32c(&data),
             data_len: data.len() as u64,
             tombstone: false,
             // What S3 clients are answered, and what the copy is pinned to when that differs.
@@ -1181,7 +1182,7 @@ mod tests {
             Ok(md5)
         };
         let (outcome, got) = hashing
-            .write_dirty_hashing(one_part_write(&a, data, String::new()), late, crc32c::crc32c(data))
+            .write_dirty_hashing(one_part_write(&a, data, String::new()), late, crc::crc32c(data))
             .await
             .unwrap();
         assert_eq!((outcome, got), (WriteOutcome::Committed, md5));
@@ -1197,7 +1198,7 @@ mod tests {
         let a = id("a");
         let failed = async { Err(io::Error::other("the hashing thread panicked")) };
         let err = cache
-            .write_dirty_hashing(one_part_write(&a, b"data", String::new()), failed, crc32c::crc32c(b"data"))
+            .write_dirty_hashing(one_part_write(&a, b"data", String::new()), failed, crc::crc32c(b"data"))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("hash"), "{err}");

@@ -9,6 +9,7 @@
 
 use super::ClientError;
 use super::transport::AttemptError;
+use crate::protocol::crc;
 use blockproxy_protocol::{CHECKSUM_HEADER, crc32c_text};
 use bytes::Bytes;
 use futures::FutureExt;
@@ -172,7 +173,7 @@ impl http_body::Body for Relay {
         }
         match ready!(self.rx.poll_recv(cx)) {
             Some(b) => {
-                self.crc = crc32c::crc32c_append(self.crc, &b);
+                self.crc = crc::crc32c_append(self.crc, &b);
                 self.sent += b.len() as u64;
                 Poll::Ready(Some(Ok(Frame::data(b))))
             }

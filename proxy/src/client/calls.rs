@@ -54,13 +54,7 @@ impl ProxyCall<'_> {
         let resp = check(resp, "GET block").await?;
         let checksum: Option<Checksum> =
             resp.headers().get(CHECKSUM_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let data = read_chunks(resp).await?;
-        if let Some(sum) = checksum
-            && let Err(e) = sum.verify_parts(data.parts())
-        {
-            return Err(AttemptError::Unavailable(format!("GET block {index} failed verification: {e}")));
-        }
-        Ok(data)
+        read_chunks(resp, checksum.as_ref(), || format!("GET block {index}")).await
     }
 
     /// Starts a multipart upload on this proxy (the key's home); returns the proxy's upload id.

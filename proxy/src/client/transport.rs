@@ -157,11 +157,25 @@ impl Fetched<Chunks> {
     }
 }
 
-/// A response's body as its chunks (no copy into one buffer).
-pub(super) async fn read_chunks(mut resp: reqwest::Response) -> Result<Chunks, AttemptError> {
+/// A response's body as its chunks (no copy into one buffer). With `sum`, the body is verified
+/// against it: each chunk is hashed as it arrives, while it is still in the CPU's cache, rather
+/// than the whole body after its last chunk (a 4 MiB block no longer fits that cache by then).
+/// `what` names the request in the error.
+pub(super) async fn read_chunks(
+    mut resp: reqwest::Response,
+    sum: Option<&Checksum>,
+    what: impl FnOnce() -> String,
+) -> Result<Chunks, AttemptError> {
+    let mut running = sum.map(Checksum::running);
     let mut out = Chunks::default();
     while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+        if let Some(r) = &mut running {
+            r.update(&chunk);
+        }
         out.push(chunk);
+    }
+    if let Some(r) = running {
+        r.verify().map_err(|e| AttemptError::Unavailable(format!("{} failed verification: {e}", what())))?;
     }
     Ok(out)
 }
@@ -288,17 +302,11 @@ impl ProxyCall<'_> {
             .and_then(|v| v.parse().ok());
         let checksum: Option<Checksum> =
             resp.headers().get(CHECKSUM_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
-        let data = read_chunks(resp).await?;
         // End to end: a whole block (also one that a range covers whole) is checked against the
         // checksum the proxy verified on disk (a part cannot be; the proxy verified the whole
-        // block before slicing it).
-        let whole = !partial || total == Some(data.len() as u64);
-        if let (Some(sum), true) = (&checksum, whole)
-            && let Err(e) = sum.verify_parts(data.parts())
-        {
-            return Err(AttemptError::Unavailable(format!("GET body failed verification: {e}")));
-        }
+        // block before slicing it). The body has the length its header says (hyper checks).
+        let whole = resp.status() != StatusCode::PARTIAL_CONTENT || (total.is_some() && resp.content_length() == total);
+        let data = read_chunks(resp, checksum.as_ref().filter(|_| whole), || "GET body".to_owned()).await?;
         let info = ObjectInfo::from_headers(&headers, total.unwrap_or(data.len() as u64));
         Ok(Some(Fetched { data, info }))
     }

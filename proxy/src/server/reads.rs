@@ -17,6 +17,7 @@ use super::state::AppState;
 use crate::cache::buffers::BufferPool;
 use crate::cache::held::ReplyHeaders;
 use crate::cache::{BlockId, CacheError, FetchedMeta, Lookup, OpenBlock, Opened, Stripe};
+use crate::protocol::crc;
 use crate::store::{ErrorClass, ObjectInfo, SmallObject, StoreError};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -348,7 +349,7 @@ async fn serve_miss(
     }
     if let Some(data) = data {
         let _reserved = reserve_bytes(s, data.len() as u64).await?;
-        let crc = crc32c::crc32c(&data);
+        let crc = crc::crc32c(&data);
         let body = match &range {
             Some(r) => data.slice(r.start as usize..r.end as usize),
             None => data,
@@ -422,7 +423,7 @@ async fn serve_cached(
             data = Some(read_part(s.cache.buffers(), Arc::clone(&file), ob.data_offset, total).await?);
         }
         let crc = match &data {
-            Some(data) => crc32c::crc32c(data),
+            Some(data) => crc::crc32c(data),
             None => {
                 let checked = checksum_file(file, ob.data_offset, total).await?;
                 file = checked.0;
@@ -773,7 +774,7 @@ async fn serve_cached_stripe(
         (true, false) => {
             let _reserved = reserve_bytes(s, len).await?;
             let part = read_part(s.cache.buffers(), file, data_offset + in_file.start, len).await?;
-            (Some(crc32c::crc32c(&part)), Some(Body::from(part)))
+            (Some(crc::crc32c(&part)), Some(Body::from(part)))
         }
     };
     if with_body {
@@ -874,7 +875,7 @@ fn fetched_stripe_answer(
     let a = Answer {
         version: fetched.version,
         source: "store",
-        crc32c: Some(crc32c::crc32c(&data)),
+        crc32c: Some(crc::crc32c(&data)),
         object: ObjectHeaders {
             etag: pinned,
             modified_ns: fetched.modified_ns,

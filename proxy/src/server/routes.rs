@@ -10,6 +10,7 @@ use super::sendfile::FileSends;
 use super::state::AppState;
 use super::volumes::{AuthError, token_matches};
 use crate::cache::{BlockId, CacheError, DirtyWrite, WriteOutcome};
+use crate::protocol::crc;
 use crate::store::{Conditional, ObjectMeta, delete_unless_newer, put_unless_newer};
 use axum::Router;
 use axum::extract::{Query, Request, State};
@@ -422,7 +423,7 @@ async fn put_block(s: &Arc<AppState>, cfg: &VolumeConfig, id: BlockId, req: Requ
     let body = read.data.clone();
     // One pass over the body for its CRC32C: it checks the declared checksum, comes back in the
     // ack and, for a one-part write (the common one), goes in the block's header.
-    let crc = crc32c::crc32c(&body);
+    let crc = crc::crc32c(&body);
     checksum.verify_with_crc32c(&body, crc).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let parts = parts_from_headers(&part_headers, body.len() as u64)?;
     let store_key = cfg.store_key(&id.key);

@@ -16,6 +16,7 @@ use super::routes::{cache_error, enter_gate, superseded, write_version};
 use super::state::AppState;
 use crate::cache::staging::{PartRecord, Staging, UploadMeta};
 use crate::cache::{BlockHeader, BlockId, WriteOutcome};
+use crate::protocol::crc;
 use crate::store::{Conditional, ObjectMeta, S3ETag, put_file_at_unless_newer};
 use axum::body::Body;
 use axum::extract::{Query, Request};
@@ -172,7 +173,7 @@ async fn stream_part(
             return Err(ApiError::bad_request("the body is longer than its Content-Length"));
         }
         md5.update(&data).await;
-        crc = crc32c::crc32c_append(crc, &data);
+        crc = crc::crc32c_append(crc, &data);
         if matches!(checksum, Checksum::Sha256(_)) {
             sha2::Digest::update(&mut sha, &data);
         }
@@ -262,7 +263,7 @@ async fn complete(
         .map(|p| hex::decode(&p.md5).ok().and_then(|d| d.try_into().ok()))
         .collect::<Option<_>>()
         .ok_or_else(|| ApiError::internal("a staged part's record is corrupt"))?;
-    let data_crc32c = parts.iter().fold(0u32, |acc, p| crc32c::crc32c_combine(acc, p.crc32c, p.size as usize));
+    let data_crc32c = parts.iter().fold(0u32, |acc, p| crc::crc32c_combine(acc, p.crc32c, p.size));
     let header = BlockHeader {
         volume: id.volume.to_string(),
         key: id.key.to_string(),

@@ -33,6 +33,7 @@ use super::{
     ListPage, ListedObject, ObjectAttrs, ObjectInfo, ObjectMeta, Precondition, S3ETag, Store, StoreError, StoredBlock,
     StoredRange, check_parts, check_range, verify_fetched, without_tombstones,
 };
+use crate::protocol::crc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fs::File;
@@ -111,7 +112,7 @@ impl LocalDirStore {
 
     /// Holds an exclusive lock for `bucket/key` until dropped (the lock dies with the file).
     fn lock(&self, bucket: &str, key: &str) -> Result<File, StoreError> {
-        let stripe = crc32c::crc32c(format!("{bucket}/{key}").as_bytes()) % LOCK_STRIPES;
+        let stripe = crc::crc32c(format!("{bucket}/{key}").as_bytes()) % LOCK_STRIPES;
         let path = self.root.join(".blockproxy").join("locks").join(format!("{stripe:02}"));
         let file =
             File::options().create(true).truncate(false).write(true).open(&path).map_err(io_err("lock", &path))?;
@@ -536,7 +537,7 @@ mod tests {
         put(&store, "p/k1", b"one", 7).await;
         put(&store, "p/k2", b"two!", 8).await;
         let got = store.get("b", "p/k1").await.unwrap().unwrap();
-        assert_eq!((&got.data[..], got.version, got.crc32c), (&b"one"[..], 7, crc32c::crc32c(b"one")));
+        assert_eq!((&got.data[..], got.version, got.crc32c), (&b"one"[..], 7, crc::crc32c(b"one")));
         let listed = store.list("b", "p/").await.unwrap();
         assert_eq!(listed.iter().map(|o| (o.key.as_str(), o.size)).collect::<Vec<_>>(), [("p/k1", 3), ("p/k2", 4)]);
         assert_eq!(delete_unless_newer(&store, "b", "p/k1", 9).await.unwrap(), Conditional::Applied);
@@ -550,7 +551,7 @@ mod tests {
         let store = LocalDirStore::open(dir.path()).unwrap();
         put(&store, "k", b"bytes", 42).await;
         let file = File::open(dir.path().join("b/k")).unwrap();
-        assert_eq!(read_meta(&file).unwrap(), (Some(42), Some(crc32c::crc32c(b"bytes"))));
+        assert_eq!(read_meta(&file).unwrap(), (Some(42), Some(crc::crc32c(b"bytes"))));
         // Nothing but the object and the store's own folder: no side file to get out of step.
         let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
@@ -578,7 +579,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("b")).unwrap();
         std::fs::write(dir.path().join("b/foreign"), b"theirs").unwrap();
         let got = store.get("b", "foreign").await.unwrap().unwrap();
-        assert_eq!((&got.data[..], got.version, got.crc32c), (&b"theirs"[..], 0, crc32c::crc32c(b"theirs")));
+        assert_eq!((&got.data[..], got.version, got.crc32c), (&b"theirs"[..], 0, crc::crc32c(b"theirs")));
         assert_eq!(put(&store, "foreign", b"ours", 1).await, Conditional::Applied, "any version is newer");
     }
 

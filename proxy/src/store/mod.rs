@@ -34,6 +34,7 @@ pub use local::LocalDirStore;
 pub use s3::{S3Store, S3StoreConfig};
 pub use s3_etag::S3ETag;
 
+use crate::protocol::crc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
@@ -192,7 +193,7 @@ pub struct ObjectMeta {
 
 impl ObjectMeta {
     pub fn for_data(version: u64, data: &[u8]) -> Self {
-        Self { version, crc32c: crc32c::crc32c(data), s3_etag: Some(S3ETag::of_data(data)) }
+        Self { version, crc32c: crc::crc32c(data), s3_etag: Some(S3ETag::of_data(data)) }
     }
 }
 
@@ -441,7 +442,7 @@ pub type DynStore = Arc<dyn Store>;
 /// Checks fetched bytes against the checksum their writer recorded (`None`: written by another
 /// tool, accepted as it is). Returns the checksum to carry with the block.
 pub(crate) fn verify_fetched(bucket: &str, key: &str, data: &[u8], recorded: Option<u32>) -> Result<u32, StoreError> {
-    let actual = crc32c::crc32c(data);
+    let actual = crc::crc32c(data);
     match recorded {
         Some(expected) if expected != actual => {
             Err(StoreError::Corrupt { bucket: bucket.to_owned(), key: key.to_owned(), expected, actual })
@@ -539,7 +540,7 @@ mod tests {
 
     #[test]
     fn fetched_data_must_match_its_recorded_checksum() {
-        let sum = crc32c::crc32c(b"data");
+        let sum = crc::crc32c(b"data");
         assert_eq!(verify_fetched("b", "k", b"data", Some(sum)).unwrap(), sum);
         assert_eq!(verify_fetched("b", "k", b"data", None).unwrap(), sum, "foreign objects are accepted");
         let err = verify_fetched("b", "k", b"dat4", Some(sum)).unwrap_err();
