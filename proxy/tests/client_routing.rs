@@ -940,3 +940,62 @@ async fn concurrent_large_reads_hold_at_most_the_read_ahead_budget_and_all_finis
     assert_eq!(m().read_ahead_bytes.get(), 0, "every block's bytes went back to the budget");
     Ok(())
 }
+
+/// The client checks every whole block it reads against the checksum the proxy sends (ADR 0001,
+/// item 6; ADR 0024): a cached block that rots after the proxy's own checked first read is served
+/// by the proxy as it is, and refused by the client, in a one-request read of a small object and
+/// in a large object's block reads alike (the home answers those from its whole-object file). It
+/// never hands out the rotten bytes. A large object that rots before its first block read is
+/// caught by the home's own pass over its file, dropped, and read from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_rotting_after_the_proxys_checked_read_is_refused_by_the_client() -> Result<()> {
+    use futures::TryStreamExt;
+    let (_minio, _root, proxy, disc) = one_proxy_with_small_blocks().await?;
+    let bs = blockproxy::protocol::MIN_BLOCK_SIZE as usize;
+    let client = start_client(fast_config(&disc)).await?;
+    let read = async |k: &str| -> Result<Vec<u8>> {
+        let r = client.read_object(&key(k), None).await?.ok_or_else(|| anyhow::anyhow!("{k} not found"))?;
+        let body: Vec<Bytes> = r.body.try_collect().await?;
+        Ok(body.concat())
+    };
+    let small = b"bytes that will rot on the proxy's disk".to_vec();
+    let large: Vec<u8> = (0..(3 * bs + 123)).map(|i| (i % 251) as u8).collect();
+    let early: Vec<u8> = large.iter().map(|b| b.wrapping_add(1)).collect();
+    for (k, data) in [("rot/small", &small), ("rot/large", &large), ("rot/early", &early)] {
+        put_flushed(&client, &key(k), data).await?;
+    }
+    for (k, data) in [("rot/small", &small), ("rot/large", &large)] {
+        assert_eq!(&read(k).await?, data, "{k}: the proxy's checked first read");
+    }
+    let clean = proxy.dir.join("cache").join("clean");
+    let files = files_under(&clean);
+    assert_eq!(files.len(), 3, "each object is cached whole, in one file: {files:?}");
+    for f in &files {
+        let mut raw = std::fs::read(f)?;
+        let last = raw.len() - 1;
+        raw[last] ^= 0xff;
+        std::fs::write(f, raw)?;
+    }
+    for (k, data) in [("rot/small", &small), ("rot/large", &large)] {
+        match read(k).await {
+            Ok(got) => assert_eq!(&got, data, "{k}: the client handed out rotten bytes"),
+            Err(e) => assert!(format!("{e:#}").contains("failed verification"), "{k}: {e:#}"),
+        }
+    }
+    assert_eq!(read("rot/early").await?, early, "rot before the first block read: read from the store");
+    let corrupt = metric_sum(&proxy.metrics().await?, "blockproxy_cache_corrupt_blocks_total");
+    assert!(corrupt >= 1.0, "the home dropped its rotten copy: {corrupt}");
+    Ok(())
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}

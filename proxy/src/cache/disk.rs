@@ -492,11 +492,39 @@ pub fn data_crc32c(file: &File, offset: u64, len: u64, buf: &mut [u8], mut each:
     while at < len {
         let n = (len - at).min(buf.len() as u64) as usize;
         file.read_exact_at(&mut buf[..n], offset + at)?;
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        crc = crc::crc32c_append(crc, &buf[..n]);
         each(&buf[..n]);
         at += n as u64;
     }
     Ok(crc)
+}
+
+/// The CRC32Cs of `len` bytes of `file` from `offset` cut in blocks of `block_size` (the last one
+/// may be shorter), and of all of them, in one pass through `buf`.
+pub fn block_crc32cs(
+    file: &File,
+    offset: u64,
+    len: u64,
+    block_size: u64,
+    buf: &mut [u8],
+) -> io::Result<(u32, Vec<u32>)> {
+    let mut crcs = Vec::with_capacity(len.div_ceil(block_size.max(1)) as usize);
+    let (mut block, mut in_block) = (crc::Crc32c::default(), 0u64);
+    let whole = data_crc32c(file, offset, len, buf, |mut piece| {
+        while !piece.is_empty() {
+            let n = piece.len().min((block_size - in_block) as usize);
+            block.update(&piece[..n]);
+            (in_block, piece) = (in_block + n as u64, &piece[n..]);
+            if in_block == block_size {
+                crcs.push(block.finish());
+                (block, in_block) = (crc::Crc32c::default(), 0);
+            }
+        }
+    })?;
+    if in_block > 0 {
+        crcs.push(block.finish());
+    }
+    Ok((whole, crcs))
 }
 
 /// Reads only the header of a block file (for the start-up scan), and the file's size.
@@ -585,6 +613,26 @@ pub fn list_area(dir: &Path) -> io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// Each block's CRC32C is the CRC32C of its bytes, and the whole's is the data's, for blocks
+    /// smaller and larger than the read buffer, a short last block, and no data.
+    #[test]
+    fn block_crc32cs_are_each_blocks_and_the_wholes() {
+        use std::io::Write;
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"header").unwrap();
+        f.write_all(&data).unwrap();
+        for (len, block_size, buf) in
+            [(0, 64, 16), (300_001, 65_536, 4096), (300_001, 1_000, 65_536), (131_072, 65_536, 1 << 20)]
+        {
+            let d = &data[..len];
+            let (whole, crcs) = block_crc32cs(&f, 6, len as u64, block_size, &mut vec![0u8; buf]).unwrap();
+            assert_eq!(whole, crc::crc32c(d), "len {len}");
+            let want: Vec<u32> = d.chunks(block_size as usize).map(crc::crc32c).collect();
+            assert_eq!(crcs, want, "len {len}, blocks of {block_size}, buffer {buf}");
+        }
+    }
 
     pub(crate) fn header() -> BlockHeader {
         BlockHeader {

@@ -7,6 +7,7 @@
 //!   version of a block, never a torn one (with `sync`, also across power loss).
 //! - A write only replaces an entry holding an older version (last writer wins by version).
 
+pub mod block_crcs;
 pub mod buffers;
 pub mod disk;
 pub mod epoch;
@@ -215,6 +216,16 @@ impl OpenBlock {
     pub fn reply_headers(&self) -> &OnceLock<held::ReplyHeaders> {
         &self.held.reply_headers
     }
+}
+
+/// What [`Cache::block_crc32c`] knows of a block of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockSum {
+    Crc32c(u32),
+    /// The file is no longer the entry's, or its blocks were summed at another size.
+    Unknown,
+    /// The file failed its checksum and was dropped: do not serve it.
+    Dropped,
 }
 
 #[derive(Debug)]
@@ -830,6 +841,50 @@ impl Cache {
             }
         }
         Ok(Opened::Miss)
+    }
+
+    /// The CRC32C of block `index` (blocks of `block_size` bytes) of the clean file `ob`, which
+    /// holds its object whole (see [`block_crcs`]). The first call for a file reads it once and
+    /// checks it against its header; a file that fails is dropped.
+    pub async fn block_crc32c(
+        &self,
+        id: &BlockId,
+        ob: &OpenBlock,
+        index: u64,
+        block_size: u64,
+    ) -> Result<BlockSum, CacheError> {
+        let Some(cell) = self.index().block_crcs(id, ob.serial) else { return Ok(BlockSum::Unknown) };
+        let (file, offset) = (Arc::clone(&ob.file), ob.data_offset);
+        let (len, expected) = (ob.header.data_len, ob.header.data_crc32c);
+        // The error is `None` when the data does not match the header's checksum.
+        let made = cell
+            .get_or_try_init(|| async move {
+                let sums = tokio::task::spawn_blocking(move || {
+                    disk::block_crc32cs(&file, offset, len, block_size, &mut vec![0u8; 1 << 20])
+                })
+                .await
+                .map_err(|e| io_err("read")(io::Error::other(e)))?
+                .map_err(io_err("read"))?;
+                match sums {
+                    (whole, crcs) if whole == expected => Ok(block_crcs::BlockCrcs::new(block_size, crcs)),
+                    _ => Err(None),
+                }
+            })
+            .await;
+        match made {
+            Ok(crcs) => {
+                self.mark_checked(id, ob.serial);
+                Ok(crcs.of_block(index, block_size).map_or(BlockSum::Unknown, BlockSum::Crc32c))
+            }
+            Err(Some(e)) => Err(e),
+            Err(None) => {
+                let entry = self.index().get(id).filter(|e| e.serial == ob.serial).cloned();
+                if let Some(entry) = entry {
+                    self.on_corrupt(id, &entry, FormatError::DataChecksum)?;
+                }
+                Ok(BlockSum::Dropped)
+            }
+        }
     }
 
     /// Keeps at most `n` block files open for hits (see [`held`]; 0: none).

@@ -16,7 +16,7 @@ use super::sendfile::{FileSends, STAND_IN_MAX};
 use super::state::AppState;
 use crate::cache::buffers::BufferPool;
 use crate::cache::held::ReplyHeaders;
-use crate::cache::{BlockId, CacheError, FetchedMeta, Lookup, OpenBlock, Opened, Stripe};
+use crate::cache::{BlockId, BlockSum, CacheError, FetchedMeta, Lookup, OpenBlock, Opened, Stripe};
 use crate::protocol::crc;
 use crate::store::{ErrorClass, ObjectInfo, SmallObject, StoreError};
 use axum::body::Body;
@@ -698,13 +698,29 @@ pub async fn get_stripe(
     {
         let ob = *ob;
         let size = ob.header.data_len;
-        let range = within_block(headers, block_range(start, block_size, size)?, size)?;
+        let block = block_range(start, block_size, size)?;
+        let range = within_block(headers, block.clone(), size)?;
+        // A whole block carries its own checksum for the client to verify (ADR 0024); a range
+        // within it cannot.
+        let crc32c = if !with_body || range != block {
+            None
+        } else {
+            match s.cache.block_crc32c(&object, &ob, index, block_size).await.map_err(|e| cache_error(s, e))? {
+                BlockSum::Crc32c(crc) => Some(crc),
+                BlockSum::Unknown => None,
+                BlockSum::Dropped => {
+                    // Rotten: dropped, so this read goes on to the block's own copy or the store.
+                    s.metrics.cache_corrupt_blocks_total.inc();
+                    return Box::pin(get_stripe(s, cfg, object.clone(), q, headers, with_body, sends)).await;
+                }
+            }
+        };
         s.metrics.cache_hits_total.inc();
         let h = &ob.header;
         let a = Answer {
             version: h.version,
             source: "cache",
-            crc32c: None,
+            crc32c,
             object: ObjectHeaders {
                 etag: &h.etag,
                 modified_ns: h.modified_ns,
