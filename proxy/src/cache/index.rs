@@ -332,6 +332,7 @@ impl Index {
         (entry.lru_tick, entry.lru_slot) = (self.tick, self.tick);
         entry.serial = self.tick;
         entry.checked = false;
+        entry.block_crcs = None;
         // Only entries in the index are counted as holding a file; a new one starts without.
         entry.held = None;
         self.used_bytes += entry.file_size;
