@@ -7,6 +7,7 @@ mod client_support;
 
 use anyhow::Result;
 use blockproxy::client::rendezvous;
+use blockproxy_testenv::blockproxy::{files_under, flip_last_byte};
 use blockproxy_testenv::{Minio, Toxiproxy};
 use bytes::Bytes;
 use client_support::*;
@@ -971,10 +972,7 @@ async fn a_block_rotting_after_the_proxys_checked_read_is_refused_by_the_client(
     let files = files_under(&clean);
     assert_eq!(files.len(), 3, "each object is cached whole, in one file: {files:?}");
     for f in &files {
-        let mut raw = std::fs::read(f)?;
-        let last = raw.len() - 1;
-        raw[last] ^= 0xff;
-        std::fs::write(f, raw)?;
+        flip_last_byte(f)?;
     }
     for (k, data) in [("rot/small", &small), ("rot/large", &large)] {
         match read(k).await {
@@ -986,16 +984,4 @@ async fn a_block_rotting_after_the_proxys_checked_read_is_refused_by_the_client(
     let corrupt = metric_sum(&proxy.metrics().await?, "blockproxy_cache_corrupt_blocks_total");
     assert!(corrupt >= 1.0, "the home dropped its rotten copy: {corrupt}");
     Ok(())
-}
-
-fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            out.extend(files_under(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }

@@ -4,6 +4,7 @@
 mod support;
 
 use anyhow::{Context, Result, ensure};
+use blockproxy_testenv::blockproxy::{files_under, flip_last_byte};
 use blockproxy_testenv::eventually;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -375,7 +376,7 @@ async fn corrupted_block_of(size: usize) -> Result<()> {
     proxy.put_ok("rot/clean", &data).await?;
     proxy.wait_flushed(Duration::from_secs(20)).await?;
     // Flip one byte of the clean block file on disk.
-    let files: Vec<_> = walk(&proxy.cache_dir().join("clean"));
+    let files: Vec<_> = files_under(&proxy.cache_dir().join("clean"));
     assert_eq!(files.len(), 1, "{files:?}");
     flip_last_byte(&files[0])?;
     let r = proxy.get("rot/clean").await?;
@@ -386,7 +387,7 @@ async fn corrupted_block_of(size: usize) -> Result<()> {
     // A corrupt dirty block cannot be refetched: it is refused, not served.
     backend.toxi.set_down(STORE_PROXY, true).await?;
     proxy.put_ok("rot/dirty", &data).await?;
-    let dirty: Vec<_> = walk(&proxy.cache_dir().join("dirty"));
+    let dirty: Vec<_> = files_under(&proxy.cache_dir().join("dirty"));
     flip_last_byte(&dirty[0])?;
     let r = proxy.get("rot/dirty").await?;
     let status = r.status();
@@ -418,7 +419,7 @@ async fn corrupted_stripe(part: bool) -> Result<()> {
     let r = proxy.get_block("rot/striped", 1, block as u64, &etag).await?;
     assert_eq!(r.headers()["x-blockproxy-source"], "store");
     assert_eq!(r.bytes().await?.as_ref(), &data[block..2 * block]);
-    let files: Vec<_> = walk(&proxy.cache_dir().join("clean"));
+    let files: Vec<_> = files_under(&proxy.cache_dir().join("clean"));
     assert_eq!(files.len(), 1, "{files:?}");
     flip_last_byte(&files[0])?;
 
@@ -450,7 +451,7 @@ async fn a_quarantined_write_is_never_answered_with_the_older_version_in_the_sto
     // The rot happens while the proxy is down: a running flush may already hold the good bytes
     // in memory (read before the rot, retried while the store is cut) and upload them.
     proxy.kill9();
-    let dirty: Vec<_> = walk(&proxy.cache_dir().join("dirty"));
+    let dirty: Vec<_> = files_under(&proxy.cache_dir().join("dirty"));
     assert_eq!(dirty.len(), 1, "{dirty:?}");
     flip_last_byte(&dirty[0])?;
     backend.toxi.set_down(STORE_PROXY, false).await?;
@@ -489,7 +490,7 @@ async fn a_block_rotting_after_its_checked_read_is_caught_by_the_checksum_header
     assert_eq!(first.headers()["x-blockproxy-source"], "cache");
     assert_eq!(first.bytes().await?.as_ref(), data.as_slice(), "the checked first read");
 
-    let files: Vec<_> = walk(&proxy.cache_dir().join("clean"));
+    let files: Vec<_> = files_under(&proxy.cache_dir().join("clean"));
     assert_eq!(files.len(), 1, "{files:?}");
     flip_last_byte(&files[0])?;
     let rotten = proxy.get("rot/later").await?;
@@ -505,25 +506,5 @@ async fn a_block_rotting_after_its_checked_read_is_caught_by_the_checksum_header
     assert_eq!(r.headers()["x-blockproxy-source"], "store", "after a restart the first read checks it again");
     assert_eq!(r.bytes().await?.as_ref(), data.as_slice());
     assert_eq!(proxy.metric("blockproxy_cache_corrupt_blocks_total").await?, 1.0);
-    Ok(())
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
-}
-
-fn flip_last_byte(path: &std::path::Path) -> Result<()> {
-    let mut raw = std::fs::read(path)?;
-    let last = raw.len() - 1;
-    raw[last] ^= 0xff;
-    std::fs::write(path, raw)?;
     Ok(())
 }

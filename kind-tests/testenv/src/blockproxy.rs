@@ -354,3 +354,25 @@ impl Blockproxy {
         Ok(started.elapsed())
     }
 }
+
+/// Every file under `dir`, at any depth (a cache area's block files sit in fan-out directories);
+/// none when `dir` does not exist.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// Flips every bit of the last byte of `path`: bit rot in a block file's data.
+pub fn flip_last_byte(path: &std::path::Path) -> std::io::Result<()> {
+    let mut raw = std::fs::read(path)?;
+    let last = raw.len().checked_sub(1).ok_or_else(|| std::io::Error::other("an empty file has no byte to flip"))?;
+    raw[last] ^= 0xff;
+    std::fs::write(path, raw)
+}
