@@ -218,6 +218,16 @@ impl Inner {
         }
     }
 
+    /// Counts a request `op` that `t` served, in `requests_total` and `served_total`.
+    fn count_served(&self, topo: &Topology, op: &str, t: &Target) {
+        let (target, by) = match t {
+            Target::Proxy { group, .. } => ("proxy", topo.groups[*group].name.as_str()),
+            Target::Store => ("store", "store"),
+        };
+        self.metrics.requests_total.with_label_values(&[op, target]).inc();
+        self.metrics.served_total.with_label_values(&[op, by]).inc();
+    }
+
     fn target_label(topo: &Topology, t: &Target) -> String {
         match t {
             Target::Proxy { group, address } => format!("{}/{}", topo.groups[*group].name, address),
@@ -253,15 +263,7 @@ impl Inner {
                             self.metrics.fallbacks_total.with_label_values(&[kind]).inc();
                             tracing::debug!(op = op.name(), key = route_key, target = %Self::target_label(&topo, t), "served by a fallback");
                         }
-                        self.metrics
-                            .requests_total
-                            .with_label_values(&[op.name(), if kind == "store" { "store" } else { "proxy" }])
-                            .inc();
-                        let by = match t {
-                            Target::Proxy { group, .. } => topo.groups[*group].name.as_str(),
-                            Target::Store => "store",
-                        };
-                        self.metrics.served_total.with_label_values(&[op.name(), by]).inc();
+                        self.count_served(&topo, op.name(), t);
                         return Ok(out);
                     }
                     Err(AttemptError::Rejected(e)) => return Err(e),
@@ -375,11 +377,12 @@ impl Inner {
             tracing::warn!(key = %key, size = info.size, newer = %Self::target_label(topo, &candidates[bi]), "a newer copy is too large to repair the owner with; serving the owner's");
             return None;
         }
-        let Ok(Outcome::Fetched(Some(newest))) =
-            self.attempt(topo, &candidates[bi], &Op::Get { key, range: None }).await
-        else {
+        let get = Op::Get { key, range: None };
+        let Ok(Outcome::Fetched(Some(newest))) = self.attempt(topo, &candidates[bi], &get).await else {
             return None;
         };
+        // Served, like a read that `run` routes: counted where it was served from.
+        self.count_served(topo, get.name(), &candidates[bi]);
         tracing::info!(
             key = %key,
             owner = %Self::target_label(topo, &candidates[0]),
