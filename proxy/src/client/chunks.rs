@@ -27,7 +27,8 @@ impl Chunks {
         self.len == 0
     }
 
-    /// The chunks, to hash or send one after another.
+    /// The chunks, one after another (reads hash them as they arrive, in `read_chunks`).
+    #[cfg(test)]
     pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
         self.parts.iter().map(|b| b.as_ref())
     }
