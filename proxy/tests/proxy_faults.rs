@@ -435,6 +435,83 @@ async fn corrupted_stripe(part: bool) -> Result<()> {
     Ok(())
 }
 
+/// ADR 0025: a range of a clean cached file, read once (which checks the file and sums its
+/// pieces), then rotting on disk, is never served: the proxy checks the pieces around each later
+/// range, drops the rotten copy and reads the store. A range carries no checksum the client
+/// could check against the data as written, so this is the only check it gets. Three files: a
+/// striped block's, a whole object's read in blocks at its home, and a small object's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_rotting_after_its_files_checked_read_is_refetched_and_never_served() -> Result<()> {
+    for file in [RangeOf::StripedBlock, RangeOf::HomeBlock, RangeOf::SmallObject] {
+        rotten_range(file).await.with_context(|| format!("{file:?}"))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RangeOf {
+    StripedBlock,
+    HomeBlock,
+    SmallObject,
+}
+
+async fn rotten_range(file: RangeOf) -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let block = 1usize << 20;
+    let data = random_bytes(if matches!(file, RangeOf::SmallObject) { 200 << 10 } else { 2 * block });
+    let key = "rot/range";
+    match file {
+        RangeOf::StripedBlock => backend.put_object(key, &data).await?,
+        RangeOf::HomeBlock | RangeOf::SmallObject => {
+            proxy.put_ok(key, &data).await?;
+            proxy.wait_flushed(Duration::from_secs(20)).await?;
+        }
+    }
+    let etag = proxy.head(key).await?.headers()["x-blockproxy-store-etag"].to_str()?.to_owned();
+    // The last block's ranges (object offsets); the second one holds the file's last byte.
+    let (first, last) = match file {
+        RangeOf::SmallObject => (10..1000, data.len() - 3000..data.len()),
+        _ => (block + 10..block + 1000, 2 * block - 3000..2 * block),
+    };
+    let read = async |at: std::ops::Range<usize>| match file {
+        RangeOf::SmallObject => proxy.get_range(key, at).await,
+        _ => proxy.get_block_part(key, 1, block as u64, &etag, at).await,
+    };
+    if matches!(file, RangeOf::StripedBlock) {
+        // Cached as a block of its own, from the store.
+        let r = proxy.get_block(key, 1, block as u64, &etag).await?;
+        assert_eq!(r.bytes().await?.as_ref(), &data[block..]);
+    }
+    for at in [first.clone(), last.clone()] {
+        let r = read(at.clone()).await?;
+        assert_eq!(r.headers()["x-blockproxy-source"], "cache", "{at:?} before the rot");
+        assert_eq!(r.bytes().await?.as_ref(), &data[at]);
+    }
+    if matches!(file, RangeOf::HomeBlock) {
+        // The pass the first range made also summed the blocks: a whole block carries its sum.
+        let r = proxy.get_block(key, 1, block as u64, &etag).await?;
+        let sum = blockproxy::protocol::crc32c_text(blockproxy::protocol::crc::crc32c(&data[block..]));
+        assert_eq!(
+            r.headers().get("x-blockproxy-checksum").and_then(|v| v.to_str().ok()),
+            Some(std::str::from_utf8(&sum)?)
+        );
+    }
+    let files: Vec<_> = files_under(&proxy.cache_dir().join("clean"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    flip_last_byte(&files[0])?;
+
+    let r = read(first.clone()).await?;
+    assert_eq!(r.headers()["x-blockproxy-source"], "cache", "a range clear of the rot is served from the file");
+    assert_eq!(r.bytes().await?.as_ref(), &data[first]);
+    let r = read(last.clone()).await?;
+    assert_eq!(r.headers()["x-blockproxy-source"], "store", "the rotten copy was dropped and refetched");
+    assert_eq!(r.bytes().await?.as_ref(), &data[last], "rotten bytes were served");
+    assert_eq!(proxy.metric("blockproxy_cache_corrupt_blocks_total").await?, 1.0);
+    Ok(())
+}
+
 /// A write that rots on disk before its flush is quarantined. The store still holds the version
 /// before it, which is older than an acknowledged write: no read may answer it, and no read may
 /// cache it (a later hit would answer it without asking).

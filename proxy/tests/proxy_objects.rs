@@ -496,8 +496,10 @@ fn bytes_read_by(pid: u32) -> Result<u64> {
     Ok(line.trim().parse()?)
 }
 
+/// Parts of a cached block read only their own bytes from disk (ADR 0020), once the block's first
+/// part read has summed its pieces in one pass (ADR 0025): never the whole block on each read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_part_of_a_cached_block_reads_its_own_bytes_from_disk_not_the_whole_block() -> Result<()> {
+async fn a_part_of_a_cached_block_reads_the_block_once_then_only_its_own_bytes() -> Result<()> {
     let backend = Backend::start().await?;
     let dir = tempfile::tempdir()?;
     let proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
@@ -513,18 +515,32 @@ async fn a_part_of_a_cached_block_reads_its_own_bytes_from_disk_not_the_whole_bl
     }
 
     let pid = proxy.pid().context("the proxy is running")?;
-    let before = bytes_read_by(pid)?;
     let (pieces, piece) = (16, 64 * 1024);
-    for i in 0..pieces {
+    let read_part = async |i: usize| -> Result<()> {
         let at = 2 * block + i * 3 * piece;
         let r = proxy.get_block_part("striped", 2, block as u64, &etag, at..at + piece).await?;
         assert_eq!(r.status(), 206);
         assert_eq!(r.headers()["x-blockproxy-source"], "cache");
         assert_eq!(r.bytes().await?.as_ref(), &data[at..at + piece]);
+        Ok(())
+    };
+    // The file's first part read sums its pieces, in one pass over the block (ADR 0025).
+    let before = bytes_read_by(pid)?;
+    read_part(0).await?;
+    let read = bytes_read_by(pid)? - before;
+    let bound = (block + piece + MIB) as u64;
+    assert!(
+        read <= bound,
+        "the first part read {read} bytes from files (bound {bound}: the block once, and its piece)"
+    );
+    let before = bytes_read_by(pid)?;
+    for i in 1..=pieces {
+        read_part(i).await?;
     }
     let read = bytes_read_by(pid)? - before;
     eprintln!("{pieces} parts of {piece} bytes read {read} bytes from files");
-    // Its pieces, plus room for the process's other reads (its block headers, /proc, sockets).
+    // Its pieces (each part is one whole piece here), plus room for the process's other reads
+    // (its block headers, /proc, sockets).
     let bound = (pieces * piece + MIB) as u64;
     assert!(read <= bound, "{pieces} pieces of {piece} bytes read {read} bytes from files (bound {bound})");
     Ok(())

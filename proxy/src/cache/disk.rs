@@ -499,32 +499,60 @@ pub fn data_crc32c(file: &File, offset: u64, len: u64, buf: &mut [u8], mut each:
     Ok(crc)
 }
 
-/// The CRC32Cs of `len` bytes of `file` from `offset` cut in blocks of `block_size` (the last one
-/// may be shorter), and of all of them, in one pass through `buf`.
-pub fn block_crc32cs(
+/// The CRC32Cs of `len` bytes of `file` from `offset`, in one pass through `buf`: of all of
+/// them, of their blocks of `block_size` (when given), and of their pieces of `piece` bytes (the
+/// last block or piece may be shorter).
+pub fn part_crc32cs(
     file: &File,
     offset: u64,
     len: u64,
-    block_size: u64,
+    block_size: Option<u64>,
+    piece: u64,
     buf: &mut [u8],
-) -> io::Result<(u32, Vec<u32>)> {
-    let mut crcs = Vec::with_capacity(len.div_ceil(block_size.max(1)) as usize);
-    let (mut block, mut in_block) = (crc::Crc32c::default(), 0u64);
-    let whole = data_crc32c(file, offset, len, buf, |mut piece| {
-        while !piece.is_empty() {
-            let n = piece.len().min((block_size - in_block) as usize);
-            block.update(&piece[..n]);
-            (in_block, piece) = (in_block + n as u64, &piece[n..]);
-            if in_block == block_size {
-                crcs.push(block.finish());
-                (block, in_block) = (crc::Crc32c::default(), 0);
-            }
+) -> io::Result<(u32, Vec<u32>, Vec<u32>)> {
+    let mut blocks = block_size.map(|size| Cuts::new(size, len));
+    let mut pieces = Cuts::new(piece, len);
+    let whole = data_crc32c(file, offset, len, buf, |bytes| {
+        pieces.feed(bytes);
+        if let Some(b) = blocks.as_mut() {
+            b.feed(bytes);
         }
     })?;
-    if in_block > 0 {
-        crcs.push(block.finish());
+    Ok((whole, blocks.map(Cuts::finish).unwrap_or_default(), pieces.finish()))
+}
+
+/// The CRC32Cs of bytes fed in any slices, cut every `size` bytes.
+struct Cuts {
+    size: u64,
+    running: crc::Crc32c,
+    filled: u64,
+    crcs: Vec<u32>,
+}
+
+impl Cuts {
+    fn new(size: u64, len: u64) -> Self {
+        let size = size.max(1);
+        Self { size, running: crc::Crc32c::default(), filled: 0, crcs: Vec::with_capacity(len.div_ceil(size) as usize) }
     }
-    Ok((whole, crcs))
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let n = bytes.len().min((self.size - self.filled) as usize);
+            self.running.update(&bytes[..n]);
+            (self.filled, bytes) = (self.filled + n as u64, &bytes[n..]);
+            if self.filled == self.size {
+                self.crcs.push(self.running.finish());
+                (self.running, self.filled) = (crc::Crc32c::default(), 0);
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<u32> {
+        if self.filled > 0 {
+            self.crcs.push(self.running.finish());
+        }
+        self.crcs
+    }
 }
 
 /// Reads only the header of a block file (for the start-up scan), and the file's size.
@@ -614,23 +642,28 @@ pub fn list_area(dir: &Path) -> io::Result<Vec<PathBuf>> {
 pub(crate) mod tests {
     use super::*;
 
-    /// Each block's CRC32C is the CRC32C of its bytes, and the whole's is the data's, for blocks
-    /// smaller and larger than the read buffer, a short last block, and no data.
+    /// Each block's and each piece's CRC32C is the CRC32C of its bytes, and the whole's is the
+    /// data's, for cuts smaller and larger than the read buffer, a short last cut, and no data.
     #[test]
-    fn block_crc32cs_are_each_blocks_and_the_wholes() {
+    fn part_crc32cs_are_each_blocks_each_pieces_and_the_wholes() {
         use std::io::Write;
         let data: Vec<u8> = (0..300_001u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(b"header").unwrap();
         f.write_all(&data).unwrap();
-        for (len, block_size, buf) in
-            [(0, 64, 16), (300_001, 65_536, 4096), (300_001, 1_000, 65_536), (131_072, 65_536, 1 << 20)]
-        {
+        for (len, block_size, piece, buf) in [
+            (0, Some(64), 16, 16),
+            (300_001, Some(65_536), 1_000, 4096),
+            (300_001, Some(1_000), 65_536, 65_536),
+            (131_072, None, 65_536, 1 << 20),
+        ] {
             let d = &data[..len];
-            let (whole, crcs) = block_crc32cs(&f, 6, len as u64, block_size, &mut vec![0u8; buf]).unwrap();
+            let (whole, blocks, pieces) =
+                part_crc32cs(&f, 6, len as u64, block_size, piece, &mut vec![0u8; buf]).unwrap();
             assert_eq!(whole, crc::crc32c(d), "len {len}");
-            let want: Vec<u32> = d.chunks(block_size as usize).map(crc::crc32c).collect();
-            assert_eq!(crcs, want, "len {len}, blocks of {block_size}, buffer {buf}");
+            let cut = |size: u64| d.chunks(size as usize).map(crc::crc32c).collect::<Vec<u32>>();
+            assert_eq!(blocks, block_size.map(cut).unwrap_or_default(), "len {len}, blocks of {block_size:?}");
+            assert_eq!(pieces, cut(piece), "len {len}, pieces of {piece}, buffer {buf}");
         }
     }
 

@@ -2,7 +2,7 @@
 //! clean blocks. Pure data structure; the caller does the file I/O it asks for. An entry may hold
 //! its block's open file for hits ([`super::held`]), which closes when the entry goes.
 
-use super::block_crcs::BlockCrcsCell;
+use super::file_sums::FileSumsCell;
 use super::held::{HeldFile, HeldOrder};
 use blockproxy_protocol::{BlockKey, VolumeId};
 use std::collections::{BTreeMap, HashMap};
@@ -73,9 +73,9 @@ pub struct Entry {
     pub checked: bool,
     /// This file, open, for hits ([`Index::hold`]); goes with the entry.
     pub held: Option<Arc<HeldFile>>,
-    /// The CRC32Cs of this clean file's blocks, once a block read of it needed them
-    /// ([`Index::block_crcs`]); goes with the entry, so a later file of the block has its own.
-    pub block_crcs: Option<Arc<BlockCrcsCell>>,
+    /// The CRC32Cs of this clean file's blocks and pieces, once a read of a part of it needed
+    /// them ([`Index::file_sums`]); goes with the entry, so a later file of the block has its own.
+    pub file_sums: Option<Arc<FileSumsCell>>,
     /// When the entry was last used (inserted or hit).
     lru_tick: u64,
     /// The tick a clean entry is filed under in the LRU order: its last use when filed, which a
@@ -97,7 +97,7 @@ impl Entry {
             serial: 0,
             checked: false,
             held: None,
-            block_crcs: None,
+            file_sums: None,
             lru_tick: 0,
             lru_slot: 0,
         }
@@ -249,11 +249,11 @@ impl Index {
         }
     }
 
-    /// The cell for the block CRC32Cs of the clean file `serial` of `id`, made on first use;
-    /// `None` when that file is no longer the entry's (or the block is dirty).
-    pub fn block_crcs(&mut self, id: &BlockId, serial: u64) -> Option<Arc<BlockCrcsCell>> {
+    /// The cell for the part sums of the clean file `serial` of `id`, made on first use; `None`
+    /// when that file is no longer the entry's (or the block is dirty).
+    pub fn file_sums(&mut self, id: &BlockId, serial: u64) -> Option<Arc<FileSumsCell>> {
         let e = self.entries.get_mut(id).filter(|e| e.serial == serial && !e.is_dirty())?;
-        Some(Arc::clone(e.block_crcs.get_or_insert_with(Default::default)))
+        Some(Arc::clone(e.file_sums.get_or_insert_with(Default::default)))
     }
 
     /// Reserves `size` bytes for a new file, evicting least-recently-used clean blocks as needed.
@@ -332,7 +332,7 @@ impl Index {
         (entry.lru_tick, entry.lru_slot) = (self.tick, self.tick);
         entry.serial = self.tick;
         entry.checked = false;
-        entry.block_crcs = None;
+        entry.file_sums = None;
         // Only entries in the index are counted as holding a file; a new one starts without.
         entry.held = None;
         self.used_bytes += entry.file_size;

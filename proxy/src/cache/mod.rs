@@ -7,10 +7,10 @@
 //!   version of a block, never a torn one (with `sync`, also across power loss).
 //! - A write only replaces an entry holding an older version (last writer wins by version).
 
-pub mod block_crcs;
 pub mod buffers;
 pub mod disk;
 pub mod epoch;
+pub mod file_sums;
 pub mod flight;
 pub mod held;
 pub mod index;
@@ -225,6 +225,29 @@ pub enum BlockSum {
     /// The file is no longer the entry's, or its blocks were summed at another size.
     Unknown,
     /// The file failed its checksum and was dropped: do not serve it.
+    Dropped,
+}
+
+/// What [`Cache::file_sums`] found for a file.
+enum Sums {
+    Made(Arc<file_sums::FileSums>),
+    /// The file is no longer the entry's, or the entry is dirty (checked whole on each read).
+    Unknown,
+    /// The file failed its checksum and was dropped.
+    Dropped,
+}
+
+/// The bytes beyond a range that [`Cache::read_checked`] may hold: a piece on each side.
+pub const CHECKED_RANGE_SLACK: u64 = 2 * file_sums::PIECE;
+
+/// A range of a clean file, read by [`Cache::read_checked`].
+#[derive(Debug)]
+pub enum CheckedRange {
+    /// The range's bytes, in pieces that matched the sums made from the checked file.
+    Data(Bytes),
+    /// The file is no longer the entry's: nothing to check it against.
+    Unknown,
+    /// The file had rotted: it was dropped, so the read goes on to another copy.
     Dropped,
 }
 
@@ -844,8 +867,8 @@ impl Cache {
     }
 
     /// The CRC32C of block `index` (blocks of `block_size` bytes) of the clean file `ob`, which
-    /// holds its object whole (see [`block_crcs`]). The first call for a file reads it once and
-    /// checks it against its header; a file that fails is dropped.
+    /// holds its object whole (ADR 0024). The first call for a file reads it once and checks it
+    /// against its header; a file that fails is dropped.
     pub async fn block_crc32c(
         &self,
         id: &BlockId,
@@ -853,38 +876,98 @@ impl Cache {
         index: u64,
         block_size: u64,
     ) -> Result<BlockSum, CacheError> {
-        let Some(cell) = self.index().block_crcs(id, ob.serial) else { return Ok(BlockSum::Unknown) };
+        Ok(match self.file_sums(id, ob, Some(block_size)).await? {
+            Sums::Made(sums) => sums.of_block(index, block_size).map_or(BlockSum::Unknown, BlockSum::Crc32c),
+            Sums::Unknown => BlockSum::Unknown,
+            Sums::Dropped => BlockSum::Dropped,
+        })
+    }
+
+    /// The bytes `range` (data offsets) of the clean file `ob`, checked against the sums of its
+    /// pieces (ADR 0025): read with the whole pieces around them, whose CRC32Cs the file's
+    /// first such read made from data that matched the file's checksum. Bytes that rotted since
+    /// are not served: the file is dropped. Held in memory: at most the range and two pieces
+    /// ([`CHECKED_RANGE_SLACK`]). `block_size`: the blocks a whole-object file is read in, whose
+    /// sums the same pass makes for later block reads (ADR 0024).
+    pub async fn read_checked(
+        &self,
+        id: &BlockId,
+        ob: &OpenBlock,
+        range: std::ops::Range<u64>,
+        block_size: Option<u64>,
+    ) -> Result<CheckedRange, CacheError> {
+        let sums = match self.file_sums(id, ob, block_size).await? {
+            Sums::Made(sums) => sums,
+            Sums::Unknown => return Ok(CheckedRange::Unknown),
+            Sums::Dropped => return Ok(CheckedRange::Dropped),
+        };
+        let cover = sums.cover(&range);
+        let (file, buffers) = (Arc::clone(&ob.file), Arc::clone(&self.buffers));
+        let (offset, len) = (ob.data_offset + cover.start, (cover.end - cover.start) as usize);
+        let read = move || {
+            use std::os::unix::fs::FileExt;
+            buffers.read(len, |buf| file.read_exact_at(buf, offset))
+        };
+        let data = if len as u64 <= INLINE_READ_MAX {
+            read()
+        } else {
+            tokio::task::spawn_blocking(read).await.map_err(|e| io_err("read")(io::Error::other(e)))?
+        }
+        .map_err(io_err("read"))?;
+        if !sums.matches(cover.start, &data) {
+            self.drop_rotten(id, ob)?;
+            return Ok(CheckedRange::Dropped);
+        }
+        let within = (range.start - cover.start) as usize..(range.end - cover.start) as usize;
+        Ok(CheckedRange::Data(data.slice(within)))
+    }
+
+    /// The sums of the clean file `ob` (see [`file_sums`]), made by the first call for it in this
+    /// process, which reads the file once and checks it against its header: with the block sums
+    /// at `block_size` when that call asks for them.
+    async fn file_sums(&self, id: &BlockId, ob: &OpenBlock, block_size: Option<u64>) -> Result<Sums, CacheError> {
+        let Some(cell) = self.index().file_sums(id, ob.serial) else { return Ok(Sums::Unknown) };
         let (file, offset) = (Arc::clone(&ob.file), ob.data_offset);
         let (len, expected) = (ob.header.data_len, ob.header.data_crc32c);
         // The error is `None` when the data does not match the header's checksum.
         let made = cell
             .get_or_try_init(|| async move {
+                // Through one chunk-sized buffer, as a first read checks a block (ADR 0020).
+                let mut buf = vec![0u8; INLINE_READ_MAX as usize];
                 let sums = tokio::task::spawn_blocking(move || {
-                    disk::block_crc32cs(&file, offset, len, block_size, &mut vec![0u8; 1 << 20])
+                    disk::part_crc32cs(&file, offset, len, block_size, file_sums::PIECE, &mut buf)
                 })
                 .await
                 .map_err(|e| io_err("read")(io::Error::other(e)))?
                 .map_err(io_err("read"))?;
                 match sums {
-                    (whole, crcs) if whole == expected => Ok(block_crcs::BlockCrcs::new(block_size, crcs)),
+                    (whole, blocks, pieces) if whole == expected => {
+                        Ok(Arc::new(file_sums::FileSums::new(len, block_size, blocks, pieces)))
+                    }
                     _ => Err(None),
                 }
             })
             .await;
         match made {
-            Ok(crcs) => {
+            Ok(sums) => {
                 self.mark_checked(id, ob.serial);
-                Ok(crcs.of_block(index, block_size).map_or(BlockSum::Unknown, BlockSum::Crc32c))
+                Ok(Sums::Made(Arc::clone(sums)))
             }
             Err(Some(e)) => Err(e),
             Err(None) => {
-                let entry = self.index().get(id).filter(|e| e.serial == ob.serial).cloned();
-                if let Some(entry) = entry {
-                    self.on_corrupt(id, &entry, FormatError::DataChecksum)?;
-                }
-                Ok(BlockSum::Dropped)
+                self.drop_rotten(id, ob)?;
+                Ok(Sums::Dropped)
             }
         }
+    }
+
+    /// Drops the clean file `ob` of `id`, which failed a check, if it is still the entry's.
+    fn drop_rotten(&self, id: &BlockId, ob: &OpenBlock) -> Result<(), CacheError> {
+        let entry = self.index().get(id).filter(|e| e.serial == ob.serial).cloned();
+        if let Some(entry) = entry {
+            self.on_corrupt(id, &entry, FormatError::DataChecksum)?;
+        }
+        Ok(())
     }
 
     /// Keeps at most `n` block files open for hits (see [`held`]; 0: none).

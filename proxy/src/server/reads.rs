@@ -2,12 +2,14 @@
 //! identity and attributes, and block reads `?block=&blockSize=` pinned to the store object's ETag.
 //!
 //! Memory stays bounded whatever the object's size: a cached object larger than
-//! `--max-block-size`, or any range of one, is streamed from its open file in [`CHUNK`]-byte reads
-//! (the CRC32C covering the whole object is verified by the flush and by whole reads up to the
-//! block size, not on such ranges); a clean object not cached here and larger than one block is
-//! not fetched whole: a GET of it answers `400` saying to read it in blocks, unless it asks for a
-//! range of at most one block, which is read from the store pinned to the object's ETag. A cached
-//! block of such an object is served from its open file too (ADR 0020): whole, or a part's bytes.
+//! `--max-block-size`, or a range of one larger than that, is streamed from its open file in
+//! [`CHUNK`]-byte reads (the CRC32C covering the whole object is verified by the flush and by
+//! whole reads up to the block size, not on such ranges). A smaller range of a clean file is read
+//! with the pieces around it, checked against their sums (ADR 0025). A clean object not cached
+//! here and larger than one block is not fetched whole: a GET of it answers `400` saying to read
+//! it in blocks, unless it asks for a range of at most one block, which is read from the store
+//! pinned to the object's ETag. A cached block of such an object is served from its open file too
+//! (ADR 0020): whole, or a part's bytes.
 
 use super::errors::ApiError;
 use super::object::{ObjectHeaders, crc32c_value, names, quote, unquote};
@@ -16,7 +18,9 @@ use super::sendfile::{FileSends, STAND_IN_MAX};
 use super::state::AppState;
 use crate::cache::buffers::BufferPool;
 use crate::cache::held::ReplyHeaders;
-use crate::cache::{BlockId, BlockSum, CacheError, FetchedMeta, Lookup, OpenBlock, Opened, Stripe};
+use crate::cache::{
+    BlockId, BlockSum, CHECKED_RANGE_SLACK, CacheError, CheckedRange, FetchedMeta, Lookup, OpenBlock, Opened, Stripe,
+};
 use crate::protocol::crc;
 use crate::store::{ErrorClass, ObjectInfo, SmallObject, StoreError};
 use axum::body::Body;
@@ -416,6 +420,22 @@ async fn serve_cached(
     // holds a chunk in memory rather than the block (figure 6: 8 first reads of 4 MiB blocks
     // had lifted the peak RSS by about 40 MiB).
     let verify = total <= s.max_block_size && (ob.dirty || !ob.checked);
+    if range.is_some() && !ob.dirty && !verify && len <= s.max_block_size {
+        // A range of a clean file checked before: checked here through the pieces around it, as
+        // the client can check only a whole object against its checksum (ADR 0025).
+        let _reserved = reserve_bytes(s, len + CHECKED_RANGE_SLACK).await?;
+        match s.cache.read_checked(id, &ob, r.clone(), None).await.map_err(|e| cache_error(s, e))? {
+            CheckedRange::Data(data) => {
+                s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(len);
+                return Ok(Some(respond_held(&ob, answer(range), Some(Body::from(data)), len)));
+            }
+            CheckedRange::Dropped => {
+                s.metrics.cache_corrupt_blocks_total.inc();
+                return Ok(None);
+            }
+            CheckedRange::Unknown => {}
+        }
+    }
     let (mut data, mut file) = (ob.data.clone(), Arc::clone(&ob.file));
     if verify {
         if data.is_none() && total <= crate::cache::INLINE_READ_MAX {
@@ -701,9 +721,26 @@ pub async fn get_stripe(
         let block = block_range(start, block_size, size)?;
         let range = within_block(headers, block.clone(), size)?;
         // A whole block carries its own checksum for the client to verify (ADR 0024); a range
-        // within it cannot.
-        let crc32c = if !with_body || range != block {
+        // within it is checked here, through the pieces around it, and carries the checksum of
+        // its checked bytes (ADR 0025).
+        let mut checked = None;
+        let crc32c = if !with_body {
             None
+        } else if range != block {
+            let _reserved = reserve_bytes(s, range.end - range.start + CHECKED_RANGE_SLACK).await?;
+            let checked_range = s.cache.read_checked(&object, &ob, range.clone(), Some(block_size));
+            match checked_range.await.map_err(|e| cache_error(s, e))? {
+                CheckedRange::Data(data) => {
+                    let crc = crc::crc32c(&data);
+                    checked = Some(data);
+                    Some(crc)
+                }
+                CheckedRange::Unknown => None,
+                CheckedRange::Dropped => {
+                    s.metrics.cache_corrupt_blocks_total.inc();
+                    return Box::pin(get_stripe(s, cfg, object.clone(), q, headers, with_body, sends)).await;
+                }
+            }
         } else {
             match s.cache.block_crc32c(&object, &ob, index, block_size).await.map_err(|e| cache_error(s, e))? {
                 BlockSum::Crc32c(crc) => Some(crc),
@@ -732,7 +769,10 @@ pub async fn get_stripe(
         };
         let len = range.end - range.start;
         s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(if with_body { len } else { 0 });
-        let body = with_body.then(|| file_body(s.cache.buffers(), ob.file, ob.data_offset, range, sends));
+        let body = match checked {
+            Some(data) => Some(Body::from(data)),
+            None => with_body.then(|| file_body(s.cache.buffers(), ob.file, ob.data_offset, range, sends)),
+        };
         return Ok(respond(a, body, len));
     }
 
@@ -765,34 +805,50 @@ async fn serve_cached_stripe(
     let Opened::Block(ob) = s.cache.open_block(id, 0).await.map_err(|e| cache_error(s, e))? else {
         return Ok(None);
     };
-    let OpenBlock { header: h, mut file, data_offset, checked, serial, .. } = *ob;
+    let h = &ob.header;
     let Some(stripe) = h.stripe.as_ref().filter(|_| h.pinned_etag() == pinned) else {
         // Pinned to another ETag: that copy is of another object version.
         s.cache.invalidate(id);
         return Ok(None);
     };
     let range = within_block(headers, start..start + h.data_len, stripe.object_size)?;
-    if with_body && !checked {
-        let (read, crc) = checksum_file(file, data_offset, h.data_len).await?;
-        if crc != h.data_crc32c {
-            return drop_corrupt_copy(s, id).await.map(|()| None);
-        }
-        s.cache.mark_checked(id, serial);
-        file = read;
-    }
-    s.metrics.cache_hits_total.inc();
     let len = range.end - range.start;
     let in_file = range.start - start..range.end - start;
     let whole = len == h.data_len;
     let (crc32c, body) = match (with_body, whole) {
         (false, _) => (whole.then_some(h.data_crc32c), None),
-        (true, true) => (Some(h.data_crc32c), Some(file_body(s.cache.buffers(), file, data_offset, in_file, sends))),
+        (true, true) => {
+            let mut file = Arc::clone(&ob.file);
+            if !ob.checked {
+                let (read, crc) = checksum_file(file, ob.data_offset, h.data_len).await?;
+                if crc != h.data_crc32c {
+                    return drop_corrupt_copy(s, id).await.map(|()| None);
+                }
+                s.cache.mark_checked(id, ob.serial);
+                file = read;
+            }
+            (Some(h.data_crc32c), Some(file_body(s.cache.buffers(), file, ob.data_offset, in_file, sends)))
+        }
         (true, false) => {
-            let _reserved = reserve_bytes(s, len).await?;
-            let part = read_part(s.cache.buffers(), file, data_offset + in_file.start, len).await?;
+            // Checked here through the pieces around it (ADR 0025); its checksum then lets the
+            // client check the transfer.
+            let _reserved = reserve_bytes(s, len + CHECKED_RANGE_SLACK).await?;
+            let part =
+                match s.cache.read_checked(id, &ob, in_file.clone(), None).await.map_err(|e| cache_error(s, e))? {
+                    CheckedRange::Data(part) => part,
+                    CheckedRange::Dropped => {
+                        s.metrics.cache_corrupt_blocks_total.inc();
+                        return Ok(None);
+                    }
+                    // Replaced since it was opened: the bytes of this open file, as they are.
+                    CheckedRange::Unknown => {
+                        read_part(s.cache.buffers(), Arc::clone(&ob.file), ob.data_offset + in_file.start, len).await?
+                    }
+                };
             (Some(crc::crc32c(&part)), Some(Body::from(part)))
         }
     };
+    s.metrics.cache_hits_total.inc();
     if with_body {
         s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(len);
     }
