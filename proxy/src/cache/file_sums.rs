@@ -10,6 +10,7 @@
 //! - the CRC32C of each [`PIECE`] of the data: a range is read with the pieces around it, which
 //!   the proxy checks before it answers (ADR 0025).
 
+use crate::protocol::crc;
 use std::ops::Range;
 
 /// The grain of the piece sums: 4 bytes of memory per 64 KiB of a file read in parts, and at
@@ -50,13 +51,36 @@ impl FileSums {
         start..end.max(start)
     }
 
-    /// Whether `data`, the file's bytes [`FileSums::cover`] returned for a range starting at
-    /// `cover_start`, matches the sums made in the pass.
-    pub fn matches(&self, cover_start: u64, data: &[u8]) -> bool {
-        let first = (cover_start / PIECE) as usize;
-        data.chunks(PIECE as usize)
-            .enumerate()
-            .all(|(i, piece)| self.pieces.get(first + i) == Some(&crate::protocol::crc::crc32c(piece)))
+    /// Checks the pieces around `range` (data offsets), read through `read(offset, len)` in
+    /// reads of at most `chunk` bytes, against the sums made in the pass. The CRC32C of the
+    /// range's bytes when every piece matches, hashed while each piece is still in the CPU's
+    /// cache; `None` when one does not.
+    pub fn check_range<B: AsRef<[u8]>>(
+        &self,
+        range: &Range<u64>,
+        chunk: u64,
+        mut read: impl FnMut(u64, usize) -> std::io::Result<B>,
+    ) -> std::io::Result<Option<u32>> {
+        let cover = self.cover(range);
+        let chunk = (chunk / PIECE).max(1) * PIECE;
+        let mut in_range = crc::Crc32c::default();
+        let mut at = cover.start;
+        while at < cover.end {
+            let n = (cover.end - at).min(chunk);
+            let bytes = read(at, n as usize)?;
+            for (i, piece) in bytes.as_ref().chunks(PIECE as usize).enumerate() {
+                let start = at + i as u64 * PIECE;
+                if self.pieces.get((start / PIECE) as usize) != Some(&crc::crc32c(piece)) {
+                    return Ok(None);
+                }
+                let (lo, hi) = (range.start.max(start) - start, range.end.min(start + piece.len() as u64) - start);
+                if lo < hi {
+                    in_range.update(&piece[lo as usize..hi as usize]);
+                }
+            }
+            at += n;
+        }
+        Ok(Some(in_range.finish()))
     }
 }
 
@@ -70,25 +94,37 @@ mod tests {
         FileSums::new(data.len() as u64, None, Vec::new(), pieces)
     }
 
-    /// A range is checked through the whole pieces around it, whatever its alignment, and any
-    /// changed byte of them fails the check.
+    /// A range is checked through the whole pieces around it, whatever its alignment and the
+    /// size of the reads, and any changed byte of them fails the check.
     #[test]
     fn a_range_is_checked_through_the_pieces_around_it() {
-        let data: Vec<u8> = (0..(3 * PIECE + 100)).map(|i| (i * 7 % 253) as u8).collect();
+        let mut data: Vec<u8> = (0..(3 * PIECE + 100)).map(|i| (i * 7 % 253) as u8).collect();
         let sums = sums_of(&data);
-        for range in [0..1, 5..PIECE, PIECE - 1..PIECE + 1, 2 * PIECE..3 * PIECE + 100, 3 * PIECE + 99..3 * PIECE + 100]
-        {
+        let ranges =
+            [0..1, 5..PIECE, PIECE - 1..PIECE + 1, 2 * PIECE..3 * PIECE + 100, 3 * PIECE + 99..3 * PIECE + 100];
+        for (range, chunk) in ranges.into_iter().flat_map(|r| [(r.clone(), PIECE), (r, 4 * PIECE)]) {
             let cover = sums.cover(&range);
             assert!(cover.start <= range.start && range.end <= cover.end, "{range:?} in {cover:?}");
             assert!(
                 cover.start.is_multiple_of(PIECE)
                     && (cover.end.is_multiple_of(PIECE) || cover.end == data.len() as u64)
             );
-            let mut bytes = data[cover.start as usize..cover.end as usize].to_vec();
-            assert!(sums.matches(cover.start, &bytes), "{range:?}");
-            let last = bytes.len() - 1;
-            bytes[last] ^= 1;
-            assert!(!sums.matches(cover.start, &bytes), "{range:?}: a flipped byte passed");
+            let check = |data: &[u8]| {
+                let mut reads = Vec::new();
+                let crc = sums.check_range(&range, chunk, |at, len| {
+                    reads.push(at..at + len as u64);
+                    Ok(data[at as usize..at as usize + len].to_vec())
+                });
+                (crc.unwrap(), reads)
+            };
+            let want = crc32c(&data[range.start as usize..range.end as usize]);
+            let (crc, reads) = check(&data);
+            assert_eq!(crc, Some(want), "{range:?}, reads of {chunk}");
+            assert!(reads.iter().all(|r| r.end - r.start <= chunk && cover.start <= r.start && r.end <= cover.end));
+            let last = cover.end as usize - 1;
+            data[last] ^= 1;
+            assert_eq!(check(&data).0, None, "{range:?}: a flipped byte passed");
+            data[last] ^= 1;
         }
     }
 

@@ -237,14 +237,12 @@ enum Sums {
     Dropped,
 }
 
-/// The bytes beyond a range that [`Cache::read_checked`] may hold: a piece on each side.
-pub const CHECKED_RANGE_SLACK: u64 = 2 * file_sums::PIECE;
-
-/// A range of a clean file, read by [`Cache::read_checked`].
-#[derive(Debug)]
+/// A range of a clean file, checked by [`Cache::check_range`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckedRange {
-    /// The range's bytes, in pieces that matched the sums made from the checked file.
-    Data(Bytes),
+    /// The pieces around it matched the sums made from the checked file: the range's CRC32C,
+    /// and its bytes when they were read in one read (at most a chunk with the pieces around).
+    Checked { crc32c: u32, data: Option<Bytes> },
     /// The file is no longer the entry's: nothing to check it against.
     Unknown,
     /// The file had rotted: it was dropped, so the read goes on to another copy.
@@ -883,13 +881,13 @@ impl Cache {
         })
     }
 
-    /// The bytes `range` (data offsets) of the clean file `ob`, checked against the sums of its
-    /// pieces (ADR 0025): read with the whole pieces around them, whose CRC32Cs the file's
-    /// first such read made from data that matched the file's checksum. Bytes that rotted since
-    /// are not served: the file is dropped. Held in memory: at most the range and two pieces
-    /// ([`CHECKED_RANGE_SLACK`]). `block_size`: the blocks a whole-object file is read in, whose
-    /// sums the same pass makes for later block reads (ADR 0024).
-    pub async fn read_checked(
+    /// Checks the bytes `range` (data offsets) of the clean file `ob` against the sums of its
+    /// pieces (ADR 0025): the whole pieces around the range are read through one chunk-sized
+    /// buffer and checked against the CRC32Cs that the file's first such check made from data
+    /// that matched the file's checksum. A file that rotted since is dropped. The caller then
+    /// streams the range from the open file, as any hit. `block_size`: the blocks a whole-object
+    /// file is read in, whose sums the same pass makes for later block reads (ADR 0024).
+    pub async fn check_range(
         &self,
         id: &BlockId,
         ob: &OpenBlock,
@@ -902,24 +900,34 @@ impl Cache {
             Sums::Dropped => return Ok(CheckedRange::Dropped),
         };
         let cover = sums.cover(&range);
-        let (file, buffers) = (Arc::clone(&ob.file), Arc::clone(&self.buffers));
-        let (offset, len) = (ob.data_offset + cover.start, (cover.end - cover.start) as usize);
-        let read = move || {
+        let (file, buffers, data_offset) = (Arc::clone(&ob.file), Arc::clone(&self.buffers), ob.data_offset);
+        let in_one_read = cover.end - cover.start <= INLINE_READ_MAX;
+        let check = move || {
             use std::os::unix::fs::FileExt;
-            buffers.read(len, |buf| file.read_exact_at(buf, offset))
+            let mut kept = None;
+            let crc = sums.check_range(&range, INLINE_READ_MAX, |at, len| {
+                let bytes = buffers.read(len, |buf| file.read_exact_at(buf, data_offset + at))?;
+                kept = in_one_read.then(|| bytes.clone());
+                Ok(bytes)
+            })?;
+            let within = (range.start - cover.start) as usize..(range.end - cover.start) as usize;
+            std::io::Result::Ok(crc.map(|crc32c| (crc32c, kept.map(|b| b.slice(within)))))
         };
-        let data = if len as u64 <= INLINE_READ_MAX {
-            read()
+        // A small range is read on this task, as small hits are; a larger one on the blocking
+        // pool, through one chunk-sized buffer, and then streamed from the file.
+        let checked = if in_one_read {
+            check()
         } else {
-            tokio::task::spawn_blocking(read).await.map_err(|e| io_err("read")(io::Error::other(e)))?
+            tokio::task::spawn_blocking(check).await.map_err(|e| io_err("read")(io::Error::other(e)))?
         }
         .map_err(io_err("read"))?;
-        if !sums.matches(cover.start, &data) {
-            self.drop_rotten(id, ob)?;
-            return Ok(CheckedRange::Dropped);
+        match checked {
+            Some((crc32c, data)) => Ok(CheckedRange::Checked { crc32c, data }),
+            None => {
+                self.drop_rotten(id, ob)?;
+                Ok(CheckedRange::Dropped)
+            }
         }
-        let within = (range.start - cover.start) as usize..(range.end - cover.start) as usize;
-        Ok(CheckedRange::Data(data.slice(within)))
     }
 
     /// The sums of the clean file `ob` (see [`file_sums`]), made by the first call for it in this

@@ -18,9 +18,7 @@ use super::sendfile::{FileSends, STAND_IN_MAX};
 use super::state::AppState;
 use crate::cache::buffers::BufferPool;
 use crate::cache::held::ReplyHeaders;
-use crate::cache::{
-    BlockId, BlockSum, CHECKED_RANGE_SLACK, CacheError, CheckedRange, FetchedMeta, Lookup, OpenBlock, Opened, Stripe,
-};
+use crate::cache::{BlockId, BlockSum, CacheError, CheckedRange, FetchedMeta, Lookup, OpenBlock, Opened, Stripe};
 use crate::protocol::crc;
 use crate::store::{ErrorClass, ObjectInfo, SmallObject, StoreError};
 use axum::body::Body;
@@ -423,9 +421,8 @@ async fn serve_cached(
     if range.is_some() && !ob.dirty && !verify && len <= s.max_block_size {
         // A range of a clean file checked before: checked here through the pieces around it, as
         // the client can check only a whole object against its checksum (ADR 0025).
-        let _reserved = reserve_bytes(s, len + CHECKED_RANGE_SLACK).await?;
-        match s.cache.read_checked(id, &ob, r.clone(), None).await.map_err(|e| cache_error(s, e))? {
-            CheckedRange::Data(data) => {
+        match s.cache.check_range(id, &ob, r.clone(), None).await.map_err(|e| cache_error(s, e))? {
+            CheckedRange::Checked { data: Some(data), .. } => {
                 s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(len);
                 return Ok(Some(respond_held(&ob, answer(range), Some(Body::from(data)), len)));
             }
@@ -433,7 +430,8 @@ async fn serve_cached(
                 s.metrics.cache_corrupt_blocks_total.inc();
                 return Ok(None);
             }
-            CheckedRange::Unknown => {}
+            // Checked, to be streamed from the file below.
+            CheckedRange::Checked { data: None, .. } | CheckedRange::Unknown => {}
         }
     }
     let (mut data, mut file) = (ob.data.clone(), Arc::clone(&ob.file));
@@ -723,17 +721,15 @@ pub async fn get_stripe(
         // A whole block carries its own checksum for the client to verify (ADR 0024); a range
         // within it is checked here, through the pieces around it, and carries the checksum of
         // its checked bytes (ADR 0025).
-        let mut checked = None;
+        let mut in_memory = None;
         let crc32c = if !with_body {
             None
         } else if range != block {
-            let _reserved = reserve_bytes(s, range.end - range.start + CHECKED_RANGE_SLACK).await?;
-            let checked_range = s.cache.read_checked(&object, &ob, range.clone(), Some(block_size));
-            match checked_range.await.map_err(|e| cache_error(s, e))? {
-                CheckedRange::Data(data) => {
-                    let crc = crc::crc32c(&data);
-                    checked = Some(data);
-                    Some(crc)
+            let checked = s.cache.check_range(&object, &ob, range.clone(), Some(block_size));
+            match checked.await.map_err(|e| cache_error(s, e))? {
+                CheckedRange::Checked { crc32c, data } => {
+                    in_memory = data;
+                    Some(crc32c)
                 }
                 CheckedRange::Unknown => None,
                 CheckedRange::Dropped => {
@@ -769,7 +765,7 @@ pub async fn get_stripe(
         };
         let len = range.end - range.start;
         s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(if with_body { len } else { 0 });
-        let body = match checked {
+        let body = match in_memory {
             Some(data) => Some(Body::from(data)),
             None => with_body.then(|| file_body(s.cache.buffers(), ob.file, ob.data_offset, range, sends)),
         };
@@ -830,22 +826,24 @@ async fn serve_cached_stripe(
             (Some(h.data_crc32c), Some(file_body(s.cache.buffers(), file, ob.data_offset, in_file, sends)))
         }
         (true, false) => {
-            // Checked here through the pieces around it (ADR 0025); its checksum then lets the
-            // client check the transfer.
-            let _reserved = reserve_bytes(s, len + CHECKED_RANGE_SLACK).await?;
-            let part =
-                match s.cache.read_checked(id, &ob, in_file.clone(), None).await.map_err(|e| cache_error(s, e))? {
-                    CheckedRange::Data(part) => part,
-                    CheckedRange::Dropped => {
-                        s.metrics.cache_corrupt_blocks_total.inc();
-                        return Ok(None);
-                    }
-                    // Replaced since it was opened: the bytes of this open file, as they are.
-                    CheckedRange::Unknown => {
-                        read_part(s.cache.buffers(), Arc::clone(&ob.file), ob.data_offset + in_file.start, len).await?
-                    }
-                };
-            (Some(crc::crc32c(&part)), Some(Body::from(part)))
+            // Checked here through the pieces around it (ADR 0025); sent with the checksum of its
+            // checked bytes, for the client to check the transfer: from memory when they were read
+            // in one read, else streamed from the file.
+            let checked = s.cache.check_range(id, &ob, in_file.clone(), None);
+            let (crc32c, data) = match checked.await.map_err(|e| cache_error(s, e))? {
+                CheckedRange::Checked { crc32c, data } => (crc32c, data),
+                CheckedRange::Dropped => {
+                    s.metrics.cache_corrupt_blocks_total.inc();
+                    return Ok(None);
+                }
+                // Replaced since it was opened (a rare race): read it as a miss.
+                CheckedRange::Unknown => return Ok(None),
+            };
+            let body = match data {
+                Some(data) => Body::from(data),
+                None => file_body(s.cache.buffers(), Arc::clone(&ob.file), ob.data_offset, in_file, sends),
+            };
+            (Some(crc32c), Some(body))
         }
     };
     s.metrics.cache_hits_total.inc();
