@@ -884,9 +884,10 @@ impl Cache {
     /// Checks the bytes `range` (data offsets) of the clean file `ob` against the sums of its
     /// pieces (ADR 0025): the whole pieces around the range are read through one chunk-sized
     /// buffer and checked against the CRC32Cs that the file's first such check made from data
-    /// that matched the file's checksum. A file that rotted since is dropped. The caller then
-    /// streams the range from the open file, as any hit. `block_size`: the blocks a whole-object
-    /// file is read in, whose sums the same pass makes for later block reads (ADR 0024).
+    /// that matched the file's checksum. A file that rotted since is dropped. The caller serves
+    /// the range from the read that checked it when there was one read, else streams it from the
+    /// open file, as any hit. `block_size`: the blocks a whole-object file is read in, whose sums
+    /// the same pass makes for later block reads (ADR 0024).
     pub async fn check_range(
         &self,
         id: &BlockId,
@@ -941,7 +942,7 @@ impl Cache {
         let made = cell
             .get_or_try_init(|| async move {
                 // Through one chunk-sized buffer, as a first read checks a block (ADR 0020).
-                let mut buf = vec![0u8; INLINE_READ_MAX as usize];
+                let mut buf = vec![0u8; len.clamp(1, INLINE_READ_MAX) as usize];
                 let sums = tokio::task::spawn_blocking(move || {
                     disk::part_crc32cs(&file, offset, len, block_size, file_sums::PIECE, &mut buf)
                 })
