@@ -448,6 +448,38 @@ async fn a_range_rotting_after_its_files_checked_read_is_refetched_and_never_ser
     Ok(())
 }
 
+/// ADR 0025: a range larger than `--max-block-size` of a cached object (held whole, in one file)
+/// is checked too. Once the file has rotted, the proxy drops it, and then answers such a range
+/// as for any large object it does not hold: read it in blocks. It never serves the rot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_larger_than_a_block_of_a_rotten_file_is_refused_not_served() -> Result<()> {
+    let backend = Backend::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut proxy = ProxyProcess::start(&backend, dir.path(), ProxyOptions::default()).await?;
+    let data = random_bytes(3 << 20);
+    proxy.put_ok("rot/big", &data).await?;
+    proxy.wait_flushed(Duration::from_secs(20)).await?;
+    // The same file, now larger than the proxy's block size.
+    proxy.opts.extra = vec!["--max-block-size".into(), "1Mi".into()];
+    proxy.restart().await?;
+    let large = 1000..data.len();
+    for round in 0..2 {
+        let r = proxy.get_range("rot/big", large.clone()).await?;
+        assert_eq!(r.headers()["x-blockproxy-source"], "cache", "round {round}");
+        assert_eq!(r.bytes().await?.as_ref(), &data[large.clone()], "round {round}");
+    }
+    let files: Vec<_> = files_under(&proxy.cache_dir().join("clean"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    flip_last_byte(&files[0])?;
+    let r = proxy.get_range("rot/big", large.clone()).await?;
+    let status = r.status();
+    let body = r.bytes().await?;
+    assert_ne!(body.as_ref(), &data[large.clone()][..], "rotten bytes were served ({status})");
+    assert_eq!(status, 400, "read it in blocks: {}", String::from_utf8_lossy(&body));
+    assert_eq!(proxy.metric("blockproxy_cache_corrupt_blocks_total").await?, 1.0);
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy)]
 enum RangeOf {
     StripedBlock,

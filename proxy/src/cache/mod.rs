@@ -902,12 +902,17 @@ impl Cache {
         };
         let cover = sums.cover(&range);
         let (file, buffers, data_offset) = (Arc::clone(&ob.file), Arc::clone(&self.buffers), ob.data_offset);
+        // A small file opened with its data read already is checked from that data.
+        let in_memory = ob.data.clone();
         let in_one_read = cover.end - cover.start <= INLINE_READ_MAX;
         let check = move || {
             use std::os::unix::fs::FileExt;
             let mut kept = None;
             let crc = sums.check_range(&range, INLINE_READ_MAX, |at, len| {
-                let bytes = buffers.read(len, |buf| file.read_exact_at(buf, data_offset + at))?;
+                let bytes = match &in_memory {
+                    Some(data) => data.slice(at as usize..at as usize + len),
+                    None => buffers.read(len, |buf| file.read_exact_at(buf, data_offset + at))?,
+                };
                 kept = in_one_read.then(|| bytes.clone());
                 Ok(bytes)
             })?;

@@ -2,10 +2,10 @@
 //! identity and attributes, and block reads `?block=&blockSize=` pinned to the store object's ETag.
 //!
 //! Memory stays bounded whatever the object's size: a cached object larger than
-//! `--max-block-size`, or a range of one larger than that, is streamed from its open file in
-//! [`CHUNK`]-byte reads (the CRC32C covering the whole object is verified by the flush and by
-//! whole reads up to the block size, not on such ranges). A smaller range of a clean file is read
-//! with the pieces around it, checked against their sums (ADR 0025). A clean object not cached
+//! `--max-block-size` is streamed from its open file in [`CHUNK`]-byte reads (the CRC32C covering
+//! the whole object is verified by the flush and by whole reads up to the block size; the client
+//! checks a whole read against it). A range of a clean file is checked first, through the pieces
+//! around it and a chunk-sized buffer, against their sums (ADR 0025). A clean object not cached
 //! here and larger than one block is not fetched whole: a GET of it answers `400` saying to read
 //! it in blocks, unless it asks for a range of at most one block, which is read from the store
 //! pinned to the object's ETag. A cached block of such an object is served from its open file too
@@ -418,9 +418,10 @@ async fn serve_cached(
     // holds a chunk in memory rather than the block (figure 6: 8 first reads of 4 MiB blocks
     // had lifted the peak RSS by about 40 MiB).
     let verify = total <= s.max_block_size && (ob.dirty || !ob.checked);
-    if range.is_some() && !ob.dirty && !verify && len <= s.max_block_size {
-        // A range of a clean file checked before: checked here through the pieces around it, as
-        // the client can check only a whole object against its checksum (ADR 0025).
+    if range.is_some() && !ob.dirty && !verify {
+        // A range of a clean file (checked whole before, or larger than a block): checked here
+        // through the pieces around it, as the client can check only a whole object against its
+        // checksum (ADR 0025).
         match s.cache.check_range(id, &ob, r.clone(), None).await.map_err(|e| cache_error(s, e))? {
             CheckedRange::Checked { data: Some(data), .. } => {
                 s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(len);
