@@ -422,15 +422,12 @@ async fn serve_cached(
         // A range of a clean file (checked whole before, or larger than a block): checked here
         // through the pieces around it, as the client can check only a whole object against its
         // checksum (ADR 0025).
-        match s.cache.check_range(id, &ob, r.clone(), None).await.map_err(|e| cache_error(s, e))? {
+        match check_range(s, id, &ob, r.clone(), None).await? {
             CheckedRange::Checked { data: Some(data), .. } => {
                 s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(len);
                 return Ok(Some(respond_held(&ob, answer(range), Some(Body::from(data)), len)));
             }
-            CheckedRange::Dropped => {
-                s.metrics.cache_corrupt_blocks_total.inc();
-                return Ok(None);
-            }
+            CheckedRange::Dropped => return Ok(None),
             // Checked, to be streamed from the file below.
             CheckedRange::Checked { data: None, .. } | CheckedRange::Unknown => {}
         }
@@ -726,15 +723,14 @@ pub async fn get_stripe(
         let crc32c = if !with_body {
             None
         } else if range != block {
-            let checked = s.cache.check_range(&object, &ob, range.clone(), Some(block_size));
-            match checked.await.map_err(|e| cache_error(s, e))? {
+            match check_range(s, &object, &ob, range.clone(), Some(block_size)).await? {
                 CheckedRange::Checked { crc32c, data } => {
                     in_memory = data;
                     Some(crc32c)
                 }
                 CheckedRange::Unknown => None,
+                // Rotten: dropped, so this read goes on to the block's own copy or the store.
                 CheckedRange::Dropped => {
-                    s.metrics.cache_corrupt_blocks_total.inc();
                     return Box::pin(get_stripe(s, cfg, object.clone(), q, headers, with_body, sends)).await;
                 }
             }
@@ -766,10 +762,7 @@ pub async fn get_stripe(
         };
         let len = range.end - range.start;
         s.metrics.cache_served_bytes_total.with_label_values(&["cache"]).inc_by(if with_body { len } else { 0 });
-        let body = match in_memory {
-            Some(data) => Some(Body::from(data)),
-            None => with_body.then(|| file_body(s.cache.buffers(), ob.file, ob.data_offset, range, sends)),
-        };
+        let body = with_body.then(|| checked_body(s, in_memory, &ob, range, sends));
         return Ok(respond(a, body, len));
     }
 
@@ -830,21 +823,13 @@ async fn serve_cached_stripe(
             // Checked here through the pieces around it (ADR 0025); sent with the checksum of its
             // checked bytes, for the client to check the transfer: from memory when they were read
             // in one read, else streamed from the file.
-            let checked = s.cache.check_range(id, &ob, in_file.clone(), None);
-            let (crc32c, data) = match checked.await.map_err(|e| cache_error(s, e))? {
-                CheckedRange::Checked { crc32c, data } => (crc32c, data),
-                CheckedRange::Dropped => {
-                    s.metrics.cache_corrupt_blocks_total.inc();
-                    return Ok(None);
+            match check_range(s, id, &ob, in_file.clone(), None).await? {
+                CheckedRange::Checked { crc32c, data } => {
+                    (Some(crc32c), Some(checked_body(s, data, &ob, in_file, sends)))
                 }
-                // Replaced since it was opened (a rare race): read it as a miss.
-                CheckedRange::Unknown => return Ok(None),
-            };
-            let body = match data {
-                Some(data) => Body::from(data),
-                None => file_body(s.cache.buffers(), Arc::clone(&ob.file), ob.data_offset, in_file, sends),
-            };
-            (Some(crc32c), Some(body))
+                // Rotten and dropped, or replaced since it was opened (a rare race): a miss.
+                CheckedRange::Dropped | CheckedRange::Unknown => return Ok(None),
+            }
         }
     };
     s.metrics.cache_hits_total.inc();
@@ -865,6 +850,37 @@ async fn serve_cached_stripe(
         range: Some(range),
     };
     Ok(Some(respond(a, body, len)))
+}
+
+/// [`crate::cache::Cache::check_range`] for a read: a file found rotten is counted here, once
+/// for every kind of read.
+async fn check_range(
+    s: &AppState,
+    id: &BlockId,
+    ob: &OpenBlock,
+    range: Range<u64>,
+    block_size: Option<u64>,
+) -> Result<CheckedRange, ApiError> {
+    let checked = s.cache.check_range(id, ob, range, block_size).await.map_err(|e| cache_error(s, e))?;
+    if checked == CheckedRange::Dropped {
+        s.metrics.cache_corrupt_blocks_total.inc();
+    }
+    Ok(checked)
+}
+
+/// The body of a checked range: the bytes that checked it when it took one read, else streamed
+/// from the file.
+fn checked_body(
+    s: &AppState,
+    data: Option<Bytes>,
+    ob: &OpenBlock,
+    range: Range<u64>,
+    sends: Option<&FileSends>,
+) -> Body {
+    match data {
+        Some(data) => Body::from(data),
+        None => file_body(s.cache.buffers(), Arc::clone(&ob.file), ob.data_offset, range, sends),
+    }
 }
 
 /// `len` bytes of `file` from `offset`, into a pooled buffer: on this task when at most a chunk,
