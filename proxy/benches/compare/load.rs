@@ -167,6 +167,18 @@ impl LoadResult {
     pub fn percentile_ms(&self, p: f64) -> f64 {
         percentile(&self.latencies_us, p) / 1000.0
     }
+
+    /// Two runs of the same load pooled: their requests, bytes and time add up.
+    pub fn pooled(mut self, other: LoadResult) -> LoadResult {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.bytes += other.bytes;
+        self.elapsed += other.elapsed;
+        self.latencies_us.extend(other.latencies_us);
+        self.latencies_us.sort_unstable();
+        self.first_error = self.first_error.or(other.first_error);
+        self
+    }
 }
 
 /// `p`-th percentile (nearest rank) of sorted values.

@@ -275,11 +275,51 @@ impl CpuMeter {
         Self { pid, start: pid.and_then(cpu_tree_secs) }
     }
 
-    /// Microseconds of the server's CPU per request of `load`, which ran since [`Self::start`].
-    fn us_per_request(self, load: &LoadResult) -> Option<f64> {
-        let used = self.pid.and_then(cpu_tree_secs)? - self.start?;
-        (load.requests > 0).then(|| used * 1e6 / load.requests as f64)
+    /// Seconds of CPU the process tree used since [`Self::start`].
+    fn used_secs(self) -> Option<f64> {
+        Some(self.pid.and_then(cpu_tree_secs)? - self.start?)
     }
+}
+
+/// One server's share of [`interleaved_get_loads`]: its two halves pooled, and the CPU its
+/// process tree used while they ran.
+struct Interleaved {
+    load: LoadResult,
+    cpu_secs: Option<f64>,
+}
+
+impl Interleaved {
+    /// Microseconds of the server's CPU per request of its load.
+    fn cpu_us_per_request(&self) -> Option<f64> {
+        (self.load.requests > 0).then(|| self.cpu_secs.map(|s| s * 1e6 / self.load.requests as f64)).flatten()
+    }
+}
+
+/// The same closed-loop GET load on each server of `servers` (its targets, and the pid whose CPU
+/// to count), interleaved: each runs twice for half of `duration`, in the mirrored order
+/// A B C C B A, and its halves are pooled. This VM's speed drifts over seconds, and figures used
+/// to measure blockproxy and nginx 15 s apart, with other loads between them. Side by side, the
+/// servers meet about the same machine; in the mirrored order each sits at the same mean time, so
+/// a drift that is linear in time drops out of their ratios.
+async fn interleaved_get_loads<const N: usize, C: Connect + Clone + Send + Sync + 'static>(
+    http: &Http<C>,
+    servers: [(&Arc<Vec<Uri>>, Option<u32>); N],
+    concurrency: usize,
+    duration: Duration,
+) -> [Interleaved; N] {
+    let mut out: [Interleaved; N] =
+        std::array::from_fn(|_| Interleaved { load: LoadResult::default(), cpu_secs: Some(0.0) });
+    let order = (0..N).chain((0..N).rev());
+    for i in order {
+        let (targets, pid) = servers[i];
+        let cpu = CpuMeter::start(pid);
+        let half = get_load(http, targets, concurrency, duration / 2).await;
+        let used = cpu.used_secs();
+        let slot = &mut out[i];
+        slot.load = std::mem::take(&mut slot.load).pooled(half);
+        slot.cpu_secs = slot.cpu_secs.zip(used).map(|(a, b)| a + b);
+    }
+    out
 }
 
 /// Samples the RSS (KiB) of a process tree every 50 ms until stopped; returns the maximum.
@@ -600,11 +640,23 @@ async fn main() -> Result<()> {
         eprintln!("figure 1: 4 MiB cache hits, concurrency {}", p.concurrency_large);
         let c = p.concurrency_large;
         for run in 0..p.runs {
-            let sampler = RssSampler::start(bp.pid(), false);
-            let b = get_load(&http, &bp_large, c, d).await;
-            let bp_rss = sampler.finish().await;
+            let (bp_sampler, nginx_sampler) =
+                (RssSampler::start(bp.pid(), false), RssSampler::start(nginx.pid(), true));
+            let [b, n, cl] = interleaved_get_loads(
+                &http,
+                [(&bp_large, bp.pid()), (&nginx_large, nginx.pid()), (&minimal_large, None)],
+                c,
+                d,
+            )
+            .await;
+            let (b, n, cl) = (b.load, n.load, cl.load);
+            let (bp_rss, nginx_rss) = (bp_sampler.finish().await, nginx_sampler.finish().await);
             r.push("rss_mib.blockproxy.large_load", bp_rss);
+            r.push("rss_mib.nginx.large_load", nginx_rss);
+            r.push("rss.ratio.large_load", bp_rss / nginx_rss);
             check("blockproxy 4 MiB", &b)?;
+            check("nginx 4 MiB", &n)?;
+            check("minimal server 4 MiB", &cl)?;
             let g = get_load(&http, &group_large, c, d).await;
             check("group of 3 4 MiB", &g)?;
             let l = client_load(&client, &lib_large, c, d).await;
@@ -616,15 +668,7 @@ async fn main() -> Result<()> {
             check("group of 3 (sidecar S3, load generator) 4 MiB", &sg)?;
             let sidecar_rss = sampler.finish().await;
             r.push("rss_mib.sidecar.large_load", sidecar_rss);
-            let sampler = RssSampler::start(nginx.pid(), true);
-            let n = get_load(&http, &nginx_large, c, d).await;
-            let nginx_rss = sampler.finish().await;
-            r.push("rss_mib.nginx.large_load", nginx_rss);
-            r.push("rss.ratio.large_load", bp_rss / nginx_rss);
             r.push("rss.ratio.sidecar_large_load", sidecar_rss / nginx_rss);
-            check("nginx 4 MiB", &n)?;
-            let cl = get_load(&http, &minimal_large, c, d).await;
-            check("minimal server 4 MiB", &cl)?;
             r.push("f1.mib_s.minimal_server", cl.mib_per_s());
             r.push("f1.ratio.blockproxy_over_minimal_server", b.mib_per_s() / cl.mib_per_s());
             r.push("f1.ratio.nginx_over_minimal_server", n.mib_per_s() / cl.mib_per_s());
@@ -684,13 +728,24 @@ async fn main() -> Result<()> {
         eprintln!("figure 2: 64 KiB cache hits, concurrency {}", p.concurrency_small);
         let c = p.concurrency_small;
         for run in 0..p.runs {
-            let sampler = RssSampler::start(bp.pid(), false);
-            let cpu = CpuMeter::start(bp.pid());
-            let b = get_load(&http, &bp_small, c, d).await;
-            let bp_cpu = cpu.us_per_request(&b);
-            let bp_rss = sampler.finish().await;
+            let (bp_sampler, nginx_sampler) =
+                (RssSampler::start(bp.pid(), false), RssSampler::start(nginx.pid(), true));
+            let [b, n, cl] = interleaved_get_loads(
+                &http,
+                [(&bp_small, bp.pid()), (&nginx_small, nginx.pid()), (&minimal_small, None)],
+                c,
+                d,
+            )
+            .await;
+            let (bp_cpu, nginx_cpu) = (b.cpu_us_per_request(), n.cpu_us_per_request());
+            let (b, n, cl) = (b.load, n.load, cl.load);
+            let (bp_rss, nginx_rss) = (bp_sampler.finish().await, nginx_sampler.finish().await);
             r.push("rss_mib.blockproxy.small_load", bp_rss);
+            r.push("rss_mib.nginx.small_load", nginx_rss);
+            r.push("rss.ratio.small_load", bp_rss / nginx_rss);
             check("blockproxy 64 KiB", &b)?;
+            check("nginx 64 KiB", &n)?;
+            check("minimal server 64 KiB", &cl)?;
             let g = get_load(&http, &group_small, c, d).await;
             check("group of 3 64 KiB", &g)?;
             let l = client_load(&client, &lib_small, c, d).await;
@@ -702,17 +757,7 @@ async fn main() -> Result<()> {
             check("group of 3 (sidecar S3, load generator) 64 KiB", &sg)?;
             let sidecar_rss = sampler.finish().await;
             r.push("rss_mib.sidecar.small_load", sidecar_rss);
-            let sampler = RssSampler::start(nginx.pid(), true);
-            let cpu = CpuMeter::start(nginx.pid());
-            let n = get_load(&http, &nginx_small, c, d).await;
-            let nginx_cpu = cpu.us_per_request(&n);
-            let nginx_rss = sampler.finish().await;
-            r.push("rss_mib.nginx.small_load", nginx_rss);
-            r.push("rss.ratio.small_load", bp_rss / nginx_rss);
             r.push("rss.ratio.sidecar_small_load", sidecar_rss / nginx_rss);
-            check("nginx 64 KiB", &n)?;
-            let cl = get_load(&http, &minimal_small, c, d).await;
-            check("minimal server 64 KiB", &cl)?;
             r.push("f2.req_s.minimal_server", cl.req_per_s());
             r.push("f2.p99_ms.minimal_server", cl.percentile_ms(99.0));
             r.push("f2.ratio.blockproxy_over_minimal_server_req_s", b.req_per_s() / cl.req_per_s());
@@ -805,13 +850,13 @@ async fn main() -> Result<()> {
         let tls_misses_before = misses(&[&bp_tls]).await;
         let (cl, cs) = (p.concurrency_large, p.concurrency_small);
         for run in 0..p.runs {
-            let b4 = get_load(&https, &bpt_large, cl, d).await;
+            let [b4, n4] = interleaved_get_loads(&https, [(&bpt_large, None), (&ngt_large, None)], cl, d).await;
+            let (b4, n4) = (b4.load, n4.load);
             check("blockproxy TLS 4 MiB", &b4)?;
-            let n4 = get_load(&https, &ngt_large, cl, d).await;
             check("nginx TLS 4 MiB", &n4)?;
-            let b64 = get_load(&https, &bpt_small, cs, d).await;
+            let [b64, n64] = interleaved_get_loads(&https, [(&bpt_small, None), (&ngt_small, None)], cs, d).await;
+            let (b64, n64) = (b64.load, n64.load);
             check("blockproxy TLS 64 KiB", &b64)?;
-            let n64 = get_load(&https, &ngt_small, cs, d).await;
             check("nginx TLS 64 KiB", &n64)?;
             eprintln!(
                 "  run {run}: 4 MiB MiB/s blockproxy {:.0}, nginx {:.0}; 64 KiB req/s blockproxy {:.0}, nginx {:.0}; p99 ms blockproxy {:.2}, nginx {:.2}",
