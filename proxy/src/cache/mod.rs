@@ -841,7 +841,7 @@ impl Cache {
             let path = self.layout.path(area, &entry.name);
             let buffers = Arc::clone(&self.buffers);
             let open = move || {
-                let mut file = std::fs::File::open(&path)?;
+                let mut file = disk::open_to_read(&path)?;
                 Ok::<_, io::Error>(disk::read_block_of(&mut file, read_whole, &buffers)?.map(|h| (file, h)))
             };
             match open() {
