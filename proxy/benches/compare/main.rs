@@ -322,6 +322,34 @@ async fn interleaved_get_loads<const N: usize, C: Connect + Clone + Send + Sync 
     out
 }
 
+/// Figures 1 and 2's plain servers side by side ([`interleaved_get_loads`]): blockproxy, nginx
+/// and the minimal server, in that order. Records the peak RSS of blockproxy and nginx under
+/// their loads as `rss_mib.{blockproxy,nginx}.{what}` and their ratio; fails if a load failed.
+/// Returns the three results and nginx's peak RSS (the sidecar's is compared with it).
+#[allow(clippy::too_many_arguments)]
+async fn plain_servers_side_by_side(
+    http: &Http,
+    (bp, nginx): (&BlockProxy, &Nginx),
+    targets: [&Arc<Vec<Uri>>; 3],
+    concurrency: usize,
+    duration: Duration,
+    what: &str,
+    size: &str,
+    r: &mut Results,
+) -> Result<([Interleaved; 3], f64)> {
+    let (bp_sampler, nginx_sampler) = (RssSampler::start(bp.pid(), false), RssSampler::start(nginx.pid(), true));
+    let [b, n, m] = targets;
+    let loads = interleaved_get_loads(http, [(b, bp.pid()), (n, nginx.pid()), (m, None)], concurrency, duration).await;
+    let (bp_rss, nginx_rss) = (bp_sampler.finish().await, nginx_sampler.finish().await);
+    r.push(&format!("rss_mib.blockproxy.{what}"), bp_rss);
+    r.push(&format!("rss_mib.nginx.{what}"), nginx_rss);
+    r.push(&format!("rss.ratio.{what}"), bp_rss / nginx_rss);
+    for (server, run) in ["blockproxy", "nginx", "minimal server"].iter().zip(&loads) {
+        check(&format!("{server} {size}"), &run.load)?;
+    }
+    Ok((loads, nginx_rss))
+}
+
 /// Samples the RSS (KiB) of a process tree every 50 ms until stopped; returns the maximum.
 struct RssSampler {
     stop: Arc<AtomicBool>,
@@ -640,23 +668,10 @@ async fn main() -> Result<()> {
         eprintln!("figure 1: 4 MiB cache hits, concurrency {}", p.concurrency_large);
         let c = p.concurrency_large;
         for run in 0..p.runs {
-            let (bp_sampler, nginx_sampler) =
-                (RssSampler::start(bp.pid(), false), RssSampler::start(nginx.pid(), true));
-            let [b, n, cl] = interleaved_get_loads(
-                &http,
-                [(&bp_large, bp.pid()), (&nginx_large, nginx.pid()), (&minimal_large, None)],
-                c,
-                d,
-            )
-            .await;
+            let targets = [&bp_large, &nginx_large, &minimal_large];
+            let ([b, n, cl], nginx_rss) =
+                plain_servers_side_by_side(&http, (&bp, &nginx), targets, c, d, "large_load", "4 MiB", &mut r).await?;
             let (b, n, cl) = (b.load, n.load, cl.load);
-            let (bp_rss, nginx_rss) = (bp_sampler.finish().await, nginx_sampler.finish().await);
-            r.push("rss_mib.blockproxy.large_load", bp_rss);
-            r.push("rss_mib.nginx.large_load", nginx_rss);
-            r.push("rss.ratio.large_load", bp_rss / nginx_rss);
-            check("blockproxy 4 MiB", &b)?;
-            check("nginx 4 MiB", &n)?;
-            check("minimal server 4 MiB", &cl)?;
             let g = get_load(&http, &group_large, c, d).await;
             check("group of 3 4 MiB", &g)?;
             let l = client_load(&client, &lib_large, c, d).await;
@@ -728,24 +743,11 @@ async fn main() -> Result<()> {
         eprintln!("figure 2: 64 KiB cache hits, concurrency {}", p.concurrency_small);
         let c = p.concurrency_small;
         for run in 0..p.runs {
-            let (bp_sampler, nginx_sampler) =
-                (RssSampler::start(bp.pid(), false), RssSampler::start(nginx.pid(), true));
-            let [b, n, cl] = interleaved_get_loads(
-                &http,
-                [(&bp_small, bp.pid()), (&nginx_small, nginx.pid()), (&minimal_small, None)],
-                c,
-                d,
-            )
-            .await;
+            let targets = [&bp_small, &nginx_small, &minimal_small];
+            let ([b, n, cl], nginx_rss) =
+                plain_servers_side_by_side(&http, (&bp, &nginx), targets, c, d, "small_load", "64 KiB", &mut r).await?;
             let (bp_cpu, nginx_cpu) = (b.cpu_us_per_request(), n.cpu_us_per_request());
             let (b, n, cl) = (b.load, n.load, cl.load);
-            let (bp_rss, nginx_rss) = (bp_sampler.finish().await, nginx_sampler.finish().await);
-            r.push("rss_mib.blockproxy.small_load", bp_rss);
-            r.push("rss_mib.nginx.small_load", nginx_rss);
-            r.push("rss.ratio.small_load", bp_rss / nginx_rss);
-            check("blockproxy 64 KiB", &b)?;
-            check("nginx 64 KiB", &n)?;
-            check("minimal server 64 KiB", &cl)?;
             let g = get_load(&http, &group_small, c, d).await;
             check("group of 3 64 KiB", &g)?;
             let l = client_load(&client, &lib_small, c, d).await;
